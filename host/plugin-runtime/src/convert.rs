@@ -1,0 +1,155 @@
+//! Conversions between the policy types (`halo_policy`) and the WIT bindings. Inputs go in
+//! by reference (the agent keeps its copy); answers come out by value.
+
+use halo_policy as policy;
+
+use crate::bindings::wit;
+
+fn settings(s: &[policy::Setting]) -> Vec<wit::Setting> {
+    s.iter().map(|s| wit::Setting { key: s.key.clone(), value: s.value.clone() }).collect()
+}
+
+fn priority(p: policy::RestartPriority) -> wit::RestartPriority {
+    match p {
+        policy::RestartPriority::Restart => wit::RestartPriority::Restart,
+        policy::RestartPriority::BestEffort => wit::RestartPriority::BestEffort,
+        policy::RestartPriority::Unprotected => wit::RestartPriority::Unprotected,
+    }
+}
+
+/// The isolation input in WIT form.
+pub fn isolation_input(input: &policy::IsolationInput) -> wit::IsolationInput {
+    let s = &input.situation;
+    wit::IsolationInput {
+        situation: wit::IsolationSituation {
+            host: s.host.clone(),
+            isolated_for_ms: s.isolated_for_ms,
+            networks: s
+                .networks
+                .iter()
+                .map(|n| wit::NetworkStatus { name: n.name.clone(), link_up: n.link_up, peers_heard: n.peers_heard })
+                .collect(),
+            datastores: s
+                .datastores
+                .iter()
+                .map(|d| wit::DatastoreStatus { name: d.name.clone(), reachable: d.reachable })
+                .collect(),
+            isolation_addresses: s
+                .isolation_addresses
+                .iter()
+                .map(|a| wit::AddressStatus { address: a.address.clone(), answered: a.answered })
+                .collect(),
+        },
+        vms: input
+            .vms
+            .iter()
+            .map(|vm| wit::VmInfo {
+                name: vm.name.clone(),
+                priority: priority(vm.priority),
+                order: vm.order,
+                memory_mib: vm.memory_mib,
+                vcpus: vm.vcpus,
+                labels: vm.labels.clone(),
+            })
+            .collect(),
+        settings: settings(&input.settings),
+    }
+}
+
+/// The isolation answer in policy form.
+pub fn isolation_answer(answer: Vec<wit::VmIsolationDecision>) -> Vec<policy::VmIsolationDecision> {
+    answer
+        .into_iter()
+        .map(|d| policy::VmIsolationDecision {
+            vm: d.vm,
+            action: match d.action {
+                wit::IsolationAction::LeaveRunning => policy::IsolationAction::LeaveRunning,
+                wit::IsolationAction::PowerOff => policy::IsolationAction::PowerOff,
+                wit::IsolationAction::ShutDown(secs) => policy::IsolationAction::ShutDown(secs),
+            },
+        })
+        .collect()
+}
+
+/// The placement input in WIT form.
+pub fn placement_input(input: &policy::PlacementInput) -> wit::PlacementInput {
+    wit::PlacementInput {
+        reason: match input.reason {
+            policy::PlacementReason::Failover => wit::PlacementReason::Failover,
+            policy::PlacementReason::Evacuation => wit::PlacementReason::Evacuation,
+            policy::PlacementReason::Balance => wit::PlacementReason::Balance,
+            policy::PlacementReason::AdmissionCheck => wit::PlacementReason::AdmissionCheck,
+        },
+        vms: input
+            .vms
+            .iter()
+            .map(|vm| wit::VmToPlace {
+                name: vm.name.clone(),
+                memory_mib: vm.memory_mib,
+                vcpus: vm.vcpus,
+                priority: priority(vm.priority),
+                required_host_labels: vm.required_host_labels.clone(),
+                anti_affinity_group: vm.anti_affinity_group.clone(),
+                avoid_hosts: vm.avoid_hosts.clone(),
+                datastores: vm.datastores.clone(),
+            })
+            .collect(),
+        hosts: input
+            .hosts
+            .iter()
+            .map(|h| wit::CandidateHost {
+                name: h.name.clone(),
+                total_memory_mib: h.total_memory_mib,
+                free_memory_mib: h.free_memory_mib,
+                total_vcpus: h.total_vcpus,
+                allocated_vcpus: h.allocated_vcpus,
+                labels: h.labels.clone(),
+                datastores: h.datastores.clone(),
+                maintenance: h.maintenance,
+                anti_affinity_groups: h.anti_affinity_groups.clone(),
+            })
+            .collect(),
+        vcpu_overcommit_percent: input.vcpu_overcommit_percent,
+        settings: settings(&input.settings),
+    }
+}
+
+/// The placement answer in policy form.
+pub fn placement_answer(answer: wit::Placement) -> policy::Placement {
+    policy::Placement {
+        assignments: answer
+            .assignments
+            .into_iter()
+            .map(|a| policy::Assignment { vm: a.vm, host: a.host })
+            .collect(),
+        unplaced: answer.unplaced.into_iter().map(|u| policy::UnplacedVm { vm: u.vm, reason: u.reason }).collect(),
+    }
+}
+
+/// The restart input in WIT form.
+pub fn restart_input(input: &policy::RestartInput) -> wit::RestartInput {
+    wit::RestartInput {
+        vms: input
+            .vms
+            .iter()
+            .map(|vm| wit::VmToRestart {
+                name: vm.name.clone(),
+                priority: priority(vm.priority),
+                order: vm.order,
+                group: vm.group.clone(),
+                depends_on: vm.depends_on.clone(),
+            })
+            .collect(),
+        settings: settings(&input.settings),
+    }
+}
+
+/// The restart answer in policy form.
+pub fn restart_answer(
+    answer: Result<Vec<wit::Wave>, wit::RestartError>,
+) -> Result<Vec<policy::Wave>, policy::RestartError> {
+    answer.map_err(|e| match e {
+        wit::RestartError::DependencyCycle(vms) => policy::RestartError::DependencyCycle(vms),
+        wit::RestartError::Other(reason) => policy::RestartError::Other(reason),
+    })
+}

@@ -1,0 +1,27 @@
+//! halo's plugin runtime: loads policy plugins (WebAssembly components of the
+//! `halo:policy` contract), runs each decision sandboxed, validates the answer, and lets the
+//! built-in policy decide whenever a plugin traps, runs out of time or memory, refuses, or
+//! answers nonsense. The agent never dies of a plugin.
+//!
+//! - [`sandbox`]: the engine, CPU budget (fuel by default), memory cap, no WASI capability.
+//! - [`runtime`]: load-time checks (world, contract version, imports) and one decision.
+//! - [`slot`]: the plugin in force per world, hot-swapped atomically.
+//! - [`cache`]: AOT-compiled plugins, only ever the agent's own artifacts.
+//! - [`world`]: the three worlds behind one trait.
+
+#![deny(unsafe_code)]
+
+mod bindings;
+pub mod cache;
+mod convert;
+pub mod error;
+pub mod runtime;
+pub mod sandbox;
+pub mod slot;
+pub mod world;
+
+pub use error::{FailureKind, LoadError, PluginFailure, RuntimeError};
+pub use runtime::{CONTRACT_VERSION, DecidedBy, Decision, LoadedPlugin, PluginInfo, Runtime};
+pub use sandbox::{CpuBudget, SandboxLimits};
+pub use slot::{PluginSlot, StatsSnapshot};
+pub use world::{Isolation, Placement, PolicyWorld, RestartOrder};

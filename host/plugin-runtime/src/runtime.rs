@@ -1,0 +1,294 @@
+//! Loading plugins and running one decision: check the component (world, contract version,
+//! imports), prepare it once, then per call a fresh store and instance, the answer
+//! validated, and the built-in policy deciding whenever the plugin does not.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use crate::bindings;
+use crate::cache::AotCache;
+use crate::error::{FailureKind, LoadError, PluginFailure, RuntimeError};
+use crate::sandbox::{CallState, Sandbox, SandboxLimits};
+use crate::world::PolicyWorld;
+
+/// The contract version this agent speaks (`wit/0.1.0`).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// Largest plugin file accepted.
+pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
+/// What is known about a loaded plugin (shown by `halo plugin check`).
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// The plugin's name: its file name.
+    pub name: Arc<str>,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// The world it serves.
+    pub world: &'static str,
+    /// The exported interface, with version (`halo:policy/placement@0.1.0`).
+    pub export: String,
+    /// Everything the component exports.
+    pub exports: Vec<String>,
+    /// WASI imports it has; each traps if called.
+    pub denied_imports: Vec<String>,
+    /// Time to compile (or load from the cache), check and prepare it.
+    pub load_time: Duration,
+    /// Whether the compiled code came from the AOT cache.
+    pub from_cache: bool,
+}
+
+/// A plugin ready to be called: checked and prepared once, instantiated fresh per call.
+pub struct LoadedPlugin<W: PolicyWorld> {
+    info: PluginInfo,
+    pre: W::Pre,
+}
+
+impl<W: PolicyWorld> LoadedPlugin<W> {
+    /// What is known about it.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+}
+
+/// Who answered a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The plugin, and its answer passed validation.
+    Plugin(Arc<str>),
+    /// The built-in policy; `failure` says why the plugin did not (none: no plugin loaded).
+    BuiltIn {
+        /// The plugin's failure, if a plugin was asked.
+        failure: Option<PluginFailure>,
+    },
+}
+
+/// One decision and how it came about.
+#[derive(Debug)]
+pub struct Decision<A> {
+    /// The answer the agent acts on (always valid).
+    pub answer: A,
+    /// Who gave it.
+    pub decided_by: DecidedBy,
+    /// Problems the built-in policy found in the settings (it used defaults for those keys).
+    pub settings_problems: Vec<String>,
+    /// Time spent, plugin and fallback together.
+    pub elapsed: Duration,
+}
+
+impl<A> Decision<A> {
+    /// The plugin failure that made the built-in policy decide, if any.
+    pub fn failure(&self) -> Option<&PluginFailure> {
+        match &self.decided_by {
+            DecidedBy::BuiltIn { failure } => failure.as_ref(),
+            DecidedBy::Plugin(_) => None,
+        }
+    }
+}
+
+/// The plugin runtime: the sandbox and the AOT cache.
+pub struct Runtime {
+    sandbox: Sandbox,
+    cache: Option<AotCache>,
+}
+
+impl Runtime {
+    /// A runtime with `limits`, caching compiled plugins in `cache_dir` when given.
+    pub fn new(limits: SandboxLimits, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
+        let sandbox = Sandbox::new(limits)?;
+        let cache = cache_dir.map(AotCache::open).transpose().map_err(|e| RuntimeError::Config(e.to_string()))?;
+        Ok(Self { sandbox, cache })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> SandboxLimits {
+        self.sandbox.limits()
+    }
+
+    /// Loads the plugin at `path` for world `W`, checking everything a call will rely on.
+    pub fn load<W: PolicyWorld>(&self, path: &Path) -> Result<LoadedPlugin<W>, LoadError> {
+        let started = Instant::now();
+        let read_err = |source| LoadError::Read { path: path.to_path_buf(), source };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > MAX_PLUGIN_BYTES {
+            return Err(LoadError::NotAComponent {
+                path: path.to_path_buf(),
+                reason: format!("{size} bytes, more than the {MAX_PLUGIN_BYTES} allowed"),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        if bytes.starts_with(b"\x7fELF") || !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotAComponent {
+                path: path.to_path_buf(),
+                reason: "not a WebAssembly file (a plugin is the .wasm component, never a precompiled .cwasm)".into(),
+            });
+        }
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let engine = self.sandbox.engine();
+        let (component, from_cache) = match &self.cache {
+            Some(cache) => cache.load(engine, &bytes, &sha256, path)?,
+            None => (
+                Component::new(engine, &bytes)
+                    .map_err(|e| LoadError::NotAComponent { path: path.to_path_buf(), reason: format!("{e:#}") })?,
+                false,
+            ),
+        };
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+        let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+        let export = check_export::<W>(path, &exports)?;
+        let denied_imports = check_imports(path, &imports)?;
+
+        let instantiate_err = |e: wasmtime::Error| LoadError::Instantiate { path: path.to_path_buf(), reason: format!("{e:#}") };
+        let mut linker: Linker<CallState> = Linker::new(engine);
+        bindings::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
+            .map_err(instantiate_err)?;
+        linker.define_unknown_imports_as_traps(&component).map_err(instantiate_err)?;
+        let pre = W::prepare(linker.instantiate_pre(&component).map_err(instantiate_err)?).map_err(instantiate_err)?;
+        let name: Arc<str> = path.file_name().map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into());
+        // A throwaway instance checks the export types and that instantiation works at all.
+        let mut store = self.sandbox.store(name.clone()).map_err(instantiate_err)?;
+        W::instantiate_only(&pre, &mut store).map_err(instantiate_err)?;
+        let info = PluginInfo {
+            name,
+            path: path.to_path_buf(),
+            sha256,
+            size,
+            world: W::WORLD,
+            export,
+            exports,
+            denied_imports,
+            load_time: started.elapsed(),
+            from_cache,
+        };
+        Ok(LoadedPlugin { info, pre })
+    }
+
+    /// Runs `plugin` once on `input` and validates the answer; no fallback.
+    pub fn call<W: PolicyWorld>(&self, plugin: &LoadedPlugin<W>, input: &W::Input) -> Result<W::Answer, PluginFailure> {
+        let fail = |kind, detail: String| PluginFailure { plugin: plugin.info.name.to_string(), world: W::WORLD, kind, detail };
+        let mut store =
+            self.sandbox.store(plugin.info.name.clone()).map_err(|e| fail(FailureKind::Instantiate, format!("{e:#}")))?;
+        let outcome = W::call(&plugin.pre, &mut store, input);
+        if store.data().log_dropped() > 0 {
+            tracing::warn!(plugin = %plugin.info.name, dropped = store.data().log_dropped(), "plugin log lines dropped (over the per-call allowance)");
+        }
+        match outcome {
+            Ok(Ok(answer)) => match W::validate(input, &answer) {
+                Ok(()) => Ok(answer),
+                Err(why) => Err(fail(FailureKind::InvalidAnswer, why)),
+            },
+            Ok(Err(reason)) => Err(fail(FailureKind::Refused, reason.chars().take(1000).collect())),
+            Err(error) => {
+                let (kind, detail) = self.sandbox.classify(store.data(), &error);
+                Err(fail(kind, detail))
+            }
+        }
+    }
+
+    /// One decision: the plugin's validated answer, or the built-in policy's with the reason.
+    /// The input must have passed `W::check_input`.
+    pub fn decide<W: PolicyWorld>(&self, plugin: Option<&LoadedPlugin<W>>, input: &W::Input) -> Decision<W::Answer> {
+        let started = Instant::now();
+        let failure = match plugin.map(|p| (p, self.call(p, input))) {
+            Some((p, Ok(answer))) => {
+                return Decision {
+                    answer,
+                    decided_by: DecidedBy::Plugin(p.info.name.clone()),
+                    settings_problems: Vec::new(),
+                    elapsed: started.elapsed(),
+                };
+            }
+            Some((_, Err(failure))) => {
+                tracing::warn!(plugin = %failure.plugin, world = W::WORLD, kind = failure.kind.as_str(), "{failure}");
+                Some(failure)
+            }
+            None => None,
+        };
+        let (answer, settings_problems) = W::fallback(input);
+        Decision { answer, decided_by: DecidedBy::BuiltIn { failure }, settings_problems, elapsed: started.elapsed() }
+    }
+}
+
+/// Finds the world's interface among the exports and checks its version.
+fn check_export<W: PolicyWorld>(path: &Path, exports: &[String]) -> Result<String, LoadError> {
+    let prefix = format!("halo:policy/{}@", W::INTERFACE);
+    if let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) {
+        let version = &export[prefix.len()..];
+        return if semver_compatible(version, CONTRACT_VERSION) {
+            Ok(export.clone())
+        } else {
+            Err(LoadError::WrongVersion {
+                path: path.to_path_buf(),
+                interface: W::INTERFACE,
+                found: version.to_string(),
+                speaks: CONTRACT_VERSION,
+            })
+        };
+    }
+    let halo: Vec<&str> = exports.iter().map(String::as_str).filter(|e| e.starts_with("halo:policy/")).collect();
+    let found = if halo.is_empty() {
+        format!("is not a halo policy plugin (it exports {})", list_or_nothing(exports))
+    } else {
+        format!("exports {}, which is another world", halo.join(", "))
+    };
+    Err(LoadError::WrongWorld {
+        path: path.to_path_buf(),
+        found,
+        expected: W::WORLD,
+        interface: W::INTERFACE,
+        version: CONTRACT_VERSION,
+    })
+}
+
+fn list_or_nothing(items: &[String]) -> String {
+    if items.is_empty() { "nothing".into() } else { items.join(", ") }
+}
+
+/// Allows `halo:policy/log` and `halo:policy/types` of a compatible version; WASI imports are
+/// allowed to link but trap when called. Returns the WASI imports.
+fn check_imports(path: &Path, imports: &[String]) -> Result<Vec<String>, LoadError> {
+    let mut denied = Vec::new();
+    for import in imports {
+        if import.starts_with("wasi:") {
+            denied.push(import.clone());
+            continue;
+        }
+        let allowed = ["halo:policy/log@", "halo:policy/types@"].iter().any(|prefix| {
+            import.strip_prefix(prefix).is_some_and(|version| semver_compatible(version, CONTRACT_VERSION))
+        });
+        if !allowed {
+            return Err(LoadError::ForbiddenImport { path: path.to_path_buf(), import: import.clone() });
+        }
+    }
+    Ok(denied)
+}
+
+/// Semver compatibility as wasmtime links it: same major, and for 0.x the same minor.
+pub fn semver_compatible(version: &str, speaks: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let core = v.split(['-', '+']).next()?;
+        let mut parts = core.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        parts.next()?.parse::<u64>().ok()?;
+        Some((major, minor))
+    };
+    match (parse(version), parse(speaks)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,257 @@
+//! The sandbox every plugin call runs in: one wasmtime `Engine` with the CPU budget (fuel
+//! or epoch deadline) compiled in, the pooling allocator, a memory cap per call, and the
+//! per-call store state (the `log` import, capped).
+//!
+//! A plugin gets no WASI capability: WASI imports are defined as traps, so a plugin that
+//! tries to read a clock, a file or randomness stops at once and the built-in policy
+//! decides. A fresh `Store` is made for every call: wasmtime refuses further calls on a
+//! store after a trap, and a fresh instance means no state leaks between decisions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+
+use crate::bindings::log;
+use crate::error::{FailureKind, RuntimeError};
+
+/// Fuel units granted per millisecond of CPU budget. Calibrated on this machine kind: tight
+/// plugin code burns 1–2·10⁷ fuel per ms, so a budget of N ms lets a plugin run at most
+/// about N ms, and the cut-off falls on the same instruction on every machine (replayable).
+pub const FUEL_PER_MS: u64 = 10_000_000;
+
+/// Length of one epoch tick when the budget is an epoch deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// How a call's CPU time is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuBudget {
+    /// Fuel: deterministic (the same input stops at the same instruction everywhere).
+    Fuel {
+        /// Budget in milliseconds, converted with [`FUEL_PER_MS`].
+        millis: u64,
+    },
+    /// Epoch deadline: wall-clock, not deterministic, slightly cheaper on some code.
+    Epoch {
+        /// Budget in milliseconds, rounded up to whole [`EPOCH_TICK`]s.
+        millis: u64,
+    },
+}
+
+impl CpuBudget {
+    /// The budget in milliseconds.
+    pub fn millis(self) -> u64 {
+        match self {
+            CpuBudget::Fuel { millis } | CpuBudget::Epoch { millis } => millis,
+        }
+    }
+}
+
+impl std::fmt::Display for CpuBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CpuBudget::Fuel { millis } => write!(f, "{millis} ms of fuel ({} units)", millis * FUEL_PER_MS),
+            CpuBudget::Epoch { millis } => write!(f, "{millis} ms wall-clock (epoch deadline)"),
+        }
+    }
+}
+
+/// Limits of every plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// CPU budget per call (default: 50 ms of fuel).
+    pub cpu: CpuBudget,
+    /// Linear memory cap per call in bytes (default 64 MiB).
+    pub memory_bytes: usize,
+    /// Log lines a plugin may write per call; further lines are dropped (default 64).
+    pub log_lines_per_call: u32,
+    /// Calls that may run at once (sizes the instance pool; default 64).
+    pub concurrent_calls: u32,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            cpu: CpuBudget::Fuel { millis: 50 },
+            memory_bytes: 64 << 20,
+            log_lines_per_call: 64,
+            concurrent_calls: 64,
+        }
+    }
+}
+
+/// The engine and, for epoch budgets, the thread that ticks it.
+pub struct Sandbox {
+    engine: Engine,
+    limits: SandboxLimits,
+    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Sandbox {
+    /// Builds the engine for `limits`.
+    pub fn new(limits: SandboxLimits) -> Result<Self, RuntimeError> {
+        if limits.cpu.millis() == 0 {
+            return Err(RuntimeError::Config("the CPU budget per call must be at least 1 ms".into()));
+        }
+        if limits.memory_bytes < (1 << 20) {
+            return Err(RuntimeError::Config("the memory cap per call must be at least 1 MiB".into()));
+        }
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        match limits.cpu {
+            CpuBudget::Fuel { .. } => config.consume_fuel(true),
+            CpuBudget::Epoch { .. } => config.epoch_interruption(true),
+        };
+        let slots = limits.concurrent_calls.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(2)
+            .max_tables_per_component(8)
+            .max_memory_size(limits.memory_bytes);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Config(format!("wasmtime engine: {e:#}")))?;
+        let ticker = match limits.cpu {
+            CpuBudget::Epoch { .. } => Some(
+                spawn_ticker(engine.clone())
+                    .map_err(|e| RuntimeError::Config(format!("cannot start the plugin epoch thread: {e}")))?,
+            ),
+            CpuBudget::Fuel { .. } => None,
+        };
+        Ok(Self { engine, limits, ticker })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> SandboxLimits {
+        self.limits
+    }
+
+    /// A fresh store for one call of `plugin`, with its budget set.
+    pub fn store(&self, plugin: Arc<str>) -> Result<Store<CallState>, wasmtime::Error> {
+        let state = CallState {
+            plugin,
+            memory_cap: self.limits.memory_bytes,
+            memory_refused: false,
+            log_lines_left: self.limits.log_lines_per_call,
+            log_dropped: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state as &mut dyn ResourceLimiter);
+        match self.limits.cpu {
+            CpuBudget::Fuel { millis } => store.set_fuel(millis.saturating_mul(FUEL_PER_MS))?,
+            CpuBudget::Epoch { millis } => {
+                let tick = EPOCH_TICK.as_millis() as u64;
+                store.set_epoch_deadline(millis.div_ceil(tick));
+                store.epoch_deadline_trap();
+            }
+        }
+        Ok(store)
+    }
+
+    /// Names what stopped a call: budget, memory, or another trap.
+    pub fn classify(&self, state: &CallState, error: &wasmtime::Error) -> (FailureKind, String) {
+        let trap = error.downcast_ref::<Trap>();
+        match trap {
+            Some(Trap::OutOfFuel) | Some(Trap::Interrupt) => {
+                (FailureKind::Timeout, format!("used up its CPU budget of {}", self.limits.cpu))
+            }
+            _ if state.memory_refused => (
+                FailureKind::MemoryExhausted,
+                format!("asked for more than its memory cap of {} MiB", state.memory_cap >> 20),
+            ),
+            Some(Trap::StackOverflow) => (FailureKind::Trap, "stack overflow".into()),
+            Some(trap) => (FailureKind::Trap, format!("{trap} ({})", root_message(error))),
+            None => (FailureKind::Trap, root_message(error)),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.ticker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
+    }
+}
+
+fn spawn_ticker(engine: Engine) -> std::io::Result<(Arc<AtomicBool>, JoinHandle<()>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("halo-plugin-epoch".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+    Ok((stop, handle))
+}
+
+/// The deepest cause of an error, on one line.
+fn root_message(error: &wasmtime::Error) -> String {
+    let text = format!("{:#}", error);
+    text.lines().next().unwrap_or_default().chars().take(400).collect()
+}
+
+/// What one call's store holds.
+pub struct CallState {
+    plugin: Arc<str>,
+    memory_cap: usize,
+    memory_refused: bool,
+    log_lines_left: u32,
+    log_dropped: u32,
+}
+
+impl CallState {
+    /// Log lines the plugin wrote past its per-call allowance.
+    pub fn log_dropped(&self) -> u32 {
+        self.log_dropped
+    }
+}
+
+impl ResourceLimiter for CallState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Longest log line kept from a plugin.
+const MAX_LOG_LINE: usize = 1024;
+
+impl log::Host for CallState {
+    fn log(&mut self, level: log::Level, message: String) {
+        if self.log_lines_left == 0 {
+            self.log_dropped = self.log_dropped.saturating_add(1);
+            return;
+        }
+        self.log_lines_left -= 1;
+        let message: String = message.chars().take(MAX_LOG_LINE).collect();
+        let plugin = &*self.plugin;
+        match level {
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}

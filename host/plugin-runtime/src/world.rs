@@ -1,0 +1,172 @@
+//! The three policy worlds as one trait, so loading, calling, validating and falling back
+//! are written once. Each world names its exported interface, how to call it, how to check
+//! its answer and what the built-in policy answers.
+
+use halo_policy as policy;
+use halo_policy::input::InvalidInput;
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use crate::bindings;
+use crate::convert;
+use crate::sandbox::CallState;
+
+/// A call's outcome before validation: the plugin's own refusal is `Err(reason)`.
+pub type RawAnswer<A> = Result<A, String>;
+
+/// One decision point of the contract.
+pub trait PolicyWorld: Send + Sync + 'static {
+    /// The world's name in WIT (`placement-engine`).
+    const WORLD: &'static str;
+    /// The interface the world exports (`placement`).
+    const INTERFACE: &'static str;
+    /// The bindgen-prepared instance.
+    type Pre: Send + Sync + 'static;
+    /// The decision's input.
+    type Input: Sync;
+    /// The decision's answer.
+    type Answer: Send + std::fmt::Debug + 'static;
+
+    /// Checks the export names and types of a prepared instance.
+    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre>;
+    /// Instantiates once without calling (a load-time check).
+    fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()>;
+    /// Runs the plugin once in a fresh instance.
+    fn call(pre: &Self::Pre, store: &mut Store<CallState>, input: &Self::Input)
+    -> wasmtime::Result<RawAnswer<Self::Answer>>;
+    /// Refuses inputs no answer could be checked against (duplicate names).
+    fn check_input(input: &Self::Input) -> Result<(), InvalidInput>;
+    /// Checks an answer against its input.
+    fn validate(input: &Self::Input, answer: &Self::Answer) -> Result<(), String>;
+    /// The built-in policy's answer, with any problems it noticed in the settings.
+    fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>);
+}
+
+/// `isolation-policy`.
+pub struct Isolation;
+
+impl PolicyWorld for Isolation {
+    const WORLD: &'static str = "isolation-policy";
+    const INTERFACE: &'static str = "isolation-response";
+    type Pre = bindings::isolation::IsolationPolicyPre<CallState>;
+    type Input = policy::IsolationInput;
+    type Answer = Vec<policy::VmIsolationDecision>;
+
+    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre> {
+        Self::Pre::new(pre)
+    }
+
+    fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
+        pre.instantiate(store).map(drop)
+    }
+
+    fn call(
+        pre: &Self::Pre,
+        store: &mut Store<CallState>,
+        input: &Self::Input,
+    ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
+        let instance = pre.instantiate(&mut *store)?;
+        let answer = instance.halo_policy_isolation_response().call_decide_isolation(store, &convert::isolation_input(input))?;
+        Ok(answer.map(convert::isolation_answer))
+    }
+
+    fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {
+        policy::input::check_isolation_input(input)
+    }
+
+    fn validate(input: &Self::Input, answer: &Self::Answer) -> Result<(), String> {
+        policy::isolation::validate_isolation(input, answer).map_err(|e| e.to_string())
+    }
+
+    fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>) {
+        let (answer, problems) = policy::isolation::decide_isolation_fallback(input);
+        (answer, problems.iter().map(ToString::to_string).collect())
+    }
+}
+
+/// `placement-engine`.
+pub struct Placement;
+
+impl PolicyWorld for Placement {
+    const WORLD: &'static str = "placement-engine";
+    const INTERFACE: &'static str = "placement";
+    type Pre = bindings::placement::PlacementEnginePre<CallState>;
+    type Input = policy::PlacementInput;
+    type Answer = policy::Placement;
+
+    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre> {
+        Self::Pre::new(pre)
+    }
+
+    fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
+        pre.instantiate(store).map(drop)
+    }
+
+    fn call(
+        pre: &Self::Pre,
+        store: &mut Store<CallState>,
+        input: &Self::Input,
+    ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
+        let instance = pre.instantiate(&mut *store)?;
+        let answer = instance.halo_policy_placement().call_place(store, &convert::placement_input(input))?;
+        Ok(answer.map(convert::placement_answer))
+    }
+
+    fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {
+        policy::input::check_placement_input(input)
+    }
+
+    fn validate(input: &Self::Input, answer: &Self::Answer) -> Result<(), String> {
+        policy::placement::validate_placement(input, answer).map_err(|e| e.to_string())
+    }
+
+    fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>) {
+        let (answer, problems) = policy::placement::place_fallback(input);
+        (answer, problems.iter().map(ToString::to_string).collect())
+    }
+}
+
+/// `restart-policy`. A dependency cycle is an answer (the agent reports it); only
+/// `restart-error::other` counts as the plugin refusing.
+pub struct RestartOrder;
+
+impl PolicyWorld for RestartOrder {
+    const WORLD: &'static str = "restart-policy";
+    const INTERFACE: &'static str = "restart-order";
+    type Pre = bindings::restart::RestartPolicyPre<CallState>;
+    type Input = policy::RestartInput;
+    type Answer = Result<Vec<policy::Wave>, policy::RestartError>;
+
+    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre> {
+        Self::Pre::new(pre)
+    }
+
+    fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
+        pre.instantiate(store).map(drop)
+    }
+
+    fn call(
+        pre: &Self::Pre,
+        store: &mut Store<CallState>,
+        input: &Self::Input,
+    ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
+        let instance = pre.instantiate(&mut *store)?;
+        let answer = instance.halo_policy_restart_order().call_plan_restart(store, &convert::restart_input(input))?;
+        Ok(match convert::restart_answer(answer) {
+            Err(policy::RestartError::Other(reason)) => Err(reason),
+            other => Ok(other),
+        })
+    }
+
+    fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {
+        policy::input::check_restart_input(input)
+    }
+
+    fn validate(input: &Self::Input, answer: &Self::Answer) -> Result<(), String> {
+        policy::restart::validate_restart(input, answer).map_err(|e| e.to_string())
+    }
+
+    fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>) {
+        (policy::restart::plan_restart_fallback(input), Vec::new())
+    }
+}

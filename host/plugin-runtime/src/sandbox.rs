@@ -170,8 +170,24 @@ impl Sandbox {
                 format!("asked for more than its memory cap of {} MiB", state.memory_cap >> 20),
             ),
             Some(Trap::StackOverflow) => (FailureKind::Trap, "stack overflow".into()),
-            Some(trap) => (FailureKind::Trap, format!("{trap} ({})", root_message(error))),
-            None => (FailureKind::Trap, root_message(error)),
+            Some(Trap::MemoryOutOfBounds) => (
+                FailureKind::Trap,
+                "out-of-bounds memory access (in Rust plugins usually a stack overflow of the plugin's own stack)".into(),
+            ),
+            Some(trap) => (FailureKind::Trap, trap.to_string()),
+            None => {
+                let message = root_message(error);
+                match message.split('`').nth(1).filter(|_| message.starts_with("unknown import: `wasi:")) {
+                    Some(import) => (
+                        FailureKind::Trap,
+                        format!(
+                            "called {import}, which halo denies: a plugin gets no clock, randomness, files, \
+                             environment or network (a Rust panic ends here too: std reads RUST_BACKTRACE)"
+                        ),
+                    ),
+                    None => (FailureKind::Trap, message),
+                }
+            }
         }
     }
 }
@@ -200,9 +216,16 @@ fn spawn_ticker(engine: Engine) -> std::io::Result<(Arc<AtomicBool>, JoinHandle<
 }
 
 /// The deepest cause of an error, on one line.
+/// The first line of each cause that says something (wasmtime's outer layer is only the
+/// backtrace header).
 fn root_message(error: &wasmtime::Error) -> String {
-    let text = format!("{:#}", error);
-    text.lines().next().unwrap_or_default().chars().take(400).collect()
+    let parts: Vec<String> = error
+        .chain()
+        .map(|cause| cause.to_string().lines().next().unwrap_or_default().trim().to_string())
+        .filter(|line| !line.is_empty() && !line.starts_with("error while executing at wasm backtrace"))
+        .collect();
+    let text = if parts.is_empty() { "trap without a message".to_string() } else { parts.join(": ") };
+    text.chars().take(400).collect()
 }
 
 /// What one call's store holds.

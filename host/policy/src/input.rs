@@ -2,7 +2,8 @@
 //! could be validated. Inputs come from the agent (trusted) and from files handed to
 //! `halo plugin run` (not trusted), so both pass here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
 use crate::types::{IsolationInput, PlacementInput, RestartInput};
 
@@ -51,4 +52,14 @@ pub fn check_placement_input(input: &PlacementInput) -> Result<(), InvalidInput>
 /// Unique, non-empty VM names.
 pub fn check_restart_input(input: &RestartInput) -> Result<(), InvalidInput> {
     unique(input.vms.iter().map(|v| v.name.as_str()), "VM", InvalidInput::DuplicateVm)
+}
+
+/// A name → position map with a fixed hasher (deterministic, and no randomness source,
+/// which a plugin sandbox would refuse). Later duplicates win; inputs are checked first.
+pub fn name_index<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<&'a str, usize, BuildHasherDefault<DefaultHasher>> {
+    let mut index = HashMap::default();
+    for (i, name) in names.enumerate() {
+        index.insert(name, i);
+    }
+    index
 }

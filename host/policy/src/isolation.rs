@@ -139,6 +139,14 @@ pub enum InvalidIsolationAnswer {
     /// The answer leaves a VM without a decision.
     #[error("gives no decision for VM `{0}`")]
     MissingVm(String),
+    /// More decisions than VMs.
+    #[error("has {entries} decisions for {vms} VMs")]
+    TooManyEntries {
+        /// Decisions in the answer.
+        entries: usize,
+        /// VMs in the input.
+        vms: usize,
+    },
     /// A grace time out of bounds.
     #[error("asks a shut-down grace of {secs} s for VM `{vm}` (allowed: 1 to {MAX_SHUTDOWN_GRACE_SECS})")]
     BadGrace {
@@ -154,6 +162,9 @@ pub fn validate_isolation(
     input: &IsolationInput,
     answer: &[VmIsolationDecision],
 ) -> Result<(), InvalidIsolationAnswer> {
+    if answer.len() > input.vms.len() {
+        return Err(InvalidIsolationAnswer::TooManyEntries { entries: answer.len(), vms: input.vms.len() });
+    }
     let mut seen: BTreeMap<&str, bool> = input.vms.iter().map(|vm| (vm.name.as_str(), false)).collect();
     for decision in answer {
         match seen.get_mut(decision.vm.as_str()) {

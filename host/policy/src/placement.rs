@@ -258,40 +258,37 @@ pub fn validate_placement(input: &PlacementInput, answer: &Placement) -> Result<
     if entries > input.vms.len() {
         return Err(InvalidPlacement::TooManyEntries { entries, vms: input.vms.len() });
     }
-    let vms: BTreeMap<&str, &VmToPlace> = input.vms.iter().map(|vm| (vm.name.as_str(), vm)).collect();
-    let mut rooms: BTreeMap<&str, HostRoom<'_>> = input
+    let vm_index = crate::input::name_index(input.vms.iter().map(|vm| vm.name.as_str()));
+    let host_index = crate::input::name_index(input.hosts.iter().map(|h| h.name.as_str()));
+    let mut rooms: Vec<HostRoom<'_>> = input
         .hosts
         .iter()
-        .map(|host| {
-            let room = HostRoom {
-                host,
-                free_memory_mib: host.free_memory_mib,
-                vcpus_left: host
-                    .vcpu_capacity(input.vcpu_overcommit_percent)
-                    .saturating_sub(u64::from(host.allocated_vcpus)),
-                groups: host.anti_affinity_groups.iter().map(String::as_str).collect(),
-            };
-            (host.name.as_str(), room)
+        .map(|host| HostRoom {
+            host,
+            free_memory_mib: host.free_memory_mib,
+            vcpus_left: host
+                .vcpu_capacity(input.vcpu_overcommit_percent)
+                .saturating_sub(u64::from(host.allocated_vcpus)),
+            groups: host.anti_affinity_groups.iter().map(String::as_str).collect(),
         })
         .collect();
-    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut seen = vec![false; input.vms.len()];
     let names = answer.assignments.iter().map(|a| a.vm.as_str()).chain(answer.unplaced.iter().map(|u| u.vm.as_str()));
     for name in names {
-        if !vms.contains_key(name) {
+        let Some(&i) = vm_index.get(name) else {
             return Err(InvalidPlacement::UnknownVm(name.to_string()));
-        }
-        if !seen.insert(name) {
+        };
+        if std::mem::replace(&mut seen[i], true) {
             return Err(InvalidPlacement::DuplicateVm(name.to_string()));
         }
     }
-    if let Some(missing) = input.vms.iter().find(|vm| !seen.contains(vm.name.as_str())) {
-        return Err(InvalidPlacement::MissingVm(missing.name.clone()));
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(InvalidPlacement::MissingVm(input.vms[i].name.clone()));
     }
     for assignment in &answer.assignments {
-        let vm = vms[assignment.vm.as_str()];
-        let room = rooms.get_mut(assignment.host.as_str()).ok_or_else(|| InvalidPlacement::UnknownHost {
-            vm: vm.name.clone(),
-            host: assignment.host.clone(),
+        let vm = &input.vms[vm_index[assignment.vm.as_str()]];
+        let room = host_index.get(assignment.host.as_str()).map(|&h| &mut rooms[h]).ok_or_else(|| {
+            InvalidPlacement::UnknownHost { vm: vm.name.clone(), host: assignment.host.clone() }
         })?;
         if let Some(refusal) = room.refusal(vm) {
             return Err(InvalidPlacement::Refused {

@@ -212,7 +212,7 @@ pub fn validate_restart(
 }
 
 fn validate_waves(graph: &DependencyGraph<'_>, input: &RestartInput, waves: &[Wave]) -> Result<(), InvalidRestartPlan> {
-    let entries: usize = waves.iter().map(Vec::len).sum();
+    let entries: usize = waves.iter().map(Vec::len).sum::<usize>().max(waves.len());
     if entries > input.vms.len() {
         return Err(InvalidRestartPlan::TooManyEntries { entries, vms: input.vms.len() });
     }

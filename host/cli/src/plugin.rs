@@ -1,0 +1,269 @@
+//! `halo plugin check|run|bench`: the plugin author's test harness.
+//!
+//! `check` loads a plugin the way the agent does and prints what it is; `run` makes one
+//! decision from a JSON input (the WIT types, field names in kebab-case) and prints the
+//! validated answer; `bench` measures calls per second. Every failure (not a component,
+//! wrong world or version, trap, timeout, memory, invalid answer) is one clear line and a
+//! non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use halo_plugin_runtime::{
+    CpuBudget, Isolation, LoadError, LoadedPlugin, Placement, PluginInfo, PolicyWorld, RestartOrder, Runtime,
+    SandboxLimits,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Plugin subcommands.
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin as the agent would and print its world, contract version, exports, size and load time.
+    Check {
+        /// The plugin (.wasm component).
+        file: PathBuf,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Run one decision on a JSON input and print the validated answer as JSON.
+    Run {
+        /// The plugin (.wasm component).
+        file: PathBuf,
+        /// The input, as JSON in the plugin's WIT types.
+        #[arg(long)]
+        input: PathBuf,
+        /// Run the agent's built-in policy on the input instead of FILE's (same answer as the default plugins).
+        #[arg(long)]
+        builtin: bool,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Measure calls per second and per-call latency on a JSON input.
+    Bench {
+        /// The plugin (.wasm component).
+        file: PathBuf,
+        /// The input, as JSON in the plugin's WIT types.
+        #[arg(long)]
+        input: PathBuf,
+        /// Stop after this many calls.
+        #[arg(long, default_value_t = 100_000)]
+        iterations: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[command(flatten)]
+        opts: Opts,
+    },
+}
+
+/// Options shared by the plugin subcommands.
+#[derive(Args, Clone)]
+pub struct Opts {
+    /// The world to load the plugin as (default: the one it exports).
+    #[arg(long, value_enum)]
+    world: Option<World>,
+    /// CPU budget per call in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    cpu_ms: u64,
+    /// How the CPU budget is enforced: fuel (deterministic) or epoch (wall clock).
+    #[arg(long, value_enum, default_value_t = BudgetKind::Fuel)]
+    budget: BudgetKind,
+    /// Memory cap per call in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mib: usize,
+    /// Cache compiled plugins in this directory (AOT).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum World {
+    #[value(name = "isolation-policy")]
+    Isolation,
+    #[value(name = "placement-engine")]
+    Placement,
+    #[value(name = "restart-policy")]
+    Restart,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BudgetKind {
+    Fuel,
+    Epoch,
+}
+
+impl Opts {
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        if self.memory_mib == 0 || self.memory_mib > 4096 {
+            bail!("--memory-mib must be between 1 and 4096, not {}", self.memory_mib);
+        }
+        let millis = self.cpu_ms;
+        let cpu = match self.budget {
+            BudgetKind::Fuel => CpuBudget::Fuel { millis },
+            BudgetKind::Epoch => CpuBudget::Epoch { millis },
+        };
+        let limits = SandboxLimits { cpu, memory_bytes: self.memory_mib << 20, ..SandboxLimits::default() };
+        Ok(Runtime::new(limits, self.cache_dir.as_deref())?)
+    }
+}
+
+/// Runs a plugin subcommand.
+pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    let (file, opts) = match &command {
+        PluginCommand::Check { file, opts } | PluginCommand::Run { file, opts, .. } | PluginCommand::Bench { file, opts, .. } => {
+            (file.clone(), opts.clone())
+        }
+    };
+    let runtime = Arc::new(opts.runtime()?);
+    let world = match opts.world {
+        Some(world) => world,
+        None => detect_world(&runtime, &file)?,
+    };
+    match world {
+        World::Isolation => run_world::<Isolation>(&runtime, &file, command),
+        World::Placement => run_world::<Placement>(&runtime, &file, command),
+        World::Restart => run_world::<RestartOrder>(&runtime, &file, command),
+    }
+}
+
+/// The world a plugin exports: tries each; a wrong-world error means "try the next".
+fn detect_world(runtime: &Runtime, file: &Path) -> anyhow::Result<World> {
+    let mut last = None;
+    for world in [World::Isolation, World::Placement, World::Restart] {
+        let outcome = match world {
+            World::Isolation => runtime.load::<Isolation>(file).map(drop),
+            World::Placement => runtime.load::<Placement>(file).map(drop),
+            World::Restart => runtime.load::<RestartOrder>(file).map(drop),
+        };
+        match outcome {
+            Ok(()) => return Ok(world),
+            Err(error @ LoadError::WrongWorld { .. }) => last = Some(error),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    match last {
+        Some(LoadError::WrongWorld { path, found, .. }) => bail!(
+            "plugin {} {found}; a halo plugin exports one of halo:policy/isolation-response, halo:policy/placement, halo:policy/restart-order",
+            path.display()
+        ),
+        Some(other) => Err(other.into()),
+        None => bail!("plugin {}: no world matched", file.display()),
+    }
+}
+
+fn run_world<W>(runtime: &Runtime, file: &Path, command: PluginCommand) -> anyhow::Result<ExitCode>
+where
+    W: PolicyWorld,
+    W::Input: DeserializeOwned,
+    W::Answer: Serialize,
+{
+    match command {
+        PluginCommand::Check { .. } => {
+            let plugin = runtime.load::<W>(file)?;
+            print_info(plugin.info(), runtime);
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Run { input, builtin, .. } => {
+            let input: W::Input = read_input::<W>(&input)?;
+            if builtin {
+                let (answer, problems) = W::fallback(&input);
+                for problem in problems {
+                    eprintln!("warning: {problem} (default used)");
+                }
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let plugin = runtime.load::<W>(file)?;
+            match runtime.call(&plugin, &input) {
+                Ok(answer) => {
+                    println!("{}", serde_json::to_string_pretty(&answer)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    eprintln!("error: plugin `{}` {} — {}", failure.plugin, failure.kind.as_str(), failure.detail);
+                    eprintln!("(in the agent, the built-in policy would decide instead and an alert would be raised)");
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
+        PluginCommand::Bench { input, iterations, seconds, .. } => {
+            let input: W::Input = read_input::<W>(&input)?;
+            let plugin = runtime.load::<W>(file)?;
+            bench(runtime, &plugin, &input, iterations, seconds)
+        }
+    }
+}
+
+fn read_input<W: PolicyWorld>(path: &Path) -> anyhow::Result<W::Input>
+where
+    W::Input: DeserializeOwned,
+{
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    let input: W::Input = serde_json::from_str(&text)
+        .with_context(|| format!("input {} is not a valid {} input", path.display(), W::WORLD))?;
+    W::check_input(&input).with_context(|| format!("input {}", path.display()))?;
+    Ok(input)
+}
+
+fn print_info(info: &PluginInfo, runtime: &Runtime) {
+    println!("plugin:     {}", info.path.display());
+    println!("world:      halo:policy/{}", info.world);
+    println!("export:     {}", info.export);
+    let version = info.export.rsplit('@').next().unwrap_or_default();
+    println!("contract:   {version} (this agent speaks {})", halo_plugin_runtime::CONTRACT_VERSION);
+    println!("exports:    {}", info.exports.join(", "));
+    println!("wasi:       {} imports, all denied (calling one traps)", info.denied_imports.len());
+    println!("size:       {} bytes", info.size);
+    println!("sha256:     {}", info.sha256);
+    println!(
+        "load time:  {:.1} ms{}",
+        info.load_time.as_secs_f64() * 1e3,
+        if info.from_cache { " (from the AOT cache)" } else { "" }
+    );
+    let limits = runtime.limits();
+    println!("limits:     CPU {}, memory {} MiB per call", limits.cpu, limits.memory_bytes >> 20);
+}
+
+fn bench<W: PolicyWorld>(
+    runtime: &Runtime,
+    plugin: &LoadedPlugin<W>,
+    input: &W::Input,
+    iterations: u64,
+    seconds: f64,
+) -> anyhow::Result<ExitCode> {
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        bail!("--seconds must be between 0 and 3600");
+    }
+    let limit = Duration::from_secs_f64(seconds);
+    // One call first: a failing plugin is reported, not benchmarked.
+    if let Err(failure) = runtime.call(plugin, input) {
+        bail!("{failure}");
+    }
+    let mut samples: Vec<Duration> = Vec::new();
+    let started = Instant::now();
+    while (samples.len() as u64) < iterations.max(1) && started.elapsed() < limit {
+        let t = Instant::now();
+        runtime.call(plugin, input).map_err(|f| anyhow::anyhow!("{f}"))?;
+        samples.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    println!("plugin:        {} ({})", plugin.info().name, W::WORLD);
+    println!("calls:         {} in {:.2} s", samples.len(), total.as_secs_f64());
+    println!("calls/s:       {:.0}", samples.len() as f64 / total.as_secs_f64());
+    println!(
+        "latency:       min {:?}  p50 {:?}  p99 {:?}  max {:?}",
+        samples[0],
+        pct(0.5),
+        pct(0.99),
+        samples[samples.len() - 1]
+    );
+    println!("(each call: fresh store and instance, input converted, answer validated)");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,159 @@
+//! Plugin runtime benchmark (prints figures; not a test). Needs the default plugins built:
+//! `cargo build --profile plugin --target wasm32-wasip2 -p halo-plugin-placement -p halo-plugin-restart-order`.
+//!
+//! Run: `cargo bench -p halo-plugin-runtime --bench plugins`. Figures go to docs/performance.md.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use halo_plugin_runtime::{CpuBudget, Placement, RestartOrder, Runtime, SandboxLimits};
+use halo_policy::{
+    CandidateHost, PlacementInput, PlacementReason, RestartInput, RestartPriority, VmToPlace, VmToRestart,
+};
+
+fn plugin(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip2/plugin");
+    let path = root.join(name);
+    if !path.is_file() {
+        eprintln!("{} is missing: build the plugins first (cargo xtask plugins)", path.display());
+        std::process::exit(2);
+    }
+    path
+}
+
+/// Median of `runs` timings of `f`.
+fn median(runs: usize, mut f: impl FnMut()) -> Duration {
+    let mut t: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[t.len() / 2]
+}
+
+/// A deterministic generator (no randomness crate, same input every run).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn big_placement(vms: usize, hosts: usize) -> PlacementInput {
+    let mut rng = Lcg(42);
+    let hosts: Vec<CandidateHost> = (0..hosts)
+        .map(|i| CandidateHost {
+            name: format!("host-{i:04}"),
+            total_memory_mib: 262_144,
+            free_memory_mib: 65_536 + rng.next(131_072),
+            total_vcpus: 64,
+            allocated_vcpus: rng.next(64) as u32,
+            labels: if i % 10 == 0 { vec!["gpu".into()] } else { vec![] },
+            datastores: vec!["ds1".into(), format!("ds{}", 2 + i % 4)],
+            maintenance: i % 97 == 0,
+            anti_affinity_groups: vec![],
+        })
+        .collect();
+    let vms: Vec<VmToPlace> = (0..vms)
+        .map(|i| VmToPlace {
+            name: format!("vm-{i:05}"),
+            memory_mib: [1024, 2048, 4096, 8192, 16384][rng.next(5) as usize],
+            vcpus: 1 + rng.next(8) as u32,
+            priority: if i % 4 == 0 { RestartPriority::BestEffort } else { RestartPriority::Restart },
+            required_host_labels: if i % 50 == 0 { vec!["gpu".into()] } else { vec![] },
+            anti_affinity_group: (i % 20 == 0).then(|| format!("aa-{}", i % 200)),
+            avoid_hosts: vec![format!("host-{:04}", rng.next(hosts.len() as u64))],
+            datastores: vec!["ds1".into()],
+        })
+        .collect();
+    PlacementInput { reason: PlacementReason::Failover, vms, hosts, vcpu_overcommit_percent: 400, settings: vec![] }
+}
+
+fn main() {
+    let restart_wasm = plugin("halo_plugin_restart_order.wasm");
+    let placement_wasm = plugin("halo_plugin_placement.wasm");
+    println!("# halo plugin runtime benchmark\n");
+
+    // 1. Overhead of one decision: fresh store + instance, trivial input, answer validated.
+    let trivial = RestartInput {
+        vms: vec![VmToRestart {
+            name: "vm".into(),
+            priority: RestartPriority::Restart,
+            order: 0,
+            group: None,
+            depends_on: vec![],
+        }],
+        settings: vec![],
+    };
+    for (label, cpu) in [
+        ("fuel", CpuBudget::Fuel { millis: 50 }),
+        ("epoch", CpuBudget::Epoch { millis: 50 }),
+    ] {
+        let runtime = Runtime::new(SandboxLimits { cpu, ..SandboxLimits::default() }, None).expect("runtime");
+        let plugin = runtime.load::<RestartOrder>(&restart_wasm).expect("load");
+        for _ in 0..2000 {
+            runtime.call(&plugin, &trivial).expect("call");
+        }
+        let n = 20_000;
+        let per_call = median(5, || {
+            for _ in 0..n {
+                runtime.call(&plugin, &trivial).expect("call");
+            }
+        }) / n;
+        println!("trivial decision (restart-policy, 1 VM), {label:5}: {:>7.2} µs/call", per_call.as_secs_f64() * 1e6);
+    }
+
+    // 2. Placement of 10,000 VMs on 1,000 hosts: WASM with limits on vs native.
+    let input = big_placement(10_000, 1_000);
+    let native = median(7, || {
+        let (answer, _) = halo_policy::placement::place_fallback(&input);
+        std::hint::black_box(answer);
+    });
+    let placed = halo_policy::placement::place_fallback(&input).0;
+    println!(
+        "\nplacement 10,000 VMs on 1,000 hosts ({} placed, {} unplaced)",
+        placed.assignments.len(),
+        placed.unplaced.len()
+    );
+    println!("  native (built-in)        : {:>7.2} ms", native.as_secs_f64() * 1e3);
+    for (label, cpu) in [
+        ("wasm, fuel 2 s budget  ", CpuBudget::Fuel { millis: 2000 }),
+        ("wasm, epoch 2 s budget ", CpuBudget::Epoch { millis: 2000 }),
+    ] {
+        let runtime = Runtime::new(SandboxLimits { cpu, ..SandboxLimits::default() }, None).expect("runtime");
+        let plugin = runtime.load::<Placement>(&placement_wasm).expect("load");
+        let answer = runtime.call(&plugin, &input).expect("wasm placement");
+        assert_eq!(answer, placed, "the plugin and the built-in policy must agree");
+        let wasm = median(7, || {
+            std::hint::black_box(runtime.call(&plugin, &input).expect("call"));
+        });
+        println!(
+            "  {label}  : {:>7.2} ms  ({:.2}x native, memory cap 64 MiB)",
+            wasm.as_secs_f64() * 1e3,
+            wasm.as_secs_f64() / native.as_secs_f64()
+        );
+    }
+
+    // 3. Cold load with and without the AOT cache.
+    let dir = std::env::temp_dir().join(format!("halo-bench-cache-{}", std::process::id()));
+    let runtime = Arc::new(Runtime::new(SandboxLimits::default(), Some(&dir)).expect("runtime"));
+    let first = runtime.load::<Placement>(&placement_wasm).expect("load");
+    let cached = median(5, || {
+        let p = runtime.load::<Placement>(&placement_wasm).expect("load");
+        assert!(p.info().from_cache);
+    });
+    let plain = Runtime::new(SandboxLimits::default(), None).expect("runtime");
+    let compile = median(3, || {
+        plain.load::<Placement>(&placement_wasm).expect("load");
+    });
+    println!("\ncold load of the placement plugin ({} KiB)", first.info().size / 1024);
+    println!("  compile (no cache)       : {:>7.2} ms", compile.as_secs_f64() * 1e3);
+    println!("  first load, filling cache: {:>7.2} ms", first.info().load_time.as_secs_f64() * 1e3);
+    println!("  from the AOT cache       : {:>7.2} ms", cached.as_secs_f64() * 1e3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

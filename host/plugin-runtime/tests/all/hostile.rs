@@ -1,0 +1,99 @@
+//! Every hostile plugin yields a clear failure and the built-in policy's answer; the
+//! process survives and the next call works.
+
+use halo_plugin_runtime::{DecidedBy, FailureKind, Isolation, Placement, PluginSlot, PolicyWorld, RestartOrder};
+
+use crate::{isolation_input, placement_input, plugin, restart_input, runtime};
+
+/// Loads `name` for `W`, decides on `input`, and checks the fallback answered with `kind`.
+fn falls_back<W: PolicyWorld>(name: &str, input: &W::Input, kind: FailureKind, detail: &str) -> W::Answer
+where
+    W::Answer: PartialEq,
+{
+    let slot = PluginSlot::<W>::load(runtime(), &plugin(&format!("hostile:{name}"))).expect("hostile plugin loads");
+    let decision = slot.decide(input);
+    let failure = decision.failure().unwrap_or_else(|| panic!("{name}: expected a fallback, got {:?}", decision.decided_by));
+    assert_eq!(failure.kind, kind, "{name}: {failure}");
+    assert!(failure.detail.contains(detail), "{name}: `{}` should mention `{detail}`", failure.detail);
+    assert!(failure.to_string().contains(name), "the message names the plugin: {failure}");
+    let (expected, _) = W::fallback(input);
+    assert_eq!(decision.answer, expected, "{name}: the built-in policy's answer is used");
+    assert_eq!(W::validate(input, &decision.answer), Ok(()));
+    // The slot keeps working: a second call fails the same way, not worse.
+    assert_eq!(slot.decide(input).failure().map(|f| f.kind), Some(kind));
+    let stats = slot.stats();
+    assert_eq!((stats.calls, stats.fallbacks, stats.plugin_answers), (2, 2, 0));
+    assert_eq!(stats.failures.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n), Some(2));
+    decision.answer
+}
+
+#[test]
+fn infinite_loop_is_stopped_by_the_cpu_budget() {
+    let started = std::time::Instant::now();
+    falls_back::<Placement>("infinite_loop", &placement_input(), FailureKind::Timeout, "CPU budget");
+    // Two calls of a 50 ms budget: far below a second even on a loaded machine.
+    assert!(started.elapsed().as_secs() < 10, "the budget did not stop the loop promptly");
+}
+
+#[test]
+fn a_one_gib_allocation_hits_the_memory_cap() {
+    falls_back::<Placement>("huge_allocation", &placement_input(), FailureKind::MemoryExhausted, "64 MiB");
+}
+
+#[test]
+fn a_panic_is_a_trap() {
+    falls_back::<Placement>("panics", &placement_input(), FailureKind::Trap, "halo denies");
+}
+
+#[test]
+fn reading_the_clock_is_denied() {
+    falls_back::<Placement>("reads_clock", &placement_input(), FailureKind::Trap, "wasi:clocks/wall-clock");
+}
+
+#[test]
+fn a_stack_overflow_is_a_trap() {
+    let _ = falls_back::<RestartOrder>("stack_overflow", &restart_input(), FailureKind::Trap, "stack overflow");
+}
+
+#[test]
+fn unknown_hosts_are_refused() {
+    falls_back::<Placement>("unknown_host", &placement_input(), FailureKind::InvalidAnswer, "unknown host `no-such-host`");
+}
+
+#[test]
+fn a_vm_placed_twice_is_refused() {
+    falls_back::<Placement>("places_twice", &placement_input(), FailureKind::InvalidAnswer, "entries for 3 VMs");
+}
+
+#[test]
+fn exceeding_capacity_is_refused() {
+    let mut input = placement_input();
+    input.hosts.rotate_right(1); // the failed host first
+    falls_back::<Placement>("exceeds_capacity", &input, FailureKind::InvalidAnswer, "is to be avoided");
+    input.hosts.insert(0, crate::host("tiny", 4000));
+    falls_back::<Placement>("exceeds_capacity", &input, FailureKind::InvalidAnswer, "short of");
+}
+
+#[test]
+fn a_million_entries_are_refused_without_harm() {
+    falls_back::<Isolation>("million_entries", &isolation_input(), FailureKind::InvalidAnswer, "1000000 decisions for 2 VMs");
+}
+
+#[test]
+fn waves_missing_a_vm_are_refused() {
+    let _ = falls_back::<RestartOrder>("omits_vms", &restart_input(), FailureKind::InvalidAnswer, "out of every wave");
+}
+
+#[test]
+fn a_plugin_refusing_to_decide_falls_back() {
+    falls_back::<Placement>("refuses", &placement_input(), FailureKind::Refused, "Tuesdays");
+}
+
+#[test]
+fn a_log_flood_is_capped_and_the_answer_still_checked() {
+    let slot = PluginSlot::<Placement>::load(runtime(), &plugin("hostile:log_flood")).expect("loads");
+    let decision = slot.decide(&placement_input());
+    // It declines every VM: a valid answer, so it stands.
+    assert_eq!(decision.decided_by, DecidedBy::Plugin("log_flood.wasm".into()));
+    assert_eq!(decision.answer.unplaced.len(), 3);
+}

@@ -1,0 +1,93 @@
+//! Load-time checks: world, contract version, not-a-component, and the AOT cache.
+
+use halo_plugin_runtime::{Isolation, LoadError, Placement, RestartOrder, Runtime, SandboxLimits};
+
+use crate::{isolation_input, placement_input, plugin, restart_input, runtime};
+
+#[test]
+fn default_plugins_load_and_agree_with_the_built_in_policies() {
+    let rt = runtime();
+    let isolation = rt.load::<Isolation>(&plugin("default:isolation")).expect("isolation plugin");
+    assert_eq!(isolation.info().export, "halo:policy/isolation-response@0.1.0");
+    let input = isolation_input();
+    assert_eq!(rt.call(&isolation, &input).expect("answer"), halo_policy::isolation::decide_isolation_fallback(&input).0);
+
+    let placement = rt.load::<Placement>(&plugin("default:placement")).expect("placement plugin");
+    let input = placement_input();
+    let answer = rt.call(&placement, &input).expect("answer");
+    assert_eq!(answer, halo_policy::placement::place_fallback(&input).0);
+    assert!(answer.assignments.iter().all(|a| a.host != "failed"), "never the failed host");
+
+    let restart = rt.load::<RestartOrder>(&plugin("default:restart_order")).expect("restart plugin");
+    let input = restart_input();
+    let waves = rt.call(&restart, &input).expect("answer").expect("no cycle");
+    assert_eq!(waves, vec![vec!["dhcp".to_string()], vec!["sql".into()], vec!["web".into()]]);
+}
+
+#[test]
+fn a_plugin_of_another_world_is_refused_with_its_exports_named() {
+    let err = runtime().load::<Placement>(&plugin("default:restart_order")).err().expect("wrong world");
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("halo:policy/restart-order@0.1.0") && text.contains("halo:policy/placement@0.1.0"), "{text}");
+}
+
+#[test]
+fn a_plugin_of_another_contract_version_is_refused() {
+    let err = runtime().load::<Placement>(&plugin("hostile:contract_v0_2")).err().expect("wrong version");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.0; rebuild the plugin against wit/0.1.0",
+            plugin("hostile:contract_v0_2").display()
+        )
+    );
+}
+
+#[test]
+fn files_that_are_not_components_are_refused() {
+    let dir = std::env::temp_dir().join(format!("halo-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let cases: [(&str, &[u8]); 3] = [
+        ("text.wasm", b"hello, I am not wasm"),
+        // A core module (not a component): magic + version 1.
+        ("core.wasm", b"\0asm\x01\0\0\0"),
+        ("truncated.wasm", b"\0asm\x0d\0\x01\0\x01"),
+    ];
+    for (name, bytes) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let err = runtime().load::<Placement>(&path).err().expect("refused");
+        assert!(matches!(err, LoadError::NotAComponent { .. }), "{name}: {err}");
+    }
+    let missing = runtime().load::<Placement>(&dir.join("absent.wasm")).err().expect("refused");
+    assert!(matches!(missing, LoadError::Read { .. }), "{missing}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_aot_cache_is_used_and_a_foreign_cwasm_is_never_loaded() {
+    let dir = std::env::temp_dir().join(format!("halo-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rt = Runtime::new(SandboxLimits::default(), Some(&dir)).expect("runtime");
+    let first = rt.load::<Placement>(&plugin("default:placement")).expect("compiles");
+    assert!(!first.info().from_cache);
+    let second = rt.load::<Placement>(&plugin("default:placement")).expect("from cache");
+    assert!(second.info().from_cache);
+    assert_eq!(rt.call(&second, &placement_input()), rt.call(&first, &placement_input()));
+    // A precompiled artifact handed over as a plugin is refused before any deserialization.
+    let artifact = std::fs::read_dir(&dir)
+        .expect("cache dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("an artifact was written");
+    let err = rt.load::<Placement>(&artifact).err().expect("a .cwasm is not a plugin");
+    assert!(err.to_string().contains("never a precompiled .cwasm"), "{err}");
+    // A cache directory others can write is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let refused = Runtime::new(SandboxLimits::default(), Some(&dir)).err().expect("unsafe cache dir");
+    assert!(refused.to_string().contains("writable by group or others"), "{refused}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

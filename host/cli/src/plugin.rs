@@ -115,9 +115,9 @@ impl Opts {
 /// Runs a plugin subcommand.
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     let (file, opts) = match &command {
-        PluginCommand::Check { file, opts } | PluginCommand::Run { file, opts, .. } | PluginCommand::Bench { file, opts, .. } => {
-            (file.clone(), opts.clone())
-        }
+        PluginCommand::Check { file, opts }
+        | PluginCommand::Run { file, opts, .. }
+        | PluginCommand::Bench { file, opts, .. } => (file.clone(), opts.clone()),
     };
     let runtime = Arc::new(opts.runtime()?);
     let world = match opts.world {

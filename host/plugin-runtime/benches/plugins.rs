@@ -90,19 +90,16 @@ fn main() {
         }],
         settings: vec![],
     };
-    for (label, cpu) in [
-        ("fuel", CpuBudget::Fuel { millis: 50 }),
-        ("epoch", CpuBudget::Epoch { millis: 50 }),
-    ] {
+    for (label, cpu) in [("fuel", CpuBudget::Fuel { millis: 50 }), ("epoch", CpuBudget::Epoch { millis: 50 })] {
         let runtime = Runtime::new(SandboxLimits { cpu, ..SandboxLimits::default() }, None).expect("runtime");
         let plugin = runtime.load::<RestartOrder>(&restart_wasm).expect("load");
         for _ in 0..2000 {
-            runtime.call(&plugin, &trivial).expect("call");
+            runtime.call(&plugin, &trivial).expect("call").expect("no cycle");
         }
         let n = 20_000;
         let per_call = median(5, || {
             for _ in 0..n {
-                runtime.call(&plugin, &trivial).expect("call");
+                runtime.call(&plugin, &trivial).expect("call").expect("no cycle");
             }
         }) / n;
         println!("trivial decision (restart-policy, 1 VM), {label:5}: {:>7.2} µs/call", per_call.as_secs_f64() * 1e6);

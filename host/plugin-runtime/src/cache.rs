@@ -59,7 +59,13 @@ impl AotCache {
 
     /// The component for `bytes`: from the cache when present and valid, otherwise
     /// compiled and stored. Returns whether it came from the cache.
-    pub fn load(&self, engine: &Engine, bytes: &[u8], sha256: &str, path: &Path) -> Result<(Component, bool), LoadError> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        sha256: &str,
+        path: &Path,
+    ) -> Result<(Component, bool), LoadError> {
         let artifact = self.artifact(engine, sha256);
         if artifact.is_file() {
             match deserialize(engine, &artifact) {

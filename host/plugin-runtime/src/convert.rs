@@ -117,11 +117,7 @@ pub fn placement_input(input: &policy::PlacementInput) -> wit::PlacementInput {
 /// The placement answer in policy form.
 pub fn placement_answer(answer: wit::Placement) -> policy::Placement {
     policy::Placement {
-        assignments: answer
-            .assignments
-            .into_iter()
-            .map(|a| policy::Assignment { vm: a.vm, host: a.host })
-            .collect(),
+        assignments: answer.assignments.into_iter().map(|a| policy::Assignment { vm: a.vm, host: a.host }).collect(),
         unplaced: answer.unplaced.into_iter().map(|u| policy::UnplacedVm { vm: u.vm, reason: u.reason }).collect(),
     }
 }

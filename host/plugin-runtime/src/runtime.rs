@@ -147,7 +147,8 @@ impl Runtime {
         let export = check_export::<W>(path, &exports)?;
         let denied_imports = check_imports(path, &imports)?;
 
-        let instantiate_err = |e: wasmtime::Error| LoadError::Instantiate { path: path.to_path_buf(), reason: format!("{e:#}") };
+        let instantiate_err =
+            |e: wasmtime::Error| LoadError::Instantiate { path: path.to_path_buf(), reason: format!("{e:#}") };
         let mut linker: Linker<CallState> = Linker::new(engine);
         bindings::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(instantiate_err)?;
@@ -174,9 +175,16 @@ impl Runtime {
 
     /// Runs `plugin` once on `input` and validates the answer; no fallback.
     pub fn call<W: PolicyWorld>(&self, plugin: &LoadedPlugin<W>, input: &W::Input) -> Result<W::Answer, PluginFailure> {
-        let fail = |kind, detail: String| PluginFailure { plugin: plugin.info.name.to_string(), world: W::WORLD, kind, detail };
-        let mut store =
-            self.sandbox.store(plugin.info.name.clone()).map_err(|e| fail(FailureKind::Instantiate, format!("{e:#}")))?;
+        let fail = |kind, detail: String| PluginFailure {
+            plugin: plugin.info.name.to_string(),
+            world: W::WORLD,
+            kind,
+            detail,
+        };
+        let mut store = self
+            .sandbox
+            .store(plugin.info.name.clone())
+            .map_err(|e| fail(FailureKind::Instantiate, format!("{e:#}")))?;
         let outcome = W::call(&plugin.pre, &mut store, input);
         if store.data().log_dropped() > 0 {
             tracing::warn!(plugin = %plugin.info.name, dropped = store.data().log_dropped(), "plugin log lines dropped (over the per-call allowance)");

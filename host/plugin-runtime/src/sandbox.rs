@@ -172,7 +172,8 @@ impl Sandbox {
             Some(Trap::StackOverflow) => (FailureKind::Trap, "stack overflow".into()),
             Some(Trap::MemoryOutOfBounds) => (
                 FailureKind::Trap,
-                "out-of-bounds memory access (in Rust plugins usually a stack overflow of the plugin's own stack)".into(),
+                "out-of-bounds memory access (in Rust plugins usually a stack overflow of the plugin's own stack)"
+                    .into(),
             ),
             Some(trap) => (FailureKind::Trap, trap.to_string()),
             None => {
@@ -204,14 +205,12 @@ impl Drop for Sandbox {
 fn spawn_ticker(engine: Engine) -> std::io::Result<(Arc<AtomicBool>, JoinHandle<()>)> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let handle = std::thread::Builder::new()
-        .name("halo-plugin-epoch".into())
-        .spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })?;
+    let handle = std::thread::Builder::new().name("halo-plugin-epoch".into()).spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(EPOCH_TICK);
+            engine.increment_epoch();
+        }
+    })?;
     Ok((stop, handle))
 }
 

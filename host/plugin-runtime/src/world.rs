@@ -32,8 +32,11 @@ pub trait PolicyWorld: Send + Sync + 'static {
     /// Instantiates once without calling (a load-time check).
     fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()>;
     /// Runs the plugin once in a fresh instance.
-    fn call(pre: &Self::Pre, store: &mut Store<CallState>, input: &Self::Input)
-    -> wasmtime::Result<RawAnswer<Self::Answer>>;
+    fn call(
+        pre: &Self::Pre,
+        store: &mut Store<CallState>,
+        input: &Self::Input,
+    ) -> wasmtime::Result<RawAnswer<Self::Answer>>;
     /// Refuses inputs no answer could be checked against (duplicate names).
     fn check_input(input: &Self::Input) -> Result<(), InvalidInput>;
     /// Checks an answer against its input.
@@ -66,7 +69,8 @@ impl PolicyWorld for Isolation {
         input: &Self::Input,
     ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
         let instance = pre.instantiate(&mut *store)?;
-        let answer = instance.halo_policy_isolation_response().call_decide_isolation(store, &convert::isolation_input(input))?;
+        let answer =
+            instance.halo_policy_isolation_response().call_decide_isolation(store, &convert::isolation_input(input))?;
         Ok(answer.map(convert::isolation_answer))
     }
 

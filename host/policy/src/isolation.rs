@@ -236,10 +236,7 @@ mod tests {
 
     #[test]
     fn settings_choose_shut_down_with_grace() {
-        let settings = vec![
-            Setting::new("best-effort", "shut-down"),
-            Setting::new("shutdown-grace-seconds", "30"),
-        ];
+        let settings = vec![Setting::new("best-effort", "shut-down"), Setting::new("shutdown-grace-seconds", "30")];
         let answer = decide_isolation(&input(true, settings)).expect("valid settings");
         assert_eq!(answer[1].action, IsolationAction::ShutDown(30));
     }
@@ -265,10 +262,7 @@ mod tests {
         let mut dup = good.clone();
         dup[1].vm = "db".into();
         assert_eq!(validate_isolation(&input, &dup), Err(InvalidIsolationAnswer::DuplicateVm("db".into())));
-        assert_eq!(
-            validate_isolation(&input, &good[..2]),
-            Err(InvalidIsolationAnswer::MissingVm("scratch".into()))
-        );
+        assert_eq!(validate_isolation(&input, &good[..2]), Err(InvalidIsolationAnswer::MissingVm("scratch".into())));
         let mut grace = good;
         grace[0].action = IsolationAction::ShutDown(0);
         assert!(matches!(validate_isolation(&input, &grace), Err(InvalidIsolationAnswer::BadGrace { .. })));

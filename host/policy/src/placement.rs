@@ -78,7 +78,7 @@ impl HostRoom<'_> {
         if self.host.maintenance {
             return Some(Refusal::Maintenance);
         }
-        if vm.avoid_hosts.iter().any(|h| *h == self.host.name) {
+        if vm.avoid_hosts.contains(&self.host.name) {
             return Some(Refusal::Avoided);
         }
         if self.free_memory_mib < vm.memory_mib {
@@ -287,9 +287,10 @@ pub fn validate_placement(input: &PlacementInput, answer: &Placement) -> Result<
     }
     for assignment in &answer.assignments {
         let vm = &input.vms[vm_index[assignment.vm.as_str()]];
-        let room = host_index.get(assignment.host.as_str()).map(|&h| &mut rooms[h]).ok_or_else(|| {
-            InvalidPlacement::UnknownHost { vm: vm.name.clone(), host: assignment.host.clone() }
-        })?;
+        let room = host_index
+            .get(assignment.host.as_str())
+            .map(|&h| &mut rooms[h])
+            .ok_or_else(|| InvalidPlacement::UnknownHost { vm: vm.name.clone(), host: assignment.host.clone() })?;
         if let Some(refusal) = room.refusal(vm) {
             return Err(InvalidPlacement::Refused {
                 vm: vm.name.clone(),
@@ -341,13 +342,7 @@ mod tests {
     }
 
     fn input(vms: Vec<VmToPlace>, hosts: Vec<CandidateHost>) -> PlacementInput {
-        PlacementInput {
-            reason: PlacementReason::Failover,
-            vms,
-            hosts,
-            vcpu_overcommit_percent: 100,
-            settings: vec![],
-        }
+        PlacementInput { reason: PlacementReason::Failover, vms, hosts, vcpu_overcommit_percent: 100, settings: vec![] }
     }
 
     fn host_of<'a>(p: &'a Placement, vm: &str) -> Option<&'a str> {

@@ -131,13 +131,8 @@ pub fn plan_restart_fallback(input: &RestartInput) -> Result<Vec<Wave>, RestartE
     // Level inside the class: one after the latest same-class dependency.
     let mut level = vec![0usize; vms.len()];
     for &v in &topo {
-        level[v] = graph
-            .deps(v)
-            .iter()
-            .filter(|&&d| effective[d] == effective[v])
-            .map(|&d| level[d] + 1)
-            .max()
-            .unwrap_or(0);
+        level[v] =
+            graph.deps(v).iter().filter(|&&d| effective[d] == effective[v]).map(|&d| level[d] + 1).max().unwrap_or(0);
     }
     let mut by_class: BTreeMap<(RestartPriority, u32), BTreeMap<usize, Vec<usize>>> = BTreeMap::new();
     for v in 0..vms.len() {
@@ -335,7 +330,10 @@ mod tests {
         assert!(matches!(check(vec![vec!["db", "app"]]), Err(InvalidRestartPlan::DependencyViolated { .. })));
         assert!(matches!(check(vec![vec!["db"]]), Err(InvalidRestartPlan::MissingVm(_))));
         assert!(matches!(check(vec![vec!["db"], vec!["app", "db"]]), Err(InvalidRestartPlan::TooManyEntries { .. })));
-        assert!(matches!(check(vec![vec!["db"], vec!["app"], vec!["x"]]), Err(InvalidRestartPlan::TooManyEntries { .. })));
+        assert!(matches!(
+            check(vec![vec!["db"], vec!["app"], vec!["x"]]),
+            Err(InvalidRestartPlan::TooManyEntries { .. })
+        ));
         assert!(matches!(check(vec![vec!["db"], vec!["ghost"]]), Err(InvalidRestartPlan::UnknownVm(_))));
         let false_cycle = Err(RestartError::DependencyCycle(vec!["db".into(), "app".into()]));
         assert!(matches!(validate_restart(&input, &false_cycle), Err(InvalidRestartPlan::NoSuchCycle(_))));

@@ -15,11 +15,7 @@ impl exports::halo::policy::placement::Guest for DefaultPlacement {
     fn place(input: wit::PlacementInput) -> Result<wit::Placement, String> {
         let answer = policy::placement::place(&from_wit(input))?;
         Ok(wit::Placement {
-            assignments: answer
-                .assignments
-                .into_iter()
-                .map(|a| wit::Assignment { vm: a.vm, host: a.host })
-                .collect(),
+            assignments: answer.assignments.into_iter().map(|a| wit::Assignment { vm: a.vm, host: a.host }).collect(),
             unplaced: answer.unplaced.into_iter().map(|u| wit::UnplacedVm { vm: u.vm, reason: u.reason }).collect(),
         })
     }

@@ -6,6 +6,8 @@ struct P;
 export!(P);
 impl Guest for P {
     fn decide_isolation(_input: IsolationInput) -> Result<Vec<VmIsolationDecision>, String> {
-        Ok((0..1_000_000).map(|_| VmIsolationDecision { vm: String::new(), action: IsolationAction::PowerOff }).collect())
+        Ok((0..1_000_000)
+            .map(|_| VmIsolationDecision { vm: String::new(), action: IsolationAction::PowerOff })
+            .collect())
     }
 }

@@ -7,7 +7,8 @@ export!(P);
 
 impl Guest for P {
     fn place(input: PlacementInput) -> Result<Placement, String> {
-        let assignments = input.vms.into_iter().map(|vm| Assignment { vm: vm.name, host: "no-such-host".into() }).collect();
+        let assignments =
+            input.vms.into_iter().map(|vm| Assignment { vm: vm.name, host: "no-such-host".into() }).collect();
         Ok(Placement { assignments, unplaced: vec![] })
     }
 }

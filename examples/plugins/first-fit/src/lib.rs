@@ -48,7 +48,9 @@ impl Guest for FirstFit {
                     }
                     answer.assignments.push(Assignment { vm: vm.name.clone(), host: hosts[i].name.clone() });
                 }
-                None => answer.unplaced.push(UnplacedVm { vm: vm.name.clone(), reason: "first-fit: no host has room".into() }),
+                None => answer
+                    .unplaced
+                    .push(UnplacedVm { vm: vm.name.clone(), reason: "first-fit: no host has room".into() }),
             }
         }
         log(Level::Debug, &format!("first-fit placed {} of {} VMs", answer.assignments.len(), input.vms.len()));

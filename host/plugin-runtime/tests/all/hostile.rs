@@ -12,7 +12,8 @@ where
 {
     let slot = PluginSlot::<W>::load(runtime(), &plugin(&format!("hostile:{name}"))).expect("hostile plugin loads");
     let decision = slot.decide(input);
-    let failure = decision.failure().unwrap_or_else(|| panic!("{name}: expected a fallback, got {:?}", decision.decided_by));
+    let failure =
+        decision.failure().unwrap_or_else(|| panic!("{name}: expected a fallback, got {:?}", decision.decided_by));
     assert_eq!(failure.kind, kind, "{name}: {failure}");
     assert!(failure.detail.contains(detail), "{name}: `{}` should mention `{detail}`", failure.detail);
     assert!(failure.to_string().contains(name), "the message names the plugin: {failure}");
@@ -57,7 +58,12 @@ fn a_stack_overflow_is_a_trap() {
 
 #[test]
 fn unknown_hosts_are_refused() {
-    falls_back::<Placement>("unknown_host", &placement_input(), FailureKind::InvalidAnswer, "unknown host `no-such-host`");
+    falls_back::<Placement>(
+        "unknown_host",
+        &placement_input(),
+        FailureKind::InvalidAnswer,
+        "unknown host `no-such-host`",
+    );
 }
 
 #[test]
@@ -76,7 +82,12 @@ fn exceeding_capacity_is_refused() {
 
 #[test]
 fn a_million_entries_are_refused_without_harm() {
-    falls_back::<Isolation>("million_entries", &isolation_input(), FailureKind::InvalidAnswer, "1000000 decisions for 2 VMs");
+    falls_back::<Isolation>(
+        "million_entries",
+        &isolation_input(),
+        FailureKind::InvalidAnswer,
+        "1000000 decisions for 2 VMs",
+    );
 }
 
 #[test]

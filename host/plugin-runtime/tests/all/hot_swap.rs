@@ -37,7 +37,7 @@ fn replacing_the_file_swaps_the_policy_and_a_broken_file_keeps_the_old_one() {
     // A broken replacement: refused with the reason, the first-fit plugin stays in force.
     std::fs::write(dir.join("broken.new"), b"garbage").expect("write");
     std::fs::rename(dir.join("broken.new"), &path).expect("rename");
-    let err = slot.reload_if_changed().expect("changed").err().expect("refused");
+    let err = slot.reload_if_changed().expect("changed").expect_err("refused");
     assert!(err.to_string().contains("not a WebAssembly file"), "{err}");
     assert_eq!(slot.decide(&input).answer, first_fit.answer);
     assert!(slot.reload_if_changed().is_none(), "a broken file is reported once");

@@ -10,7 +10,10 @@ fn default_plugins_load_and_agree_with_the_built_in_policies() {
     let isolation = rt.load::<Isolation>(&plugin("default:isolation")).expect("isolation plugin");
     assert_eq!(isolation.info().export, "halo:policy/isolation-response@0.1.0");
     let input = isolation_input();
-    assert_eq!(rt.call(&isolation, &input).expect("answer"), halo_policy::isolation::decide_isolation_fallback(&input).0);
+    assert_eq!(
+        rt.call(&isolation, &input).expect("answer"),
+        halo_policy::isolation::decide_isolation_fallback(&input).0
+    );
 
     let placement = rt.load::<Placement>(&plugin("default:placement")).expect("placement plugin");
     let input = placement_input();

@@ -87,7 +87,14 @@ pub fn restart_input() -> RestartInput {
 }
 
 pub fn isolation_input() -> IsolationInput {
-    let vm = |name: &str, priority| VmInfo { name: name.into(), priority, order: 0, memory_mib: 512, vcpus: 1, labels: vec![] };
+    let vm = |name: &str, priority| VmInfo {
+        name: name.into(),
+        priority,
+        order: 0,
+        memory_mib: 512,
+        vcpus: 1,
+        labels: vec![],
+    };
     IsolationInput {
         situation: IsolationSituation {
             host: "h1".into(),

@@ -1,0 +1,131 @@
+//! `cargo xtask <task>`: the project's tasks, so a newcomer needs exactly two commands
+//! (`cargo xtask demo`, `cargo xtask test`) on a fresh Debian machine with rustup.
+//!
+//! Each task installs what it needs first (the `wasm32-wasip2` target) and builds the
+//! plugins it uses; it stops at the first failing step with that step's name.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  demo     build the plugins and halo, check each default plugin and run it on examples/inputs
+  test     build the plugins, then run every test of the workspace
+  bench    build the plugins, then run the benchmarks (figures for docs/performance.md)
+  plugins  build the default, example and hostile plugins (wasm32-wasip2)";
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "demo" => plugins().and_then(|()| demo()),
+        "test" => plugins().and_then(|()| test()),
+        "bench" => plugins().and_then(|()| bench()),
+        "plugins" => plugins(),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprintln!("unknown task `{other}`\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("xtask {task}: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+fn run(what: &str, command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("==> {what}");
+    let status = command.status().with_context(|| format!("cannot start: {what}"))?;
+    if !status.success() {
+        bail!("failed: {what} ({status})");
+    }
+    Ok(())
+}
+
+/// Adds the wasm target with rustup when it is missing.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32-wasip2 target (install Rust with rustup)")?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+        run("rustup target add wasm32-wasip2", Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    Ok(())
+}
+
+fn plugins() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    let wasm = ["build", "--profile", "plugin", "--target", WASM_TARGET];
+    run(
+        "build the default plugins and the example plugin",
+        cargo().args(wasm).args([
+            "-p",
+            "halo-plugin-isolation",
+            "-p",
+            "halo-plugin-placement",
+            "-p",
+            "halo-plugin-restart-order",
+            "-p",
+            "first-fit-placement",
+        ]),
+    )?;
+    run("build the hostile test plugins", cargo().args(wasm).args(["-p", "halo-hostile-plugins", "--examples"]))
+}
+
+fn test() -> anyhow::Result<()> {
+    run("cargo test (workspace, release)", cargo().args(["test", "--release", "--workspace"]))
+}
+
+fn bench() -> anyhow::Result<()> {
+    run("plugin runtime benchmark", cargo().args(["bench", "-p", "halo-plugin-runtime", "--bench", "plugins"]))
+}
+
+fn demo() -> anyhow::Result<()> {
+    run("build halo", cargo().args(["build", "--release", "-p", "halo-cli"]))?;
+    let root = root();
+    let halo = root.join("target/release/halo");
+    let plugins = root.join("target").join(WASM_TARGET).join("plugin");
+    let cases = [
+        ("isolation", "halo_plugin_isolation.wasm", "isolation.json"),
+        ("placement", "halo_plugin_placement.wasm", "placement.json"),
+        ("restart order", "halo_plugin_restart_order.wasm", "restart.json"),
+    ];
+    for (policy, file, input) in cases {
+        let plugin = plugins.join(file);
+        let input = root.join("examples/inputs").join(input);
+        println!("\n### default {policy} plugin: {}", rel(&plugin, &root));
+        run(&format!("halo plugin check {file}"), Command::new(&halo).args(["plugin", "check"]).arg(&plugin))?;
+        println!("\n--- decision on {}:", rel(&input, &root));
+        run(
+            &format!("halo plugin run {file}"),
+            Command::new(&halo).args(["plugin", "run"]).arg(&plugin).arg("--input").arg(&input),
+        )?;
+    }
+    println!("\nNext: write your own policy (docs/plugins.md), or see examples/plugins/first-fit.");
+    Ok(())
+}
+
+fn rel(path: &Path, root: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).display().to_string()
+}

@@ -93,8 +93,24 @@ fn plugins() -> anyhow::Result<()> {
     run("build the hostile test plugins", cargo().args(wasm).args(["-p", "halo-hostile-plugins", "--examples"]))
 }
 
+/// Crates built only for wasm32-wasip2: their cdylibs do not link natively (export names
+/// such as `halo:policy/placement@0.1.0#place`), so native test runs leave them out. Clippy
+/// still checks them (it does not link).
+const WASM_ONLY: [&str; 5] = [
+    "halo-plugin-isolation",
+    "halo-plugin-placement",
+    "halo-plugin-restart-order",
+    "halo-hostile-plugins",
+    "first-fit-placement",
+];
+
 fn test() -> anyhow::Result<()> {
-    run("cargo test (workspace, release)", cargo().args(["test", "--release", "--workspace"]))
+    let mut command = cargo();
+    command.args(["test", "--release", "--workspace"]);
+    for krate in WASM_ONLY {
+        command.args(["--exclude", krate]);
+    }
+    run("cargo test (workspace without the wasm-only crates, release)", &mut command)
 }
 
 fn bench() -> anyhow::Result<()> {

@@ -8,13 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use halo_plugin_runtime::{
-    CpuBudget, Isolation, LoadError, LoadedPlugin, Placement, PluginInfo, PolicyWorld, RestartOrder, Runtime,
+    CompiledPlugin, CpuBudget, Isolation, LoadedPlugin, Placement, PluginInfo, PolicyWorld, RestartOrder, Runtime,
     SandboxLimits,
 };
 use serde::Serialize;
@@ -119,44 +118,43 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
         | PluginCommand::Run { file, opts, .. }
         | PluginCommand::Bench { file, opts, .. } => (file.clone(), opts.clone()),
     };
-    let runtime = Arc::new(opts.runtime()?);
+    let runtime = opts.runtime()?;
+    // Compiled once; the world is read from its exports unless given.
+    let compiled = runtime.compile(&file)?;
     let world = match opts.world {
         Some(world) => world,
-        None => detect_world(&runtime, &file)?,
+        None => detect_world(&compiled, &file)?,
     };
     match world {
-        World::Isolation => run_world::<Isolation>(&runtime, &file, command),
-        World::Placement => run_world::<Placement>(&runtime, &file, command),
-        World::Restart => run_world::<RestartOrder>(&runtime, &file, command),
+        World::Isolation => run_world::<Isolation>(&runtime, compiled, command),
+        World::Placement => run_world::<Placement>(&runtime, compiled, command),
+        World::Restart => run_world::<RestartOrder>(&runtime, compiled, command),
     }
 }
 
-/// The world a plugin exports: tries each; a wrong-world error means "try the next".
-fn detect_world(runtime: &Runtime, file: &Path) -> anyhow::Result<World> {
-    let mut last = None;
-    for world in [World::Isolation, World::Placement, World::Restart] {
-        let outcome = match world {
-            World::Isolation => runtime.load::<Isolation>(file).map(drop),
-            World::Placement => runtime.load::<Placement>(file).map(drop),
-            World::Restart => runtime.load::<RestartOrder>(file).map(drop),
-        };
-        match outcome {
-            Ok(()) => return Ok(world),
-            Err(error @ LoadError::WrongWorld { .. }) => last = Some(error),
-            Err(error) => return Err(error.into()),
-        }
-    }
-    match last {
-        Some(LoadError::WrongWorld { path, found, .. }) => bail!(
-            "plugin {} {found}; a halo plugin exports one of halo:policy/isolation-response, halo:policy/placement, halo:policy/restart-order",
-            path.display()
-        ),
-        Some(other) => Err(other.into()),
-        None => bail!("plugin {}: no world matched", file.display()),
-    }
+/// The world a plugin exports, from its export names; an error names what it exports.
+fn detect_world(compiled: &CompiledPlugin, file: &Path) -> anyhow::Result<World> {
+    let exports = compiled.exports();
+    let exports_interface =
+        |interface: &str| exports.iter().any(|e| e.starts_with(&format!("halo:policy/{interface}@")));
+    [
+        (World::Isolation, Isolation::INTERFACE),
+        (World::Placement, Placement::INTERFACE),
+        (World::Restart, RestartOrder::INTERFACE),
+    ]
+    .into_iter()
+    .find(|(_, interface)| exports_interface(interface))
+    .map(|(world, _)| world)
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "plugin {} exports {}; a halo plugin exports one of halo:policy/isolation-response, halo:policy/placement, halo:policy/restart-order",
+            file.display(),
+            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        )
+    })
 }
 
-fn run_world<W>(runtime: &Runtime, file: &Path, command: PluginCommand) -> anyhow::Result<ExitCode>
+fn run_world<W>(runtime: &Runtime, compiled: CompiledPlugin, command: PluginCommand) -> anyhow::Result<ExitCode>
 where
     W: PolicyWorld,
     W::Input: DeserializeOwned,
@@ -164,7 +162,7 @@ where
 {
     match command {
         PluginCommand::Check { .. } => {
-            let plugin = runtime.load::<W>(file)?;
+            let plugin = runtime.prepare::<W>(compiled)?;
             print_info(plugin.info(), runtime);
             Ok(ExitCode::SUCCESS)
         }
@@ -178,7 +176,7 @@ where
                 println!("{}", serde_json::to_string_pretty(&answer)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let plugin = runtime.load::<W>(file)?;
+            let plugin = runtime.prepare::<W>(compiled)?;
             match runtime.call(&plugin, &input) {
                 Ok(answer) => {
                     println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -193,7 +191,7 @@ where
         }
         PluginCommand::Bench { input, iterations, seconds, .. } => {
             let input: W::Input = read_input::<W>(&input)?;
-            let plugin = runtime.load::<W>(file)?;
+            let plugin = runtime.prepare::<W>(compiled)?;
             bench(runtime, &plugin, &input, iterations, seconds)
         }
     }

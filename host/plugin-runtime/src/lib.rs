@@ -21,7 +21,7 @@ pub mod slot;
 pub mod world;
 
 pub use error::{FailureKind, LoadError, PluginFailure, RuntimeError};
-pub use runtime::{CONTRACT_VERSION, DecidedBy, Decision, LoadedPlugin, PluginInfo, Runtime};
+pub use runtime::{CONTRACT_VERSION, CompiledPlugin, DecidedBy, Decision, LoadedPlugin, PluginInfo, Runtime};
 pub use sandbox::{CpuBudget, SandboxLimits};
 pub use slot::{PluginSlot, StatsSnapshot};
 pub use world::{Isolation, Placement, PolicyWorld, RestartOrder};

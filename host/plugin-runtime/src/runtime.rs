@@ -46,6 +46,25 @@ pub struct PluginInfo {
     pub from_cache: bool,
 }
 
+/// A plugin file read and compiled, not yet checked against a world.
+pub struct CompiledPlugin {
+    path: PathBuf,
+    component: Component,
+    sha256: String,
+    size: u64,
+    exports: Vec<String>,
+    imports: Vec<String>,
+    from_cache: bool,
+    started: Instant,
+}
+
+impl CompiledPlugin {
+    /// Everything the component exports (`halo:policy/placement@0.1.0`, …).
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+}
+
 /// A plugin ready to be called: checked and prepared once, instantiated fresh per call.
 pub struct LoadedPlugin<W: PolicyWorld> {
     info: PluginInfo,
@@ -115,6 +134,11 @@ impl Runtime {
 
     /// Loads the plugin at `path` for world `W`, checking everything a call will rely on.
     pub fn load<W: PolicyWorld>(&self, path: &Path) -> Result<LoadedPlugin<W>, LoadError> {
+        self.prepare(self.compile(path)?)
+    }
+
+    /// Reads and compiles (or takes from the AOT cache) the plugin at `path`, world unchecked.
+    pub fn compile(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
         let started = Instant::now();
         let read_err = |source| LoadError::Read { path: path.to_path_buf(), source };
         let size = std::fs::metadata(path).map_err(read_err)?.len();
@@ -144,6 +168,14 @@ impl Runtime {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
         let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
+        Ok(CompiledPlugin { path: path.to_path_buf(), component, sha256, size, exports, imports, from_cache, started })
+    }
+
+    /// Checks a compiled plugin against world `W` and prepares it for calls.
+    pub fn prepare<W: PolicyWorld>(&self, compiled: CompiledPlugin) -> Result<LoadedPlugin<W>, LoadError> {
+        let CompiledPlugin { path, component, sha256, size, exports, imports, from_cache, started } = compiled;
+        let path = path.as_path();
+        let engine = self.sandbox.engine();
         let export = check_export::<W>(path, &exports)?;
         let denied_imports = check_imports(path, &imports)?;
 

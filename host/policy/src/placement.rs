@@ -72,7 +72,23 @@ struct HostRoom<'a> {
     groups: BTreeSet<&'a str>,
 }
 
-impl HostRoom<'_> {
+impl<'a> HostRoom<'a> {
+    /// The room of every candidate host before anything is placed.
+    fn all(input: &'a PlacementInput) -> Vec<Self> {
+        input
+            .hosts
+            .iter()
+            .map(|host| HostRoom {
+                host,
+                free_memory_mib: host.free_memory_mib,
+                vcpus_left: host
+                    .vcpu_capacity(input.vcpu_overcommit_percent)
+                    .saturating_sub(u64::from(host.allocated_vcpus)),
+                groups: host.anti_affinity_groups.iter().map(String::as_str).collect(),
+            })
+            .collect()
+    }
+
     /// Whether `vm` may go here, memory aside (the index already filtered memory).
     fn refusal(&self, vm: &VmToPlace) -> Option<Refusal> {
         if self.host.maintenance {
@@ -144,18 +160,7 @@ fn placement_order(vms: &[VmToPlace]) -> Vec<usize> {
 
 /// The decision under an explicit config.
 pub fn place_with(config: &PlacementConfig, input: &PlacementInput) -> Placement {
-    let mut rooms: Vec<HostRoom<'_>> = input
-        .hosts
-        .iter()
-        .map(|host| HostRoom {
-            host,
-            free_memory_mib: host.free_memory_mib,
-            vcpus_left: host
-                .vcpu_capacity(input.vcpu_overcommit_percent)
-                .saturating_sub(u64::from(host.allocated_vcpus)),
-            groups: host.anti_affinity_groups.iter().map(String::as_str).collect(),
-        })
-        .collect();
+    let mut rooms = HostRoom::all(input);
     // (free memory, host index) of every host that may take VMs at all.
     let mut by_free: BTreeSet<(u64, usize)> = rooms
         .iter()
@@ -260,18 +265,7 @@ pub fn validate_placement(input: &PlacementInput, answer: &Placement) -> Result<
     }
     let vm_index = crate::input::name_index(input.vms.iter().map(|vm| vm.name.as_str()));
     let host_index = crate::input::name_index(input.hosts.iter().map(|h| h.name.as_str()));
-    let mut rooms: Vec<HostRoom<'_>> = input
-        .hosts
-        .iter()
-        .map(|host| HostRoom {
-            host,
-            free_memory_mib: host.free_memory_mib,
-            vcpus_left: host
-                .vcpu_capacity(input.vcpu_overcommit_percent)
-                .saturating_sub(u64::from(host.allocated_vcpus)),
-            groups: host.anti_affinity_groups.iter().map(String::as_str).collect(),
-        })
-        .collect();
+    let mut rooms = HostRoom::all(input);
     let mut seen = vec![false; input.vms.len()];
     let names = answer.assignments.iter().map(|a| a.vm.as_str()).chain(answer.unplaced.iter().map(|u| u.vm.as_str()));
     for name in names {

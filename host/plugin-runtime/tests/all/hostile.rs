@@ -108,3 +108,14 @@ fn a_log_flood_is_capped_and_the_answer_still_checked() {
     assert_eq!(decision.decided_by, DecidedBy::Plugin("log_flood.wasm".into()));
     assert_eq!(decision.answer.unplaced.len(), 3);
 }
+
+#[test]
+fn no_state_survives_from_one_decision_to_the_next() {
+    // The pool keeps dirtied pages resident and resets them (PAGEMAP_SCAN); a plugin that
+    // counts its calls in a static must still see every call as its first.
+    let slot = PluginSlot::<Placement>::load(runtime(), &plugin("hostile:remembers")).expect("loads");
+    for call in 0..50 {
+        let decision = slot.decide(&placement_input());
+        assert_eq!(decision.decided_by, DecidedBy::Plugin("remembers.wasm".into()), "call {call}");
+    }
+}

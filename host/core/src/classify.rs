@@ -1,0 +1,236 @@
+//! Failure classification: the master's verdict on one host from three signals, exactly the
+//! matrix of the brief.
+//!
+//! | network heartbeat | datastore heartbeat | answers ping | verdict |
+//! |---|---|---|---|
+//! | yes | any | any | running |
+//! | no | no | yes | agent down (never restarted: its VMs may still run) |
+//! | no | no | no | failed (its protected VMs are restarted) |
+//! | no | yes | — | isolated (it says so) or partitioned |
+//!
+//! "Heard" means the host's sequence number or datastore counter **advanced on the master's
+//! own clock** within the dead-time; clocks of different hosts are never compared. Every
+//! verdict carries its [`Signals`], so an operator sees why.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+
+/// What the master knows of one host's datastore heartbeat on one datastore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreSignal {
+    /// Datastore.
+    pub datastore: String,
+    /// Last counter read, if any.
+    pub counter: Option<u64>,
+    /// When (master's clock) the counter last advanced, or was first seen.
+    pub advanced_at: Option<Millis>,
+}
+
+/// The state of the master's ping of the host's management address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PingSignal {
+    /// No ping since the host fell silent.
+    #[default]
+    NotAsked,
+    /// Sent, no answer yet.
+    Pending,
+    /// It answered (after the host fell silent).
+    Answered,
+    /// No answer within the ping timeout.
+    NoAnswer,
+}
+
+/// Everything a verdict is based on: the trace an operator reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    /// The host judged.
+    pub host: String,
+    /// When (master's clock).
+    pub now: Millis,
+    /// The dead-time applied.
+    pub dead_time_ms: Millis,
+    /// Per network: when a heartbeat from the host last arrived directly.
+    pub networks: Vec<(String, Option<Millis>)>,
+    /// When its sequence number last advanced, heard directly or through a peer's ack.
+    pub seq_advanced_at: Option<Millis>,
+    /// Per datastore: its heartbeat counter.
+    pub datastores: Vec<DatastoreSignal>,
+    /// Whether the master could read any datastore lately (else storage says nothing).
+    pub datastores_readable: bool,
+    /// The ping.
+    pub ping: PingSignal,
+    /// The host's datastore record says it is isolated.
+    pub declared_isolated: bool,
+}
+
+/// A master's verdict on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Heartbeats arrive.
+    Running,
+    /// Silent, but not yet past the dead-time or the ping is out.
+    Suspect,
+    /// No heartbeats anywhere, but it answers ping: the agent is down, VMs may still run.
+    AgentDown,
+    /// No network, no datastore heartbeat past the dead-time, no ping: dead.
+    Failed,
+    /// Network silent, datastore heartbeat alive, and it declared itself isolated.
+    Isolated,
+    /// Network silent, datastore heartbeat alive: in another partition.
+    Partitioned,
+    /// Network silent and the master reads no datastore: nothing can be concluded.
+    Unknown,
+}
+
+impl Verdict {
+    /// Short name for timelines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Running => "running",
+            Verdict::Suspect => "suspect",
+            Verdict::AgentDown => "agent down",
+            Verdict::Failed => "failed",
+            Verdict::Isolated => "isolated",
+            Verdict::Partitioned => "partitioned",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// The trace as one line.
+pub type Trace = String;
+
+impl Signals {
+    fn age(&self, at: Option<Millis>) -> Option<Millis> {
+        at.map(|t| self.now.saturating_sub(t))
+    }
+
+    /// The network heartbeat is alive: the sequence advanced within the dead-time.
+    pub fn network_alive(&self) -> bool {
+        self.age(self.seq_advanced_at).is_some_and(|age| age < self.dead_time_ms)
+    }
+
+    /// Some datastore counter advanced within the dead-time.
+    pub fn datastore_alive(&self) -> bool {
+        self.datastores.iter().any(|d| self.age(d.advanced_at).is_some_and(|age| age < self.dead_time_ms))
+    }
+
+    /// The verdict, and whether the host should be pinged now.
+    pub fn classify(&self) -> (Verdict, bool) {
+        if self.network_alive() {
+            return (Verdict::Running, false);
+        }
+        if self.datastore_alive() {
+            let verdict = if self.declared_isolated { Verdict::Isolated } else { Verdict::Partitioned };
+            return (verdict, false);
+        }
+        if !self.datastores_readable {
+            return (Verdict::Unknown, false);
+        }
+        match self.ping {
+            PingSignal::NotAsked => (Verdict::Suspect, true),
+            PingSignal::Pending => (Verdict::Suspect, false),
+            PingSignal::Answered => (Verdict::AgentDown, false),
+            PingSignal::NoAnswer => (Verdict::Failed, false),
+        }
+    }
+
+    /// One line: every signal with its age.
+    pub fn trace(&self) -> Trace {
+        let age = |at: Option<Millis>| match self.age(at) {
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "never".to_string(),
+        };
+        let networks: Vec<String> = self.networks.iter().map(|(n, at)| format!("net {n}: {}", age(*at))).collect();
+        let datastores: Vec<String> = self
+            .datastores
+            .iter()
+            .map(|d| match d.counter {
+                Some(c) => format!("ds {}: counter {c} advanced {}", d.datastore, age(d.advanced_at)),
+                None => format!("ds {}: no record", d.datastore),
+            })
+            .collect();
+        let ping = match self.ping {
+            PingSignal::NotAsked => "not pinged",
+            PingSignal::Pending => "ping pending",
+            PingSignal::Answered => "answers ping",
+            PingSignal::NoAnswer => "no ping answer",
+        };
+        format!(
+            "{}: {}; seq advanced {}; {}{}; {}{}",
+            self.host,
+            networks.join(", "),
+            age(self.seq_advanced_at),
+            datastores.join(", "),
+            if self.datastores_readable { "" } else { " (master reads no datastore)" },
+            ping,
+            if self.declared_isolated { "; declared isolated" } else { "" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signals(net: Option<Millis>, ds: Option<Millis>, ping: PingSignal) -> Signals {
+        Signals {
+            host: "host-2".into(),
+            now: 100_000,
+            dead_time_ms: 12_000,
+            networks: vec![("A".into(), net), ("B".into(), net)],
+            seq_advanced_at: net,
+            datastores: vec![DatastoreSignal { datastore: "ds1".into(), counter: ds.map(|_| 7), advanced_at: ds }],
+            datastores_readable: true,
+            ping,
+            declared_isolated: false,
+        }
+    }
+
+    const FRESH: Option<Millis> = Some(99_500);
+    const STALE: Option<Millis> = Some(80_000);
+
+    /// The failure matrix of the brief, one row per case.
+    #[test]
+    fn the_failure_matrix() {
+        use PingSignal::*;
+        let rows = [
+            (FRESH, FRESH, NotAsked, Verdict::Running, false),
+            (FRESH, STALE, NoAnswer, Verdict::Running, false),
+            (FRESH, None, NoAnswer, Verdict::Running, false),
+            (STALE, STALE, Answered, Verdict::AgentDown, false),
+            (STALE, STALE, NoAnswer, Verdict::Failed, false),
+            (None, None, NoAnswer, Verdict::Failed, false),
+            (STALE, STALE, NotAsked, Verdict::Suspect, true),
+            (STALE, STALE, Pending, Verdict::Suspect, false),
+            (STALE, FRESH, NoAnswer, Verdict::Partitioned, false),
+            (STALE, FRESH, Answered, Verdict::Partitioned, false),
+        ];
+        for (i, (net, ds, ping, verdict, ask)) in rows.into_iter().enumerate() {
+            assert_eq!(signals(net, ds, ping).classify(), (verdict, ask), "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_host_declaring_isolation_with_a_live_datastore_heartbeat_is_isolated() {
+        let mut s = signals(STALE, FRESH, PingSignal::NoAnswer);
+        s.declared_isolated = true;
+        assert_eq!(s.classify().0, Verdict::Isolated);
+    }
+
+    #[test]
+    fn without_a_readable_datastore_a_silent_host_is_never_failed() {
+        let mut s = signals(STALE, STALE, PingSignal::NoAnswer);
+        s.datastores_readable = false;
+        assert_eq!(s.classify().0, Verdict::Unknown);
+    }
+
+    #[test]
+    fn the_trace_names_every_signal() {
+        let trace = signals(STALE, STALE, PingSignal::NoAnswer).trace();
+        assert!(trace.contains("net A: 20.0s ago") && trace.contains("ds ds1: counter 7"), "{trace}");
+        assert!(trace.contains("no ping answer"), "{trace}");
+    }
+}

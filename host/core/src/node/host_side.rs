@@ -1,0 +1,467 @@
+//! The host's own side: isolation detection and response, self-fencing, VM monitoring and
+//! the operator's stop.
+//!
+//! Fencing is what makes a restart elsewhere safe when a host is cut off without a
+//! datastore: a host that for `fence-timeout` reaches neither a quorum of peers (two-way:
+//! they acknowledge our heartbeats) nor any datastore stops its protected VMs. The master
+//! declares a host failed only after the longer dead-time, so the VMs are down by then.
+
+use halo_policy::{
+    AddressStatus, DatastoreStatus, IsolationAction, IsolationInput, IsolationSituation, NetworkStatus, VmInfo,
+};
+
+use super::{Action, Command, Isolation, Node, PingTarget, Severity, StopReason, VmState};
+use crate::policies::Policies;
+use crate::wire::VmReport;
+
+impl Node {
+    /// The last time another agent was heard directly, or the start.
+    fn last_agent_heard(&self) -> u64 {
+        self.peers.values().filter_map(|p| p.heard_directly_at).max().unwrap_or(self.started_at).max(self.started_at)
+    }
+
+    pub(super) fn watch_isolation(&mut self, policies: &mut dyn Policies) {
+        if self.peers.is_empty() {
+            return; // a one-host cluster is never isolated
+        }
+        let t = self.config.timeouts;
+        let silent_for = self.now.saturating_sub(self.last_agent_heard());
+        match self.isolation.clone() {
+            Isolation::Connected => {
+                if silent_for >= t.isolation_time_ms {
+                    let pending: std::collections::BTreeSet<String> =
+                        self.config.isolation_addresses.iter().cloned().collect();
+                    for address in &pending {
+                        self.out.push(Action::Ping { target: PingTarget::IsolationAddress(address.clone()) });
+                    }
+                    self.isolation = Isolation::Pinging { since: self.now, pending, answered: false };
+                    self.record(
+                        Severity::Warning,
+                        "no-agent-heard",
+                        format!(
+                            "{} hears no other agent for {:.1}s; pinging its isolation addresses",
+                            self.name,
+                            silent_for as f64 / 1000.0
+                        ),
+                        None,
+                    );
+                }
+            }
+            Isolation::Pinging { since, pending, answered } => {
+                if silent_for < t.isolation_time_ms {
+                    self.isolation = Isolation::Connected;
+                } else if answered {
+                    self.isolation = Isolation::Lonely { since: self.now };
+                    self.record(
+                        Severity::Alert,
+                        "alone",
+                        format!("{} hears no agent but an isolation address answers: its network works, the other agents are down", self.name),
+                        None,
+                    );
+                } else if pending.is_empty() || self.now.saturating_sub(since) >= t.ping_timeout_ms {
+                    self.declare_isolated(policies);
+                }
+            }
+            Isolation::Lonely { since } => {
+                if silent_for < t.isolation_time_ms {
+                    self.isolation = Isolation::Connected;
+                } else if self.now.saturating_sub(since) >= t.isolation_time_ms {
+                    self.isolation = Isolation::Connected; // ping again
+                }
+            }
+            Isolation::Isolated { since } => {
+                if silent_for < t.isolation_time_ms {
+                    self.isolation = Isolation::Connected;
+                    self.record(
+                        Severity::Info,
+                        "isolation-over",
+                        format!(
+                            "{} hears other agents again after {:.1}s of isolation",
+                            self.name,
+                            self.now.saturating_sub(since) as f64 / 1000.0
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn declare_isolated(&mut self, policies: &mut dyn Policies) {
+        self.isolation = Isolation::Isolated { since: self.now };
+        let silent_for = self.now.saturating_sub(self.last_agent_heard());
+        let window = self.config.timeouts.fence_timeout_ms;
+        let situation = IsolationSituation {
+            host: self.name.clone(),
+            isolated_for_ms: silent_for,
+            networks: self
+                .config
+                .networks
+                .iter()
+                .map(|n| NetworkStatus { name: n.clone(), link_up: true, peers_heard: 0 })
+                .collect(),
+            datastores: self
+                .config
+                .datastores
+                .iter()
+                .map(|d| DatastoreStatus {
+                    name: d.clone(),
+                    reachable: self.ds_write_ok_at.get(d).is_some_and(|&at| self.now.saturating_sub(at) < window),
+                })
+                .collect(),
+            isolation_addresses: self
+                .config
+                .isolation_addresses
+                .iter()
+                .map(|a| AddressStatus { address: a.clone(), answered: false })
+                .collect(),
+        };
+        let vms: Vec<VmInfo> = self
+            .local_vms
+            .keys()
+            .filter_map(|vm| self.config.vm(vm))
+            .map(|spec| VmInfo {
+                name: spec.name.clone(),
+                priority: spec.priority,
+                order: spec.order,
+                memory_mib: spec.memory_mib,
+                vcpus: spec.vcpus,
+                labels: vec![],
+            })
+            .collect();
+        self.record(
+            Severity::Alert,
+            "isolated",
+            format!(
+                "{} is isolated: no agent heard for {:.1}s and no isolation address answers; asking the isolation policy about {} VM(s)",
+                self.name,
+                silent_for as f64 / 1000.0,
+                vms.len()
+            ),
+            None,
+        );
+        if self.ha_disabled_here || !self.ha_enabled {
+            self.record(
+                Severity::Warning,
+                "isolation-response-skipped",
+                "HA is disabled here: VMs left running".into(),
+                None,
+            );
+            return;
+        }
+        let input = IsolationInput { situation, vms, settings: self.config.policy.isolation.clone() };
+        let outcome = policies.isolation(&input);
+        if let Some(reason) = outcome.fallback_reason {
+            self.record(
+                Severity::Alert,
+                "plugin-failed",
+                format!("isolation plugin failed, built-in policy decided: {reason}"),
+                None,
+            );
+        }
+        for decision in outcome.answer {
+            if !self.local_vms.contains_key(&decision.vm) {
+                continue;
+            }
+            let grace_secs = match decision.action {
+                IsolationAction::LeaveRunning => continue,
+                IsolationAction::PowerOff => 0,
+                IsolationAction::ShutDown(secs) => secs,
+            };
+            self.record(
+                Severity::Warning,
+                "isolation-response",
+                format!(
+                    "{}: {} {} (isolation response)",
+                    self.name,
+                    if grace_secs == 0 {
+                        "powering off".to_string()
+                    } else {
+                        format!("shutting down ({grace_secs}s grace)")
+                    },
+                    decision.vm
+                ),
+                None,
+            );
+            self.out.push(Action::StopVm { vm: decision.vm, reason: StopReason::Isolation, grace_secs });
+        }
+    }
+
+    pub(super) fn watch_fencing(&mut self) {
+        if self.peers.is_empty() || self.ha_disabled_here || !self.ha_enabled {
+            return;
+        }
+        let window = self.config.timeouts.fence_timeout_ms;
+        let since_start = self.now.saturating_sub(self.started_at);
+        let datastore_ok = since_start < window || self.datastores_reachable() > 0;
+        let reached = self
+            .peers
+            .values()
+            .filter(|p| p.ack_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window))
+            .count();
+        let hosts = self.config.hosts.len();
+        let quorum = since_start < window || 2 * (reached + 1) > hosts;
+        let must_fence = !quorum && (!datastore_ok || self.config.ha.quorum_fencing);
+        if must_fence && !self.fenced {
+            self.fenced = true;
+            let protected: Vec<String> =
+                self.local_vms.keys().filter(|vm| self.config.vm(vm).is_some_and(|s| s.protected())).cloned().collect();
+            self.record(
+                Severity::Alert,
+                "fenced",
+                format!(
+                    "{} fences itself: it reaches {reached} of {} peer(s) (quorum needs more than half of {hosts} hosts) and {}; stopping {} protected VM(s) so they can be restarted elsewhere",
+                    self.name,
+                    hosts - 1,
+                    if datastore_ok { "a datastore (quorum fencing is on)" } else { "no datastore" },
+                    protected.len()
+                ),
+                None,
+            );
+            for vm in protected {
+                self.out.push(Action::StopVm { vm, reason: StopReason::Fence, grace_secs: 0 });
+            }
+        } else if !must_fence && self.fenced {
+            self.fenced = false;
+            self.record(Severity::Info, "unfenced", format!("{} reaches the cluster again", self.name), None);
+        }
+    }
+
+    pub(super) fn on_ping(&mut self, target: PingTarget, answered: bool) {
+        match target {
+            PingTarget::IsolationAddress(address) => {
+                if let Isolation::Pinging { pending, answered: any, .. } = &mut self.isolation {
+                    pending.remove(&address);
+                    *any |= answered;
+                }
+            }
+            PingTarget::Host(host) => self.on_host_ping(&host, answered),
+        }
+    }
+
+    pub(super) fn on_vm_state(&mut self, vm: &str, generation: u64, state: VmState) {
+        self.note_generation(vm, generation);
+        match state {
+            VmState::Running => {
+                self.local_vms.insert(vm.to_string(), generation);
+                self.stopped.retain(|r| r.vm != vm);
+            }
+            VmState::StoppedByHalo(StopReason::Operator) => {
+                self.local_vms.remove(vm);
+                self.operator_stopped.insert(vm.to_string());
+                self.record(
+                    Severity::Info,
+                    "vm-stopped",
+                    format!("{vm} stopped by the operator on {} (unprotected)", self.name),
+                    None,
+                );
+            }
+            VmState::StoppedByHalo(reason) => {
+                self.local_vms.remove(vm);
+                self.stopped.push(VmReport { vm: vm.to_string(), generation });
+                let why = if reason == StopReason::Fence { "fencing" } else { "isolation response" };
+                self.record(
+                    Severity::Warning,
+                    "vm-stopped",
+                    format!("{vm} stopped on {} ({why}); recorded for the master to restart", self.name),
+                    None,
+                );
+            }
+            VmState::Crashed | VmState::GuestShutdown => {
+                if self.local_vms.remove(vm).is_none() {
+                    return;
+                }
+                self.restart_locally(vm, generation, state);
+            }
+        }
+    }
+
+    /// VM monitoring: a protected VM that stopped without halo asking is started again here,
+    /// at most `restart-limit` times per window.
+    fn restart_locally(&mut self, vm: &str, generation: u64, state: VmState) {
+        let how = if state == VmState::Crashed { "crashed" } else { "was shut down inside the guest" };
+        let protected = self.config.vm(vm).is_some_and(|s| s.protected());
+        if !protected || self.operator_stopped.contains(vm) {
+            self.record(
+                Severity::Info,
+                "vm-stopped",
+                format!("{vm} {how} on {} (not protected: left stopped)", self.name),
+                None,
+            );
+            return;
+        }
+        if self.fenced || self.isolated() || !self.ha_enabled || self.ha_disabled_here {
+            self.record(
+                Severity::Warning,
+                "vm-stopped",
+                format!("{vm} {how} on {}; not restarted here (host cut off or HA off)", self.name),
+                None,
+            );
+            return;
+        }
+        let window = self.config.ha.restart_window_ms;
+        let now = self.now;
+        let history = self.crashes.entry(vm.to_string()).or_default();
+        history.retain(|&at| now.saturating_sub(at) < window);
+        if history.len() as u32 >= self.config.ha.restart_limit {
+            let count = history.len();
+            self.record(
+                Severity::Alert,
+                "crash-loop",
+                format!(
+                    "{vm} {how} on {} for the {}th time within {}s: left stopped (restart limit)",
+                    self.name,
+                    count + 1,
+                    window / 1000
+                ),
+                None,
+            );
+            return;
+        }
+        history.push(now);
+        self.record(
+            Severity::Warning,
+            "vm-restarted-in-place",
+            format!("{vm} {how} on {}; starting it again there", self.name),
+            None,
+        );
+        self.out.push(Action::StartVm { host: self.name.clone(), vm: vm.to_string(), generation });
+    }
+
+    pub(super) fn on_command(&mut self, command: Command, policies: &mut dyn Policies) {
+        match command {
+            Command::StopVm(vm) => {
+                if self.local_vms.contains_key(&vm) {
+                    self.operator_stopped.insert(vm.clone());
+                    self.out.push(Action::StopVm { vm, reason: StopReason::Operator, grace_secs: 0 });
+                } else {
+                    self.record(
+                        Severity::Warning,
+                        "command-refused",
+                        format!("stop {vm}: it does not run on {}", self.name),
+                        None,
+                    );
+                }
+            }
+            Command::SetHaEnabled(on) => {
+                self.ha_enabled = on;
+                self.record(
+                    Severity::Warning,
+                    "ha-enabled",
+                    format!("HA {} for the cluster", if on { "enabled" } else { "disabled" }),
+                    None,
+                );
+            }
+            Command::SetHostHaDisabled(off) => {
+                self.ha_disabled_here = off;
+                self.record(
+                    Severity::Warning,
+                    "host-ha-disabled",
+                    format!("HA {} on {}", if off { "disabled (emergency)" } else { "enabled again" }, self.name),
+                    None,
+                );
+            }
+            Command::EnterMaintenance(host) => self.enter_maintenance(&host, policies),
+            Command::ExitMaintenance(host) => self.exit_maintenance(&host),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{beat, tick_until};
+    use super::*;
+    use crate::Input;
+    use crate::config::tests::cluster;
+    use crate::policies::BuiltinPolicies;
+
+    #[test]
+    fn a_cut_off_host_fences_before_the_dead_time() {
+        let mut config = cluster(3, 2);
+        // The isolation response leaves VMs running: only fencing may stop them.
+        config.policy.isolation = ["restart", "when-datastores-unreachable"]
+            .iter()
+            .map(|k| halo_policy::Setting { key: k.to_string(), value: "leave-running".into() })
+            .collect();
+        let t = config.timeouts;
+        let mut node = Node::new("host-1", config, 0);
+        node.handle(
+            0,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running },
+            &mut BuiltinPolicies,
+        );
+        // Two peers heard and acknowledging us, datastore writes fine, until 10 s.
+        let mut now = 0;
+        while now < 10_000 {
+            now += 500;
+            for peer in ["host-2", "host-3"] {
+                node.handle(now, beat(peer, now / 500, &[("host-1", now / 1000)]), &mut BuiltinPolicies);
+            }
+            node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut BuiltinPolicies);
+        }
+        assert!(!node.fenced());
+        // Then silence everywhere: nothing heard, datastore writes fail.
+        let actions = tick_until(&mut node, now, now + t.dead_time_ms, |a| matches!(a, Action::StopVm { .. }));
+        // (The last contact was the heartbeat at `now`.)
+        let (at, action) = actions.expect("it fences");
+        assert_eq!(action, Action::StopVm { vm: "vm-1".into(), reason: StopReason::Fence, grace_secs: 0 });
+        assert!(at - now <= t.fence_timeout_ms + 100, "fenced {} ms after the cut", at - now);
+        assert!(at - now + 2 * t.heartbeat_interval_ms <= t.dead_time_ms);
+    }
+
+    #[test]
+    fn a_host_with_a_datastore_does_not_fence() {
+        let config = cluster(3, 2);
+        let mut node = Node::new("host-1", config, 0);
+        node.handle(
+            0,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running },
+            &mut BuiltinPolicies,
+        );
+        for now in (0..40_000).step_by(500) {
+            node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut BuiltinPolicies);
+        }
+        assert!(!node.fenced());
+        assert!(node.isolated(), "no agent heard and no isolation address answered");
+    }
+
+    #[test]
+    fn a_crashing_vm_is_restarted_in_place_until_the_limit() {
+        let config = cluster(1, 1);
+        let mut node = Node::new("host-1", config, 0);
+        let mut starts = 0;
+        for i in 0..5 {
+            node.handle(
+                i * 1000,
+                Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running },
+                &mut BuiltinPolicies,
+            );
+            let actions = node.handle(
+                i * 1000 + 500,
+                Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Crashed },
+                &mut BuiltinPolicies,
+            );
+            starts += actions.iter().filter(|a| matches!(a, Action::StartVm { .. })).count();
+        }
+        assert_eq!(starts, 3, "restart limit 3 per window");
+    }
+
+    #[test]
+    fn an_operator_stop_is_not_undone() {
+        let config = cluster(1, 1);
+        let mut node = Node::new("host-1", config, 0);
+        node.handle(
+            0,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running },
+            &mut BuiltinPolicies,
+        );
+        let stop = node.handle(10, Input::Command(Command::StopVm("vm-1".into())), &mut BuiltinPolicies);
+        assert!(stop.contains(&Action::StopVm { vm: "vm-1".into(), reason: StopReason::Operator, grace_secs: 0 }));
+        let after = node.handle(
+            20,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::GuestShutdown },
+            &mut BuiltinPolicies,
+        );
+        assert!(!after.iter().any(|a| matches!(a, Action::StartVm { .. })));
+    }
+}

@@ -1,0 +1,999 @@
+//! What only the master does: classify every host, restart the VMs of failed hosts and the
+//! VMs recorded as stopped by their own host, keep the failover plan, evacuate hosts for
+//! maintenance.
+//!
+//! A restart goes: wait → placement (placement policy) → claim (atomic create of
+//! `(vm, generation + 1)` on a datastore) → start. Only a won claim leads to a start, so two
+//! masters (two partitions, or an old and a new master) never start one VM. Waves come from
+//! the restart policy: the next wave is dispatched only when nothing of the previous one is
+//! still claiming or starting. `restart` VMs are retried with backoff until capacity
+//! appears; `best-effort` VMs get one try, after every `restart` VM had its first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use halo_policy::{PlacementInput, PlacementReason, RestartInput, RestartPriority, VmToRestart};
+use serde::{Deserialize, Serialize};
+
+use super::{Action, Node, Severity};
+use crate::Millis;
+use crate::capacity::{self, FailoverPlan, HostUsage, Locations, Usage};
+use crate::classify::{DatastoreSignal, PingSignal, Signals, Verdict};
+use crate::policies::Policies;
+use crate::wire::{Claim, ClaimOutcome, DatastoreRecord};
+
+/// Where one restart stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartState {
+    /// Waiting for its turn (or for capacity, after `not_before`).
+    Waiting {
+        /// Not before this time.
+        not_before: Millis,
+    },
+    /// The claim is being created.
+    Claiming {
+        /// Target host.
+        host: String,
+        /// Since.
+        since: Millis,
+    },
+    /// Starting on a host.
+    Starting {
+        /// Target host.
+        host: String,
+        /// Since.
+        since: Millis,
+    },
+    /// Another master's claim won; waiting to see it run.
+    ClaimedElsewhere {
+        /// Its target host.
+        host: String,
+        /// Since.
+        since: Millis,
+    },
+    /// Given up (best-effort without room, start timed out): alert raised.
+    GaveUp,
+}
+
+/// One VM to restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Restart {
+    /// The host it was lost from.
+    pub from: String,
+    /// The generation it ran under there; the restart claims the next.
+    pub generation: u64,
+    /// When it was found lost.
+    pub since: Millis,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// State.
+    pub state: RestartState,
+}
+
+/// The master's own state, rebuilt from heartbeats and datastore records on takeover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterState {
+    /// Epoch of this mastership.
+    pub epoch: u64,
+    /// Master since.
+    pub since: Millis,
+    /// VMs being restarted.
+    pub restarts: BTreeMap<String, Restart>,
+    /// The last failover plan.
+    pub plan: Option<FailoverPlan>,
+    plan_due: Millis,
+    suppressed: Option<String>,
+    evacuating: BTreeSet<String>,
+    migrating: BTreeSet<String>,
+}
+
+impl MasterState {
+    pub(super) fn new(epoch: u64, now: Millis) -> Self {
+        Self {
+            epoch,
+            since: now,
+            restarts: BTreeMap::new(),
+            plan: None,
+            plan_due: now,
+            suppressed: None,
+            evacuating: BTreeSet::new(),
+            migrating: BTreeSet::new(),
+        }
+    }
+}
+
+impl Node {
+    pub(super) fn on_datastore_read(&mut self, datastore: &str, records: Result<Vec<DatastoreRecord>, String>) {
+        if self.master.is_none() {
+            return;
+        }
+        let Ok(records) = records else { return };
+        self.ds_read_ok_at = Some(self.now);
+        for record in records {
+            let now = self.now;
+            let Some(peer) = self.peers.get_mut(&record.host) else { continue };
+            let entry = peer.datastores.entry(datastore.to_string()).or_insert((record.counter, now));
+            if record.counter != entry.0 {
+                *entry = (record.counter, now);
+            }
+            peer.declared_isolated = record.isolated;
+            peer.ds_stopped = record.stopped;
+        }
+    }
+
+    pub(super) fn on_host_ping(&mut self, host: &str, answered: bool) {
+        if let Some(peer) = self.peers.get_mut(host)
+            && peer.ping == PingSignal::Pending
+        {
+            peer.ping = if answered { PingSignal::Answered } else { PingSignal::NoAnswer };
+            peer.ping_at = self.now;
+        }
+    }
+
+    fn signals(&self, host: &str) -> Option<Signals> {
+        let peer = self.peers.get(host)?;
+        let t = self.config.timeouts;
+        Some(Signals {
+            host: host.to_string(),
+            now: self.now,
+            dead_time_ms: t.dead_time_ms,
+            networks: self.config.networks.iter().map(|n| (n.clone(), peer.networks.get(n).copied())).collect(),
+            seq_advanced_at: peer.seq_advanced_at.or(self.master.as_ref().map(|m| m.since)),
+            datastores: self
+                .config
+                .datastores
+                .iter()
+                .map(|d| DatastoreSignal {
+                    datastore: d.clone(),
+                    counter: peer.datastores.get(d).map(|e| e.0),
+                    advanced_at: peer.datastores.get(d).map(|e| e.1),
+                })
+                .collect(),
+            datastores_readable: self.ds_read_ok_at.is_some_and(|at| self.now.saturating_sub(at) < t.dead_time_ms / 2),
+            ping: peer.ping,
+            declared_isolated: peer.declared_isolated,
+        })
+    }
+
+    fn classify_peers(&mut self) {
+        let t = self.config.timeouts;
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            let Some(signals) = self.signals(&name) else { continue };
+            // A ping answer is only good for a while: an agent-down host may die later.
+            let peer = &self.peers[&name];
+            let stale_ping = match peer.ping {
+                PingSignal::Answered => self.now.saturating_sub(peer.ping_at) > t.dead_time_ms / 2,
+                PingSignal::Pending => self.now.saturating_sub(peer.ping_at) > t.ping_timeout_ms,
+                _ => false,
+            };
+            if stale_ping {
+                let peer = self.peers.get_mut(&name).expect("peer exists");
+                if peer.ping == PingSignal::Pending {
+                    peer.ping = PingSignal::NoAnswer;
+                } else {
+                    peer.ping = PingSignal::NotAsked;
+                }
+            }
+            let Some(signals) = (if stale_ping { self.signals(&name) } else { Some(signals) }) else { continue };
+            let (verdict, ping_now) = signals.classify();
+            let peer = self.peers.get_mut(&name).expect("peer exists");
+            if signals.network_alive() || signals.datastore_alive() {
+                peer.ping = PingSignal::NotAsked;
+            }
+            if ping_now {
+                peer.ping = PingSignal::Pending;
+                peer.ping_at = self.now;
+                self.out.push(Action::Ping { target: super::PingTarget::Host(name.clone()) });
+            }
+            let before = peer.verdict.replace(verdict);
+            if before != Some(verdict) && (before.is_some() || verdict != Verdict::Running) {
+                let (severity, kind) = match verdict {
+                    Verdict::Running => (Severity::Info, "host-running"),
+                    Verdict::Suspect => (Severity::Warning, "host-suspect"),
+                    Verdict::AgentDown => (Severity::Alert, "host-agent-down"),
+                    Verdict::Failed => (Severity::Alert, "host-failed"),
+                    Verdict::Isolated => (Severity::Alert, "host-isolated"),
+                    Verdict::Partitioned => (Severity::Alert, "host-partitioned"),
+                    Verdict::Unknown => (Severity::Alert, "host-unknown"),
+                };
+                let what = match verdict {
+                    Verdict::AgentDown => " — its VMs are not restarted (they may still run); restart its agent",
+                    Verdict::Failed => " — its protected VMs will be restarted",
+                    Verdict::Isolated | Verdict::Partitioned => " — its VMs are not restarted",
+                    Verdict::Unknown => " — no datastore readable: nothing is restarted",
+                    _ => "",
+                };
+                self.record(severity, kind, format!("{name}: {}{what}", verdict.as_str()), Some(signals.trace()));
+            }
+        }
+    }
+
+    pub(super) fn master_step(&mut self, policies: &mut dyn Policies) {
+        self.classify_peers();
+        if !self.ha_enabled {
+            return;
+        }
+        if self.restart_allowed() {
+            self.find_lost_vms();
+        }
+        self.watch_restarts();
+        self.dispatch(policies);
+        self.continue_evacuations(policies);
+        let due = self.master.as_ref().is_some_and(|m| self.now >= m.plan_due);
+        if due {
+            self.refresh_plan(policies);
+        }
+    }
+
+    /// The blast-radius limit and the quorum rule. A master restarts only when its view of
+    /// the cluster accounts for at least half of the hosts (itself, the peers it hears, the
+    /// peers whose datastore heartbeat it sees): then any other partition is at most half,
+    /// which is not a quorum, so its hosts fenced or are visibly alive on a datastore.
+    fn restart_allowed(&mut self) -> bool {
+        let hosts = self.config.hosts.len();
+        let verdicts: Vec<Verdict> = self.peers.values().filter_map(|p| p.verdict).collect();
+        let failed = verdicts.iter().filter(|v| **v == Verdict::Failed).count();
+        let accounted = 1 + verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Running | Verdict::Isolated | Verdict::Partitioned | Verdict::AgentDown))
+            .count();
+        let problem = if failed * 100 > self.config.ha.blast_radius_percent as usize * hosts {
+            Some(format!(
+                "{failed} of {hosts} hosts look failed at once, more than the blast-radius limit of {}%: this master suspects itself and restarts nothing",
+                self.config.ha.blast_radius_percent
+            ))
+        } else if failed > 0 && 2 * accounted < hosts {
+            Some(format!(
+                "this master accounts for only {accounted} of {hosts} hosts (alive on the network or a datastore): the failed ones could be a larger partition without storage, so nothing is restarted"
+            ))
+        } else {
+            None
+        };
+        let master = self.master.as_mut().expect("master");
+        let changed = master.suppressed != problem;
+        master.suppressed = problem.clone();
+        if changed && let Some(problem) = problem {
+            self.record(Severity::Alert, "restarts-suppressed", problem, None);
+        }
+        self.master.as_ref().is_some_and(|m| m.suppressed.is_none())
+    }
+
+    /// Protected VMs of failed hosts, and VMs their own host recorded as stopped.
+    fn find_lost_vms(&mut self) {
+        let mut lost: Vec<(String, String, u64, &'static str)> = Vec::new();
+        for (host, peer) in &self.peers {
+            if peer.ha_disabled {
+                continue;
+            }
+            if peer.verdict == Some(Verdict::Failed) {
+                for report in &peer.vms {
+                    lost.push((report.vm.clone(), host.clone(), report.generation, "its host failed"));
+                }
+            }
+            for report in peer.stopped.iter().chain(peer.ds_stopped.iter()) {
+                lost.push((report.vm.clone(), host.clone(), report.generation, "its host stopped it"));
+            }
+        }
+        let running: BTreeSet<&str> = self
+            .peers
+            .values()
+            .filter(|p| p.verdict != Some(Verdict::Failed))
+            .flat_map(|p| p.vms.iter().map(|r| r.vm.as_str()))
+            .chain(self.local_vms.keys().map(String::as_str))
+            .collect();
+        let mut new = Vec::new();
+        for (vm, from, generation, why) in lost {
+            let Some(spec) = self.config.vm(&vm) else { continue };
+            let current = self.generations.get(&vm).copied().unwrap_or(generation);
+            let master = self.master.as_ref().expect("master");
+            if !spec.protected()
+                || generation < current
+                || running.contains(vm.as_str())
+                || master.restarts.contains_key(&vm)
+                || self.peers.values().any(|p| p.operator_stopped.contains(&vm))
+            {
+                continue;
+            }
+            new.push((vm, from, generation, why));
+        }
+        for (vm, from, generation, why) in new {
+            self.record(Severity::Warning, "vm-lost", format!("{vm} lost from {from} ({why}); restart queued"), None);
+            let now = self.now;
+            self.master.as_mut().expect("master").restarts.insert(
+                vm,
+                Restart { from, generation, since: now, attempts: 0, state: RestartState::Waiting { not_before: now } },
+            );
+        }
+    }
+
+    /// Timeouts of claims and starts; targets that failed meanwhile.
+    fn watch_restarts(&mut self) {
+        let t = self.config.timeouts;
+        let now = self.now;
+        let failed: BTreeSet<String> =
+            self.peers.iter().filter(|(_, p)| p.verdict == Some(Verdict::Failed)).map(|(n, _)| n.clone()).collect();
+        let running: BTreeMap<String, (String, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verdict != Some(Verdict::Failed))
+            .flat_map(|(h, p)| p.vms.iter().map(move |r| (r.vm.clone(), (h.clone(), r.generation))))
+            .chain(self.local_vms.iter().map(|(vm, g)| (vm.clone(), (self.name.clone(), *g))))
+            .collect();
+        let mut events = Vec::new();
+        let master = self.master.as_mut().expect("master");
+        master.restarts.retain(|vm, r| match &r.state {
+            RestartState::ClaimedElsewhere { host, since } => {
+                if running.get(vm).is_some_and(|(_, g)| *g > r.generation) {
+                    events.push((Severity::Info, "vm-restarted", format!("{vm} runs on {host} (restarted by another master)")));
+                    false
+                } else if failed.contains(host) || now.saturating_sub(*since) > t.start_timeout_ms {
+                    events.push((Severity::Alert, "restart-gave-up", format!("{vm}: claimed by another master for {host}, not seen running; needs the operator")));
+                    r.state = RestartState::GaveUp;
+                    true
+                } else {
+                    true
+                }
+            }
+            RestartState::Starting { host, since } if failed.contains(host) || now.saturating_sub(*since) > t.start_timeout_ms => {
+                // The start may still be under way on a live host: never retry elsewhere.
+                if failed.contains(host) {
+                    events.push((Severity::Warning, "restart-target-failed", format!("{vm}: {host} failed while starting it; queued again")));
+                    r.from = host.clone();
+                    r.generation += 1;
+                    r.state = RestartState::Waiting { not_before: now };
+                } else {
+                    events.push((Severity::Alert, "restart-gave-up", format!("{vm}: start on {host} did not report back within {}s; not retried elsewhere (it may be starting)", t.start_timeout_ms / 1000)));
+                    r.state = RestartState::GaveUp;
+                }
+                true
+            }
+            RestartState::Claiming { since, .. } if now.saturating_sub(*since) > t.start_timeout_ms => {
+                events.push((Severity::Alert, "restart-gave-up", format!("{vm}: the claim did not complete; not retried (its outcome is unknown)")));
+                r.state = RestartState::GaveUp;
+                true
+            }
+            _ => true,
+        });
+        for (severity, kind, message) in events {
+            self.record(severity, kind, message, None);
+        }
+    }
+
+    /// Free capacity per host as this master sees it, for placement.
+    fn host_usage(&self, reason: PlacementReason) -> Vec<HostUsage> {
+        let window = self.config.timeouts.dead_time_ms;
+        let mut usable: BTreeSet<String> = self
+            .live_peers(window)
+            .filter(|(_, p)| p.verdict.is_none_or(|v| v == Verdict::Running))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !self.fenced && !self.isolated() {
+            usable.insert(self.name.clone());
+        }
+        let mut locations: Locations = BTreeMap::new();
+        for (host, peer) in &self.peers {
+            for r in &peer.vms {
+                locations.insert(r.vm.clone(), host.clone());
+            }
+        }
+        for vm in self.local_vms.keys() {
+            locations.insert(vm.clone(), self.name.clone());
+        }
+        if let Some(master) = &self.master {
+            for (vm, r) in &master.restarts {
+                if let RestartState::Claiming { host, .. } | RestartState::Starting { host, .. } = &r.state {
+                    locations.insert(vm.clone(), host.clone());
+                }
+            }
+        }
+        let mut usage: Vec<HostUsage> = self
+            .config
+            .hosts
+            .iter()
+            .filter(|h| usable.contains(&h.name))
+            .map(|h| HostUsage {
+                host: h.name.clone(),
+                memory_mib: h.memory_mib,
+                vcpus: h.vcpus,
+                used: Usage::default(),
+                maintenance: self.maintenance.contains(&h.name) && reason != PlacementReason::AdmissionCheck,
+            })
+            .collect();
+        for (vm, host) in &locations {
+            if let (Some(u), Some(spec)) = (usage.iter_mut().find(|u| u.host == *host), self.config.vm(vm)) {
+                match spec.priority {
+                    RestartPriority::Restart => u.used.restart_mib += spec.memory_mib,
+                    RestartPriority::BestEffort => u.used.best_effort_mib += spec.memory_mib,
+                    RestartPriority::Unprotected => u.used.unprotected_mib += spec.memory_mib,
+                }
+                u.used.vcpus += u64::from(spec.vcpus);
+            }
+        }
+        usage
+    }
+
+    fn placement_input(&self, reason: PlacementReason, vms: &[(String, String)]) -> PlacementInput {
+        let usage = self.host_usage(reason);
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (host, peer) in &self.peers {
+            for r in &peer.vms {
+                if let Some(g) = self.config.vm(&r.vm).and_then(|s| s.anti_affinity_group.clone()) {
+                    groups.entry(host.clone()).or_default().push(g);
+                }
+            }
+        }
+        PlacementInput {
+            reason,
+            vms: vms
+                .iter()
+                .filter_map(|(vm, avoid)| self.config.vm(vm).map(|s| capacity::to_place(s, avoid)))
+                .collect(),
+            hosts: usage
+                .iter()
+                .map(|u| capacity::candidate(&self.config, u, groups.get(&u.host).cloned().unwrap_or_default()))
+                .collect(),
+            vcpu_overcommit_percent: self.config.ha.vcpu_overcommit_percent,
+            settings: self.config.policy.placement.clone(),
+        }
+    }
+
+    /// Starts the next wave when nothing is in flight.
+    fn dispatch(&mut self, policies: &mut dyn Policies) {
+        let now = self.now;
+        let master = self.master.as_ref().expect("master");
+        let in_flight = master
+            .restarts
+            .values()
+            .any(|r| matches!(r.state, RestartState::Claiming { .. } | RestartState::Starting { .. }));
+        if in_flight {
+            return;
+        }
+        let priorities: BTreeMap<String, RestartPriority> =
+            self.config.vms.iter().map(|v| (v.name.clone(), v.priority)).collect();
+        let priority = |vm: &str| priorities.get(vm).copied().unwrap_or(RestartPriority::Unprotected);
+        let ready: Vec<String> = master
+            .restarts
+            .iter()
+            .filter(|(_, r)| matches!(r.state, RestartState::Waiting { not_before } if not_before <= now))
+            .map(|(vm, _)| vm.clone())
+            .collect();
+        let restart_first_try_pending = master.restarts.iter().any(|(vm, r)| {
+            priority(vm) == RestartPriority::Restart
+                && r.attempts == 0
+                && matches!(r.state, RestartState::Waiting { .. })
+        });
+        let ready: Vec<String> = if ready.iter().any(|vm| priority(vm) == RestartPriority::Restart) {
+            ready.into_iter().filter(|vm| priority(vm) == RestartPriority::Restart).collect()
+        } else if restart_first_try_pending {
+            return;
+        } else {
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let Some(datastore) = self.readable_datastore() else { return };
+        // Waves from the restart policy.
+        let in_set: BTreeSet<&str> = ready.iter().map(String::as_str).collect();
+        let input = RestartInput {
+            vms: ready
+                .iter()
+                .filter_map(|vm| self.config.vm(vm))
+                .map(|s| VmToRestart {
+                    name: s.name.clone(),
+                    priority: s.priority,
+                    order: s.order,
+                    group: s.group.clone(),
+                    depends_on: s.depends_on.iter().filter(|d| in_set.contains(d.as_str())).cloned().collect(),
+                })
+                .collect(),
+            settings: self.config.policy.restart.clone(),
+        };
+        let outcome = policies.restart_order(&input);
+        if let Some(reason) = outcome.fallback_reason {
+            self.record(
+                Severity::Alert,
+                "plugin-failed",
+                format!("restart-order plugin failed, built-in policy decided: {reason}"),
+                None,
+            );
+        }
+        let wave: Vec<String> = match outcome.answer {
+            Ok(waves) => waves.into_iter().find(|w| !w.is_empty()).unwrap_or_default(),
+            Err(error) => {
+                self.record(
+                    Severity::Alert,
+                    "restart-order-error",
+                    format!("restart order: {error}; restarting by priority only"),
+                    None,
+                );
+                ready.clone()
+            }
+        };
+        let master = self.master.as_ref().expect("master");
+        let wave: Vec<(String, String)> =
+            wave.into_iter().filter_map(|vm| master.restarts.get(&vm).map(|r| (vm.clone(), r.from.clone()))).collect();
+        if wave.is_empty() {
+            return;
+        }
+        let input = self.placement_input(PlacementReason::Failover, &wave);
+        let outcome = policies.placement(&input);
+        if let Some(reason) = outcome.fallback_reason {
+            self.record(
+                Severity::Alert,
+                "plugin-failed",
+                format!("placement plugin failed, built-in policy decided: {reason}"),
+                None,
+            );
+        }
+        let epoch = self.master.as_ref().map_or(0, |m| m.epoch);
+        let t = self.config.timeouts;
+        let mut claims = Vec::new();
+        let mut records = Vec::new();
+        let master = self.master.as_mut().expect("master");
+        for assignment in outcome.answer.assignments {
+            let Some(r) = master.restarts.get_mut(&assignment.vm) else { continue };
+            r.attempts += 1;
+            r.state = RestartState::Claiming { host: assignment.host.clone(), since: now };
+            claims.push(Claim {
+                vm: assignment.vm,
+                generation: r.generation + 1,
+                master: self.name.clone(),
+                epoch,
+                host: assignment.host,
+            });
+        }
+        for unplaced in outcome.answer.unplaced {
+            let Some(r) = master.restarts.get_mut(&unplaced.vm) else { continue };
+            r.attempts += 1;
+            if priority(&unplaced.vm) == RestartPriority::Restart {
+                let backoff = (t.retry_backoff_ms << r.attempts.min(16).saturating_sub(1)).min(t.retry_backoff_max_ms);
+                r.state = RestartState::Waiting { not_before: now + backoff };
+                if r.attempts == 1 {
+                    records.push((
+                        Severity::Alert,
+                        "no-capacity",
+                        format!(
+                            "{}: no host can take it ({}); retrying until capacity appears",
+                            unplaced.vm, unplaced.reason
+                        ),
+                    ));
+                }
+            } else {
+                r.state = RestartState::GaveUp;
+                records.push((
+                    Severity::Alert,
+                    "no-capacity",
+                    format!("{}: best-effort, no host can take it ({}); not retried", unplaced.vm, unplaced.reason),
+                ));
+            }
+        }
+        for (severity, kind, message) in records {
+            self.record(severity, kind, message, None);
+        }
+        for claim in claims {
+            self.out.push(Action::Claim { datastore: datastore.clone(), claim });
+        }
+    }
+
+    fn readable_datastore(&self) -> Option<String> {
+        let readable =
+            self.ds_read_ok_at.is_some_and(|at| self.now.saturating_sub(at) < self.config.timeouts.dead_time_ms / 2);
+        if !readable {
+            return None;
+        }
+        let window = self.config.timeouts.fence_timeout_ms;
+        self.config
+            .datastores
+            .iter()
+            .find(|d| self.ds_write_ok_at.get(*d).is_some_and(|&at| self.now.saturating_sub(at) < window))
+            .cloned()
+    }
+
+    pub(super) fn on_claim(&mut self, claim: Claim, outcome: ClaimOutcome) {
+        let now = self.now;
+        let Some(master) = self.master.as_mut() else { return };
+        let Some(r) = master.restarts.get_mut(&claim.vm) else { return };
+        if !matches!(&r.state, RestartState::Claiming { host, .. } if *host == claim.host)
+            || r.generation + 1 != claim.generation
+        {
+            return;
+        }
+        match outcome {
+            ClaimOutcome::Won => {
+                r.state = RestartState::Starting { host: claim.host.clone(), since: now };
+                self.out.push(Action::StartVm { host: claim.host, vm: claim.vm, generation: claim.generation });
+            }
+            ClaimOutcome::Lost(holder) => {
+                r.state = RestartState::ClaimedElsewhere { host: holder.host.clone(), since: now };
+                let message = format!(
+                    "{}: generation {} already claimed by {} (epoch {}) for {}; not started here",
+                    claim.vm, claim.generation, holder.master, holder.epoch, holder.host
+                );
+                self.note_generation(&claim.vm, claim.generation);
+                self.record(Severity::Warning, "claim-lost", message, None);
+            }
+            ClaimOutcome::Failed(why) => {
+                r.state = RestartState::Waiting { not_before: now + self.config.timeouts.retry_backoff_ms };
+                self.record(
+                    Severity::Warning,
+                    "claim-failed",
+                    format!("{}: claim failed ({why}); retrying", claim.vm),
+                    None,
+                );
+            }
+        }
+    }
+
+    pub(super) fn on_start(&mut self, vm: &str, host: &str, generation: u64, result: Result<(), String>) {
+        let now = self.now;
+        let t = self.config.timeouts;
+        let Some(master) = self.master.as_mut() else { return };
+        let Some(r) = master.restarts.get(vm) else { return };
+        if !matches!(&r.state, RestartState::Starting { host: h, .. } if h == host) {
+            return;
+        }
+        let lost_for = now.saturating_sub(r.since);
+        match result {
+            Ok(()) => {
+                let from = r.from.clone();
+                master.restarts.remove(vm);
+                self.note_generation(vm, generation);
+                self.record(
+                    Severity::Info,
+                    "vm-restarted",
+                    format!(
+                        "{vm} restarted on {host} (from {from}, {:.1}s after it was found lost)",
+                        lost_for as f64 / 1000.0
+                    ),
+                    None,
+                );
+            }
+            Err(why) => {
+                let restart = self.config.vm(vm).is_some_and(|s| s.priority == RestartPriority::Restart);
+                let r = master.restarts.get_mut(vm).expect("present");
+                // The claim for `generation` is spent; the next attempt claims the one after.
+                r.generation = generation;
+                r.from = host.to_string();
+                let message = if restart {
+                    let backoff =
+                        (t.retry_backoff_ms << r.attempts.min(16).saturating_sub(1)).min(t.retry_backoff_max_ms);
+                    r.state = RestartState::Waiting { not_before: now + backoff };
+                    format!("{vm}: start on {host} failed ({why}); retrying in {:.0}s", backoff as f64 / 1000.0)
+                } else {
+                    r.state = RestartState::GaveUp;
+                    format!("{vm}: start on {host} failed ({why}); best-effort, not retried")
+                };
+                self.record(Severity::Alert, "start-failed", message, None);
+            }
+        }
+    }
+
+    fn refresh_plan(&mut self, policies: &mut dyn Policies) {
+        let usage = self.host_usage(PlacementReason::AdmissionCheck);
+        let available: BTreeSet<String> =
+            usage.iter().filter(|u| !self.maintenance.contains(&u.host)).map(|u| u.host.clone()).collect();
+        let mut locations: Locations = BTreeMap::new();
+        for (host, peer) in &self.peers {
+            for r in &peer.vms {
+                locations.insert(r.vm.clone(), host.clone());
+            }
+        }
+        for vm in self.local_vms.keys() {
+            locations.insert(vm.clone(), self.name.clone());
+        }
+        let plan = capacity::failover_plan(&self.config, &locations, &available, &self.maintenance, policies);
+        let previous = self.master.as_ref().and_then(|m| m.plan.as_ref()).map(|p| p.tolerates);
+        if previous != Some(plan.tolerates) {
+            let (severity, kind) = if plan.tolerates == 0 {
+                (Severity::Alert, "tolerance-zero")
+            } else if plan.overcommitted {
+                (Severity::Alert, "tolerance-below-target")
+            } else {
+                (Severity::Info, "failover-plan")
+            };
+            self.record(
+                severity,
+                kind,
+                format!(
+                    "failover plan: the cluster tolerates {} host failure(s) (target {}){}",
+                    plan.tolerates,
+                    plan.target,
+                    if plan.overcommitted { " — overcommitted" } else { "" }
+                ),
+                None,
+            );
+        }
+        let master = self.master.as_mut().expect("master");
+        master.plan = Some(plan);
+        master.plan_due = self.now + 5 * self.config.timeouts.heartbeat_interval_ms;
+    }
+
+    /// The failover plan now (master only), recomputed.
+    pub fn failover_plan(&mut self, policies: &mut dyn Policies) -> Option<FailoverPlan> {
+        self.master.as_ref()?;
+        self.refresh_plan(policies);
+        self.master.as_ref().and_then(|m| m.plan.clone())
+    }
+
+    pub(super) fn enter_maintenance(&mut self, host: &str, policies: &mut dyn Policies) {
+        if self.master.is_none() {
+            let master = self.master_view.as_ref().map_or("nobody yet".to_string(), |(m, _)| m.clone());
+            self.record(
+                Severity::Warning,
+                "command-refused",
+                format!("maintenance of {host}: ask the master ({master})"),
+                None,
+            );
+            return;
+        }
+        if self.config.host(host).is_none() {
+            self.record(Severity::Warning, "command-refused", format!("maintenance: no host named {host}"), None);
+            return;
+        }
+        // Admission: would the plan hold without this host?
+        let before = self.failover_plan(policies).map_or(0, |p| p.tolerates);
+        let mut after_maintenance = self.maintenance.clone();
+        after_maintenance.insert(host.to_string());
+        let usage = self.host_usage(PlacementReason::AdmissionCheck);
+        let available: BTreeSet<String> =
+            usage.iter().map(|u| u.host.clone()).filter(|h| !after_maintenance.contains(h)).collect();
+        let mut locations: Locations = BTreeMap::new();
+        for (h, peer) in &self.peers {
+            for r in &peer.vms {
+                locations.insert(r.vm.clone(), h.clone());
+            }
+        }
+        for vm in self.local_vms.keys() {
+            locations.insert(vm.clone(), self.name.clone());
+        }
+        let evacuees: Vec<(String, String)> =
+            locations.iter().filter(|(_, h)| *h == host).map(|(vm, h)| (vm.clone(), h.clone())).collect();
+        let moved = {
+            let input = self.placement_input(PlacementReason::AdmissionCheck, &evacuees);
+            let answer = policies.placement(&input).answer;
+            let mut moved = locations.clone();
+            for a in answer.assignments {
+                moved.insert(a.vm, a.host);
+            }
+            moved
+        };
+        let (verdict, _) = capacity::admission_check(
+            &self.config,
+            (&moved, &available, &after_maintenance),
+            before,
+            &format!("{host} entering maintenance"),
+            policies,
+        );
+        match verdict {
+            capacity::AdmissionVerdict::Refused(why) => {
+                self.record(Severity::Alert, "maintenance-refused", why, None);
+                return;
+            }
+            capacity::AdmissionVerdict::Warned(why) => self.record(Severity::Alert, "admission-warning", why, None),
+            capacity::AdmissionVerdict::Admitted => {}
+        }
+        self.maintenance.insert(host.to_string());
+        self.master.as_mut().expect("master").evacuating.insert(host.to_string());
+        self.record(
+            Severity::Info,
+            "maintenance-entered",
+            format!("{host} enters maintenance: evacuating {} VM(s)", evacuees.len()),
+            None,
+        );
+    }
+
+    pub(super) fn exit_maintenance(&mut self, host: &str) {
+        if self.master.is_none() {
+            self.record(Severity::Warning, "command-refused", format!("maintenance of {host}: ask the master"), None);
+            return;
+        }
+        self.maintenance.remove(host);
+        if let Some(m) = self.master.as_mut() {
+            m.evacuating.remove(host);
+        }
+        self.record(Severity::Info, "maintenance-exited", format!("{host} is back in service"), None);
+    }
+
+    /// Live-migrates the VMs of hosts in maintenance, a few at a time.
+    fn continue_evacuations(&mut self, policies: &mut dyn Policies) {
+        let Some(master) = self.master.as_ref() else { return };
+        if master.evacuating.is_empty() || !master.migrating.is_empty() {
+            return;
+        }
+        let evacuating: Vec<String> = master.evacuating.iter().cloned().collect();
+        for host in evacuating {
+            let vms: Vec<(String, String)> = if host == self.name {
+                self.local_vms.keys().map(|vm| (vm.clone(), host.clone())).collect()
+            } else {
+                self.peers
+                    .get(&host)
+                    .map(|p| p.vms.iter().map(|r| (r.vm.clone(), host.clone())).collect())
+                    .unwrap_or_default()
+            };
+            if vms.is_empty() {
+                self.master.as_mut().expect("master").evacuating.remove(&host);
+                self.record(Severity::Info, "host-evacuated", format!("{host} is evacuated: safe to stop"), None);
+                continue;
+            }
+            let input = self.placement_input(PlacementReason::Evacuation, &vms);
+            let outcome = policies.placement(&input);
+            for a in outcome.answer.assignments {
+                self.master.as_mut().expect("master").migrating.insert(a.vm.clone());
+                self.out.push(Action::MigrateVm { vm: a.vm, from: host.clone(), to: a.host });
+            }
+            for u in outcome.answer.unplaced {
+                self.record(
+                    Severity::Alert,
+                    "evacuation-blocked",
+                    format!("{}: cannot leave {host} ({})", u.vm, u.reason),
+                    None,
+                );
+            }
+            return;
+        }
+    }
+
+    pub(super) fn on_migrate(&mut self, vm: &str, from: &str, to: &str, result: Result<(), String>) {
+        let Some(master) = self.master.as_mut() else { return };
+        master.migrating.remove(vm);
+        match result {
+            Ok(()) => {
+                // Our view moves with it now; the next heartbeats confirm.
+                let generation =
+                    self.peers.get(from).and_then(|p| p.vms.iter().find(|r| r.vm == vm)).map(|r| r.generation);
+                if let Some(peer) = self.peers.get_mut(from) {
+                    peer.vms.retain(|r| r.vm != vm);
+                }
+                if let (Some(peer), Some(generation)) = (self.peers.get_mut(to), generation) {
+                    peer.vms.push(crate::wire::VmReport { vm: vm.to_string(), generation });
+                }
+                self.record(Severity::Info, "vm-migrated", format!("{vm} migrated live from {from} to {to}"), None)
+            }
+            Err(why) => self.record(
+                Severity::Alert,
+                "migration-failed",
+                format!("{vm}: migration {from} → {to} failed: {why}"),
+                None,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::beat_with;
+    use super::super::{Input, Node, PingTarget};
+    use super::*;
+    use crate::config::tests::cluster;
+    use crate::policies::BuiltinPolicies;
+    use crate::wire::VmReport;
+
+    /// host-1 (master) hears host-2 and host-3 until `cut`; host-2 runs vm-1. After the cut
+    /// host-2's signals are `net`/`ds`/`ping`; returns every action until 40 s.
+    fn after_cut(net: bool, ds: bool, ping: bool, claim: impl Fn(&Claim) -> ClaimOutcome) -> Vec<Action> {
+        let config = cluster(3, 2);
+        let mut node = Node::new("host-1", config, 0);
+        let mut p = BuiltinPolicies;
+        let cut = 5_000;
+        let mut counter = 0;
+        let mut all = Vec::new();
+        for now in (0..40_000).step_by(100) {
+            let mut inputs = vec![Input::Tick];
+            if now % 1000 == 0 {
+                let seq = now / 1000 + 1;
+                inputs.push(beat_with("host-3", seq, &[("host-1", seq)], vec![]));
+                if now < cut || net {
+                    let vms = vec![VmReport { vm: "vm-1".into(), generation: 1 }];
+                    inputs.push(beat_with("host-2", seq, &[("host-1", seq)], vms));
+                }
+                inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+                if now < cut || ds {
+                    counter += 1;
+                }
+                let records = vec![
+                    DatastoreRecord { host: "host-2".into(), counter, isolated: false, stopped: vec![] },
+                    DatastoreRecord { host: "host-3".into(), counter: now, isolated: false, stopped: vec![] },
+                ];
+                inputs.push(Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) });
+            }
+            let mut queue: std::collections::VecDeque<Input> = inputs.into();
+            while let Some(input) = queue.pop_front() {
+                for action in node.handle(now, input, &mut p) {
+                    match &action {
+                        Action::Ping { target: PingTarget::Host(h) } => {
+                            queue.push_back(Input::PingResult { target: PingTarget::Host(h.clone()), answered: ping });
+                        }
+                        Action::Claim { claim: c, .. } => {
+                            queue.push_back(Input::ClaimResult { claim: c.clone(), outcome: claim(c) });
+                        }
+                        _ => {}
+                    }
+                    all.push(action);
+                }
+            }
+        }
+        all
+    }
+
+    fn starts(actions: &[Action]) -> Vec<(String, String, u64)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StartVm { host, vm, generation } => Some((host.clone(), vm.clone(), *generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kinds(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(e) => Some(e.kind.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_host_is_declared_after_the_dead_time_and_its_vm_restarted_under_a_claim() {
+        let actions = after_cut(false, false, false, |_| ClaimOutcome::Won);
+        let claims: Vec<&Claim> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Claim { claim, .. } => Some(claim),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            claims.len(),
+            1,
+            "{:#?}",
+            actions.iter().filter(|a| matches!(a, Action::Record(_))).collect::<Vec<_>>()
+        );
+        assert_eq!((claims[0].vm.as_str(), claims[0].generation), ("vm-1", 2));
+        let started = starts(&actions);
+        assert_eq!(
+            started.len(),
+            1,
+            "{:#?}",
+            &actions[..]
+                .iter()
+                .filter(|a| !matches!(
+                    a,
+                    Action::SendHeartbeat { .. } | Action::WriteDatastore { .. } | Action::ReadDatastore { .. }
+                ))
+                .collect::<Vec<_>>()
+        );
+        assert_ne!(started[0].0, "host-2", "never the failed host");
+        assert!(kinds(&actions).contains(&"host-failed".to_string()));
+    }
+
+    #[test]
+    fn a_lost_claim_never_starts_a_vm() {
+        let actions = after_cut(false, false, false, |c| {
+            ClaimOutcome::Lost(Claim { master: "host-3".into(), epoch: 9, ..c.clone() })
+        });
+        assert!(starts(&actions).is_empty());
+        assert!(kinds(&actions).contains(&"claim-lost".to_string()));
+    }
+
+    #[test]
+    fn partitioned_and_agent_down_hosts_are_never_restarted() {
+        // Datastore heartbeat alive: partitioned.
+        let partitioned = after_cut(false, true, false, |_| ClaimOutcome::Won);
+        assert!(starts(&partitioned).is_empty());
+        assert!(kinds(&partitioned).contains(&"host-partitioned".to_string()));
+        // Nothing but ping: agent down.
+        let agent_down = after_cut(false, false, true, |_| ClaimOutcome::Won);
+        assert!(starts(&agent_down).is_empty());
+        assert!(kinds(&agent_down).contains(&"host-agent-down".to_string()));
+        // Network alive: nothing at all.
+        let running = after_cut(true, false, false, |_| ClaimOutcome::Won);
+        assert!(starts(&running).is_empty());
+        assert!(!kinds(&running).iter().any(|k| k.starts_with("host-")), "{:?}", kinds(&running));
+    }
+}

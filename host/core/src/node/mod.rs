@@ -1,0 +1,669 @@
+//! One host's HA logic as a state machine: `handle(now, input, policies) -> actions`.
+//!
+//! Every host runs a [`Node`]. Each node sends heartbeats on every management network and
+//! writes its datastore heartbeat; it tracks every peer (sequence numbers, acks, reported
+//! VMs) and elects a master deterministically. The host's own side — isolation detection,
+//! the isolation response, self-fencing, VM monitoring — lives in `host_side`; what only the
+//! master does — classification, restarts, maintenance — lives in `master`.
+//!
+//! Safety rules enforced here (each proved by a named test and checked by the simulator):
+//! - a VM is started elsewhere only after a claim on the datastore for its next generation
+//!   was won (`master::tests::a_lost_claim_never_starts_a_vm`);
+//! - only a failed host's VMs or VMs their own host recorded as stopped are restarted
+//!   (`master::tests::partitioned_and_agent_down_hosts_are_never_restarted`);
+//! - a host that reaches neither a quorum nor a datastore stops its protected VMs before the
+//!   dead-time (`host_side::tests::a_cut_off_host_fences_before_the_dead_time`);
+//! - no running VM is ever stopped or moved to make room: the core emits `StopVm` only for
+//!   isolation, fencing and operator requests, `MigrateVm` only for maintenance.
+
+mod host_side;
+mod master;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+use crate::classify::{PingSignal, Verdict};
+use crate::config::ClusterConfig;
+use crate::policies::Policies;
+use crate::wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, VmReport};
+
+pub use master::MasterState;
+
+/// Why halo stopped a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// The operator asked (the VM is unprotected until started again through halo).
+    Operator,
+    /// The isolation response.
+    Isolation,
+    /// Self-fencing.
+    Fence,
+}
+
+/// A VM's state as the local hypervisor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmState {
+    /// Running.
+    Running,
+    /// It crashed (QEMU died).
+    Crashed,
+    /// The guest shut itself down.
+    GuestShutdown,
+    /// halo stopped it.
+    StoppedByHalo(StopReason),
+}
+
+/// What an address to ping is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PingTarget {
+    /// A peer host's management address (the master asks: is it alive?).
+    Host(String),
+    /// An isolation address (a host asks: am I cut off?).
+    IsolationAddress(String),
+}
+
+/// Operator commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    /// Stop a VM on this host and unprotect it.
+    StopVm(String),
+    /// Put a host into maintenance (to the master): evacuate it.
+    EnterMaintenance(String),
+    /// Bring a host back from maintenance (to the master).
+    ExitMaintenance(String),
+    /// HA on or off for the cluster (to every node).
+    SetHaEnabled(bool),
+    /// Emergency disable of HA on this host: no fencing, no isolation response, and the
+    /// master does not restart its VMs.
+    SetHostHaDisabled(bool),
+}
+
+/// An input to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// Time passed (drivers tick at least every 100 ms).
+    Tick,
+    /// A heartbeat arrived on a network.
+    Heartbeat {
+        /// The network.
+        network: String,
+        /// The heartbeat.
+        heartbeat: Heartbeat,
+    },
+    /// A datastore heartbeat write finished.
+    DatastoreWritten {
+        /// Datastore.
+        datastore: String,
+        /// Whether it was written.
+        ok: bool,
+    },
+    /// The records of a datastore were read (master).
+    DatastoreRead {
+        /// Datastore.
+        datastore: String,
+        /// The records, or why they could not be read.
+        records: Result<Vec<DatastoreRecord>, String>,
+    },
+    /// A ping finished.
+    PingResult {
+        /// What was pinged.
+        target: PingTarget,
+        /// Whether it answered.
+        answered: bool,
+    },
+    /// The local hypervisor reports a VM's state.
+    VmState {
+        /// VM.
+        vm: String,
+        /// Its generation.
+        generation: u64,
+        /// State.
+        state: VmState,
+    },
+    /// A claim attempt finished.
+    ClaimResult {
+        /// The claim.
+        claim: Claim,
+        /// Its outcome.
+        outcome: ClaimOutcome,
+    },
+    /// A start the master asked for finished.
+    StartResult {
+        /// VM.
+        vm: String,
+        /// Host.
+        host: String,
+        /// Generation started.
+        generation: u64,
+        /// Done, or why not.
+        result: Result<(), String>,
+    },
+    /// A live migration finished.
+    MigrateResult {
+        /// VM.
+        vm: String,
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+        /// Done, or why not.
+        result: Result<(), String>,
+    },
+    /// An operator command.
+    Command(Command),
+}
+
+/// How bad an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    /// Normal operation.
+    Info,
+    /// Worth a look.
+    Warning,
+    /// An alert: raised to the operator (webhook, message list).
+    Alert,
+}
+
+/// Something that happened, for the event log, the timeline and alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When (the node's clock).
+    pub at: Millis,
+    /// The node that recorded it.
+    pub node: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Stable kind, e.g. `host-failed`, `vm-restarted`.
+    pub kind: String,
+    /// What happened, for people.
+    pub message: String,
+    /// The signals behind a verdict, when there is one.
+    pub trace: Option<String>,
+}
+
+/// What a node asks its drivers to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Send a heartbeat on a network.
+    SendHeartbeat {
+        /// Network.
+        network: String,
+        /// Heartbeat.
+        heartbeat: Heartbeat,
+    },
+    /// Write this host's datastore heartbeat record.
+    WriteDatastore {
+        /// Datastore.
+        datastore: String,
+        /// The record.
+        record: DatastoreRecord,
+    },
+    /// Read every host's record on a datastore (master).
+    ReadDatastore {
+        /// Datastore.
+        datastore: String,
+    },
+    /// Ping an address.
+    Ping {
+        /// What.
+        target: PingTarget,
+    },
+    /// Create a claim atomically on a datastore; only a won claim may lead to a start.
+    Claim {
+        /// Datastore.
+        datastore: String,
+        /// The claim.
+        claim: Claim,
+    },
+    /// Start a VM on a host (the master restarting it, or a host restarting its own crashed VM).
+    StartVm {
+        /// Host.
+        host: String,
+        /// VM.
+        vm: String,
+        /// Generation to start it under.
+        generation: u64,
+    },
+    /// Stop a VM on this host.
+    StopVm {
+        /// VM.
+        vm: String,
+        /// Why.
+        reason: StopReason,
+        /// Seconds of guest shutdown before power off (0: power off at once).
+        grace_secs: u32,
+    },
+    /// Live-migrate a VM.
+    MigrateVm {
+        /// VM.
+        vm: String,
+        /// From.
+        from: String,
+        /// To.
+        to: String,
+    },
+    /// Record an event (and raise it when it is an alert).
+    Record(Event),
+}
+
+/// What a node knows of a peer.
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// Highest sequence number heard (directly or through acks).
+    seq: u64,
+    /// When it advanced.
+    seq_advanced_at: Option<Millis>,
+    /// When a heartbeat arrived directly from it (any network).
+    heard_directly_at: Option<Millis>,
+    /// Per network: last direct heartbeat.
+    networks: BTreeMap<String, Millis>,
+    /// Highest sequence number of ours it acknowledged, and when that advanced.
+    acked_our_seq: u64,
+    ack_advanced_at: Option<Millis>,
+    /// From its last heartbeat.
+    datastores_reachable: u32,
+    master: Option<(String, u64)>,
+    vms: Vec<VmReport>,
+    stopped: Vec<VmReport>,
+    operator_stopped: Vec<String>,
+    ha_disabled: bool,
+    /// Datastore view (master): counter and when it advanced, per datastore.
+    datastores: BTreeMap<String, (u64, Millis)>,
+    declared_isolated: bool,
+    ds_stopped: Vec<VmReport>,
+    /// The master's ping of it since it fell silent.
+    ping: PingSignal,
+    ping_at: Millis,
+    verdict: Option<Verdict>,
+}
+
+/// The isolation state of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Isolation {
+    /// Hears other agents (or is alone by configuration).
+    Connected,
+    /// Hears no agent; pinging the isolation addresses.
+    Pinging { since: Millis, pending: BTreeSet<String>, answered: bool },
+    /// An isolation address answered: the network is there but no agent is; rechecked later.
+    Lonely { since: Millis },
+    /// Isolated: the isolation response was applied.
+    Isolated { since: Millis },
+}
+
+/// One host's HA state machine.
+pub struct Node {
+    name: String,
+    config: ClusterConfig,
+    started_at: Millis,
+    seq: u64,
+    next_heartbeat: Millis,
+    next_datastore: Millis,
+    ds_counter: u64,
+    ds_write_ok_at: BTreeMap<String, Millis>,
+    ds_read_ok_at: Option<Millis>,
+    peers: BTreeMap<String, Peer>,
+    local_vms: BTreeMap<String, u64>,
+    operator_stopped: BTreeSet<String>,
+    stopped: Vec<VmReport>,
+    crashes: BTreeMap<String, Vec<Millis>>,
+    isolation: Isolation,
+    fenced: bool,
+    ha_enabled: bool,
+    ha_disabled_here: bool,
+    maintenance: BTreeSet<String>,
+    generations: BTreeMap<String, u64>,
+    master_view: Option<(String, u64)>,
+    max_epoch: u64,
+    master: Option<MasterState>,
+    out: Vec<Action>,
+    now: Millis,
+}
+
+impl Node {
+    /// A node for host `name`, started at `now`. The config must have passed validation.
+    pub fn new(name: &str, config: ClusterConfig, now: Millis) -> Self {
+        let peers = config.hosts.iter().filter(|h| h.name != name).map(|h| (h.name.clone(), Peer::default())).collect();
+        let ha_enabled = config.ha.enabled;
+        Self {
+            name: name.to_string(),
+            config,
+            started_at: now,
+            seq: 0,
+            next_heartbeat: now,
+            next_datastore: now,
+            ds_counter: 0,
+            ds_write_ok_at: BTreeMap::new(),
+            ds_read_ok_at: None,
+            peers,
+            local_vms: BTreeMap::new(),
+            operator_stopped: BTreeSet::new(),
+            stopped: Vec::new(),
+            crashes: BTreeMap::new(),
+            isolation: Isolation::Connected,
+            fenced: false,
+            ha_enabled,
+            ha_disabled_here: false,
+            maintenance: BTreeSet::new(),
+            generations: BTreeMap::new(),
+            master_view: None,
+            max_epoch: 0,
+            master: None,
+            out: Vec::new(),
+            now,
+        }
+    }
+
+    /// This host's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The master this node follows and its epoch.
+    pub fn master(&self) -> Option<&(String, u64)> {
+        self.master_view.as_ref()
+    }
+
+    /// Whether this node is the master.
+    pub fn is_master(&self) -> bool {
+        self.master.is_some()
+    }
+
+    /// The master state, when this node is master.
+    pub fn master_state(&self) -> Option<&MasterState> {
+        self.master.as_ref()
+    }
+
+    /// The master's verdict on each peer (empty unless master).
+    pub fn verdicts(&self) -> BTreeMap<String, Verdict> {
+        self.peers.iter().filter_map(|(n, p)| p.verdict.map(|v| (n.clone(), v))).collect()
+    }
+
+    /// VMs running here, with their generation.
+    pub fn local_vms(&self) -> &BTreeMap<String, u64> {
+        &self.local_vms
+    }
+
+    /// Whether this host fenced itself.
+    pub fn fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Whether this host declared itself isolated.
+    pub fn isolated(&self) -> bool {
+        matches!(self.isolation, Isolation::Isolated { .. })
+    }
+
+    /// Hosts in maintenance, as this node knows.
+    pub fn maintenance(&self) -> &BTreeSet<String> {
+        &self.maintenance
+    }
+
+    /// The cluster config.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Feeds one input at `now` (never earlier than the last `now`) and returns the actions.
+    pub fn handle(&mut self, now: Millis, input: Input, policies: &mut dyn Policies) -> Vec<Action> {
+        self.now = now.max(self.now);
+        match input {
+            Input::Tick => {}
+            Input::Heartbeat { network, heartbeat } => self.on_heartbeat(&network, heartbeat),
+            Input::DatastoreWritten { datastore, ok } => {
+                if ok {
+                    self.ds_write_ok_at.insert(datastore, self.now);
+                }
+            }
+            Input::DatastoreRead { datastore, records } => self.on_datastore_read(&datastore, records),
+            Input::PingResult { target, answered } => self.on_ping(target, answered),
+            Input::VmState { vm, generation, state } => self.on_vm_state(&vm, generation, state),
+            Input::ClaimResult { claim, outcome } => self.on_claim(claim, outcome),
+            Input::StartResult { vm, host, generation, result } => self.on_start(&vm, &host, generation, result),
+            Input::MigrateResult { vm, from, to, result } => self.on_migrate(&vm, &from, &to, result),
+            Input::Command(command) => self.on_command(command, policies),
+        }
+        self.step(policies);
+        std::mem::take(&mut self.out)
+    }
+
+    /// The periodic work after every input.
+    fn step(&mut self, policies: &mut dyn Policies) {
+        let t = self.config.timeouts;
+        if self.now >= self.next_heartbeat {
+            self.next_heartbeat = self.now + t.heartbeat_interval_ms;
+            self.send_heartbeats();
+        }
+        if self.now >= self.next_datastore {
+            self.next_datastore = self.now + t.datastore_interval_ms;
+            self.write_datastores();
+        }
+        self.elect();
+        self.watch_isolation(policies);
+        self.watch_fencing();
+        if self.master.is_some() {
+            self.master_step(policies);
+        }
+    }
+
+    fn record(&mut self, severity: Severity, kind: &str, message: String, trace: Option<String>) {
+        self.out.push(Action::Record(Event {
+            at: self.now,
+            node: self.name.clone(),
+            severity,
+            kind: kind.to_string(),
+            message,
+            trace,
+        }));
+    }
+
+    fn send_heartbeats(&mut self) {
+        self.seq += 1;
+        let acks = self.peers.iter().filter(|(_, p)| p.seq > 0).map(|(n, p)| (n.clone(), p.seq)).collect();
+        let mut vms: Vec<VmReport> =
+            self.local_vms.iter().map(|(vm, &generation)| VmReport { vm: vm.clone(), generation }).collect();
+        vms.sort();
+        let heartbeat = Heartbeat {
+            from: self.name.clone(),
+            seq: self.seq,
+            master: self.master_view.clone(),
+            datastores_reachable: self.datastores_reachable(),
+            vms,
+            operator_stopped: self.operator_stopped.iter().cloned().collect(),
+            acks,
+            maintenance: self.maintenance.iter().cloned().collect(),
+            ha_disabled: self.ha_disabled_here,
+            stopped: self.stopped.clone(),
+        };
+        for network in &self.config.networks {
+            self.out.push(Action::SendHeartbeat { network: network.clone(), heartbeat: heartbeat.clone() });
+        }
+    }
+
+    fn datastores_reachable(&self) -> u32 {
+        let window = self.config.timeouts.fence_timeout_ms;
+        self.ds_write_ok_at.values().filter(|&&at| self.now.saturating_sub(at) < window).count() as u32
+    }
+
+    fn write_datastores(&mut self) {
+        self.ds_counter += 1;
+        let record = DatastoreRecord {
+            host: self.name.clone(),
+            counter: self.ds_counter,
+            isolated: self.isolated(),
+            stopped: self.stopped.clone(),
+        };
+        for datastore in &self.config.datastores {
+            self.out.push(Action::WriteDatastore { datastore: datastore.clone(), record: record.clone() });
+            if self.master.is_some() {
+                self.out.push(Action::ReadDatastore { datastore: datastore.clone() });
+            }
+        }
+    }
+
+    fn on_heartbeat(&mut self, network: &str, hb: Heartbeat) {
+        if hb.from == self.name || !self.config.networks.iter().any(|n| n == network) {
+            return;
+        }
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(&hb.from) else {
+            return; // not a member of this cluster: ignored (the driver already authenticated it)
+        };
+        peer.networks.insert(network.to_string(), now);
+        peer.heard_directly_at = Some(now);
+        if hb.seq > peer.seq || peer.seq_advanced_at.is_none() {
+            peer.seq = peer.seq.max(hb.seq);
+            peer.seq_advanced_at = Some(now);
+        } else if hb.seq < peer.seq.saturating_sub(1000) {
+            // The peer restarted (sequence reset): start over with it.
+            peer.seq = hb.seq;
+            peer.seq_advanced_at = Some(now);
+        }
+        if let Some(&(_, acked)) = hb.acks.iter().find(|(n, _)| *n == self.name)
+            && acked > peer.acked_our_seq
+        {
+            peer.acked_our_seq = acked;
+            peer.ack_advanced_at = Some(now);
+        }
+        peer.datastores_reachable = hb.datastores_reachable;
+        peer.master = hb.master.clone();
+        peer.ha_disabled = hb.ha_disabled;
+        peer.vms = hb.vms;
+        peer.stopped = hb.stopped;
+        peer.operator_stopped = hb.operator_stopped;
+        // Acks tell us who the sender hears: third-party liveness evidence.
+        for (host, seq) in hb.acks {
+            if host == self.name {
+                continue;
+            }
+            if let Some(other) = self.peers.get_mut(&host)
+                && seq > other.seq
+            {
+                other.seq = seq;
+                other.seq_advanced_at = Some(now);
+            }
+        }
+        if let Some((_, epoch)) = &hb.master {
+            self.max_epoch = self.max_epoch.max(*epoch);
+        }
+        // Followers adopt the maintenance set of the master they follow.
+        if hb.master.as_ref().is_some_and(|(m, _)| *m == hb.from) && self.master.is_none() {
+            self.maintenance = hb.maintenance.into_iter().collect();
+        }
+        let peer = &self.peers[&hb.from];
+        let reports: Vec<VmReport> = peer.vms.iter().chain(peer.stopped.iter()).cloned().collect();
+        for report in reports {
+            self.note_generation(&report.vm, report.generation);
+        }
+        self.prune_stopped();
+    }
+
+    fn note_generation(&mut self, vm: &str, generation: u64) {
+        let known = self.generations.entry(vm.to_string()).or_insert(generation);
+        *known = (*known).max(generation);
+    }
+
+    /// Our stop records are dropped once the VM runs again under a newer generation.
+    fn prune_stopped(&mut self) {
+        let generations = &self.generations;
+        self.stopped.retain(|r| generations.get(&r.vm).is_none_or(|&g| g <= r.generation));
+    }
+
+    /// Peers whose sequence advanced within `window`.
+    fn live_peers(&self, window: Millis) -> impl Iterator<Item = (&String, &Peer)> {
+        self.peers.iter().filter(move |(_, p)| p.seq_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window))
+    }
+
+    /// The deterministic election: among this host and the peers heard within the election
+    /// timeout, the one reaching the most datastores, then the smallest name.
+    fn elect(&mut self) {
+        let window = self.config.timeouts.election_timeout_ms;
+        let me = (self.datastores_reachable(), std::cmp::Reverse(self.name.clone()));
+        let best = self
+            .live_peers(window)
+            .filter(|(_, p)| !p.ha_disabled)
+            .map(|(n, p)| (p.datastores_reachable, std::cmp::Reverse(n.clone())))
+            .chain(std::iter::once(me))
+            .max()
+            .map(|(_, std::cmp::Reverse(n))| n);
+        let Some(winner) = best else { return };
+        if winner == self.name {
+            if self.master.is_none() {
+                self.max_epoch += 1;
+                let epoch = self.max_epoch;
+                self.master = Some(MasterState::new(epoch, self.now));
+                self.master_view = Some((self.name.clone(), epoch));
+                let members = 1 + self.live_peers(window).count();
+                self.record(
+                    Severity::Info,
+                    "master-elected",
+                    format!("{} is master (epoch {epoch}, {members} host(s) in its partition)", self.name),
+                    None,
+                );
+            }
+        } else {
+            if self.master.take().is_some() {
+                self.record(Severity::Info, "master-stepped-down", format!("{} follows {winner} now", self.name), None);
+                for peer in self.peers.values_mut() {
+                    peer.verdict = None;
+                    peer.datastores.clear();
+                }
+            }
+            let epoch = self.peers.get(&winner).and_then(|p| p.master.as_ref()).map_or(0, |(_, e)| *e);
+            self.master_view = Some((winner, epoch));
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::policies::BuiltinPolicies;
+
+    /// A heartbeat from `from` on network A with sequence `seq`, acknowledging `acks`.
+    pub(crate) fn beat(from: &str, seq: u64, acks: &[(&str, u64)]) -> Input {
+        beat_with(from, seq, acks, vec![])
+    }
+
+    pub(crate) fn beat_with(from: &str, seq: u64, acks: &[(&str, u64)], vms: Vec<VmReport>) -> Input {
+        Input::Heartbeat {
+            network: "A".into(),
+            heartbeat: Heartbeat {
+                from: from.into(),
+                seq,
+                master: None,
+                datastores_reachable: 1,
+                vms,
+                operator_stopped: vec![],
+                acks: acks.iter().map(|(h, s)| (h.to_string(), *s)).collect(),
+                maintenance: vec![],
+                ha_disabled: false,
+                stopped: vec![],
+            },
+        }
+    }
+
+    /// Ticks every 100 ms from `from` to `to` and returns the first action matching `want`.
+    pub(crate) fn tick_until(
+        node: &mut Node,
+        from: Millis,
+        to: Millis,
+        mut want: impl FnMut(&Action) -> bool,
+    ) -> Option<(Millis, Action)> {
+        let mut now = from;
+        while now <= to {
+            for action in node.handle(now, Input::Tick, &mut BuiltinPolicies) {
+                if want(&action) {
+                    return Some((now, action));
+                }
+            }
+            now += 100;
+        }
+        None
+    }
+}

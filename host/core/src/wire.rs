@@ -1,0 +1,82 @@
+//! What nodes tell each other: the network heartbeat, the datastore heartbeat record and
+//! the VM claim. Plain data (serde) so the drivers can encode them; the drivers
+//! authenticate and bound them, the core trusts only what it can check.
+
+use serde::{Deserialize, Serialize};
+
+/// A VM a host reports running, with the generation it was started under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VmReport {
+    /// VM name.
+    pub vm: String,
+    /// Generation: raised by one at every restart elsewhere (the claim key).
+    pub generation: u64,
+}
+
+/// A network heartbeat, sent by every host on every management network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Sender.
+    pub from: String,
+    /// Sender's sequence number, one more each interval.
+    pub seq: u64,
+    /// The master the sender follows and its epoch.
+    pub master: Option<(String, u64)>,
+    /// Datastores the sender reaches (the election prefers more).
+    pub datastores_reachable: u32,
+    /// VMs running on the sender.
+    pub vms: Vec<VmReport>,
+    /// VMs the operator stopped through halo on the sender (not restarted).
+    pub operator_stopped: Vec<String>,
+    /// For each peer the sender hears: the highest sequence number heard from it. This makes
+    /// liveness two-way: a host counts a peer as reached only when the peer heard it.
+    pub acks: Vec<(String, u64)>,
+    /// Hosts in maintenance, as the sender's master decided (followers adopt it).
+    pub maintenance: Vec<String>,
+    /// The sender has HA disabled on itself (emergency disable).
+    pub ha_disabled: bool,
+    /// VMs the sender stopped on its own (isolation response, fencing): the master may
+    /// restart them. Also written to the datastore record.
+    pub stopped: Vec<VmReport>,
+}
+
+/// A host's datastore heartbeat record (one per host per datastore).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreRecord {
+    /// The writing host.
+    pub host: String,
+    /// Advances at every write; judged only by advancing, on the reader's clock.
+    pub counter: u64,
+    /// The writer declared itself isolated.
+    pub isolated: bool,
+    /// VMs the writer stopped on its own (isolation response or fencing): the master may
+    /// restart them.
+    pub stopped: Vec<VmReport>,
+}
+
+/// A claim on a VM: created atomically on a datastore before a restart, so that no two
+/// masters start one VM (the key is the VM and the new generation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// VM.
+    pub vm: String,
+    /// The generation the restart creates (the old one + 1).
+    pub generation: u64,
+    /// The claiming master.
+    pub master: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Where the VM is to start.
+    pub host: String,
+}
+
+/// The result of an attempt to create a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimOutcome {
+    /// Created: the claimer may start the VM.
+    Won,
+    /// Someone else's claim for the same VM and generation exists.
+    Lost(Claim),
+    /// The datastore could not be reached or answered badly: nothing may start.
+    Failed(String),
+}

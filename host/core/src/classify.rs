@@ -112,9 +112,20 @@ impl Signals {
         self.age(self.seq_advanced_at).is_some_and(|age| age < self.dead_time_ms)
     }
 
-    /// Some datastore counter advanced within the dead-time.
+    /// Age of the freshest datastore counter advance.
+    fn datastore_age(&self) -> Option<Millis> {
+        self.datastores.iter().filter_map(|d| self.age(d.advanced_at)).min()
+    }
+
+    /// Some datastore counter advanced within half the dead-time: the host is alive on
+    /// storage (a crashed host's last write ages past this while its network is silent).
     pub fn datastore_alive(&self) -> bool {
-        self.datastores.iter().any(|d| self.age(d.advanced_at).is_some_and(|age| age < self.dead_time_ms))
+        self.datastore_age().is_some_and(|age| age < self.dead_time_ms / 2)
+    }
+
+    /// Some datastore counter advanced within the dead-time (not yet proof of death).
+    pub fn datastore_recent(&self) -> bool {
+        self.datastore_age().is_some_and(|age| age < self.dead_time_ms)
     }
 
     /// The verdict, and whether the host should be pinged now.
@@ -128,6 +139,9 @@ impl Signals {
         }
         if !self.datastores_readable {
             return (Verdict::Unknown, false);
+        }
+        if self.datastore_recent() {
+            return (Verdict::Suspect, false);
         }
         match self.ping {
             PingSignal::NotAsked => (Verdict::Suspect, true),
@@ -207,6 +221,7 @@ mod tests {
             (STALE, STALE, Pending, Verdict::Suspect, false),
             (STALE, FRESH, NoAnswer, Verdict::Partitioned, false),
             (STALE, FRESH, Answered, Verdict::Partitioned, false),
+            (STALE, Some(92_000), NoAnswer, Verdict::Suspect, false),
         ];
         for (i, (net, ds, ping, verdict, ask)) in rows.into_iter().enumerate() {
             assert_eq!(signals(net, ds, ping).classify(), (verdict, ask), "row {i}");

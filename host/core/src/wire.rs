@@ -20,6 +20,8 @@ pub struct Heartbeat {
     pub from: String,
     /// Sender's sequence number, one more each interval.
     pub seq: u64,
+    /// Changes whenever the sender's agent starts (after a reboot or an agent restart).
+    pub incarnation: u64,
     /// The master the sender follows and its epoch.
     pub master: Option<(String, u64)>,
     /// Datastores the sender reaches (the election prefers more).
@@ -38,6 +40,9 @@ pub struct Heartbeat {
     /// VMs the sender stopped on its own (isolation response, fencing): the master may
     /// restart them. Also written to the datastore record.
     pub stopped: Vec<VmReport>,
+    /// VMs the sender saw vanish from another host when that host's agent started anew
+    /// (host, VM): gossip, so that a master that itself rebooted learns them too.
+    pub vanished: Vec<(String, VmReport)>,
 }
 
 /// A host's datastore heartbeat record (one per host per datastore).

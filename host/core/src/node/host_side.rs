@@ -267,6 +267,9 @@ impl Node {
                     None,
                 );
             }
+            VmState::MigratedAway => {
+                self.local_vms.remove(vm);
+            }
             VmState::Crashed | VmState::GuestShutdown => {
                 if self.local_vms.remove(vm).is_none() {
                     return;

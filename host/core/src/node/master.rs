@@ -227,18 +227,17 @@ impl Node {
         }
     }
 
-    /// The blast-radius limit and the quorum rule. A master restarts only when its view of
-    /// the cluster accounts for at least half of the hosts (itself, the peers it hears, the
-    /// peers whose datastore heartbeat it sees): then any other partition is at most half,
-    /// which is not a quorum, so its hosts fenced or are visibly alive on a datastore.
+    /// The blast-radius limit and the quorum rule. A master restarts only when its own
+    /// partition (itself and the peers it hears) holds at least half of the hosts: then any
+    /// other partition is at most half, not a quorum, so its hosts without a datastore
+    /// fenced (and those with one are visibly alive and never restarted). Counting peers
+    /// seen only on a datastore would be wrong: they may sit in the other partition (found
+    /// by simulator seed 235).
     fn restart_allowed(&mut self) -> bool {
         let hosts = self.config.hosts.len();
         let verdicts: Vec<Verdict> = self.peers.values().filter_map(|p| p.verdict).collect();
         let failed = verdicts.iter().filter(|v| **v == Verdict::Failed).count();
-        let accounted = 1 + verdicts
-            .iter()
-            .filter(|v| matches!(v, Verdict::Running | Verdict::Isolated | Verdict::Partitioned | Verdict::AgentDown))
-            .count();
+        let accounted = 1 + verdicts.iter().filter(|v| **v == Verdict::Running).count();
         let problem = if failed * 100 > self.config.ha.blast_radius_percent as usize * hosts {
             Some(format!(
                 "{failed} of {hosts} hosts look failed at once, more than the blast-radius limit of {}%: this master suspects itself and restarts nothing",
@@ -246,7 +245,7 @@ impl Node {
             ))
         } else if failed > 0 && 2 * accounted < hosts {
             Some(format!(
-                "this master accounts for only {accounted} of {hosts} hosts (alive on the network or a datastore): the failed ones could be a larger partition without storage, so nothing is restarted"
+                "this master's partition holds only {accounted} of {hosts} hosts: the failed ones could be a larger partition without storage, so nothing is restarted"
             ))
         } else {
             None
@@ -276,10 +275,16 @@ impl Node {
                 lost.push((report.vm.clone(), host.clone(), report.generation, "its host stopped it"));
             }
         }
+        // A host whose agent started anew and no longer reports a VM lost it (rebooted).
+        for (vm, (host, generation)) in &self.vanished {
+            lost.push((vm.clone(), host.clone(), *generation, "it vanished when its host restarted"));
+        }
+        // Running now: reported by hosts we hear. A silent host's last list is stale; its
+        // stop record (or the claim) is what counts for it.
         let running: BTreeSet<&str> = self
             .peers
             .values()
-            .filter(|p| p.verdict != Some(Verdict::Failed))
+            .filter(|p| p.verdict.is_none_or(|v| v == Verdict::Running))
             .flat_map(|p| p.vms.iter().map(|r| r.vm.as_str()))
             .chain(self.local_vms.keys().map(String::as_str))
             .collect();

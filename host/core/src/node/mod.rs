@@ -55,6 +55,8 @@ pub enum VmState {
     GuestShutdown,
     /// halo stopped it.
     StoppedByHalo(StopReason),
+    /// It left this host by live migration.
+    MigratedAway,
 }
 
 /// What an address to ping is.
@@ -277,6 +279,10 @@ struct Peer {
     datastores: BTreeMap<String, (u64, Millis)>,
     declared_isolated: bool,
     ds_stopped: Vec<VmReport>,
+    /// Its agent's incarnation, when it last restarted, and what it ran before.
+    incarnation: Option<u64>,
+    restarted_at: Option<Millis>,
+    vms_before_restart: Vec<VmReport>,
     /// The master's ping of it since it fell silent.
     ping: PingSignal,
     ping_at: Millis,
@@ -321,6 +327,8 @@ pub struct Node {
     master_view: Option<(String, u64)>,
     max_epoch: u64,
     master: Option<MasterState>,
+    vanished: BTreeMap<String, (String, u64)>,
+    incarnation: u64,
     out: Vec<Action>,
     now: Millis,
 }
@@ -354,9 +362,18 @@ impl Node {
             master_view: None,
             max_epoch: 0,
             master: None,
+            vanished: BTreeMap::new(),
+            incarnation: now,
             out: Vec::new(),
             now,
         }
+    }
+
+    /// Sets the incarnation announced in heartbeats (default: the start time). The agent
+    /// gives a value that differs at every start, even across reboots.
+    pub fn with_incarnation(mut self, incarnation: u64) -> Self {
+        self.incarnation = incarnation;
+        self
     }
 
     /// This host's name.
@@ -471,6 +488,7 @@ impl Node {
         let heartbeat = Heartbeat {
             from: self.name.clone(),
             seq: self.seq,
+            incarnation: self.incarnation,
             master: self.master_view.clone(),
             datastores_reachable: self.datastores_reachable(),
             vms,
@@ -479,6 +497,11 @@ impl Node {
             maintenance: self.maintenance.iter().cloned().collect(),
             ha_disabled: self.ha_disabled_here,
             stopped: self.stopped.clone(),
+            vanished: self
+                .vanished
+                .iter()
+                .map(|(vm, (host, generation))| (host.clone(), VmReport { vm: vm.clone(), generation: *generation }))
+                .collect(),
         };
         for network in &self.config.networks {
             self.out.push(Action::SendHeartbeat { network: network.clone(), heartbeat: heartbeat.clone() });
@@ -516,12 +539,19 @@ impl Node {
         };
         peer.networks.insert(network.to_string(), now);
         peer.heard_directly_at = Some(now);
-        if hb.seq > peer.seq || peer.seq_advanced_at.is_none() {
-            peer.seq = peer.seq.max(hb.seq);
-            peer.seq_advanced_at = Some(now);
-        } else if hb.seq < peer.seq.saturating_sub(1000) {
-            // The peer restarted (sequence reset): start over with it.
+        if peer.incarnation != Some(hb.incarnation) {
+            // The peer's agent started anew: VMs it reported before and does not report now
+            // are gone (a reboot takes them; a mere agent restart finds them again).
+            if peer.incarnation.is_some() {
+                peer.restarted_at = Some(now);
+                peer.vms_before_restart = std::mem::take(&mut peer.vms);
+            }
+            peer.incarnation = Some(hb.incarnation);
             peer.seq = hb.seq;
+            peer.seq_advanced_at = Some(now);
+            peer.acked_our_seq = 0;
+        } else if hb.seq > peer.seq || peer.seq_advanced_at.is_none() {
+            peer.seq = peer.seq.max(hb.seq);
             peer.seq_advanced_at = Some(now);
         }
         if let Some(&(_, acked)) = hb.acks.iter().find(|(n, _)| *n == self.name)
@@ -555,12 +585,46 @@ impl Node {
         if hb.master.as_ref().is_some_and(|(m, _)| *m == hb.from) && self.master.is_none() {
             self.maintenance = hb.maintenance.into_iter().collect();
         }
+        for (host, report) in hb.vanished {
+            if self.config.vm(&report.vm).is_some() && (host == self.name || self.peers.contains_key(&host)) {
+                let known = self.generations.get(&report.vm).copied().unwrap_or(0);
+                if report.generation >= known {
+                    self.vanished.insert(report.vm, (host, report.generation));
+                }
+            }
+        }
         let peer = &self.peers[&hb.from];
         let reports: Vec<VmReport> = peer.vms.iter().chain(peer.stopped.iter()).cloned().collect();
         for report in reports {
             self.note_generation(&report.vm, report.generation);
         }
+        self.note_vanished();
         self.prune_stopped();
+    }
+
+    /// VMs a restarted peer no longer reports, once it had time to report them; forgotten
+    /// when the VM runs again under a newer generation.
+    fn note_vanished(&mut self) {
+        let settled = 3 * self.config.timeouts.heartbeat_interval_ms;
+        let now = self.now;
+        let mut found = Vec::new();
+        for (host, peer) in &mut self.peers {
+            if peer.restarted_at.is_some_and(|at| now.saturating_sub(at) >= settled) {
+                for report in std::mem::take(&mut peer.vms_before_restart) {
+                    if !peer.vms.iter().any(|r| r.vm == report.vm) {
+                        found.push((report.vm, (host.clone(), report.generation)));
+                    }
+                }
+                peer.restarted_at = None;
+            }
+        }
+        self.vanished.extend(found);
+        let generations = &self.generations;
+        let running: BTreeSet<&str> = self.peers.values().flat_map(|p| p.vms.iter().map(|r| r.vm.as_str())).collect();
+        self.vanished.retain(|vm, (_, g)| generations.get(vm).is_none_or(|k| k <= g) && !running.contains(vm.as_str()));
+        for vm in self.local_vms.keys() {
+            self.vanished.remove(vm);
+        }
     }
 
     fn note_generation(&mut self, vm: &str, generation: u64) {
@@ -583,6 +647,10 @@ impl Node {
     /// timeout, the one reaching the most datastores, then the smallest name.
     fn elect(&mut self) {
         let window = self.config.timeouts.election_timeout_ms;
+        if self.now.saturating_sub(self.started_at) < window && self.master_view.is_none() {
+            // Just started: listen for a while before anyone is elected.
+            return;
+        }
         let me = (self.datastores_reachable(), std::cmp::Reverse(self.name.clone()));
         let best = self
             .live_peers(window)
@@ -636,6 +704,7 @@ pub(crate) mod tests {
             heartbeat: Heartbeat {
                 from: from.into(),
                 seq,
+                incarnation: 0,
                 master: None,
                 datastores_reachable: 1,
                 vms,
@@ -644,6 +713,7 @@ pub(crate) mod tests {
                 maintenance: vec![],
                 ha_disabled: false,
                 stopped: vec![],
+                vanished: vec![],
             },
         }
     }

@@ -1,0 +1,679 @@
+//! The simulated world and the invariant checks.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use halo_core::node::PingTarget;
+use halo_core::{
+    Action, ClaimOutcome, ClusterConfig, Event, Input, Millis, Node, Policies, Severity, StopReason, VmState,
+};
+use serde::Serialize;
+
+use crate::Rng;
+use crate::faults::{Fault, FaultKind, Schedule};
+
+/// Tunables of a run.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Seed.
+    pub seed: u64,
+    /// Run length.
+    pub duration: Millis,
+    /// Network delay, ms (each message: 1..=this).
+    pub max_delay: Millis,
+    /// Datastore operation latency, ms.
+    pub datastore_latency: Millis,
+    /// VM start time, ms.
+    pub vm_start: Millis,
+    /// Keep Info events in the timeline.
+    pub verbose: bool,
+}
+
+impl SimOptions {
+    /// Defaults for a seed and a length.
+    pub fn new(seed: u64, duration: Millis) -> Self {
+        Self { seed, duration, max_delay: 5, datastore_latency: 3, vm_start: 500, verbose: false }
+    }
+}
+
+/// One line of the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimelineEntry {
+    /// Simulated time.
+    pub at: Millis,
+    /// Who: a host, or `sim` for faults and invariant checks.
+    pub source: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Kind.
+    pub kind: String,
+    /// Message.
+    pub message: String,
+    /// The signals behind a verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Seed.
+    pub seed: u64,
+    /// The faults injected.
+    pub schedule: Schedule,
+    /// Safety invariant violations (1 never twice, 2 proof before restart, 4 never evict).
+    pub violations: Vec<String>,
+    /// Liveness invariant violations (3: every protected VM runs again when capacity exists).
+    pub liveness_violations: Vec<String>,
+    /// Every event.
+    pub timeline: Vec<TimelineEntry>,
+    /// Host crash → VM running elsewhere, per restarted VM, ms.
+    pub failover_latencies: Vec<Millis>,
+    /// Events processed.
+    pub steps: u64,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick(usize),
+    Deliver(usize, u64, Input),
+    VmUp { host: usize, boot: u64, vm: String, generation: u64, reply: Option<(usize, u64)> },
+    VmDown { host: usize, vm: String, reason: StopReason },
+    Migrated { vm: String, from: usize, to: usize, master: (usize, u64) },
+    FaultStart(usize),
+    FaultEnd(usize),
+    AgentRestart(usize, u64),
+    Watchdog(usize, u64),
+}
+
+struct SimHost {
+    name: String,
+    up: bool,
+    boot: u64,
+    node: Option<Node>,
+    agent_epoch: u64,
+    vms: BTreeMap<String, u64>,
+    down_since: Option<Millis>,
+}
+
+#[derive(Default)]
+struct Store {
+    records: BTreeMap<String, halo_core::DatastoreRecord>,
+    claims: BTreeMap<(String, u64), halo_core::Claim>,
+    down: bool,
+    cut: BTreeSet<String>,
+}
+
+/// A simulated cluster.
+pub struct Sim<'p> {
+    opts: SimOptions,
+    config: ClusterConfig,
+    policies: &'p mut dyn Policies,
+    now: Millis,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Millis, u64, usize)>>,
+    events: BTreeMap<usize, Ev>,
+    next_id: usize,
+    rng: Rng,
+    hosts: Vec<SimHost>,
+    index: BTreeMap<String, usize>,
+    link_down: BTreeSet<(String, usize)>,
+    cuts: BTreeSet<(String, usize, usize)>,
+    loss: BTreeMap<String, u64>,
+    stores: BTreeMap<String, Store>,
+    schedule: Schedule,
+    timeline: Vec<TimelineEntry>,
+    violations: Vec<String>,
+    liveness: Vec<String>,
+    /// Why a VM last stopped: by its own host (isolation/fence) or with its host.
+    stopped_by_host: BTreeSet<String>,
+    lost_at: BTreeMap<String, Millis>,
+    latencies: Vec<Millis>,
+    crash_counts: BTreeMap<String, u32>,
+    last_host: BTreeMap<String, usize>,
+    fallbacks_seen: u64,
+    steps: u64,
+}
+
+impl<'p> Sim<'p> {
+    /// A cluster from `config` with its VMs spread over the hosts in order (VM i on host
+    /// i mod n), under `schedule`.
+    pub fn new(config: ClusterConfig, schedule: Schedule, opts: SimOptions, policies: &'p mut dyn Policies) -> Self {
+        let hosts: Vec<SimHost> = config
+            .hosts
+            .iter()
+            .map(|h| SimHost {
+                name: h.name.clone(),
+                up: true,
+                boot: 1,
+                node: Some(Node::new(&h.name, config.clone(), 0)),
+                agent_epoch: 1,
+                vms: BTreeMap::new(),
+                down_since: None,
+            })
+            .collect();
+        let index = hosts.iter().enumerate().map(|(i, h)| (h.name.clone(), i)).collect();
+        let stores = config.datastores.iter().map(|d| (d.clone(), Store::default())).collect();
+        let rng = Rng::new(opts.seed.wrapping_mul(31).wrapping_add(7));
+        let mut sim = Self {
+            opts,
+            config,
+            policies,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_id: 0,
+            rng,
+            hosts,
+            index,
+            link_down: BTreeSet::new(),
+            cuts: BTreeSet::new(),
+            loss: BTreeMap::new(),
+            stores,
+            schedule,
+            timeline: Vec::new(),
+            violations: Vec::new(),
+            liveness: Vec::new(),
+            stopped_by_host: BTreeSet::new(),
+            lost_at: BTreeMap::new(),
+            latencies: Vec::new(),
+            crash_counts: BTreeMap::new(),
+            last_host: BTreeMap::new(),
+            fallbacks_seen: 0,
+            steps: 0,
+        };
+        // VMs start where they belong, generation 1; hosts with room only.
+        let mut free: Vec<u64> = sim.config.hosts.iter().map(|h| h.memory_mib).collect();
+        let n = sim.hosts.len();
+        for (i, vm) in sim.config.vms.clone().iter().enumerate() {
+            if let Some(h) = (0..n).map(|k| (i + k) % n).find(|&h| free[h] >= vm.memory_mib) {
+                free[h] -= vm.memory_mib;
+                sim.hosts[h].vms.insert(vm.name.clone(), 1);
+                sim.last_host.insert(vm.name.clone(), h);
+                sim.deliver(h, 0, Input::VmState { vm: vm.name.clone(), generation: 1, state: VmState::Running });
+            }
+        }
+        for h in 0..n {
+            // Spread the ticks so hosts are not in lock-step.
+            let offset = sim.rng.below(100);
+            sim.push(offset, Ev::Tick(h));
+        }
+        for i in 0..sim.schedule.faults.len() {
+            let at = sim.schedule.faults[i].at;
+            sim.push(at, Ev::FaultStart(i));
+        }
+        sim
+    }
+
+    fn push(&mut self, at: Millis, ev: Ev) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.seq += 1;
+        self.events.insert(id, ev);
+        self.queue.push(Reverse((at, self.seq, id)));
+    }
+
+    fn deliver(&mut self, host: usize, delay: Millis, input: Input) {
+        let agent = self.hosts[host].agent_epoch;
+        self.push(self.now + delay, Ev::Deliver(host, agent, input));
+    }
+
+    fn note(&mut self, severity: Severity, kind: &str, message: String) {
+        self.timeline.push(TimelineEntry {
+            at: self.now,
+            source: "sim".into(),
+            severity,
+            kind: kind.into(),
+            message,
+            trace: None,
+        });
+    }
+
+    fn violation(&mut self, what: String) {
+        let message = format!("INVARIANT VIOLATED (seed {}): {what}", self.opts.seed);
+        self.note(Severity::Alert, "invariant-violated", message.clone());
+        self.violations.push(message);
+    }
+
+    /// Runs to the end and checks the end-of-run invariants.
+    pub fn run(mut self) -> Outcome {
+        while let Some(Reverse((at, _, id))) = self.queue.pop() {
+            if at > self.opts.duration {
+                break;
+            }
+            self.now = at;
+            self.steps += 1;
+            let Some(ev) = self.events.remove(&id) else { continue };
+            self.step(ev);
+        }
+        self.check_eventually_running();
+        Outcome {
+            seed: self.opts.seed,
+            schedule: self.schedule,
+            violations: self.violations,
+            liveness_violations: self.liveness,
+            timeline: self.timeline,
+            failover_latencies: self.latencies,
+            steps: self.steps,
+        }
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick(h) => {
+                if self.hosts[h].node.is_some() {
+                    self.feed(h, Input::Tick);
+                }
+                self.push(self.now + 100, Ev::Tick(h));
+            }
+            Ev::Deliver(h, agent, input) => {
+                if self.hosts[h].agent_epoch == agent && self.hosts[h].node.is_some() {
+                    self.feed(h, input);
+                }
+            }
+            Ev::VmUp { host, boot, vm, generation, reply } => self.vm_up(host, boot, vm, generation, reply),
+            Ev::VmDown { host, vm, reason } => {
+                if self.hosts[host].vms.remove(&vm).is_some() {
+                    let generation = self.generation_of(&vm);
+                    if matches!(reason, StopReason::Isolation | StopReason::Fence) {
+                        self.stopped_by_host.insert(vm.clone());
+                        self.lost_at.entry(vm.clone()).or_insert(self.now);
+                    }
+                    self.deliver(host, 0, Input::VmState { vm, generation, state: VmState::StoppedByHalo(reason) });
+                }
+            }
+            Ev::Migrated { vm, from, to, master } => {
+                let ok = self.hosts[from].up && self.hosts[to].up && self.hosts[from].vms.contains_key(&vm);
+                let result = if ok {
+                    let generation = self.hosts[from].vms.remove(&vm).unwrap_or(1);
+                    self.hosts[to].vms.insert(vm.clone(), generation);
+                    self.deliver(from, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::MigratedAway });
+                    self.deliver(to, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::Running });
+                    Ok(())
+                } else {
+                    Err("source or destination went away".to_string())
+                };
+                let (from_name, to_name) = (self.hosts[from].name.clone(), self.hosts[to].name.clone());
+                if self.hosts[master.0].agent_epoch == master.1 {
+                    self.deliver(master.0, 1, Input::MigrateResult { vm, from: from_name, to: to_name, result });
+                }
+            }
+            Ev::FaultStart(i) => self.fault(i, true),
+            Ev::FaultEnd(i) => self.fault(i, false),
+            Ev::AgentRestart(h, epoch) => {
+                if self.hosts[h].up && self.hosts[h].agent_epoch == epoch && self.hosts[h].node.is_none() {
+                    self.start_agent(h);
+                    self.note(
+                        Severity::Info,
+                        "agent-restarted",
+                        format!("the agent on {} is back", self.hosts[h].name),
+                    );
+                }
+            }
+            Ev::Watchdog(h, epoch) => {
+                if self.hosts[h].up && self.hosts[h].agent_epoch == epoch && self.hosts[h].node.is_none() {
+                    self.note(
+                        Severity::Alert,
+                        "watchdog",
+                        format!("{}: the agent stayed down; the watchdog resets the host", self.hosts[h].name),
+                    );
+                    self.crash_host(h);
+                    let epoch = self.hosts[h].boot;
+                    self.push(self.now + 5_000, Ev::AgentRestart(h, epoch));
+                }
+            }
+        }
+    }
+
+    fn generation_of(&self, vm: &str) -> u64 {
+        self.hosts.iter().filter_map(|h| h.vms.get(vm)).copied().max().unwrap_or(1)
+    }
+
+    fn start_agent(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        host.agent_epoch += 1;
+        host.node = Some(Node::new(&host.name, self.config.clone(), self.now));
+        let vms: Vec<(String, u64)> = host.vms.iter().map(|(v, g)| (v.clone(), *g)).collect();
+        for (vm, generation) in vms {
+            self.deliver(h, 0, Input::VmState { vm, generation, state: VmState::Running });
+        }
+    }
+
+    fn crash_host(&mut self, h: usize) {
+        let lost: Vec<String> = self.hosts[h].vms.keys().cloned().collect();
+        for vm in lost {
+            self.lost_at.entry(vm).or_insert(self.now);
+        }
+        let host = &mut self.hosts[h];
+        host.up = false;
+        host.node = None;
+        host.vms.clear();
+        host.boot += 1;
+        host.agent_epoch += 1;
+        host.down_since = Some(self.now);
+    }
+
+    fn boot_host(&mut self, h: usize) {
+        let host = &mut self.hosts[h];
+        if host.up {
+            return;
+        }
+        host.up = true;
+        host.down_since = None;
+        self.start_agent(h);
+    }
+
+    /// Feeds a host's node and carries out its actions.
+    fn feed(&mut self, h: usize, input: Input) {
+        let Some(node) = self.hosts[h].node.as_mut() else { return };
+        let actions = node.handle(self.now, input, self.policies);
+        for action in actions {
+            self.act(h, action);
+        }
+    }
+
+    fn path(&self, network: &str, from: usize, to: usize) -> bool {
+        self.hosts[from].up
+            && self.hosts[to].up
+            && !self.link_down.contains(&(network.to_string(), from))
+            && !self.link_down.contains(&(network.to_string(), to))
+            && !self.cuts.contains(&(network.to_string(), from, to))
+    }
+
+    fn any_path(&self, from: usize, to: usize) -> bool {
+        self.config.networks.iter().any(|n| self.path(n, from, to))
+    }
+
+    fn store_reachable(&self, datastore: &str, h: usize) -> bool {
+        self.stores.get(datastore).is_some_and(|s| !s.down && !s.cut.contains(&self.hosts[h].name)) && self.hosts[h].up
+    }
+
+    fn act(&mut self, h: usize, action: Action) {
+        let latency = self.opts.datastore_latency;
+        match action {
+            Action::SendHeartbeat { network, heartbeat } => {
+                let loss = self.loss.get(&network).copied().unwrap_or(0);
+                for to in 0..self.hosts.len() {
+                    if to == h || !self.path(&network, h, to) || (loss > 0 && self.rng.chance(loss)) {
+                        continue;
+                    }
+                    let delay = self.rng.between(1, self.opts.max_delay);
+                    self.deliver(
+                        to,
+                        delay,
+                        Input::Heartbeat { network: network.clone(), heartbeat: heartbeat.clone() },
+                    );
+                }
+            }
+            Action::WriteDatastore { datastore, record } => {
+                let ok = self.store_reachable(&datastore, h);
+                if ok && let Some(store) = self.stores.get_mut(&datastore) {
+                    store.records.insert(record.host.clone(), record);
+                }
+                let delay = if ok { latency } else { 1_000 };
+                self.deliver(h, delay, Input::DatastoreWritten { datastore, ok });
+            }
+            Action::ReadDatastore { datastore } => {
+                let records = if self.store_reachable(&datastore, h) {
+                    Ok(self.stores[&datastore].records.values().cloned().collect())
+                } else {
+                    Err(format!("datastore {datastore} not reachable"))
+                };
+                let delay = if records.is_ok() { latency } else { 1_000 };
+                self.deliver(h, delay, Input::DatastoreRead { datastore, records });
+            }
+            Action::Ping { target } => {
+                let answered = match &target {
+                    PingTarget::Host(name) => self.index.get(name).is_some_and(|&to| {
+                        self.config.networks.iter().any(|n| self.path(n, h, to) && self.path(n, to, h))
+                    }),
+                    PingTarget::IsolationAddress(address) => {
+                        let network = address.strip_prefix("gw-").unwrap_or(address);
+                        !self.link_down.contains(&(network.to_string(), h))
+                    }
+                };
+                let delay = if answered { 2 } else { 1_000 };
+                self.deliver(h, delay, Input::PingResult { target, answered });
+            }
+            Action::Claim { datastore, claim } => {
+                let outcome = if !self.store_reachable(&datastore, h) {
+                    ClaimOutcome::Failed(format!("datastore {datastore} not reachable"))
+                } else {
+                    let store = self.stores.get_mut(&datastore).expect("known datastore");
+                    match store.claims.get(&(claim.vm.clone(), claim.generation)) {
+                        Some(existing) => ClaimOutcome::Lost(existing.clone()),
+                        None => {
+                            store.claims.insert((claim.vm.clone(), claim.generation), claim.clone());
+                            ClaimOutcome::Won
+                        }
+                    }
+                };
+                self.deliver(h, latency, Input::ClaimResult { claim, outcome });
+            }
+            Action::StartVm { host, vm, generation } => {
+                let Some(&to) = self.index.get(&host) else { return };
+                if to != h && !self.any_path(h, to) {
+                    return; // the request is lost; the master times out
+                }
+                let boot = self.hosts[to].boot;
+                let reply = Some((h, self.hosts[h].agent_epoch));
+                self.push(self.now + self.opts.vm_start, Ev::VmUp { host: to, boot, vm, generation, reply });
+            }
+            Action::StopVm { vm, reason, grace_secs } => {
+                let delay = 200 + Millis::from(grace_secs.min(5)) * 1000;
+                self.push(self.now + delay, Ev::VmDown { host: h, vm, reason });
+            }
+            Action::MigrateVm { vm, from, to } => {
+                let (Some(&f), Some(&t)) = (self.index.get(&from), self.index.get(&to)) else { return };
+                let in_maintenance = self.hosts[h].node.as_ref().is_some_and(|n| n.maintenance().contains(&from));
+                if !in_maintenance {
+                    self.violation(format!("{vm} migrated off {from}, which is not in maintenance: HA must never move a running VM to make room"));
+                }
+                let master = (h, self.hosts[h].agent_epoch);
+                self.push(self.now + 800, Ev::Migrated { vm, from: f, to: t, master });
+            }
+            Action::Record(event) => self.record(event),
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        if event.kind == "plugin-failed" {
+            self.fallbacks_seen += 1;
+        }
+        if event.severity == Severity::Info
+            && !self.opts.verbose
+            && !matches!(
+                event.kind.as_str(),
+                "vm-restarted"
+                    | "master-elected"
+                    | "failover-plan"
+                    | "vm-migrated"
+                    | "host-evacuated"
+                    | "maintenance-entered"
+            )
+        {
+            return;
+        }
+        self.timeline.push(TimelineEntry {
+            at: event.at,
+            source: event.node,
+            severity: event.severity,
+            kind: event.kind,
+            message: event.message,
+            trace: event.trace,
+        });
+    }
+
+    fn vm_up(&mut self, host: usize, boot: u64, vm: String, generation: u64, reply: Option<(usize, u64)>) {
+        let host_name = self.hosts[host].name.clone();
+        let result = if !self.hosts[host].up || self.hosts[host].boot != boot {
+            Err(format!("{host_name} went down"))
+        } else {
+            // Invariant 1: never two runners.
+            if let Some(other) = self.hosts.iter().find(|h| h.name != host_name && h.vms.contains_key(&vm)) {
+                let other = other.name.clone();
+                self.violation(format!("{vm} started on {host_name} while it runs on {other}"));
+            }
+            // Invariant 2: a restart elsewhere needs proof of death or a recorded stop.
+            let elsewhere = self.last_host.get(&vm).is_some_and(|&last| last != host);
+            if elsewhere && !self.lost_at.contains_key(&vm) && !self.stopped_by_host.contains(&vm) {
+                self.violation(format!(
+                    "{vm} restarted on {host_name} without its host being dead or having stopped it"
+                ));
+            }
+            self.hosts[host].vms.insert(vm.clone(), generation);
+            self.last_host.insert(vm.clone(), host);
+            self.stopped_by_host.remove(&vm);
+            if let Some(lost) = self.lost_at.remove(&vm) {
+                self.latencies.push(self.now - lost);
+            }
+            self.deliver(host, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::Running });
+            Ok(())
+        };
+        if let Some((master, epoch)) = reply
+            && self.hosts[master].agent_epoch == epoch
+            && self.any_path(host, master)
+        {
+            self.deliver(master, 2, Input::StartResult { vm, host: host_name, generation, result });
+        }
+    }
+
+    fn fault(&mut self, i: usize, start: bool) {
+        let Fault { duration, kind, .. } = self.schedule.faults[i].clone();
+        if start {
+            self.note(Severity::Alert, &format!("fault-{}", kind.family()), format!("FAULT: {kind}"));
+            if !matches!(kind, FaultKind::VmCrash { .. }) {
+                self.push(self.now + duration, Ev::FaultEnd(i));
+            }
+        } else {
+            self.note(Severity::Info, "fault-healed", format!("healed: {kind}"));
+        }
+        let host = |s: &Self, name: &str| s.index.get(name).copied();
+        match kind {
+            FaultKind::HostCrash { host: name } => {
+                if let Some(h) = host(self, &name) {
+                    if start { self.crash_host(h) } else { self.boot_host(h) }
+                }
+            }
+            FaultKind::AgentCrash { host: name } => {
+                if let Some(h) = host(self, &name)
+                    && start
+                    && self.hosts[h].up
+                    && self.hosts[h].node.is_some()
+                {
+                    self.hosts[h].node = None;
+                    let epoch = self.hosts[h].agent_epoch;
+                    self.push(self.now + duration, Ev::AgentRestart(h, epoch));
+                    self.push(self.now + self.config.timeouts.fence_timeout_ms, Ev::Watchdog(h, epoch));
+                }
+            }
+            FaultKind::Isolate { host: name, datastores } => {
+                if let Some(h) = host(self, &name) {
+                    for n in self.config.networks.clone() {
+                        if start {
+                            self.link_down.insert((n, h))
+                        } else {
+                            self.link_down.remove(&(n, h))
+                        };
+                    }
+                    if datastores {
+                        for store in self.stores.values_mut() {
+                            if start {
+                                store.cut.insert(name.clone())
+                            } else {
+                                store.cut.remove(&name)
+                            };
+                        }
+                    }
+                }
+            }
+            FaultKind::Partition { side } => {
+                let side: BTreeSet<usize> = side.iter().filter_map(|n| host(self, n)).collect();
+                for n in self.config.networks.clone() {
+                    for &a in &side {
+                        for b in (0..self.hosts.len()).filter(|b| !side.contains(b)) {
+                            for key in [(n.clone(), a, b), (n.clone(), b, a)] {
+                                if start {
+                                    self.cuts.insert(key)
+                                } else {
+                                    self.cuts.remove(&key)
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+            FaultKind::OneWayCut { network, from, to } => {
+                if let (Some(a), Some(b)) = (host(self, &from), host(self, &to)) {
+                    if start {
+                        self.cuts.insert((network, a, b))
+                    } else {
+                        self.cuts.remove(&(network, a, b))
+                    };
+                }
+            }
+            FaultKind::Loss { network, percent } => {
+                if start {
+                    self.loss.insert(network, percent)
+                } else {
+                    self.loss.remove(&network)
+                };
+            }
+            FaultKind::DatastoreDown { datastore } => {
+                if let Some(store) = self.stores.get_mut(&datastore) {
+                    store.down = start;
+                }
+            }
+            FaultKind::DatastoreCut { host: name, datastore } => {
+                if let Some(store) = self.stores.get_mut(&datastore) {
+                    if start {
+                        store.cut.insert(name)
+                    } else {
+                        store.cut.remove(&name)
+                    };
+                }
+            }
+            FaultKind::VmCrash { vm } => {
+                if let Some(h) = self.hosts.iter().position(|x| x.vms.contains_key(&vm)) {
+                    let generation = self.hosts[h].vms.remove(&vm).unwrap_or(1);
+                    *self.crash_counts.entry(vm.clone()).or_default() += 1;
+                    self.deliver(h, 200, Input::VmState { vm, generation, state: VmState::Crashed });
+                }
+            }
+        }
+    }
+
+    /// Invariant 3: at the end (faults healed), every protected VM runs when capacity exists.
+    fn check_eventually_running(&mut self) {
+        let running: BTreeSet<String> = self.hosts.iter().flat_map(|h| h.vms.keys().cloned()).collect();
+        let up: Vec<usize> = (0..self.hosts.len()).filter(|&h| self.hosts[h].up).collect();
+        let mut free: BTreeMap<usize, u64> = up
+            .iter()
+            .map(|&h| {
+                let used: u64 = self.hosts[h].vms.keys().filter_map(|v| self.config.vm(v)).map(|s| s.memory_mib).sum();
+                (h, self.config.hosts[h].memory_mib.saturating_sub(used))
+            })
+            .collect();
+        let missing: Vec<halo_core::VmSpec> = self
+            .config
+            .vms
+            .iter()
+            .filter(|v| v.priority == halo_policy::RestartPriority::Restart && !running.contains(&v.name))
+            .filter(|v| self.crash_counts.get(&v.name).copied().unwrap_or(0) < self.config.ha.restart_limit)
+            .cloned()
+            .collect();
+        for vm in missing {
+            // Is there room for it? (first fit on memory, like the plan)
+            if let Some((_, room)) = free.iter_mut().find(|(_, room)| **room >= vm.memory_mib) {
+                *room -= vm.memory_mib;
+                let message = format!(
+                    "LIVENESS VIOLATED (seed {}): {} (restart priority) is not running at the end although a host has room for it",
+                    self.opts.seed, vm.name
+                );
+                self.note(Severity::Alert, "invariant-violated", message.clone());
+                self.liveness.push(message);
+            }
+        }
+    }
+}

@@ -131,6 +131,11 @@ impl Node {
         }
     }
 
+    /// The master read a datastore within half the dead-time (else storage says nothing).
+    fn datastores_readable(&self) -> bool {
+        self.ds_read_ok_at.is_some_and(|at| self.now.saturating_sub(at) < self.config.timeouts.dead_time_ms / 2)
+    }
+
     fn signals(&self, host: &str) -> Option<Signals> {
         let peer = self.peers.get(host)?;
         let t = self.config.timeouts;
@@ -150,7 +155,7 @@ impl Node {
                     advanced_at: peer.datastores.get(d).map(|e| e.1),
                 })
                 .collect(),
-            datastores_readable: self.ds_read_ok_at.is_some_and(|at| self.now.saturating_sub(at) < t.dead_time_ms / 2),
+            datastores_readable: self.datastores_readable(),
             ping: peer.ping,
             declared_isolated: peer.declared_isolated,
         })
@@ -366,6 +371,20 @@ impl Node {
         }
     }
 
+    /// Where VMs run as hosts last reported them (peers' heartbeats and this host).
+    fn reported_locations(&self) -> Locations {
+        let mut locations: Locations = BTreeMap::new();
+        for (host, peer) in &self.peers {
+            for r in &peer.vms {
+                locations.insert(r.vm.clone(), host.clone());
+            }
+        }
+        for vm in self.local_vms.keys() {
+            locations.insert(vm.clone(), self.name.clone());
+        }
+        locations
+    }
+
     /// Free capacity per host as this master sees it, for placement.
     fn host_usage(&self, reason: PlacementReason) -> Vec<HostUsage> {
         let window = self.config.timeouts.dead_time_ms;
@@ -377,15 +396,7 @@ impl Node {
         if !self.fenced && !self.isolated() {
             usable.insert(self.name.clone());
         }
-        let mut locations: Locations = BTreeMap::new();
-        for (host, peer) in &self.peers {
-            for r in &peer.vms {
-                locations.insert(r.vm.clone(), host.clone());
-            }
-        }
-        for vm in self.local_vms.keys() {
-            locations.insert(vm.clone(), self.name.clone());
-        }
+        let mut locations = self.reported_locations();
         if let Some(master) = &self.master {
             for (vm, r) in &master.restarts {
                 if let RestartState::Claiming { host, .. } | RestartState::Starting { host, .. } = &r.state {
@@ -680,15 +691,7 @@ impl Node {
         let usage = self.host_usage(PlacementReason::AdmissionCheck);
         let available: BTreeSet<String> =
             usage.iter().filter(|u| !self.maintenance.contains(&u.host)).map(|u| u.host.clone()).collect();
-        let mut locations: Locations = BTreeMap::new();
-        for (host, peer) in &self.peers {
-            for r in &peer.vms {
-                locations.insert(r.vm.clone(), host.clone());
-            }
-        }
-        for vm in self.local_vms.keys() {
-            locations.insert(vm.clone(), self.name.clone());
-        }
+        let locations = self.reported_locations();
         let plan = capacity::failover_plan(&self.config, &locations, &available, &self.maintenance, policies);
         let previous = self.master.as_ref().and_then(|m| m.plan.as_ref()).map(|p| p.tolerates);
         if previous != Some(plan.tolerates) {
@@ -745,15 +748,7 @@ impl Node {
         let usage = self.host_usage(PlacementReason::AdmissionCheck);
         let available: BTreeSet<String> =
             usage.iter().map(|u| u.host.clone()).filter(|h| !after_maintenance.contains(h)).collect();
-        let mut locations: Locations = BTreeMap::new();
-        for (h, peer) in &self.peers {
-            for r in &peer.vms {
-                locations.insert(r.vm.clone(), h.clone());
-            }
-        }
-        for vm in self.local_vms.keys() {
-            locations.insert(vm.clone(), self.name.clone());
-        }
+        let locations = self.reported_locations();
         let evacuees: Vec<(String, String)> =
             locations.iter().filter(|(_, h)| *h == host).map(|(vm, h)| (vm.clone(), h.clone())).collect();
         let moved = {

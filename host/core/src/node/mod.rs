@@ -619,6 +619,9 @@ impl Node {
             }
         }
         self.vanished.extend(found);
+        if self.vanished.is_empty() {
+            return; // the common case: nothing to prune, no per-heartbeat scan of every VM
+        }
         let generations = &self.generations;
         let running: BTreeSet<&str> = self.peers.values().flat_map(|p| p.vms.iter().map(|r| r.vm.as_str())).collect();
         self.vanished.retain(|vm, (_, g)| generations.get(vm).is_none_or(|k| k <= g) && !running.contains(vm.as_str()));

@@ -193,14 +193,20 @@ impl Node {
         }
         let window = self.config.timeouts.fence_timeout_ms;
         let since_start = self.now.saturating_sub(self.started_at);
-        let datastore_ok = since_start < window || self.datastores_reachable() > 0;
+        // A freshly started agent has no proof of contact yet, and its host may have been
+        // silent for up to the watchdog timeout (= the fence timeout) before it started: its
+        // grace is only what is left of the dead-time (found by simulator seed 622).
+        let t = self.config.timeouts;
+        let grace = t.dead_time_ms.saturating_sub(t.fence_timeout_ms + 2 * t.heartbeat_interval_ms);
+        let starting = since_start < grace;
+        let datastore_ok = starting || self.datastores_reachable() > 0;
         let reached = self
             .peers
             .values()
             .filter(|p| p.ack_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window))
             .count();
         let hosts = self.config.hosts.len();
-        let quorum = since_start < window || 2 * (reached + 1) > hosts;
+        let quorum = starting || 2 * (reached + 1) > hosts;
         let must_fence = !quorum && (!datastore_ok || self.config.ha.quorum_fencing);
         if must_fence && !self.fenced {
             self.fenced = true;

@@ -93,7 +93,6 @@ struct SimHost {
     node: Option<Node>,
     agent_epoch: u64,
     vms: BTreeMap<String, u64>,
-    down_since: Option<Millis>,
 }
 
 #[derive(Default)]
@@ -131,7 +130,6 @@ pub struct Sim<'p> {
     latencies: Vec<Millis>,
     crash_counts: BTreeMap<String, u32>,
     last_host: BTreeMap<String, usize>,
-    fallbacks_seen: u64,
     steps: u64,
 }
 
@@ -149,7 +147,6 @@ impl<'p> Sim<'p> {
                 node: Some(Node::new(&h.name, config.clone(), 0)),
                 agent_epoch: 1,
                 vms: BTreeMap::new(),
-                down_since: None,
             })
             .collect();
         let index = hosts.iter().enumerate().map(|(i, h)| (h.name.clone(), i)).collect();
@@ -180,7 +177,6 @@ impl<'p> Sim<'p> {
             latencies: Vec::new(),
             crash_counts: BTreeMap::new(),
             last_host: BTreeMap::new(),
-            fallbacks_seen: 0,
             steps: 0,
         };
         // VMs start where they belong, generation 1; hosts with room only.
@@ -351,7 +347,6 @@ impl<'p> Sim<'p> {
         host.vms.clear();
         host.boot += 1;
         host.agent_epoch += 1;
-        host.down_since = Some(self.now);
     }
 
     fn boot_host(&mut self, h: usize) {
@@ -360,7 +355,6 @@ impl<'p> Sim<'p> {
             return;
         }
         host.up = true;
-        host.down_since = None;
         self.start_agent(h);
     }
 
@@ -478,9 +472,6 @@ impl<'p> Sim<'p> {
     }
 
     fn record(&mut self, event: Event) {
-        if event.kind == "plugin-failed" {
-            self.fallbacks_seen += 1;
-        }
         if event.severity == Severity::Info
             && !self.opts.verbose
             && !matches!(

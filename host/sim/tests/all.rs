@@ -124,6 +124,20 @@ fn random_run(seed: u64, hosts: usize, vms: usize, families: &[&str]) -> Outcome
     Sim::new(config, schedule, SimOptions::new(seed, duration), &mut policies).run()
 }
 
+/// Seeds that once broke safety, pinned: 235 (quorum counted datastore-only peers), 622
+/// (a restarted agent's start-up grace), 860 (VMs taken for vanished from a first heartbeat).
+#[test]
+fn seeds_that_once_ran_a_vm_twice_stay_safe() {
+    let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
+    for seed in [235, 622, 860] {
+        let mut rng = halo_sim::Rng::new(seed ^ 0xABCD);
+        let hosts = rng.between(3, 16) as usize;
+        let vms = hosts * rng.between(2, 5) as usize;
+        let o = random_run(seed, hosts, vms, &families);
+        assert!(o.violations.is_empty(), "seed {seed}: {:#?}\n{}", o.violations, dump(&o));
+    }
+}
+
 /// Random schedules, mixed faults, 3–16 hosts. HALO_SIM_SCHEDULES sets how many (default
 /// 2,000, what CI runs). Safety invariants (never twice, proof before restart, never evict)
 /// fail the test on any seed. The liveness invariant (every protected VM runs again) still

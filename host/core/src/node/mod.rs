@@ -281,8 +281,11 @@ struct Peer {
     ds_stopped: Vec<VmReport>,
     /// Its agent's incarnation, when it last restarted, and what it ran before.
     incarnation: Option<u64>,
-    restarted_at: Option<Millis>,
+    /// First sequence number of its new incarnation, while what it ran before is unsettled.
+    restart_first_seq: Option<u64>,
     vms_before_restart: Vec<VmReport>,
+    /// Sequence number of the last heartbeat received directly (its VM list is `vms`).
+    direct_seq: u64,
     /// The master's ping of it since it fell silent.
     ping: PingSignal,
     ping_at: Millis,
@@ -539,11 +542,12 @@ impl Node {
         };
         peer.networks.insert(network.to_string(), now);
         peer.heard_directly_at = Some(now);
+        peer.direct_seq = hb.seq;
         if peer.incarnation != Some(hb.incarnation) {
             // The peer's agent started anew: VMs it reported before and does not report now
             // are gone (a reboot takes them; a mere agent restart finds them again).
             if peer.incarnation.is_some() {
-                peer.restarted_at = Some(now);
+                peer.restart_first_seq = Some(hb.seq);
                 peer.vms_before_restart = std::mem::take(&mut peer.vms);
             }
             peer.incarnation = Some(hb.incarnation);
@@ -602,20 +606,20 @@ impl Node {
         self.prune_stopped();
     }
 
-    /// VMs a restarted peer no longer reports, once it had time to report them; forgotten
-    /// when the VM runs again under a newer generation.
+    /// VMs a restarted peer no longer reports once it had time to list them: three heartbeats
+    /// of its new incarnation received directly (time alone is not enough — a peer cut off
+    /// right after its first heartbeat never sent a complete list; simulator seed 860).
+    /// Forgotten when the VM runs again under a newer generation.
     fn note_vanished(&mut self) {
-        let settled = 3 * self.config.timeouts.heartbeat_interval_ms;
-        let now = self.now;
         let mut found = Vec::new();
         for (host, peer) in &mut self.peers {
-            if peer.restarted_at.is_some_and(|at| now.saturating_sub(at) >= settled) {
+            if peer.restart_first_seq.is_some_and(|first| peer.direct_seq >= first + 3) {
                 for report in std::mem::take(&mut peer.vms_before_restart) {
                     if !peer.vms.iter().any(|r| r.vm == report.vm) {
                         found.push((report.vm, (host.clone(), report.generation)));
                     }
                 }
-                peer.restarted_at = None;
+                peer.restart_first_seq = None;
             }
         }
         self.vanished.extend(found);

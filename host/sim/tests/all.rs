@@ -179,7 +179,7 @@ fn random_schedules_keep_every_invariant() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "debugging aid, not a check: SEED=N prints the full timeline of one random run"]
 fn debug_seed() {
     let seed: u64 = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(21);
     let mut rng = halo_sim::Rng::new(seed ^ 0xABCD);

@@ -1,11 +1,13 @@
 //! `halo`: the operator's and plugin author's command line.
 //!
-//! Today: `halo plugin check|run|bench`, the plugin author's harness. The agent, status and
-//! demo commands come with the core and the drivers.
+//! Today: `halo plugin check|run|bench` (the plugin author's harness), `halo sim` (the
+//! deterministic simulator) and `halo demo` (a scripted cluster with the default plugins).
+//! The agent and status commands come with the drivers.
 
 #![forbid(unsafe_code)]
 
 mod plugin;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,10 @@ enum Command {
     /// Check, run and benchmark policy plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Run the deterministic cluster simulator: one seeded schedule with its timeline, or many with a summary.
+    Sim(sim::SimArgs),
+    /// A scripted cluster in the simulator with the real default plugins: crash, isolation, partition.
+    Demo(sim::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +40,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(command) => plugin::run(command),
+        Command::Sim(args) => sim::sim(args),
+        Command::Demo(args) => sim::demo(args),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@
 //! - [`slot`]: the plugin in force per world, hot-swapped atomically.
 //! - [`cache`]: AOT-compiled plugins, only ever the agent's own artifacts.
 //! - [`world`]: the three worlds behind one trait.
+//! - [`policies`]: the core's decision points answered by the three slots.
 
 #![deny(unsafe_code)]
 
@@ -15,12 +16,14 @@ mod bindings;
 pub mod cache;
 mod convert;
 pub mod error;
+pub mod policies;
 pub mod runtime;
 pub mod sandbox;
 pub mod slot;
 pub mod world;
 
 pub use error::{FailureKind, LoadError, PluginFailure, RuntimeError};
+pub use policies::{PluginFiles, PluginPolicies};
 pub use runtime::{CONTRACT_VERSION, CompiledPlugin, DecidedBy, Decision, LoadedPlugin, PluginInfo, Runtime};
 pub use sandbox::{CpuBudget, SandboxLimits};
 pub use slot::{PluginSlot, StatsSnapshot};

@@ -148,3 +148,183 @@ impl Schedule {
         Self { faults }
     }
 }
+
+/// A fault written on the command line could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fault `{spec}`: {problem} (write KIND:ARGS@START[/DURATION], e.g. crash:host-2@10s/60s; kinds: {kinds})", kinds = FAULT_SYNTAX)]
+pub struct FaultParseError {
+    /// What was given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+const FAULT_SYNTAX: &str = "crash:HOST, agent:HOST, isolate:HOST, isolate-all:HOST, partition:HOST+HOST..., \
+oneway:NET:FROM:TO, loss:NET:PERCENT, datastore:DS, dscut:HOST:DS, vmcrash:VM";
+
+/// `10s`, `1500ms`, `2m` or a bare number of seconds.
+fn parse_duration(text: &str) -> Option<Millis> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1_000)
+    };
+    let value: f64 = number.parse().ok()?;
+    if !value.is_finite() || value < 0.0 || value > 1e9 {
+        return None;
+    }
+    Some((value * scale as f64).round() as Millis)
+}
+
+impl std::str::FromStr for Fault {
+    type Err = FaultParseError;
+
+    /// `KIND:ARGS@START[/DURATION]` (duration 30 s when left out).
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let fail = |problem: &str| FaultParseError { spec: spec.to_string(), problem: problem.to_string() };
+        let (what, when) = spec.split_once('@').ok_or_else(|| fail("no start time after `@`"))?;
+        let (start, duration) = match when.split_once('/') {
+            Some((start, duration)) => (start, Some(duration)),
+            None => (when, None),
+        };
+        let at = parse_duration(start).ok_or_else(|| fail("the start is not a time like 10s"))?;
+        let duration = match duration {
+            Some(d) => {
+                parse_duration(d).filter(|&d| d > 0).ok_or_else(|| fail("the duration is not a time like 60s"))?
+            }
+            None => 30_000,
+        };
+        let mut parts = what.split(':');
+        let family = parts.next().unwrap_or_default();
+        let args: Vec<&str> = parts.collect();
+        if args.iter().any(|a| a.trim().is_empty()) {
+            return Err(fail("an argument is empty"));
+        }
+        let want = |n: usize| -> Result<(), FaultParseError> {
+            if args.len() == n {
+                Ok(())
+            } else {
+                Err(fail(&format!("`{family}` takes {n} argument(s), got {}", args.len())))
+            }
+        };
+        let arg = |i: usize| args[i].trim().to_string();
+        let kind = match family {
+            "crash" => want(1).map(|()| FaultKind::HostCrash { host: arg(0) })?,
+            "agent" => want(1).map(|()| FaultKind::AgentCrash { host: arg(0) })?,
+            "isolate" => want(1).map(|()| FaultKind::Isolate { host: arg(0), datastores: false })?,
+            "isolate-all" => want(1).map(|()| FaultKind::Isolate { host: arg(0), datastores: true })?,
+            "partition" => {
+                want(1)?;
+                let side: Vec<String> = args[0].split('+').map(|h| h.trim().to_string()).collect();
+                if side.iter().any(String::is_empty) {
+                    return Err(fail("a host name in the partition is empty"));
+                }
+                FaultKind::Partition { side }
+            }
+            "oneway" => want(3).map(|()| FaultKind::OneWayCut { network: arg(0), from: arg(1), to: arg(2) })?,
+            "loss" => {
+                want(2)?;
+                let percent: u64 = args[1]
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .ok_or_else(|| fail("loss is a percent, 0 to 100"))?;
+                FaultKind::Loss { network: arg(0), percent }
+            }
+            "datastore" => want(1).map(|()| FaultKind::DatastoreDown { datastore: arg(0) })?,
+            "dscut" => want(2).map(|()| FaultKind::DatastoreCut { host: arg(0), datastore: arg(1) })?,
+            "vmcrash" => want(1).map(|()| FaultKind::VmCrash { vm: arg(0) })?,
+            other => return Err(fail(&format!("unknown kind `{other}`"))),
+        };
+        Ok(Fault { at, duration, kind })
+    }
+}
+
+impl Fault {
+    /// The names of hosts, networks, datastores and VMs this fault mentions that `known` does
+    /// not hold (a typo on the command line must not silently inject nothing).
+    pub fn unknown_names(
+        &self,
+        hosts: &[String],
+        networks: &[String],
+        datastores: &[String],
+        vms: &[String],
+    ) -> Vec<String> {
+        let mut unknown = Vec::new();
+        let mut check = |name: &str, list: &[String], what: &str| {
+            if !list.iter().any(|n| n == name) {
+                unknown.push(format!("{what} `{name}`"));
+            }
+        };
+        match &self.kind {
+            FaultKind::HostCrash { host } | FaultKind::AgentCrash { host } | FaultKind::Isolate { host, .. } => {
+                check(host, hosts, "host")
+            }
+            FaultKind::Partition { side } => side.iter().for_each(|h| check(h, hosts, "host")),
+            FaultKind::OneWayCut { network, from, to } => {
+                check(network, networks, "network");
+                check(from, hosts, "host");
+                check(to, hosts, "host");
+            }
+            FaultKind::Loss { network, .. } => check(network, networks, "network"),
+            FaultKind::DatastoreDown { datastore } => check(datastore, datastores, "datastore"),
+            FaultKind::DatastoreCut { host, datastore } => {
+                check(host, hosts, "host");
+                check(datastore, datastores, "datastore");
+            }
+            FaultKind::VmCrash { vm } => check(vm, vms, "VM"),
+        }
+        unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_read_from_their_command_line_form() {
+        let f: Fault = "crash:host-2@10s/60s".parse().expect("valid");
+        assert_eq!(f, Fault { at: 10_000, duration: 60_000, kind: FaultKind::HostCrash { host: "host-2".into() } });
+        let f: Fault = "partition:host-1+host-2@1.5s".parse().expect("valid");
+        assert_eq!(f.at, 1_500);
+        assert_eq!(f.duration, 30_000);
+        assert_eq!(f.kind, FaultKind::Partition { side: vec!["host-1".into(), "host-2".into()] });
+        let f: Fault = "loss:A:30@2m/500ms".parse().expect("valid");
+        assert_eq!((f.at, f.duration), (120_000, 500));
+        assert_eq!(f.kind, FaultKind::Loss { network: "A".into(), percent: 30 });
+    }
+
+    #[test]
+    fn a_bad_fault_says_what_is_wrong() {
+        for (spec, says) in [
+            ("crash:host-2", "no start time"),
+            ("crash:host-2@soon", "not a time"),
+            ("crash:host-2@1s/0s", "duration"),
+            ("crash@1s", "takes 1 argument"),
+            ("flood:A@1s", "unknown kind `flood`"),
+            ("loss:A:300@1s", "percent"),
+            ("partition:host-1+@1s", "empty"),
+            ("crash:@1s", "empty"),
+            ("crash:host-1@-5s", "not a time"),
+        ] {
+            let error = spec.parse::<Fault>().expect_err(spec).to_string();
+            assert!(error.contains(says), "{spec}: {error}");
+            assert!(error.contains(spec), "{spec}: {error}");
+        }
+    }
+
+    #[test]
+    fn unknown_names_in_a_fault_are_listed() {
+        let hosts = vec!["host-1".to_string(), "host-2".to_string()];
+        let f: Fault = "oneway:C:host-1:host-9@1s".parse().expect("valid");
+        let unknown = f.unknown_names(&hosts, &["A".into()], &["ds1".into()], &[]);
+        assert_eq!(unknown, vec!["network `C`".to_string(), "host `host-9`".to_string()]);
+    }
+}

@@ -13,8 +13,9 @@ mod faults;
 pub mod scenario;
 mod world;
 
-pub use faults::{Fault, FaultKind, Schedule};
-pub use world::{Outcome, Sim, SimOptions, TimelineEntry};
+pub use faults::{Fault, FaultKind, FaultParseError, Schedule};
+pub use halo_core::Millis;
+pub use world::{Outcome, PlanSnapshot, Sim, SimOptions, TimelineEntry};
 
 /// SplitMix64: small, fast, and the same everywhere.
 #[derive(Debug, Clone)]
@@ -48,5 +49,45 @@ impl Rng {
     /// True with `percent` % probability.
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
+    }
+}
+
+/// Median, 95th percentile and maximum of some durations (nearest rank), or `None` when
+/// there are none.
+pub fn percentiles(values: &[Millis]) -> Option<Percentiles> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = |p: usize| sorted[((sorted.len() * p).div_ceil(100)).saturating_sub(1).min(sorted.len() - 1)];
+    Some(Percentiles { count: sorted.len(), p50: rank(50), p95: rank(95), max: sorted[sorted.len() - 1] })
+}
+
+/// See [`percentiles`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Percentiles {
+    /// How many values.
+    pub count: usize,
+    /// Median.
+    pub p50: Millis,
+    /// 95th percentile.
+    pub p95: Millis,
+    /// Largest.
+    pub max: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        assert_eq!(percentiles(&[]), None);
+        let p = percentiles(&[5, 1, 4, 2, 3]).expect("values");
+        assert_eq!((p.count, p.p50, p.p95, p.max), (5, 3, 5, 5));
+        let hundred: Vec<Millis> = (1..=100).collect();
+        let p = percentiles(&hundred).expect("values");
+        assert_eq!((p.p50, p.p95, p.max), (50, 95, 100));
     }
 }

@@ -4,6 +4,8 @@ use halo_core::config::{HaSettings, PolicySettings, Timeouts};
 use halo_core::{ClusterConfig, HostSpec, VmSpec};
 use halo_policy::RestartPriority;
 
+use crate::{Millis, Rng, Schedule};
+
 /// `hosts` hosts of 32 GiB / 32 vCPUs and `vms` VMs of 1–4 GiB (every 4th best-effort, every
 /// 10th unprotected), two networks, one datastore, two isolation addresses.
 pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
@@ -33,6 +35,73 @@ pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
                 anti_affinity_group: None,
             })
             .collect(),
+        timeouts: Timeouts::default(),
+        ha: HaSettings::default(),
+        policy: PolicySettings::default(),
+    }
+}
+
+/// The run a seed stands for in the random schedules (what CI runs and `halo sim --seeds`
+/// replays): 3–16 hosts (or `hosts`), 2–5 VMs per host (or `vms`), 1–4 faults of `families`
+/// in the first 60 % of `duration`.
+pub fn random_case(
+    seed: u64,
+    hosts: Option<usize>,
+    vms: Option<usize>,
+    families: &[&str],
+    duration: Millis,
+) -> (ClusterConfig, Schedule) {
+    let mut rng = Rng::new(seed ^ 0xABCD);
+    let h = rng.between(3, 16) as usize;
+    let per_host = rng.between(2, 5) as usize;
+    let hosts = hosts.unwrap_or(h);
+    let config = cluster(hosts, vms.unwrap_or(hosts * per_host));
+    let mut rng = Rng::new(seed);
+    let names: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
+    let vm_names: Vec<String> = config.vms.iter().map(|v| v.name.clone()).collect();
+    let schedule =
+        Schedule::random(&mut rng, &names, &vm_names, &config.networks, &config.datastores, families, duration);
+    (config, schedule)
+}
+
+/// The demo's cluster: 4 hosts of 16 GiB, 12 VMs of a small site — infrastructure first
+/// (DHCP, DNS), databases, then the applications that depend on them, a best-effort batch
+/// VM and an unprotected scratch VM. Placed so every host runs three.
+pub fn demo_cluster() -> ClusterConfig {
+    use RestartPriority::{BestEffort, Restart, Unprotected};
+    let vm = |name: &str, memory_mib: u64, priority, order, depends_on: &[&str], anti: Option<&str>| VmSpec {
+        name: name.into(),
+        memory_mib,
+        vcpus: 2,
+        priority,
+        order,
+        group: None,
+        depends_on: depends_on.iter().map(|d| d.to_string()).collect(),
+        required_host_labels: vec![],
+        anti_affinity_group: anti.map(Into::into),
+    };
+    ClusterConfig {
+        hosts: (1..=4)
+            .map(|i| HostSpec { name: format!("host-{i}"), memory_mib: 16_384, vcpus: 16, labels: vec![] })
+            .collect(),
+        networks: vec!["A".into(), "B".into()],
+        datastores: vec!["ds1".into()],
+        isolation_addresses: vec!["gw-A".into(), "gw-B".into()],
+        // In host order: VM i runs on host (i mod 4) + 1.
+        vms: vec![
+            vm("dhcp", 1024, Restart, 0, &[], Some("infra")),
+            vm("dns-1", 1024, Restart, 0, &[], Some("dns")),
+            vm("dns-2", 1024, Restart, 0, &[], Some("dns")),
+            vm("ldap", 2048, Restart, 0, &[], None),
+            vm("db-main", 4096, Restart, 1, &["dhcp", "dns-1"], Some("db")),
+            vm("web-1", 2048, Restart, 2, &["db-main"], Some("web")),
+            vm("db-replica", 4096, Restart, 1, &["db-main"], Some("db")),
+            vm("web-2", 2048, Restart, 2, &["db-replica"], Some("web")),
+            vm("mail", 2048, Restart, 1, &["dns-2", "ldap"], None),
+            vm("batch", 4096, BestEffort, 3, &[], None),
+            vm("ci-runner", 2048, BestEffort, 3, &[], None),
+            vm("scratch", 2048, Unprotected, 0, &[], None),
+        ],
         timeouts: Timeouts::default(),
         ha: HaSettings::default(),
         policy: PolicySettings::default(),

@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
+use halo_core::capacity::FailoverPlan;
 use halo_core::node::PingTarget;
 use halo_core::{
     Action, ClaimOutcome, ClusterConfig, Event, Input, Millis, Node, Policies, Severity, StopReason, VmState,
@@ -27,12 +28,22 @@ pub struct SimOptions {
     pub vm_start: Millis,
     /// Keep Info events in the timeline.
     pub verbose: bool,
+    /// When to ask the master for its failover plan, with a label (for the demo).
+    pub plan_snapshots: Vec<(Millis, String)>,
 }
 
 impl SimOptions {
     /// Defaults for a seed and a length.
     pub fn new(seed: u64, duration: Millis) -> Self {
-        Self { seed, duration, max_delay: 5, datastore_latency: 3, vm_start: 500, verbose: false }
+        Self {
+            seed,
+            duration,
+            max_delay: 5,
+            datastore_latency: 3,
+            vm_start: 500,
+            verbose: false,
+            plan_snapshots: Vec::new(),
+        }
     }
 }
 
@@ -54,6 +65,19 @@ pub struct TimelineEntry {
     pub trace: Option<String>,
 }
 
+/// The master's failover plan at one moment of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSnapshot {
+    /// Simulated time.
+    pub at: Millis,
+    /// What the moment is (given in [`SimOptions::plan_snapshots`]).
+    pub label: String,
+    /// The master asked (the one with the highest epoch), if there was one.
+    pub master: Option<String>,
+    /// Its plan.
+    pub plan: Option<FailoverPlan>,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -71,6 +95,41 @@ pub struct Outcome {
     pub failover_latencies: Vec<Millis>,
     /// Events processed.
     pub steps: u64,
+    /// The failover plans asked for in [`SimOptions::plan_snapshots`].
+    pub plans: Vec<PlanSnapshot>,
+}
+
+impl Outcome {
+    /// The timeline as text, one line per entry: time, source, kind, message (and the
+    /// verdict's trace, indented, with `traces`).
+    pub fn render(&self, traces: bool) -> String {
+        let mut text = String::new();
+        for e in &self.timeline {
+            let mark = match e.severity {
+                Severity::Info => ' ',
+                Severity::Warning => '!',
+                Severity::Alert => '*',
+            };
+            text.push_str(&format!(
+                "{:>8.1}s {mark} {:<8} {:<22} {}\n",
+                e.at as f64 / 1000.0,
+                e.source,
+                e.kind,
+                e.message
+            ));
+            if traces && let Some(trace) = &e.trace {
+                for line in trace.lines() {
+                    text.push_str(&format!("{:>42}{line}\n", ""));
+                }
+            }
+        }
+        text
+    }
+
+    /// Whether every invariant held (safety and liveness).
+    pub fn clean(&self) -> bool {
+        self.violations.is_empty() && self.liveness_violations.is_empty()
+    }
 }
 
 #[derive(Debug)]
@@ -84,6 +143,8 @@ enum Ev {
     FaultEnd(usize),
     AgentRestart(usize, u64),
     Watchdog(usize, u64),
+    Reboot(usize, u64),
+    PlanSnapshot(String),
 }
 
 struct SimHost {
@@ -131,6 +192,7 @@ pub struct Sim<'p> {
     crash_counts: BTreeMap<String, u32>,
     last_host: BTreeMap<String, usize>,
     steps: u64,
+    plans: Vec<PlanSnapshot>,
 }
 
 impl<'p> Sim<'p> {
@@ -178,6 +240,7 @@ impl<'p> Sim<'p> {
             crash_counts: BTreeMap::new(),
             last_host: BTreeMap::new(),
             steps: 0,
+            plans: Vec::new(),
         };
         // VMs start where they belong, generation 1; hosts with room only.
         let mut free: Vec<u64> = sim.config.hosts.iter().map(|h| h.memory_mib).collect();
@@ -194,6 +257,9 @@ impl<'p> Sim<'p> {
             // Spread the ticks so hosts are not in lock-step.
             let offset = sim.rng.below(100);
             sim.push(offset, Ev::Tick(h));
+        }
+        for (at, label) in sim.opts.plan_snapshots.clone() {
+            sim.push(at, Ev::PlanSnapshot(label));
         }
         for i in 0..sim.schedule.faults.len() {
             let at = sim.schedule.faults[i].at;
@@ -252,6 +318,7 @@ impl<'p> Sim<'p> {
             timeline: self.timeline,
             failover_latencies: self.latencies,
             steps: self.steps,
+            plans: self.plans,
         }
     }
 
@@ -295,6 +362,17 @@ impl<'p> Sim<'p> {
                     self.deliver(master.0, 1, Input::MigrateResult { vm, from: from_name, to: to_name, result });
                 }
             }
+            Ev::Reboot(h, boot) => {
+                if self.hosts[h].boot == boot && !self.hosts[h].up {
+                    self.boot_host(h);
+                    self.note(
+                        Severity::Info,
+                        "host-booted",
+                        format!("{} booted after the watchdog reset", self.hosts[h].name),
+                    );
+                }
+            }
+            Ev::PlanSnapshot(label) => self.snapshot_plan(label),
             Ev::FaultStart(i) => self.fault(i, true),
             Ev::FaultEnd(i) => self.fault(i, false),
             Ev::AgentRestart(h, epoch) => {
@@ -315,11 +393,27 @@ impl<'p> Sim<'p> {
                         format!("{}: the agent stayed down; the watchdog resets the host", self.hosts[h].name),
                     );
                     self.crash_host(h);
-                    let epoch = self.hosts[h].boot;
-                    self.push(self.now + 5_000, Ev::AgentRestart(h, epoch));
+                    let boot = self.hosts[h].boot;
+                    self.push(self.now + 5_000, Ev::Reboot(h, boot));
                 }
             }
         }
+    }
+
+    /// Asks the master with the highest epoch for its failover plan.
+    fn snapshot_plan(&mut self, label: String) {
+        let master = (0..self.hosts.len())
+            .filter(|&h| self.hosts[h].node.as_ref().is_some_and(Node::is_master))
+            .max_by_key(|&h| self.hosts[h].node.as_ref().and_then(|n| n.master().map(|(_, e)| *e)));
+        let (name, plan) = match master {
+            Some(h) => {
+                let name = self.hosts[h].name.clone();
+                let plan = self.hosts[h].node.as_mut().and_then(|n| n.failover_plan(self.policies));
+                (Some(name), plan)
+            }
+            None => (None, None),
+        };
+        self.plans.push(PlanSnapshot { at: self.now, label, master: name, plan });
     }
 
     fn generation_of(&self, vm: &str) -> u64 {
@@ -447,8 +541,8 @@ impl<'p> Sim<'p> {
             }
             Action::StartVm { host, vm, generation } => {
                 let Some(&to) = self.index.get(&host) else { return };
-                if to != h && !self.any_path(h, to) {
-                    return; // the request is lost; the master times out
+                if (to != h && !self.any_path(h, to)) || self.hosts[to].node.is_none() {
+                    return; // the request is lost (no path, or no agent to carry it out); the master times out
                 }
                 let boot = self.hosts[to].boot;
                 let reply = Some((h, self.hosts[h].agent_epoch));
@@ -477,6 +571,7 @@ impl<'p> Sim<'p> {
             && !matches!(
                 event.kind.as_str(),
                 "vm-restarted"
+                    | "restart-wave"
                     | "master-elected"
                     | "failover-plan"
                     | "vm-migrated"

@@ -18,7 +18,7 @@ use super::{Action, Node, Severity};
 use crate::Millis;
 use crate::capacity::{self, FailoverPlan, HostUsage, Locations, Usage};
 use crate::classify::{DatastoreSignal, PingSignal, Signals, Verdict};
-use crate::policies::Policies;
+use crate::policies::{Policies, PolicyOutcome};
 use crate::wire::{Claim, ClaimOutcome, DatastoreRecord};
 
 /// Where one restart stands.
@@ -69,6 +69,14 @@ pub struct Restart {
     pub attempts: u32,
     /// State.
     pub state: RestartState,
+    /// The host the next claim must name. Set when a claim for a live host was taken but
+    /// the VM never showed up there: that start may still be under way, so the claim that
+    /// supersedes it names the same host (one domain per host; see `watch_restarts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
+    /// Whether the operator was told this restart waits (alert once).
+    #[serde(default)]
+    pub waiting_reported: bool,
 }
 
 /// The master's own state, rebuilt from heartbeats and datastore records on takeover.
@@ -280,6 +288,11 @@ impl Node {
                 lost.push((report.vm.clone(), host.clone(), report.generation, "its host stopped it"));
             }
         }
+        // This master's own host may have stopped VMs too (isolation or fencing before it
+        // became master again; seed 289 left one down).
+        for report in &self.stopped {
+            lost.push((report.vm.clone(), self.name.clone(), report.generation, "this host stopped it"));
+        }
         // A host whose agent started anew and no longer reports a VM lost it (rebooted).
         for (vm, (host, generation)) in &self.vanished {
             lost.push((vm.clone(), host.clone(), *generation, "it vanished when its host restarted"));
@@ -313,17 +326,50 @@ impl Node {
             let now = self.now;
             self.master.as_mut().expect("master").restarts.insert(
                 vm,
-                Restart { from, generation, since: now, attempts: 0, state: RestartState::Waiting { not_before: now } },
+                Restart {
+                    from,
+                    generation,
+                    since: now,
+                    attempts: 0,
+                    state: RestartState::Waiting { not_before: now },
+                    pinned: None,
+                    waiting_reported: false,
+                },
             );
         }
     }
 
     /// Timeouts of claims and starts; targets that failed meanwhile.
+    ///
+    /// The rule that keeps a VM on one host while restarts go wrong: a claim `(vm, g)` names
+    /// one host, and generation `g` runs there or nowhere. When the VM does not show up:
+    /// - the named host is proven failed → the restart goes on with a claim for `g + 1`,
+    ///   placed anywhere (nothing runs on a dead host);
+    /// - the named host is alive and heard, but does not report the VM after the start
+    ///   timeout → the start may still be under way (or was lost); the restart goes on with a
+    ///   claim for `g + 1` **pinned to the same host**, so the late start and the new one
+    ///   meet on one host, where libvirt keeps a single domain;
+    /// - the named host is not heard (partitioned, isolated, agent down) → wait, and say so.
+    ///
+    /// `restart` VMs are never given up on; only `best-effort` ones are (after one try).
+    /// Proved by `master::tests::a_claim_for_a_host_that_never_started_the_vm_is_superseded_on_that_host`
+    /// and the simulator's random schedules (seed 260 stayed down before this rule).
     fn watch_restarts(&mut self) {
         let t = self.config.timeouts;
         let now = self.now;
         let failed: BTreeSet<String> =
             self.peers.iter().filter(|(_, p)| p.verdict == Some(Verdict::Failed)).map(|(n, _)| n.clone()).collect();
+        let window = t.dead_time_ms / 2;
+        let mut alive: BTreeSet<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.verdict.is_none_or(|v| v == Verdict::Running)
+                    && p.heard_directly_at.is_some_and(|at| now.saturating_sub(at) < window)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        alive.insert(self.name.clone());
         let running: BTreeMap<String, (String, u64)> = self
             .peers
             .iter()
@@ -331,40 +377,68 @@ impl Node {
             .flat_map(|(h, p)| p.vms.iter().map(move |r| (r.vm.clone(), (h.clone(), r.generation))))
             .chain(self.local_vms.iter().map(|(vm, g)| (vm.clone(), (self.name.clone(), *g))))
             .collect();
+        let best_effort: BTreeSet<String> = self
+            .config
+            .vms
+            .iter()
+            .filter(|v| v.priority == RestartPriority::BestEffort)
+            .map(|v| v.name.clone())
+            .collect();
         let mut events = Vec::new();
         let master = self.master.as_mut().expect("master");
-        master.restarts.retain(|vm, r| match &r.state {
-            RestartState::ClaimedElsewhere { host, since } => {
-                if running.get(vm).is_some_and(|(_, g)| *g > r.generation) {
-                    events.push((Severity::Info, "vm-restarted", format!("{vm} runs on {host} (restarted by another master)")));
-                    false
-                } else if failed.contains(host) || now.saturating_sub(*since) > t.start_timeout_ms {
-                    events.push((Severity::Alert, "restart-gave-up", format!("{vm}: claimed by another master for {host}, not seen running; needs the operator")));
-                    r.state = RestartState::GaveUp;
-                    true
-                } else {
-                    true
+        master.restarts.retain(|vm, r| {
+            let (host, since, claimed) = match &r.state {
+                RestartState::ClaimedElsewhere { host, since } | RestartState::Starting { host, since } => {
+                    (host.clone(), *since, r.generation + 1)
                 }
+                RestartState::Claiming { host, since } => (host.clone(), *since, r.generation + 1),
+                _ => return true,
+            };
+            let timed_out = now.saturating_sub(since) > t.start_timeout_ms;
+            if let Some((on, g)) = running.get(vm)
+                && *g >= claimed
+            {
+                // Running under the claimed generation or a later one: done, whoever started
+                // it (another master, or our own start whose result was lost).
+                let by = if matches!(r.state, RestartState::ClaimedElsewhere { .. }) { "another master" } else { "this master" };
+                events.push((Severity::Info, "vm-restarted", format!("{vm} runs on {on} (restarted by {by})")));
+                return false;
             }
-            RestartState::Starting { host, since } if failed.contains(host) || now.saturating_sub(*since) > t.start_timeout_ms => {
-                // The start may still be under way on a live host: never retry elsewhere.
-                if failed.contains(host) {
-                    events.push((Severity::Warning, "restart-target-failed", format!("{vm}: {host} failed while starting it; queued again")));
-                    r.from = host.clone();
-                    r.generation += 1;
+            if matches!(r.state, RestartState::Claiming { .. }) {
+                if timed_out {
+                    // The claim's outcome is unknown: claim the same generation again; if the
+                    // first attempt landed, the answer names us and the start goes ahead.
+                    events.push((Severity::Warning, "claim-timeout", format!("{vm}: the claim did not complete within {}s; claiming again", t.start_timeout_ms / 1000)));
                     r.state = RestartState::Waiting { not_before: now };
-                } else {
-                    events.push((Severity::Alert, "restart-gave-up", format!("{vm}: start on {host} did not report back within {}s; not retried elsewhere (it may be starting)", t.start_timeout_ms / 1000)));
-                    r.state = RestartState::GaveUp;
                 }
-                true
+                return true;
             }
-            RestartState::Claiming { since, .. } if now.saturating_sub(*since) > t.start_timeout_ms => {
-                events.push((Severity::Alert, "restart-gave-up", format!("{vm}: the claim did not complete; not retried (its outcome is unknown)")));
-                r.state = RestartState::GaveUp;
-                true
+            if failed.contains(&host) {
+                events.push((Severity::Warning, "restart-target-failed", format!("{vm}: {host} failed before it ran the VM (generation {claimed}); restarting it elsewhere under generation {}", claimed + 1)));
+                r.from = host;
+                r.generation = claimed;
+                r.pinned = None;
+                r.state = RestartState::Waiting { not_before: now };
+                return true;
             }
-            _ => true,
+            if !timed_out {
+                return true;
+            }
+            if alive.contains(&host) {
+                if best_effort.contains(vm) && r.attempts > 0 && matches!(r.state, RestartState::Starting { .. }) {
+                    events.push((Severity::Alert, "restart-gave-up", format!("{vm}: best-effort, its start on {host} did not report back within {}s; not retried", t.start_timeout_ms / 1000)));
+                    r.state = RestartState::GaveUp;
+                    return true;
+                }
+                events.push((Severity::Warning, "restart-superseded", format!("{vm}: {host} has not run generation {claimed} within {}s; claiming generation {} for {host} again (never for another host while it lives)", t.start_timeout_ms / 1000, claimed + 1)));
+                r.generation = claimed;
+                r.pinned = Some(host);
+                r.state = RestartState::Waiting { not_before: now };
+            } else if !r.waiting_reported {
+                r.waiting_reported = true;
+                events.push((Severity::Alert, "restart-waiting", format!("{vm}: generation {claimed} is claimed for {host}, which this master cannot hear; waiting until {host} is heard again or proven failed")));
+            }
+            true
         });
         for (severity, kind, message) in events {
             self.record(severity, kind, message, None);
@@ -529,13 +603,27 @@ impl Node {
             }
         };
         let master = self.master.as_ref().expect("master");
-        let wave: Vec<(String, String)> =
-            wave.into_iter().filter_map(|vm| master.restarts.get(&vm).map(|r| (vm.clone(), r.from.clone()))).collect();
-        if wave.is_empty() {
+        // A restart pinned to a host (see `watch_restarts`) goes there; placement decides
+        // for the others.
+        let mut pinned = Vec::new();
+        let mut to_place = Vec::new();
+        for vm in wave {
+            let Some(r) = master.restarts.get(&vm) else { continue };
+            match &r.pinned {
+                Some(host) => pinned.push(halo_policy::Assignment { vm: vm.clone(), host: host.clone() }),
+                None => to_place.push((vm.clone(), r.from.clone())),
+            }
+        }
+        if pinned.is_empty() && to_place.is_empty() {
             return;
         }
-        let input = self.placement_input(PlacementReason::Failover, &wave);
-        let outcome = policies.placement(&input);
+        let mut outcome = if to_place.is_empty() {
+            PolicyOutcome::plain(halo_policy::Placement { assignments: vec![], unplaced: vec![] })
+        } else {
+            let input = self.placement_input(PlacementReason::Failover, &to_place);
+            policies.placement(&input)
+        };
+        outcome.answer.assignments.extend(pinned);
         if let Some(reason) = outcome.fallback_reason {
             self.record(
                 Severity::Alert,
@@ -548,6 +636,11 @@ impl Node {
         let t = self.config.timeouts;
         let mut claims = Vec::new();
         let mut records = Vec::new();
+        if !outcome.answer.assignments.is_empty() {
+            let placed: Vec<String> =
+                outcome.answer.assignments.iter().map(|a| format!("{} → {}", a.vm, a.host)).collect();
+            records.push((Severity::Info, "restart-wave", format!("restart wave: {}", placed.join(", "))));
+        }
         let master = self.master.as_mut().expect("master");
         for assignment in outcome.answer.assignments {
             let Some(r) = master.restarts.get_mut(&assignment.vm) else { continue };
@@ -622,6 +715,12 @@ impl Node {
                 r.state = RestartState::Starting { host: claim.host.clone(), since: now };
                 self.out.push(Action::StartVm { host: claim.host, vm: claim.vm, generation: claim.generation });
             }
+            // Our own claim from an attempt whose answer was lost (same master, epoch and
+            // host): it is ours to start.
+            ClaimOutcome::Lost(holder) if holder == claim => {
+                r.state = RestartState::Starting { host: claim.host.clone(), since: now };
+                self.out.push(Action::StartVm { host: claim.host, vm: claim.vm, generation: claim.generation });
+            }
             ClaimOutcome::Lost(holder) => {
                 r.state = RestartState::ClaimedElsewhere { host: holder.host.clone(), since: now };
                 let message = format!(
@@ -657,6 +756,12 @@ impl Node {
                 let from = r.from.clone();
                 master.restarts.remove(vm);
                 self.note_generation(vm, generation);
+                // Our view moves with it now, so a host that dies before its next heartbeat
+                // takes the VM with it in our books too (the heartbeats confirm).
+                if let Some(peer) = self.peers.get_mut(host) {
+                    peer.vms.retain(|r| r.vm != vm);
+                    peer.vms.push(crate::wire::VmReport { vm: vm.to_string(), generation });
+                }
                 self.record(
                     Severity::Info,
                     "vm-restarted",
@@ -673,6 +778,7 @@ impl Node {
                 // The claim for `generation` is spent; the next attempt claims the one after.
                 r.generation = generation;
                 r.from = host.to_string();
+                r.pinned = None;
                 let message = if restart {
                     let backoff =
                         (t.retry_backoff_ms << r.attempts.min(16).saturating_sub(1)).min(t.retry_backoff_max_ms);

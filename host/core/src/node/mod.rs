@@ -542,7 +542,7 @@ impl Node {
         };
         peer.networks.insert(network.to_string(), now);
         peer.heard_directly_at = Some(now);
-        peer.direct_seq = hb.seq;
+        let previous_direct = std::mem::replace(&mut peer.direct_seq, hb.seq);
         if peer.incarnation != Some(hb.incarnation) {
             // The peer's agent started anew: VMs it reported before and does not report now
             // are gone (a reboot takes them; a mere agent restart finds them again).
@@ -554,7 +554,11 @@ impl Node {
             peer.seq = hb.seq;
             peer.seq_advanced_at = Some(now);
             peer.acked_our_seq = 0;
-        } else if hb.seq > peer.seq || peer.seq_advanced_at.is_none() {
+        } else if hb.seq > peer.seq || hb.seq > previous_direct || peer.seq_advanced_at.is_none() {
+            // A new heartbeat heard directly is always progress, even when a third party's
+            // ack from the peer's previous incarnation pushed `seq` higher (a rebooted host
+            // looked partitioned for a dead-time).
+
             peer.seq = peer.seq.max(hb.seq);
             peer.seq_advanced_at = Some(now);
         }

@@ -1,0 +1,85 @@
+//! The core's decision points ([`halo_core::Policies`]) answered by plugins.
+//!
+//! Each decision goes through the plugin slot of its world: the plugin's answer when it is
+//! valid, the built-in policy's otherwise. A fallback carries the plugin's failure as its
+//! reason, and the core turns that into a `plugin-failed` alert — so a plugin that traps,
+//! loops, eats memory or answers nonsense never stops a decision, and never goes unnoticed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use halo_core::{Policies, PolicyOutcome};
+use halo_policy::{
+    IsolationInput, Placement as PlacementAnswer, PlacementInput, RestartError, RestartInput, VmIsolationDecision, Wave,
+};
+
+use crate::error::LoadError;
+use crate::runtime::{Decision, Runtime};
+use crate::slot::PluginSlot;
+use crate::world::{Isolation, Placement, RestartOrder};
+
+/// One slot per decision point; an empty slot means the built-in policy decides.
+pub struct PluginPolicies {
+    /// The isolation response.
+    pub isolation: PluginSlot<Isolation>,
+    /// The placement engine.
+    pub placement: PluginSlot<Placement>,
+    /// The restart order.
+    pub restart_order: PluginSlot<RestartOrder>,
+}
+
+/// Which plugin file serves which decision point (none: the built-in policy).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PluginFiles<'a> {
+    /// The isolation-policy plugin.
+    pub isolation: Option<&'a Path>,
+    /// The placement-engine plugin.
+    pub placement: Option<&'a Path>,
+    /// The restart-policy plugin.
+    pub restart_order: Option<&'a Path>,
+}
+
+impl PluginPolicies {
+    /// Every decision point on its built-in policy.
+    pub fn builtin(runtime: &Arc<Runtime>) -> Self {
+        Self {
+            isolation: PluginSlot::builtin(Arc::clone(runtime)),
+            placement: PluginSlot::builtin(Arc::clone(runtime)),
+            restart_order: PluginSlot::builtin(Arc::clone(runtime)),
+        }
+    }
+
+    /// The plugins of `files` loaded; the first that fails to load is the error.
+    pub fn load(runtime: &Arc<Runtime>, files: PluginFiles<'_>) -> Result<Self, LoadError> {
+        let policies = Self::builtin(runtime);
+        if let Some(path) = files.isolation {
+            policies.isolation.swap_to(path)?;
+        }
+        if let Some(path) = files.placement {
+            policies.placement.swap_to(path)?;
+        }
+        if let Some(path) = files.restart_order {
+            policies.restart_order.swap_to(path)?;
+        }
+        Ok(policies)
+    }
+}
+
+fn outcome<A>(decision: Decision<A>) -> PolicyOutcome<A> {
+    let fallback_reason = decision.failure().map(ToString::to_string);
+    PolicyOutcome { answer: decision.answer, fallback_reason }
+}
+
+impl Policies for PluginPolicies {
+    fn isolation(&mut self, input: &IsolationInput) -> PolicyOutcome<Vec<VmIsolationDecision>> {
+        outcome(self.isolation.decide(input))
+    }
+
+    fn placement(&mut self, input: &PlacementInput) -> PolicyOutcome<PlacementAnswer> {
+        outcome(self.placement.decide(input))
+    }
+
+    fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>> {
+        outcome(self.restart_order.decide(input))
+    }
+}

@@ -337,8 +337,7 @@ impl<'p> Sim<'p> {
             }
             Ev::VmUp { host, boot, vm, generation, reply } => self.vm_up(host, boot, vm, generation, reply),
             Ev::VmDown { host, vm, reason } => {
-                if self.hosts[host].vms.remove(&vm).is_some() {
-                    let generation = self.generation_of(&vm);
+                if let Some(generation) = self.hosts[host].vms.remove(&vm) {
                     if matches!(reason, StopReason::Isolation | StopReason::Fence) {
                         self.stopped_by_host.insert(vm.clone());
                         self.lost_at.entry(vm.clone()).or_insert(self.now);
@@ -414,10 +413,6 @@ impl<'p> Sim<'p> {
             None => (None, None),
         };
         self.plans.push(PlanSnapshot { at: self.now, label, master: name, plan });
-    }
-
-    fn generation_of(&self, vm: &str) -> u64 {
-        self.hosts.iter().filter_map(|h| h.vms.get(vm)).copied().max().unwrap_or(1)
     }
 
     fn start_agent(&mut self, h: usize) {

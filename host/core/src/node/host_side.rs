@@ -263,7 +263,9 @@ impl Node {
                 );
             }
             VmState::StoppedByHalo(reason) => {
-                self.local_vms.remove(vm);
+                // The record carries the generation this host ran: a lower one would be taken
+                // for an old stop and never restarted.
+                let generation = self.local_vms.remove(vm).map_or(generation, |ran| ran.max(generation));
                 self.stopped.push(VmReport { vm: vm.to_string(), generation });
                 let why = if reason == StopReason::Fence { "fencing" } else { "isolation response" };
                 self.record(

@@ -251,14 +251,23 @@ impl Node {
         let verdicts: Vec<Verdict> = self.peers.values().filter_map(|p| p.verdict).collect();
         let failed = verdicts.iter().filter(|v| **v == Verdict::Failed).count();
         let accounted = 1 + verdicts.iter().filter(|v| **v == Verdict::Running).count();
-        let problem = if failed * 100 > self.config.ha.blast_radius_percent as usize * hosts {
+        let problem = if self.isolated() || self.fenced {
+            Some(format!(
+                "this master ({}) is {}: it restarts nothing until it hears the cluster again",
+                self.name,
+                if self.fenced { "fenced" } else { "isolated" }
+            ))
+        } else if failed * 100 > self.config.ha.blast_radius_percent as usize * hosts {
             Some(format!(
                 "{failed} of {hosts} hosts look failed at once, more than the blast-radius limit of {}%: this master suspects itself and restarts nothing",
                 self.config.ha.blast_radius_percent
             ))
-        } else if failed > 0 && 2 * accounted < hosts {
+        } else if 2 * accounted < hosts {
+            // Also for VMs stopped by their host: those are safe to restart under a claim,
+            // but a minority master mostly cannot reach the hosts it would pick, and its
+            // claims would only hold up the majority's master (seed 1531).
             Some(format!(
-                "this master's partition holds only {accounted} of {hosts} hosts: the failed ones could be a larger partition without storage, so nothing is restarted"
+                "this master's partition holds only {accounted} of {hosts} hosts: the others could be a larger partition, so nothing is restarted"
             ))
         } else {
             None

@@ -548,7 +548,13 @@ impl Node {
             // are gone (a reboot takes them; a mere agent restart finds them again).
             if peer.incarnation.is_some() {
                 peer.restart_first_seq = Some(hb.seq);
-                peer.vms_before_restart = std::mem::take(&mut peer.vms);
+                // A second restart before the first settled keeps what the first one lost
+                // (a host that rebooted twice in a row; seed 400).
+                let reported = std::mem::take(&mut peer.vms);
+                for report in reported {
+                    peer.vms_before_restart.retain(|r| r.vm != report.vm);
+                    peer.vms_before_restart.push(report);
+                }
             }
             peer.incarnation = Some(hb.incarnation);
             peer.seq = hb.seq;
@@ -631,8 +637,17 @@ impl Node {
             return; // the common case: nothing to prune, no per-heartbeat scan of every VM
         }
         let generations = &self.generations;
-        let running: BTreeSet<&str> = self.peers.values().flat_map(|p| p.vms.iter().map(|r| r.vm.as_str())).collect();
-        self.vanished.retain(|vm, (_, g)| generations.get(vm).is_none_or(|k| k <= g) && !running.contains(vm.as_str()));
+        // Reported running under the vanished generation or a later one. An older report is
+        // a silent peer's stale list (seed 1531: an isolated host's last heartbeat still
+        // listed VMs that had since been restarted elsewhere and lost again).
+        let mut running: BTreeMap<&str, u64> = BTreeMap::new();
+        for report in self.peers.values().flat_map(|p| p.vms.iter()) {
+            let g = running.entry(report.vm.as_str()).or_insert(report.generation);
+            *g = (*g).max(report.generation);
+        }
+        self.vanished.retain(|vm, (_, g)| {
+            generations.get(vm).is_none_or(|k| k <= g) && running.get(vm.as_str()).is_none_or(|r| r < g)
+        });
         for vm in self.local_vms.keys() {
             self.vanished.remove(vm);
         }

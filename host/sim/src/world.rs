@@ -97,6 +97,10 @@ pub struct Outcome {
     pub steps: u64,
     /// The failover plans asked for in [`SimOptions::plan_snapshots`].
     pub plans: Vec<PlanSnapshot>,
+    /// Hosts in the cluster.
+    pub hosts: usize,
+    /// VMs in the cluster.
+    pub vms: usize,
 }
 
 impl Outcome {
@@ -319,6 +323,8 @@ impl<'p> Sim<'p> {
             failover_latencies: self.latencies,
             steps: self.steps,
             plans: self.plans,
+            hosts: self.hosts.len(),
+            vms: self.config.vms.len(),
         }
     }
 

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  demo     build the plugins and halo, check each default plugin and run it on examples/inputs
+  demo     build the plugins and halo, then run `halo demo` (a simulated cluster on the default plugins)
   test     build the plugins, then run every test of the workspace
   bench    build the plugins, then run the benchmarks (figures for docs/performance.md)
   plugins  build the default, example and hostile plugins (wasm32-wasip2)";
@@ -114,7 +114,8 @@ fn test() -> anyhow::Result<()> {
 }
 
 fn bench() -> anyhow::Result<()> {
-    run("plugin runtime benchmark", cargo().args(["bench", "-p", "halo-plugin-runtime", "--bench", "plugins"]))
+    run("plugin runtime benchmark", cargo().args(["bench", "-p", "halo-plugin-runtime", "--bench", "plugins"]))?;
+    run("core and simulator benchmark", cargo().args(["bench", "-p", "halo-sim", "--bench", "core"]))
 }
 
 fn demo() -> anyhow::Result<()> {
@@ -122,23 +123,13 @@ fn demo() -> anyhow::Result<()> {
     let root = root();
     let halo = root.join("target/release/halo");
     let plugins = root.join("target").join(WASM_TARGET).join("plugin");
-    let cases = [
-        ("isolation", "halo_plugin_isolation.wasm", "isolation.json"),
-        ("placement", "halo_plugin_placement.wasm", "placement.json"),
-        ("restart order", "halo_plugin_restart_order.wasm", "restart.json"),
-    ];
-    for (policy, file, input) in cases {
-        let plugin = plugins.join(file);
-        let input = root.join("examples/inputs").join(input);
-        println!("\n### default {policy} plugin: {}", rel(&plugin, &root));
-        run(&format!("halo plugin check {file}"), Command::new(&halo).args(["plugin", "check"]).arg(&plugin))?;
-        println!("\n--- decision on {}:", rel(&input, &root));
-        run(
-            &format!("halo plugin run {file}"),
-            Command::new(&halo).args(["plugin", "run"]).arg(&plugin).arg("--input").arg(&input),
-        )?;
-    }
-    println!("\nNext: write your own policy (docs/plugins.md), or see examples/plugins/first-fit.");
+    run("halo demo", Command::new(&halo).arg("demo").arg("--plugins").arg(&plugins))?;
+    println!(
+        "\nNext: `{} sim --seed 42` replays a random fault schedule; `{} plugin run {} --input examples/inputs/placement.json` runs one plugin decision; docs/plugins.md shows how to write your own.",
+        rel(&halo, &root),
+        rel(&halo, &root),
+        rel(&plugins.join("halo_plugin_placement.wasm"), &root)
+    );
     Ok(())
 }
 

@@ -989,13 +989,24 @@ mod tests {
     /// host-1 (master) hears host-2 and host-3 until `cut`; host-2 runs vm-1. After the cut
     /// host-2's signals are `net`/`ds`/`ping`; returns every action until 40 s.
     fn after_cut(net: bool, ds: bool, ping: bool, claim: impl Fn(&Claim) -> ClaimOutcome) -> Vec<Action> {
+        after_cut_until(40_000, net, ds, ping, claim)
+    }
+
+    /// [`after_cut`] for `until` ms. Starts are never answered and host-3 never reports vm-1.
+    fn after_cut_until(
+        until: u64,
+        net: bool,
+        ds: bool,
+        ping: bool,
+        claim: impl Fn(&Claim) -> ClaimOutcome,
+    ) -> Vec<Action> {
         let config = cluster(3, 2);
         let mut node = Node::new("host-1", config, 0);
         let mut p = BuiltinPolicies;
         let cut = 5_000;
         let mut counter = 0;
         let mut all = Vec::new();
-        for now in (0..40_000).step_by(100) {
+        for now in (0..until).step_by(100) {
             let mut inputs = vec![Input::Tick];
             if now % 1000 == 0 {
                 let seq = now / 1000 + 1;
@@ -1110,5 +1121,45 @@ mod tests {
         let running = after_cut(true, false, false, |_| ClaimOutcome::Won);
         assert!(starts(&running).is_empty());
         assert!(!kinds(&running).iter().any(|k| k.starts_with("host-")), "{:?}", kinds(&running));
+    }
+
+    fn claims(actions: &[Action]) -> Vec<Claim> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Claim { claim, .. } => Some(claim.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_claim_for_a_host_that_never_started_the_vm_is_superseded_on_that_host() {
+        // Another master won generation 2 for host-3, which lives but never runs vm-1.
+        let actions = after_cut_until(90_000, false, false, false, |c| {
+            if c.generation == 2 {
+                ClaimOutcome::Lost(Claim { master: "host-9".into(), epoch: 9, host: "host-3".into(), ..c.clone() })
+            } else {
+                ClaimOutcome::Won
+            }
+        });
+        let claims = claims(&actions);
+        assert!(claims.len() >= 2, "{claims:?}\n{:?}", kinds(&actions));
+        assert_eq!(claims[0].generation, 2);
+        // The claim that supersedes it is the next generation, and names host-3 again: the
+        // lost start may still happen there, never on a second host.
+        assert_eq!((claims[1].generation, claims[1].host.as_str()), (3, "host-3"));
+        assert!(starts(&actions).iter().all(|(host, _, _)| host == "host-3"), "{:?}", starts(&actions));
+        assert!(kinds(&actions).contains(&"restart-superseded".to_string()));
+    }
+
+    #[test]
+    fn a_start_that_never_reports_is_retried_on_the_same_host_not_elsewhere() {
+        let actions = after_cut_until(90_000, false, false, false, |_| ClaimOutcome::Won);
+        let started = starts(&actions);
+        assert!(started.len() >= 2, "{started:?}");
+        assert!(started.iter().all(|(host, _, _)| *host == started[0].0), "{started:?}");
+        assert_eq!(started[1].2, started[0].2 + 1, "each start under its own claim: {started:?}");
+        assert!(!kinds(&actions).contains(&"restart-gave-up".to_string()), "a restart VM is never given up");
     }
 }

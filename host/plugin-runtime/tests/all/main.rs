@@ -8,6 +8,7 @@
 mod hostile;
 mod hot_swap;
 mod loading;
+mod policies;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,92 @@
+//! The `halo` binary end to end: `demo` with the default plugins (built by
+//! `cargo xtask plugins`, which `cargo xtask test` runs first), `sim`, and clear errors.
+
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn halo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_halo")).args(args).output().expect("halo runs")
+}
+
+fn plugin_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip2/plugin");
+    assert!(
+        dir.join("halo_plugin_placement.wasm").is_file(),
+        "{} has no default plugins: build them first with `cargo xtask plugins`",
+        dir.display()
+    );
+    dir
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_demo_runs_the_scripted_cluster_on_the_default_plugins() {
+    let dir = plugin_dir();
+    let out = halo(&["demo", "--json", "--plugins", dir.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let outcome = &report["outcome"];
+    assert_eq!(outcome["violations"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        outcome["liveness-violations"].as_array().or(outcome["liveness_violations"].as_array()).map(Vec::len),
+        Some(0)
+    );
+    let timeline = outcome["timeline"].as_array().expect("timeline");
+    let count = |kind: &str| timeline.iter().filter(|e| e["kind"] == kind).count();
+    // Act 1: host-2's dns-1, web-1 and batch; act 2: host-3's dns-2 and db-replica; act 3: none.
+    assert_eq!(count("vm-restarted"), 5, "{timeline:#?}");
+    assert!(count("isolated") >= 1 && count("host-failed") >= 1 && count("host-partitioned") >= 2);
+    let calls = report["plugin_calls"].as_array().expect("plugin calls");
+    assert_eq!(calls.len(), 3);
+    for call in calls {
+        assert!(call[1]["calls"].as_u64() > Some(0), "{call}");
+        assert_eq!(call[1]["fallbacks"].as_u64(), Some(0), "{call}");
+    }
+    let plans = outcome["plans"].as_array().expect("plans");
+    assert_eq!(plans.len(), 3);
+    assert!(plans.iter().all(|p| p["plan"]["tolerates"].as_u64().is_some()), "{plans:#?}");
+}
+
+#[test]
+fn the_demo_prints_a_timeline_people_read() {
+    let out = halo(&["demo", "--builtin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for needle in ["== act 1: host-2 crashes", "restart wave: dns-1", "== act 3: partition", "every invariant held"] {
+        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
+    }
+}
+
+#[test]
+fn sim_runs_one_schedule_and_many() {
+    let out = halo(&["sim", "--seed", "3", "--hosts", "4", "--fault", "crash:host-2@10s/60s", "--duration", "60s"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("host-2: failed") && stdout.contains("vm-restarted"), "{stdout}");
+    let out = halo(&["sim", "--seeds", "0..5", "--json"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(summary["schedules"], 5);
+}
+
+#[test]
+fn bad_arguments_get_a_clear_error() {
+    for (args, says) in [
+        (vec!["sim", "--fault", "crash:host-9@10s"], "no host `host-9`"),
+        (vec!["sim", "--fault", "flood:A@1s"], "unknown kind `flood`"),
+        (vec!["sim", "--seeds", "5..2"], "the range is empty"),
+        (vec!["sim", "--faults", "crash,meteor"], "unknown family `meteor`"),
+        (vec!["sim", "--duration", "soon"], "not a positive time"),
+        (vec!["demo", "--plugins", "/nonexistent"], "is missing"),
+    ] {
+        let out = halo(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: expected `{says}` in: {stderr}");
+    }
+}

@@ -1,0 +1,174 @@
+//! Benchmarks of the HA core and the simulator (issue 3). They print figures; they assert
+//! nothing about time. `cargo xtask bench` runs them; the figures go to docs/performance.md.
+//!
+//! - the master processing heartbeats of 1,000 hosts on 2 networks at 1 Hz (each carrying
+//!   its VM list and 999 acks) plus 1,000 datastore records a second: CPU per simulated second;
+//! - the failover plan and the maximum tolerable failures for 64 hosts / 8,000 VMs and
+//!   256 hosts / 25,000 VMs (built-in best-fit placement);
+//! - the failover latency (host crash → VM running elsewhere) with the default timeouts,
+//!   over many seeded single-crash runs;
+//! - random schedules per second (mixed faults, 3–16 hosts).
+
+#![allow(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use halo_core::capacity::{self, Locations};
+use halo_core::{BuiltinPolicies, ClusterConfig, DatastoreRecord, Heartbeat, Input, Node, VmReport};
+use halo_sim::scenario::{cluster, random_case};
+use halo_sim::{Fault, FaultKind, Rng, Schedule, Sim, SimOptions, percentiles};
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    heartbeats(if quick { 3 } else { 10 });
+    plan(64, 8_000, 512 * 1024, 256);
+    plan(256, 25_000, 384 * 1024, 192);
+    failover_latency(if quick { 20 } else { 200 });
+    schedules(if quick { 20 } else { 200 });
+}
+
+/// VMs spread over the hosts in order (VM i on host i mod n).
+fn spread(config: &ClusterConfig) -> Locations {
+    let n = config.hosts.len();
+    config.vms.iter().enumerate().map(|(i, vm)| (vm.name.clone(), config.hosts[i % n].name.clone())).collect()
+}
+
+fn heartbeats(seconds: u64) {
+    let hosts = 1_000;
+    let config = cluster(hosts, hosts * 4);
+    let locations = spread(&config);
+    let mut per_host: BTreeMap<&str, Vec<VmReport>> = BTreeMap::new();
+    for (vm, host) in &locations {
+        per_host.entry(host).or_default().push(VmReport { vm: vm.clone(), generation: 1 });
+    }
+    let names: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
+    let mut node = Node::new(&names[0], config.clone(), 0);
+    let mut policies = BuiltinPolicies;
+    // Warm up: elect host-1 (it has the smallest name) and settle.
+    let mut inputs_total = 0u64;
+    let mut busy = std::time::Duration::ZERO;
+    let total_seconds = seconds + 5;
+    for second in 0..total_seconds {
+        let now = second * 1_000;
+        let started = Instant::now();
+        for peer in &names[1..] {
+            let acks: Vec<(String, u64)> =
+                names.iter().filter(|n| *n != peer).map(|n| (n.clone(), second + 1)).collect();
+            let heartbeat = Heartbeat {
+                from: peer.clone(),
+                seq: second + 1,
+                incarnation: 1,
+                master: Some((names[0].clone(), 1)),
+                datastores_reachable: 1,
+                vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
+                operator_stopped: vec![],
+                acks,
+                maintenance: vec![],
+                ha_disabled: false,
+                stopped: vec![],
+                vanished: vec![],
+            };
+            for network in ["A", "B"] {
+                node.handle(
+                    now,
+                    Input::Heartbeat { network: network.into(), heartbeat: heartbeat.clone() },
+                    &mut policies,
+                );
+                inputs_total += 1;
+            }
+        }
+        node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut policies);
+        let records = names
+            .iter()
+            .map(|h| DatastoreRecord { host: h.clone(), counter: second + 1, isolated: false, stopped: vec![] })
+            .collect();
+        node.handle(now, Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) }, &mut policies);
+        for tick in 0..10 {
+            node.handle(now + tick * 100, Input::Tick, &mut policies);
+        }
+        if second >= 5 {
+            busy += started.elapsed();
+        }
+    }
+    assert!(node.is_master(), "host-1 should be master");
+    let per_second = busy.as_secs_f64() / seconds as f64;
+    println!(
+        "heartbeats: master of {hosts} hosts x 2 networks at 1 Hz (each with {} acks): {:.1} ms CPU per simulated second ({:.1}% of one core; {} inputs, heartbeat construction included)",
+        hosts - 1,
+        per_second * 1e3,
+        per_second * 100.0,
+        inputs_total
+    );
+}
+
+fn plan(hosts: usize, vms: usize, memory_mib: u64, vcpus: u32) {
+    let mut config = cluster(hosts, vms);
+    for h in &mut config.hosts {
+        h.memory_mib = memory_mib;
+        h.vcpus = vcpus;
+    }
+    let locations = spread(&config);
+    let available: BTreeSet<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
+    let maintenance = BTreeSet::new();
+    let mut runs = Vec::new();
+    let mut tolerates = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let plan = capacity::failover_plan(&config, &locations, &available, &maintenance, &mut BuiltinPolicies);
+        runs.push(started.elapsed().as_secs_f64());
+        tolerates = plan.tolerates;
+    }
+    runs.sort_by(f64::total_cmp);
+    println!(
+        "failover plan + max tolerable failures: {hosts} hosts / {vms} VMs ({} GiB hosts): median {:.0} ms of 3 (tolerates {tolerates})",
+        memory_mib / 1024,
+        runs[1] * 1e3
+    );
+}
+
+fn failover_latency(runs: u64) {
+    let mut latencies = Vec::new();
+    let mut unclean = 0;
+    let started = Instant::now();
+    for seed in 0..runs {
+        let mut rng = Rng::new(seed);
+        let hosts = 4 + rng.below(5) as usize;
+        let config = cluster(hosts, hosts * 4);
+        let victim = format!("host-{}", 1 + rng.below(hosts as u64));
+        let at = 10_000 + rng.below(5_000);
+        let fault = Fault { at, duration: 1_000_000, kind: FaultKind::HostCrash { host: victim } };
+        let outcome =
+            Sim::new(config, Schedule { faults: vec![fault] }, SimOptions::new(seed, 60_000), &mut BuiltinPolicies)
+                .run();
+        if !outcome.clean() {
+            unclean += 1;
+        }
+        latencies.extend(outcome.failover_latencies);
+    }
+    let p = percentiles(&latencies).expect("restarts happened");
+    println!(
+        "failover latency (simulated, default timeouts: dead-time 12 s), host crash -> VM running elsewhere, {runs} runs of 4-8 hosts: {} restarts, p50 {:.2} s, p95 {:.2} s, max {:.2} s ({unclean} runs broke an invariant; {:.1} s wall)",
+        p.count,
+        p.p50 as f64 / 1e3,
+        p.p95 as f64 / 1e3,
+        p.max as f64 / 1e3,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn schedules(count: u64) {
+    let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
+    let started = Instant::now();
+    let mut steps = 0;
+    for seed in 0..count {
+        let (config, schedule) = random_case(seed, None, None, &families, 200_000);
+        steps += Sim::new(config, schedule, SimOptions::new(seed, 200_000), &mut BuiltinPolicies).run().steps;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "random schedules (200 s simulated, 3-16 hosts, mixed faults): {count} in {secs:.1} s = {:.1} schedules/s, {:.0} k events/s",
+        count as f64 / secs,
+        steps as f64 / secs / 1e3
+    );
+}

@@ -39,7 +39,7 @@ pub struct SimArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "crash,agent,isolate,partition,oneway,loss,datastore,dscut,vmcrash"
+        default_value = "crash,agent,isolate,partition,link,oneway,loss,datastore,dscut,vmcrash"
     )]
     faults: Vec<String>,
     /// An exact fault instead of a random schedule (repeatable): KIND:ARGS@START[/DURATION],

@@ -19,6 +19,8 @@ pub enum FaultKind {
     Isolate { host: String, datastores: bool },
     /// The cluster splits: `side` on one side, the rest on the other (every network).
     Partition { side: Vec<String> },
+    /// One host's link on one management network goes down (the others stay up).
+    LinkDown { host: String, network: String },
     /// One direction of one network between two hosts is cut.
     OneWayCut { network: String, from: String, to: String },
     /// Random loss on a network, percent.
@@ -39,6 +41,7 @@ impl FaultKind {
             FaultKind::AgentCrash { .. } => "agent",
             FaultKind::Isolate { .. } => "isolate",
             FaultKind::Partition { .. } => "partition",
+            FaultKind::LinkDown { .. } => "link",
             FaultKind::OneWayCut { .. } => "oneway",
             FaultKind::Loss { .. } => "loss",
             FaultKind::DatastoreDown { .. } => "datastore",
@@ -48,8 +51,8 @@ impl FaultKind {
     }
 
     /// Every family name.
-    pub const FAMILIES: [&'static str; 9] =
-        ["crash", "agent", "isolate", "partition", "oneway", "loss", "datastore", "dscut", "vmcrash"];
+    pub const FAMILIES: [&'static str; 10] =
+        ["crash", "agent", "isolate", "partition", "link", "oneway", "loss", "datastore", "dscut", "vmcrash"];
 }
 
 impl std::fmt::Display for FaultKind {
@@ -64,6 +67,7 @@ impl std::fmt::Display for FaultKind {
                 write!(f, "{host} is cut off from every management network")
             }
             FaultKind::Partition { side } => write!(f, "partition: {} | the rest", side.join(", ")),
+            FaultKind::LinkDown { host, network } => write!(f, "{host} loses its link on network {network}"),
             FaultKind::OneWayCut { network, from, to } => write!(f, "network {network}: {from} → {to} cut one way"),
             FaultKind::Loss { network, percent } => write!(f, "network {network}: {percent}% loss"),
             FaultKind::DatastoreDown { datastore } => write!(f, "datastore {datastore} server down"),
@@ -129,6 +133,7 @@ impl Schedule {
                     side.sort();
                     FaultKind::Partition { side }
                 }
+                "link" => FaultKind::LinkDown { host: pick(rng, hosts), network: pick(rng, networks) },
                 "oneway" => {
                     let from = pick(rng, hosts);
                     let mut to = pick(rng, hosts);
@@ -160,7 +165,7 @@ pub struct FaultParseError {
 }
 
 const FAULT_SYNTAX: &str = "crash:HOST, agent:HOST, isolate:HOST, isolate-all:HOST, partition:HOST+HOST..., \
-oneway:NET:FROM:TO, loss:NET:PERCENT, datastore:DS, dscut:HOST:DS, vmcrash:VM";
+link:HOST:NET, oneway:NET:FROM:TO, loss:NET:PERCENT, datastore:DS, dscut:HOST:DS, vmcrash:VM";
 
 /// `10s`, `1500ms`, `2m` or a bare number of seconds.
 fn parse_duration(text: &str) -> Option<Millis> {
@@ -226,6 +231,7 @@ impl std::str::FromStr for Fault {
                 }
                 FaultKind::Partition { side }
             }
+            "link" => want(2).map(|()| FaultKind::LinkDown { host: arg(0), network: arg(1) })?,
             "oneway" => want(3).map(|()| FaultKind::OneWayCut { network: arg(0), from: arg(1), to: arg(2) })?,
             "loss" => {
                 want(2)?;
@@ -271,6 +277,10 @@ impl Fault {
                 check(network, networks, "network");
                 check(from, hosts, "host");
                 check(to, hosts, "host");
+            }
+            FaultKind::LinkDown { host, network } => {
+                check(host, hosts, "host");
+                check(network, networks, "network");
             }
             FaultKind::Loss { network, .. } => check(network, networks, "network"),
             FaultKind::DatastoreDown { datastore } => check(datastore, datastores, "datastore"),

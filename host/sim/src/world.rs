@@ -691,6 +691,15 @@ impl<'p> Sim<'p> {
                     }
                 }
             }
+            FaultKind::LinkDown { host: name, network } => {
+                if let Some(h) = host(self, &name) {
+                    if start {
+                        self.link_down.insert((network, h))
+                    } else {
+                        self.link_down.remove(&(network, h))
+                    };
+                }
+            }
             FaultKind::OneWayCut { network, from, to } => {
                 if let (Some(a), Some(b)) = (host(self, &from), host(self, &to)) {
                     if start {

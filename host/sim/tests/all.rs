@@ -212,3 +212,19 @@ fn a_rebooted_host_is_running_again_at_once() {
         assert_eq!(after_boot, vec!["host-running"], "seed {seed}:\n{}", dump(&o));
     }
 }
+
+/// Row 1 of the matrix: a host still heard on one network is running; losing network A alone
+/// is a warning at most, never a verdict or a restart.
+#[test]
+fn matrix_running_host_with_one_network_cut_nothing_happens() {
+    let faults = vec![Fault {
+        at: 10_000,
+        duration: 40_000,
+        kind: FaultKind::LinkDown { host: "host-2".into(), network: "A".into() },
+    }];
+    let o = run(4, 12, faults, 9, 80_000);
+    assert_clean(&o);
+    for kind in ["host-failed", "host-isolated", "host-partitioned", "host-agent-down", "vm-restarted", "fenced"] {
+        assert_eq!(kinds(&o, kind), 0, "{kind}:\n{}", dump(&o));
+    }
+}

@@ -334,7 +334,14 @@ pub struct Node {
     incarnation: u64,
     out: Vec<Action>,
     now: Millis,
+    next_evaluation: Millis,
 }
+
+/// How often heartbeats alone trigger the whole-cluster evaluation (election, isolation,
+/// fencing, classification, restarts). Drivers tick every 100 ms anyway; a verdict is at most
+/// this late, far inside the two heartbeat intervals between the fence deadline and the
+/// dead-time.
+const EVALUATION_INTERVAL: Millis = 100;
 
 impl Node {
     /// A node for host `name`, started at `now`. The config must have passed validation.
@@ -369,6 +376,7 @@ impl Node {
             incarnation: now,
             out: Vec::new(),
             now,
+            next_evaluation: now,
         }
     }
 
@@ -432,6 +440,10 @@ impl Node {
     /// Feeds one input at `now` (never earlier than the last `now`) and returns the actions.
     pub fn handle(&mut self, now: Millis, input: Input, policies: &mut dyn Policies) -> Vec<Action> {
         self.now = now.max(self.now);
+        // Heartbeats are the bulk of the inputs (hosts x networks a second): they only update
+        // what is known; the whole-cluster evaluation after them runs at most every
+        // `EVALUATION_INTERVAL`. Every other input is evaluated at once.
+        let evaluate = !matches!(input, Input::Heartbeat { .. }) || self.now >= self.next_evaluation;
         match input {
             Input::Tick => {}
             Input::Heartbeat { network, heartbeat } => self.on_heartbeat(&network, heartbeat),
@@ -448,12 +460,13 @@ impl Node {
             Input::MigrateResult { vm, from, to, result } => self.on_migrate(&vm, &from, &to, result),
             Input::Command(command) => self.on_command(command, policies),
         }
-        self.step(policies);
+        self.step(policies, evaluate);
         std::mem::take(&mut self.out)
     }
 
-    /// The periodic work after every input.
-    fn step(&mut self, policies: &mut dyn Policies) {
+    /// The periodic work after an input: heartbeats and datastore writes when due, then
+    /// (when `evaluate`) election, isolation, fencing and the master's work.
+    fn step(&mut self, policies: &mut dyn Policies, evaluate: bool) {
         let t = self.config.timeouts;
         if self.now >= self.next_heartbeat {
             self.next_heartbeat = self.now + t.heartbeat_interval_ms;
@@ -463,6 +476,10 @@ impl Node {
             self.next_datastore = self.now + t.datastore_interval_ms;
             self.write_datastores();
         }
+        if !evaluate {
+            return;
+        }
+        self.next_evaluation = self.now + EVALUATION_INTERVAL;
         self.elect();
         self.watch_isolation(policies);
         self.watch_fencing();
@@ -543,6 +560,8 @@ impl Node {
         peer.networks.insert(network.to_string(), now);
         peer.heard_directly_at = Some(now);
         let previous_direct = std::mem::replace(&mut peer.direct_seq, hb.seq);
+        // The same heartbeat again, on another network: its acks were taken already.
+        let duplicate = peer.incarnation == Some(hb.incarnation) && hb.seq == previous_direct;
         if peer.incarnation != Some(hb.incarnation) {
             // The peer's agent started anew: VMs it reported before and does not report now
             // are gone (a reboot takes them; a mere agent restart finds them again).
@@ -581,7 +600,7 @@ impl Node {
         peer.stopped = hb.stopped;
         peer.operator_stopped = hb.operator_stopped;
         // Acks tell us who the sender hears: third-party liveness evidence.
-        for (host, seq) in hb.acks {
+        for (host, seq) in hb.acks.into_iter().filter(|_| !duplicate) {
             if host == self.name {
                 continue;
             }
@@ -612,7 +631,7 @@ impl Node {
         for report in reports {
             self.note_generation(&report.vm, report.generation);
         }
-        self.note_vanished();
+        self.note_vanished(&hb.from);
         self.prune_stopped();
     }
 
@@ -620,17 +639,17 @@ impl Node {
     /// of its new incarnation received directly (time alone is not enough — a peer cut off
     /// right after its first heartbeat never sent a complete list; simulator seed 860).
     /// Forgotten when the VM runs again under a newer generation.
-    fn note_vanished(&mut self) {
+    fn note_vanished(&mut self, sender: &str) {
         let mut found = Vec::new();
-        for (host, peer) in &mut self.peers {
-            if peer.restart_first_seq.is_some_and(|first| peer.direct_seq >= first + 3) {
-                for report in std::mem::take(&mut peer.vms_before_restart) {
-                    if !peer.vms.iter().any(|r| r.vm == report.vm) {
-                        found.push((report.vm, (host.clone(), report.generation)));
-                    }
+        if let Some(peer) = self.peers.get_mut(sender)
+            && peer.restart_first_seq.is_some_and(|first| peer.direct_seq >= first + 3)
+        {
+            for report in std::mem::take(&mut peer.vms_before_restart) {
+                if !peer.vms.iter().any(|r| r.vm == report.vm) {
+                    found.push((report.vm, (sender.to_string(), report.generation)));
                 }
-                peer.restart_first_seq = None;
             }
+            peer.restart_first_seq = None;
         }
         self.vanished.extend(found);
         if self.vanished.is_empty() {

@@ -180,7 +180,7 @@ fn parse_duration(text: &str) -> Option<Millis> {
         (text, 1_000)
     };
     let value: f64 = number.parse().ok()?;
-    if !value.is_finite() || value < 0.0 || value > 1e9 {
+    if !value.is_finite() || !(0.0..=1e9).contains(&value) {
         return None;
     }
     Some((value * scale as f64).round() as Millis)

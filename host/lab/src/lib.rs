@@ -1,0 +1,297 @@
+//! The lab: N "hosts" on one machine, the way `kind` lets people try Kubernetes on one box.
+//!
+//! Each host is a network namespace with an address on each management network (A, B) and on
+//! the migration/storage network (M). The networks are bridges in a switch namespace; each
+//! bridge carries the network's gateway address, which the hosts use as isolation address.
+//! Every address lies in one private /24 (default `10.213.37.0/24`), split in /26s: A `.0/26`,
+//! B `.64/26`, M `.128/26`; there is no route out of the lab.
+//!
+//! Faults are real: a link is cut by taking the host's port on the bridge down. `down()`
+//! removes every namespace whose name carries the lab's prefix, so it also cleans up after a
+//! crashed test or lab (the namespaces are found by name, not by memory).
+//!
+//! What this never does: touch an interface, namespace or process it did not create.
+
+#![forbid(unsafe_code)]
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The management networks and the migration/storage network, in address order.
+pub const NETWORKS: [&str; 3] = ["A", "B", "M"];
+
+/// What went wrong in the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// A command could not be started.
+    #[error("cannot run `{command}`: {source} (install iproute2)")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The lab cannot run on this machine.
+    #[error("the lab cannot run here: {0}")]
+    Unavailable(String),
+    /// A bad request (unknown host or network, too many hosts).
+    #[error("{0}")]
+    Invalid(String),
+    /// Entering a namespace failed.
+    #[error("cannot enter network namespace {netns}: {detail}")]
+    Enter {
+        /// The namespace.
+        netns: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// The lab's name (namespaces are named `halo-NAME-…`).
+    pub name: String,
+    /// How many hosts (1–60).
+    pub hosts: usize,
+    /// The first three octets of the lab's /24.
+    pub subnet: [u8; 3],
+}
+
+impl LabSpec {
+    /// `hosts` hosts in the default /24.
+    pub fn new(name: &str, hosts: usize) -> Self {
+        Self { name: name.to_string(), hosts, subnet: [10, 213, 37] }
+    }
+}
+
+/// A running lab. Dropping it takes it down.
+#[derive(Debug)]
+pub struct Lab {
+    spec: LabSpec,
+    down: bool,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| LabError::Spawn { command: command.clone(), source })?;
+    if !out.status.success() {
+        return Err(LabError::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String, LabError> {
+    run("ip", args)
+}
+
+/// Whether the lab can run here: root, iproute2, and network namespaces. The `Err` says what
+/// is missing (tests print it when they skip).
+pub fn available() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".into());
+    }
+    let probe = format!("halo-probe-{}", std::process::id());
+    ip(&["netns", "add", &probe]).map_err(|e| format!("cannot create a network namespace: {e}"))?;
+    ip(&["netns", "del", &probe]).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+impl Lab {
+    /// Builds the lab; a lab of the same name left behind is removed first.
+    pub fn up(spec: LabSpec) -> Result<Self, LabError> {
+        if spec.hosts == 0 || spec.hosts > 60 {
+            return Err(LabError::Invalid(format!("a lab has 1 to 60 hosts, not {}", spec.hosts)));
+        }
+        if spec.name.is_empty()
+            || spec.name.len() > 20
+            || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(LabError::Invalid(format!("lab name `{}`: 1-20 letters, digits or dashes", spec.name)));
+        }
+        remove_namespaces(&format!("halo-{}-", spec.name))?;
+        let lab = Self { spec, down: false };
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&self) -> Result<(), LabError> {
+        let sw = self.switch();
+        ip(&["netns", "add", &sw])?;
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        for (n, network) in NETWORKS.iter().enumerate() {
+            let bridge = format!("br-{}", network.to_lowercase());
+            ip(&["-n", &sw, "link", "add", &bridge, "type", "bridge"])?;
+            ip(&["-n", &sw, "addr", "add", &format!("{}/26", self.gateway_at(n)), "dev", &bridge])?;
+            ip(&["-n", &sw, "link", "set", &bridge, "up"])?;
+        }
+        for host in 1..=self.spec.hosts {
+            let ns = self.netns(host);
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            for (n, network) in NETWORKS.iter().enumerate() {
+                let inner = format!("eth-{}", network.to_lowercase());
+                let port = self.port(host, network);
+                ip(&["link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
+                ip(&["-n", &sw, "link", "set", &port, "master", &format!("br-{}", network.to_lowercase())])?;
+                ip(&["-n", &sw, "link", "set", &port, "up"])?;
+                ip(&["-n", &ns, "addr", "add", &format!("{}/26", self.address_at(host, n)), "dev", &inner])?;
+                ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The switch namespace (bridges and gateways).
+    pub fn switch(&self) -> String {
+        format!("halo-{}-sw", self.spec.name)
+    }
+
+    /// Host `host`'s namespace (hosts count from 1).
+    pub fn netns(&self, host: usize) -> String {
+        format!("halo-{}-host-{host}", self.spec.name)
+    }
+
+    /// The name of host `host` (`host-1`…).
+    pub fn host_name(host: usize) -> String {
+        format!("host-{host}")
+    }
+
+    /// Hosts in the lab.
+    pub fn hosts(&self) -> usize {
+        self.spec.hosts
+    }
+
+    fn port(&self, host: usize, network: &str) -> String {
+        format!("h{host}-{}", network.to_lowercase())
+    }
+
+    fn network_index(network: &str) -> Result<usize, LabError> {
+        NETWORKS.iter().position(|n| n.eq_ignore_ascii_case(network)).ok_or_else(|| {
+            LabError::Invalid(format!("no network `{network}` in the lab (it has {})", NETWORKS.join(", ")))
+        })
+    }
+
+    fn check_host(&self, host: usize) -> Result<(), LabError> {
+        if host == 0 || host > self.spec.hosts {
+            return Err(LabError::Invalid(format!("no host {host} in the lab (hosts 1..={})", self.spec.hosts)));
+        }
+        Ok(())
+    }
+
+    fn gateway_at(&self, n: usize) -> Ipv4Addr {
+        let [a, b, c] = self.spec.subnet;
+        Ipv4Addr::new(a, b, c, (64 * n + 1) as u8)
+    }
+
+    fn address_at(&self, host: usize, n: usize) -> Ipv4Addr {
+        let [a, b, c] = self.spec.subnet;
+        Ipv4Addr::new(a, b, c, (64 * n + 1 + host) as u8)
+    }
+
+    /// Host `host`'s address on `network`.
+    pub fn address(&self, host: usize, network: &str) -> Result<Ipv4Addr, LabError> {
+        self.check_host(host)?;
+        Ok(self.address_at(host, Self::network_index(network)?))
+    }
+
+    /// The gateway of `network` (an isolation address: answers while the host's link is up).
+    pub fn gateway(&self, network: &str) -> Result<Ipv4Addr, LabError> {
+        Ok(self.gateway_at(Self::network_index(network)?))
+    }
+
+    /// An address on `network` that nobody in the lab has (the last of its /26).
+    pub fn unused_address(&self, network: &str) -> Result<Ipv4Addr, LabError> {
+        let [a, b, c] = self.spec.subnet;
+        Ok(Ipv4Addr::new(a, b, c, (64 * Self::network_index(network)? + 62) as u8))
+    }
+
+    /// Cuts (`up = false`) or restores host `host`'s link on `network`, on the switch side
+    /// (as a pulled cable: the host's own interface stays configured).
+    pub fn set_link(&self, host: usize, network: &str, up: bool) -> Result<(), LabError> {
+        self.check_host(host)?;
+        Self::network_index(network)?;
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.switch(), "link", "set", &self.port(host, network), state]).map(drop)
+    }
+
+    /// Runs a command in host `host`'s namespace and returns its output.
+    pub fn exec(&self, host: usize, program: &str, args: &[&str]) -> Result<String, LabError> {
+        self.check_host(host)?;
+        let ns = self.netns(host);
+        let mut all = vec!["netns", "exec", ns.as_str(), program];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs `f` on a thread inside host `host`'s network namespace (sockets it creates stay
+    /// there) and returns what it returns.
+    pub fn enter<T: Send + 'static>(&self, host: usize, f: impl FnOnce() -> T + Send + 'static) -> Result<T, LabError> {
+        self.check_host(host)?;
+        enter_netns(&self.netns(host), f)
+    }
+
+    /// Removes the lab (idempotent).
+    pub fn down(&mut self) -> Result<(), LabError> {
+        if self.down {
+            return Ok(());
+        }
+        self.down = true;
+        remove_namespaces(&format!("halo-{}-", self.spec.name))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(error) = self.down() {
+            eprintln!("halo lab {}: could not remove everything: {error}", self.spec.name);
+        }
+    }
+}
+
+/// Runs `f` on a thread inside the named network namespace.
+pub fn enter_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, LabError> {
+    let path = PathBuf::from("/run/netns").join(netns);
+    let file = std::fs::File::open(&path)
+        .map_err(|e| LabError::Enter { netns: netns.to_string(), detail: format!("{}: {e}", path.display()) })?;
+    let name = netns.to_string();
+    std::thread::spawn(move || {
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| LabError::Enter { netns: name, detail: e.to_string() })?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| LabError::Enter { netns: netns.to_string(), detail: "the thread panicked".into() })?
+}
+
+/// Deletes every namespace whose name starts with `prefix`, ending the processes inside
+/// first (the lab started them: its namespaces hold nothing else).
+fn remove_namespaces(prefix: &str) -> Result<(), LabError> {
+    let list = ip(&["netns", "list"])?;
+    for line in list.lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        if let Ok(pids) = ip(&["netns", "pids", name]) {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        ip(&["netns", "del", name])?;
+    }
+    Ok(())
+}

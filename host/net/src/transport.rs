@@ -1,0 +1,315 @@
+//! UDP heartbeats on every management network.
+//!
+//! One socket per network, bound to this host's address on it. `send` encodes the core's
+//! heartbeat once and sends it to every peer's address on that network; a receive task per
+//! network decodes, checks that the packet came from the sender's own address on that
+//! network and that it is newer than the last one accepted from that sender there (the
+//! incarnation, then the sequence number: a replay is dropped), and hands it on. Every drop is
+//! counted by reason; nothing is ever trusted half.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use halo_core::Heartbeat;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::codec::{self, ClusterKey, DropReason, EncodeError, Membership};
+
+/// One management network as this host sees it.
+#[derive(Debug, Clone)]
+pub struct NetworkEndpoints {
+    /// The network's name (`A`, `B`).
+    pub name: String,
+    /// This host's address and port on it.
+    pub bind: SocketAddr,
+    /// Every peer's address and port on it.
+    pub peers: Vec<(String, SocketAddr)>,
+}
+
+/// What the transport needs.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// The cluster's name (carried and checked in every packet).
+    pub cluster: String,
+    /// This host.
+    pub me: String,
+    /// The cluster's hosts in config order.
+    pub membership: Membership,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// The management networks.
+    pub networks: Vec<NetworkEndpoints>,
+}
+
+/// A heartbeat accepted on a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The network it arrived on.
+    pub network: String,
+    /// The heartbeat.
+    pub heartbeat: Heartbeat,
+}
+
+/// The transport could not start or send.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A socket could not be bound.
+    #[error(
+        "cannot listen for heartbeats on network {network} at {addr}: {source}; check the address in halo.toml is this host's on that network"
+    )]
+    Bind {
+        /// Network.
+        network: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A network the core named is not configured.
+    #[error("no management network named {0} is configured")]
+    UnknownNetwork(String),
+    /// The heartbeat cannot be encoded.
+    #[error("heartbeat not sent: {0}")]
+    Encode(#[from] EncodeError),
+    /// Two networks were given the same name.
+    #[error("management network {0} is configured twice")]
+    DuplicateNetwork(String),
+}
+
+/// Counters (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    sent: AtomicU64,
+    send_errors: AtomicU64,
+    accepted: AtomicU64,
+    membership_mismatch: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    accepted_per_network: BTreeMap<String, AtomicU64>,
+}
+
+impl TransportStats {
+    /// Packets sent.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Sends that failed (a link down, no route).
+    pub fn send_errors(&self) -> u64 {
+        self.send_errors.load(Ordering::Relaxed)
+    }
+
+    /// Heartbeats accepted.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Heartbeats accepted on one network.
+    pub fn accepted_on(&self, network: &str) -> u64 {
+        self.accepted_per_network.get(network).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Packets dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        DropReason::ALL.iter().position(|r| *r == reason).map_or(0, |i| self.dropped[i].load(Ordering::Relaxed))
+    }
+
+    /// Heartbeats whose acks were dropped because the sender indexes another host list.
+    pub fn membership_mismatches(&self) -> u64 {
+        self.membership_mismatch.load(Ordering::Relaxed)
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
+            self.dropped[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The running transport: sockets, and one receive task per network.
+pub struct HeartbeatTransport {
+    config: Arc<TransportConfig>,
+    sockets: BTreeMap<String, Arc<UdpSocket>>,
+    stats: Arc<TransportStats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for HeartbeatTransport {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Per (sender, network): the newest (incarnation, sequence) accepted.
+type ReplayGuard = BTreeMap<(String, String), (u64, u64)>;
+
+impl HeartbeatTransport {
+    /// Binds one socket per network and starts receiving; accepted heartbeats arrive on the
+    /// returned channel. Must run inside a tokio runtime.
+    pub fn bind(config: TransportConfig) -> Result<(Self, mpsc::Receiver<Received>), TransportError> {
+        let mut sockets = Vec::new();
+        for network in &config.networks {
+            let socket = std::net::UdpSocket::bind(network.bind).map_err(|source| TransportError::Bind {
+                network: network.name.clone(),
+                addr: network.bind,
+                source,
+            })?;
+            sockets.push((network.name.clone(), socket));
+        }
+        Self::from_sockets(config, sockets)
+    }
+
+    /// Starts on sockets bound elsewhere (e.g. inside another network namespace).
+    pub fn from_sockets(
+        config: TransportConfig,
+        sockets: Vec<(String, std::net::UdpSocket)>,
+    ) -> Result<(Self, mpsc::Receiver<Received>), TransportError> {
+        let mut accepted_per_network = BTreeMap::new();
+        for network in &config.networks {
+            if accepted_per_network.insert(network.name.clone(), AtomicU64::new(0)).is_some() {
+                return Err(TransportError::DuplicateNetwork(network.name.clone()));
+            }
+        }
+        let stats = Arc::new(TransportStats { accepted_per_network, ..TransportStats::default() });
+        let config = Arc::new(config);
+        let (tx, rx) = mpsc::channel(4096);
+        let guard = Arc::new(std::sync::Mutex::new(ReplayGuard::new()));
+        let mut map = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for (name, socket) in sockets {
+            let bind_error = |source| TransportError::Bind {
+                network: name.clone(),
+                addr: socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            };
+            socket.set_nonblocking(true).map_err(bind_error)?;
+            let addr = socket.local_addr().map_err(bind_error)?;
+            let socket = Arc::new(UdpSocket::from_std(socket).map_err(|source| TransportError::Bind {
+                network: name.clone(),
+                addr,
+                source,
+            })?);
+            let peers: BTreeMap<String, IpAddr> = config
+                .networks
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| n.peers.iter().map(|(h, a)| (h.clone(), a.ip())).collect())
+                .unwrap_or_default();
+            tasks.push(tokio::spawn(receive(
+                Arc::clone(&socket),
+                name.clone(),
+                peers,
+                Arc::clone(&config),
+                Arc::clone(&stats),
+                Arc::clone(&guard),
+                tx.clone(),
+            )));
+            map.insert(name, socket);
+        }
+        Ok((Self { config, sockets: map, stats, tasks }, rx))
+    }
+
+    /// Sends `heartbeat` to every peer on `network`; returns how many sends went out. A send
+    /// that fails (link down) is counted, not an error: the core judges silence.
+    pub async fn send(&self, network: &str, heartbeat: &Heartbeat) -> Result<usize, TransportError> {
+        let socket = self.sockets.get(network).ok_or_else(|| TransportError::UnknownNetwork(network.to_string()))?;
+        let endpoints = self
+            .config
+            .networks
+            .iter()
+            .find(|n| n.name == network)
+            .ok_or_else(|| TransportError::UnknownNetwork(network.to_string()))?;
+        let packet = codec::encode(heartbeat, &self.config.cluster, &self.config.membership, &self.config.key)?;
+        let mut sent = 0;
+        for (peer, addr) in &endpoints.peers {
+            match socket.send_to(&packet, addr).await {
+                Ok(_) => {
+                    sent += 1;
+                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(network, peer, %addr, "heartbeat not sent: {error}");
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// The local address of a network's socket.
+    pub fn local_addr(&self, network: &str) -> Option<SocketAddr> {
+        self.sockets.get(network).and_then(|s| s.local_addr().ok())
+    }
+}
+
+async fn receive(
+    socket: Arc<UdpSocket>,
+    network: String,
+    peers: BTreeMap<String, IpAddr>,
+    config: Arc<TransportConfig>,
+    stats: Arc<TransportStats>,
+    guard: Arc<std::sync::Mutex<ReplayGuard>>,
+    tx: mpsc::Sender<Received>,
+) {
+    // One byte more than a packet may have, so an oversized datagram is seen as such.
+    let mut buf = vec![0u8; codec::MAX_PACKET + 1];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(error) => {
+                tracing::debug!(network, "receive failed: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let verdict = codec::decode(&buf[..len], &config.cluster, &config.membership, &config.key).and_then(|d| {
+            let sender = &d.heartbeat.from;
+            if *sender == config.me {
+                return Err(DropReason::WrongSource); // our own packet reflected back
+            }
+            match peers.get(sender) {
+                Some(ip) if *ip == from.ip() => {}
+                Some(_) => return Err(DropReason::WrongSource),
+                None => return Err(DropReason::UnknownSender),
+            }
+            let key = (sender.clone(), network.clone());
+            let now = (d.heartbeat.incarnation, d.heartbeat.seq);
+            let mut guard = guard.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.get(&key) {
+                Some(last) if now <= *last => Err(DropReason::Replayed),
+                _ => {
+                    guard.insert(key, now);
+                    Ok(d)
+                }
+            }
+        });
+        match verdict {
+            Ok(decoded) => {
+                if decoded.membership_mismatch {
+                    stats.membership_mismatch.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(network, sender = %decoded.heartbeat.from, "the sender's host list differs from ours: its acks are ignored; make halo.toml the same on every host");
+                }
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                if let Some(counter) = stats.accepted_per_network.get(&network) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if tx.send(Received { network: network.clone(), heartbeat: decoded.heartbeat }).await.is_err() {
+                    return; // nobody listens any more
+                }
+            }
+            Err(reason) => {
+                stats.count_drop(reason);
+                tracing::debug!(network, %from, "heartbeat dropped: {reason}");
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Heartbeats across namespaces: on A and B, then A cut, then both, then healed; forged,
+//! replayed, truncated, oversized and misdirected packets dropped and counted.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use halo_core::{Heartbeat, VmReport};
+use halo_lab::Lab;
+use halo_net::codec::{self, ClusterKey, DropReason, Membership};
+use halo_net::{HeartbeatTransport, NetworkEndpoints, Received, TransportConfig};
+use tokio::sync::mpsc::Receiver;
+
+const PORT: u16 = 7400;
+
+fn key() -> ClusterKey {
+    ClusterKey::new(b"a lab key that is 32 bytes long!").expect("32 bytes")
+}
+
+fn membership(lab: &Lab) -> Membership {
+    Membership::new((1..=lab.hosts()).map(Lab::host_name).collect())
+}
+
+fn config(lab: &Lab, host: usize) -> TransportConfig {
+    let networks = ["A", "B"]
+        .iter()
+        .map(|net| NetworkEndpoints {
+            name: (*net).to_string(),
+            bind: SocketAddr::from((lab.address(host, net).expect("address"), PORT)),
+            peers: (1..=lab.hosts())
+                .filter(|&h| h != host)
+                .map(|h| (Lab::host_name(h), SocketAddr::from((lab.address(h, net).expect("address"), PORT))))
+                .collect(),
+        })
+        .collect();
+    TransportConfig {
+        cluster: "lab".into(),
+        me: Lab::host_name(host),
+        membership: membership(lab),
+        key: key(),
+        networks,
+    }
+}
+
+/// The host's transport, its sockets bound inside its namespace.
+fn transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<Received>) {
+    let config = config(lab, host);
+    let binds: Vec<(String, SocketAddr)> = config.networks.iter().map(|n| (n.name.clone(), n.bind)).collect();
+    let sockets = lab
+        .enter(host, move || {
+            binds.into_iter().map(|(n, a)| (n, UdpSocket::bind(a).expect("bind in the namespace"))).collect::<Vec<_>>()
+        })
+        .expect("enter");
+    HeartbeatTransport::from_sockets(config, sockets).expect("transport")
+}
+
+fn beat(seq: u64) -> Heartbeat {
+    Heartbeat {
+        from: "host-1".into(),
+        seq,
+        incarnation: 7,
+        master: Some(("host-1".into(), 1)),
+        datastores_reachable: 1,
+        vms: vec![VmReport { vm: "db".into(), generation: 2 }],
+        operator_stopped: vec![],
+        acks: vec![("host-2".into(), seq)],
+        maintenance: vec![],
+        ha_disabled: false,
+        stopped: vec![],
+        vanished: vec![],
+    }
+}
+
+/// Sends `rounds` heartbeats from host-1 on both networks, 20 ms apart, and waits a moment.
+async fn send_rounds(sender: &HeartbeatTransport, first_seq: u64, rounds: u64) {
+    for seq in first_seq..first_seq + rounds {
+        for net in ["A", "B"] {
+            sender.send(net, &beat(seq)).await.expect("encodes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+fn drain(rx: &mut Receiver<Received>) -> Vec<Received> {
+    let mut all = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        all.push(r);
+    }
+    all
+}
+
+#[test]
+fn heartbeats_cross_namespaces_on_a_and_b_then_a_cut_then_both() {
+    let Some(lab) = crate::lab("heartbeats", 3) else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let (sender, _rx1) = transport(&lab, 1);
+        let (receiver, mut rx2) = transport(&lab, 2);
+        let stats = receiver.stats();
+
+        send_rounds(&sender, 1, 10).await;
+        let got = drain(&mut rx2);
+        assert_eq!((stats.accepted_on("A"), stats.accepted_on("B")), (10, 10), "both networks carry heartbeats");
+        assert!(got.iter().all(|r| r.heartbeat == beat(r.heartbeat.seq)), "decoded as sent");
+
+        lab.set_link(2, "A", false).expect("cut A");
+        send_rounds(&sender, 11, 10).await;
+        assert_eq!((stats.accepted_on("A"), stats.accepted_on("B")), (10, 20), "A cut: only B");
+
+        lab.set_link(2, "B", false).expect("cut B");
+        send_rounds(&sender, 21, 10).await;
+        assert_eq!((stats.accepted_on("A"), stats.accepted_on("B")), (10, 20), "both cut: silence");
+
+        lab.set_link(2, "A", true).expect("heal A");
+        lab.set_link(2, "B", true).expect("heal B");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send_rounds(&sender, 31, 5).await;
+        assert_eq!((stats.accepted_on("A"), stats.accepted_on("B")), (15, 25), "healed");
+        assert_eq!(DropReason::ALL.iter().map(|r| stats.dropped(*r)).sum::<u64>(), 0, "nothing dropped");
+        drain(&mut rx2);
+    });
+}
+
+#[test]
+fn forged_replayed_and_broken_packets_are_dropped_and_counted() {
+    let Some(lab) = crate::lab("hostile", 3) else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let (sender, _rx1) = transport(&lab, 1);
+        let (receiver, mut rx2) = transport(&lab, 2);
+        let stats = receiver.stats();
+        send_rounds(&sender, 100, 3).await;
+        assert_eq!(stats.accepted(), 6);
+
+        // A replay: an older sequence number from the right address with the right key.
+        send_rounds(&sender, 50, 1).await;
+        assert_eq!(stats.dropped(DropReason::Replayed), 2, "one per network");
+
+        // host-3 (an attacker inside the cluster's networks) sends raw packets to host-2 on A.
+        let target = SocketAddr::from((lab.address(2, "A").expect("address"), PORT));
+        let members = membership(&lab);
+        let forged_key = ClusterKey::new(&[9; 32]).expect("key");
+        let forged = codec::encode(&beat(1_000), "lab", &members, &forged_key).expect("encodes");
+        let genuine = codec::encode(&beat(2_000), "lab", &members, &key()).expect("encodes");
+        let mut oversized = genuine.clone();
+        oversized.resize(codec::MAX_PACKET + 100, 0);
+        let packets = vec![
+            forged,                                // bad MAC
+            genuine[..genuine.len() / 2].to_vec(), // truncated: the MAC no longer matches
+            genuine[..10].to_vec(),                // truncated below a header
+            oversized,                             // oversized
+            b"not a heartbeat at all, just some bytes on the wire....".to_vec(),
+            genuine, // valid, but from host-3's address: wrong source
+        ];
+        lab.enter(3, move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            for p in packets {
+                socket.send_to(&p, target).expect("send");
+            }
+        })
+        .expect("enter");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stats.dropped(DropReason::BadMac), 2, "forged and half packet");
+        assert_eq!(stats.dropped(DropReason::Truncated), 1);
+        assert_eq!(stats.dropped(DropReason::Oversized), 1);
+        assert_eq!(stats.dropped(DropReason::NotHalo), 1);
+        assert_eq!(stats.dropped(DropReason::WrongSource), 1);
+        assert_eq!(stats.accepted(), 6, "nothing hostile got through");
+        assert_eq!(drain(&mut rx2).len(), 6);
+
+        // The receiver still works after all that.
+        send_rounds(&sender, 200, 1).await;
+        assert_eq!(stats.accepted(), 8);
+    });
+}

@@ -138,6 +138,15 @@ impl Lab {
             ip(&["-n", &sw, "addr", "add", &format!("{}/26", self.gateway_at(n)), "dev", &bridge])?;
             ip(&["-n", &sw, "link", "set", &bridge, "up"])?;
         }
+        // The storage namespace: the NFS server, on the M network.
+        let storage = self.storage();
+        ip(&["netns", "add", &storage])?;
+        ip(&["-n", &storage, "link", "set", "lo", "up"])?;
+        ip(&["link", "add", "eth-m", "netns", &storage, "type", "veth", "peer", "name", "st-m", "netns", &sw])?;
+        ip(&["-n", &sw, "link", "set", "st-m", "master", "br-m"])?;
+        ip(&["-n", &sw, "link", "set", "st-m", "up"])?;
+        ip(&["-n", &storage, "addr", "add", &format!("{}/26", self.storage_address()), "dev", "eth-m"])?;
+        ip(&["-n", &storage, "link", "set", "eth-m", "up"])?;
         for host in 1..=self.spec.hosts {
             let ns = self.netns(host);
             ip(&["netns", "add", &ns])?;
@@ -158,6 +167,22 @@ impl Lab {
     /// The switch namespace (bridges and gateways).
     pub fn switch(&self) -> String {
         format!("halo-{}-sw", self.spec.name)
+    }
+
+    /// The storage namespace (the NFS server).
+    pub fn storage(&self) -> String {
+        format!("halo-{}-storage", self.spec.name)
+    }
+
+    /// The storage server's address (on M).
+    pub fn storage_address(&self) -> Ipv4Addr {
+        let [a, b, c] = self.spec.subnet;
+        Ipv4Addr::new(a, b, c, 190)
+    }
+
+    /// The lab's own directory (NFS exports, configs, logs); removed by `down`.
+    pub fn dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("halo-lab-{}", self.spec.name))
     }
 
     /// Host `host`'s namespace (hosts count from 1).
@@ -250,8 +275,152 @@ impl Lab {
             return Ok(());
         }
         self.down = true;
-        remove_namespaces(&format!("halo-{}-", self.spec.name))
+        let removed = remove_namespaces(&format!("halo-{}-", self.spec.name));
+        let _ = std::fs::remove_dir_all(self.dir());
+        removed
     }
+
+    /// Starts the NFS server (nfs-ganesha with its VFS backend, and rpcbind, which ganesha
+    /// registers with) in the storage namespace, exporting `exports` (created under the lab's
+    /// directory) as `/NAME`, NFSv3 over TCP, MOUNT on port 20048 and NFS on 2049. Waits until
+    /// both ports answer. Restarting keeps the exported files.
+    pub fn nfs_start(&self, exports: &[&str]) -> Result<(), LabError> {
+        if which("ganesha.nfsd").is_none() || which("rpcbind").is_none() {
+            return Err(LabError::Unavailable(
+                "the NFS server needs nfs-ganesha, nfs-ganesha-vfs and rpcbind (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind)".into(),
+            ));
+        }
+        self.nfs_stop()?;
+        let dir = self.dir().join("nfs");
+        let mut config = format!(
+            "NFS_CORE_PARAM {{ Protocols = 3; NFS_Port = {NFS_PORT}; MNT_Port = {MOUNT_PORT}; Bind_addr = {}; Enable_NLM = false; Enable_RQUOTA = false; Mount_Path_Pseudo = true; }}\nNFSV4 {{ Graceless = true; }}\nLOG {{ Default_Log_Level = WARN; }}\n",
+            self.storage_address()
+        );
+        for (i, export) in exports.iter().enumerate() {
+            if export.is_empty() || !export.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(LabError::Invalid(format!("export name `{export}`: letters, digits, - and _ only")));
+            }
+            let path = self.dir().join("exports").join(export);
+            std::fs::create_dir_all(&path).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+            config.push_str(&format!(
+                "EXPORT {{ Export_Id = {}; Path = {}; Pseudo = /{export}; Protocols = 3; Transports = TCP; Access_Type = RW; Squash = No_Root_Squash; SecType = sys; FSAL {{ Name = VFS; }} }}\n",
+                i + 1,
+                path.display()
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::Invalid(format!("{}: {e}", dir.display())))?;
+        let conf = dir.join("ganesha.conf");
+        std::fs::write(&conf, config).map_err(|e| LabError::Invalid(format!("{}: {e}", conf.display())))?;
+        // A private /run for rpcbind and ganesha (their sockets and pid files must not meet the
+        // machine's own, or another lab's).
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/rpcbind /var/run/ganesha && rpcbind -w && exec ganesha.nfsd -F -f {} -L {} -p /run/ganesha.pid",
+            conf.display(),
+            dir.join("ganesha.log").display()
+        );
+        let storage = self.storage();
+        Command::new("ip")
+            .args(["netns", "exec", &storage, "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| LabError::Spawn { command: "ganesha.nfsd".into(), source })
+            .map(|mut child| std::thread::spawn(move || child.wait()))?;
+        let address = self.storage_address();
+        let up = enter_netns(&storage, move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                let answers = |port| {
+                    std::net::TcpStream::connect_timeout(&(address, port).into(), std::time::Duration::from_millis(200))
+                        .is_ok()
+                };
+                if answers(NFS_PORT) && answers(MOUNT_PORT) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            false
+        })?;
+        if !up {
+            let log = std::fs::read_to_string(dir.join("ganesha.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(LabError::Unavailable(format!(
+                "the NFS server did not come up within 60 s; its log ends: {}",
+                tail.join(" | ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops the NFS server (and its rpcbind): every process of the storage namespace, which
+    /// the lab started.
+    pub fn nfs_stop(&self) -> Result<(), LabError> {
+        kill_all_in(&self.storage())
+    }
+
+    /// Blocks (`blocked = true`) or unblocks host `host`'s traffic to the storage server, with
+    /// nftables in the storage namespace (the host keeps its networks; only storage is lost).
+    pub fn block_storage(&self, host: usize, blocked: bool) -> Result<(), LabError> {
+        self.check_host(host)?;
+        let storage = self.storage();
+        let source = self.address_at(host, 2).to_string();
+        if blocked {
+            nft(&storage, "add table inet halo_lab")?;
+            nft(&storage, "add chain inet halo_lab input { type filter hook input priority 0 ; policy accept ; }")?;
+            nft(&storage, &format!("add rule inet halo_lab input ip saddr {source} drop comment \"host-{host}\""))?;
+        } else {
+            let listing = nft(&storage, "-a list chain inet halo_lab input").unwrap_or_default();
+            for line in listing.lines().filter(|l| l.contains(&format!("\"host-{host}\""))) {
+                if let Some(handle) = line.rsplit("# handle ").next().map(str::trim) {
+                    nft(&storage, &format!("delete rule inet halo_lab input handle {handle}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The NFS server's MOUNT port in the lab.
+pub const MOUNT_PORT: u16 = 20048;
+/// The NFS server's NFS port in the lab.
+pub const NFS_PORT: u16 = 2049;
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(program))
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].iter().map(|d| PathBuf::from(d).join(program)))
+        .find(|p| p.is_file())
+}
+
+fn nft(netns: &str, rule: &str) -> Result<String, LabError> {
+    if which("nft").is_none() {
+        return Err(LabError::Unavailable("nftables is missing (apt-get install nftables)".into()));
+    }
+    let mut args = vec!["netns", "exec", netns, "nft"];
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    args.extend(words);
+    ip(&args)
+}
+
+/// Kills every process in a namespace the lab made, by id, and waits until they are gone.
+fn kill_all_in(netns: &str) -> Result<(), LabError> {
+    let Ok(pids) = ip(&["netns", "pids", netns]) else { return Ok(()) };
+    let pids: Vec<i32> = pids.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    for &pid in &pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let left = ip(&["netns", "pids", netns]).unwrap_or_default();
+        if left.split_whitespace().next().is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 impl Drop for Lab {
@@ -260,6 +429,16 @@ impl Drop for Lab {
             eprintln!("halo lab {}: could not remove everything: {error}", self.spec.name);
         }
     }
+}
+
+/// Moves the calling thread into the named network namespace (for a runtime's worker
+/// threads: `tokio::runtime::Builder::on_thread_start`).
+pub fn join_netns(netns: &str) -> Result<(), LabError> {
+    let path = PathBuf::from("/run/netns").join(netns);
+    let file = std::fs::File::open(&path)
+        .map_err(|e| LabError::Enter { netns: netns.to_string(), detail: format!("{}: {e}", path.display()) })?;
+    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| LabError::Enter { netns: netns.to_string(), detail: e.to_string() })
 }
 
 /// Runs `f` on a thread inside the named network namespace.

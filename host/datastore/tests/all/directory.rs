@@ -1,0 +1,102 @@
+//! The directory backend on this machine's filesystem.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use halo_core::ClaimOutcome;
+use halo_datastore::{Datastore, DatastoreError, Location};
+
+use crate::{TIMEOUT, behaves_like_a_datastore, claim, record};
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("halo-ds-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+#[test]
+fn a_directory_datastore_keeps_heartbeats_claims_and_records() {
+    let dir = scratch("basics");
+    runtime().block_on(async {
+        let ds = Datastore::open("ds1", Location::Directory(dir.clone()), "prod", TIMEOUT).await.expect("open");
+        behaves_like_a_datastore(&ds).await;
+    });
+    // The documented layout.
+    for path in
+        [".halo/prod/hosts/host-1.json", ".halo/prod/claims/web-1@2.json", ".halo/prod/isolation/host-3/db@4.json"]
+    {
+        assert!(dir.join(path).is_file(), "{path}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn racing_writers_for_one_claim_exactly_one_wins() {
+    let dir = scratch("race");
+    let rt = runtime();
+    let ds =
+        Arc::new(rt.block_on(Datastore::open("ds1", Location::Directory(dir.clone()), "prod", TIMEOUT)).expect("open"));
+    for generation in 1..=50 {
+        let outcomes: Vec<ClaimOutcome> = rt.block_on(async {
+            let tasks: Vec<_> = (1..=4)
+                .map(|m| {
+                    let ds = Arc::clone(&ds);
+                    tokio::spawn(async move { ds.claim(&claim("vm-race", generation, &format!("host-{m}"))).await })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.push(t.await.expect("task"));
+            }
+            all
+        });
+        let won = outcomes.iter().filter(|o| **o == ClaimOutcome::Won).count();
+        assert_eq!(won, 1, "generation {generation}: {outcomes:?}");
+        let holder = rt.block_on(ds.read_claim("vm-race", generation)).expect("read").expect("exists");
+        for o in &outcomes {
+            if let ClaimOutcome::Lost(h) = o {
+                assert_eq!(*h, holder, "every loser sees the winner's claim");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_record_halo_did_not_write_is_reported_not_trusted() {
+    let dir = scratch("bad");
+    runtime().block_on(async {
+        let ds = Datastore::open("ds1", Location::Directory(dir.clone()), "prod", TIMEOUT).await.expect("open");
+        ds.write_heartbeat(&record("host-1", 7)).await.expect("write");
+        let hosts = dir.join(".halo/prod/hosts");
+        std::fs::write(hosts.join("host-2.json"), b"{ not json").expect("write");
+        std::fs::write(hosts.join("host-3.json"), serde_json_record("host-4")).expect("write");
+        let (records, problems) = ds.read_heartbeats().await.expect("read");
+        assert_eq!(records, vec![record("host-1", 7)], "the good record is still read");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().all(|p| matches!(p, DatastoreError::BadRecord { .. })));
+        assert!(problems.iter().any(|p| p.to_string().contains("names host host-4")), "{problems:?}");
+    });
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn serde_json_record(host: &str) -> Vec<u8> {
+    format!(r#"{{"host":"{host}","counter":1,"isolated":false,"stopped":[]}}"#).into_bytes()
+}
+
+#[test]
+fn a_missing_directory_is_a_clear_error() {
+    let result = runtime().block_on(Datastore::open(
+        "ds9",
+        Location::Directory(PathBuf::from("/proc/version/not-a-dir")),
+        "prod",
+        TIMEOUT,
+    ));
+    let error = result.err().expect("refused");
+    assert!(error.to_string().starts_with("datastore ds9: create the layout:"), "{error}");
+}

@@ -1,0 +1,468 @@
+//! The hypervisor driver: libvirt (QEMU/KVM) through the `virt` crate.
+//!
+//! [`Hypervisor`] is one connection to one host's libvirtd: list domains with their state,
+//! define from XML, start, power off, shut down with a grace time (then power off), live
+//! migration peer-to-peer over the migration network (shared storage, storage copy, or offline
+//! for a powered-off VM) with its prerequisites checked first, and lifecycle events through
+//! libvirt's event loop ([`events`]).
+//!
+//! Every call blocks (libvirt's API does): the agent runs them off its async runtime, and
+//! opening a connection has its own timeout ([`Hypervisor::connect_with_timeout`]), since
+//! connecting to a cut host can hang for over a minute. Starting a running domain and powering
+//! off a stopped one succeed (idempotent): a repeated request never fails for having been done.
+
+pub mod events;
+
+use std::time::{Duration, Instant};
+
+use virt::connect::Connect;
+use virt::domain::{Domain, MigrateParameters};
+use virt::sys;
+
+pub use events::{LifecycleEvent, Subscription};
+
+/// What went wrong, with what and on which domain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LibvirtError {
+    /// A libvirt call failed.
+    #[error("libvirt {uri}: {operation}{}: {message}", domain.as_ref().map(|d| format!(" of {d}")).unwrap_or_default())]
+    Call {
+        /// The connection.
+        uri: String,
+        /// What was asked.
+        operation: String,
+        /// The domain, if any.
+        domain: Option<String>,
+        /// libvirt's message.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("libvirt {uri}: {operation} did not finish within {millis} ms")]
+    Timeout {
+        /// The connection.
+        uri: String,
+        /// What was asked.
+        operation: String,
+        /// The limit.
+        millis: u64,
+    },
+    /// A migration's prerequisites are not met.
+    #[error("cannot migrate {domain} to {target}: {}", reasons.join("; "))]
+    MigrationRefused {
+        /// The domain.
+        domain: String,
+        /// The target.
+        target: String,
+        /// Every prerequisite that failed.
+        reasons: Vec<String>,
+    },
+    /// Input that libvirt cannot take (a NUL byte in a name or XML).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A domain's state, as halo needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DomainState {
+    /// Running (or blocked, or paused: the domain exists on this host and holds its disks).
+    Running,
+    /// Paused.
+    Paused,
+    /// Shutting down.
+    ShuttingDown,
+    /// Shut off (defined, not running).
+    ShutOff,
+    /// Crashed.
+    Crashed,
+    /// Anything else libvirt reports.
+    Other,
+}
+
+impl DomainState {
+    fn from_raw(state: sys::virDomainState) -> Self {
+        match state {
+            sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
+            sys::VIR_DOMAIN_PAUSED | sys::VIR_DOMAIN_PMSUSPENDED => DomainState::Paused,
+            sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
+            sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff,
+            sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
+            _ => DomainState::Other,
+        }
+    }
+
+    /// Whether a QEMU process exists for it (it could write its disks).
+    pub fn is_active(self) -> bool {
+        matches!(self, DomainState::Running | DomainState::Paused | DomainState::ShuttingDown)
+    }
+}
+
+/// One domain on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStatus {
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: DomainState,
+    /// Whether it is defined persistently.
+    pub persistent: bool,
+}
+
+/// How a VM moves to another host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationKind {
+    /// Live, its disks on storage both hosts see.
+    Live,
+    /// Live, copying its disks (nothing shared).
+    LiveWithStorageCopy,
+    /// A powered-off VM: its definition moves.
+    Offline,
+}
+
+/// What a finished migration took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Wall time of the migration call.
+    pub took: Duration,
+}
+
+/// A connection to one host's libvirtd.
+pub struct Hypervisor {
+    conn: Connect,
+    uri: String,
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        if let Err(e) = self.conn.close() {
+            tracing::debug!(uri = %self.uri, "closing the libvirt connection: {e}");
+        }
+    }
+}
+
+fn c_safe(what: &str, text: &str) -> Result<(), LibvirtError> {
+    if text.contains('\0') {
+        return Err(LibvirtError::Invalid(format!("{what} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+impl Hypervisor {
+    /// Opens a connection (blocking; see [`Hypervisor::connect_with_timeout`]). The event loop
+    /// is registered first, so lifecycle events and keepalives work on every connection.
+    pub fn connect(uri: &str) -> Result<Self, LibvirtError> {
+        c_safe("the libvirt URI", uri)?;
+        events::init();
+        let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Call {
+            uri: uri.to_string(),
+            operation: "connect".into(),
+            domain: None,
+            message: e.message().to_string(),
+        })?;
+        // Keepalive: a dead peer is noticed in ~3 s (the close callback fires).
+        let _ = conn.set_keep_alive(1, 3);
+        Ok(Self { conn, uri: uri.to_string() })
+    }
+
+    /// Opens a connection on a helper thread and gives up after `timeout` (the thread is left
+    /// to finish on its own; its connection is closed when it does).
+    pub fn connect_with_timeout(uri: &str, timeout: Duration) -> Result<Self, LibvirtError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let owned = uri.to_string();
+        std::thread::spawn(move || {
+            let _ = tx.send(Self::connect(&owned));
+        });
+        rx.recv_timeout(timeout).unwrap_or_else(|_| {
+            Err(LibvirtError::Timeout { uri: uri.to_string(), operation: "connect".into(), millis: timeout.as_millis() as u64 })
+        })
+    }
+
+    /// The URI this connection was opened with.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn fail(&self, operation: &str, domain: Option<&str>, e: &virt::error::Error) -> LibvirtError {
+        LibvirtError::Call {
+            uri: self.uri.clone(),
+            operation: operation.to_string(),
+            domain: domain.map(str::to_string),
+            message: e.message().to_string(),
+        }
+    }
+
+    fn domain(&self, name: &str) -> Result<Domain, LibvirtError> {
+        c_safe("a domain name", name)?;
+        Domain::lookup_by_name(&self.conn, name).map_err(|e| self.fail("look up", Some(name), &e))
+    }
+
+    /// Whether the connection is alive.
+    pub fn is_alive(&self) -> bool {
+        self.conn.is_alive().unwrap_or(false)
+    }
+
+    /// Every domain on the host with its state.
+    pub fn domains(&self) -> Result<Vec<DomainStatus>, LibvirtError> {
+        let all = self.conn.list_all_domains(0).map_err(|e| self.fail("list domains", None, &e))?;
+        let mut out = Vec::with_capacity(all.len());
+        for d in all {
+            let name = d.get_name().map_err(|e| self.fail("read a domain's name", None, &e))?;
+            let (state, _) = d.get_state().map_err(|e| self.fail("read the state", Some(&name), &e))?;
+            let persistent = d.is_persistent().unwrap_or(false);
+            out.push(DomainStatus { name, state: DomainState::from_raw(state), persistent });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// A domain's state, or `None` when the host does not know it.
+    pub fn state(&self, name: &str) -> Result<Option<DomainState>, LibvirtError> {
+        c_safe("a domain name", name)?;
+        match Domain::lookup_by_name(&self.conn, name) {
+            Ok(d) => {
+                let (state, _) = d.get_state().map_err(|e| self.fail("read the state", Some(name), &e))?;
+                Ok(Some(DomainState::from_raw(state)))
+            }
+            Err(e) if e.code() == virt::error::ErrorNumber::NoDomain => Ok(None),
+            Err(e) => Err(self.fail("look up", Some(name), &e)),
+        }
+    }
+
+    /// Defines (or redefines) a domain from its XML; returns its name.
+    pub fn define(&self, xml: &str) -> Result<String, LibvirtError> {
+        c_safe("the domain XML", xml)?;
+        let d = Domain::define_xml(&self.conn, xml).map_err(|e| self.fail("define", None, &e))?;
+        d.get_name().map_err(|e| self.fail("read a domain's name", None, &e))
+    }
+
+    /// The domain's XML.
+    pub fn xml(&self, name: &str) -> Result<String, LibvirtError> {
+        self.domain(name)?.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))
+    }
+
+    /// Removes a domain's definition (it must be shut off).
+    pub fn undefine(&self, name: &str) -> Result<(), LibvirtError> {
+        self.domain(name)?.undefine().map_err(|e| self.fail("undefine", Some(name), &e))
+    }
+
+    /// Starts a defined domain; a running one is left alone.
+    pub fn start(&self, name: &str) -> Result<(), LibvirtError> {
+        let d = self.domain(name)?;
+        if d.is_active().unwrap_or(false) {
+            return Ok(());
+        }
+        d.create().map(drop).map_err(|e| self.fail("start", Some(name), &e))
+    }
+
+    /// Powers a domain off at once; a stopped one is left alone.
+    pub fn power_off(&self, name: &str) -> Result<(), LibvirtError> {
+        let d = self.domain(name)?;
+        if !d.is_active().unwrap_or(true) {
+            return Ok(());
+        }
+        match d.destroy() {
+            Ok(()) => Ok(()),
+            Err(_) if !d.is_active().unwrap_or(true) => Ok(()), // it stopped meanwhile
+            Err(e) => Err(self.fail("power off", Some(name), &e)),
+        }
+    }
+
+    /// Asks the guest to shut down and powers it off if it has not stopped after `grace`.
+    /// Returns whether the guest stopped by itself.
+    pub fn shutdown(&self, name: &str, grace: Duration) -> Result<bool, LibvirtError> {
+        let d = self.domain(name)?;
+        if !d.is_active().unwrap_or(true) {
+            return Ok(true);
+        }
+        if let Err(e) = d.shutdown() {
+            tracing::info!(domain = name, "the guest refused the shutdown request ({}); powering off", e.message());
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !d.is_active().unwrap_or(true) {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.power_off(name)?;
+        Ok(false)
+    }
+
+    /// Checks what a migration of `name` to `target` needs: the target answers, its CPU can run
+    /// what this host's CPU runs, it has the memory free, and the disks are where the target
+    /// sees them (`shared_prefixes`: paths both hosts see) unless the storage is copied.
+    /// Every failed prerequisite is named.
+    pub fn check_migration(
+        &self,
+        name: &str,
+        target: &Hypervisor,
+        kind: MigrationKind,
+        shared_prefixes: &[&str],
+    ) -> Result<(), LibvirtError> {
+        let d = self.domain(name)?;
+        let mut reasons = Vec::new();
+        let active = d.is_active().unwrap_or(false);
+        match kind {
+            MigrationKind::Offline if active => reasons.push("it is running: an offline migration needs it powered off".to_string()),
+            MigrationKind::Live | MigrationKind::LiveWithStorageCopy if !active => {
+                reasons.push("it is not running: use an offline migration".to_string())
+            }
+            _ => {}
+        }
+        if !target.is_alive() {
+            reasons.push(format!("the target libvirt ({}) does not answer", target.uri));
+        } else {
+            // CPU: the target must run what this host's CPU offers guests.
+            if let Ok(caps) = self.conn.get_capabilities()
+                && let Some(cpu) = host_cpu_xml(&caps)
+            {
+                match target.conn.compare_cpu(&cpu, 0) {
+                    Ok(sys::VIR_CPU_COMPARE_INCOMPATIBLE) => {
+                        reasons.push("the target's CPU is not compatible with this host's".to_string())
+                    }
+                    Ok(_) => {}
+                    Err(e) => reasons.push(format!("the target could not compare CPUs: {}", e.message())),
+                }
+            }
+            if active {
+                let need = d.get_info().map(|i| i.max_mem * 1024).unwrap_or(0);
+                match target.conn.get_free_memory() {
+                    Ok(free) if free < need => reasons.push(format!(
+                        "the target has {} MiB free, the VM needs {} MiB",
+                        free >> 20,
+                        need >> 20
+                    )),
+                    Ok(_) => {}
+                    Err(e) => reasons.push(format!("the target's free memory is unknown: {}", e.message())),
+                }
+            }
+            if target.state(name).ok().flatten().is_some_and(DomainState::is_active) {
+                reasons.push("a domain of that name already runs on the target".to_string());
+            }
+        }
+        if kind != MigrationKind::LiveWithStorageCopy {
+            let xml = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
+            for disk in disk_sources(&xml) {
+                if !shared_prefixes.iter().any(|p| disk.starts_with(p)) {
+                    reasons.push(format!("disk {disk} is not on storage both hosts see (migrate with storage copy)"));
+                }
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(LibvirtError::MigrationRefused { domain: name.to_string(), target: target.uri.clone(), reasons })
+        }
+    }
+
+    /// Migrates `name` to `target` (peer to peer: this host's libvirtd talks to the target's
+    /// at `target_uri`, as seen from this host), after checking the prerequisites. The domain
+    /// is defined on the target and undefined here. A migration still running after `deadline`
+    /// is aborted (the VM stays on this host) and reported as a timeout — a target that
+    /// vanished mid-way would otherwise hold the call for as long as TCP retries (over a
+    /// minute).
+    pub fn migrate(
+        &self,
+        name: &str,
+        target: &Hypervisor,
+        target_uri: &str,
+        kind: MigrationKind,
+        shared_prefixes: &[&str],
+        deadline: Duration,
+    ) -> Result<MigrationReport, LibvirtError> {
+        c_safe("the target URI", target_uri)?;
+        self.check_migration(name, target, kind, shared_prefixes)?;
+        let d = self.domain(name)?;
+        let mut flags = sys::VIR_MIGRATE_PEER2PEER | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        flags |= match kind {
+            MigrationKind::Live => sys::VIR_MIGRATE_LIVE,
+            MigrationKind::LiveWithStorageCopy => sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_NON_SHARED_DISK,
+            MigrationKind::Offline => sys::VIR_MIGRATE_OFFLINE,
+        };
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (job, uri) = (d.clone(), target_uri.to_string());
+        std::thread::spawn(move || {
+            let result = job.migrate_to_uri3(Some(&uri), MigrateParameters::default(), flags);
+            let _ = tx.send(result.map_err(|e| e.message().to_string()));
+        });
+        match rx.recv_timeout(deadline) {
+            Ok(Ok(())) => Ok(MigrationReport { took: started.elapsed() }),
+            Ok(Err(message)) => Err(LibvirtError::Call {
+                uri: self.uri.clone(),
+                operation: format!("migrate to {target_uri}"),
+                domain: Some(name.to_string()),
+                message,
+            }),
+            Err(_) => {
+                let aborted = events::abort_job(&d);
+                Err(LibvirtError::Timeout {
+                    uri: self.uri.clone(),
+                    operation: format!(
+                        "migration of {name} to {target_uri} ({}; the VM stays on this host)",
+                        if aborted { "aborted" } else { "still connecting to the target, left to fail" }
+                    ),
+                    millis: deadline.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Subscribes to the lifecycle events of every domain on this host.
+    pub fn subscribe(&self) -> Result<Subscription, LibvirtError> {
+        events::subscribe(&self.conn).map_err(|message| LibvirtError::Call {
+            uri: self.uri.clone(),
+            operation: "subscribe to lifecycle events".into(),
+            domain: None,
+            message,
+        })
+    }
+}
+
+/// The `<cpu>…</cpu>` element of the capabilities' `<host>`.
+fn host_cpu_xml(capabilities: &str) -> Option<String> {
+    let host = &capabilities[capabilities.find("<host>")?..];
+    let start = host.find("<cpu>")?;
+    let end = host[start..].find("</cpu>")? + start + "</cpu>".len();
+    Some(host[start..end].to_string())
+}
+
+/// The `file` or `dev` sources of a domain's disks.
+fn disk_sources(xml: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("<disk") {
+        rest = &rest[i..];
+        let end = rest.find("</disk>").unwrap_or(rest.len());
+        let disk = &rest[..end];
+        for attr in ["file='", "dev='", "file=\"", "dev=\""] {
+            if let Some(s) = disk.find(&format!("<source {attr}")) {
+                let value = &disk[s + 8 + attr.len()..];
+                let quote = attr.chars().last().unwrap_or('\'');
+                if let Some(e) = value.find(quote) {
+                    out.push(value[..e].to_string());
+                }
+            }
+        }
+        rest = &rest[end.min(rest.len())..];
+        if end == 0 {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_sources_and_the_host_cpu_are_found_in_xml() {
+        let xml = "<domain><devices><disk type='file'><source file='/var/lib/halo/a.qcow2'/></disk>\
+                   <disk type='block'><source dev=\"/dev/sdb\"/></disk></devices></domain>";
+        assert_eq!(disk_sources(xml), vec!["/var/lib/halo/a.qcow2".to_string(), "/dev/sdb".to_string()]);
+        assert!(disk_sources("<domain/>").is_empty());
+        let caps = "<capabilities><host><uuid>x</uuid><cpu><arch>x86_64</arch><model>Skylake</model></cpu></host><guest><cpu>no</cpu></guest></capabilities>";
+        assert_eq!(host_cpu_xml(caps).as_deref(), Some("<cpu><arch>x86_64</arch><model>Skylake</model></cpu>"));
+        assert_eq!(host_cpu_xml("<capabilities/>"), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! The libvirt driver against real libvirtd + QEMU/KVM in the lab: each lab host runs its own
+//! libvirtd; guests are tiny diskless VMs that halt their CPU. Root, libvirt and QEMU needed;
+//! without them the tests print why they skip.
+
+#![allow(missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use halo_lab::{Lab, LabSpec};
+use halo_libvirt::events::StopKind;
+use halo_libvirt::{DomainState, Hypervisor, LibvirtError, LifecycleEvent, MigrationKind};
+
+fn lab(test: &str, hosts: usize) -> Option<Lab> {
+    if let Err(reason) = halo_lab::available() {
+        println!("SKIP {test}: {reason}");
+        return None;
+    }
+    let name = format!("v{}-{}", std::process::id() % 100_000, test.chars().take(6).collect::<String>());
+    let lab = Lab::up(LabSpec::new(&name, hosts)).expect("the lab comes up");
+    for host in 1..=hosts {
+        match lab.libvirt_start(host) {
+            Ok(()) => {}
+            Err(halo_lab::LabError::Unavailable(reason)) => {
+                println!("SKIP {test}: {reason}");
+                return None;
+            }
+            Err(e) => panic!("libvirtd on host-{host}: {e}"),
+        }
+    }
+    if !halo_lab::kvm_usable() {
+        println!("note {test}: /dev/kvm is not usable, guests run under QEMU's TCG");
+    }
+    Some(lab)
+}
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn connect(lab: &Lab, host: usize) -> Hypervisor {
+    Hypervisor::connect_with_timeout(&lab.libvirt_uri(host), Duration::from_secs(10)).expect("connect")
+}
+
+/// Waits for the first event matching `want`, up to `within`.
+fn wait_for(
+    events: &std::sync::mpsc::Receiver<LifecycleEvent>,
+    within: Duration,
+    want: impl Fn(&LifecycleEvent) -> bool,
+) -> Option<(LifecycleEvent, Duration)> {
+    let started = Instant::now();
+    while let Some(left) = within.checked_sub(started.elapsed()) {
+        match events.recv_timeout(left) {
+            Ok(e) if want(&e) => return Some((e, started.elapsed())),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn domains_start_stop_shut_down_and_a_killed_qemu_is_reported_as_failed() {
+    let Some(lab) = lab("lifecycle", 1) else { return };
+    let hv = connect(&lab, 1);
+    let sub = hv.subscribe().expect("subscribe");
+    let xml = lab.tiny_guest_xml("t-life", 64).expect("xml");
+    assert_eq!(hv.define(&xml).expect("define"), "t-life");
+    assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::ShutOff));
+    assert_eq!(hv.state("no-such-vm").expect("state"), None);
+
+    let started = Instant::now();
+    hv.start("t-life").expect("start");
+    println!("figure: start of a 64 MiB guest took {:?}", started.elapsed());
+    hv.start("t-life").expect("starting a running domain is fine");
+    assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::Running));
+    assert!(wait_for(sub.events(), Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Started { domain } if domain == "t-life")).is_some());
+    let listed = hv.domains().expect("list");
+    assert!(listed.iter().any(|d| d.name == "t-life" && d.state == DomainState::Running && d.persistent), "{listed:?}");
+
+    let started = Instant::now();
+    hv.power_off("t-life").expect("power off");
+    println!("figure: power off took {:?}", started.elapsed());
+    hv.power_off("t-life").expect("powering off a stopped domain is fine");
+    assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::ShutOff));
+    let (_, _) = wait_for(sub.events(), Duration::from_secs(5), |e| {
+        matches!(e, LifecycleEvent::Stopped { domain, how: StopKind::Destroyed } if domain == "t-life")
+    })
+    .expect("a destroyed event");
+
+    // The halting guest has no ACPI: the shutdown request goes unanswered, the grace runs out,
+    // and it is powered off.
+    hv.start("t-life").expect("start");
+    let started = Instant::now();
+    let by_itself = hv.shutdown("t-life", Duration::from_millis(1500)).expect("shutdown");
+    assert!(!by_itself, "the halting guest cannot shut down by itself");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::ShutOff));
+
+    // QEMU killed: a crash, seen through the event loop.
+    hv.start("t-life").expect("start");
+    let pids = lab.pids_of(1, "guest=t-life").expect("pids");
+    assert_eq!(pids.len(), 1, "one QEMU process: {pids:?}");
+    while sub.events().try_recv().is_ok() {}
+    nix_kill(pids[0]);
+    let (_, took) = wait_for(sub.events(), Duration::from_secs(10), |e| {
+        matches!(e, LifecycleEvent::Stopped { domain, how: StopKind::Failed } if domain == "t-life")
+    })
+    .expect("a failed event after QEMU was killed");
+    println!("figure: QEMU killed -> Stopped/Failed event after {took:?}");
+    assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::ShutOff));
+    hv.undefine("t-life").expect("undefine");
+    assert_eq!(hv.state("t-life").expect("state"), None);
+
+    // libvirtd killed with the host: the connection's close callback says so.
+    lab.kill_host(1).expect("kill");
+    let closed = wait_for(sub.events(), Duration::from_secs(10), |e| matches!(e, LifecycleEvent::ConnectionClosed { .. }));
+    assert!(closed.is_some(), "the connection's end is reported");
+}
+
+fn nix_kill(pid: i32) {
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
+    let Some(lab) = lab("migrate", 2) else { return };
+    let (a, b) = (connect(&lab, 1), connect(&lab, 2));
+    let to_b = lab.libvirt_tcp_uri(2).expect("uri");
+    let to_a = lab.libvirt_tcp_uri(1).expect("uri");
+    let sub_b = b.subscribe().expect("subscribe");
+    a.define(&lab.tiny_guest_xml("t-mig", 64).expect("xml")).expect("define");
+
+    // Live migration of a powered-off VM is refused with the reason.
+    let refused = a.migrate("t-mig", &b, &to_b, MigrationKind::Live, &[], DEADLINE).expect_err("refused");
+    assert!(refused.to_string().contains("it is not running"), "{refused}");
+
+    a.start("t-mig").expect("start");
+    let report = a.migrate("t-mig", &b, &to_b, MigrationKind::Live, &[], DEADLINE).expect("live migration");
+    println!("figure: live migration of a running 64 MiB guest took {:?}", report.took);
+    assert_eq!(b.state("t-mig").expect("state"), Some(DomainState::Running), "running on the target");
+    assert_eq!(a.state("t-mig").expect("state"), None, "gone from the source (undefined there)");
+    // The guest kept running: on the target it was resumed, never booted and never stopped.
+    let seen: Vec<LifecycleEvent> = sub_b.events().try_iter().collect();
+    assert!(!seen.iter().any(|e| matches!(e, LifecycleEvent::Stopped { .. })), "{seen:?}");
+
+    // Back again, then offline: power off on A, move the definition to B.
+    b.migrate("t-mig", &a, &to_a, MigrationKind::Live, &[], DEADLINE).expect("live migration back");
+    assert_eq!(a.state("t-mig").expect("state"), Some(DomainState::Running));
+    a.power_off("t-mig").expect("power off");
+    let offline = a.migrate("t-mig", &b, &to_b, MigrationKind::Offline, &[], DEADLINE).expect("offline migration");
+    println!("figure: offline migration took {:?}", offline.took);
+    assert_eq!(b.state("t-mig").expect("state"), Some(DomainState::ShutOff));
+    assert_eq!(a.state("t-mig").expect("state"), None);
+
+    // A disk only this host sees: refused before anything moves, and the reason names it.
+    let rom = lab.hlt_rom().expect("rom");
+    let with_disk = lab
+        .tiny_guest_xml("t-disk", 64)
+        .expect("xml")
+        .replace("</devices>", &format!("<disk type='file' device='cdrom'><source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk></devices>", rom.display()));
+    a.define(&with_disk).expect("define");
+    a.start("t-disk").expect("start");
+    match a.migrate("t-disk", &b, &to_b, MigrationKind::Live, &["/srv/shared"], DEADLINE) {
+        Err(LibvirtError::MigrationRefused { reasons, .. }) => {
+            assert!(reasons.iter().any(|r| r.contains("is not on storage both hosts see")), "{reasons:?}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(a.state("t-disk").expect("state"), Some(DomainState::Running), "nothing moved");
+
+    // The target cut off on the migration network: libvirt's own reason comes back.
+    lab.set_link(2, "M", false).expect("cut");
+    let started = Instant::now();
+    let failed = a.migrate("t-disk", &b, &to_b, MigrationKind::Live, &[rom.to_string_lossy().as_ref()], Duration::from_secs(5));
+    let err = failed.expect_err("the target is unreachable");
+    println!("figure: migration to a cut-off target failed after {:?}: {err}", started.elapsed());
+    assert!(matches!(err, LibvirtError::Timeout { .. }) && err.to_string().contains("the VM stays on this host"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(8), "bounded by the deadline");
+    assert_eq!(a.state("t-disk").expect("state"), Some(DomainState::Running), "the guest stays where it was");
+    lab.set_link(2, "M", true).expect("heal");
+}

@@ -395,7 +395,8 @@ impl Lab {
         if !path.is_file() {
             let mut rom = vec![0xF4u8; 65_536];
             rom[0xFFF0..0xFFF4].copy_from_slice(&[0xFA, 0xF4, 0xEB, 0xFD]);
-            std::fs::create_dir_all(self.dir()).map_err(|e| LabError::Invalid(format!("{}: {e}", self.dir().display())))?;
+            std::fs::create_dir_all(self.dir())
+                .map_err(|e| LabError::Invalid(format!("{}: {e}", self.dir().display())))?;
             std::fs::write(&path, rom).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
         }
         Ok(path)
@@ -474,7 +475,19 @@ impl Lab {
         let log = std::fs::File::create(dir.join("libvirtd.out")).map_err(io)?;
         let ns = self.netns(host);
         Command::new("ip")
-            .args(["netns", "exec", &ns, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", &script])
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(io)?)
             .stderr(log)
@@ -490,7 +503,10 @@ impl Lab {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let out = std::fs::read_to_string(dir.join("libvirtd.out")).unwrap_or_default();
-        Err(LabError::Unavailable(format!("libvirtd on host-{host} did not answer within 30 s: {}", out.lines().last().unwrap_or(""))))
+        Err(LabError::Unavailable(format!(
+            "libvirtd on host-{host} did not answer within 30 s: {}",
+            out.lines().last().unwrap_or("")
+        )))
     }
 
     fn host_uuid(&self, host: usize) -> String {

@@ -235,6 +235,15 @@ fn map_event(domain: String, event: u32, detail: u32) -> Option<LifecycleEvent> 
     })
 }
 
+/// Aborts the domain's current job (a migration); `virt` 0.4 has no wrapper for it. Kept here
+/// so that every `unsafe` block of the driver is in this module.
+pub(crate) fn abort_job(domain: &virt::domain::Domain) -> bool {
+    // SAFETY: `domain.as_ptr()` is a valid domain pointer for the life of `domain`;
+    // virDomainAbortJob only reads it and is safe to call while another thread runs a job on
+    // the same domain (that is its purpose).
+    unsafe { sys::virDomainAbortJob(domain.as_ptr()) == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,13 +263,4 @@ mod tests {
         assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_DEFINED, 0), None);
         assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_RESUMED, 0), None);
     }
-}
-
-/// Aborts the domain's current job (a migration); `virt` 0.4 has no wrapper for it. Kept here
-/// so that every `unsafe` block of the driver is in this module.
-pub(crate) fn abort_job(domain: &virt::domain::Domain) -> bool {
-    // SAFETY: `domain.as_ptr()` is a valid domain pointer for the life of `domain`;
-    // virDomainAbortJob only reads it and is safe to call while another thread runs a job on
-    // the same domain (that is its purpose).
-    unsafe { sys::virDomainAbortJob(domain.as_ptr()) == 0 }
 }

@@ -172,7 +172,11 @@ impl Hypervisor {
             let _ = tx.send(Self::connect(&owned));
         });
         rx.recv_timeout(timeout).unwrap_or_else(|_| {
-            Err(LibvirtError::Timeout { uri: uri.to_string(), operation: "connect".into(), millis: timeout.as_millis() as u64 })
+            Err(LibvirtError::Timeout {
+                uri: uri.to_string(),
+                operation: "connect".into(),
+                millis: timeout.as_millis() as u64,
+            })
         })
     }
 
@@ -302,7 +306,9 @@ impl Hypervisor {
         let mut reasons = Vec::new();
         let active = d.is_active().unwrap_or(false);
         match kind {
-            MigrationKind::Offline if active => reasons.push("it is running: an offline migration needs it powered off".to_string()),
+            MigrationKind::Offline if active => {
+                reasons.push("it is running: an offline migration needs it powered off".to_string())
+            }
             MigrationKind::Live | MigrationKind::LiveWithStorageCopy if !active => {
                 reasons.push("it is not running: use an offline migration".to_string())
             }
@@ -326,11 +332,9 @@ impl Hypervisor {
             if active {
                 let need = d.get_info().map(|i| i.max_mem * 1024).unwrap_or(0);
                 match target.conn.get_free_memory() {
-                    Ok(free) if free < need => reasons.push(format!(
-                        "the target has {} MiB free, the VM needs {} MiB",
-                        free >> 20,
-                        need >> 20
-                    )),
+                    Ok(free) if free < need => {
+                        reasons.push(format!("the target has {} MiB free, the VM needs {} MiB", free >> 20, need >> 20))
+                    }
                     Ok(_) => {}
                     Err(e) => reasons.push(format!("the target's free memory is unknown: {}", e.message())),
                 }

@@ -17,15 +17,17 @@ tasks:
   demo     build the plugins and halo, then run `halo demo` (a simulated cluster on the default plugins)
   test     build the plugins, then run every test of the workspace
   bench    build the plugins, then run the benchmarks (figures for docs/performance.md)
-  plugins  build the default, example and hostile plugins (wasm32-wasip2)";
+  plugins  build the default, example and hostile plugins (wasm32-wasip2)
+  setup    install what the build and the lab tests need (apt packages as root, the wasm target)";
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let task = std::env::args().nth(1).unwrap_or_default();
     let result = match task.as_str() {
-        "demo" => plugins().and_then(|()| demo()),
-        "test" => plugins().and_then(|()| test()),
+        "demo" => setup().and_then(|()| plugins()).and_then(|()| demo()),
+        "test" => setup().and_then(|()| plugins()).and_then(|()| test()),
+        "setup" => setup(),
         "bench" => plugins().and_then(|()| bench()),
         "plugins" => plugins(),
         "help" | "--help" | "-h" => {
@@ -72,6 +74,48 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
         run("rustup target add wasm32-wasip2", Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
     }
     Ok(())
+}
+
+/// Debian packages: the libvirt driver builds against libvirt-dev; the lab tests run real
+/// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, and tini as each lab host's reaper.
+/// (command or file that shows the package is there, package)
+const PACKAGES: [(&str, &str); 12] = [
+    ("/usr/bin/pkg-config", "pkg-config"),
+    ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
+    ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
+    ("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so", "libvirt-daemon-driver-qemu"),
+    ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+    ("/usr/bin/virsh", "libvirt-clients"),
+    ("/usr/bin/tini", "tini"),
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/sbin/nft", "nftables"),
+    ("/usr/bin/ganesha.nfsd", "nfs-ganesha"),
+    ("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so", "nfs-ganesha-vfs"),
+    ("/usr/sbin/rpcbind", "rpcbind"),
+];
+
+/// Installs the missing Debian packages (as root; otherwise says what to install) and the
+/// wasm target.
+fn setup() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    let missing: Vec<&str> =
+        PACKAGES.iter().filter(|(path, _)| !Path::new(path).exists()).map(|(_, package)| *package).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        bail!(
+            "missing Debian packages: {}; install them as root (apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
+    run(
+        &format!("apt-get install {}", missing.join(" ")),
+        Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn plugins() -> anyhow::Result<()> {

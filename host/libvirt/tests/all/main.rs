@@ -71,7 +71,14 @@ fn domains_start_stop_shut_down_and_a_killed_qemu_is_reported_as_failed() {
     println!("figure: start of a 64 MiB guest took {:?}", started.elapsed());
     hv.start("t-life").expect("starting a running domain is fine");
     assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::Running));
-    assert!(wait_for(sub.events(), Duration::from_secs(5), |e| matches!(e, LifecycleEvent::Started { domain } if domain == "t-life")).is_some());
+    assert!(
+        wait_for(
+            sub.events(),
+            Duration::from_secs(5),
+            |e| matches!(e, LifecycleEvent::Started { domain } if domain == "t-life")
+        )
+        .is_some()
+    );
     let listed = hv.domains().expect("list");
     assert!(listed.iter().any(|d| d.name == "t-life" && d.state == DomainState::Running && d.persistent), "{listed:?}");
 
@@ -80,9 +87,11 @@ fn domains_start_stop_shut_down_and_a_killed_qemu_is_reported_as_failed() {
     println!("figure: power off took {:?}", started.elapsed());
     hv.power_off("t-life").expect("powering off a stopped domain is fine");
     assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::ShutOff));
-    let (_, _) = wait_for(sub.events(), Duration::from_secs(5), |e| {
-        matches!(e, LifecycleEvent::Stopped { domain, how: StopKind::Destroyed } if domain == "t-life")
-    })
+    let (_, _) = wait_for(
+        sub.events(),
+        Duration::from_secs(5),
+        |e| matches!(e, LifecycleEvent::Stopped { domain, how: StopKind::Destroyed } if domain == "t-life"),
+    )
     .expect("a destroyed event");
 
     // The halting guest has no ACPI: the shutdown request goes unanswered, the grace runs out,
@@ -100,9 +109,11 @@ fn domains_start_stop_shut_down_and_a_killed_qemu_is_reported_as_failed() {
     assert_eq!(pids.len(), 1, "one QEMU process: {pids:?}");
     while sub.events().try_recv().is_ok() {}
     nix_kill(pids[0]);
-    let (_, took) = wait_for(sub.events(), Duration::from_secs(10), |e| {
-        matches!(e, LifecycleEvent::Stopped { domain, how: StopKind::Failed } if domain == "t-life")
-    })
+    let (_, took) = wait_for(
+        sub.events(),
+        Duration::from_secs(10),
+        |e| matches!(e, LifecycleEvent::Stopped { domain, how: StopKind::Failed } if domain == "t-life"),
+    )
     .expect("a failed event after QEMU was killed");
     println!("figure: QEMU killed -> Stopped/Failed event after {took:?}");
     assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::ShutOff));
@@ -111,7 +122,8 @@ fn domains_start_stop_shut_down_and_a_killed_qemu_is_reported_as_failed() {
 
     // libvirtd killed with the host: the connection's close callback says so.
     lab.kill_host(1).expect("kill");
-    let closed = wait_for(sub.events(), Duration::from_secs(10), |e| matches!(e, LifecycleEvent::ConnectionClosed { .. }));
+    let closed =
+        wait_for(sub.events(), Duration::from_secs(10), |e| matches!(e, LifecycleEvent::ConnectionClosed { .. }));
     assert!(closed.is_some(), "the connection's end is reported");
 }
 
@@ -170,10 +182,14 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     // The target cut off on the migration network: libvirt's own reason comes back.
     lab.set_link(2, "M", false).expect("cut");
     let started = Instant::now();
-    let failed = a.migrate("t-disk", &b, &to_b, MigrationKind::Live, &[rom.to_string_lossy().as_ref()], Duration::from_secs(5));
+    let failed =
+        a.migrate("t-disk", &b, &to_b, MigrationKind::Live, &[rom.to_string_lossy().as_ref()], Duration::from_secs(5));
     let err = failed.expect_err("the target is unreachable");
     println!("figure: migration to a cut-off target failed after {:?}: {err}", started.elapsed());
-    assert!(matches!(err, LibvirtError::Timeout { .. }) && err.to_string().contains("the VM stays on this host"), "{err}");
+    assert!(
+        matches!(err, LibvirtError::Timeout { .. }) && err.to_string().contains("the VM stays on this host"),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(8), "bounded by the deadline");
     assert_eq!(a.state("t-disk").expect("state"), Some(DomainState::Running), "the guest stays where it was");
     lab.set_link(2, "M", true).expect("heal");

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod lab;
 mod plugin;
 mod sim;
 
@@ -30,6 +31,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// A scripted cluster in the simulator with the real default plugins: crash, isolation, partition.
     Demo(sim::DemoArgs),
+    /// Several hosts on this machine (root): namespaces, a libvirtd per host, an NFS server, faults.
+    Lab(lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Plugin(command) => plugin::run(command),
         Command::Sim(args) => sim::sim(args),
         Command::Demo(args) => sim::demo(args),
+        Command::Lab(args) => lab::run(args),
     };
     match result {
         Ok(code) => code,

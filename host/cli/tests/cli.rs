@@ -90,3 +90,38 @@ fn bad_arguments_get_a_clear_error() {
         assert!(stderr.contains(says), "{args:?}: expected `{says}` in: {stderr}");
     }
 }
+
+#[test]
+fn halo_lab_comes_up_reports_takes_faults_and_goes_down() {
+    if let Err(reason) = halo_lab::available() {
+        println!("SKIP halo_lab_comes_up_reports_takes_faults_and_goes_down: {reason}");
+        return;
+    }
+    let name = format!("c{}", std::process::id() % 100_000);
+    let out = halo(&["lab", "up", "--name", &name, "--hosts", "2", "--no-nfs", "--no-libvirt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = halo(&["lab", "status", "--name", &name, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["hosts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(status["hosts"][1]["addresses"][0][1], "10.213.37.3");
+    for (args, ok) in [
+        (vec!["lab", "fault", "--name", &name, "link", "host-2", "A"], true),
+        (vec!["lab", "heal", "--name", &name, "link", "2", "all"], true),
+        (vec!["lab", "fault", "--name", &name, "partition", "1/2"], true),
+        (vec!["lab", "heal", "--name", &name, "partition"], true),
+        (vec!["lab", "fault", "--name", &name, "link", "host-9", "A"], false),
+        (vec!["lab", "fault", "--name", &name, "link", "1", "Z"], false),
+        (vec!["lab", "fault", "--name", &name, "partition", "1,2"], false),
+        (vec!["lab", "fault", "--name", &name, "loss", "A", "0"], false),
+    ] {
+        let out = halo(&args);
+        assert_eq!(out.status.success(), ok, "{args:?}: {}", text(&out.stderr));
+    }
+    let out = halo(&["lab", "exec", "--name", &name, "2", "--", "ip", "-br", "addr"]);
+    assert!(text(&out.stdout).contains("10.213.37.67"), "{}", text(&out.stdout));
+    let out = halo(&["lab", "down", "--name", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = halo(&["lab", "status", "--name", &name]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no lab named"), "{}", text(&out.stderr));
+}

@@ -58,7 +58,7 @@ pub enum LabError {
 }
 
 /// What to build.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LabSpec {
     /// The lab's name (namespaces are named `halo-NAME-…`).
     pub name: String,
@@ -80,6 +80,7 @@ impl LabSpec {
 pub struct Lab {
     spec: LabSpec,
     down: bool,
+    keep: bool,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
@@ -123,8 +124,12 @@ impl Lab {
             return Err(LabError::Invalid(format!("lab name `{}`: 1-20 letters, digits or dashes", spec.name)));
         }
         remove_namespaces(&format!("halo-{}-", spec.name))?;
-        let lab = Self { spec, down: false };
+        let _ = std::fs::remove_dir_all(Self::dir_of(&spec.name));
+        let lab = Self { spec, down: false, keep: false };
         lab.build()?;
+        std::fs::create_dir_all(lab.dir()).map_err(|e| LabError::Invalid(format!("{}: {e}", lab.dir().display())))?;
+        let state = serde_json::to_vec_pretty(&lab.spec).map_err(|e| LabError::Invalid(e.to_string()))?;
+        std::fs::write(lab.dir().join("lab.json"), state).map_err(|e| LabError::Invalid(e.to_string()))?;
         Ok(lab)
     }
 
@@ -182,7 +187,43 @@ impl Lab {
 
     /// The lab's own directory (NFS exports, configs, logs); removed by `down`.
     pub fn dir(&self) -> PathBuf {
-        std::env::temp_dir().join(format!("halo-lab-{}", self.spec.name))
+        Self::dir_of(&self.spec.name)
+    }
+
+    fn dir_of(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("halo-lab-{name}"))
+    }
+
+    /// The lab named `name` that an earlier `up` left running (for the `halo lab` command).
+    /// Dropping it leaves it running; `down` removes it.
+    pub fn attach(name: &str) -> Result<Self, LabError> {
+        let state = Self::dir_of(name).join("lab.json");
+        let bytes = std::fs::read(&state).map_err(|e| {
+            LabError::Invalid(format!(
+                "no lab named `{name}` is up ({}: {e}); start one with `halo lab up`",
+                state.display()
+            ))
+        })?;
+        let spec: LabSpec = serde_json::from_slice(&bytes)
+            .map_err(|e| LabError::Invalid(format!("{}: not a lab state file: {e}", state.display())))?;
+        let lab = Self { spec, down: false, keep: true };
+        if !PathBuf::from("/run/netns").join(lab.switch()).exists() {
+            return Err(LabError::Invalid(format!(
+                "lab `{name}` is recorded but its namespaces are gone; run `halo lab down` then `halo lab up`"
+            )));
+        }
+        Ok(lab)
+    }
+
+    /// Leaves the lab running when this value is dropped (the `halo lab up` command).
+    pub fn keep(mut self) -> Self {
+        self.keep = true;
+        self
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
     }
 
     /// Host `host`'s namespace (hosts count from 1).
@@ -351,6 +392,18 @@ impl Lab {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the NFS server runs (any process in the storage namespace).
+    pub fn nfs_running(&self) -> bool {
+        ip(&["netns", "pids", &self.storage()]).is_ok_and(|p| p.split_whitespace().next().is_some())
+    }
+
+    /// The exports `nfs_start` was last given.
+    pub fn nfs_exports(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir().join("exports"))
+            .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+            .unwrap_or_default()
     }
 
     /// Stops the NFS server (and its rpcbind): every process of the storage namespace, which
@@ -557,6 +610,89 @@ fn copy_dir(from: &str, to: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Network faults on the bridges (nftables in the switch namespace).
+impl Lab {
+    fn bridge_rules(&self) -> Result<(), LabError> {
+        let sw = self.switch();
+        nft(&sw, "add table bridge halo_lab")?;
+        nft(&sw, "add chain bridge halo_lab forward { type filter hook forward priority 0 ; policy accept ; }")?;
+        Ok(())
+    }
+
+    fn delete_rules(&self, comment: &str) -> Result<(), LabError> {
+        let sw = self.switch();
+        let listing = nft(&sw, "-a list chain bridge halo_lab forward").unwrap_or_default();
+        for line in listing.lines().filter(|l| l.contains(&format!("comment \"{comment}\""))) {
+            if let Some(handle) = line.rsplit("# handle ").next().map(str::trim) {
+                nft(&sw, &format!("delete rule bridge halo_lab forward handle {handle}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions the hosts into `groups` on the management networks A and B: no frame
+    /// crosses between groups (the migration/storage network M stays whole, so both sides
+    /// still reach the datastores; each host still reaches its gateways). Replaces an earlier
+    /// partition.
+    pub fn partition(&self, groups: &[Vec<usize>]) -> Result<(), LabError> {
+        for host in groups.iter().flatten() {
+            self.check_host(*host)?;
+        }
+        self.heal_partition()?;
+        self.bridge_rules()?;
+        let sw = self.switch();
+        for (i, a) in groups.iter().enumerate() {
+            for b in groups.iter().skip(i + 1) {
+                for net in ["a", "b"] {
+                    let ports = |g: &Vec<usize>| g.iter().map(|h| format!("h{h}-{net}")).collect::<Vec<_>>().join(", ");
+                    for (from, to) in [(ports(a), ports(b)), (ports(b), ports(a))] {
+                        nft(
+                            &sw,
+                            &format!(
+                                "add rule bridge halo_lab forward iifname {{ {from} }} oifname {{ {to} }} drop comment \"partition\""
+                            ),
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Heals a partition.
+    pub fn heal_partition(&self) -> Result<(), LabError> {
+        self.delete_rules("partition")
+    }
+
+    /// Drops `percent` % of the frames entering network `network` from the hosts, at random
+    /// (this kernel has no netem; nftables' `numgen random` stands in).
+    pub fn loss(&self, network: &str, percent: u32) -> Result<(), LabError> {
+        Self::network_index(network)?;
+        if percent == 0 || percent > 100 {
+            return Err(LabError::Invalid(format!("loss is 1 to 100 %, not {percent}")));
+        }
+        let net = network.to_lowercase();
+        self.heal_loss(network)?;
+        self.bridge_rules()?;
+        // Every host's port on that bridge (nft wildcards only match a trailing `*`).
+        let ports = (1..=self.spec.hosts).map(|h| format!("h{h}-{net}")).collect::<Vec<_>>().join(", ");
+        let rule = if percent == 100 {
+            format!("add rule bridge halo_lab forward iifname {{ {ports} }} drop comment \"loss-{net}\"")
+        } else {
+            format!(
+                "add rule bridge halo_lab forward iifname {{ {ports} }} numgen random mod 100 < {percent} drop comment \"loss-{net}\""
+            )
+        };
+        nft(&self.switch(), &rule).map(drop)
+    }
+
+    /// Ends the loss on a network.
+    pub fn heal_loss(&self, network: &str) -> Result<(), LabError> {
+        Self::network_index(network)?;
+        self.delete_rules(&format!("loss-{}", network.to_lowercase()))
+    }
+}
+
 /// The NFS server's MOUNT port in the lab.
 pub const MOUNT_PORT: u16 = 20048;
 /// The NFS server's NFS port in the lab.
@@ -601,6 +737,9 @@ fn kill_all_in(netns: &str) -> Result<(), LabError> {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Err(error) = self.down() {
             eprintln!("halo lab {}: could not remove everything: {error}", self.spec.name);
         }

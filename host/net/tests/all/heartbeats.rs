@@ -173,3 +173,73 @@ fn forged_replayed_and_broken_packets_are_dropped_and_counted() {
         assert_eq!(stats.accepted(), 8);
     });
 }
+
+fn beat_from(from: &str, seq: u64) -> Heartbeat {
+    Heartbeat { from: from.into(), acks: vec![], ..beat(seq) }
+}
+
+#[test]
+fn a_partition_and_packet_loss_on_the_lab_bridges() {
+    let Some(lab) = crate::lab("partition", 3) else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let (one, _rx1) = transport(&lab, 1);
+        let (two, mut rx2) = transport(&lab, 2);
+        let (three, _rx3) = transport(&lab, 3);
+        let stats = two.stats();
+        let round = |seq: u64| {
+            let (one, three) = (&one, &three);
+            async move {
+                for net in ["A", "B"] {
+                    one.send(net, &beat_from("host-1", seq)).await.expect("send");
+                    three.send(net, &beat_from("host-3", seq)).await.expect("send");
+                }
+            }
+        };
+        // host-1 | host-2, host-3: host-2 hears host-3 only.
+        lab.partition(&[vec![1], vec![2, 3]]).expect("partition");
+        for seq in 1..=5 {
+            round(seq).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let heard: Vec<String> = drain(&mut rx2).into_iter().map(|r| r.heartbeat.from).collect();
+        assert_eq!(heard.len(), 10, "{heard:?}");
+        assert!(heard.iter().all(|h| h == "host-3"), "{heard:?}");
+        lab.heal_partition().expect("heal");
+        // Healed: host-1 is heard again once its neighbour entries recover (ARP failed during
+        // the partition), within a few seconds.
+        let healed = std::time::Instant::now();
+        let mut heard_again = false;
+        for seq in 6..=60 {
+            round(seq).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if drain(&mut rx2).iter().any(|r| r.heartbeat.from == "host-1") {
+                heard_again = true;
+                break;
+            }
+        }
+        assert!(heard_again, "host-1 is heard again after the partition heals");
+        println!("figure: partition healed -> host-1 heard again after {:?}", healed.elapsed());
+
+        // 50 % loss on A only: about half of host-1's heartbeats on A arrive, all on B.
+        lab.loss("A", 50).expect("loss");
+        let (a0, b0) = (stats.accepted_on("A"), stats.accepted_on("B"));
+        for seq in 100..300 {
+            for net in ["A", "B"] {
+                one.send(net, &beat_from("host-1", seq)).await.expect("send");
+            }
+            if seq % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drain(&mut rx2);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (a, b) = (stats.accepted_on("A") - a0, stats.accepted_on("B") - b0);
+        println!("figure: 50 % loss on A: {a} of 200 heartbeats arrived on A, {b} of 200 on B");
+        assert_eq!(b, 200);
+        assert!((40..=160).contains(&a), "{a} of 200 on A");
+        lab.heal_loss("A").expect("heal");
+        drain(&mut rx2);
+    });
+}

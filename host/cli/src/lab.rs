@@ -1,0 +1,319 @@
+//! `halo lab`: several hosts on this machine (root), for trying halo and for its tests —
+//! network namespaces on management bridges A and B and a migration/storage network M, a
+//! libvirtd per host running real KVM guests, an NFS server, and fault verbs.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use halo_lab::{Lab, LabSpec, NETWORKS};
+
+/// `halo lab`.
+#[derive(Args)]
+pub struct LabArgs {
+    /// The lab's name (several labs can run side by side).
+    #[arg(long, default_value = "lab", global = true)]
+    name: String,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Bring the lab up: hosts, networks, a libvirtd per host, the NFS server.
+    Up {
+        /// How many hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// NFS exports to serve (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "ds1")]
+        exports: Vec<String>,
+        /// Without libvirtd on the hosts.
+        #[arg(long)]
+        no_libvirt: bool,
+        /// Without the NFS server.
+        #[arg(long)]
+        no_nfs: bool,
+    },
+    /// Remove everything the lab made (also after a crash).
+    Down,
+    /// Hosts, addresses, libvirt URIs, running VMs, the NFS server.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on a host (in its network namespace).
+    Exec {
+        /// The host (`2` or `host-2`).
+        host: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Inject a fault.
+    #[command(subcommand)]
+    Fault(Fault),
+    /// Heal a fault.
+    #[command(subcommand)]
+    Heal(Heal),
+}
+
+#[derive(Subcommand)]
+enum Fault {
+    /// Kill every process of a host (libvirtd, QEMU, its agent): a host crash.
+    Kill {
+        /// The host.
+        host: String,
+    },
+    /// Cut one network link of a host (A, B or M), or `all`.
+    Link {
+        /// The host.
+        host: String,
+        /// The network: A, B, M or all.
+        network: String,
+    },
+    /// Split the hosts into groups on A and B (storage on M stays reachable): `1,2/3`.
+    Partition {
+        /// Groups of hosts separated by `/`, hosts by `,`.
+        groups: String,
+    },
+    /// Drop a share of the frames on a network.
+    Loss {
+        /// The network.
+        network: String,
+        /// Percent, 1 to 100.
+        percent: u32,
+    },
+    /// Stop the NFS server.
+    NfsStop,
+    /// Drop one host's traffic to the NFS server.
+    BlockStorage {
+        /// The host.
+        host: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Heal {
+    /// Restore a host's link (A, B, M or all).
+    Link {
+        /// The host.
+        host: String,
+        /// The network.
+        network: String,
+    },
+    /// End the partition.
+    Partition,
+    /// End the loss on a network.
+    Loss {
+        /// The network.
+        network: String,
+    },
+    /// Start the NFS server again (the files stay).
+    NfsStart,
+    /// Let a host reach the NFS server again.
+    BlockStorage {
+        /// The host.
+        host: String,
+    },
+    /// Restart a killed host's libvirtd (its VMs are gone, as after a power loss).
+    Boot {
+        /// The host.
+        host: String,
+    },
+}
+
+fn host_number(lab: &Lab, text: &str) -> anyhow::Result<usize> {
+    let n: usize = text
+        .strip_prefix("host-")
+        .unwrap_or(text)
+        .parse()
+        .with_context(|| format!("`{text}` is not a host: write 2 or host-2"))?;
+    if n == 0 || n > lab.hosts() {
+        bail!("no host {n} in lab `{}` (hosts 1..={})", lab.name(), lab.hosts());
+    }
+    Ok(n)
+}
+
+fn networks(text: &str) -> anyhow::Result<Vec<&'static str>> {
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(NETWORKS.to_vec());
+    }
+    NETWORKS
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(text))
+        .map(|n| vec![*n])
+        .with_context(|| format!("no network `{text}`: A, B, M or all"))
+}
+
+/// Runs `halo lab`.
+pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    if let Err(reason) = halo_lab::available() {
+        bail!("{reason}");
+    }
+    let name = args.name.as_str();
+    match args.command {
+        LabCommand::Up { hosts, exports, no_libvirt, no_nfs } => {
+            let lab = Lab::up(LabSpec::new(name, hosts))?.keep();
+            eprintln!("lab `{name}`: {hosts} host(s) up");
+            if !no_nfs {
+                let exports: Vec<&str> = exports.iter().map(String::as_str).collect();
+                lab.nfs_start(&exports)?;
+                eprintln!("NFS server up at {} exporting {}", lab.storage_address(), exports.join(", "));
+            }
+            if !no_libvirt {
+                for host in 1..=hosts {
+                    lab.libvirt_start(host)?;
+                }
+                eprintln!("libvirtd up on every host");
+            }
+            print_status(&lab, false)?;
+        }
+        LabCommand::Down => match Lab::attach(name) {
+            Ok(mut lab) => {
+                lab.down()?;
+                eprintln!("lab `{name}` removed");
+            }
+            Err(_) => {
+                // Nothing recorded: still remove whatever carries the lab's name.
+                let mut lab = Lab::up(LabSpec::new(name, 1))?;
+                lab.down()?;
+                eprintln!("lab `{name}` removed (nothing was recorded)");
+            }
+        },
+        LabCommand::Status { json } => print_status(&Lab::attach(name)?, json)?,
+        LabCommand::Exec { host, command } => {
+            let lab = Lab::attach(name)?;
+            let n = host_number(&lab, &host)?;
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.netns(n)])
+                .args(&command)
+                .status()
+                .context("cannot run ip netns exec")?;
+            return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+        }
+        LabCommand::Fault(fault) => {
+            let lab = Lab::attach(name)?;
+            match fault {
+                Fault::Kill { host } => lab.kill_host(host_number(&lab, &host)?)?,
+                Fault::Link { host, network } => {
+                    let n = host_number(&lab, &host)?;
+                    for net in networks(&network)? {
+                        lab.set_link(n, net, false)?;
+                    }
+                }
+                Fault::Partition { groups } => {
+                    let mut parsed = Vec::new();
+                    for group in groups.split('/') {
+                        let hosts: anyhow::Result<Vec<usize>> =
+                            group.split(',').map(|h| host_number(&lab, h.trim())).collect();
+                        parsed.push(hosts?);
+                    }
+                    if parsed.len() < 2 {
+                        bail!("a partition needs at least two groups: `1,2/3`");
+                    }
+                    lab.partition(&parsed)?;
+                }
+                Fault::Loss { network, percent } => lab.loss(&network, percent)?,
+                Fault::NfsStop => lab.nfs_stop()?,
+                Fault::BlockStorage { host } => lab.block_storage(host_number(&lab, &host)?, true)?,
+            }
+            eprintln!("fault injected");
+        }
+        LabCommand::Heal(heal) => {
+            let lab = Lab::attach(name)?;
+            match heal {
+                Heal::Link { host, network } => {
+                    let n = host_number(&lab, &host)?;
+                    for net in networks(&network)? {
+                        lab.set_link(n, net, true)?;
+                    }
+                }
+                Heal::Partition => lab.heal_partition()?,
+                Heal::Loss { network } => lab.heal_loss(&network)?,
+                Heal::NfsStart => {
+                    let exports = lab.nfs_exports();
+                    let exports: Vec<&str> = exports.iter().map(String::as_str).collect();
+                    lab.nfs_start(&exports)?;
+                }
+                Heal::BlockStorage { host } => lab.block_storage(host_number(&lab, &host)?, false)?,
+                Heal::Boot { host } => lab.libvirt_start(host_number(&lab, &host)?)?,
+            }
+            eprintln!("healed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct HostStatus {
+    host: String,
+    netns: String,
+    addresses: Vec<(String, String)>,
+    libvirt_uri: String,
+    libvirt_tcp_uri: String,
+    vms: Result<Vec<(String, String)>, String>,
+}
+
+fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
+    let mut hosts = Vec::new();
+    for n in 1..=lab.hosts() {
+        let addresses = NETWORKS
+            .iter()
+            .map(|net| Ok((net.to_string(), lab.address(n, net)?.to_string())))
+            .collect::<anyhow::Result<_>>()?;
+        let uri = lab.libvirt_uri(n);
+        let vms = halo_libvirt::Hypervisor::connect_with_timeout(&uri, Duration::from_secs(3))
+            .and_then(|hv| hv.domains())
+            .map(|ds| ds.into_iter().map(|d| (d.name, format!("{:?}", d.state).to_lowercase())).collect())
+            .map_err(|e| e.to_string());
+        hosts.push(HostStatus {
+            host: Lab::host_name(n),
+            netns: lab.netns(n),
+            addresses,
+            libvirt_uri: uri,
+            libvirt_tcp_uri: lab.libvirt_tcp_uri(n)?,
+            vms,
+        });
+    }
+    if json {
+        let nfs = serde_json::json!({ "address": lab.storage_address().to_string(), "running": lab.nfs_running(), "exports": lab.nfs_exports() });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "lab": lab.name(), "hosts": hosts, "nfs": nfs }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "lab `{}` — gateways (isolation addresses): A {}, B {}, M {}",
+        lab.name(),
+        lab.gateway("A")?,
+        lab.gateway("B")?,
+        lab.gateway("M")?
+    );
+    println!("{:<8} {:<15} {:<15} {:<15} VMs", "host", "A", "B", "M");
+    for h in &hosts {
+        let vms = match &h.vms {
+            Ok(vms) if vms.is_empty() => "-".to_string(),
+            Ok(vms) => vms.iter().map(|(n, s)| format!("{n} ({s})")).collect::<Vec<_>>().join(", "),
+            Err(e) => format!("libvirt not answering: {e}"),
+        };
+        println!("{:<8} {:<15} {:<15} {:<15} {vms}", h.host, h.addresses[0].1, h.addresses[1].1, h.addresses[2].1);
+    }
+    println!(
+        "libvirt: {} (from this machine), {} (from the hosts)",
+        hosts.first().map_or("", |h| h.libvirt_uri.as_str()),
+        hosts.first().map_or("", |h| h.libvirt_tcp_uri.as_str())
+    );
+    println!(
+        "NFS: {} at {} ({}), MOUNT port {}, NFS port {}",
+        if lab.nfs_running() { "running" } else { "stopped" },
+        lab.storage_address(),
+        lab.nfs_exports().iter().map(|e| format!("/{e}")).collect::<Vec<_>>().join(", "),
+        halo_lab::MOUNT_PORT,
+        halo_lab::NFS_PORT
+    );
+    Ok(())
+}

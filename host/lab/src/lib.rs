@@ -468,6 +468,23 @@ impl Lab {
         ))
     }
 
+    /// The directory every host sees for VM disk images (shared storage).
+    pub fn images_dir(&self) -> Result<PathBuf, LabError> {
+        let dir = self.dir().join("images");
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::Invalid(format!("{}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+
+    /// Makes a small qcow2 image in the shared image directory (`qemu-img create`).
+    pub fn make_image(&self, name: &str, size_mib: u64) -> Result<PathBuf, LabError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(LabError::Invalid(format!("image name `{name}`: letters, digits, - and _ only")));
+        }
+        let path = self.images_dir()?.join(format!("{name}.qcow2"));
+        run("qemu-img", &["create", "-q", "-f", "qcow2", &path.to_string_lossy(), &format!("{size_mib}M")])?;
+        Ok(path)
+    }
+
     /// Where host `host`'s libvirt answers from this machine's own namespace (its unix socket;
     /// works even while the host's networks are cut).
     pub fn libvirt_uri(&self, host: usize) -> String {

@@ -382,6 +382,15 @@ impl Hypervisor {
             MigrationKind::LiveWithStorageCopy => sys::VIR_MIGRATE_LIVE | sys::VIR_MIGRATE_NON_SHARED_DISK,
             MigrationKind::Offline => sys::VIR_MIGRATE_OFFLINE,
         };
+        // libvirt calls a disk on a filesystem it does not know as shared (NFS, GFS2, …)
+        // unsafe to migrate live. halo checked above that every disk lies under a path the
+        // operator declared shared (`shared_prefixes`), so it vouches for them.
+        if kind == MigrationKind::Live {
+            let xml = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
+            if !disk_sources(&xml).is_empty() {
+                flags |= sys::VIR_MIGRATE_UNSAFE;
+            }
+        }
         let started = Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
         let (job, uri) = (d.clone(), target_uri.to_string());

@@ -79,13 +79,14 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 /// Debian packages: the libvirt driver builds against libvirt-dev; the lab tests run real
 /// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, and tini as each lab host's reaper.
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 12] = [
+const PACKAGES: [(&str, &str); 13] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
     ("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so", "libvirt-daemon-driver-qemu"),
     ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
     ("/usr/bin/virsh", "libvirt-clients"),
+    ("/usr/bin/qemu-img", "qemu-utils"),
     ("/usr/bin/tini", "tini"),
     ("/usr/sbin/ip", "iproute2"),
     ("/usr/sbin/nft", "nftables"),

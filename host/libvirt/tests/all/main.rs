@@ -163,6 +163,27 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     assert_eq!(b.state("t-mig").expect("state"), Some(DomainState::ShutOff));
     assert_eq!(a.state("t-mig").expect("state"), None);
 
+    // A guest with its disk on the shared image directory migrates live, disk and all.
+    let image = lab.make_image("t-shared", 16).expect("qemu-img");
+    let images = lab.images_dir().expect("images");
+    let with_shared_disk = lab.tiny_guest_xml("t-shared", 64).expect("xml").replace(
+        "</devices>",
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
+            image.display()
+        ),
+    );
+    a.define(&with_shared_disk).expect("define");
+    a.start("t-shared").expect("start");
+    let shared = [images.to_string_lossy().into_owned()];
+    let shared: Vec<&str> = shared.iter().map(String::as_str).collect();
+    let report = a
+        .migrate("t-shared", &b, &to_b, MigrationKind::Live, &shared, DEADLINE)
+        .expect("live migration with a shared disk");
+    println!("figure: live migration of a guest with a qcow2 disk on shared storage took {:?}", report.took);
+    assert_eq!(b.state("t-shared").expect("state"), Some(DomainState::Running));
+    b.power_off("t-shared").expect("power off");
+
     // A disk only this host sees: refused before anything moves, and the reason names it.
     let rom = lab.hlt_rom().expect("rom");
     let with_disk = lab

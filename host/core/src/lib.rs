@@ -15,6 +15,7 @@
 pub mod capacity;
 pub mod classify;
 pub mod config;
+pub mod drivers;
 pub mod node;
 pub mod policies;
 pub mod wire;

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod dir;
+mod driver;
 mod nfs;
 
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use halo_core::{Claim, ClaimOutcome, DatastoreRecord};
 use serde::{Deserialize, Serialize};
 
 pub use dir::DirStore;
+pub use driver::Datastores;
 pub use nfs::{NfsStore, NfsTarget};
 
 /// Largest file halo reads from a datastore.

@@ -11,6 +11,7 @@
 //! connecting to a cut host can hang for over a minute. Starting a running domain and powering
 //! off a stopped one succeed (idempotent): a repeated request never fails for having been done.
 
+pub mod driver;
 pub mod events;
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use virt::connect::Connect;
 use virt::domain::{Domain, MigrateParameters};
 use virt::sys;
 
+pub use driver::{HypervisorConfig, Hypervisors, generation_of, with_generation};
 pub use events::{LifecycleEvent, Subscription};
 
 /// What went wrong, with what and on which domain.

@@ -13,8 +13,10 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod driver;
 pub mod ping;
 pub mod transport;
 
 pub use codec::{ClusterKey, DropReason, KeyError, Membership};
+pub use driver::{Heartbeats, Pinger};
 pub use transport::{HeartbeatTransport, NetworkEndpoints, Received, TransportConfig, TransportError, TransportStats};

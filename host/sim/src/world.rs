@@ -4,9 +4,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use halo_core::capacity::FailoverPlan;
+use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
 use halo_core::node::PingTarget;
 use halo_core::{
-    Action, ClaimOutcome, ClusterConfig, Event, Input, Millis, Node, Policies, Severity, StopReason, VmState,
+    Action, Claim, ClaimOutcome, ClusterConfig, DatastoreRecord, Event, Heartbeat, Input, Millis, Node, Policies,
+    Severity, StopReason, VmState,
 };
 use serde::Serialize;
 
@@ -479,91 +481,7 @@ impl<'p> Sim<'p> {
     }
 
     fn act(&mut self, h: usize, action: Action) {
-        let latency = self.opts.datastore_latency;
-        match action {
-            Action::SendHeartbeat { network, heartbeat } => {
-                let loss = self.loss.get(&network).copied().unwrap_or(0);
-                for to in 0..self.hosts.len() {
-                    if to == h || !self.path(&network, h, to) || (loss > 0 && self.rng.chance(loss)) {
-                        continue;
-                    }
-                    let delay = self.rng.between(1, self.opts.max_delay);
-                    self.deliver(
-                        to,
-                        delay,
-                        Input::Heartbeat { network: network.clone(), heartbeat: heartbeat.clone() },
-                    );
-                }
-            }
-            Action::WriteDatastore { datastore, record } => {
-                let ok = self.store_reachable(&datastore, h);
-                if ok && let Some(store) = self.stores.get_mut(&datastore) {
-                    store.records.insert(record.host.clone(), record);
-                }
-                let delay = if ok { latency } else { 1_000 };
-                self.deliver(h, delay, Input::DatastoreWritten { datastore, ok });
-            }
-            Action::ReadDatastore { datastore } => {
-                let records = if self.store_reachable(&datastore, h) {
-                    Ok(self.stores[&datastore].records.values().cloned().collect())
-                } else {
-                    Err(format!("datastore {datastore} not reachable"))
-                };
-                let delay = if records.is_ok() { latency } else { 1_000 };
-                self.deliver(h, delay, Input::DatastoreRead { datastore, records });
-            }
-            Action::Ping { target } => {
-                let answered = match &target {
-                    PingTarget::Host(name) => self.index.get(name).is_some_and(|&to| {
-                        self.config.networks.iter().any(|n| self.path(n, h, to) && self.path(n, to, h))
-                    }),
-                    PingTarget::IsolationAddress(address) => {
-                        let network = address.strip_prefix("gw-").unwrap_or(address);
-                        !self.link_down.contains(&(network.to_string(), h))
-                    }
-                };
-                let delay = if answered { 2 } else { 1_000 };
-                self.deliver(h, delay, Input::PingResult { target, answered });
-            }
-            Action::Claim { datastore, claim } => {
-                let outcome = if !self.store_reachable(&datastore, h) {
-                    ClaimOutcome::Failed(format!("datastore {datastore} not reachable"))
-                } else {
-                    let store = self.stores.get_mut(&datastore).expect("known datastore");
-                    match store.claims.get(&(claim.vm.clone(), claim.generation)) {
-                        Some(existing) => ClaimOutcome::Lost(existing.clone()),
-                        None => {
-                            store.claims.insert((claim.vm.clone(), claim.generation), claim.clone());
-                            ClaimOutcome::Won
-                        }
-                    }
-                };
-                self.deliver(h, latency, Input::ClaimResult { claim, outcome });
-            }
-            Action::StartVm { host, vm, generation } => {
-                let Some(&to) = self.index.get(&host) else { return };
-                if (to != h && !self.any_path(h, to)) || self.hosts[to].node.is_none() {
-                    return; // the request is lost (no path, or no agent to carry it out); the master times out
-                }
-                let boot = self.hosts[to].boot;
-                let reply = Some((h, self.hosts[h].agent_epoch));
-                self.push(self.now + self.opts.vm_start, Ev::VmUp { host: to, boot, vm, generation, reply });
-            }
-            Action::StopVm { vm, reason, grace_secs } => {
-                let delay = 200 + Millis::from(grace_secs.min(5)) * 1000;
-                self.push(self.now + delay, Ev::VmDown { host: h, vm, reason });
-            }
-            Action::MigrateVm { vm, from, to } => {
-                let (Some(&f), Some(&t)) = (self.index.get(&from), self.index.get(&to)) else { return };
-                let in_maintenance = self.hosts[h].node.as_ref().is_some_and(|n| n.maintenance().contains(&from));
-                if !in_maintenance {
-                    self.violation(format!("{vm} migrated off {from}, which is not in maintenance: HA must never move a running VM to make room"));
-                }
-                let master = (h, self.hosts[h].agent_epoch);
-                self.push(self.now + 800, Ev::Migrated { vm, from: f, to: t, master });
-            }
-            Action::Record(event) => self.record(event),
-        }
+        carry_out(action, &mut HostDrivers { sim: self, h });
     }
 
     fn record(&mut self, event: Event) {
@@ -771,5 +689,123 @@ impl<'p> Sim<'p> {
                 self.liveness.push(message);
             }
         }
+    }
+}
+
+/// The simulated drivers of host `h`: what its node's actions do in the simulated world.
+struct HostDrivers<'s, 'p> {
+    sim: &'s mut Sim<'p>,
+    h: usize,
+}
+
+impl HeartbeatSender for HostDrivers<'_, '_> {
+    fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let loss = s.loss.get(network).copied().unwrap_or(0);
+        for to in 0..s.hosts.len() {
+            if to == h || !s.path(network, h, to) || (loss > 0 && s.rng.chance(loss)) {
+                continue;
+            }
+            let delay = s.rng.between(1, s.opts.max_delay);
+            s.deliver(to, delay, Input::Heartbeat { network: network.to_string(), heartbeat: heartbeat.clone() });
+        }
+    }
+}
+
+impl DatastoreDriver for HostDrivers<'_, '_> {
+    fn write_record(&mut self, datastore: &str, record: &DatastoreRecord) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let ok = s.store_reachable(datastore, h);
+        if ok && let Some(store) = s.stores.get_mut(datastore) {
+            store.records.insert(record.host.clone(), record.clone());
+        }
+        let delay = if ok { s.opts.datastore_latency } else { 1_000 };
+        s.deliver(h, delay, Input::DatastoreWritten { datastore: datastore.to_string(), ok });
+    }
+
+    fn read_records(&mut self, datastore: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let records = if s.store_reachable(datastore, h) {
+            Ok(s.stores[datastore].records.values().cloned().collect())
+        } else {
+            Err(format!("datastore {datastore} not reachable"))
+        };
+        let delay = if records.is_ok() { s.opts.datastore_latency } else { 1_000 };
+        s.deliver(h, delay, Input::DatastoreRead { datastore: datastore.to_string(), records });
+    }
+
+    fn claim(&mut self, datastore: &str, claim: &Claim) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let outcome = if !s.store_reachable(datastore, h) {
+            ClaimOutcome::Failed(format!("datastore {datastore} not reachable"))
+        } else {
+            let store = s.stores.get_mut(datastore).expect("known datastore");
+            match store.claims.get(&(claim.vm.clone(), claim.generation)) {
+                Some(existing) => ClaimOutcome::Lost(existing.clone()),
+                None => {
+                    store.claims.insert((claim.vm.clone(), claim.generation), claim.clone());
+                    ClaimOutcome::Won
+                }
+            }
+        };
+        let latency = s.opts.datastore_latency;
+        s.deliver(h, latency, Input::ClaimResult { claim: claim.clone(), outcome });
+    }
+}
+
+impl PingDriver for HostDrivers<'_, '_> {
+    fn ping(&mut self, target: &PingTarget) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let answered = match target {
+            PingTarget::Host(name) => s
+                .index
+                .get(name)
+                .is_some_and(|&to| s.config.networks.iter().any(|n| s.path(n, h, to) && s.path(n, to, h))),
+            PingTarget::IsolationAddress(address) => {
+                let network = address.strip_prefix("gw-").unwrap_or(address);
+                !s.link_down.contains(&(network.to_string(), h))
+            }
+        };
+        let delay = if answered { 2 } else { 1_000 };
+        s.deliver(h, delay, Input::PingResult { target: target.clone(), answered });
+    }
+}
+
+impl HypervisorDriver for HostDrivers<'_, '_> {
+    fn start_vm(&mut self, host: &str, vm: &str, generation: u64) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let Some(&to) = s.index.get(host) else { return };
+        if (to != h && !s.any_path(h, to)) || s.hosts[to].node.is_none() {
+            return; // the request is lost (no path, or no agent to carry it out); the master times out
+        }
+        let boot = s.hosts[to].boot;
+        let reply = Some((h, s.hosts[h].agent_epoch));
+        let at = s.now + s.opts.vm_start;
+        s.push(at, Ev::VmUp { host: to, boot, vm: vm.to_string(), generation, reply });
+    }
+
+    fn stop_vm(&mut self, vm: &str, reason: StopReason, grace_secs: u32) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let delay = 200 + Millis::from(grace_secs.min(5)) * 1000;
+        s.push(s.now + delay, Ev::VmDown { host: h, vm: vm.to_string(), reason });
+    }
+
+    fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let (Some(&f), Some(&t)) = (s.index.get(from), s.index.get(to)) else { return };
+        let in_maintenance = s.hosts[h].node.as_ref().is_some_and(|n| n.maintenance().contains(from));
+        if !in_maintenance {
+            s.violation(format!(
+                "{vm} migrated off {from}, which is not in maintenance: HA must never move a running VM to make room"
+            ));
+        }
+        let master = (h, s.hosts[h].agent_epoch);
+        s.push(s.now + 800, Ev::Migrated { vm: vm.to_string(), from: f, to: t, master });
+    }
+}
+
+impl EventSink for HostDrivers<'_, '_> {
+    fn record(&mut self, event: Event) {
+        self.sim.record(event);
     }
 }

@@ -100,3 +100,61 @@ fn a_missing_directory_is_a_clear_error() {
     let error = result.err().expect("refused");
     assert!(error.to_string().starts_with("datastore ds9: create the layout:"), "{error}");
 }
+
+#[test]
+fn the_core_driver_delivers_outcomes_as_inputs() {
+    use halo_core::drivers::{DatastoreDriver as _, carry_out};
+    use halo_core::{Action, Input};
+    use halo_datastore::Datastores;
+
+    let dir = scratch("driver");
+    let rt = runtime();
+    let ds = rt.block_on(Datastore::open("ds1", Location::Directory(dir.clone()), "prod", TIMEOUT)).expect("open");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut drivers = Datastores::new(vec![ds], tx, rt.handle().clone());
+    drivers.write_record("ds1", &record("host-1", 4));
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>| {
+        rt.block_on(async { rx.recv().await }).expect("an input")
+    };
+    assert_eq!(next(&mut rx), Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+    drivers.read_records("ds1");
+    assert_eq!(next(&mut rx), Input::DatastoreRead { datastore: "ds1".into(), records: Ok(vec![record("host-1", 4)]) });
+    let c = claim("db", 2, "host-1");
+    drivers.claim("ds1", &c);
+    assert_eq!(next(&mut rx), Input::ClaimResult { claim: c.clone(), outcome: ClaimOutcome::Won });
+    // Through the core's dispatcher: the same claim again is lost to itself.
+    struct Only<'a>(&'a mut Datastores);
+    impl halo_core::drivers::HeartbeatSender for Only<'_> {
+        fn send_heartbeat(&mut self, _: &str, _: &halo_core::Heartbeat) {}
+    }
+    impl halo_core::drivers::DatastoreDriver for Only<'_> {
+        fn write_record(&mut self, d: &str, r: &halo_core::DatastoreRecord) {
+            self.0.write_record(d, r)
+        }
+        fn read_records(&mut self, d: &str) {
+            self.0.read_records(d)
+        }
+        fn claim(&mut self, d: &str, c: &halo_core::Claim) {
+            self.0.claim(d, c)
+        }
+    }
+    impl halo_core::drivers::PingDriver for Only<'_> {
+        fn ping(&mut self, _: &halo_core::node::PingTarget) {}
+    }
+    impl halo_core::drivers::HypervisorDriver for Only<'_> {
+        fn start_vm(&mut self, _: &str, _: &str, _: u64) {}
+        fn stop_vm(&mut self, _: &str, _: halo_core::StopReason, _: u32) {}
+        fn migrate_vm(&mut self, _: &str, _: &str, _: &str) {}
+    }
+    impl halo_core::drivers::EventSink for Only<'_> {
+        fn record(&mut self, _: halo_core::Event) {}
+    }
+    carry_out(Action::Claim { datastore: "ds1".into(), claim: c.clone() }, &mut Only(&mut drivers));
+    assert_eq!(next(&mut rx), Input::ClaimResult { claim: c.clone(), outcome: ClaimOutcome::Lost(c) });
+    // An unknown datastore is an answer too, never silence.
+    drivers.read_records("ds9");
+    assert!(
+        matches!(next(&mut rx), Input::DatastoreRead { records: Err(e), .. } if e.contains("no datastore named ds9"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -215,3 +215,73 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     assert_eq!(a.state("t-disk").expect("state"), Some(DomainState::Running), "the guest stays where it was");
     lab.set_link(2, "M", true).expect("heal");
 }
+
+#[test]
+fn the_core_hypervisor_driver_starts_elsewhere_stops_and_migrates_with_the_generation() {
+    use halo_core::drivers::HypervisorDriver;
+    use halo_core::{Input, StopReason, VmState};
+    use halo_libvirt::{HypervisorConfig, Hypervisors, generation_of};
+
+    let Some(lab) = lab("driver", 2) else { return };
+    let config = |me: usize| HypervisorConfig {
+        me: Lab::host_name(me),
+        // The test reaches every libvirt through its socket; the hosts reach each other over M.
+        uris: (1..=2).map(|h| (Lab::host_name(h), lab.libvirt_uri(h))).collect(),
+        migration_uris: (1..=2).map(|h| (Lab::host_name(h), lab.libvirt_tcp_uri(h).expect("uri"))).collect(),
+        shared_storage: vec![],
+        connect_timeout: Duration::from_secs(10),
+        migration_deadline: DEADLINE,
+    };
+    let catalog = std::sync::Arc::new(std::sync::Mutex::new(
+        [("t-drv".to_string(), lab.tiny_guest_xml("t-drv", 64).expect("xml"))].into_iter().collect(),
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut master = Hypervisors::new(config(1), std::sync::Arc::clone(&catalog), tx.clone(), rt.handle().clone());
+    let mut on_two = Hypervisors::new(config(2), catalog, tx, rt.handle().clone());
+    let mut next = || {
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), rx.recv()).await })
+            .expect("in time")
+            .expect("an input")
+    };
+
+    // The master (host-1) starts generation 3 on host-2.
+    master.start_vm("host-2", "t-drv", 3);
+    assert_eq!(next(), Input::StartResult { vm: "t-drv".into(), host: "host-2".into(), generation: 3, result: Ok(()) });
+    let b = connect(&lab, 2);
+    assert_eq!(b.state("t-drv").expect("state"), Some(DomainState::Running));
+    assert_eq!(generation_of(&b.xml("t-drv").expect("xml")), Some(3), "the generation rides in the metadata");
+
+    // host-2's own agent stops it (isolation response, no grace): reported with its generation.
+    on_two.stop_vm("t-drv", StopReason::Isolation, 0);
+    assert_eq!(
+        next(),
+        Input::VmState { vm: "t-drv".into(), generation: 3, state: VmState::StoppedByHalo(StopReason::Isolation) }
+    );
+    assert_eq!(b.state("t-drv").expect("state"), Some(DomainState::ShutOff));
+
+    // Started on host-2 by its own agent: it also hears that it runs it.
+    on_two.start_vm("host-2", "t-drv", 4);
+    let first = next();
+    let second = next();
+    assert_eq!(first, Input::VmState { vm: "t-drv".into(), generation: 4, state: VmState::Running });
+    assert_eq!(second, Input::StartResult { vm: "t-drv".into(), host: "host-2".into(), generation: 4, result: Ok(()) });
+
+    // Maintenance: the master migrates it live from host-2 to host-1; the generation stays.
+    master.migrate_vm("t-drv", "host-2", "host-1");
+    assert_eq!(
+        next(),
+        Input::MigrateResult { vm: "t-drv".into(), from: "host-2".into(), to: "host-1".into(), result: Ok(()) }
+    );
+    let a = connect(&lab, 1);
+    assert_eq!(a.state("t-drv").expect("state"), Some(DomainState::Running));
+    assert_eq!(generation_of(&a.xml("t-drv").expect("xml")), Some(4));
+
+    // What cannot be done is an answer, not silence.
+    master.start_vm("host-9", "t-drv", 5);
+    assert!(
+        matches!(next(), Input::StartResult { result: Err(e), .. } if e.contains("no libvirt URI for host host-9"))
+    );
+    master.start_vm("host-2", "unknown-vm", 1);
+    assert!(matches!(next(), Input::StartResult { result: Err(e), .. } if e.contains("no definition")));
+}

@@ -27,3 +27,40 @@ fn an_isolation_address_answers_until_the_link_is_cut() {
     let back = lab.enter(1, move || ping_blocking(gateway, Duration::from_secs(1))).expect("enter");
     assert!(back.expect("ping works"), "healed: answers again");
 }
+
+#[test]
+fn the_core_ping_driver_answers_with_inputs() {
+    use halo_core::Input;
+    use halo_core::drivers::PingDriver;
+    use halo_core::node::PingTarget;
+
+    let Some(lab) = crate::lab("pingdrv", 2) else { return };
+    let peer = IpAddr::V4(lab.address(2, "A").expect("address"));
+    let gateway = lab.gateway("A").expect("gateway").to_string();
+    let ns = lab.netns(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(move || halo_lab::join_netns(&ns).expect("enter host-1"))
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let peers = [("host-2".to_string(), peer)].into_iter().collect();
+    let mut pinger = halo_net::Pinger::new(peers, Duration::from_millis(500), tx, rt.handle().clone());
+    let mut next = || rt.block_on(async { rx.recv().await }).expect("an input");
+    pinger.ping(&PingTarget::Host("host-2".into()));
+    assert_eq!(next(), Input::PingResult { target: PingTarget::Host("host-2".into()), answered: true });
+    pinger.ping(&PingTarget::IsolationAddress(gateway.clone()));
+    assert_eq!(next(), Input::PingResult { target: PingTarget::IsolationAddress(gateway), answered: true });
+    pinger.ping(&PingTarget::Host("host-7".into()));
+    assert_eq!(
+        next(),
+        Input::PingResult { target: PingTarget::Host("host-7".into()), answered: false },
+        "unknown host: no answer, said at once"
+    );
+    pinger.ping(&PingTarget::IsolationAddress("gw.example".into()));
+    assert!(matches!(next(), Input::PingResult { answered: false, .. }), "not an address: no answer");
+    lab.set_link(2, "A", false).expect("cut");
+    pinger.ping(&PingTarget::Host("host-2".into()));
+    assert_eq!(next(), Input::PingResult { target: PingTarget::Host("host-2".into()), answered: false });
+}

@@ -1,0 +1,165 @@
+//! What the core's actions need from the world, as small traits: one per driver. Each has two
+//! implementations — the real one in its driver crate (`halo-net`, `halo-datastore`,
+//! `halo-libvirt`) and the simulated one in `halo-sim` — and [`carry_out`] hands every action
+//! to the right one, so the agent and the simulator execute actions the same way.
+//!
+//! A driver never answers by returning: it delivers the outcome later as an [`Input`] of the
+//! node (`DatastoreWritten`, `ClaimResult`, `PingResult`, `StartResult`, `VmState`, …) through
+//! whatever channel it was built with. That is how real I/O behaves (it takes time, it may
+//! never come back) and how the simulator schedules it; the core stays free of both.
+//!
+//! [`Input`]: crate::Input
+
+use crate::node::{Action, Event, PingTarget, StopReason};
+use crate::wire::{Claim, DatastoreRecord, Heartbeat};
+
+/// Sends heartbeats on a management network (answers come as `Input::Heartbeat` on the
+/// peers).
+pub trait HeartbeatSender {
+    /// Sends `heartbeat` to every peer on `network`.
+    fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat);
+}
+
+/// The datastores: heartbeat records and claims.
+pub trait DatastoreDriver {
+    /// Writes this host's record; answers `Input::DatastoreWritten`.
+    fn write_record(&mut self, datastore: &str, record: &DatastoreRecord);
+    /// Reads every host's record; answers `Input::DatastoreRead`.
+    fn read_records(&mut self, datastore: &str);
+    /// Takes a claim atomically; answers `Input::ClaimResult`.
+    fn claim(&mut self, datastore: &str, claim: &Claim);
+}
+
+/// Pings; answers `Input::PingResult`.
+pub trait PingDriver {
+    /// Pings a peer's management address or an isolation address.
+    fn ping(&mut self, target: &PingTarget);
+}
+
+/// The hypervisor: starts (on this host or, for the master, on another), stops, migrations.
+pub trait HypervisorDriver {
+    /// Starts `vm` on `host` under `generation`; answers `Input::StartResult` (and the host
+    /// that runs it reports `Input::VmState` running).
+    fn start_vm(&mut self, host: &str, vm: &str, generation: u64);
+    /// Stops `vm` on this host (after `grace_secs` of guest shutdown, then power off);
+    /// answers `Input::VmState` with `StoppedByHalo(reason)`.
+    fn stop_vm(&mut self, vm: &str, reason: StopReason, grace_secs: u32);
+    /// Live-migrates `vm` from `from` to `to`; answers `Input::MigrateResult`.
+    fn migrate_vm(&mut self, vm: &str, from: &str, to: &str);
+}
+
+/// Where events go: the event log, alerts.
+pub trait EventSink {
+    /// Records an event (and raises it when it is an alert).
+    fn record(&mut self, event: Event);
+}
+
+/// Every driver a node needs.
+pub trait Drivers: HeartbeatSender + DatastoreDriver + PingDriver + HypervisorDriver + EventSink {}
+
+impl<T: HeartbeatSender + DatastoreDriver + PingDriver + HypervisorDriver + EventSink> Drivers for T {}
+
+/// Hands one action to the driver that carries it out.
+pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
+    match action {
+        Action::SendHeartbeat { network, heartbeat } => drivers.send_heartbeat(&network, &heartbeat),
+        Action::WriteDatastore { datastore, record } => drivers.write_record(&datastore, &record),
+        Action::ReadDatastore { datastore } => drivers.read_records(&datastore),
+        Action::Ping { target } => drivers.ping(&target),
+        Action::Claim { datastore, claim } => drivers.claim(&datastore, &claim),
+        Action::StartVm { host, vm, generation } => drivers.start_vm(&host, &vm, generation),
+        Action::StopVm { vm, reason, grace_secs } => drivers.stop_vm(&vm, reason, grace_secs),
+        Action::MigrateVm { vm, from, to } => drivers.migrate_vm(&vm, &from, &to),
+        Action::Record(event) => drivers.record(event),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Severity;
+
+    /// Records which driver method each action reached.
+    #[derive(Default)]
+    struct Calls(Vec<String>);
+
+    impl HeartbeatSender for Calls {
+        fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
+            self.0.push(format!("heartbeat {network} {}", heartbeat.seq));
+        }
+    }
+    impl DatastoreDriver for Calls {
+        fn write_record(&mut self, datastore: &str, record: &DatastoreRecord) {
+            self.0.push(format!("write {datastore} {}", record.counter));
+        }
+        fn read_records(&mut self, datastore: &str) {
+            self.0.push(format!("read {datastore}"));
+        }
+        fn claim(&mut self, datastore: &str, claim: &Claim) {
+            self.0.push(format!("claim {datastore} {}@{}", claim.vm, claim.generation));
+        }
+    }
+    impl PingDriver for Calls {
+        fn ping(&mut self, target: &PingTarget) {
+            self.0.push(format!("ping {target:?}"));
+        }
+    }
+    impl HypervisorDriver for Calls {
+        fn start_vm(&mut self, host: &str, vm: &str, generation: u64) {
+            self.0.push(format!("start {vm}@{generation} on {host}"));
+        }
+        fn stop_vm(&mut self, vm: &str, reason: StopReason, grace_secs: u32) {
+            self.0.push(format!("stop {vm} {reason:?} {grace_secs}"));
+        }
+        fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
+            self.0.push(format!("migrate {vm} {from}->{to}"));
+        }
+    }
+    impl EventSink for Calls {
+        fn record(&mut self, event: Event) {
+            self.0.push(format!("event {}", event.kind));
+        }
+    }
+
+    #[test]
+    fn every_action_reaches_its_driver() {
+        let claim = Claim { vm: "db".into(), generation: 2, master: "h1".into(), epoch: 1, host: "h2".into() };
+        let actions = vec![
+            Action::ReadDatastore { datastore: "ds1".into() },
+            Action::Claim { datastore: "ds1".into(), claim },
+            Action::StartVm { host: "h2".into(), vm: "db".into(), generation: 2 },
+            Action::StopVm { vm: "web".into(), reason: StopReason::Isolation, grace_secs: 30 },
+            Action::MigrateVm { vm: "web".into(), from: "h1".into(), to: "h3".into() },
+            Action::Ping { target: PingTarget::IsolationAddress("10.0.0.1".into()) },
+            Action::WriteDatastore {
+                datastore: "ds1".into(),
+                record: DatastoreRecord { counter: 7, ..Default::default() },
+            },
+            Action::Record(Event {
+                at: 0,
+                node: "h1".into(),
+                severity: Severity::Info,
+                kind: "vm-restarted".into(),
+                message: String::new(),
+                trace: None,
+            }),
+        ];
+        let mut calls = Calls::default();
+        for action in actions {
+            carry_out(action, &mut calls);
+        }
+        assert_eq!(
+            calls.0,
+            vec![
+                "read ds1",
+                "claim ds1 db@2",
+                "start db@2 on h2",
+                "stop web Isolation 30",
+                "migrate web h1->h3",
+                "ping IsolationAddress(\"10.0.0.1\")",
+                "write ds1 7",
+                "event vm-restarted",
+            ]
+        );
+    }
+}

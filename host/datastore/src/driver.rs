@@ -1,0 +1,94 @@
+//! The core's [`DatastoreDriver`] on real datastores: each request runs as a task on the
+//! agent's runtime and its outcome comes back as an input of the node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use halo_core::drivers::DatastoreDriver;
+use halo_core::{Claim, ClaimOutcome, DatastoreRecord, Input};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::Datastore;
+
+/// The datastores of one agent, by name.
+pub struct Datastores {
+    stores: BTreeMap<String, Arc<Datastore>>,
+    inputs: UnboundedSender<Input>,
+    runtime: Handle,
+}
+
+impl Datastores {
+    /// `stores` (opened), delivering outcomes to `inputs`, running on `runtime`.
+    pub fn new(stores: Vec<Datastore>, inputs: UnboundedSender<Input>, runtime: Handle) -> Self {
+        let stores = stores.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
+        Self { stores, inputs, runtime }
+    }
+
+    /// One datastore, for the agent's own use (isolation records, protected VMs).
+    pub fn get(&self, name: &str) -> Option<Arc<Datastore>> {
+        self.stores.get(name).cloned()
+    }
+
+    fn store(&self, name: &str) -> Result<Arc<Datastore>, String> {
+        self.stores.get(name).cloned().ok_or_else(|| format!("no datastore named {name} is configured"))
+    }
+}
+
+impl DatastoreDriver for Datastores {
+    fn write_record(&mut self, datastore: &str, record: &DatastoreRecord) {
+        let (inputs, name, record) = (self.inputs.clone(), datastore.to_string(), record.clone());
+        let Ok(store) = self.store(datastore) else {
+            let _ = inputs.send(Input::DatastoreWritten { datastore: name, ok: false });
+            return;
+        };
+        self.runtime.spawn(async move {
+            let ok = match store.write_heartbeat(&record).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(datastore = %name, "{e}");
+                    false
+                }
+            };
+            let _ = inputs.send(Input::DatastoreWritten { datastore: name, ok });
+        });
+    }
+
+    fn read_records(&mut self, datastore: &str) {
+        let (inputs, name) = (self.inputs.clone(), datastore.to_string());
+        let store = match self.store(datastore) {
+            Ok(store) => store,
+            Err(e) => {
+                let _ = inputs.send(Input::DatastoreRead { datastore: name, records: Err(e) });
+                return;
+            }
+        };
+        self.runtime.spawn(async move {
+            let records = match store.read_heartbeats().await {
+                Ok((records, problems)) => {
+                    for problem in problems {
+                        tracing::warn!(datastore = %name, "{problem}");
+                    }
+                    Ok(records)
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = inputs.send(Input::DatastoreRead { datastore: name, records });
+        });
+    }
+
+    fn claim(&mut self, datastore: &str, claim: &Claim) {
+        let (inputs, claim) = (self.inputs.clone(), claim.clone());
+        let store = match self.store(datastore) {
+            Ok(store) => store,
+            Err(e) => {
+                let _ = inputs.send(Input::ClaimResult { claim, outcome: ClaimOutcome::Failed(e) });
+                return;
+            }
+        };
+        self.runtime.spawn(async move {
+            let outcome = store.claim(&claim).await;
+            let _ = inputs.send(Input::ClaimResult { claim, outcome });
+        });
+    }
+}

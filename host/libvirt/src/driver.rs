@@ -1,0 +1,189 @@
+//! The core's [`HypervisorDriver`] on real libvirt: starts (here, or — for the master — on
+//! another host's libvirt), stops with a grace time, live migrations. Every request runs on a
+//! blocking thread of the agent's runtime; its outcome comes back as an input of the node.
+//!
+//! A VM's generation travels in its domain XML (`<metadata><halo:vm generation='N'/>`), so
+//! the host that runs it — and its agent after a restart — knows which generation it runs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use halo_core::drivers::HypervisorDriver;
+use halo_core::{Input, StopReason, VmState};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{Hypervisor, MigrationKind};
+
+/// The XML namespace of halo's domain metadata.
+pub const HALO_XMLNS: &str = "https://halo.invalid/xmlns/vm/1";
+
+/// `xml` with halo's metadata saying `generation` (any earlier halo metadata replaced).
+pub fn with_generation(xml: &str, generation: u64) -> String {
+    let element = format!("<halo:vm xmlns:halo='{HALO_XMLNS}' generation='{generation}'/>");
+    let mut xml = xml.to_string();
+    if let Some(start) = xml.find("<halo:vm ")
+        && let Some(len) = xml[start..].find("/>")
+    {
+        xml.replace_range(start..start + len + 2, &element);
+        return xml;
+    }
+    if let Some(at) = xml.find("<metadata>") {
+        xml.insert_str(at + "<metadata>".len(), &element);
+    } else if let Some(at) = xml.rfind("</domain>") {
+        xml.insert_str(at, &format!("<metadata>{element}</metadata>"));
+    }
+    xml
+}
+
+/// The generation in halo's metadata of a domain's XML.
+pub fn generation_of(xml: &str) -> Option<u64> {
+    let start = xml.find("<halo:vm ")?;
+    let element = &xml[start..start + xml[start..].find("/>")?];
+    let value = element.split("generation=").nth(1)?;
+    let quote = value.chars().next()?;
+    value[1..].split(quote).next()?.parse().ok()
+}
+
+fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(&xml[start..end])
+}
+
+/// How this agent reaches every host's libvirt.
+#[derive(Debug, Clone)]
+pub struct HypervisorConfig {
+    /// This host.
+    pub me: String,
+    /// Per host: the URI this agent opens to manage that host's domains.
+    pub uris: BTreeMap<String, String>,
+    /// Per host: the URI a source libvirtd uses to reach that host for a migration.
+    pub migration_uris: BTreeMap<String, String>,
+    /// Paths every host sees (disks under them migrate live without copying).
+    pub shared_storage: Vec<String>,
+    /// Opening a connection gives up after this.
+    pub connect_timeout: Duration,
+    /// A migration is aborted after this.
+    pub migration_deadline: Duration,
+}
+
+/// The hypervisor driver of one agent.
+pub struct Hypervisors {
+    config: Arc<HypervisorConfig>,
+    catalog: Arc<Mutex<BTreeMap<String, String>>>,
+    inputs: UnboundedSender<Input>,
+    runtime: Handle,
+}
+
+impl Hypervisors {
+    /// A driver; `catalog` maps each protected VM to its domain XML (the protected-VM list on
+    /// the datastore; the agent keeps it current).
+    pub fn new(
+        config: HypervisorConfig,
+        catalog: Arc<Mutex<BTreeMap<String, String>>>,
+        inputs: UnboundedSender<Input>,
+        runtime: Handle,
+    ) -> Self {
+        Self { config: Arc::new(config), catalog, inputs, runtime }
+    }
+
+    fn connect(config: &HypervisorConfig, host: &str) -> Result<Hypervisor, String> {
+        let uri =
+            config.uris.get(host).ok_or_else(|| format!("no libvirt URI for host {host} in the configuration"))?;
+        Hypervisor::connect_with_timeout(uri, config.connect_timeout).map_err(|e| e.to_string())
+    }
+}
+
+impl HypervisorDriver for Hypervisors {
+    fn start_vm(&mut self, host: &str, vm: &str, generation: u64) {
+        let (config, inputs) = (Arc::clone(&self.config), self.inputs.clone());
+        let xml = self.catalog.lock().unwrap_or_else(|p| p.into_inner()).get(vm).cloned();
+        let (host, vm) = (host.to_string(), vm.to_string());
+        self.runtime.spawn_blocking(move || {
+            let result = (|| {
+                let xml = xml.ok_or_else(|| format!("{vm} has no definition in the protected-VM list"))?;
+                let hv = Self::connect(&config, &host)?;
+                // A definition without a UUID gets a new one at every define, which libvirt
+                // refuses for a name it knows: keep the UUID the host already has.
+                let mut xml = with_generation(&xml, generation);
+                if !xml.contains("<uuid>")
+                    && let Ok(existing) = hv.xml(&vm)
+                    && let Some(uuid) = element_text(&existing, "uuid")
+                {
+                    xml = xml.replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1);
+                }
+                hv.define(&xml).map_err(|e| e.to_string())?;
+                hv.start(&vm).map_err(|e| e.to_string())
+            })();
+            if result.is_ok() && host == config.me {
+                let _ = inputs.send(Input::VmState { vm: vm.clone(), generation, state: VmState::Running });
+            }
+            let _ = inputs.send(Input::StartResult { vm, host, generation, result });
+        });
+    }
+
+    fn stop_vm(&mut self, vm: &str, reason: StopReason, grace_secs: u32) {
+        let (config, inputs, vm) = (Arc::clone(&self.config), self.inputs.clone(), vm.to_string());
+        self.runtime.spawn_blocking(move || {
+            let stopped = (|| {
+                let hv = Self::connect(&config, &config.me)?;
+                let generation = hv.xml(&vm).ok().as_deref().and_then(generation_of).unwrap_or(0);
+                if grace_secs == 0 {
+                    hv.power_off(&vm).map_err(|e| e.to_string())?;
+                } else {
+                    hv.shutdown(&vm, Duration::from_secs(u64::from(grace_secs))).map_err(|e| e.to_string())?;
+                }
+                Ok::<u64, String>(generation)
+            })();
+            match stopped {
+                Ok(generation) => {
+                    let _ = inputs.send(Input::VmState { vm, generation, state: VmState::StoppedByHalo(reason) });
+                }
+                // Not stopped: nothing is reported, so nothing is restarted elsewhere.
+                Err(e) => tracing::error!(vm, "could not stop the VM ({reason:?}): {e}"),
+            }
+        });
+    }
+
+    fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
+        let (config, inputs) = (Arc::clone(&self.config), self.inputs.clone());
+        let (vm, from, to) = (vm.to_string(), from.to_string(), to.to_string());
+        self.runtime.spawn_blocking(move || {
+            let result = (|| {
+                let source = Self::connect(&config, &from)?;
+                let target = Self::connect(&config, &to)?;
+                let uri = config.migration_uris.get(&to).ok_or_else(|| format!("no migration URI for host {to}"))?;
+                let shared: Vec<&str> = config.shared_storage.iter().map(String::as_str).collect();
+                source
+                    .migrate(&vm, &target, uri, MigrationKind::Live, &shared, config.migration_deadline)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })();
+            let _ = inputs.send(Input::MigrateResult { vm, from, to, result });
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generation_rides_in_the_domain_metadata() {
+        let bare = "<domain type='kvm'><name>db</name></domain>";
+        let three = with_generation(bare, 3);
+        assert_eq!(generation_of(&three), Some(3));
+        assert_eq!(generation_of(&with_generation(&three, 4)), Some(4));
+        assert_eq!(with_generation(&three, 4).matches("<halo:vm").count(), 1);
+        let other = "<domain><metadata><app:x xmlns:app='u'/></metadata></domain>";
+        let tagged = with_generation(other, 9);
+        assert!(tagged.contains("<app:x"));
+        assert_eq!(generation_of(&tagged), Some(9));
+        assert_eq!(generation_of(bare), None);
+        // As libvirt gives it back (double quotes, other attribute order).
+        assert_eq!(generation_of("<metadata><halo:vm xmlns:halo=\"x\" generation=\"12\"/></metadata>"), Some(12));
+    }
+}

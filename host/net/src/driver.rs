@@ -1,0 +1,88 @@
+//! The core's [`HeartbeatSender`] and [`PingDriver`] on the real network: sends and pings run
+//! as tasks on the agent's runtime; a ping's outcome comes back as an input of the node.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use halo_core::drivers::{HeartbeatSender, PingDriver};
+use halo_core::node::PingTarget;
+use halo_core::{Heartbeat, Input};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::HeartbeatTransport;
+
+/// Sends the core's heartbeats through the transport.
+pub struct Heartbeats {
+    transport: Arc<HeartbeatTransport>,
+    runtime: Handle,
+}
+
+impl Heartbeats {
+    /// Sends through `transport`, on `runtime`.
+    pub fn new(transport: Arc<HeartbeatTransport>, runtime: Handle) -> Self {
+        Self { transport, runtime }
+    }
+}
+
+impl HeartbeatSender for Heartbeats {
+    fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
+        let (transport, network, heartbeat) = (Arc::clone(&self.transport), network.to_string(), heartbeat.clone());
+        self.runtime.spawn(async move {
+            if let Err(e) = transport.send(&network, &heartbeat).await {
+                tracing::error!(network, "{e}");
+            }
+        });
+    }
+}
+
+/// Pings peers (by their management address) and isolation addresses.
+pub struct Pinger {
+    peers: BTreeMap<String, IpAddr>,
+    timeout: Duration,
+    inputs: UnboundedSender<Input>,
+    runtime: Handle,
+}
+
+impl Pinger {
+    /// Pings with `timeout`; a peer is pinged at its address in `peers` (its management
+    /// address on the first network).
+    pub fn new(
+        peers: BTreeMap<String, IpAddr>,
+        timeout: Duration,
+        inputs: UnboundedSender<Input>,
+        runtime: Handle,
+    ) -> Self {
+        Self { peers, timeout, inputs, runtime }
+    }
+}
+
+impl PingDriver for Pinger {
+    fn ping(&mut self, target: &PingTarget) {
+        let address = match target {
+            PingTarget::Host(host) => {
+                self.peers.get(host).copied().ok_or_else(|| format!("no address for host {host}"))
+            }
+            PingTarget::IsolationAddress(text) => {
+                text.parse::<IpAddr>().map_err(|_| format!("isolation address `{text}` is not an IP address"))
+            }
+        };
+        let (inputs, target, timeout) = (self.inputs.clone(), target.clone(), self.timeout);
+        let Ok(address) = address.map_err(|e| tracing::error!("{e}; counted as no answer")) else {
+            let _ = inputs.send(Input::PingResult { target, answered: false });
+            return;
+        };
+        self.runtime.spawn(async move {
+            let answered = match crate::ping::ping(address, timeout).await {
+                Ok(answered) => answered,
+                Err(e) => {
+                    tracing::error!(%address, "{e}; counted as no answer");
+                    false
+                }
+            };
+            let _ = inputs.send(Input::PingResult { target, answered });
+        });
+    }
+}

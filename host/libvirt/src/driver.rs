@@ -46,13 +46,6 @@ pub fn generation_of(xml: &str) -> Option<u64> {
     value[1..].split(quote).next()?.parse().ok()
 }
 
-fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&format!("</{tag}>"))? + start;
-    Some(&xml[start..end])
-}
-
 /// How this agent reaches every host's libvirt.
 #[derive(Debug, Clone)]
 pub struct HypervisorConfig {
@@ -106,15 +99,7 @@ impl HypervisorDriver for Hypervisors {
             let result = (|| {
                 let xml = xml.ok_or_else(|| format!("{vm} has no definition in the protected-VM list"))?;
                 let hv = Self::connect(&config, &host)?;
-                // A definition without a UUID gets a new one at every define, which libvirt
-                // refuses for a name it knows: keep the UUID the host already has.
-                let mut xml = with_generation(&xml, generation);
-                if !xml.contains("<uuid>")
-                    && let Ok(existing) = hv.xml(&vm)
-                    && let Some(uuid) = element_text(&existing, "uuid")
-                {
-                    xml = xml.replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1);
-                }
+                let xml = with_generation(&xml, generation);
                 hv.define(&xml).map_err(|e| e.to_string())?;
                 hv.start(&vm).map_err(|e| e.to_string())
             })();

@@ -233,10 +233,21 @@ impl Hypervisor {
         }
     }
 
-    /// Defines (or redefines) a domain from its XML; returns its name.
+    /// Defines (or redefines) a domain from its XML; returns its name. A definition without
+    /// a UUID keeps the UUID the host already has for that name (libvirt refuses a new UUID
+    /// for a name it knows).
     pub fn define(&self, xml: &str) -> Result<String, LibvirtError> {
         c_safe("the domain XML", xml)?;
-        let d = Domain::define_xml(&self.conn, xml).map_err(|e| self.fail("define", None, &e))?;
+        let mut xml = xml.to_string();
+        if !xml.contains("<uuid>")
+            && let Some(name) = element_text(&xml, "name").map(str::to_string)
+            && let Ok(Some(_)) = self.state(&name)
+            && let Ok(existing) = self.xml(&name)
+            && let Some(uuid) = element_text(&existing, "uuid")
+        {
+            xml = xml.replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1);
+        }
+        let d = Domain::define_xml(&self.conn, &xml).map_err(|e| self.fail("define", None, &e))?;
         d.get_name().map_err(|e| self.fail("read a domain's name", None, &e))
     }
 
@@ -422,6 +433,29 @@ impl Hypervisor {
         }
     }
 
+    /// Pings the QEMU guest agent: `None` when the domain has no guest-agent channel (no
+    /// agent to ask), `Some(true)` when the agent answered within `timeout`, `Some(false)`
+    /// when it did not (not installed, not started yet, or the guest hangs). A VM counts as
+    /// up by its guest agent only when the operator asked for it.
+    pub fn guest_agent_ping(&self, name: &str, timeout: Duration) -> Result<Option<bool>, LibvirtError> {
+        let d = self.domain(name)?;
+        let xml = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
+        if !xml.contains("org.qemu.guest_agent.0") {
+            return Ok(None);
+        }
+        if !d.is_active().unwrap_or(false) {
+            return Ok(Some(false));
+        }
+        let seconds = i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        match d.qemu_agent_command(r#"{"execute":"guest-ping"}"#, seconds, 0) {
+            Ok(answer) => Ok(Some(answer.contains("\"return\""))),
+            Err(e) => {
+                tracing::debug!(domain = name, "guest agent: {}", e.message());
+                Ok(Some(false))
+            }
+        }
+    }
+
     /// Subscribes to the lifecycle events of every domain on this host.
     pub fn subscribe(&self) -> Result<Subscription, LibvirtError> {
         events::subscribe(&self.conn).map_err(|message| LibvirtError::Call {
@@ -431,6 +465,14 @@ impl Hypervisor {
             message,
         })
     }
+}
+
+/// The text of the first `<tag>…</tag>`.
+pub(crate) fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(&xml[start..end])
 }
 
 /// The `<cpu>…</cpu>` element of the capabilities' `<host>`.

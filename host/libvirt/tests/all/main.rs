@@ -103,6 +103,20 @@ fn domains_start_stop_shut_down_and_a_killed_qemu_is_reported_as_failed() {
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::ShutOff));
 
+    // The guest agent: none without a channel; with a channel but no agent in the guest (the
+    // halting ROM runs none), no answer within the timeout.
+    assert_eq!(hv.guest_agent_ping("t-life", Duration::from_secs(1)).expect("ping"), None);
+    hv.power_off("t-life").expect("power off");
+    let with_channel = xml.replace(
+        "</devices>",
+        "<controller type='virtio-serial' index='0'/><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>",
+    );
+    hv.define(&with_channel).expect("redefine with a guest-agent channel");
+    hv.start("t-life").expect("start");
+    let started = Instant::now();
+    assert_eq!(hv.guest_agent_ping("t-life", Duration::from_secs(2)).expect("ping"), Some(false));
+    println!("figure: guest-agent ping without an agent answered 'no' after {:?}", started.elapsed());
+
     // QEMU killed: a crash, seen through the event loop.
     hv.start("t-life").expect("start");
     let pids = lab.pids_of(1, "guest=t-life").expect("pids");

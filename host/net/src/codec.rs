@@ -511,6 +511,31 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_key_file_must_be_private_and_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("halo-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("cluster.key");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef0123456789abcdef\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let error = ClusterKey::from_file(&path).expect_err("readable by others");
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let key = ClusterKey::from_file(&path).expect("a good key");
+        assert_eq!(
+            format!("{key:?}"),
+            "ClusterKey(48 bytes)",
+            "the newline is not part of it, and the key is never printed"
+        );
+        std::fs::write(&path, "short\n").expect("write");
+        let error = ClusterKey::from_file(&path).expect_err("too short");
+        assert!(error.to_string().contains("holds 5 bytes; it needs at least 32"), "{error}");
+        let error = ClusterKey::from_file(&dir.join("missing")).expect_err("missing");
+        assert!(error.to_string().starts_with("cluster key"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn a_heartbeat_survives_the_round_trip() {
         let packet = encode(&heartbeat(), "prod", &members(), &key()).expect("encodes");
         let decoded = decode(&packet, "prod", &members(), &key()).expect("decodes");

@@ -485,6 +485,27 @@ impl Lab {
         Ok(path)
     }
 
+    /// Host `host`'s local image directory as this machine sees it (the host sees it at
+    /// [`LOCAL_IMAGES`]).
+    pub fn local_images_dir(&self, host: usize) -> PathBuf {
+        self.host_dir(host).join("local")
+    }
+
+    /// Makes a qcow2 image on host `host`'s own local storage (seen by that host, and by its
+    /// QEMU, at [`LOCAL_IMAGES`]`/NAME.qcow2`; no other host sees it). Returns the path as the
+    /// host sees it.
+    pub fn make_local_image(&self, host: usize, name: &str, size_mib: u64) -> Result<PathBuf, LabError> {
+        self.check_host(host)?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(LabError::Invalid(format!("image name `{name}`: letters, digits, - and _ only")));
+        }
+        let dir = self.host_dir(host).join("local");
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::Invalid(format!("{}: {e}", dir.display())))?;
+        let file = format!("{name}.qcow2");
+        run("qemu-img", &["create", "-q", "-f", "qcow2", &dir.join(&file).to_string_lossy(), &format!("{size_mib}M")])?;
+        Ok(PathBuf::from(LOCAL_IMAGES).join(file))
+    }
+
     /// Where host `host`'s libvirt answers from this machine's own namespace (its unix socket;
     /// works even while the host's networks are cut).
     pub fn libvirt_uri(&self, host: usize) -> String {
@@ -511,7 +532,7 @@ impl Lab {
         }
         let dir = self.host_dir(host);
         let io = |e: std::io::Error| LabError::Invalid(format!("{}: {e}", dir.display()));
-        for sub in ["etc", "run", "lib", "cache", "log"] {
+        for sub in ["etc", "run", "lib", "cache", "log", "local"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io)?;
         }
         let _ = std::fs::remove_file(dir.join("run/libvirt-sock"));
@@ -535,12 +556,14 @@ impl Lab {
         .map_err(io)?;
         // Seed QEMU's capabilities cache: the first start takes 0.5 s instead of 1.3 s.
         let _ = copy_dir("/var/cache/libvirt/qemu", &dir.join("cache/qemu"));
-        for target in ["/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt"] {
+        for target in
+            ["/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt", LOCAL_IMAGES]
+        {
             std::fs::create_dir_all(target).map_err(|e| LabError::Invalid(format!("{target}: {e}")))?;
         }
         let d = dir.display();
         let script = format!(
-            "hostname host-{host} && mount --bind {d}/etc /etc/libvirt && mount --bind {d}/run /run/libvirt && mount --bind {d}/lib /var/lib/libvirt && mount --bind {d}/cache /var/cache/libvirt && mount --bind {d}/log /var/log/libvirt && exec tini -s -- libvirtd --listen --pid-file /run/libvirt/libvirtd.pid"
+            "hostname host-{host} && mount --bind {d}/etc /etc/libvirt && mount --bind {d}/run /run/libvirt && mount --bind {d}/lib /var/lib/libvirt && mount --bind {d}/cache /var/cache/libvirt && mount --bind {d}/log /var/log/libvirt && mount --bind {d}/local {LOCAL_IMAGES} && exec tini -s -- libvirtd --listen --pid-file /run/libvirt/libvirtd.pid"
         );
         let log = std::fs::File::create(dir.join("libvirtd.out")).map_err(io)?;
         let ns = self.netns(host);
@@ -709,6 +732,9 @@ impl Lab {
         self.delete_rules(&format!("loss-{}", network.to_lowercase()))
     }
 }
+
+/// Where each lab host sees its own local disk images (a different directory per host).
+pub const LOCAL_IMAGES: &str = "/var/lib/halo-lab-local";
 
 /// The NFS server's MOUNT port in the lab.
 pub const MOUNT_PORT: u16 = 20048;

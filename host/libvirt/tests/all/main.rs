@@ -198,6 +198,39 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     assert_eq!(b.state("t-shared").expect("state"), Some(DomainState::Running));
     b.power_off("t-shared").expect("power off");
 
+    // Shared nothing: a disk on host-1's local storage, copied to host-2's (an empty image
+    // of the same size waits there) while the guest runs.
+    let local = lab.make_local_image(1, "t-copy", 16).expect("qemu-img");
+    lab.make_local_image(2, "t-copy", 16).expect("qemu-img");
+    let with_local_disk = lab.tiny_guest_xml("t-copy", 64).expect("xml").replace(
+        "</devices>",
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
+            local.display()
+        ),
+    );
+    // A pattern on the source disk, to find on the copy.
+    let qemu_io = |host: usize, command: &str| {
+        let file = lab.local_images_dir(host).join("t-copy.qcow2");
+        std::process::Command::new("qemu-io").args(["-f", "qcow2", "-c", command]).arg(&file).output().expect("qemu-io")
+    };
+    let wrote = qemu_io(1, "write -P 0xab 0 1M");
+    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    a.define(&with_local_disk).expect("define");
+    a.start("t-copy").expect("start");
+    let refused = a.migrate("t-copy", &b, &to_b, MigrationKind::Live, &shared, DEADLINE).expect_err("not shared");
+    assert!(refused.to_string().contains("not on storage both hosts see"), "{refused}");
+    let report = a
+        .migrate("t-copy", &b, &to_b, MigrationKind::LiveWithStorageCopy, &shared, DEADLINE)
+        .expect("live migration with storage copy");
+    println!("figure: live migration with storage copy of a 16 MiB disk took {:?}", report.took);
+    assert_eq!(b.state("t-copy").expect("state"), Some(DomainState::Running));
+    assert_eq!(a.state("t-copy").expect("state"), None);
+    b.power_off("t-copy").expect("power off");
+    let read = qemu_io(2, "read -P 0xab 0 1M");
+    let said = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(read.status.success() && !said.contains("Pattern verification failed"), "the copy holds the data: {said}");
+
     // A disk only this host sees: refused before anything moves, and the reason names it.
     let rom = lab.hlt_rom().expect("rom");
     let with_disk = lab

@@ -100,15 +100,54 @@ fn ip(args: &[&str]) -> Result<String, LabError> {
 }
 
 /// Whether the lab can run here: root, iproute2, and network namespaces. The `Err` says what
-/// is missing (tests print it when they skip).
+/// is missing (tests print it when they skip). Probed once per process, with a namespace name
+/// no other probe uses (tests run in parallel).
 pub fn available() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("not root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".into());
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            if !nix::unistd::geteuid().is_root() {
+                return Err("not root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".into());
+            }
+            if which("ip").is_none() {
+                return Err("iproute2 is missing (apt-get install iproute2)".into());
+            }
+            let probe = format!("halo-probe-{}-{:?}", std::process::id(), std::thread::current().id())
+                .replace(['(', ')', ' '], "");
+            let _ = ip(&["netns", "del", &probe]);
+            ip(&["netns", "add", &probe]).map_err(|e| format!("cannot create a network namespace: {e}"))?;
+            ip(&["netns", "del", &probe]).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .clone()
+}
+
+/// For tests: whether a test that needs the lab can run. Where it cannot, the test is skipped
+/// with the reason printed — unless `HALO_REQUIRE_LAB=1` (CI sets it), where a missing
+/// capability fails the test instead: a lab test must never pass by skipping where it should
+/// have run.
+pub fn for_test(test: &str) -> bool {
+    match available() {
+        Ok(()) => true,
+        Err(reason) if std::env::var("HALO_REQUIRE_LAB").is_ok_and(|v| v == "1") => {
+            panic!("{test} needs the lab, and HALO_REQUIRE_LAB=1, but: {reason}")
+        }
+        Err(reason) => {
+            println!("SKIP {test}: {reason}");
+            eprintln!("SKIP {test}: {reason}");
+            false
+        }
     }
-    let probe = format!("halo-probe-{}", std::process::id());
-    ip(&["netns", "add", &probe]).map_err(|e| format!("cannot create a network namespace: {e}"))?;
-    ip(&["netns", "del", &probe]).map_err(|e| e.to_string())?;
-    Ok(())
+}
+
+/// For tests: a part of the lab (libvirt, the NFS server) is missing: skip with the reason
+/// printed, or fail when `HALO_REQUIRE_LAB=1`.
+pub fn skip_for_test(test: &str, reason: &str) {
+    if std::env::var("HALO_REQUIRE_LAB").is_ok_and(|v| v == "1") {
+        panic!("{test} needs the lab, and HALO_REQUIRE_LAB=1, but: {reason}");
+    }
+    println!("SKIP {test}: {reason}");
+    eprintln!("SKIP {test}: {reason}");
 }
 
 impl Lab {

@@ -38,8 +38,7 @@ fn target(lab: &Lab) -> Location {
 }
 
 fn lab_with_nfs(test: &str) -> Option<Lab> {
-    if let Err(reason) = halo_lab::available() {
-        println!("SKIP {test}: {reason}");
+    if !halo_lab::for_test(test) {
         return None;
     }
     let name = format!("d{}-{}", std::process::id() % 100_000, test.chars().take(6).collect::<String>());
@@ -47,7 +46,7 @@ fn lab_with_nfs(test: &str) -> Option<Lab> {
     match lab.nfs_start(&["ds1"]) {
         Ok(()) => Some(lab),
         Err(halo_lab::LabError::Unavailable(reason)) => {
-            println!("SKIP {test}: {reason}");
+            halo_lab::skip_for_test(test, &reason);
             None
         }
         Err(e) => panic!("the NFS server did not start: {e}"),

@@ -11,8 +11,7 @@ use halo_libvirt::events::StopKind;
 use halo_libvirt::{DomainState, Hypervisor, LibvirtError, LifecycleEvent, MigrationKind};
 
 fn lab(test: &str, hosts: usize) -> Option<Lab> {
-    if let Err(reason) = halo_lab::available() {
-        println!("SKIP {test}: {reason}");
+    if !halo_lab::for_test(test) {
         return None;
     }
     let name = format!("v{}-{}", std::process::id() % 100_000, test.chars().take(6).collect::<String>());
@@ -21,7 +20,7 @@ fn lab(test: &str, hosts: usize) -> Option<Lab> {
         match lab.libvirt_start(host) {
             Ok(()) => {}
             Err(halo_lab::LabError::Unavailable(reason)) => {
-                println!("SKIP {test}: {reason}");
+                halo_lab::skip_for_test(test, &reason);
                 return None;
             }
             Err(e) => panic!("libvirtd on host-{host}: {e}"),

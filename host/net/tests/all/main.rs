@@ -11,8 +11,7 @@ use halo_lab::{Lab, LabSpec};
 
 /// A lab for one test, or `None` (with the reason printed) where this machine cannot build one.
 pub fn lab(test: &str, hosts: usize) -> Option<Lab> {
-    if let Err(reason) = halo_lab::available() {
-        println!("SKIP {test}: {reason}");
+    if !halo_lab::for_test(test) {
         return None;
     }
     // One lab per test (tests run in parallel); every lab uses the same private /24 inside

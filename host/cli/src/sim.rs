@@ -59,6 +59,25 @@ pub struct SimArgs {
     /// of the built-in policies.
     #[arg(long, value_name = "DIR")]
     plugins: Option<PathBuf>,
+    /// Set a timeout of the simulated cluster (repeatable), as in halo.toml's [timeouts]:
+    /// e.g. `--timeout heartbeat-interval-ms=250 --timeout dead-time-ms=3000`.
+    #[arg(long = "timeout", value_name = "KEY=MS")]
+    timeouts: Vec<String>,
+}
+
+/// Applies `KEY=MS` settings to the timeouts (keys and checks as in the config file).
+fn apply_timeouts(config: &mut ClusterConfig, settings: &[String]) -> anyhow::Result<()> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let mut value = serde_json::to_value(config.timeouts)?;
+    for setting in settings {
+        let (key, ms) = setting.split_once('=').with_context(|| format!("--timeout `{setting}`: write KEY=MS"))?;
+        let ms: u64 = ms.trim().parse().with_context(|| format!("--timeout `{setting}`: `{ms}` is not a number of ms"))?;
+        value[key.trim()] = serde_json::json!(ms);
+    }
+    config.timeouts = serde_json::from_value(value).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `halo demo`.
@@ -171,6 +190,12 @@ pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn case(args: &SimArgs, seed: u64, families: &[&str]) -> anyhow::Result<(ClusterConfig, Schedule)> {
+    let (mut config, schedule) = explicit_or_random(args, seed, families)?;
+    apply_timeouts(&mut config, &args.timeouts)?;
+    Ok((config, schedule))
+}
+
+fn explicit_or_random(args: &SimArgs, seed: u64, families: &[&str]) -> anyhow::Result<(ClusterConfig, Schedule)> {
     if args.fault.is_empty() {
         return Ok(random_case(seed, args.hosts, args.vms, families, args.duration));
     }

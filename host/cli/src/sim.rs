@@ -73,7 +73,8 @@ fn apply_timeouts(config: &mut ClusterConfig, settings: &[String]) -> anyhow::Re
     let mut value = serde_json::to_value(config.timeouts)?;
     for setting in settings {
         let (key, ms) = setting.split_once('=').with_context(|| format!("--timeout `{setting}`: write KEY=MS"))?;
-        let ms: u64 = ms.trim().parse().with_context(|| format!("--timeout `{setting}`: `{ms}` is not a number of ms"))?;
+        let ms: u64 =
+            ms.trim().parse().with_context(|| format!("--timeout `{setting}`: `{ms}` is not a number of ms"))?;
         value[key.trim()] = serde_json::json!(ms);
     }
     config.timeouts = serde_json::from_value(value).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;

@@ -1,0 +1,440 @@
+//! `halo.toml`: what one agent needs to know — the cluster (its hosts with their addresses on
+//! every management network, the datastores, the isolation addresses, the VMs), this host, the
+//! cluster key, the plugins, the timeouts.
+//!
+//! Plain data with a validation step ([`AgentConfig::load`]): a file that does not parse is
+//! refused with the line and the key; a file that parses is checked as a whole and every
+//! problem is reported at once, each with its key path (`hosts[2].addresses.B`) and what to do.
+//! The cluster part is handed to the core as a [`ClusterConfig`], whose own checks (timeouts
+//! that could let a VM run twice, duplicate names) are reported the same way.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use halo_core::config::{HaSettings, PolicySettings, Timeouts};
+use halo_core::{ClusterConfig, HostSpec, VmSpec};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The cluster's name (in every heartbeat; datastores keep `.halo/<cluster>/`).
+    pub cluster: String,
+    /// This host: one of `hosts`.
+    pub host: String,
+    /// The cluster key (mode 0600, at least 32 bytes), the same on every host.
+    pub key_file: PathBuf,
+    /// UDP port of the heartbeats on every network.
+    #[serde(default = "default_port")]
+    pub heartbeat_port: u16,
+    /// The management networks, by name (`A`, `B`).
+    pub networks: Vec<String>,
+    /// Addresses a host that hears no agent pings to tell isolation from a lonely cluster.
+    #[serde(default)]
+    pub isolation_addresses: Vec<IpAddr>,
+    /// Every host of the cluster (this one too).
+    pub hosts: Vec<HostEntry>,
+    /// The datastores.
+    #[serde(default)]
+    pub datastores: Vec<DatastoreEntry>,
+    /// How this agent reaches libvirt.
+    #[serde(default)]
+    pub libvirt: LibvirtEntry,
+    /// Policy plugins (none: the built-in policy decides).
+    #[serde(default)]
+    pub plugins: PluginEntry,
+    /// Timeouts (defaults: see `halo_core::config::Timeouts`).
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// HA settings.
+    #[serde(default)]
+    pub ha: HaSettings,
+    /// The plugins' own settings.
+    #[serde(default)]
+    pub policy: PolicySettings,
+    /// The VMs halo knows.
+    #[serde(default)]
+    pub vms: Vec<VmSpec>,
+}
+
+fn default_port() -> u16 {
+    7400
+}
+
+/// One host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HostEntry {
+    /// Its name.
+    pub name: String,
+    /// Memory for VMs, MiB.
+    pub memory_mib: u64,
+    /// vCPUs for VMs.
+    pub vcpus: u32,
+    /// Labels VMs may require.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Its address on every management network.
+    pub addresses: BTreeMap<String, IpAddr>,
+    /// How the master reaches its libvirt (`qemu+tcp://…/system`).
+    pub libvirt_uri: String,
+    /// How another host's libvirtd reaches it for a migration (default: `libvirt-uri`).
+    #[serde(default)]
+    pub migration_uri: Option<String>,
+}
+
+/// One datastore: a mounted directory or an NFSv3 export.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DatastoreEntry {
+    /// Its name.
+    pub name: String,
+    /// A mounted directory.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// An NFSv3 export, spoken by the agent itself.
+    #[serde(default)]
+    pub nfs: Option<NfsEntry>,
+    /// Every operation gives up after this (default 2 s).
+    #[serde(default = "default_datastore_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_datastore_timeout() -> u64 {
+    2_000
+}
+
+/// An NFSv3 export.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NfsEntry {
+    /// The server.
+    pub server: IpAddr,
+    /// The export's path.
+    pub export: String,
+    /// MOUNT port (default: ask the portmapper).
+    #[serde(default)]
+    pub mount_port: Option<u16>,
+    /// NFS port (default: ask the portmapper).
+    #[serde(default)]
+    pub nfs_port: Option<u16>,
+}
+
+/// libvirt on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LibvirtEntry {
+    /// This host's own libvirt.
+    pub local_uri: String,
+    /// Paths every host sees (disks there migrate live without a copy; a VM to protect must
+    /// have its disks there).
+    pub shared_storage: Vec<PathBuf>,
+}
+
+impl Default for LibvirtEntry {
+    fn default() -> Self {
+        Self { local_uri: "qemu:///system".into(), shared_storage: Vec::new() }
+    }
+}
+
+/// Plugin files per decision point.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PluginEntry {
+    /// The isolation-policy plugin.
+    pub isolation: Option<PathBuf>,
+    /// The placement-engine plugin.
+    pub placement: Option<PathBuf>,
+    /// The restart-policy plugin.
+    pub restart_order: Option<PathBuf>,
+}
+
+/// Why a config was refused: every problem, each with its key path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {detail}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// Not valid TOML, or a key or value halo does not know.
+    #[error("{path}: {detail}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message: line, column, key.
+        detail: String,
+    },
+    /// Parsed, but wrong.
+    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem.
+        problems: Vec<String>,
+    },
+}
+
+impl AgentConfig {
+    /// Reads, parses and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            detail: format!("{e} (give the config with --config, e.g. /etc/halo/halo.toml)"),
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and checks `text` (read from `path`, for the messages).
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_string(), detail: e.to_string() })?;
+        let problems = config.problems();
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.to_string(), problems }) }
+    }
+
+    /// The cluster as the core sees it.
+    pub fn cluster(&self) -> ClusterConfig {
+        ClusterConfig {
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| HostSpec {
+                    name: h.name.clone(),
+                    memory_mib: h.memory_mib,
+                    vcpus: h.vcpus,
+                    labels: h.labels.clone(),
+                })
+                .collect(),
+            networks: self.networks.clone(),
+            datastores: self.datastores.iter().map(|d| d.name.clone()).collect(),
+            isolation_addresses: self.isolation_addresses.iter().map(ToString::to_string).collect(),
+            vms: self.vms.clone(),
+            timeouts: self.timeouts,
+            ha: self.ha.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+
+    /// Every problem, each with its key path and what to do.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !name_ok(&self.cluster) {
+            problems.push(format!("cluster: `{}` is not a name (letters, digits, - _ .; at most 64)", self.cluster));
+        }
+        if !self.hosts.iter().any(|h| h.name == self.host) {
+            let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+            problems.push(format!(
+                "host: `{}` is not one of the hosts ({}); set it to this machine's entry in [[hosts]]",
+                self.host,
+                names.join(", ")
+            ));
+        }
+        if self.heartbeat_port == 0 {
+            problems.push("heartbeat-port: must not be 0".into());
+        }
+        let mut seen_addresses: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for (i, host) in self.hosts.iter().enumerate() {
+            let key = format!("hosts[{i}]");
+            if !name_ok(&host.name) {
+                problems.push(format!("{key}.name: `{}` is not a host name", host.name));
+            }
+            for network in &self.networks {
+                match host.addresses.get(network) {
+                    None => problems.push(format!(
+                        "{key}.addresses.{network}: {} has no address on management network {network}; add it (every host needs one on every network)",
+                        host.name
+                    )),
+                    Some(address) => {
+                        if let Some(other) = seen_addresses.insert(*address, format!("{key}.addresses.{network}")) {
+                            problems.push(format!("{key}.addresses.{network}: {address} is also {other}"));
+                        }
+                    }
+                }
+            }
+            for network in host.addresses.keys().filter(|n| !self.networks.contains(n)) {
+                problems.push(format!(
+                    "{key}.addresses.{network}: there is no management network {network} (networks = {:?})",
+                    self.networks
+                ));
+            }
+            if !host.libvirt_uri.contains("://") {
+                problems.push(format!(
+                    "{key}.libvirt-uri: `{}` is not a libvirt URI (qemu+tcp://HOST/system)",
+                    host.libvirt_uri
+                ));
+            }
+        }
+        for (i, ds) in self.datastores.iter().enumerate() {
+            let key = format!("datastores[{i}]");
+            match (&ds.directory, &ds.nfs) {
+                (None, None) => problems.push(format!(
+                    "{key}: `{}` needs either directory = \"/path\" or nfs = {{ server, export }}",
+                    ds.name
+                )),
+                (Some(_), Some(_)) => {
+                    problems.push(format!("{key}: `{}` has both a directory and nfs; keep one", ds.name))
+                }
+                (Some(dir), None) if !dir.is_absolute() => {
+                    problems.push(format!("{key}.directory: {} must be an absolute path", dir.display()))
+                }
+                (None, Some(nfs)) if !nfs.export.starts_with('/') => {
+                    problems.push(format!("{key}.nfs.export: `{}` must start with /", nfs.export))
+                }
+                _ => {}
+            }
+            if ds.timeout_ms == 0 || ds.timeout_ms > 60_000 {
+                problems.push(format!("{key}.timeout-ms: {} must be between 1 and 60000", ds.timeout_ms));
+            }
+        }
+        if self.datastores.is_empty() {
+            problems.push(
+                "datastores: none configured; without a datastore no VM is ever restarted (claims live there)".into(),
+            );
+        }
+        for (key, path) in [
+            ("plugins.isolation", &self.plugins.isolation),
+            ("plugins.placement", &self.plugins.placement),
+            ("plugins.restart-order", &self.plugins.restart_order),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                problems.push(format!(
+                    "{key}: {} does not exist; remove the key to use the built-in policy",
+                    path.display()
+                ));
+            }
+        }
+        if let Err(errors) = self.cluster().validate() {
+            problems.extend(errors.0);
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "lab"
+host = "host-1"
+key-file = "/etc/halo/cluster.key"
+networks = ["A", "B"]
+isolation-addresses = ["10.213.37.1", "10.213.37.65"]
+
+[[hosts]]
+name = "host-1"
+memory-mib = 4096
+vcpus = 4
+addresses = { A = "10.213.37.2", B = "10.213.37.66" }
+libvirt-uri = "qemu+tcp://10.213.37.130/system"
+
+[[hosts]]
+name = "host-2"
+memory-mib = 4096
+vcpus = 4
+addresses = { A = "10.213.37.3", B = "10.213.37.67" }
+libvirt-uri = "qemu+tcp://10.213.37.131/system"
+
+[[datastores]]
+name = "ds1"
+nfs = { server = "10.213.37.190", export = "/ds1", mount-port = 20048, nfs-port = 2049 }
+
+[timeouts]
+heartbeat-interval-ms = 250
+dead-time-ms = 3000
+fence-timeout-ms = 2000
+isolation-time-ms = 1500
+election-timeout-ms = 1000
+ping-timeout-ms = 500
+
+[[vms]]
+name = "db"
+memory-mib = 64
+vcpus = 1
+priority = "restart"
+"#;
+
+    #[test]
+    fn a_good_config_parses_and_hands_the_core_its_cluster() {
+        let config = AgentConfig::parse(GOOD, "halo.toml").expect("valid");
+        assert_eq!(config.heartbeat_port, 7400);
+        assert_eq!(config.datastores[0].timeout_ms, 2_000);
+        let cluster = config.cluster();
+        assert_eq!(cluster.hosts.len(), 2);
+        assert_eq!(cluster.isolation_addresses, vec!["10.213.37.1".to_string(), "10.213.37.65".to_string()]);
+        assert_eq!(cluster.timeouts.dead_time_ms, 3_000);
+        assert_eq!(
+            cluster.timeouts.start_timeout_ms,
+            Timeouts::default().start_timeout_ms,
+            "unset keys keep their defaults"
+        );
+    }
+
+    #[test]
+    fn every_mistake_is_reported_at_once_with_its_key() {
+        let bad = GOOD
+            .replace("host = \"host-1\"", "host = \"host-9\"")
+            .replace(
+                "addresses = { A = \"10.213.37.3\", B = \"10.213.37.67\" }",
+                "addresses = { A = \"10.213.37.2\", C = \"10.0.0.1\" }",
+            )
+            .replace("fence-timeout-ms = 2000", "fence-timeout-ms = 2900")
+            .replace(
+                "nfs = { server = \"10.213.37.190\", export = \"/ds1\", mount-port = 20048, nfs-port = 2049 }",
+                "directory = \"relative/dir\"",
+            );
+        let error = AgentConfig::parse(&bad, "halo.toml").expect_err("invalid");
+        let text = error.to_string();
+        for needle in [
+            "host: `host-9` is not one of the hosts (host-1, host-2)",
+            "hosts[1].addresses.B: host-2 has no address on management network B",
+            "hosts[1].addresses.A: 10.213.37.2 is also hosts[0].addresses.A",
+            "hosts[1].addresses.C: there is no management network C",
+            "datastores[0].directory: relative/dir must be an absolute path",
+            "timeouts.fence-timeout-ms: 2900 ms + two heartbeat intervals",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+        let ConfigError::Invalid { problems, .. } = error else { panic!("not a validation error") };
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_typo_or_a_bad_value_names_the_line_and_the_key() {
+        let typo =
+            GOOD.replace("vcpus = 4\naddresses = { A = \"10.213.37.2\"", "vcpu = 4\naddresses = { A = \"10.213.37.2\"");
+        let error = AgentConfig::parse(&typo, "halo.toml").expect_err("unknown key").to_string();
+        assert!(error.contains("unknown field `vcpu`") && error.contains("line"), "{error}");
+        let bad_ip = GOOD.replace("\"10.213.37.190\"", "\"storage-box\"");
+        let error = AgentConfig::parse(&bad_ip, "halo.toml").expect_err("not an address").to_string();
+        assert!(error.contains("invalid IP address") || error.contains("IP"), "{error}");
+        assert!(error.starts_with("halo.toml:"), "{error}");
+        let missing = AgentConfig::load(Path::new("/nonexistent/halo.toml")).expect_err("missing").to_string();
+        assert!(missing.contains("--config"), "{missing}");
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/halo.toml");
+        let config = AgentConfig::load(&path).expect("examples/halo.toml is valid");
+        assert_eq!(config.cluster().hosts.len(), 3);
+        assert_eq!(config.vms.len(), 3);
+    }
+}

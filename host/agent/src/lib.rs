@@ -5,5 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod run;
 
 pub use config::{AgentConfig, ConfigError};
+pub use run::{StartError, run};

@@ -62,7 +62,7 @@ enum LabCommand {
 
 #[derive(Subcommand)]
 enum Fault {
-    /// Kill every process of a host (libvirtd, QEMU, its agent): a host crash.
+    /// A host crash: kill every process of a host (libvirtd, QEMU, its agent) and take its links down.
     Kill {
         /// The host.
         host: String,
@@ -118,7 +118,7 @@ enum Heal {
         /// The host.
         host: String,
     },
-    /// Restart a killed host's libvirtd (its VMs are gone, as after a power loss).
+    /// Boot a killed host: links up, its libvirtd started (its VMs are gone, as after a power loss).
     Boot {
         /// The host.
         host: String,
@@ -239,7 +239,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                     lab.nfs_start(&exports)?;
                 }
                 Heal::BlockStorage { host } => lab.block_storage(host_number(&lab, &host)?, false)?,
-                Heal::Boot { host } => lab.libvirt_start(host_number(&lab, &host)?)?,
+                Heal::Boot { host } => lab.boot_host(host_number(&lab, &host)?)?,
             }
             eprintln!("healed");
         }

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod lab;
 mod plugin;
 mod sim;
@@ -33,12 +34,17 @@ enum Command {
     Demo(sim::DemoArgs),
     /// Several hosts on this machine (root): namespaces, a libvirtd per host, an NFS server, faults.
     Lab(lab::LabArgs),
+    /// The HA agent of this host.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HALO_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HALO_LOG").unwrap_or_else(|_| {
+            let agent = std::env::args().nth(1).is_some_and(|a| a == "agent");
+            (if agent { "info" } else { "warn" }).into()
+        }))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::sim(args),
         Command::Demo(args) => sim::demo(args),
         Command::Lab(args) => lab::run(args),
+        Command::Agent(args) => agent::run(args),
     };
     match result {
         Ok(code) => code,

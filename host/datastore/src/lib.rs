@@ -231,21 +231,32 @@ impl Datastore {
         cluster: &str,
         timeout: Duration,
     ) -> Result<Self, DatastoreError> {
+        let datastore = Self::unopened(name, location, cluster, timeout);
+        datastore.ensure_layout().await?;
+        Ok(datastore)
+    }
+
+    /// The datastore without touching the storage (an agent starting while the storage is down
+    /// keeps running; [`Datastore::ensure_layout`] is retried, and operations fail until the
+    /// layout exists).
+    pub fn unopened(name: &str, location: Location, cluster: &str, timeout: Duration) -> Self {
         let base = format!(".halo/{}", encode_name(cluster));
         let store = match location {
             Location::Directory(dir) => Store::Dir(DirStore::new(dir.join(&base))),
             Location::Nfs(target) => Store::Nfs(Box::new(NfsStore::new(target, base))),
         };
-        let datastore = Self { name: name.to_string(), store, timeout };
-        datastore
-            .bounded("create the layout", async {
-                for dir in ["", "hosts", "claims", "isolation", "vms"] {
-                    datastore.store.ensure_dir(dir).await?;
-                }
-                Ok(())
-            })
-            .await?;
-        Ok(datastore)
+        Self { name: name.to_string(), store, timeout }
+    }
+
+    /// Creates the layout if missing.
+    pub async fn ensure_layout(&self) -> Result<(), DatastoreError> {
+        self.bounded("create the layout", async {
+            for dir in ["", "hosts", "claims", "isolation", "vms"] {
+                self.store.ensure_dir(dir).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The datastore's name.

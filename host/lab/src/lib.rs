@@ -646,11 +646,24 @@ impl Lab {
         format!("6861{a:02x}{b:02x}-{c:02x}00-4000-8000-{host:012x}")
     }
 
-    /// Kills every process of host `host` (libvirtd, QEMU, an agent): a host crash. The
-    /// host's namespace, addresses and files stay, as after a power loss.
+    /// A host crash (power loss): every process of host `host` is killed (libvirtd, QEMU, an
+    /// agent) and its links go down, so its kernel stops answering pings too. Its files stay;
+    /// [`Lab::boot_host`] brings it back, empty.
     pub fn kill_host(&self, host: usize) -> Result<(), LabError> {
         self.check_host(host)?;
-        kill_all_in(&self.netns(host))
+        kill_all_in(&self.netns(host))?;
+        for network in NETWORKS {
+            self.set_link(host, network, false)?;
+        }
+        Ok(())
+    }
+
+    /// Boots a killed host: links up, its libvirtd started (no VMs run).
+    pub fn boot_host(&self, host: usize) -> Result<(), LabError> {
+        for network in NETWORKS {
+            self.set_link(host, network, true)?;
+        }
+        self.libvirt_start(host)
     }
 
     /// The process ids in host `host`'s namespace whose command line contains `pattern`.

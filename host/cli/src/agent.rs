@@ -1,0 +1,41 @@
+//! `halo agent --config /etc/halo/halo.toml`: the HA agent of this host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use halo_agent::AgentConfig;
+
+/// `halo agent`.
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The configuration.
+    #[arg(long, default_value = "/etc/halo/halo.toml")]
+    config: PathBuf,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Runs the agent (until the process is stopped).
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let config = AgentConfig::load(&args.config)?;
+    if args.check {
+        println!(
+            "{}: valid ({} hosts, {} VMs, this host {})",
+            args.config.display(),
+            config.hosts.len(),
+            config.vms.len(),
+            config.host
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(halo_agent::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}

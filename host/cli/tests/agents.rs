@@ -1,7 +1,7 @@
-//! Real agents on the lab (issue 5, scenario 1): three hosts, each running `halo agent` in its
-//! network namespace, its own libvirtd with real KVM guests, NFS for the datastore. host-2
-//! crashes (processes killed, links down); its protected VMs must run again on the other
-//! hosts, each exactly once — libvirt on every host is polled throughout, not only at the end.
+//! Real agents on the lab (issue 5's scenarios 1, 3, 4 and 5): three hosts, each running
+//! `halo agent` in its network namespace, its own libvirtd with real KVM guests, NFS for the
+//! datastore. libvirt on every host is polled throughout every scenario, not only at the end:
+//! a VM must never run on two hosts.
 
 #![allow(missing_docs)]
 
@@ -12,18 +12,25 @@ use std::time::{Duration, Instant};
 use halo_lab::{Lab, LabSpec};
 use halo_libvirt::{DomainState, Hypervisor, with_generation};
 
-struct Agents(Vec<Child>);
+/// Four protected VMs: one on host-1, two on host-2, one on host-3.
+const VMS: [(&str, usize); 4] = [("vm-1", 1), ("vm-2", 2), ("vm-3", 2), ("vm-4", 3)];
 
-impl Drop for Agents {
+struct Cluster {
+    lab: Lab,
+    hv: BTreeMap<usize, Hypervisor>,
+    agents: BTreeMap<usize, Child>,
+}
+
+impl Drop for Cluster {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for child in self.agents.values_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
 
-fn config(lab: &Lab, host: usize, vms: &[(&str, usize)]) -> String {
+fn config(lab: &Lab, host: usize) -> String {
     let mut toml = format!(
         "cluster = \"lab\"\nhost = \"host-{host}\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"B\"]\nisolation-addresses = [\"{}\", \"{}\"]\n",
         lab.dir().join("cluster.key").display(),
@@ -48,100 +55,152 @@ fn config(lab: &Lab, host: usize, vms: &[(&str, usize)]) -> String {
     toml.push_str(
         "\n[timeouts]\nheartbeat-interval-ms = 250\ndatastore-interval-ms = 250\ndead-time-ms = 3000\nfence-timeout-ms = 2000\nisolation-time-ms = 1500\nelection-timeout-ms = 1000\nping-timeout-ms = 500\n",
     );
-    for (vm, _) in vms {
+    for (vm, _) in VMS {
         toml.push_str(&format!("\n[[vms]]\nname = \"{vm}\"\nmemory-mib = 64\nvcpus = 1\npriority = \"restart\"\n"));
     }
     toml
 }
 
-#[test]
-fn agents_restart_the_vms_of_a_crashed_host_elsewhere_each_exactly_once() {
-    let test = "agents_restart_the_vms_of_a_crashed_host_elsewhere_each_exactly_once";
-    if !halo_lab::for_test(test) {
-        return;
+impl Cluster {
+    /// The lab, the VMs running where `VMS` says, an agent on every host, a master elected.
+    fn up(test: &str) -> Option<Self> {
+        if !halo_lab::for_test(test) {
+            return None;
+        }
+        let lab = Lab::up(LabSpec::new(&format!("e{}", std::process::id() % 100_000), 3)).expect("lab");
+        if let Err(e) = lab.nfs_start(&["ds1"]) {
+            halo_lab::skip_for_test(test, &e.to_string());
+            return None;
+        }
+        for h in 1..=3 {
+            lab.libvirt_start(h).expect("libvirtd");
+        }
+        let key = lab.dir().join("cluster.key");
+        std::fs::write(&key, "6c61622d6b65792d6f662d68616c6f2d74657374732d33322d6279746573210a\n").expect("key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        // The protected-VM list on the datastore (written into the export, as ganesha serves it).
+        let list = lab.dir().join("exports/ds1/.halo/lab/vms");
+        std::fs::create_dir_all(&list).expect("layout");
+        let hv: BTreeMap<usize, Hypervisor> = (1..=3)
+            .map(|h| {
+                (h, Hypervisor::connect_with_timeout(&lab.libvirt_uri(h), Duration::from_secs(10)).expect("libvirt"))
+            })
+            .collect();
+        for (vm, host) in VMS {
+            let xml = lab.tiny_guest_xml(vm, 64).expect("xml");
+            let record = serde_json::json!({ "name": vm, "domain-xml": xml });
+            std::fs::write(list.join(format!("{vm}.json")), record.to_string()).expect("protected list");
+            hv[&host].define(&with_generation(&xml, 1)).expect("define");
+            hv[&host].start(vm).expect("start");
+        }
+        let mut cluster = Self { lab, hv, agents: BTreeMap::new() };
+        for h in 1..=3 {
+            cluster.start_agent(h);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.logs().contains("is master") {
+            assert!(Instant::now() < deadline, "no master elected:\n{}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(3)); // heartbeats settle, datastore records advance
+        Some(cluster)
     }
-    let lab = Lab::up(LabSpec::new(&format!("e{}", std::process::id() % 100_000), 3)).expect("lab");
-    if let Err(e) = lab.nfs_start(&["ds1"]) {
-        halo_lab::skip_for_test(test, &e.to_string());
-        return;
-    }
-    for h in 1..=3 {
-        lab.libvirt_start(h).expect("libvirtd");
-    }
-    let key = lab.dir().join("cluster.key");
-    std::fs::write(&key, "6c61622d6b65792d6f662d68616c6f2d74657374732d33322d6279746573210a\n").expect("key");
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
 
-    // Three protected VMs: one on host-1, two on host-2; the protected-VM list on the datastore.
-    let vms = [("vm-1", 1), ("vm-2", 2), ("vm-3", 2)];
-    let list = lab.dir().join("exports/ds1/.halo/lab/vms");
-    std::fs::create_dir_all(&list).expect("layout");
-    let hv: BTreeMap<usize, Hypervisor> = (1..=3)
-        .map(|h| (h, Hypervisor::connect_with_timeout(&lab.libvirt_uri(h), Duration::from_secs(10)).expect("libvirt")))
-        .collect();
-    for (vm, host) in vms {
-        let xml = lab.tiny_guest_xml(vm, 64).expect("xml");
-        let record = serde_json::json!({ "name": vm, "domain-xml": xml });
-        std::fs::write(list.join(format!("{vm}.json")), record.to_string()).expect("protected list");
-        hv[&host].define(&with_generation(&xml, 1)).expect("define");
-        hv[&host].start(vm).expect("start");
+    fn start_agent(&mut self, h: usize) {
+        let path = self.lab.dir().join(format!("halo-{h}.toml"));
+        std::fs::write(&path, config(&self.lab, h)).expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.lab.dir().join(format!("agent-{h}.log")))
+            .expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lab.netns(h), env!("CARGO_BIN_EXE_halo"), "agent", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent");
+        self.agents.insert(h, child);
     }
 
-    // The agents, each in its host's namespace.
-    let halo = env!("CARGO_BIN_EXE_halo");
-    let mut agents = Agents(Vec::new());
-    for h in 1..=3 {
-        let path = lab.dir().join(format!("halo-{h}.toml"));
-        std::fs::write(&path, config(&lab, h, &vms)).expect("config");
-        let log = std::fs::File::create(lab.dir().join(format!("agent-{h}.log"))).expect("log");
-        agents.0.push(
-            Command::new("ip")
-                .args(["netns", "exec", &lab.netns(h), halo, "agent", "--config"])
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("agent"),
-        );
-    }
-    let logs = || {
+    fn logs(&self) -> String {
         (1..=3)
-            .map(|h| std::fs::read_to_string(lab.dir().join(format!("agent-{h}.log"))).unwrap_or_default())
+            .map(|h| std::fs::read_to_string(self.lab.dir().join(format!("agent-{h}.log"))).unwrap_or_default())
             .collect::<Vec<_>>()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !logs().iter().any(|l| l.contains("is master")) {
-        assert!(Instant::now() < deadline, "no master elected:\n{}", logs().join("\n---\n"));
-        std::thread::sleep(Duration::from_millis(200));
+            .join("\n---\n")
     }
-    std::thread::sleep(Duration::from_secs(3)); // heartbeats settle, datastore records advance
 
-    // host-2 crashes.
+    /// The hosts (among `alive`) that run `vm` now.
+    fn runners(&self, vm: &str, alive: &[usize]) -> Vec<usize> {
+        alive.iter().copied().filter(|h| self.hv[h].state(vm).ok().flatten() == Some(DomainState::Running)).collect()
+    }
+
+    /// Polls for `how_long`: every VM runs exactly where `expected` says, on no other host.
+    fn holds_still(&self, how_long: Duration, alive: &[usize], scenario: &str) {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            for (vm, host) in VMS {
+                let runners = self.runners(vm, alive);
+                assert_eq!(runners, vec![host], "{scenario}: {vm} should run on host-{host} only\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn agents_on_the_lab_keep_every_vm_running_exactly_once() {
+    let Some(mut cluster) = Cluster::up("agents_on_the_lab_keep_every_vm_running_exactly_once") else { return };
+    let all = [1, 2, 3];
+
+    // Scenario 5: management network A cut on host-2 only: nothing happens.
+    cluster.lab.set_link(2, "A", false).expect("cut A");
+    cluster.holds_still(Duration::from_secs(8), &all, "A cut");
+    cluster.lab.set_link(2, "A", true).expect("heal A");
+
+    // Scenario 3: partition 2|1 with NFS reachable from both sides: no restart, nothing twice.
+    cluster.lab.partition(&[vec![1, 2], vec![3]]).expect("partition");
+    cluster.holds_still(Duration::from_secs(10), &all, "partition 1,2 | 3");
+    cluster.lab.heal_partition().expect("heal");
+    cluster.holds_still(Duration::from_secs(3), &all, "partition healed");
+
+    // Scenario 4: the agent of host-3 killed, the host fine (answers ping): agent down, its VM is
+    // not restarted. Then it comes back and rejoins without touching the VM it finds running.
+    if let Some(mut agent) = cluster.agents.remove(&3) {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    cluster.holds_still(Duration::from_secs(8), &all, "agent of host-3 down");
+    cluster.start_agent(3);
+    cluster.holds_still(Duration::from_secs(4), &all, "agent of host-3 back");
+
+    // Scenario 1: host-2 crashes (processes killed, links down): its two VMs run again on the
+    // other hosts, each exactly once; the others never move.
     let crashed = Instant::now();
-    lab.kill_host(2).expect("crash");
+    cluster.lab.kill_host(2).expect("crash");
+    let alive = [1, 3];
     let mut back: BTreeMap<&str, Duration> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(40);
     while back.len() < 2 && Instant::now() < deadline {
-        for (vm, _) in vms {
-            let runners: Vec<usize> =
-                [1, 3].into_iter().filter(|h| hv[h].state(vm).ok().flatten() == Some(DomainState::Running)).collect();
-            assert!(runners.len() <= 1, "{vm} runs on hosts {runners:?} at once");
-            if vm != "vm-1" && runners.len() == 1 {
+        for (vm, host) in VMS {
+            let runners = cluster.runners(vm, &alive);
+            assert!(runners.len() <= 1, "{vm} runs on hosts {runners:?} at once\n{}", cluster.logs());
+            if host == 2 && runners.len() == 1 {
                 back.entry(vm).or_insert_with(|| crashed.elapsed());
+            }
+            if host != 2 {
+                assert_eq!(runners, vec![host], "{vm} must not move\n{}", cluster.logs());
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(back.len(), 2, "host-2's VMs did not come back: {back:?}\n{}", logs().join("\n---\n"));
-    assert_eq!(hv[&1].state("vm-1").expect("state"), Some(DomainState::Running), "vm-1 never moved");
+    assert_eq!(back.len(), 2, "host-2's VMs did not come back: {back:?}\n{}", cluster.logs());
     println!("figure: host crash -> VM running on another host: {back:?}");
-    // A little longer: still exactly once.
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        for (vm, _) in vms {
-            let runners =
-                [1, 3].into_iter().filter(|h| hv[h].state(vm).ok().flatten() == Some(DomainState::Running)).count();
-            assert_eq!(runners, 1, "{vm}");
+        for (vm, _) in VMS {
+            assert_eq!(cluster.runners(vm, &alive).len(), 1, "{vm} exactly once\n{}", cluster.logs());
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -135,35 +135,77 @@ impl Cluster {
     fn runners(&self, vm: &str, alive: &[usize]) -> Vec<usize> {
         alive.iter().copied().filter(|h| self.hv[h].state(vm).ok().flatten() == Some(DomainState::Running)).collect()
     }
+}
 
-    /// Polls for `how_long`: every VM runs exactly where `expected` says, on no other host.
-    fn holds_still(&self, how_long: Duration, alive: &[usize], scenario: &str) {
+impl Cluster {
+    /// Polls for `how_long`: every VM runs exactly where `placement` says, on no other host.
+    fn holds(&self, placement: &BTreeMap<&'static str, usize>, how_long: Duration, scenario: &str) {
         let until = Instant::now() + how_long;
         while Instant::now() < until {
-            for (vm, host) in VMS {
-                let runners = self.runners(vm, alive);
-                assert_eq!(runners, vec![host], "{scenario}: {vm} should run on host-{host} only\n{}", self.logs());
+            for (vm, host) in placement {
+                let runners = self.runners(vm, &[1, 2, 3]);
+                assert_eq!(runners, vec![*host], "{scenario}: {vm} should run on host-{host} only\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// After a fault on `faulted`: its VMs must run again on another host (`alive` lists where
+    /// to look; libvirt of every host in `observe` is polled), each VM on at most one host at
+    /// every poll, the other VMs never moving. Updates `placement`; returns how long each took.
+    fn recovers(
+        &self,
+        placement: &mut BTreeMap<&'static str, usize>,
+        faulted: usize,
+        observe: &[usize],
+        started: Instant,
+        scenario: &str,
+    ) -> BTreeMap<&'static str, Duration> {
+        let victims: Vec<&'static str> = placement.iter().filter(|(_, h)| **h == faulted).map(|(vm, _)| *vm).collect();
+        let mut back = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while back.len() < victims.len() && Instant::now() < deadline {
+            for (vm, host) in placement.iter_mut() {
+                let runners = self.runners(vm, observe);
+                assert!(runners.len() <= 1, "{scenario}: {vm} runs on hosts {runners:?} at once\n{}", self.logs());
+                if victims.contains(vm) {
+                    if let [new] = runners[..]
+                        && new != faulted
+                    {
+                        *host = new;
+                        back.entry(*vm).or_insert_with(|| started.elapsed());
+                    }
+                } else {
+                    assert_eq!(runners, vec![*host], "{scenario}: {vm} must not move\n{}", self.logs());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            back.len(),
+            victims.len(),
+            "{scenario}: {victims:?} did not all come back: {back:?}\n{}",
+            self.logs()
+        );
+        back
     }
 }
 
 #[test]
 fn agents_on_the_lab_keep_every_vm_running_exactly_once() {
     let Some(mut cluster) = Cluster::up("agents_on_the_lab_keep_every_vm_running_exactly_once") else { return };
-    let all = [1, 2, 3];
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
 
     // Scenario 5: management network A cut on host-2 only: nothing happens.
     cluster.lab.set_link(2, "A", false).expect("cut A");
-    cluster.holds_still(Duration::from_secs(8), &all, "A cut");
+    cluster.holds(&placement, Duration::from_secs(8), "A cut");
     cluster.lab.set_link(2, "A", true).expect("heal A");
 
     // Scenario 3: partition 2|1 with NFS reachable from both sides: no restart, nothing twice.
     cluster.lab.partition(&[vec![1, 2], vec![3]]).expect("partition");
-    cluster.holds_still(Duration::from_secs(10), &all, "partition 1,2 | 3");
+    cluster.holds(&placement, Duration::from_secs(10), "partition 1,2 | 3");
     cluster.lab.heal_partition().expect("heal");
-    cluster.holds_still(Duration::from_secs(3), &all, "partition healed");
+    cluster.holds(&placement, Duration::from_secs(3), "partition healed");
 
     // Scenario 4: the agent of host-3 killed, the host fine (answers ping): agent down, its VM is
     // not restarted. Then it comes back and rejoins without touching the VM it finds running.
@@ -171,36 +213,46 @@ fn agents_on_the_lab_keep_every_vm_running_exactly_once() {
         let _ = agent.kill();
         let _ = agent.wait();
     }
-    cluster.holds_still(Duration::from_secs(8), &all, "agent of host-3 down");
+    cluster.holds(&placement, Duration::from_secs(8), "agent of host-3 down");
     cluster.start_agent(3);
-    cluster.holds_still(Duration::from_secs(4), &all, "agent of host-3 back");
+    cluster.holds(&placement, Duration::from_secs(4), "agent of host-3 back");
 
-    // Scenario 1: host-2 crashes (processes killed, links down): its two VMs run again on the
+    // Scenario 2: host-3 isolated (both management links down: no agent, no isolation address)
+    // with its datastore reachable: it powers its VM off and records it; the master restarts it
+    // elsewhere; never twice (host-3's libvirt is watched too).
+    let started = Instant::now();
+    cluster.lab.set_link(3, "A", false).expect("cut");
+    cluster.lab.set_link(3, "B", false).expect("cut");
+    let took = cluster.recovers(&mut placement, 3, &[1, 2, 3], started, "host-3 isolated");
+    println!("figure: isolation -> VM running elsewhere: {took:?}");
+    cluster.lab.set_link(3, "A", true).expect("heal");
+    cluster.lab.set_link(3, "B", true).expect("heal");
+    cluster.holds(&placement, Duration::from_secs(4), "isolation healed");
+
+    // Scenario 1b: host-1 cut from everything (management and storage): it stops its VMs
+    // itself before the others' dead-time ends, then they run elsewhere; never two copies.
+    let started = Instant::now();
+    for net in ["A", "B", "M"] {
+        cluster.lab.set_link(1, net, false).expect("cut");
+    }
+    let took = cluster.recovers(&mut placement, 1, &[1, 2, 3], started, "host-1 cut off");
+    println!("figure: network and storage cut -> VM running elsewhere: {took:?}");
+    assert!(cluster.logs().contains("fences itself"), "host-1 fenced:\n{}", cluster.logs());
+    for net in ["A", "B", "M"] {
+        cluster.lab.set_link(1, net, true).expect("heal");
+    }
+    cluster.holds(&placement, Duration::from_secs(5), "host-1 back");
+
+    // Scenario 1: host-2 crashes (processes killed, links down): its VMs run again on the
     // other hosts, each exactly once; the others never move.
     let crashed = Instant::now();
     cluster.lab.kill_host(2).expect("crash");
-    let alive = [1, 3];
-    let mut back: BTreeMap<&str, Duration> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while back.len() < 2 && Instant::now() < deadline {
-        for (vm, host) in VMS {
-            let runners = cluster.runners(vm, &alive);
-            assert!(runners.len() <= 1, "{vm} runs on hosts {runners:?} at once\n{}", cluster.logs());
-            if host == 2 && runners.len() == 1 {
-                back.entry(vm).or_insert_with(|| crashed.elapsed());
-            }
-            if host != 2 {
-                assert_eq!(runners, vec![host], "{vm} must not move\n{}", cluster.logs());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(back.len(), 2, "host-2's VMs did not come back: {back:?}\n{}", cluster.logs());
-    println!("figure: host crash -> VM running on another host: {back:?}");
+    let took = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "host-2 crashed");
+    println!("figure: host crash -> VM running on another host: {took:?}");
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        for (vm, _) in VMS {
-            assert_eq!(cluster.runners(vm, &alive).len(), 1, "{vm} exactly once\n{}", cluster.logs());
+        for (vm, host) in &placement {
+            assert_eq!(cluster.runners(vm, &[1, 3]), vec![*host], "{vm} exactly once\n{}", cluster.logs());
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -243,6 +243,31 @@ fn agents_on_the_lab_keep_every_vm_running_exactly_once() {
     }
     cluster.holds(&placement, Duration::from_secs(5), "host-1 back");
 
+    // Scenario 6: a VM crashes (its QEMU killed): started again on its own host.
+    let (vm, host) = placement.iter().next().map(|(v, h)| (*v, *h)).expect("a VM");
+    let pids = cluster.lab.pids_of(host, &format!("guest={vm}")).expect("pids");
+    assert_eq!(pids.len(), 1, "{vm} has one QEMU on host-{host}");
+    let crashed = Instant::now();
+    std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status().expect("kill");
+    let mut seen_down = false;
+    loop {
+        let runners = cluster.runners(vm, &[1, 2, 3]);
+        assert!(runners.is_empty() || runners == vec![host], "{vm} restarted in place only: {runners:?}");
+        seen_down |= runners.is_empty();
+        let fresh = cluster.lab.pids_of(host, &format!("guest={vm}")).unwrap_or_default();
+        if runners == vec![host] && !fresh.is_empty() && fresh != pids {
+            break;
+        }
+        assert!(
+            crashed.elapsed() < Duration::from_secs(20),
+            "{vm} was not restarted after its crash\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("figure: VM crash -> running again on its host after {:?} (seen down: {seen_down})", crashed.elapsed());
+    cluster.holds(&placement, Duration::from_secs(3), "after the VM crash");
+
     // Scenario 1: host-2 crashes (processes killed, links down): its VMs run again on the
     // other hosts, each exactly once; the others never move.
     let crashed = Instant::now();
@@ -256,4 +281,24 @@ fn agents_on_the_lab_keep_every_vm_running_exactly_once() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Scenario 9: host-2 boots again (empty) and rejoins; then the master itself (host-1, the
+    // smallest name with a datastore) crashes: a new master within seconds, and host-1's VMs
+    // run again elsewhere.
+    cluster.lab.boot_host(2).expect("boot");
+    // Our own connection to host-2's libvirt died with it.
+    let fresh =
+        Hypervisor::connect_with_timeout(&cluster.lab.libvirt_uri(2), Duration::from_secs(10)).expect("libvirt");
+    cluster.hv.insert(2, fresh);
+    cluster.start_agent(2);
+    cluster.holds(&placement, Duration::from_secs(5), "host-2 back, empty");
+    let crashed = Instant::now();
+    cluster.lab.kill_host(1).expect("crash the master");
+    let took = cluster.recovers(&mut placement, 1, &[2, 3], crashed, "the master crashed");
+    println!("figure: master crash -> its VMs running elsewhere: {took:?}");
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("host-2 is master") || logs.contains("host-3 is master"),
+        "a new master was elected:\n{logs}"
+    );
 }

@@ -14,6 +14,8 @@
 
 #![forbid(unsafe_code)]
 
+mod guest;
+
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -543,6 +545,23 @@ impl Lab {
         let file = format!("{name}.qcow2");
         run("qemu-img", &["create", "-q", "-f", "qcow2", &dir.join(&file).to_string_lossy(), &format!("{size_mib}M")])?;
         Ok(PathBuf::from(LOCAL_IMAGES).join(file))
+    }
+
+    /// The domain XML of a small Linux guest (Debian's kernel, busybox, the QEMU guest agent
+    /// on its virtio-serial channel) that answers guest-agent pings and powers itself off on
+    /// `guest-shutdown`. It runs under QEMU's TCG: this machine's nested KVM hangs early in
+    /// that kernel's boot. Its assets are built once per machine (`apt-get download`).
+    pub fn linux_guest_xml(&self, name: &str) -> Result<String, LabError> {
+        let (kernel, initrd) = guest::linux_guest()?;
+        Ok(format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>console=ttyS0 quiet</cmdline></os>\
+             <features><acpi/><apic/></features><on_crash>destroy</on_crash><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
+             <controller type='virtio-serial' index='0'/><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+             </devices></domain>",
+            kernel.display(),
+            initrd.display()
+        ))
     }
 
     /// Where host `host`'s libvirt answers from this machine's own namespace (its unix socket;

@@ -456,6 +456,15 @@ impl Hypervisor {
         }
     }
 
+    /// Sends a command to the QEMU guest agent (JSON, e.g. `{"execute":"guest-info"}`) and
+    /// returns its answer.
+    pub fn guest_agent_command(&self, name: &str, command: &str, timeout: Duration) -> Result<String, LibvirtError> {
+        c_safe("the guest-agent command", command)?;
+        let d = self.domain(name)?;
+        let seconds = i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        d.qemu_agent_command(command, seconds, 0).map_err(|e| self.fail("guest-agent command", Some(name), &e))
+    }
+
     /// Subscribes to the lifecycle events of every domain on this host.
     pub fn subscribe(&self) -> Result<Subscription, LibvirtError> {
         events::subscribe(&self.conn).map_err(|message| LibvirtError::Call {

@@ -79,7 +79,7 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 /// Debian packages: the libvirt driver builds against libvirt-dev; the lab tests run real
 /// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, and tini as each lab host's reaper.
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 13] = [
+const PACKAGES: [(&str, &str); 14] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
@@ -87,6 +87,7 @@ const PACKAGES: [(&str, &str); 13] = [
     ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
     ("/usr/bin/virsh", "libvirt-clients"),
     ("/usr/bin/qemu-img", "qemu-utils"),
+    ("/usr/bin/cpio", "cpio"),
     ("/usr/bin/tini", "tini"),
     ("/usr/sbin/ip", "iproute2"),
     ("/usr/sbin/nft", "nftables"),

@@ -331,3 +331,59 @@ fn the_core_hypervisor_driver_starts_elsewhere_stops_and_migrates_with_the_gener
     master.start_vm("host-2", "unknown-vm", 1);
     assert!(matches!(next(), Input::StartResult { result: Err(e), .. } if e.contains("no definition")));
 }
+
+#[test]
+fn a_linux_guest_answers_its_agent_and_a_shutdown_inside_it_is_reported_as_the_guests() {
+    let Some(lab) = lab("guestagent", 1) else { return };
+    let xml = match lab.linux_guest_xml("t-linux") {
+        Ok(xml) => xml,
+        Err(halo_lab::LabError::Unavailable(reason)) => {
+            halo_lab::skip_for_test("a_linux_guest_answers_its_agent", &reason);
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let hv = connect(&lab, 1);
+    let sub = hv.subscribe().expect("subscribe");
+    // The guest's console goes to a file in the lab (for a failing test's post-mortem).
+    let console = lab.dir().join("linux-console.log");
+    let xml = xml.replace(
+        "</devices>",
+        &format!("<serial type='file'><source path='{}'/><target port='0'/></serial></devices>", console.display()),
+    );
+    hv.define(&xml).expect("define");
+    let started = Instant::now();
+    hv.start("t-linux").expect("start");
+    // The guest boots (TCG) and its agent comes up: "no" until then, then "yes".
+    let mut answered = None;
+    while started.elapsed() < Duration::from_secs(90) {
+        if hv.guest_agent_ping("t-linux", Duration::from_secs(2)).expect("ping") == Some(true) {
+            answered = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let answered = answered.expect("the guest agent answered");
+    println!("figure: Linux guest started -> its guest agent answers after {answered:?}");
+
+    // The guest shuts itself down (asked through its agent): libvirt says the guest did it.
+    while sub.events().try_recv().is_ok() {}
+    // The agent may not answer: it goes down with the guest.
+    let asked = Instant::now();
+    let _ = hv.guest_agent_command("t-linux", r#"{"execute":"guest-shutdown"}"#, Duration::from_secs(5));
+    wait_for(
+        sub.events(),
+        Duration::from_secs(30),
+        |e| matches!(e, LifecycleEvent::ShuttingDown { domain, by_guest: true } if domain == "t-linux"),
+    )
+    .expect("a shutdown started by the guest");
+    let took = asked.elapsed();
+    wait_for(
+        sub.events(),
+        Duration::from_secs(30),
+        |e| matches!(e, LifecycleEvent::Stopped { domain, how: StopKind::Shutdown } if domain == "t-linux"),
+    )
+    .expect("then stopped by shutdown");
+    println!("figure: guest-shutdown asked -> the guest's own shutdown reported after {took:?}");
+    assert_eq!(hv.state("t-linux").expect("state"), Some(DomainState::ShutOff));
+}

@@ -35,6 +35,13 @@ enum LabCommand {
         /// Without the NFS server.
         #[arg(long)]
         no_nfs: bool,
+        /// Also start `halo agent` on every host (short lab timeouts), with `--vms` protected
+        /// tiny VMs spread over the hosts.
+        #[arg(long, conflicts_with_all = ["no_libvirt", "no_nfs"])]
+        agents: bool,
+        /// How many protected VMs to start with `--agents`.
+        #[arg(long, default_value_t = 3, requires = "agents")]
+        vms: usize,
     },
     /// Remove everything the lab made (also after a crash).
     Down,
@@ -155,7 +162,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     }
     let name = args.name.as_str();
     match args.command {
-        LabCommand::Up { hosts, exports, no_libvirt, no_nfs } => {
+        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms } => {
             let lab = Lab::up(LabSpec::new(name, hosts))?.keep();
             eprintln!("lab `{name}`: {hosts} host(s) up");
             if !no_nfs {
@@ -168,6 +175,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                     lab.libvirt_start(host)?;
                 }
                 eprintln!("libvirtd up on every host");
+            }
+            if agents {
+                start_agents(&lab, hosts, vms)?;
             }
             print_status(&lab, false)?;
         }
@@ -245,6 +255,34 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tiny protected VMs spread over the hosts, and an agent on every host.
+fn start_agents(lab: &Lab, hosts: usize, vms: usize) -> anyhow::Result<()> {
+    if vms > 50 {
+        bail!("--vms: at most 50 in the lab");
+    }
+    let names: Vec<String> = (1..=vms).map(|i| format!("vm-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let host = 1 + i % hosts;
+        let xml = lab.tiny_guest_xml(name, 64)?;
+        lab.protect(name, &xml)?;
+        let hv = halo_libvirt::Hypervisor::connect_with_timeout(&lab.libvirt_uri(host), Duration::from_secs(10))?;
+        hv.define(&halo_libvirt::with_generation(&xml, 1))?;
+        hv.start(name)?;
+    }
+    let halo = std::env::current_exe().context("cannot find the halo binary")?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for host in 1..=hosts {
+        let config = lab.agent_config(host, &names, &halo_lab::FAST_TIMEOUTS)?;
+        // The agent outlives this command: `halo lab down` (or `fault kill`) ends it.
+        lab.start_agent(host, &halo, &config)?;
+    }
+    eprintln!(
+        "{vms} protected VM(s) and an agent on every host; logs in {}/agent-N.log. Try `halo lab fault kill 2` and watch `halo lab status`.",
+        lab.dir().display()
+    );
+    Ok(())
 }
 
 #[derive(serde::Serialize)]

@@ -6,7 +6,7 @@
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use halo_lab::{Lab, LabSpec};
@@ -30,37 +30,6 @@ impl Drop for Cluster {
     }
 }
 
-fn config(lab: &Lab, host: usize) -> String {
-    let mut toml = format!(
-        "cluster = \"lab\"\nhost = \"host-{host}\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"B\"]\nisolation-addresses = [\"{}\", \"{}\"]\n",
-        lab.dir().join("cluster.key").display(),
-        lab.gateway("A").expect("gw"),
-        lab.gateway("B").expect("gw")
-    );
-    for h in 1..=lab.hosts() {
-        toml.push_str(&format!(
-            "\n[[hosts]]\nname = \"host-{h}\"\nmemory-mib = 2048\nvcpus = 8\naddresses = {{ A = \"{}\", B = \"{}\" }}\nlibvirt-uri = \"{}\"\n",
-            lab.address(h, "A").expect("a"),
-            lab.address(h, "B").expect("b"),
-            lab.libvirt_tcp_uri(h).expect("uri")
-        ));
-    }
-    toml.push_str(&format!(
-        "\n[[datastores]]\nname = \"ds1\"\nnfs = {{ server = \"{}\", export = \"/ds1\", mount-port = {}, nfs-port = {} }}\n",
-        lab.storage_address(),
-        halo_lab::MOUNT_PORT,
-        halo_lab::NFS_PORT
-    ));
-    toml.push_str(&format!("\n[libvirt]\nlocal-uri = \"{}\"\n", lab.libvirt_uri(host)));
-    toml.push_str(
-        "\n[timeouts]\nheartbeat-interval-ms = 250\ndatastore-interval-ms = 250\ndead-time-ms = 3000\nfence-timeout-ms = 2000\nisolation-time-ms = 1500\nelection-timeout-ms = 1000\nping-timeout-ms = 500\n",
-    );
-    for (vm, _) in VMS {
-        toml.push_str(&format!("\n[[vms]]\nname = \"{vm}\"\nmemory-mib = 64\nvcpus = 1\npriority = \"restart\"\n"));
-    }
-    toml
-}
-
 impl Cluster {
     /// The lab, the VMs running where `VMS` says, an agent on every host, a master elected.
     fn up(test: &str) -> Option<Self> {
@@ -75,12 +44,6 @@ impl Cluster {
         for h in 1..=3 {
             lab.libvirt_start(h).expect("libvirtd");
         }
-        let key = lab.dir().join("cluster.key");
-        std::fs::write(&key, "6c61622d6b65792d6f662d68616c6f2d74657374732d33322d6279746573210a\n").expect("key");
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-        // The protected-VM list on the datastore (written into the export, as ganesha serves it).
-        let list = lab.dir().join("exports/ds1/.halo/lab/vms");
-        std::fs::create_dir_all(&list).expect("layout");
         let hv: BTreeMap<usize, Hypervisor> = (1..=3)
             .map(|h| {
                 (h, Hypervisor::connect_with_timeout(&lab.libvirt_uri(h), Duration::from_secs(10)).expect("libvirt"))
@@ -88,8 +51,7 @@ impl Cluster {
             .collect();
         for (vm, host) in VMS {
             let xml = lab.tiny_guest_xml(vm, 64).expect("xml");
-            let record = serde_json::json!({ "name": vm, "domain-xml": xml });
-            std::fs::write(list.join(format!("{vm}.json")), record.to_string()).expect("protected list");
+            lab.protect(vm, &xml).expect("protected list");
             hv[&host].define(&with_generation(&xml, 1)).expect("define");
             hv[&host].start(vm).expect("start");
         }
@@ -107,20 +69,9 @@ impl Cluster {
     }
 
     fn start_agent(&mut self, h: usize) {
-        let path = self.lab.dir().join(format!("halo-{h}.toml"));
-        std::fs::write(&path, config(&self.lab, h)).expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.lab.dir().join(format!("agent-{h}.log")))
-            .expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.lab.netns(h), env!("CARGO_BIN_EXE_halo"), "agent", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent");
+        let vms: Vec<&str> = VMS.iter().map(|(vm, _)| *vm).collect();
+        let config = self.lab.agent_config(h, &vms, &halo_lab::FAST_TIMEOUTS).expect("config");
+        let child = self.lab.start_agent(h, std::path::Path::new(env!("CARGO_BIN_EXE_halo")), &config).expect("agent");
         self.agents.insert(h, child);
     }
 

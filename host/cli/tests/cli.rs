@@ -124,3 +124,36 @@ fn halo_lab_comes_up_reports_takes_faults_and_goes_down() {
     let out = halo(&["lab", "status", "--name", &name]);
     assert!(!out.status.success() && text(&out.stderr).contains("no lab named"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn halo_lab_up_with_agents_protects_vms_and_runs_an_agent_per_host() {
+    if !halo_lab::for_test("halo_lab_up_with_agents_protects_vms_and_runs_an_agent_per_host") {
+        return;
+    }
+    let name = format!("w{}", std::process::id() % 100_000);
+    let out = halo(&["lab", "up", "--name", &name, "--hosts", "2", "--agents", "--vms", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log = |h: usize| {
+        std::fs::read_to_string(std::env::temp_dir().join(format!("halo-lab-{name}/agent-{h}.log"))).unwrap_or_default()
+    };
+    while !(log(1).contains("halo agent running")
+        && log(2).contains("halo agent running")
+        && (log(1) + &log(2)).contains("is master"))
+    {
+        assert!(std::time::Instant::now() < deadline, "agents did not come up:\n{}\n---\n{}", log(1), log(2));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = halo(&["lab", "status", "--name", &name, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let vms: Vec<String> = status["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .flat_map(|h| h["vms"]["Ok"].as_array().cloned().unwrap_or_default())
+        .map(|v| format!("{}:{}", v[0].as_str().unwrap_or(""), v[1].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(vms, vec!["vm-1:running".to_string(), "vm-2:running".to_string()], "{status}");
+    let out = halo(&["lab", "down", "--name", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

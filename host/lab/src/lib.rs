@@ -701,6 +701,111 @@ impl Lab {
     }
 }
 
+/// Short timeouts for agents on the lab: a failover takes seconds (a heartbeat every 250 ms,
+/// a host dead after 3 s of silence, a cut-off host fenced after 2 s).
+pub const FAST_TIMEOUTS: [&str; 7] = [
+    "heartbeat-interval-ms = 250",
+    "datastore-interval-ms = 250",
+    "dead-time-ms = 3000",
+    "fence-timeout-ms = 2000",
+    "isolation-time-ms = 1500",
+    "election-timeout-ms = 1000",
+    "ping-timeout-ms = 500",
+];
+
+/// Agents on the lab hosts.
+impl Lab {
+    /// The cluster key of the lab's agents (written once, mode 0600).
+    pub fn cluster_key(&self) -> Result<PathBuf, LabError> {
+        let path = self.dir().join("cluster.key");
+        if !path.is_file() {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(|e| LabError::Invalid(format!("/dev/urandom: {e}")))?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, format!("{hex}\n"))
+                .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(path)
+    }
+
+    /// The `halo.toml` of host `host`'s agent: the lab's addresses, the NFS datastore `ds1`,
+    /// every host's libvirt, `vms` as `restart` VMs of 64 MiB, and `timeouts` (lines of the
+    /// `[timeouts]` table, e.g. `dead-time-ms = 3000`).
+    pub fn agent_config(&self, host: usize, vms: &[&str], timeouts: &[&str]) -> Result<String, LabError> {
+        self.check_host(host)?;
+        let mut toml = format!(
+            "cluster = \"lab\"\nhost = \"host-{host}\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"B\"]\nisolation-addresses = [\"{}\", \"{}\"]\n",
+            self.cluster_key()?.display(),
+            self.gateway("A")?,
+            self.gateway("B")?
+        );
+        for h in 1..=self.hosts() {
+            toml.push_str(&format!(
+                "\n[[hosts]]\nname = \"host-{h}\"\nmemory-mib = 2048\nvcpus = 8\naddresses = {{ A = \"{}\", B = \"{}\" }}\nlibvirt-uri = \"{}\"\n",
+                self.address(h, "A")?,
+                self.address(h, "B")?,
+                self.libvirt_tcp_uri(h)?
+            ));
+        }
+        toml.push_str(&format!(
+            "\n[[datastores]]\nname = \"ds1\"\nnfs = {{ server = \"{}\", export = \"/ds1\", mount-port = {MOUNT_PORT}, nfs-port = {NFS_PORT} }}\n",
+            self.storage_address()
+        ));
+        toml.push_str(&format!("\n[libvirt]\nlocal-uri = \"{}\"\n", self.libvirt_uri(host)));
+        toml.push_str("\n[timeouts]\n");
+        for line in timeouts {
+            toml.push_str(line);
+            toml.push('\n');
+        }
+        for vm in vms {
+            toml.push_str(&format!("\n[[vms]]\nname = \"{vm}\"\nmemory-mib = 64\nvcpus = 1\npriority = \"restart\"\n"));
+        }
+        Ok(toml)
+    }
+
+    /// Puts a VM on the datastore's protected-VM list (written into the NFS export, as the
+    /// server serves it).
+    pub fn protect(&self, vm: &str, domain_xml: &str) -> Result<(), LabError> {
+        let list = self.dir().join("exports/ds1/.halo/lab/vms");
+        std::fs::create_dir_all(&list).map_err(|e| LabError::Invalid(format!("{}: {e}", list.display())))?;
+        let record = serde_json::json!({ "name": vm, "domain-xml": domain_xml });
+        std::fs::write(list.join(format!("{vm}.json")), record.to_string())
+            .map_err(|e| LabError::Invalid(format!("{vm}: {e}")))
+    }
+
+    /// Starts `halo agent --config <lab>/halo-N.toml` in host `host`'s namespace, its output
+    /// appended to `<lab>/agent-N.log`; returns the process.
+    pub fn start_agent(
+        &self,
+        host: usize,
+        halo: &std::path::Path,
+        config: &str,
+    ) -> Result<std::process::Child, LabError> {
+        self.check_host(host)?;
+        let path = self.dir().join(format!("halo-{host}.toml"));
+        std::fs::write(&path, config).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join(format!("agent-{host}.log")))
+            .map_err(|e| LabError::Invalid(format!("agent log: {e}")))?;
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns(host)])
+            .arg(halo)
+            .args(["agent", "--config"])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| LabError::Spawn { command: "halo agent".into(), source })
+    }
+}
+
 /// Whether `/dev/kvm` can be opened for writing.
 pub fn kvm_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()

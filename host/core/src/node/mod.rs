@@ -158,6 +158,10 @@ pub enum Input {
     },
     /// An operator command.
     Command(Command),
+    /// A new cluster configuration (already validated by the caller, the same on every host):
+    /// hosts added are tracked from now on, hosts removed are forgotten, VMs and timeouts
+    /// take effect at once. Boxed: the rest of the inputs are small.
+    ConfigChanged(Box<ClusterConfig>),
 }
 
 /// How bad an event is.
@@ -459,9 +463,27 @@ impl Node {
             Input::StartResult { vm, host, generation, result } => self.on_start(&vm, &host, generation, result),
             Input::MigrateResult { vm, from, to, result } => self.on_migrate(&vm, &from, &to, result),
             Input::Command(command) => self.on_command(command, policies),
+            Input::ConfigChanged(config) => self.on_config(*config),
         }
         self.step(policies, evaluate);
         std::mem::take(&mut self.out)
+    }
+
+    fn on_config(&mut self, config: ClusterConfig) {
+        let names: BTreeSet<String> = config.hosts.iter().map(|h| h.name.clone()).filter(|n| *n != self.name).collect();
+        self.peers.retain(|name, _| names.contains(name));
+        for name in names {
+            self.peers.entry(name).or_default();
+        }
+        self.ha_enabled = config.ha.enabled;
+        let (hosts, vms) = (config.hosts.len(), config.vms.len());
+        self.config = config;
+        self.record(
+            Severity::Info,
+            "config-changed",
+            format!("configuration in force: {hosts} host(s), {vms} VM(s)"),
+            None,
+        );
     }
 
     /// The periodic work after an input: heartbeats and datastore writes when due, then
@@ -780,5 +802,45 @@ pub(crate) mod tests {
             now += 100;
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod config_change_tests {
+    use super::tests::beat;
+    use super::*;
+    use crate::config::tests::cluster;
+    use crate::policies::BuiltinPolicies;
+
+    fn acked(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::SendHeartbeat { heartbeat, .. } => {
+                    Some(heartbeat.acks.iter().map(|(h, _)| h.clone()).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_host_added_by_a_config_change_is_heard_and_a_removed_one_forgotten() {
+        let mut node = Node::new("host-1", cluster(3, 2), 0);
+        let mut p = BuiltinPolicies;
+        node.handle(0, beat("host-4", 1, &[]), &mut p);
+        let actions = node.handle(1_000, Input::Tick, &mut p);
+        assert!(!acked(&actions).contains(&"host-4".to_string()), "not a member yet");
+
+        let actions = node.handle(1_100, Input::ConfigChanged(Box::new(cluster(4, 2))), &mut p);
+        assert!(actions.iter().any(|a| matches!(a, Action::Record(e) if e.kind == "config-changed")));
+        node.handle(1_200, beat("host-4", 2, &[]), &mut p);
+        let actions = node.handle(2_000, Input::Tick, &mut p);
+        assert!(acked(&actions).contains(&"host-4".to_string()), "heard now: {:?}", acked(&actions));
+
+        node.handle(2_100, Input::ConfigChanged(Box::new(cluster(3, 2))), &mut p);
+        let actions = node.handle(3_000, Input::Tick, &mut p);
+        assert!(!acked(&actions).contains(&"host-4".to_string()), "removed: forgotten");
+        assert_eq!(node.config().hosts.len(), 3);
     }
 }

@@ -35,7 +35,9 @@ pub fn linux_guest() -> Result<(PathBuf, PathBuf), LabError> {
     }
     std::fs::create_dir_all(&cache).map_err(|e| fail("cache directory", e))?;
     let image = sh(
-        "apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \\(linux-image-[^ ]*\\)/\\1/p' | head -1",
+        // Package lists may be missing on a fresh machine: fetch them once if so.
+        "apt-cache show linux-image-amd64 >/dev/null 2>&1 || apt-get update -qq >/dev/null 2>&1; \
+         apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \\(linux-image-[^ ]*\\)/\\1/p' | head -1",
         &cache,
     )?;
     let image = image.trim();
@@ -91,5 +93,7 @@ pub fn linux_guest() -> Result<(PathBuf, PathBuf), LabError> {
         &cache,
     )?;
     let _ = std::fs::remove_dir_all(root);
+    let _ = std::fs::remove_dir_all(cache.join("debs"));
+    let _ = std::fs::remove_dir_all(init);
     Ok((kernel, initrd))
 }

@@ -26,7 +26,6 @@ mod dir;
 mod driver;
 mod nfs;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -269,8 +268,22 @@ impl Datastore {
         operation: &str,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, DatastoreError> {
+        self.bounded_or_absent(operation, work).await?.ok_or_else(|| DatastoreError::Io {
+            datastore: self.name.clone(),
+            operation: operation.to_string(),
+            detail: "not found".into(),
+        })
+    }
+
+    /// [`Datastore::bounded`] where a missing name is an answer (`None`), not an error.
+    async fn bounded_or_absent<T>(
+        &self,
+        operation: &str,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<Option<T>, DatastoreError> {
         match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => Ok(Some(value)),
+            Ok(Err(StoreError::NotFound)) => Ok(None),
             Ok(Err(error)) => {
                 self.store.reset().await;
                 Err(DatastoreError::Io {
@@ -397,12 +410,9 @@ impl Datastore {
     /// Reads a claim, if it exists.
     pub async fn read_claim(&self, vm: &str, generation: u64) -> Result<Option<Claim>, DatastoreError> {
         let path = format!("claims/{}@{generation}.json", encode_name(vm));
-        match tokio::time::timeout(self.timeout, self.store.read(&path)).await {
-            Ok(Ok(bytes)) => self.parse(&path, &bytes).map(Some),
-            Ok(Err(StoreError::NotFound)) => Ok(None),
-            _ => {
-                self.bounded("read a claim", self.store.read(&path)).await.and_then(|b| self.parse(&path, &b)).map(Some)
-            }
+        match self.bounded_or_absent("read a claim", self.store.read(&path)).await? {
+            Some(bytes) => self.parse(&path, &bytes).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -447,10 +457,7 @@ impl Datastore {
     /// Removes a protected VM's definition (unprotect).
     pub async fn remove_protected_vm(&self, name: &str) -> Result<(), DatastoreError> {
         let path = format!("vms/{}.json", encode_name(name));
-        match tokio::time::timeout(self.timeout, self.store.remove(&path)).await {
-            Ok(Ok(())) | Ok(Err(StoreError::NotFound)) => Ok(()),
-            _ => self.bounded("remove a protected VM", self.store.remove(&path)).await,
-        }
+        self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await.map(drop)
     }
 
     /// Every protected VM's definition.
@@ -470,9 +477,6 @@ impl Datastore {
         Ok(vms)
     }
 }
-
-/// Where an NFS server listens (re-exported for configs).
-pub type NfsServerAddr = SocketAddr;
 
 #[cfg(test)]
 mod tests {

@@ -410,7 +410,13 @@ impl Datastore {
     /// Reads a claim, if it exists.
     pub async fn read_claim(&self, vm: &str, generation: u64) -> Result<Option<Claim>, DatastoreError> {
         let path = format!("claims/{}@{generation}.json", encode_name(vm));
-        match self.bounded_or_absent("read a claim", self.store.read(&path)).await? {
+        // A failed attempt reset the connection (it may have died with a server restart):
+        // one more on a fresh one.
+        let read = match self.bounded_or_absent("read a claim", self.store.read(&path)).await {
+            Err(_) => self.bounded_or_absent("read a claim", self.store.read(&path)).await,
+            answer => answer,
+        };
+        match read? {
             Some(bytes) => self.parse(&path, &bytes).map(Some),
             None => Ok(None),
         }
@@ -457,7 +463,11 @@ impl Datastore {
     /// Removes a protected VM's definition (unprotect).
     pub async fn remove_protected_vm(&self, name: &str) -> Result<(), DatastoreError> {
         let path = format!("vms/{}.json", encode_name(name));
-        self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await.map(drop)
+        // As in `read_claim`: once more on a fresh connection after a failure.
+        match self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await {
+            Err(_) => self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await.map(drop),
+            answer => answer.map(drop),
+        }
     }
 
     /// Every protected VM's definition.

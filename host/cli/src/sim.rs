@@ -97,11 +97,9 @@ pub struct DemoArgs {
 }
 
 fn parse_millis(text: &str) -> Result<Millis, String> {
-    let fault: Result<Fault, _> = format!("crash:x@{text}").parse();
-    match fault {
-        Ok(f) if f.at > 0 => Ok(f.at),
-        _ => Err(format!("`{text}` is not a positive time like 200s, 5m or 1500ms")),
-    }
+    halo_sim::parse_duration(text)
+        .filter(|&ms| ms > 0)
+        .ok_or_else(|| format!("`{text}` is not a positive time like 200s, 5m or 1500ms"))
 }
 
 const PLUGIN_FILES: [&str; 3] =

@@ -7,7 +7,7 @@
 //! address pinged and carries this request's identifier and sequence number. IPv4 only.
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -126,9 +126,6 @@ fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
-
-/// Loopback, for tests: `127.0.0.1`.
-pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[cfg(test)]
 mod tests {

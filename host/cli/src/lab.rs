@@ -181,18 +181,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             }
             print_status(&lab, false)?;
         }
-        LabCommand::Down => match Lab::attach(name) {
-            Ok(mut lab) => {
-                lab.down()?;
-                eprintln!("lab `{name}` removed");
-            }
-            Err(_) => {
-                // Nothing recorded: still remove whatever carries the lab's name.
-                let mut lab = Lab::up(LabSpec::new(name, 1))?;
-                lab.down()?;
-                eprintln!("lab `{name}` removed (nothing was recorded)");
-            }
-        },
+        LabCommand::Down => {
+            // Recorded or not (a crashed `up`), everything carrying the lab's name goes.
+            Lab::remove(name)?;
+            eprintln!("lab `{name}` removed");
+        }
         LabCommand::Status { json } => print_status(&Lab::attach(name)?, json)?,
         LabCommand::Exec { host, command } => {
             let lab = Lab::attach(name)?;

@@ -256,6 +256,14 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Removes whatever a lab named `name` left behind (namespaces, processes in them, its
+    /// directory), recorded or not.
+    pub fn remove(name: &str) -> Result<(), LabError> {
+        let removed = remove_namespaces(&format!("halo-{name}-"));
+        let _ = std::fs::remove_dir_all(Self::dir_of(name));
+        removed
+    }
+
     /// Leaves the lab running when this value is dropped (the `halo lab up` command).
     pub fn keep(mut self) -> Self {
         self.keep = true;
@@ -357,9 +365,7 @@ impl Lab {
             return Ok(());
         }
         self.down = true;
-        let removed = remove_namespaces(&format!("halo-{}-", self.spec.name));
-        let _ = std::fs::remove_dir_all(self.dir());
-        removed
+        Self::remove(&self.spec.name)
     }
 
     /// Starts the NFS server (nfs-ganesha with its VFS backend, and rpcbind, which ganesha
@@ -464,12 +470,7 @@ impl Lab {
             nft(&storage, "add chain inet halo_lab input { type filter hook input priority 0 ; policy accept ; }")?;
             nft(&storage, &format!("add rule inet halo_lab input ip saddr {source} drop comment \"host-{host}\""))?;
         } else {
-            let listing = nft(&storage, "-a list chain inet halo_lab input").unwrap_or_default();
-            for line in listing.lines().filter(|l| l.contains(&format!("\"host-{host}\""))) {
-                if let Some(handle) = line.rsplit("# handle ").next().map(str::trim) {
-                    nft(&storage, &format!("delete rule inet halo_lab input handle {handle}"))?;
-                }
-            }
+            delete_rules(&storage, "inet halo_lab input", &format!("host-{host}"))?;
         }
         Ok(())
     }
@@ -836,14 +837,7 @@ impl Lab {
     }
 
     fn delete_rules(&self, comment: &str) -> Result<(), LabError> {
-        let sw = self.switch();
-        let listing = nft(&sw, "-a list chain bridge halo_lab forward").unwrap_or_default();
-        for line in listing.lines().filter(|l| l.contains(&format!("comment \"{comment}\""))) {
-            if let Some(handle) = line.rsplit("# handle ").next().map(str::trim) {
-                nft(&sw, &format!("delete rule bridge halo_lab forward handle {handle}"))?;
-            }
-        }
-        Ok(())
+        delete_rules(&self.switch(), "bridge halo_lab forward", comment)
     }
 
     /// Partitions the hosts into `groups` on the management networks A and B: no frame
@@ -924,6 +918,17 @@ fn which(program: &str) -> Option<PathBuf> {
         .map(|dir| PathBuf::from(dir).join(program))
         .chain(["/usr/sbin", "/sbin", "/usr/bin"].iter().map(|d| PathBuf::from(d).join(program)))
         .find(|p| p.is_file())
+}
+
+/// Deletes the rules of `chain` (`FAMILY TABLE CHAIN`) in `netns` that carry `comment`.
+fn delete_rules(netns: &str, chain: &str, comment: &str) -> Result<(), LabError> {
+    let listing = nft(netns, &format!("-a list chain {chain}")).unwrap_or_default();
+    for line in listing.lines().filter(|l| l.contains(&format!("comment \"{comment}\""))) {
+        if let Some(handle) = line.rsplit("# handle ").next().map(str::trim) {
+            nft(netns, &format!("delete rule {chain} handle {handle}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn nft(netns: &str, rule: &str) -> Result<String, LabError> {

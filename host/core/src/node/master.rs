@@ -396,11 +396,11 @@ impl Node {
         let mut events = Vec::new();
         let master = self.master.as_mut().expect("master");
         master.restarts.retain(|vm, r| {
-            let (host, since, claimed) = match &r.state {
-                RestartState::ClaimedElsewhere { host, since } | RestartState::Starting { host, since } => {
-                    (host.clone(), *since, r.generation + 1)
-                }
-                RestartState::Claiming { host, since } => (host.clone(), *since, r.generation + 1),
+            let claimed = r.generation + 1;
+            let (host, since) = match &r.state {
+                RestartState::ClaimedElsewhere { host, since }
+                | RestartState::Starting { host, since }
+                | RestartState::Claiming { host, since } => (host.clone(), *since),
                 _ => return true,
             };
             let timed_out = now.saturating_sub(since) > t.start_timeout_ms;

@@ -30,6 +30,9 @@ pub enum StartError {
     /// The heartbeat sockets.
     #[error(transparent)]
     Transport(#[from] halo_net::TransportError),
+    /// The configuration (normally caught by `AgentConfig::load`).
+    #[error("configuration: {0}")]
+    Config(String),
     /// The plugins.
     #[error("plugins: {0}")]
     Plugins(String),
@@ -158,9 +161,13 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         let stores: Vec<Arc<Datastore>> = config.datastores.iter().filter_map(|d| datastores.get(&d.name)).collect();
         let catalog = Arc::clone(&catalog);
         runtime.spawn(async move {
+            // The layout is created once per datastore (retried while it fails), not every round.
+            let mut laid_out = vec![false; stores.len()];
             loop {
-                for store in &stores {
-                    let _ = store.ensure_layout().await;
+                for (store, laid_out) in stores.iter().zip(laid_out.iter_mut()) {
+                    if !*laid_out {
+                        *laid_out = store.ensure_layout().await.is_ok();
+                    }
                     match store.protected_vms().await {
                         Ok(vms) => {
                             let mut c = catalog.lock().unwrap_or_else(|p| p.into_inner());

@@ -241,7 +241,6 @@ impl Hypervisor {
         let mut xml = xml.to_string();
         if !xml.contains("<uuid>")
             && let Some(name) = element_text(&xml, "name").map(str::to_string)
-            && let Ok(Some(_)) = self.state(&name)
             && let Ok(existing) = self.xml(&name)
             && let Some(uuid) = element_text(&existing, "uuid")
         {
@@ -315,6 +314,17 @@ impl Hypervisor {
         kind: MigrationKind,
         shared_prefixes: &[&str],
     ) -> Result<(), LibvirtError> {
+        self.check(name, target, kind, shared_prefixes).map(drop)
+    }
+
+    /// [`Hypervisor::check_migration`], returning the domain's disks.
+    fn check(
+        &self,
+        name: &str,
+        target: &Hypervisor,
+        kind: MigrationKind,
+        shared_prefixes: &[&str],
+    ) -> Result<Vec<String>, LibvirtError> {
         let d = self.domain(name)?;
         let mut reasons = Vec::new();
         let active = d.is_active().unwrap_or(false);
@@ -356,16 +366,17 @@ impl Hypervisor {
                 reasons.push("a domain of that name already runs on the target".to_string());
             }
         }
+        let xml = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
+        let disks = disk_sources(&xml);
         if kind != MigrationKind::LiveWithStorageCopy {
-            let xml = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
-            for disk in disk_sources(&xml) {
+            for disk in &disks {
                 if !shared_prefixes.iter().any(|p| disk.starts_with(p)) {
                     reasons.push(format!("disk {disk} is not on storage both hosts see (migrate with storage copy)"));
                 }
             }
         }
         if reasons.is_empty() {
-            Ok(())
+            Ok(disks)
         } else {
             Err(LibvirtError::MigrationRefused { domain: name.to_string(), target: target.uri.clone(), reasons })
         }
@@ -387,7 +398,7 @@ impl Hypervisor {
         deadline: Duration,
     ) -> Result<MigrationReport, LibvirtError> {
         c_safe("the target URI", target_uri)?;
-        self.check_migration(name, target, kind, shared_prefixes)?;
+        let disks = self.check(name, target, kind, shared_prefixes)?;
         let d = self.domain(name)?;
         let mut flags = sys::VIR_MIGRATE_PEER2PEER | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
         flags |= match kind {
@@ -398,11 +409,8 @@ impl Hypervisor {
         // libvirt calls a disk on a filesystem it does not know as shared (NFS, GFS2, …)
         // unsafe to migrate live. halo checked above that every disk lies under a path the
         // operator declared shared (`shared_prefixes`), so it vouches for them.
-        if kind == MigrationKind::Live {
-            let xml = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
-            if !disk_sources(&xml).is_empty() {
-                flags |= sys::VIR_MIGRATE_UNSAFE;
-            }
+        if kind == MigrationKind::Live && !disks.is_empty() {
+            flags |= sys::VIR_MIGRATE_UNSAFE;
         }
         let started = Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -57,6 +57,33 @@ pub struct AgentConfig {
     /// The VMs halo knows.
     #[serde(default)]
     pub vms: Vec<VmSpec>,
+    /// The HTTP API, the status page and `/metrics` (absent: not served).
+    #[serde(default)]
+    pub api: Option<ApiEntry>,
+    /// Where events and alerts go besides the agent's own log.
+    #[serde(default)]
+    pub alerts: AlertsEntry,
+}
+
+/// The HTTP API of this agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ApiEntry {
+    /// Address and port to listen on (e.g. `0.0.0.0:7401`).
+    pub listen: std::net::SocketAddr,
+    /// The bearer token (one line, at least 16 characters, mode 0600), the same on every host:
+    /// agents forward writes to the master with it.
+    pub token_file: PathBuf,
+}
+
+/// Events and alerts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AlertsEntry {
+    /// Every event appended here as one JSON line (absent: kept in memory only).
+    pub event_log: Option<PathBuf>,
+    /// Every alert POSTed here as JSON (`http://` only; put a relay in front for TLS).
+    pub webhook_url: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -83,6 +110,9 @@ pub struct HostEntry {
     /// How another host's libvirtd reaches it for a migration (default: `libvirt-uri`).
     #[serde(default)]
     pub migration_uri: Option<String>,
+    /// Its agent's API (default: its address on the first network, the port of `api.listen`).
+    #[serde(default)]
+    pub api_address: Option<std::net::SocketAddr>,
 }
 
 /// One datastore: a mounted directory or an NFSv3 export.
@@ -315,10 +345,51 @@ impl AgentConfig {
                 ));
             }
         }
+        if let Some(api) = &self.api {
+            match std::fs::read_to_string(&api.token_file) {
+                Err(e) => problems.push(format!(
+                    "api.token-file: {}: {e}; write a random token there (e.g. `head -c 24 /dev/urandom | base64 > {0}`)",
+                    api.token_file.display()
+                )),
+                Ok(token) if token.trim().len() < 16 || token.trim().contains(char::is_whitespace) => {
+                    problems.push(format!(
+                        "api.token-file: {}: the token must be one word of at least 16 characters",
+                        api.token_file.display()
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some(url) = &self.alerts.webhook_url
+            && let Err(why) = crate::client::parse_http_url(url)
+        {
+            problems.push(format!("alerts.webhook-url: {why}"));
+        }
         if let Err(errors) = self.cluster().validate() {
             problems.extend(errors.0);
         }
         problems
+    }
+
+    /// Every host's API address, this one too (none without `[api]`).
+    pub fn api_addresses(&self) -> BTreeMap<String, std::net::SocketAddr> {
+        let Some(api) = &self.api else { return BTreeMap::new() };
+        self.hosts
+            .iter()
+            .filter_map(|h| {
+                let address = h.api_address.or_else(|| {
+                    let ip = h.addresses.get(self.networks.first()?)?;
+                    Some(std::net::SocketAddr::new(*ip, api.listen.port()))
+                })?;
+                Some((h.name.clone(), address))
+            })
+            .collect()
+    }
+
+    /// The API token (after [`AgentConfig::load`] checked it).
+    pub fn api_token(&self) -> Option<String> {
+        let api = self.api.as_ref()?;
+        std::fs::read_to_string(&api.token_file).ok().map(|t| t.trim().to_string())
     }
 }
 
@@ -433,7 +504,15 @@ mod example {
     #[test]
     fn the_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/halo.toml");
-        let config = AgentConfig::load(&path).expect("examples/halo.toml is valid");
+        let text = std::fs::read_to_string(&path).expect("examples/halo.toml");
+        // The example's token file is on the operator's machine; here one of our own.
+        let token = std::env::temp_dir().join(format!("halo-example-token-{}", std::process::id()));
+        std::fs::write(&token, "0123456789abcdef0123\n").expect("token");
+        let text = text.replace("/etc/halo/api.token", &token.display().to_string());
+        let config = AgentConfig::parse(&text, "examples/halo.toml").expect("examples/halo.toml is valid");
+        assert_eq!(config.api_token().as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(config.api_addresses().len(), 3);
+        let _ = std::fs::remove_file(&token);
         assert_eq!(config.cluster().hosts.len(), 3);
         assert_eq!(config.vms.len(), 3);
     }

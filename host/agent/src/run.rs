@@ -6,12 +6,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use halo_core::capacity::AdmissionVerdict;
 use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
-use halo_core::node::PingTarget;
-use halo_core::{Claim, DatastoreRecord, Event, Heartbeat, Input, Node, Severity, StopReason, VmState};
+use halo_core::node::{ClusterStatus, PingTarget, WhatIf};
+use halo_core::{
+    Claim, ClusterConfig, Command, DatastoreRecord, Event, Heartbeat, Input, Node, Severity, StopReason, VmSpec,
+    VmState,
+};
 use halo_datastore::{Datastore, Datastores, Location, NfsTarget};
 use halo_libvirt::events::StopKind;
 use halo_libvirt::{Hypervisor, HypervisorConfig, Hypervisors, LifecycleEvent, generation_of};
@@ -20,6 +24,7 @@ use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime, SandboxLimits};
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
+use crate::events::{EventLog, LoggedEvent};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,63 @@ pub enum StartError {
     Libvirt(String),
 }
 
+/// What the agent loop publishes for the API, the status page and `/metrics`.
+pub struct Shared {
+    /// This host.
+    pub me: String,
+    /// The node's picture, refreshed every tick and after every operator request.
+    pub status: Mutex<ClusterStatus>,
+    /// The event log.
+    pub events: Arc<EventLog>,
+    /// The plugins in force and their counters, refreshed every second.
+    pub plugins: Mutex<Vec<PluginStatus>>,
+    /// Requests to the agent loop.
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Wakes the catalog task (protected VMs and settings on the datastores) at once.
+    pub catalog_refresh: Arc<tokio::sync::Notify>,
+    /// The datastores (for the API's writes).
+    pub datastores: Vec<Arc<Datastore>>,
+}
+
+/// One decision point's plugin and counters.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PluginStatus {
+    /// `isolation-policy`, `placement-engine`, `restart-policy`.
+    pub world: String,
+    /// The plugin file in force (`None`: the built-in policy).
+    pub file: Option<String>,
+    /// Its SHA-256.
+    pub sha256: Option<String>,
+    /// Decisions asked for.
+    pub calls: u64,
+    /// Decisions the built-in policy gave instead.
+    pub fallbacks: u64,
+    /// Failures by kind.
+    pub failures: BTreeMap<String, u64>,
+    /// Time spent deciding, seconds.
+    pub seconds: f64,
+    /// Loads and swaps, and the ones that failed.
+    pub reloads: u64,
+    /// Loads that failed (the old plugin stayed in force).
+    pub failed_reloads: u64,
+}
+
+/// A request to the agent loop, with where its answer goes.
+pub enum Control {
+    /// An operator command; answered with the events it caused.
+    Command(Command, tokio::sync::oneshot::Sender<Vec<Event>>),
+    /// "What if these hosts failed" (master only).
+    WhatIf(Vec<String>, tokio::sync::oneshot::Sender<Option<WhatIf>>),
+    /// The admission check for protecting a VM running on a host (master only).
+    Admit(Box<VmSpec>, Option<String>, tokio::sync::oneshot::Sender<Option<AdmissionVerdict>>),
+    /// Reload every plugin file now; answered per decision point.
+    ReloadPlugins(tokio::sync::oneshot::Sender<Vec<(String, Result<String, String>)>>),
+    /// The cluster config merged with the datastores' run-time changes differs from the one
+    /// in force.
+    Apply(Box<ClusterConfig>),
+}
+
 /// Every driver of this agent, behind the core's traits.
 struct AgentDrivers {
     heartbeats: Heartbeats,
@@ -48,6 +110,9 @@ struct AgentDrivers {
     pings: Pinger,
     hypervisor: Hypervisors,
     host: String,
+    events: Arc<EventLog>,
+    /// Events recorded while an operator command is handled (its answer).
+    capture: Option<Vec<Event>>,
 }
 
 impl HeartbeatSender for AgentDrivers {
@@ -96,6 +161,10 @@ impl EventSink for AgentDrivers {
                 tracing::error!(host = %self.host, kind = %event.kind, "ALERT {} {trace}", event.message)
             }
         }
+        if let Some(capture) = self.capture.as_mut() {
+            capture.push(event.clone());
+        }
+        let _: LoggedEvent = self.events.record(event);
     }
 }
 
@@ -111,7 +180,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         .iter()
         .find(|h| h.name == me)
         .cloned()
-        .ok_or_else(|| StartError::Plugins("host missing".into()))?;
+        .ok_or_else(|| StartError::Config(format!("host `{me}` is not among the hosts")))?;
     let networks = config
         .networks
         .iter()
@@ -135,6 +204,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     })?;
     let transport = Arc::new(transport);
     let (inputs, mut inputs_rx) = mpsc::unbounded_channel::<Input>();
+    let (control, mut control_rx) = mpsc::unbounded_channel::<Control>();
 
     // Datastores: opened now if they answer, otherwise retried in the background.
     let mut stores = Vec::new();
@@ -156,32 +226,16 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         stores.push(store);
     }
     let datastores = Datastores::new(stores, inputs.clone(), runtime.clone());
+    let stores: Vec<Arc<Datastore>> = config.datastores.iter().filter_map(|d| datastores.get(&d.name)).collect();
     let catalog: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    {
-        let stores: Vec<Arc<Datastore>> = config.datastores.iter().filter_map(|d| datastores.get(&d.name)).collect();
-        let catalog = Arc::clone(&catalog);
-        runtime.spawn(async move {
-            // The layout is created once per datastore (retried while it fails), not every round.
-            let mut laid_out = vec![false; stores.len()];
-            loop {
-                for (store, laid_out) in stores.iter().zip(laid_out.iter_mut()) {
-                    if !*laid_out {
-                        *laid_out = store.ensure_layout().await.is_ok();
-                    }
-                    match store.protected_vms().await {
-                        Ok(vms) => {
-                            let mut c = catalog.lock().unwrap_or_else(|p| p.into_inner());
-                            for vm in vms {
-                                c.insert(vm.name, vm.domain_xml);
-                            }
-                        }
-                        Err(e) => tracing::debug!(datastore = %store.name(), "protected VMs: {e}"),
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        });
-    }
+    let catalog_refresh = Arc::new(tokio::sync::Notify::new());
+    runtime.spawn(watch_catalog(
+        stores.clone(),
+        config.cluster(),
+        Arc::clone(&catalog),
+        Arc::clone(&catalog_refresh),
+        control.clone(),
+    ));
 
     let peers_first_network = config
         .hosts
@@ -214,12 +268,16 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         inputs.clone(),
         runtime.clone(),
     );
+    let webhook = config.alerts.webhook_url.as_deref().and_then(|u| crate::client::parse_http_url(u).ok());
+    let events = EventLog::new(config.alerts.event_log.clone(), webhook);
     let mut drivers = AgentDrivers {
         heartbeats: Heartbeats::new(Arc::clone(&transport), runtime.clone()),
         datastores,
         pings,
         hypervisor,
         host: me.clone(),
+        events: Arc::clone(&events),
+        capture: None,
     };
 
     let plugin_runtime =
@@ -235,42 +293,309 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     .map_err(|e| StartError::Plugins(e.to_string()))?;
 
     // This host's libvirt: what runs now, then its lifecycle events.
-    let known: BTreeSet<String> = config.vms.iter().map(|v| v.name.clone()).collect();
+    let known: Arc<RwLock<BTreeSet<String>>> =
+        Arc::new(RwLock::new(config.vms.iter().map(|v| v.name.clone()).collect()));
     let local_uri = config.libvirt.local_uri.clone();
     let local = Hypervisor::connect_with_timeout(&local_uri, Duration::from_secs(10))
         .map_err(|e| StartError::Libvirt(e.to_string()))?;
-    for domain in local.domains().map_err(|e| StartError::Libvirt(e.to_string()))? {
-        if domain.state.is_active() && known.contains(&domain.name) {
-            let generation = local.xml(&domain.name).ok().as_deref().and_then(generation_of).unwrap_or(1);
-            let _ = inputs.send(Input::VmState { vm: domain.name, generation, state: VmState::Running });
-        }
-    }
+    report_running(&local, &read_set(&known), &inputs).map_err(StartError::Libvirt)?;
     let subscription = local.subscribe().map_err(|e| StartError::Libvirt(e.to_string()))?;
     {
         let inputs = inputs.clone();
+        let known = Arc::clone(&known);
         std::thread::Builder::new()
             .name("libvirt-lifecycle".into())
             .spawn(move || forward_lifecycle(local, subscription, known, inputs))
             .map_err(|e| StartError::Libvirt(e.to_string()))?;
     }
 
-    let incarnation =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let incarnation = crate::events::unix_ms();
     let mut node = Node::new(&me, cluster, 0).with_incarnation(incarnation);
+    let shared = Arc::new(Shared {
+        me: me.clone(),
+        status: Mutex::new(node.status()),
+        events,
+        plugins: Mutex::new(plugin_status(&policies)),
+        control,
+        catalog_refresh,
+        datastores: stores,
+    });
+    if config.api.is_some() {
+        crate::api::serve(Arc::clone(&shared), Arc::new(config.clone()))
+            .await
+            .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
+    }
+    let watchdog = crate::watchdog::Watchdog::from_env();
+    watchdog.ready();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks: u64 = 0;
     tracing::info!(host = %me, cluster = %config.cluster, "halo agent running");
     loop {
         let input = tokio::select! {
             _ = tick.tick() => Input::Tick,
             Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: received.heartbeat },
             Some(input) = inputs_rx.recv() => input,
+            Some(request) = control_rx.recv() => {
+                let now = started.elapsed().as_millis() as u64;
+                handle_control(request, now, &mut node, &mut policies, &mut drivers, &known, &local_uri, &inputs);
+                publish(&shared, &node);
+                continue;
+            }
         };
+        let is_tick = input == Input::Tick;
         let now = started.elapsed().as_millis() as u64;
         for action in node.handle(now, input, &mut policies) {
             carry_out(action, &mut drivers);
         }
+        if is_tick {
+            ticks += 1;
+            publish(&shared, &node);
+            watchdog.alive();
+            if ticks.is_multiple_of(20) {
+                // A replaced plugin file is swapped in (or refused, the old one staying).
+                for (world, result) in reload_plugins(&policies, true) {
+                    plugin_event(&mut drivers, now, &me, &world, result);
+                }
+                *shared.plugins.lock().unwrap_or_else(|p| p.into_inner()) = plugin_status(&policies);
+            }
+        }
     }
+}
+
+fn publish(shared: &Shared, node: &Node) {
+    *shared.status.lock().unwrap_or_else(|p| p.into_inner()) = node.status();
+}
+
+/// Carries out one request of the API.
+#[allow(clippy::too_many_arguments)]
+fn handle_control(
+    request: Control,
+    now: u64,
+    node: &mut Node,
+    policies: &mut PluginPolicies,
+    drivers: &mut AgentDrivers,
+    known: &Arc<RwLock<BTreeSet<String>>>,
+    local_uri: &str,
+    inputs: &mpsc::UnboundedSender<Input>,
+) {
+    match request {
+        Control::Command(command, reply) => {
+            drivers.capture = Some(Vec::new());
+            for action in node.handle(now, Input::Command(command), policies) {
+                carry_out(action, drivers);
+            }
+            let _ = reply.send(drivers.capture.take().unwrap_or_default());
+        }
+        Control::WhatIf(failed, reply) => {
+            let _ = reply.send(node.what_if(&failed, policies));
+        }
+        Control::Admit(spec, host, reply) => {
+            let _ = reply.send(node.admit(&spec, host.as_deref(), policies));
+        }
+        Control::ReloadPlugins(reply) => {
+            let results = reload_plugins(policies, false);
+            for (world, result) in &results {
+                plugin_event(drivers, now, node.name(), world, result.clone());
+            }
+            let _ = reply.send(results);
+        }
+        Control::Apply(config) => {
+            let names: BTreeSet<String> = config.vms.iter().map(|v| v.name.clone()).collect();
+            let added: BTreeSet<String> = {
+                let mut known = known.write().unwrap_or_else(|p| p.into_inner());
+                let added = names.difference(&known).cloned().collect();
+                *known = names;
+                added
+            };
+            for action in node.handle(now, Input::ConfigChanged(config), policies) {
+                carry_out(action, drivers);
+            }
+            if !added.is_empty() {
+                // A VM protected while it runs here: the core learns it runs here.
+                let (uri, inputs) = (local_uri.to_string(), inputs.clone());
+                tokio::task::spawn_blocking(move || {
+                    match Hypervisor::connect_with_timeout(&uri, Duration::from_secs(5)) {
+                        Ok(local) => {
+                            if let Err(e) = report_running(&local, &added, &inputs) {
+                                tracing::warn!("newly protected VMs: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("newly protected VMs: this host's libvirt: {e}"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Reloads every plugin slot with a file: all of them, or only those whose file changed.
+fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<(String, Result<String, String>)> {
+    let mut results = Vec::new();
+    let mut one =
+        |world: &str, result: Option<Result<halo_plugin_runtime::PluginInfo, halo_plugin_runtime::LoadError>>| {
+            if let Some(result) = result {
+                results.push((
+                    world.to_string(),
+                    result
+                        .map(|i| format!("{} ({})", i.path.display(), &i.sha256[..12.min(i.sha256.len())]))
+                        .map_err(|e| e.to_string()),
+                ));
+            }
+        };
+    if only_changed {
+        one("isolation-policy", policies.isolation.reload_if_changed());
+        one("placement-engine", policies.placement.reload_if_changed());
+        one("restart-policy", policies.restart_order.reload_if_changed());
+    } else {
+        one("isolation-policy", policies.isolation.reload());
+        one("placement-engine", policies.placement.reload());
+        one("restart-policy", policies.restart_order.reload());
+    }
+    results
+}
+
+fn plugin_event(drivers: &mut AgentDrivers, now: u64, me: &str, world: &str, result: Result<String, String>) {
+    let (severity, kind, message) = match result {
+        Ok(what) => (Severity::Info, "plugin-loaded", format!("{world}: now {what}")),
+        Err(why) => (
+            Severity::Alert,
+            "plugin-load-failed",
+            format!("{world}: the new file was refused, the old plugin stays in force: {why}"),
+        ),
+    };
+    drivers.record(Event { at: now, node: me.to_string(), severity, kind: kind.into(), message, trace: None });
+}
+
+fn plugin_status(policies: &PluginPolicies) -> Vec<PluginStatus> {
+    fn one<W: halo_plugin_runtime::PolicyWorld>(
+        world: &str,
+        slot: &halo_plugin_runtime::PluginSlot<W>,
+    ) -> PluginStatus {
+        let info = slot.info();
+        let stats = slot.stats();
+        PluginStatus {
+            world: world.to_string(),
+            file: info.as_ref().map(|i| i.path.display().to_string()),
+            sha256: info.map(|i| i.sha256),
+            calls: stats.calls,
+            fallbacks: stats.fallbacks,
+            failures: stats.failures.iter().map(|(k, n)| (k.as_str().to_string(), *n)).collect(),
+            seconds: stats.total_time.as_secs_f64(),
+            reloads: stats.reloads,
+            failed_reloads: stats.failed_reloads,
+        }
+    }
+    vec![
+        one("isolation-policy", &policies.isolation),
+        one("placement-engine", &policies.placement),
+        one("restart-policy", &policies.restart_order),
+    ]
+}
+
+fn read_set(set: &RwLock<BTreeSet<String>>) -> BTreeSet<String> {
+    set.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Tells the core which of `vms` run on this host now, with their generation.
+fn report_running(
+    local: &Hypervisor,
+    vms: &BTreeSet<String>,
+    inputs: &mpsc::UnboundedSender<Input>,
+) -> Result<(), String> {
+    for domain in local.domains().map_err(|e| e.to_string())? {
+        if domain.state.is_active() && vms.contains(&domain.name) {
+            let generation = local.xml(&domain.name).ok().as_deref().and_then(generation_of).unwrap_or(1);
+            let _ = inputs.send(Input::VmState { vm: domain.name, generation, state: VmState::Running });
+        }
+    }
+    Ok(())
+}
+
+/// The protected VMs' definitions and the run-time changes on the datastores, read every
+/// second (and at once when the API changed something): the domain XML goes to the catalog
+/// the hypervisor driver starts VMs from; VM settings and HA on/off are merged over
+/// `halo.toml` and, when the result differs from what is in force, handed to the core. Of two
+/// copies of one record on two datastores the higher revision wins.
+async fn watch_catalog(
+    stores: Vec<Arc<Datastore>>,
+    base: ClusterConfig,
+    catalog: Arc<Mutex<BTreeMap<String, String>>>,
+    refresh: Arc<tokio::sync::Notify>,
+    control: mpsc::UnboundedSender<Control>,
+) {
+    let mut laid_out = vec![false; stores.len()];
+    let mut in_force = base.clone();
+    loop {
+        let mut records: BTreeMap<String, halo_datastore::ProtectedVm> = BTreeMap::new();
+        let mut settings = halo_datastore::ClusterSettings::default();
+        let mut read_any = false;
+        for (store, laid_out) in stores.iter().zip(laid_out.iter_mut()) {
+            // The layout is created once per datastore (retried while it fails), not every round.
+            if !*laid_out {
+                *laid_out = store.ensure_layout().await.is_ok();
+            }
+            match store.protected_vms().await {
+                Ok(vms) => {
+                    read_any = true;
+                    for vm in vms {
+                        if records.get(&vm.name).is_none_or(|r| r.revision < vm.revision) {
+                            records.insert(vm.name.clone(), vm);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(datastore = %store.name(), "protected VMs: {e}"),
+            }
+            match store.settings().await {
+                Ok(s) if s.revision >= settings.revision => settings = s,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(datastore = %store.name(), "settings: {e}"),
+            }
+        }
+        {
+            let mut c = catalog.lock().unwrap_or_else(|p| p.into_inner());
+            for vm in records.values() {
+                c.insert(vm.name.clone(), vm.domain_xml.clone());
+            }
+        }
+        if read_any {
+            let merged = merge(&base, records.values().filter_map(|r| r.spec.clone()), &settings);
+            if merged != in_force {
+                match merged.validate() {
+                    Ok(()) => {
+                        in_force = merged.clone();
+                        if control.send(Control::Apply(Box::new(merged))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::error!("the datastores' VM settings do not fit halo.toml, not applied: {e}"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = refresh.notified() => {}
+        }
+    }
+}
+
+/// `halo.toml`'s cluster with the run-time changes over it.
+pub fn merge(
+    base: &ClusterConfig,
+    specs: impl Iterator<Item = VmSpec>,
+    settings: &halo_datastore::ClusterSettings,
+) -> ClusterConfig {
+    let mut merged = base.clone();
+    for spec in specs {
+        match merged.vms.iter_mut().find(|v| v.name == spec.name) {
+            Some(v) => *v = spec,
+            None => merged.vms.push(spec),
+        }
+    }
+    if let Some(on) = settings.ha_enabled {
+        merged.ha.enabled = on;
+    }
+    merged
 }
 
 /// libvirt's lifecycle events of this host as VM states for the core. A stop halo asked for
@@ -279,7 +604,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
 fn forward_lifecycle(
     local: Hypervisor,
     subscription: halo_libvirt::Subscription,
-    known: BTreeSet<String>,
+    known: Arc<RwLock<BTreeSet<String>>>,
     inputs: mpsc::UnboundedSender<Input>,
 ) {
     let mut guest_shutdowns: BTreeSet<String> = BTreeSet::new();
@@ -314,7 +639,7 @@ fn forward_lifecycle(
                 return;
             }
         };
-        if !known.contains(&vm) {
+        if !known.read().unwrap_or_else(|p| p.into_inner()).contains(&vm) {
             continue;
         }
         let generation = generations.get(&vm).copied().unwrap_or(1);

@@ -89,16 +89,19 @@ pub struct Timeouts {
     pub retry_backoff_max_ms: Millis,
 }
 
+/// The defaults detect a dead host in 3 s (decision 0005: halo's safety does not rest on the
+/// dead-time — claims and self-fencing do — so it can be short; `halo sim` and the lab show what
+/// longer values cost).
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 1_000,
-            datastore_interval_ms: 1_000,
-            dead_time_ms: 12_000,
-            election_timeout_ms: 3_000,
-            isolation_time_ms: 5_000,
-            fence_timeout_ms: 9_000,
-            ping_timeout_ms: 1_000,
+            heartbeat_interval_ms: 250,
+            datastore_interval_ms: 250,
+            dead_time_ms: 3_000,
+            election_timeout_ms: 1_000,
+            isolation_time_ms: 1_500,
+            fence_timeout_ms: 2_000,
+            ping_timeout_ms: 500,
             start_timeout_ms: 30_000,
             retry_backoff_ms: 2_000,
             retry_backoff_max_ms: 60_000,
@@ -326,15 +329,33 @@ pub(crate) mod tests {
                     anti_affinity_group: None,
                 })
                 .collect(),
-            timeouts: Timeouts::default(),
+            timeouts: SECOND_TIMEOUTS,
             ha: HaSettings::default(),
             policy: PolicySettings::default(),
         }
     }
 
+    /// The unit tests feed heartbeats once a second: timeouts to match (the defaults before
+    /// decision 0005).
+    pub(crate) const SECOND_TIMEOUTS: Timeouts = Timeouts {
+        heartbeat_interval_ms: 1_000,
+        datastore_interval_ms: 1_000,
+        dead_time_ms: 12_000,
+        election_timeout_ms: 3_000,
+        isolation_time_ms: 5_000,
+        fence_timeout_ms: 9_000,
+        ping_timeout_ms: 1_000,
+        start_timeout_ms: 30_000,
+        retry_backoff_ms: 2_000,
+        retry_backoff_max_ms: 60_000,
+    };
+
     #[test]
     fn the_default_config_is_valid() {
         assert_eq!(cluster(4, 12).validate(), Ok(()));
+        let mut config = cluster(4, 12);
+        config.timeouts = Timeouts::default();
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

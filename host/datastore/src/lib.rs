@@ -120,6 +120,26 @@ pub struct ProtectedVm {
     pub name: String,
     /// The libvirt domain XML.
     pub domain_xml: String,
+    /// What halo does with it (priority, order, …), when set through the API; it takes the
+    /// place of the VM's entry in `halo.toml` on every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<halo_core::VmSpec>,
+    /// Raised at every change (the writer's wall clock, ms): of two copies on two datastores,
+    /// the higher wins.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// Cluster-wide settings changed at run time through the API (they override `halo.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// HA on or off for the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_enabled: Option<bool>,
+    /// Raised at every change, like [`ProtectedVm::revision`].
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// The primitive operations of a store, on paths relative to the cluster's directory.
@@ -467,6 +487,19 @@ impl Datastore {
         match self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await {
             Err(_) => self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await.map(drop),
             answer => answer.map(drop),
+        }
+    }
+
+    /// Stores the cluster's run-time settings (whole, atomically).
+    pub async fn put_settings(&self, settings: &ClusterSettings) -> Result<(), DatastoreError> {
+        self.bounded("store the cluster settings", self.store.write_atomic("settings.json", Self::json(settings))).await
+    }
+
+    /// The cluster's run-time settings (defaults when none were stored).
+    pub async fn settings(&self) -> Result<ClusterSettings, DatastoreError> {
+        match self.bounded_or_absent("read the cluster settings", self.store.read("settings.json")).await? {
+            Some(bytes) => self.parse("settings.json", &bytes),
+            None => Ok(ClusterSettings::default()),
         }
     }
 

@@ -525,6 +525,62 @@ fn disk_sources(xml: &str) -> Vec<String> {
     out
 }
 
+/// What a domain's XML says about protecting it: its size, and every reason another host
+/// could not start it (`halo vm diagnose`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protectability {
+    /// Memory, MiB (`<memory>`).
+    pub memory_mib: u64,
+    /// vCPUs (`<vcpu>`).
+    pub vcpus: u32,
+    /// Why it cannot run elsewhere; empty when it can.
+    pub problems: Vec<String>,
+}
+
+/// Reads a domain's XML for [`Protectability`]: disks outside `shared_prefixes` (paths every
+/// host sees), host devices passed through, and local-only devices all tie a VM to its host.
+pub fn protectability(xml: &str, shared_prefixes: &[&str]) -> Protectability {
+    let mut problems = Vec::new();
+    for disk in disk_sources(xml) {
+        if !shared_prefixes.iter().any(|p| disk.starts_with(p)) {
+            problems.push(format!(
+                "disk {disk} is not on a shared datastore (libvirt.shared-storage: {})",
+                if shared_prefixes.is_empty() { "none declared".to_string() } else { shared_prefixes.join(", ") }
+            ));
+        }
+    }
+    for (tag, what) in [
+        ("<hostdev", "a host device is passed through (<hostdev>): no other host has it"),
+        ("<filesystem", "a host directory is shared into it (<filesystem>)"),
+        ("type='vhostuser'", "a vhost-user interface is bound to this host"),
+    ] {
+        if xml.contains(tag) {
+            problems.push(what.to_string());
+        }
+    }
+    let number = |tag: &str| -> Option<u64> {
+        let start = xml.find(&format!("<{tag}"))?;
+        let rest = &xml[start..];
+        let open_end = rest.find('>')?;
+        let unit_kib = !rest[..open_end].contains("unit=") || rest[..open_end].contains("KiB");
+        let close = rest.find(&format!("</{tag}>"))?;
+        let value: u64 = rest[open_end + 1..close].trim().parse().ok()?;
+        Some(if tag == "memory" && unit_kib {
+            value / 1024
+        } else if tag == "memory" && rest[..open_end].contains("GiB") {
+            value * 1024
+        } else {
+            value
+        })
+    };
+    let memory_mib = number("memory").unwrap_or(0);
+    let vcpus = number("vcpu").unwrap_or(1) as u32;
+    if memory_mib == 0 {
+        problems.push("its XML states no memory size".to_string());
+    }
+    Protectability { memory_mib, vcpus, problems }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,5 +594,22 @@ mod tests {
         let caps = "<capabilities><host><uuid>x</uuid><cpu><arch>x86_64</arch><model>Skylake</model></cpu></host><guest><cpu>no</cpu></guest></capabilities>";
         assert_eq!(host_cpu_xml(caps).as_deref(), Some("<cpu><arch>x86_64</arch><model>Skylake</model></cpu>"));
         assert_eq!(host_cpu_xml("<capabilities/>"), None);
+    }
+
+    #[test]
+    fn protectability_names_every_tie_to_the_host() {
+        let shared = "<domain><memory unit='KiB'>262144</memory><vcpu placement='static'>2</vcpu><devices>\
+                      <disk type='file'><source file='/srv/shared/a.qcow2'/></disk></devices></domain>";
+        let p = protectability(shared, &["/srv/shared"]);
+        assert_eq!((p.memory_mib, p.vcpus), (256, 2));
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let local = "<domain><memory unit='MiB'>512</memory><vcpu>1</vcpu><devices>\
+                     <disk type='file'><source file='/var/lib/libvirt/images/b.qcow2'/></disk>\
+                     <hostdev mode='subsystem' type='pci'/></devices></domain>";
+        let p = protectability(local, &["/srv/shared"]);
+        assert_eq!((p.memory_mib, p.vcpus), (512, 1));
+        assert_eq!(p.problems.len(), 2, "{:?}", p.problems);
+        assert!(p.problems[0].contains("/var/lib/libvirt/images/b.qcow2"));
+        assert!(p.problems[1].contains("hostdev"));
     }
 }

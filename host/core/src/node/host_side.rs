@@ -374,6 +374,7 @@ impl Node {
             }
             Command::EnterMaintenance(host) => self.enter_maintenance(&host, policies),
             Command::ExitMaintenance(host) => self.exit_maintenance(&host),
+            Command::MigrateVm { vm, to } => self.migrate_one(&vm, &to),
         }
     }
 }

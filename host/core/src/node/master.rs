@@ -144,7 +144,7 @@ impl Node {
         self.ds_read_ok_at.is_some_and(|at| self.now.saturating_sub(at) < self.config.timeouts.dead_time_ms / 2)
     }
 
-    fn signals(&self, host: &str) -> Option<Signals> {
+    pub(super) fn signals(&self, host: &str) -> Option<Signals> {
         let peer = self.peers.get(host)?;
         let t = self.config.timeouts;
         Some(Signals {
@@ -455,7 +455,7 @@ impl Node {
     }
 
     /// Where VMs run as hosts last reported them (peers' heartbeats and this host).
-    fn reported_locations(&self) -> Locations {
+    pub(super) fn reported_locations(&self) -> Locations {
         let mut locations: Locations = BTreeMap::new();
         for (host, peer) in &self.peers {
             for r in &peer.vms {
@@ -469,7 +469,7 @@ impl Node {
     }
 
     /// Free capacity per host as this master sees it, for placement.
-    fn host_usage(&self, reason: PlacementReason) -> Vec<HostUsage> {
+    pub(super) fn host_usage(&self, reason: PlacementReason) -> Vec<HostUsage> {
         let window = self.config.timeouts.dead_time_ms;
         let mut usable: BTreeSet<String> = self
             .live_peers(window)
@@ -513,7 +513,7 @@ impl Node {
         usage
     }
 
-    fn placement_input(&self, reason: PlacementReason, vms: &[(String, String)]) -> PlacementInput {
+    pub(super) fn placement_input(&self, reason: PlacementReason, vms: &[(String, String)]) -> PlacementInput {
         let usage = self.host_usage(reason);
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (host, peer) in &self.peers {
@@ -910,6 +910,41 @@ impl Node {
             m.evacuating.remove(host);
         }
         self.record(Severity::Info, "maintenance-exited", format!("{host} is back in service"), None);
+    }
+
+    /// The operator moves one VM live to `to` (master only). Refused, with the reason as a
+    /// `command-refused` event, when the VM is not known to run anywhere, is moving already, or
+    /// the target is not a live host outside maintenance.
+    pub(super) fn migrate_one(&mut self, vm: &str, to: &str) {
+        let refuse = |node: &mut Self, why: String| {
+            node.record(Severity::Warning, "command-refused", format!("migrate {vm} to {to}: {why}"), None)
+        };
+        let Some(master) = self.master.as_ref() else {
+            let master = self.master_view.as_ref().map_or("nobody yet".to_string(), |(m, _)| m.clone());
+            return refuse(self, format!("ask the master ({master})"));
+        };
+        if master.migrating.contains(vm) {
+            return refuse(self, "it is being migrated already".into());
+        }
+        let Some(from) = self.reported_locations().get(vm).cloned() else {
+            return refuse(self, "it runs on no host this master hears".into());
+        };
+        if from == to {
+            return refuse(self, format!("it runs on {to} already"));
+        }
+        if self.config.host(to).is_none() {
+            return refuse(self, format!("no host named {to}"));
+        }
+        if self.maintenance.contains(to) {
+            return refuse(self, format!("{to} is in maintenance"));
+        }
+        let alive = to == self.name || self.peers.get(to).is_some_and(|p| p.verdict == Some(Verdict::Running));
+        if !alive {
+            return refuse(self, format!("{to} is not running (see halo status)"));
+        }
+        self.master.as_mut().expect("master").migrating.insert(vm.to_string());
+        self.record(Severity::Info, "migration-started", format!("{vm}: live migration {from} → {to}"), None);
+        self.out.push(Action::MigrateVm { vm: vm.to_string(), from, to: to.to_string() });
     }
 
     /// Live-migrates the VMs of hosts in maintenance, a few at a time.

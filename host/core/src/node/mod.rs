@@ -18,6 +18,7 @@
 
 mod host_side;
 mod master;
+mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,7 +30,8 @@ use crate::config::ClusterConfig;
 use crate::policies::Policies;
 use crate::wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, VmReport};
 
-pub use master::MasterState;
+pub use master::{MasterState, Restart, RestartState};
+pub use status::{ClusterStatus, HostStatus, VmStatus, WhatIf};
 
 /// Why halo stopped a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +85,13 @@ pub enum Command {
     /// Emergency disable of HA on this host: no fencing, no isolation response, and the
     /// master does not restart its VMs.
     SetHostHaDisabled(bool),
+    /// Live-migrate one VM to a host (to the master).
+    MigrateVm {
+        /// The VM.
+        vm: String,
+        /// The target host.
+        to: String,
+    },
 }
 
 /// An input to a node.

@@ -10,7 +10,7 @@ mod nfs;
 use std::time::Duration;
 
 use halo_core::{Claim, ClaimOutcome, DatastoreRecord, VmReport};
-use halo_datastore::{Datastore, IsolationRecord, ProtectedVm};
+use halo_datastore::{ClusterSettings, Datastore, IsolationRecord, ProtectedVm};
 
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -57,10 +57,19 @@ pub async fn behaves_like_a_datastore(ds: &Datastore) {
     ds.record_isolation(&stop).await.expect("record");
     assert_eq!(ds.isolation_records("host-3").await.expect("read"), vec![stop]);
     assert!(ds.isolation_records("host-9").await.expect("read").is_empty());
-    let vm = ProtectedVm { name: "db".into(), domain_xml: "<domain type='kvm'><name>db</name></domain>".into() };
+    let vm = ProtectedVm {
+        name: "db".into(),
+        domain_xml: "<domain type='kvm'><name>db</name></domain>".into(),
+        spec: None,
+        revision: 1,
+    };
     ds.put_protected_vm(&vm).await.expect("put");
     assert_eq!(ds.protected_vms().await.expect("list"), vec![vm]);
     ds.remove_protected_vm("db").await.expect("remove");
     ds.remove_protected_vm("db").await.expect("removing twice is fine");
     assert!(ds.protected_vms().await.expect("list").is_empty());
+    assert_eq!(ds.settings().await.expect("no settings yet"), ClusterSettings::default());
+    let settings = ClusterSettings { ha_enabled: Some(false), revision: 7 };
+    ds.put_settings(&settings).await.expect("put settings");
+    assert_eq!(ds.settings().await.expect("settings"), settings);
 }

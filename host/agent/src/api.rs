@@ -1,0 +1,803 @@
+//! The agent's HTTP API (`/api/v1/...`), `/metrics` and the status page (`/`).
+//!
+//! Every agent serves it. Reads answer from this agent's view (`/status` asks the master when
+//! this agent is not it, so `halo status` shows the cluster's truth from any host). Writes go
+//! to the master — a non-master forwards them with the same token and says so in
+//! `forwarded-to` — except stopping a VM, which goes to the host it runs on, and reloading
+//! plugins, which every agent does for itself (and asks its peers to do).
+//!
+//! Auth: `Authorization: Bearer <token>` on everything but the status page itself (its script
+//! asks for the token). Bodies are JSON with no unknown fields; a bad one gets a 400 naming the
+//! field. The document of it all is `docs/openapi.json`, served at `/api/v1/openapi.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use halo_core::capacity::AdmissionVerdict;
+use halo_core::node::ClusterStatus;
+use halo_core::{Command, Event, Severity, VmSpec};
+use halo_policy::RestartPriority;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::AgentConfig;
+use crate::run::{Control, Shared};
+
+/// The OpenAPI document.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+const STATUS_PAGE: &str = include_str!("status.html");
+/// Marks a request an agent forwarded (it is never forwarded again).
+const FORWARDED: &str = "x-halo-forwarded";
+/// A forwarded request or a peer query gives up after this.
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Api {
+    shared: Arc<Shared>,
+    config: Arc<AgentConfig>,
+    token: String,
+    peers: BTreeMap<String, String>,
+}
+
+type Ctx = State<Arc<Api>>;
+
+/// An answer with an HTTP status and a JSON body.
+struct Reply(StatusCode, Value);
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(self.1)).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    Reply(status, json!({ "error": message.into() }))
+}
+
+fn ok(value: Value) -> Reply {
+    Reply(StatusCode::OK, value)
+}
+
+/// Binds `api.listen` and serves in the background. Fails if the address cannot be bound.
+pub async fn serve(shared: Arc<Shared>, config: Arc<AgentConfig>) -> std::io::Result<()> {
+    let Some(api) = config.api.clone() else { return Ok(()) };
+    let token = config.api_token().unwrap_or_default();
+    let peers = config.api_addresses().into_iter().map(|(h, a)| (h, a.to_string())).collect();
+    let listener = tokio::net::TcpListener::bind(api.listen).await?;
+    let app = router(Arc::new(Api { shared, config, token, peers }));
+    tracing::info!("API, status page and /metrics on http://{}", api.listen);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("API server stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+fn router(api: Arc<Api>) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/vms", get(vms))
+        .route("/api/v1/vms/{vm}/diagnose", get(diagnose))
+        .route("/api/v1/vms/{vm}/protect", post(protect))
+        .route("/api/v1/vms/{vm}/unprotect", post(unprotect))
+        .route("/api/v1/vms/{vm}/stop", post(stop))
+        .route("/api/v1/vms/{vm}/migrate", post(migrate))
+        .route("/api/v1/hosts/{host}/maintenance", post(maintenance))
+        .route("/api/v1/plan", get(plan))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/ha", post(ha))
+        .route("/api/v1/plugins", get(plugins))
+        .route("/api/v1/plugins/reload", post(reload))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&api), auth));
+    Router::new()
+        .route("/", get(|| async { Html(STATUS_PAGE) }))
+        .route("/api/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .merge(authed)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint (see /api/v1/openapi.json)") })
+        .with_state(api)
+}
+
+async fn auth(State(api): Ctx, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if api.token.is_empty() || !constant_time_eq(given.as_bytes(), api.token.as_bytes()) {
+        let why = if given.is_empty() { "missing bearer token" } else { "wrong bearer token" };
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(json!({ "error": format!("{why}: send Authorization: Bearer <the token of api.token-file>") })),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Parses a JSON body strictly; an empty body is `{}`.
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Reply> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+fn current(api: &Api) -> ClusterStatus {
+    api.shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Sends a request to `host`'s agent (marked as forwarded) and relays its answer.
+async fn forward(api: &Api, host: &str, method: &Method, path_and_query: &str, body: Option<Vec<u8>>) -> Reply {
+    let Some(address) = api.peers.get(host) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("no API address known for {host}"));
+    };
+    match crate::client::request(
+        address,
+        method.as_str(),
+        path_and_query,
+        Some(&api.token),
+        body,
+        &[(FORWARDED, &api.shared.me)],
+        PEER_TIMEOUT,
+    )
+    .await
+    {
+        Ok(r) => {
+            let mut value: Value =
+                serde_json::from_slice(&r.body).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&r.body) }));
+            if let Value::Object(map) = &mut value {
+                map.insert("forwarded-to".into(), json!(host));
+            }
+            Reply(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY), value)
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("forwarding to {host}: {e}")),
+    }
+}
+
+/// Where a write goes: `Ok(None)` here, `Ok(Some(host))` forward, `Err` nowhere.
+fn route_to(api: &Api, headers: &HeaderMap, target: Option<&str>, what: &str) -> Result<Option<String>, Reply> {
+    let Some(target) = target else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what}: no master is elected yet; try again in a few seconds"),
+        ));
+    };
+    if target == api.shared.me {
+        return Ok(None);
+    }
+    if headers.contains_key(FORWARDED) {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("{what}: {} is not the right agent for this (it is {target}); ask again", api.shared.me),
+        ));
+    }
+    Ok(Some(target.to_string()))
+}
+
+fn master_of(api: &Api) -> Option<String> {
+    current(api).master
+}
+
+/// Runs a command in the agent loop and answers with the events it caused.
+async fn command(api: &Api, command: Command) -> Reply {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if api.shared.control.send(Control::Command(command, tx)).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    }
+    let events: Vec<Event> = rx.await.unwrap_or_default();
+    let refused: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind.ends_with("-refused") || (e.severity == Severity::Alert && e.kind.ends_with("-blocked")))
+        .collect();
+    if let Some(first) = refused.first() {
+        return Reply(StatusCode::CONFLICT, json!({ "error": first.message, "events": events }));
+    }
+    ok(json!({ "events": events }))
+}
+
+async fn ask<T>(api: &Api, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Control) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    api.shared.control.send(make(tx)).ok()?;
+    rx.await.ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    #[serde(default)]
+    local: bool,
+}
+
+async fn status(State(api): Ctx, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Reply {
+    let status = current(&api);
+    if !q.local
+        && !headers.contains_key(FORWARDED)
+        && let Some(master) = status.master.as_deref()
+        && master != api.shared.me
+    {
+        let answer = forward(&api, master, &Method::GET, "/api/v1/status?local=true", None).await;
+        if answer.0 == StatusCode::OK {
+            return answer;
+        }
+    }
+    ok(serde_json::to_value(status).unwrap_or_default())
+}
+
+async fn hosts(State(api): Ctx) -> Reply {
+    ok(serde_json::to_value(current(&api).hosts).unwrap_or_default())
+}
+
+async fn vms(State(api): Ctx) -> Reply {
+    ok(serde_json::to_value(current(&api).vms).unwrap_or_default())
+}
+
+/// Finds a domain on the cluster's hosts (where it runs, else where it is defined): host and XML.
+async fn find_domain(config: &AgentConfig, vm: &str) -> Result<Option<(String, String, bool)>, String> {
+    let mut uris: Vec<(String, String)> =
+        config.hosts.iter().map(|h| (h.name.clone(), h.libvirt_uri.clone())).collect();
+    for (host, uri) in uris.iter_mut() {
+        if *host == config.host {
+            *uri = config.libvirt.local_uri.clone();
+        }
+    }
+    let vm = vm.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut defined = None;
+        let mut unreachable = Vec::new();
+        for (host, uri) in uris {
+            let hv = match halo_libvirt::Hypervisor::connect_with_timeout(&uri, Duration::from_secs(3)) {
+                Ok(hv) => hv,
+                Err(e) => {
+                    unreachable.push(format!("{host}: {e}"));
+                    continue;
+                }
+            };
+            let Ok(Some(state)) = hv.state(&vm) else { continue };
+            let Ok(xml) = hv.xml(&vm) else { continue };
+            if state.is_active() {
+                return Ok(Some((host, xml, true)));
+            }
+            defined.get_or_insert((host, xml, false));
+        }
+        match defined {
+            Some(found) => Ok(Some(found)),
+            None if unreachable.is_empty() => Ok(None),
+            None => Err(format!("not found on the hosts that answered; no answer from {}", unreachable.join("; "))),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn diagnose(State(api): Ctx, Path(vm): Path<String>) -> Reply {
+    let found = match find_domain(&api.config, &vm).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no host has a domain named {vm}")),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{vm}: {e}")),
+    };
+    let (host, xml, running) = found;
+    let shared: Vec<String> = api.config.libvirt.shared_storage.iter().map(|p| p.display().to_string()).collect();
+    let p = halo_libvirt::protectability(&xml, &shared.iter().map(String::as_str).collect::<Vec<_>>());
+    let protected = current(&api).vms.iter().any(|v| v.name == vm && v.protected);
+    ok(json!({
+        "vm": vm, "host": host, "running": running, "memory-mib": p.memory_mib, "vcpus": p.vcpus,
+        "protected": protected, "protectable": p.problems.is_empty(), "problems": p.problems,
+    }))
+}
+
+/// The body of protect: every field optional (kept from the VM's current settings, or the
+/// defaults: priority `restart`, order 0).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ProtectBody {
+    priority: Option<RestartPriority>,
+    order: Option<u32>,
+    group: Option<String>,
+    depends_on: Option<Vec<String>>,
+    required_host_labels: Option<Vec<String>>,
+    anti_affinity_group: Option<String>,
+}
+
+async fn protect(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
+    let request: ProtectBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    if request.priority == Some(RestartPriority::Unprotected) {
+        return error(StatusCode::BAD_REQUEST, "priority `unprotected`: use POST /api/v1/vms/{vm}/unprotect");
+    }
+    set_protection(&api, &headers, &vm, request, bytes, "protect").await
+}
+
+async fn unprotect(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
+    if let Err(e) = body::<EmptyBody>(&bytes) {
+        return e;
+    }
+    let request = ProtectBody { priority: Some(RestartPriority::Unprotected), ..ProtectBody::default() };
+    set_protection(&api, &headers, &vm, request, bytes, "unprotect").await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+async fn set_protection(
+    api: &Api,
+    headers: &HeaderMap,
+    vm: &str,
+    request: ProtectBody,
+    bytes: Bytes,
+    verb: &str,
+) -> Reply {
+    match route_to(api, headers, master_of(api).as_deref(), &format!("{verb} {vm}")) {
+        Err(e) => return e,
+        Ok(Some(master)) => {
+            return forward(api, &master, &Method::POST, &format!("/api/v1/vms/{vm}/{verb}"), Some(bytes.to_vec()))
+                .await;
+        }
+        Ok(None) => {}
+    }
+    let status = current(api);
+    let existing = status.vms.iter().find(|v| v.name == vm);
+    let (host, xml, _) = match find_domain(&api.config, vm).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no host has a domain named {vm}")),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{vm}: {e}")),
+    };
+    let shared: Vec<String> = api.config.libvirt.shared_storage.iter().map(|p| p.display().to_string()).collect();
+    let found = halo_libvirt::protectability(&xml, &shared.iter().map(String::as_str).collect::<Vec<_>>());
+    let priority = request.priority.or(existing.map(|v| v.priority)).unwrap_or(RestartPriority::Restart);
+    if priority != RestartPriority::Unprotected && !found.problems.is_empty() {
+        return Reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({ "error": format!("{vm} cannot be protected: {}", found.problems.join("; ")), "problems": found.problems }),
+        );
+    }
+    let depends_on = request.depends_on.or(existing.map(|v| v.depends_on.clone())).unwrap_or_default();
+    let names: Vec<&str> = status.vms.iter().map(|v| v.name.as_str()).collect();
+    if let Some(missing) = depends_on.iter().find(|d| !names.contains(&d.as_str()) || d.as_str() == vm) {
+        return error(StatusCode::BAD_REQUEST, format!("depends-on: `{missing}` is not another VM halo knows"));
+    }
+    let spec = VmSpec {
+        name: vm.to_string(),
+        memory_mib: existing.map_or(found.memory_mib, |v| v.memory_mib).max(1),
+        vcpus: existing.map_or(found.vcpus, |v| v.vcpus).max(1),
+        priority,
+        order: request.order.or(existing.map(|v| v.order)).unwrap_or(0),
+        group: request.group.or(existing.and_then(|v| v.group.clone())),
+        depends_on,
+        required_host_labels: request.required_host_labels.unwrap_or_default(),
+        anti_affinity_group: request.anti_affinity_group,
+    };
+    let mut warning = None;
+    if priority != RestartPriority::Unprotected {
+        match ask(api, |tx| Control::Admit(Box::new(spec.clone()), Some(host.clone()), tx)).await.flatten() {
+            Some(AdmissionVerdict::Refused(why)) => return error(StatusCode::CONFLICT, why),
+            Some(AdmissionVerdict::Warned(why)) => warning = Some(why),
+            Some(AdmissionVerdict::Admitted) => {}
+            None => return error(StatusCode::SERVICE_UNAVAILABLE, "this agent is no longer the master; ask again"),
+        }
+    }
+    let record = halo_datastore::ProtectedVm {
+        name: vm.to_string(),
+        domain_xml: xml,
+        spec: Some(spec.clone()),
+        revision: crate::events::unix_ms(),
+    };
+    let mut written = 0;
+    let mut failures = Vec::new();
+    for store in &api.shared.datastores {
+        match store.put_protected_vm(&record).await {
+            Ok(()) => written += 1,
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if written == 0 {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no datastore took the change: {}", failures.join("; ")),
+        );
+    }
+    api.shared.catalog_refresh.notify_one();
+    // Answer once this agent applies it, so the next `halo status` shows it.
+    for _ in 0..50 {
+        if current(api).vms.iter().any(|v| v.name == vm && v.priority == priority) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(json!({ "vm": spec, "host": host, "warning": warning, "datastore-failures": failures }))
+}
+
+async fn stop(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
+    if let Err(e) = body::<EmptyBody>(&bytes) {
+        return e;
+    }
+    let status = current(&api);
+    let Some(entry) = status.vms.iter().find(|v| v.name == vm) else {
+        return error(StatusCode::NOT_FOUND, format!("halo knows no VM named {vm}"));
+    };
+    match route_to(&api, &headers, entry.host.as_deref(), &format!("stop {vm}")) {
+        Err(_) if entry.host.is_none() => {
+            error(StatusCode::CONFLICT, format!("{vm} runs on no host this agent hears of"))
+        }
+        Err(e) => e,
+        Ok(Some(host)) => {
+            forward(&api, &host, &Method::POST, &format!("/api/v1/vms/{vm}/stop"), Some(bytes.to_vec())).await
+        }
+        Ok(None) => command(&api, Command::StopVm(vm)).await,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateBody {
+    host: String,
+}
+
+async fn migrate(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
+    let request: MigrateBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    match route_to(&api, &headers, master_of(&api).as_deref(), &format!("migrate {vm}")) {
+        Err(e) => e,
+        Ok(Some(m)) => {
+            forward(&api, &m, &Method::POST, &format!("/api/v1/vms/{vm}/migrate"), Some(bytes.to_vec())).await
+        }
+        Ok(None) => command(&api, Command::MigrateVm { vm, to: request.host }).await,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    enter: bool,
+}
+
+async fn maintenance(State(api): Ctx, headers: HeaderMap, Path(host): Path<String>, bytes: Bytes) -> Reply {
+    let request: MaintenanceBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    if !api.config.hosts.iter().any(|h| h.name == host) {
+        return error(StatusCode::NOT_FOUND, format!("no host named {host}"));
+    }
+    match route_to(&api, &headers, master_of(&api).as_deref(), &format!("maintenance of {host}")) {
+        Err(e) => e,
+        Ok(Some(m)) => {
+            forward(&api, &m, &Method::POST, &format!("/api/v1/hosts/{host}/maintenance"), Some(bytes.to_vec())).await
+        }
+        Ok(None) if request.enter => command(&api, Command::EnterMaintenance(host)).await,
+        Ok(None) => command(&api, Command::ExitMaintenance(host)).await,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    #[serde(default)]
+    fail: Option<String>,
+}
+
+async fn plan(State(api): Ctx, headers: HeaderMap, Query(q): Query<PlanQuery>) -> Reply {
+    let failed: Vec<String> =
+        q.fail.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if let Some(unknown) = failed.iter().find(|h| !api.config.hosts.iter().any(|e| &e.name == *h)) {
+        return error(StatusCode::BAD_REQUEST, format!("fail: no host named {unknown}"));
+    }
+    let query = if failed.is_empty() { String::new() } else { format!("?fail={}", failed.join(",")) };
+    match route_to(&api, &headers, master_of(&api).as_deref(), "the failover plan") {
+        Err(e) => e,
+        Ok(Some(m)) => forward(&api, &m, &Method::GET, &format!("/api/v1/plan{query}"), None).await,
+        Ok(None) => {
+            let plan = current(&api).plan;
+            let what_if =
+                if failed.is_empty() { None } else { ask(&api, |tx| Control::WhatIf(failed, tx)).await.flatten() };
+            ok(json!({ "plan": plan, "what-if": what_if }))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    /// Every reachable agent's events, merged by wall clock.
+    #[serde(default)]
+    cluster: bool,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+async fn events(State(api): Ctx, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Reply {
+    list_events(&api, &headers, q, false).await
+}
+
+async fn alerts(State(api): Ctx, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Reply {
+    list_events(&api, &headers, q, true).await
+}
+
+async fn list_events(api: &Api, headers: &HeaderMap, q: EventsQuery, alerts_only: bool) -> Reply {
+    let mut all: Vec<Value> = api
+        .shared
+        .events
+        .list(q.since, q.limit, alerts_only)
+        .into_iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
+    let mut unreachable = Vec::new();
+    if q.cluster && !headers.contains_key(FORWARDED) {
+        let path = format!("/api/v1/{}?limit={}", if alerts_only { "alerts" } else { "events" }, q.limit);
+        for host in api.peers.keys().filter(|h| **h != api.shared.me) {
+            let answer = forward(api, host, &Method::GET, &path, None).await;
+            match answer.1.get("events").and_then(Value::as_array) {
+                Some(events) if answer.0 == StatusCode::OK => all.extend(events.iter().cloned()),
+                _ => unreachable.push(host.clone()),
+            }
+        }
+        all.sort_by_key(|e| e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0));
+        let skip = all.len().saturating_sub(q.limit);
+        all.drain(..skip);
+    }
+    ok(json!({ "events": all, "unreachable": unreachable }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HaBody {
+    enabled: bool,
+}
+
+async fn ha(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
+    let request: HaBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    match route_to(&api, &headers, master_of(&api).as_deref(), "HA on/off") {
+        Err(e) => return e,
+        Ok(Some(m)) => return forward(&api, &m, &Method::POST, "/api/v1/ha", Some(bytes.to_vec())).await,
+        Ok(None) => {}
+    }
+    let settings =
+        halo_datastore::ClusterSettings { ha_enabled: Some(request.enabled), revision: crate::events::unix_ms() };
+    let mut written = 0;
+    let mut failures = Vec::new();
+    for store in &api.shared.datastores {
+        match store.put_settings(&settings).await {
+            Ok(()) => written += 1,
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if written == 0 {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no datastore took the change: {}", failures.join("; ")),
+        );
+    }
+    api.shared.catalog_refresh.notify_one();
+    for _ in 0..50 {
+        if current(&api).ha_enabled == request.enabled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(json!({ "ha-enabled": request.enabled, "datastore-failures": failures }))
+}
+
+async fn plugins(State(api): Ctx) -> Reply {
+    let plugins = api.shared.plugins.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    ok(json!({ "plugins": plugins }))
+}
+
+async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
+    if let Err(e) = body::<EmptyBody>(&bytes) {
+        return e;
+    }
+    let Some(results) = ask(&api, Control::ReloadPlugins).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    };
+    let mut hosts = BTreeMap::new();
+    let failed = results.iter().any(|(_, r)| r.is_err());
+    hosts.insert(
+        api.shared.me.clone(),
+        json!(
+            results
+                .into_iter()
+                .map(|(w, r)| json!({ "world": w, "ok": r.is_ok(), "detail": r.unwrap_or_else(|e| e) }))
+                .collect::<Vec<_>>()
+        ),
+    );
+    let mut all_ok = !failed;
+    if !headers.contains_key(FORWARDED) {
+        for host in api.peers.keys().filter(|h| **h != api.shared.me) {
+            let answer = forward(&api, host, &Method::POST, "/api/v1/plugins/reload", None).await;
+            all_ok &= answer.0 == StatusCode::OK;
+            hosts.insert(host.clone(), answer.1.get("hosts").and_then(|h| h.get(host)).cloned().unwrap_or(answer.1));
+        }
+    }
+    let status = if all_ok { StatusCode::OK } else { StatusCode::CONFLICT };
+    Reply(status, json!({ "hosts": hosts }))
+}
+
+/// Prometheus text format.
+async fn metrics(State(api): Ctx) -> Response {
+    let status = current(&api);
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut text = String::new();
+    let mut push = |name: &str, kind: &str, help: &str, samples: Vec<String>| {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in samples {
+            let _ = writeln!(text, "{s}");
+        }
+    };
+    let flag = |b: bool| u8::from(b);
+    push("halo_up", "gauge", "The agent runs.", vec!["halo_up 1".into()]);
+    push(
+        "halo_is_master",
+        "gauge",
+        "This agent is the master.",
+        vec![format!("halo_is_master {}", flag(status.master.as_deref() == Some(status.host.as_str())))],
+    );
+    push(
+        "halo_ha_enabled",
+        "gauge",
+        "HA is on for the cluster.",
+        vec![format!("halo_ha_enabled {}", flag(status.ha_enabled))],
+    );
+    push("halo_fenced", "gauge", "This host fenced itself.", vec![format!("halo_fenced {}", flag(status.fenced))]);
+    push(
+        "halo_isolated",
+        "gauge",
+        "This host declared itself isolated.",
+        vec![format!("halo_isolated {}", flag(status.isolation == "isolated"))],
+    );
+    push(
+        "halo_host_state",
+        "gauge",
+        "1 for each host's current state as this agent sees it.",
+        status
+            .hosts
+            .iter()
+            .map(|h| format!("halo_host_state{{host=\"{}\",state=\"{}\"}} 1", esc(&h.name), esc(&h.state)))
+            .collect(),
+    );
+    push(
+        "halo_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since a heartbeat arrived from the host on the network (absent: never).",
+        status
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.heartbeat_age_ms.iter().filter_map(|(net, age)| {
+                    age.map(|a| {
+                        format!(
+                            "halo_heartbeat_age_seconds{{host=\"{}\",network=\"{}\"}} {:.3}",
+                            esc(&h.name),
+                            esc(net),
+                            a as f64 / 1000.0
+                        )
+                    })
+                })
+            })
+            .collect(),
+    );
+    push("halo_vms", "gauge", "VMs halo knows, by protection and whether they run.", {
+        let count = |p: bool, r: bool| status.vms.iter().filter(|v| v.protected == p && v.host.is_some() == r).count();
+        vec![
+            format!("halo_vms{{protected=\"true\",running=\"true\"}} {}", count(true, true)),
+            format!("halo_vms{{protected=\"true\",running=\"false\"}} {}", count(true, false)),
+            format!("halo_vms{{protected=\"false\",running=\"true\"}} {}", count(false, true)),
+            format!("halo_vms{{protected=\"false\",running=\"false\"}} {}", count(false, false)),
+        ]
+    });
+    let counts = api.shared.events.counts();
+    let restarts: u64 =
+        counts.iter().filter(|((k, _), _)| k == "vm-restarted" || k == "vm-restarted-in-place").map(|(_, n)| n).sum();
+    push(
+        "halo_restarts_total",
+        "counter",
+        "VMs this agent restarted (as master, or in place).",
+        vec![format!("halo_restarts_total {restarts}")],
+    );
+    push(
+        "halo_events_total",
+        "counter",
+        "Events this agent recorded, by kind and severity.",
+        counts
+            .iter()
+            .map(|((kind, severity), n)| {
+                let severity = match severity {
+                    Severity::Info => "info",
+                    Severity::Warning => "warning",
+                    Severity::Alert => "alert",
+                };
+                format!("halo_events_total{{kind=\"{}\",severity=\"{severity}\"}} {n}", esc(kind))
+            })
+            .collect(),
+    );
+    push(
+        "halo_alert_webhook_failures_total",
+        "counter",
+        "Alerts the webhook did not take.",
+        vec![format!(
+            "halo_alert_webhook_failures_total {}",
+            api.shared.events.webhook_failures.load(std::sync::atomic::Ordering::Relaxed)
+        )],
+    );
+    if let Some(plan) = &status.plan {
+        push(
+            "halo_failover_tolerates",
+            "gauge",
+            "Host failures the cluster survives now.",
+            vec![format!("halo_failover_tolerates {}", plan.tolerates)],
+        );
+        push(
+            "halo_failover_target",
+            "gauge",
+            "ha.host-failures-to-tolerate.",
+            vec![format!("halo_failover_target {}", plan.target)],
+        );
+    }
+    let plugins = api.shared.plugins.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    push(
+        "halo_plugin_calls_total",
+        "counter",
+        "Decisions asked of each decision point.",
+        plugins.iter().map(|p| format!("halo_plugin_calls_total{{world=\"{}\"}} {}", p.world, p.calls)).collect(),
+    );
+    push(
+        "halo_plugin_fallbacks_total",
+        "counter",
+        "Decisions the built-in policy gave because the plugin failed.",
+        plugins
+            .iter()
+            .map(|p| format!("halo_plugin_fallbacks_total{{world=\"{}\"}} {}", p.world, p.fallbacks))
+            .collect(),
+    );
+    push(
+        "halo_plugin_failures_total",
+        "counter",
+        "Plugin failures by kind.",
+        plugins
+            .iter()
+            .flat_map(|p| {
+                p.failures
+                    .iter()
+                    .map(move |(k, n)| format!("halo_plugin_failures_total{{world=\"{}\",kind=\"{k}\"}} {n}", p.world))
+            })
+            .collect(),
+    );
+    push(
+        "halo_plugin_decision_seconds_total",
+        "counter",
+        "Time spent deciding (divide by halo_plugin_calls_total for the mean latency).",
+        plugins
+            .iter()
+            .map(|p| format!("halo_plugin_decision_seconds_total{{world=\"{}\"}} {:.6}", p.world, p.seconds))
+            .collect(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,13 +1,15 @@
 //! `halo`: the operator's and plugin author's command line.
 //!
-//! Today: `halo plugin check|run|bench` (the plugin author's harness), `halo sim` (the
-//! deterministic simulator) and `halo demo` (a scripted cluster with the default plugins).
-//! The agent and status commands come with the drivers.
+//! The agent (`halo agent`), the operator's commands against the local agent's API
+//! (`halo status`, `vm`, `host`, `migrate`, `plan`, `events`, `ha`, `plugin reload`), the
+//! plugin author's harness (`halo plugin check|run|bench`), the deterministic simulator
+//! (`halo sim`, `halo demo`) and the lab (`halo lab`).
 
 #![forbid(unsafe_code)]
 
 mod agent;
 mod lab;
+mod ops;
 mod plugin;
 mod sim;
 
@@ -36,6 +38,22 @@ enum Command {
     Lab(lab::LabArgs),
     /// The HA agent of this host.
     Agent(agent::AgentArgs),
+    /// Hosts and VMs of the cluster, from the local agent.
+    Status(ops::StatusArgs),
+    /// VMs: list, protect, unprotect, diagnose, stop.
+    #[command(subcommand)]
+    Vm(ops::VmCommand),
+    /// Hosts: maintenance.
+    #[command(subcommand)]
+    Host(ops::HostCommand),
+    /// Live-migrate a VM to a host.
+    Migrate(ops::MigrateArgs),
+    /// The failover plan; --fail H1,H2: what would happen if those hosts failed now.
+    Plan(ops::PlanArgs),
+    /// Events and alerts, with the why of every verdict.
+    Events(ops::EventsArgs),
+    /// HA on or off for the whole cluster.
+    Ha(ops::HaArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +71,13 @@ fn main() -> ExitCode {
         Command::Demo(args) => sim::demo(args),
         Command::Lab(args) => lab::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Status(args) => ops::status(args),
+        Command::Vm(command) => ops::vm(command),
+        Command::Host(command) => ops::host(command),
+        Command::Migrate(args) => ops::migrate(args),
+        Command::Plan(args) => ops::plan(args),
+        Command::Events(args) => ops::events(args),
+        Command::Ha(args) => ops::ha(args),
     };
     match result {
         Ok(code) => code,

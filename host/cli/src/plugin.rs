@@ -58,6 +58,11 @@ pub enum PluginCommand {
         #[command(flatten)]
         opts: Opts,
     },
+    /// Make the running agents load their plugin files again now (this host's and its peers').
+    Reload {
+        #[command(flatten)]
+        api: crate::ops::ApiArgs,
+    },
 }
 
 /// Options shared by the plugin subcommands.
@@ -114,6 +119,7 @@ impl Opts {
 /// Runs a plugin subcommand.
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     let (file, opts) = match &command {
+        PluginCommand::Reload { api } => return crate::ops::reload(api),
         PluginCommand::Check { file, opts }
         | PluginCommand::Run { file, opts, .. }
         | PluginCommand::Bench { file, opts, .. } => (file.clone(), opts.clone()),
@@ -161,6 +167,7 @@ where
     W::Answer: Serialize,
 {
     match command {
+        PluginCommand::Reload { .. } => unreachable!("handled before the plugin is loaded"),
         PluginCommand::Check { .. } => {
             let plugin = runtime.prepare::<W>(compiled)?;
             print_info(plugin.info(), runtime);

@@ -89,6 +89,24 @@ pub struct Timeouts {
     pub retry_backoff_max_ms: Millis,
 }
 
+impl Timeouts {
+    /// One heartbeat a second, a 12 s dead-time: for clusters whose management network or
+    /// datastores have pauses of seconds (the defaults before decision 0005). The unit tests
+    /// and the simulator's matrix use it: they feed heartbeats once a second.
+    pub const CONSERVATIVE: Timeouts = Timeouts {
+        heartbeat_interval_ms: 1_000,
+        datastore_interval_ms: 1_000,
+        dead_time_ms: 12_000,
+        election_timeout_ms: 3_000,
+        isolation_time_ms: 5_000,
+        fence_timeout_ms: 9_000,
+        ping_timeout_ms: 1_000,
+        start_timeout_ms: 30_000,
+        retry_backoff_ms: 2_000,
+        retry_backoff_max_ms: 60_000,
+    };
+}
+
 /// The defaults detect a dead host in 3 s (decision 0005: halo's safety does not rest on the
 /// dead-time — claims and self-fencing do — so it can be short; `halo sim` and the lab show what
 /// longer values cost).
@@ -329,26 +347,11 @@ pub(crate) mod tests {
                     anti_affinity_group: None,
                 })
                 .collect(),
-            timeouts: SECOND_TIMEOUTS,
+            timeouts: Timeouts::CONSERVATIVE,
             ha: HaSettings::default(),
             policy: PolicySettings::default(),
         }
     }
-
-    /// The unit tests feed heartbeats once a second: timeouts to match (the defaults before
-    /// decision 0005).
-    pub(crate) const SECOND_TIMEOUTS: Timeouts = Timeouts {
-        heartbeat_interval_ms: 1_000,
-        datastore_interval_ms: 1_000,
-        dead_time_ms: 12_000,
-        election_timeout_ms: 3_000,
-        isolation_time_ms: 5_000,
-        fence_timeout_ms: 9_000,
-        ping_timeout_ms: 1_000,
-        start_timeout_ms: 30_000,
-        retry_backoff_ms: 2_000,
-        retry_backoff_max_ms: 60_000,
-    };
 
     #[test]
     fn the_default_config_is_valid() {

@@ -196,6 +196,10 @@ pub struct Sim<'p> {
     lost_at: BTreeMap<String, Millis>,
     latencies: Vec<Millis>,
     crash_counts: BTreeMap<String, u32>,
+    /// VMs that crashed and have not run since, with the host they crashed on: if that host
+    /// dies too, they count as lost with it (seed 10570: a VM crashed while its host's agent
+    /// was down, then the watchdog reset the host; restarting it elsewhere was right).
+    crashed_on: BTreeMap<String, usize>,
     last_host: BTreeMap<String, usize>,
     steps: u64,
     plans: Vec<PlanSnapshot>,
@@ -244,6 +248,7 @@ impl<'p> Sim<'p> {
             lost_at: BTreeMap::new(),
             latencies: Vec::new(),
             crash_counts: BTreeMap::new(),
+            crashed_on: BTreeMap::new(),
             last_host: BTreeMap::new(),
             steps: 0,
             plans: Vec::new(),
@@ -434,7 +439,8 @@ impl<'p> Sim<'p> {
     }
 
     fn crash_host(&mut self, h: usize) {
-        let lost: Vec<String> = self.hosts[h].vms.keys().cloned().collect();
+        let mut lost: Vec<String> = self.hosts[h].vms.keys().cloned().collect();
+        lost.extend(self.crashed_on.iter().filter(|(_, on)| **on == h).map(|(vm, _)| vm.clone()));
         for vm in lost {
             self.lost_at.entry(vm).or_insert(self.now);
         }
@@ -530,6 +536,7 @@ impl<'p> Sim<'p> {
             self.hosts[host].vms.insert(vm.clone(), generation);
             self.last_host.insert(vm.clone(), host);
             self.stopped_by_host.remove(&vm);
+            self.crashed_on.remove(&vm);
             if let Some(lost) = self.lost_at.remove(&vm) {
                 self.latencies.push(self.now - lost);
             }
@@ -652,6 +659,7 @@ impl<'p> Sim<'p> {
                 if let Some(h) = self.hosts.iter().position(|x| x.vms.contains_key(&vm)) {
                     let generation = self.hosts[h].vms.remove(&vm).unwrap_or(1);
                     *self.crash_counts.entry(vm.clone()).or_default() += 1;
+                    self.crashed_on.insert(vm.clone(), h);
                     self.deliver(h, 200, Input::VmState { vm, generation, state: VmState::Crashed });
                 }
             }

@@ -1,12 +1,16 @@
 //! Simulator tests: the failure matrix, one scripted scenario per row, and random schedules
 //! with every invariant checked. A failure prints the seed and the timeline.
 
-use halo_core::BuiltinPolicies;
+use halo_core::{BuiltinPolicies, Timeouts};
 use halo_sim::scenario::{cluster, random_case};
 use halo_sim::{Fault, FaultKind, Outcome, Schedule, Sim, SimOptions};
 
+/// The matrix rows run with one heartbeat a second and a 12 s dead-time (their timings are
+/// written for it); `matrix_failed_host_default_timeouts` and the random schedules run the
+/// defaults.
 fn run(hosts: usize, vms: usize, faults: Vec<Fault>, seed: u64, duration: u64) -> Outcome {
-    let config = cluster(hosts, vms);
+    let mut config = cluster(hosts, vms);
+    config.timeouts = Timeouts::CONSERVATIVE;
     config.validate().expect("valid config");
     let mut policies = BuiltinPolicies;
     Sim::new(config, Schedule { faults }, SimOptions::new(seed, duration), &mut policies).run()
@@ -45,6 +49,18 @@ fn matrix_failed_host_its_vms_restart_elsewhere() {
     // host-2 ran vm-002, vm-006, vm-010 (unprotected): two restarts.
     assert_eq!(kinds(&o, "vm-restarted"), 2, "{}", dump(&o));
     assert!(o.failover_latencies.iter().all(|&ms| (12_000..20_000).contains(&ms)), "{:?}", o.failover_latencies);
+}
+
+#[test]
+fn matrix_failed_host_default_timeouts() {
+    let faults = vec![Fault { at: 10_000, duration: 600_000, kind: FaultKind::HostCrash { host: "host-2".into() } }];
+    let config = cluster(4, 12);
+    assert_eq!(config.timeouts, Timeouts::default());
+    let o = Sim::new(config, Schedule { faults }, SimOptions::new(1, 60_000), &mut BuiltinPolicies).run();
+    assert_clean(&o);
+    assert_eq!(kinds(&o, "vm-restarted"), 2, "{}", dump(&o));
+    // Dead-time 3 s, then ping, claim and start.
+    assert!(o.failover_latencies.iter().all(|&ms| (3_000..6_000).contains(&ms)), "{:?}", o.failover_latencies);
 }
 
 #[test]
@@ -114,8 +130,14 @@ fn the_same_seed_replays_the_same_run() {
 
 /// The run a seed stands for (`halo sim --seed N` replays it): 3–16 hosts, 2–5 VMs each.
 fn random_run(seed: u64, families: &[&str]) -> Outcome {
+    random_run_with(seed, families, Timeouts::default())
+}
+
+/// [`random_run`] with other timeouts.
+fn random_run_with(seed: u64, families: &[&str], timeouts: Timeouts) -> Outcome {
     let duration = 200_000;
-    let (config, schedule) = random_case(seed, None, None, families, duration);
+    let (mut config, schedule) = random_case(seed, None, None, families, duration);
+    config.timeouts = timeouts;
     Sim::new(config, schedule, SimOptions::new(seed, duration), &mut BuiltinPolicies).run()
 }
 
@@ -130,14 +152,27 @@ fn seeds_that_once_ran_a_vm_twice_stay_safe() {
     }
 }
 
-/// Random schedules, mixed faults, 3–16 hosts. HALO_SIM_SCHEDULES sets how many (default
-/// 2,000, what CI runs). Every invariant fails the test on any seed: safety (never twice,
-/// proof before restart, never evict) and liveness (every protected VM runs again once the
-/// faults healed and a host has room). The first failing seeds are printed with their
-/// timelines; `halo sim --seed N --verbose` replays one.
+/// Random schedules, mixed faults, 3–16 hosts, with the default timeouts. HALO_SIM_SCHEDULES
+/// sets how many (default 600, what CI runs; 2,000 and more were run by hand, see
+/// docs/simulator.md). Every invariant fails the test on any seed: safety (never twice, proof
+/// before restart, never evict) and liveness (every protected VM runs again once the faults
+/// healed and a host has room). The first failing seeds are printed with their timelines;
+/// `halo sim --seed N --verbose` replays one.
 #[test]
 fn random_schedules_keep_every_invariant() {
-    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    random_schedules(0..count, Timeouts::default());
+}
+
+/// The same with [`Timeouts::CONSERVATIVE`] (other seeds: 10,000 on).
+#[test]
+fn random_schedules_keep_every_invariant_with_conservative_timeouts() {
+    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    random_schedules(10_000..10_000 + count, Timeouts::CONSERVATIVE);
+}
+
+fn random_schedules(seeds: std::ops::Range<u64>, timeouts: Timeouts) {
+    let count = seeds.end - seeds.start;
     let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
     let started = std::time::Instant::now();
     // One worker per core; each seed's run is deterministic whichever thread runs it.
@@ -146,10 +181,11 @@ fn random_schedules_keep_every_invariant() {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let families = &families;
+                let seeds = seeds.clone();
                 scope.spawn(move || {
                     let (mut failures, mut liveness) = (Vec::new(), Vec::new());
-                    for seed in (w..count).step_by(workers as usize) {
-                        let o = random_run(seed, families);
+                    for seed in (seeds.start + w..seeds.end).step_by(workers as usize) {
+                        let o = random_run_with(seed, families, timeouts);
                         if !o.violations.is_empty() && failures.len() < 3 {
                             failures.push(format!(
                                 "seed {seed} ({} hosts, {} VMs): {:?}\nfaults: {:?}\n{}",

@@ -1,0 +1,596 @@
+//! The operator's commands: `halo status`, `halo vm …`, `halo host maintenance …`,
+//! `halo migrate`, `halo plan`, `halo events`, `halo ha`, `halo plugin reload`. Each talks to
+//! the local agent's API (address and token from `/etc/halo/halo.toml`, or `--api` and
+//! `--token-file`); the agent forwards writes to the master. Long actions (evacuation,
+//! migration) show their progress until done, unless `--no-wait`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where the agent's API is.
+#[derive(Args, Clone)]
+pub struct ApiArgs {
+    /// The agent's config: its `[api]` gives the address and the token file.
+    #[arg(long, default_value = "/etc/halo/halo.toml")]
+    config: PathBuf,
+    /// The API address (HOST:PORT) instead of the config's.
+    #[arg(long)]
+    api: Option<String>,
+    /// The token file instead of the config's.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+struct Agent {
+    address: String,
+    token: String,
+}
+
+impl ApiArgs {
+    fn agent(&self) -> anyhow::Result<Agent> {
+        let (address, token_file) = match (&self.api, &self.token_file) {
+            (Some(a), Some(t)) => (a.clone(), t.clone()),
+            _ => {
+                let config = halo_agent::AgentConfig::load(&self.config)
+                    .with_context(|| "give --api and --token-file, or a config with [api]".to_string())?;
+                let api = config
+                    .api
+                    .clone()
+                    .with_context(|| format!("{}: no [api] section: the agent serves no API", self.config.display()))?;
+                let mut listen = api.listen;
+                if listen.ip().is_unspecified() {
+                    listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                (
+                    self.api.clone().unwrap_or_else(|| listen.to_string()),
+                    self.token_file.clone().unwrap_or(api.token_file),
+                )
+            }
+        };
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("token file {}", token_file.display()))?
+            .trim()
+            .to_string();
+        Ok(Agent { address, token })
+    }
+}
+
+impl Agent {
+    /// One request; a non-2xx answer is an error with the API's message.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let response = runtime.block_on(halo_agent::client::request(
+            &self.address,
+            method,
+            path,
+            Some(&self.token),
+            body.map(|b| b.to_string().into_bytes()),
+            &[],
+            Duration::from_secs(30),
+        ))?;
+        let value: Value = serde_json::from_slice(&response.body)
+            .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&response.body).trim().to_string() }));
+        if !(200..300).contains(&response.status) {
+            let message = value.get("error").and_then(Value::as_str).unwrap_or("(no message)");
+            bail!("{} (HTTP {})", message, response.status);
+        }
+        Ok(value)
+    }
+}
+
+/// Prints rows as aligned columns under a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(Value::Array(a)) => {
+            a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), String::from)).collect::<Vec<_>>().join(",")
+        }
+        Some(other) => other.to_string(),
+    }
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
+fn print_json(v: &Value) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `halo status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print the API's JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let s = args.api.agent()?.call("GET", "/api/v1/status", None)?;
+    if args.json {
+        return print_json(&s);
+    }
+    println!(
+        "answered by {}; master {} (epoch {}); HA {}{}",
+        text(&s, "host"),
+        text(&s, "master"),
+        text(&s, "epoch"),
+        if s.get("ha-enabled").and_then(Value::as_bool) == Some(false) { "DISABLED" } else { "on" },
+        match s.get("plan") {
+            Some(p) if !p.is_null() =>
+                format!("; tolerates {} host failure(s) (target {})", text(p, "tolerates"), text(p, "target")),
+            _ => String::new(),
+        }
+    );
+    println!();
+    table(
+        &["host", "state", "vms", "notes"],
+        list(&s, "hosts")
+            .iter()
+            .map(|h| {
+                let mut notes = Vec::new();
+                if h.get("master").and_then(Value::as_bool) == Some(true) {
+                    notes.push("master".to_string());
+                }
+                if h.get("maintenance").and_then(Value::as_bool) == Some(true) {
+                    notes.push("maintenance".into());
+                }
+                if h.get("ha-disabled").and_then(Value::as_bool) == Some(true) {
+                    notes.push("HA disabled".into());
+                }
+                vec![text(h, "name"), text(h, "state"), list(h, "vms").len().to_string(), notes.join(", ")]
+            })
+            .collect(),
+    );
+    println!();
+    vm_table(list(&s, "vms"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vm_table(vms: &[Value]) {
+    table(
+        &["vm", "host", "priority", "order", "depends-on", "restart"],
+        vms.iter()
+            .map(|v| {
+                let mut host = text(v, "host");
+                if v.get("operator-stopped").and_then(Value::as_bool) == Some(true) {
+                    host = "stopped by operator".into();
+                }
+                let restart = v
+                    .get("restart")
+                    .and_then(|r| r.get("state"))
+                    .map(|s| match s {
+                        Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
+                        other => other.as_str().unwrap_or("").to_string(),
+                    })
+                    .unwrap_or_default();
+                vec![text(v, "name"), host, text(v, "priority"), text(v, "order"), text(v, "depends-on"), restart]
+            })
+            .collect(),
+    );
+}
+
+/// `halo vm …`.
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Every VM halo knows: where it runs, its protection.
+    List {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Protect a VM (or change its priority, order, dependencies), after the admission check.
+    Protect {
+        /// The VM (libvirt domain name).
+        vm: String,
+        /// `restart` (default) or `best-effort`.
+        #[arg(long)]
+        priority: Option<String>,
+        /// Restart order (0 first).
+        #[arg(long)]
+        order: Option<u32>,
+        /// VMs that must be up first (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        depends_on: Option<Vec<String>>,
+        /// Restart group.
+        #[arg(long)]
+        group: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Unprotect a VM: HA leaves it alone.
+    Unprotect {
+        /// The VM.
+        vm: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Why a VM can or cannot be protected.
+    Diagnose {
+        /// The VM.
+        vm: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop a VM through halo: powered off, not restarted.
+    Stop {
+        /// The VM.
+        vm: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub fn vm(command: VmCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        VmCommand::List { json, api } => {
+            let vms = api.agent()?.call("GET", "/api/v1/vms", None)?;
+            if json {
+                return print_json(&vms);
+            }
+            vm_table(vms.as_array().map_or(&[], Vec::as_slice));
+        }
+        VmCommand::Protect { vm, priority, order, depends_on, group, api } => {
+            let mut body = serde_json::Map::new();
+            if let Some(p) = priority {
+                body.insert("priority".into(), json!(p));
+            }
+            if let Some(o) = order {
+                body.insert("order".into(), json!(o));
+            }
+            if let Some(d) = depends_on {
+                body.insert("depends-on".into(), json!(d));
+            }
+            if let Some(g) = group {
+                body.insert("group".into(), json!(g));
+            }
+            let answer = api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/protect"), Some(Value::Object(body)))?;
+            let spec = answer.get("vm").cloned().unwrap_or_default();
+            println!(
+                "{vm} protected: priority {}, order {}, on {}",
+                text(&spec, "priority"),
+                text(&spec, "order"),
+                text(&answer, "host")
+            );
+            if let Some(w) = answer.get("warning").and_then(Value::as_str) {
+                println!("warning: {w}");
+            }
+        }
+        VmCommand::Unprotect { vm, api } => {
+            api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/unprotect"), Some(json!({})))?;
+            println!("{vm} unprotected: HA leaves it alone");
+        }
+        VmCommand::Diagnose { vm, json, api } => {
+            let d = api.agent()?.call("GET", &format!("/api/v1/vms/{vm}/diagnose"), None)?;
+            if json {
+                return print_json(&d);
+            }
+            println!(
+                "{vm}: on {} ({}), {} MiB, {} vCPU(s), {}",
+                text(&d, "host"),
+                if d.get("running").and_then(Value::as_bool) == Some(true) { "running" } else { "defined" },
+                text(&d, "memory-mib"),
+                text(&d, "vcpus"),
+                if d.get("protected").and_then(Value::as_bool) == Some(true) { "protected" } else { "not protected" }
+            );
+            let problems = list(&d, "problems");
+            if problems.is_empty() {
+                println!("can be protected: every host can start it");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("cannot be protected:");
+            for p in problems {
+                println!("  - {}", p.as_str().unwrap_or_default());
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        VmCommand::Stop { vm, api } => {
+            api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/stop"), Some(json!({})))?;
+            println!("{vm} stopped by the operator: halo does not restart it");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `halo host …`.
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Maintenance: `enter` live-migrates every VM away; `exit` takes VMs again.
+    Maintenance {
+        /// `enter` or `exit`.
+        #[arg(value_parser = ["enter", "exit"])]
+        action: String,
+        /// The host.
+        host: String,
+        /// Return once the master accepted it (do not follow the evacuation).
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up following after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub fn host(command: HostCommand) -> anyhow::Result<ExitCode> {
+    let HostCommand::Maintenance { action, host, no_wait, timeout, api } = command;
+    let agent = api.agent()?;
+    let enter = action == "enter";
+    let since = halo_agent::events::unix_ms();
+    agent.call("POST", &format!("/api/v1/hosts/{host}/maintenance"), Some(json!({ "enter": enter })))?;
+    if !enter {
+        println!("{host} is back in service");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{host} enters maintenance");
+    if no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&agent, since, Duration::from_secs(timeout), |event| match event.0.as_str() {
+        "vm-migrated" | "migration-started" => Step::Show,
+        "host-evacuated" if event.1.contains(&host) => Step::Done,
+        "migration-failed" | "evacuation-blocked" | "maintenance-refused" => Step::Fail,
+        _ => Step::Skip,
+    })
+}
+
+/// `halo migrate VM HOST`.
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The VM.
+    vm: String,
+    /// The target host.
+    host: String,
+    /// Return once the master started it.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up following after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let agent = args.api.agent()?;
+    let since = halo_agent::events::unix_ms();
+    agent.call("POST", &format!("/api/v1/vms/{}/migrate", args.vm), Some(json!({ "host": args.host })))?;
+    println!("{}: live migration to {} started", args.vm, args.host);
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let vm = args.vm.clone();
+    follow(&agent, since, Duration::from_secs(args.timeout), |event| match event.0.as_str() {
+        "vm-migrated" if event.1.starts_with(&format!("{vm} ")) => Step::Done,
+        "migration-failed" if event.1.starts_with(&format!("{vm}:")) => Step::Fail,
+        _ => Step::Skip,
+    })
+}
+
+enum Step {
+    Skip,
+    Show,
+    Done,
+    Fail,
+}
+
+/// Prints the cluster's events from `since` (wall clock, ms) as they come, until one ends the
+/// action. Hosts' clocks are assumed within a second of each other (NTP).
+fn follow(
+    agent: &Agent,
+    since: u64,
+    timeout: Duration,
+    judge: impl Fn(&(String, String)) -> Step,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while started.elapsed() < timeout {
+        let events = agent.call("GET", "/api/v1/events?cluster=true&limit=500", None)?;
+        for e in list(&events, "events") {
+            if e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0) + 1_000 < since {
+                continue;
+            }
+            if !seen.insert((text(e, "node"), e.get("id").and_then(Value::as_u64).unwrap_or(0))) {
+                continue;
+            }
+            let kind = text(e, "kind");
+            let message = text(e, "message");
+            match judge(&(kind, message.clone())) {
+                Step::Skip => {}
+                Step::Show => println!("  {message}"),
+                Step::Done => {
+                    println!("  {message}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Step::Fail => {
+                    eprintln!("  {message}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("still not done after {} s (halo events shows what happens)", timeout.as_secs())
+}
+
+/// `halo plan`.
+#[derive(Args)]
+pub struct PlanArgs {
+    /// What if these hosts failed now (comma-separated)?
+    #[arg(long, value_delimiter = ',')]
+    fail: Vec<String>,
+    /// Print the API's JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let query = if args.fail.is_empty() { String::new() } else { format!("?fail={}", args.fail.join(",")) };
+    let answer = args.api.agent()?.call("GET", &format!("/api/v1/plan{query}"), None)?;
+    if args.json {
+        return print_json(&answer);
+    }
+    match answer.get("plan") {
+        Some(p) if !p.is_null() => {
+            println!(
+                "the cluster tolerates {} host failure(s); target {}{}",
+                text(p, "tolerates"),
+                text(p, "target"),
+                if p.get("overcommitted").and_then(Value::as_bool) == Some(true) { " — OVERCOMMITTED" } else { "" }
+            );
+            for pair in list(p, "unplaceable") {
+                println!("  cannot place {}", pair.as_array().map_or(String::new(), |a| format!("{a:?}")));
+            }
+        }
+        _ => println!("no failover plan yet (the master computes it)"),
+    }
+    if let Some(w) = answer.get("what-if").filter(|w| !w.is_null()) {
+        println!("if {} failed now:", text(w, "failed"));
+        let pairs = |key: &str| -> Vec<Vec<String>> {
+            list(w, key)
+                .iter()
+                .filter_map(|p| p.as_array())
+                .map(|a| a.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect())
+                .collect()
+        };
+        let placed = pairs("placed");
+        let unplaced = pairs("unplaced");
+        if !placed.is_empty() {
+            table(&["vm", "restarted on"], placed);
+        }
+        if !unplaced.is_empty() {
+            table(&["vm", "not restarted because"], unplaced);
+        }
+        for vm in list(w, "lost") {
+            println!("  {} stays down (not protected)", vm.as_str().unwrap_or(""));
+        }
+        if list(w, "placed").is_empty() && list(w, "unplaced").is_empty() {
+            println!("  no protected VM runs there");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `halo events`.
+#[derive(Args)]
+pub struct EventsArgs {
+    /// Alerts only.
+    #[arg(long)]
+    alerts: bool,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Only this agent's events (default: every reachable agent's, merged).
+    #[arg(long)]
+    local: bool,
+    /// Print the API's JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let path = format!(
+        "/api/v1/{}?limit={}&cluster={}",
+        if args.alerts { "alerts" } else { "events" },
+        args.limit,
+        !args.local
+    );
+    let answer = args.api.agent()?.call("GET", &path, None)?;
+    if args.json {
+        return print_json(&answer);
+    }
+    for e in list(&answer, "events") {
+        let secs = e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0) / 1000;
+        let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+        println!(
+            "{h:02}:{m:02}:{s:02} {:<8} {:<7} {:<22} {}",
+            text(e, "node"),
+            text(e, "severity"),
+            text(e, "kind"),
+            text(e, "message")
+        );
+        if let Some(trace) = e.get("trace").and_then(Value::as_str) {
+            println!("{:>40}why: {trace}", "");
+        }
+    }
+    let unreachable = list(&answer, "unreachable");
+    if !unreachable.is_empty() {
+        eprintln!("(no answer from {})", unreachable.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `halo ha enable|disable`.
+#[derive(Args)]
+pub struct HaArgs {
+    /// `enable` or `disable`.
+    #[arg(value_parser = ["enable", "disable"])]
+    action: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+pub fn ha(args: HaArgs) -> anyhow::Result<ExitCode> {
+    let enabled = args.action == "enable";
+    args.api.agent()?.call("POST", "/api/v1/ha", Some(json!({ "enabled": enabled })))?;
+    println!("HA {} for the cluster", if enabled { "enabled" } else { "disabled" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `halo plugin reload`.
+pub fn reload(api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let agent = api.agent()?;
+    let answer = agent.call("POST", "/api/v1/plugins/reload", Some(json!({})));
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => bail!("{e}"),
+    };
+    if let Some(hosts) = answer.get("hosts").and_then(Value::as_object) {
+        for (host, results) in hosts {
+            let results = results.as_array().map_or(&[][..], Vec::as_slice);
+            if results.is_empty() {
+                println!("{host}: no plugin files (built-in policies)");
+            }
+            for r in results {
+                println!("{host}: {}: {}", text(r, "world"), text(r, "detail"));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -355,7 +355,7 @@ async fn set_protection(
     }
     let status = current(api);
     let existing = status.vms.iter().find(|v| v.name == vm);
-    let (host, xml, _) = match find_domain(&api.config, vm).await {
+    let (host, xml, running) = match find_domain(&api.config, vm).await {
         Ok(Some(found)) => found,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no host has a domain named {vm}")),
         Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{vm}: {e}")),
@@ -415,9 +415,10 @@ async fn set_protection(
         );
     }
     api.shared.catalog_refresh.notify_one();
-    // Answer once this agent applies it, so the next `halo status` shows it.
+    // Answer once this agent applies it and (for a running VM) hears where it runs, so the
+    // next `halo status` shows it.
     for _ in 0..50 {
-        if current(api).vms.iter().any(|v| v.name == vm && v.priority == priority) {
+        if current(api).vms.iter().any(|v| v.name == vm && v.priority == priority && (v.host.is_some() || !running)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -441,7 +442,19 @@ async fn stop(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes
         Ok(Some(host)) => {
             forward(&api, &host, &Method::POST, &format!("/api/v1/vms/{vm}/stop"), Some(bytes.to_vec())).await
         }
-        Ok(None) => command(&api, Command::StopVm(vm)).await,
+        Ok(None) => {
+            let answer = command(&api, Command::StopVm(vm.clone())).await;
+            if answer.0 == StatusCode::OK {
+                // Answer once it is off (the power-off runs in the driver).
+                for _ in 0..300 {
+                    if !current(&api).vms.iter().any(|v| v.name == vm && v.host.as_deref() == Some(&api.shared.me)) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            answer
+        }
     }
 }
 

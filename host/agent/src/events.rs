@@ -189,4 +189,81 @@ mod tests {
         assert_eq!((first.id, first.event.kind.as_str()), (1, "host-failed"));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A webhook receiver on loopback: answers every request with `status`, hands over the
+    /// request text.
+    async fn receiver(status: u16) -> (String, mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&request).to_string());
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        (address, rx)
+    }
+
+    #[tokio::test]
+    async fn every_alert_is_posted_to_the_webhook_and_failures_are_counted() {
+        let (address, mut requests) = receiver(200).await;
+        let log = EventLog::new(None, Some((address, "/hook".into())));
+        log.record(event("vm-restarted", Severity::Info));
+        log.record(event("host-failed", Severity::Alert));
+        let request =
+            tokio::time::timeout(Duration::from_secs(5), requests.recv()).await.expect("in time").expect("a POST");
+        assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
+        let body = request.split("\r\n\r\n").nth(1).expect("a body");
+        let posted: LoggedEvent = serde_json::from_str(body).expect("the alert as JSON");
+        assert_eq!((posted.id, posted.event.kind.as_str()), (2, "host-failed"));
+        // Only the alert was posted.
+        assert!(tokio::time::timeout(Duration::from_millis(300), requests.recv()).await.is_err());
+        assert_eq!(log.webhook_failures.load(Ordering::Relaxed), 0);
+
+        // A receiver that answers 500, and one that is not there: counted, the agent goes on.
+        let (address, mut requests) = receiver(500).await;
+        let log = EventLog::new(None, Some((address, "/hook".into())));
+        log.record(event("host-failed", Severity::Alert));
+        let _ = tokio::time::timeout(Duration::from_secs(5), requests.recv()).await.expect("in time");
+        let unreachable = EventLog::new(None, Some(("127.0.0.1:9".into(), "/".into())));
+        unreachable.record(event("host-failed", Severity::Alert));
+        for _ in 0..100 {
+            if log.webhook_failures.load(Ordering::Relaxed) == 1
+                && unreachable.webhook_failures.load(Ordering::Relaxed) == 1
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "failures not counted: {} and {}",
+            log.webhook_failures.load(Ordering::Relaxed),
+            unreachable.webhook_failures.load(Ordering::Relaxed)
+        );
+    }
 }

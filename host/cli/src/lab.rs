@@ -267,13 +267,17 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize) -> anyhow::Result<()> {
     let halo = std::env::current_exe().context("cannot find the halo binary")?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     for host in 1..=hosts {
-        let config = lab.agent_config(host, &names, &halo_lab::FAST_TIMEOUTS)?;
+        let config = lab.agent_config(host, &names, &[])?;
         // The agent outlives this command: `halo lab down` (or `fault kill`) ends it.
         lab.start_agent(host, &halo, &config)?;
     }
     eprintln!(
-        "{vms} protected VM(s) and an agent on every host; logs in {}/agent-N.log. Try `halo lab fault kill 2` and watch `halo lab status`.",
-        lab.dir().display()
+        "{vms} protected VM(s) and an agent on every host (default timeouts); logs in {dir}/agent-N.log.\n\
+         Ask the cluster:  halo lab exec 1 -- halo status --config {dir}/halo-1.toml\n\
+         Status page:      http://{api}/#token=$(cat {dir}/api.token)  (from inside the lab: halo lab exec 1 -- …)\n\
+         Crash a host:     halo lab fault kill 2   (then halo status again)",
+        dir = lab.dir().display(),
+        api = lab.api_address(1)?,
     );
     Ok(())
 }

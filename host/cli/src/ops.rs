@@ -358,8 +358,9 @@ pub fn host(command: HostCommand) -> anyhow::Result<ExitCode> {
     if no_wait {
         return Ok(ExitCode::SUCCESS);
     }
+    let from = format!(" from {host} to ");
     follow(&agent, since, Duration::from_secs(timeout), |event| match event.0.as_str() {
-        "vm-migrated" | "migration-started" => Step::Show,
+        "vm-migrated" | "migration-started" if event.1.contains(&from) => Step::Show,
         "host-evacuated" if event.1.contains(&host) => Step::Done,
         "migration-failed" | "evacuation-blocked" | "maintenance-refused" => Step::Fail,
         _ => Step::Skip,
@@ -391,9 +392,9 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let vm = args.vm.clone();
+    let (vm, to) = (args.vm.clone(), format!(" to {}", args.host));
     follow(&agent, since, Duration::from_secs(args.timeout), |event| match event.0.as_str() {
-        "vm-migrated" if event.1.starts_with(&format!("{vm} ")) => Step::Done,
+        "vm-migrated" if event.1.starts_with(&format!("{vm} ")) && event.1.ends_with(&to) => Step::Done,
         "migration-failed" if event.1.starts_with(&format!("{vm}:")) => Step::Fail,
         _ => Step::Skip,
     })
@@ -419,7 +420,7 @@ fn follow(
     while started.elapsed() < timeout {
         let events = agent.call("GET", "/api/v1/events?cluster=true&limit=500", None)?;
         for e in list(&events, "events") {
-            if e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0) + 1_000 < since {
+            if e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0) < since {
                 continue;
             }
             if !seen.insert((text(e, "node"), e.get("id").and_then(Value::as_u64).unwrap_or(0))) {

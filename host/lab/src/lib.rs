@@ -702,17 +702,8 @@ impl Lab {
     }
 }
 
-/// Short timeouts for agents on the lab: a failover takes seconds (a heartbeat every 250 ms,
-/// a host dead after 3 s of silence, a cut-off host fenced after 2 s).
-pub const FAST_TIMEOUTS: [&str; 7] = [
-    "heartbeat-interval-ms = 250",
-    "datastore-interval-ms = 250",
-    "dead-time-ms = 3000",
-    "fence-timeout-ms = 2000",
-    "isolation-time-ms = 1500",
-    "election-timeout-ms = 1000",
-    "ping-timeout-ms = 500",
-];
+/// The port of the agents' API on the lab hosts.
+pub const API_PORT: u16 = 7401;
 
 /// Agents on the lab hosts.
 impl Lab {
@@ -733,9 +724,36 @@ impl Lab {
         Ok(path)
     }
 
+    /// The API token of the lab's agents (written once, mode 0600).
+    pub fn api_token(&self) -> Result<(PathBuf, String), LabError> {
+        let path = self.dir().join("api.token");
+        if !path.is_file() {
+            let mut bytes = [0u8; 16];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(|e| LabError::Invalid(format!("/dev/urandom: {e}")))?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, format!("{hex}\n"))
+                .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        let token = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?
+            .trim()
+            .to_string();
+        Ok((path, token))
+    }
+
+    /// Host `host`'s agent API address (`ADDRESS:PORT` on network A).
+    pub fn api_address(&self, host: usize) -> Result<String, LabError> {
+        Ok(format!("{}:{API_PORT}", self.address(host, "A")?))
+    }
+
     /// The `halo.toml` of host `host`'s agent: the lab's addresses, the NFS datastore `ds1`,
-    /// every host's libvirt, `vms` as `restart` VMs of 64 MiB, and `timeouts` (lines of the
-    /// `[timeouts]` table, e.g. `dead-time-ms = 3000`).
+    /// every host's libvirt, the shared image directory, the API on network A with the lab's
+    /// token, an event log per host, `vms` as `restart` VMs of 64 MiB, and `timeouts` (lines
+    /// of the `[timeouts]` table, e.g. `dead-time-ms = 12000`; none: the defaults).
     pub fn agent_config(&self, host: usize, vms: &[&str], timeouts: &[&str]) -> Result<String, LabError> {
         self.check_host(host)?;
         let mut toml = format!(
@@ -756,7 +774,20 @@ impl Lab {
             "\n[[datastores]]\nname = \"ds1\"\nnfs = {{ server = \"{}\", export = \"/ds1\", mount-port = {MOUNT_PORT}, nfs-port = {NFS_PORT} }}\n",
             self.storage_address()
         ));
-        toml.push_str(&format!("\n[libvirt]\nlocal-uri = \"{}\"\n", self.libvirt_uri(host)));
+        toml.push_str(&format!(
+            "\n[libvirt]\nlocal-uri = \"{}\"\nshared-storage = [\"{}\"]\n",
+            self.libvirt_uri(host),
+            self.images_dir()?.display()
+        ));
+        toml.push_str(&format!(
+            "\n[api]\nlisten = \"{}\"\ntoken-file = \"{}\"\n",
+            self.api_address(host)?,
+            self.api_token()?.0.display()
+        ));
+        toml.push_str(&format!(
+            "\n[alerts]\nevent-log = \"{}\"\n",
+            self.dir().join(format!("events-{host}.jsonl")).display()
+        ));
         toml.push_str("\n[timeouts]\n");
         for line in timeouts {
             toml.push_str(line);

@@ -77,9 +77,10 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 }
 
 /// Debian packages: the libvirt driver builds against libvirt-dev; the lab tests run real
-/// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, and tini as each lab host's reaper.
+/// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, tini as each lab host's reaper, and
+/// Chromium to test the status page headless.
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 14] = [
+const PACKAGES: [(&str, &str); 15] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
@@ -94,6 +95,7 @@ const PACKAGES: [(&str, &str); 14] = [
     ("/usr/bin/ganesha.nfsd", "nfs-ganesha"),
     ("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so", "nfs-ganesha-vfs"),
     ("/usr/sbin/rpcbind", "rpcbind"),
+    ("/usr/bin/chromium", "chromium"),
 ];
 
 /// Installs the missing Debian packages (as root; otherwise says what to install) and the
@@ -161,7 +163,22 @@ fn test() -> anyhow::Result<()> {
 
 fn bench() -> anyhow::Result<()> {
     run("plugin runtime benchmark", cargo().args(["bench", "-p", "halo-plugin-runtime", "--bench", "plugins"]))?;
-    run("core and simulator benchmark", cargo().args(["bench", "-p", "halo-sim", "--bench", "core"]))
+    run("core and simulator benchmark", cargo().args(["bench", "-p", "halo-sim", "--bench", "core"]))?;
+    run(
+        "lab benchmark: failover with the default timeouts, live migration vs virsh (root, KVM)",
+        cargo().args([
+            "test",
+            "--release",
+            "-p",
+            "halo-cli",
+            "--test",
+            "agents",
+            "bench_",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ]),
+    )
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -891,7 +891,9 @@ impl Node {
             capacity::AdmissionVerdict::Admitted => {}
         }
         self.maintenance.insert(host.to_string());
-        self.master.as_mut().expect("master").evacuating.insert(host.to_string());
+        let master = self.master.as_mut().expect("master");
+        master.evacuating.insert(host.to_string());
+        master.plan_due = self.now;
         self.record(
             Severity::Info,
             "maintenance-entered",
@@ -908,6 +910,7 @@ impl Node {
         self.maintenance.remove(host);
         if let Some(m) = self.master.as_mut() {
             m.evacuating.remove(host);
+            m.plan_due = self.now; // the plan counts the host again at once
         }
         self.record(Severity::Info, "maintenance-exited", format!("{host} is back in service"), None);
     }

@@ -564,9 +564,7 @@ fn bench_failover_and_live_migration() {
         let (code, answer) = cluster.api(1, "POST", &format!("/api/v1/vms/{vm}/migrate"), Some(&token), Some(&body));
         assert_eq!(code, 200, "{answer}");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while cluster.runners(vm, &[1, 2, 3]) != vec![host]
-            || cluster.hv.iter().any(|(h, hv)| *h != host && hv.state(vm).ok().flatten().is_some())
-        {
+        while cluster.active(vm, &[1, 2, 3]) != (vec![host], vec![host]) {
             assert!(Instant::now() < deadline, "{vm} did not reach host-{host}\n{}", cluster.logs());
             std::thread::sleep(Duration::from_millis(10));
         }

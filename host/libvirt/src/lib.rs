@@ -400,6 +400,15 @@ impl Hypervisor {
         c_safe("the target URI", target_uri)?;
         let disks = self.check(name, target, kind, shared_prefixes)?;
         let d = self.domain(name)?;
+        // A powered-off definition of the same name on the target is stale (a host back from
+        // a crash keeps the definitions of VMs since restarted elsewhere; the running copy is
+        // here): it would make libvirt refuse ("already exists with uuid …"). It gives way.
+        if kind != MigrationKind::Offline
+            && let Ok(Some(state)) = target.state(name)
+            && !state.is_active()
+        {
+            target.undefine(name)?;
+        }
         let mut flags = sys::VIR_MIGRATE_PEER2PEER | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
         flags |= match kind {
             MigrationKind::Live => sys::VIR_MIGRATE_LIVE,

@@ -167,7 +167,10 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     let seen: Vec<LifecycleEvent> = sub_b.events().try_iter().collect();
     assert!(!seen.iter().any(|e| matches!(e, LifecycleEvent::Stopped { .. })), "{seen:?}");
 
-    // Back again, then offline: power off on A, move the definition to B.
+    // Back again, onto a host that still has a stale, powered-off definition of the VM (with
+    // another UUID: a host back from a crash whose VMs were restarted elsewhere). The stale
+    // definition gives way; then offline: power off on A, move the definition to B.
+    a.define(&lab.tiny_guest_xml("t-mig", 64).expect("xml")).expect("stale definition on A");
     b.migrate("t-mig", &a, &to_a, MigrationKind::Live, &[], DEADLINE).expect("live migration back");
     assert_eq!(a.state("t-mig").expect("state"), Some(DomainState::Running));
     a.power_off("t-mig").expect("power off");

@@ -273,11 +273,12 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize) -> anyhow::Result<()> {
     }
     eprintln!(
         "{vms} protected VM(s) and an agent on every host (default timeouts); logs in {dir}/agent-N.log.\n\
-         Ask the cluster:  halo lab exec 1 -- halo status --config {dir}/halo-1.toml\n\
-         Status page:      http://{api}/#token=$(cat {dir}/api.token)  (from inside the lab: halo lab exec 1 -- …)\n\
-         Crash a host:     halo lab fault kill 2   (then halo status again)",
+         Ask the cluster:  {halo} lab exec 1 -- {halo} status --config {dir}/halo-1.toml\n\
+         Status page:      http://{api}/#token=$(cat {dir}/api.token)  (inside the lab's namespaces)\n\
+         Crash a host:     {halo} lab fault kill 2   (then ask again)",
         dir = lab.dir().display(),
         api = lab.api_address(1)?,
+        halo = halo.display(),
     );
     Ok(())
 }

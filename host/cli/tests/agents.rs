@@ -597,7 +597,7 @@ fn bench_failover_and_live_migration() {
     }
     let (median, p95) = median_p95(samples.clone());
     println!(
-        "figure: host crash -> protected VM running elsewhere, default timeouts, {} VMs x 5 crashes: median {median:.2} s, p95 {p95:.2} s",
+        "figure: host crash -> protected VM running elsewhere, default timeouts, {} samples (2 VMs x 5 crashes): median {median:.2} s, p95 {p95:.2} s",
         samples.len()
     );
 

@@ -11,6 +11,7 @@ use super::master::Restart;
 use super::{Isolation, Node};
 use crate::Millis;
 use crate::capacity::{self, AdmissionVerdict, FailoverPlan};
+use crate::classify::Verdict;
 use crate::config::VmSpec;
 use crate::policies::Policies;
 
@@ -135,8 +136,10 @@ impl Node {
                 continue;
             }
             let Some(peer) = self.peers.get(name) else { continue };
-            for r in &peer.vms {
-                where_runs.entry(r.vm.clone()).or_insert((name.clone(), r.generation));
+            if peer.verdict != Some(Verdict::Failed) {
+                for r in &peer.vms {
+                    where_runs.entry(r.vm.clone()).or_insert((name.clone(), r.generation));
+                }
             }
             let heard = peer
                 .heard_directly_at
@@ -159,8 +162,17 @@ impl Node {
                     .map(|n| (n.clone(), peer.networks.get(n).map(|at| self.now.saturating_sub(*at))))
                     .collect(),
                 trace: self.master.as_ref().and_then(|_| self.signals(name)).map(|s| s.trace()),
-                vms: peer.vms.iter().map(|r| r.vm.clone()).collect(),
+                vms: Vec::new(), // filled below: where each VM runs now
             });
+        }
+        // A host lists the VMs that run there now: a failed host's last report names VMs that
+        // were restarted elsewhere since, and a VM reported by two hosts (mid-migration) is
+        // listed once.
+        for host in hosts.iter_mut() {
+            host.vms = where_runs.iter().filter(|(_, (h, _))| *h == host.name).map(|(vm, _)| vm.clone()).collect();
+            if matches!(host.state.as_str(), "failed") {
+                host.vms.clear();
+            }
         }
         let operator_stopped: BTreeSet<&String> =
             self.operator_stopped.iter().chain(self.peers.values().flat_map(|p| p.operator_stopped.iter())).collect();

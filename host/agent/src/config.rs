@@ -63,6 +63,19 @@ pub struct AgentConfig {
     /// Where events and alerts go besides the agent's own log.
     #[serde(default)]
     pub alerts: AlertsEntry,
+    /// The host watchdog.
+    #[serde(default)]
+    pub watchdog: WatchdogEntry,
+}
+
+/// The host watchdog: a device that resets the host when the agent stops feeding it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct WatchdogEntry {
+    /// The device (`/dev/watchdog`); its timeout must not exceed the fence timeout (set it
+    /// with the driver, e.g. `modprobe softdog soft_margin=2`). Absent: no host watchdog, and
+    /// a warning at start.
+    pub device: Option<PathBuf>,
 }
 
 /// The HTTP API of this agent.
@@ -359,6 +372,14 @@ impl AgentConfig {
                 }
                 Ok(_) => {}
             }
+        }
+        if let Some(device) = &self.watchdog.device
+            && !device.exists()
+        {
+            problems.push(format!(
+                "watchdog.device: {} does not exist; load a watchdog driver (a hardware one, or `modprobe softdog soft_margin=2`) or remove the key",
+                device.display()
+            ));
         }
         if let Some(url) = &self.alerts.webhook_url
             && let Err(why) = crate::client::parse_http_url(url)

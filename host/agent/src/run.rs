@@ -326,6 +326,20 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
     }
     let watchdog = crate::watchdog::Watchdog::from_env();
+    let mut host_watchdog = match &config.watchdog.device {
+        Some(device) => Some(
+            crate::watchdog::HostWatchdog::open(device)
+                .map_err(|e| StartError::Config(format!("watchdog.device: {}: {e}", device.display())))?,
+        ),
+        None => {
+            tracing::warn!(
+                "no host watchdog ([watchdog] device): if this agent dies and the host then loses its networks, \
+                 its VMs may run on while the cluster restarts them (docs/operator.md, \"The host watchdog\")"
+            );
+            None
+        }
+    };
+    let mut stop = std::pin::pin!(stop_requested());
     watchdog.ready();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -336,6 +350,15 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             _ = tick.tick() => Input::Tick,
             Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: received.heartbeat },
             Some(input) = inputs_rx.recv() => input,
+            () = &mut stop => {
+                // A deliberate stop: the VMs stay (the others see "agent down"), the host
+                // watchdog is disarmed so the host is not reset.
+                tracing::info!(host = %me, "stopping on request; VMs stay where they run");
+                if let Some(device) = host_watchdog.take() {
+                    device.disarm();
+                }
+                return Ok(());
+            }
             Some(request) = control_rx.recv() => {
                 let now = started.elapsed().as_millis() as u64;
                 handle_control(request, now, &mut node, &mut policies, &mut drivers, &known, &local_uri, &inputs);
@@ -352,6 +375,9 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             ticks += 1;
             publish(&shared, &node);
             watchdog.alive();
+            if let Some(device) = host_watchdog.as_mut() {
+                device.feed();
+            }
             if ticks.is_multiple_of(20) {
                 // A replaced plugin file is swapped in (or refused, the old one staying).
                 for (world, result) in reload_plugins(&policies, true) {
@@ -360,6 +386,20 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                 *shared.plugins.lock().unwrap_or_else(|p| p.into_inner()) = plugin_status(&policies);
             }
         }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 

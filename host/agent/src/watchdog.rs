@@ -1,7 +1,15 @@
-//! systemd's service notification: `READY=1` once the agent runs, then `WATCHDOG=1` from the
-//! agent loop itself at every tick. With `WatchdogSec=` in the unit (examples/halo-agent.service)
-//! systemd kills and restarts an agent whose loop stalls — a stalled loop would neither send
-//! heartbeats nor fence. Without `NOTIFY_SOCKET` (not under systemd) this does nothing.
+//! Two watchdogs, both fed from the agent loop itself at every tick (a stalled loop feeds
+//! neither):
+//!
+//! - systemd's service notification: `READY=1` once the agent runs, then `WATCHDOG=1`. With
+//!   `WatchdogSec=` in the unit (examples/halo-agent.service) systemd kills and restarts an
+//!   agent whose loop stalls. Without `NOTIFY_SOCKET` (not under systemd) nothing is sent.
+//! - the host watchdog (`[watchdog] device`, e.g. `/dev/watchdog`): opening the device arms it;
+//!   if the agent stops feeding it — the process died or hangs — the kernel resets the host
+//!   after the device's timeout. This is what makes an agent that is gone safe: it can no
+//!   longer fence, so its host must not outlive it by more than the fence timeout (the
+//!   simulator assumes exactly this). A deliberate stop (SIGTERM, `systemctl stop`) disarms it
+//!   with the magic close (`V`) first.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -55,9 +63,55 @@ impl Watchdog {
     }
 }
 
+/// The host watchdog device, armed while this value lives.
+pub struct HostWatchdog {
+    device: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl HostWatchdog {
+    /// Opens (and so arms) the device.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let device = std::fs::OpenOptions::new().write(true).open(path)?;
+        Ok(Self { device, path: path.to_path_buf() })
+    }
+
+    /// Feeds it (any byte but `V`). A failure is logged: the reset it may lead to is the
+    /// safe side.
+    pub fn feed(&mut self) {
+        use std::io::Write;
+        if let Err(e) = self.device.write_all(b"1").and_then(|()| self.device.flush()) {
+            tracing::error!("host watchdog {}: {e}; the host may be reset", self.path.display());
+        }
+    }
+
+    /// Disarms it (magic close) and closes it: for a deliberate stop only.
+    pub fn disarm(mut self) {
+        use std::io::Write;
+        if let Err(e) = self.device.write_all(b"V").and_then(|()| self.device.flush()) {
+            tracing::error!("host watchdog {}: cannot disarm: {e}; the host will be reset", self.path.display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_watchdog_is_fed_then_disarmed_with_the_magic_close() {
+        // A stand-in file: this machine has no /dev/watchdog (and no kernel modules for
+        // softdog); the kernel side of it is not exercised here.
+        let path = std::env::temp_dir().join(format!("halo-watchdog-{}", std::process::id()));
+        std::fs::write(&path, b"").expect("file");
+        let mut watchdog = HostWatchdog::open(&path).expect("open");
+        watchdog.feed();
+        watchdog.feed();
+        watchdog.disarm();
+        assert_eq!(std::fs::read(&path).expect("read"), b"11V");
+        assert!(HostWatchdog::open(&path.with_extension("missing")).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn ready_and_watchdog_reach_the_notify_socket() {

@@ -36,6 +36,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(halo_agent::run(config))?;
+    let result = runtime.block_on(halo_agent::run(config));
+    // Background work (the event log's writer, libvirt's event thread) ends with the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }

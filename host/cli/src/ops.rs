@@ -178,10 +178,10 @@ fn vm_table(vms: &[Value]) {
         &["vm", "host", "priority", "order", "depends-on", "restart"],
         vms.iter()
             .map(|v| {
-                let mut host = text(v, "host");
-                if v.get("operator-stopped").and_then(Value::as_bool) == Some(true) {
-                    host = "stopped by operator".into();
-                }
+                let host = match text(v, "state").as_str() {
+                    "running" => text(v, "host"),
+                    state => state.to_string(),
+                };
                 let restart = v
                     .get("restart")
                     .and_then(|r| r.get("state"))

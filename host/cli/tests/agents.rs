@@ -382,7 +382,7 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     let placement_path = std::env::temp_dir().join(format!("halo-op-placement-{}.wasm", std::process::id()));
     std::fs::copy(plugin("halo_plugin_placement.wasm"), &placement_path).expect("copy plugin");
     let extra = format!("\n[plugins]\nplacement = \"{}\"\n", placement_path.display());
-    let Some(cluster) = Cluster::up(test, 'o', &extra) else { return };
+    let Some(mut cluster) = Cluster::up(test, 'o', &extra) else { return };
     let token = cluster.token();
 
     // The API: auth, bad bodies, unknown paths; answers from a non-master come from the master.
@@ -538,6 +538,23 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     assert!(dom.contains("<td class=\"bad\">failed</td>"), "host-3 shown failed:\n{dom}");
     assert!(dom.contains("<td>vm-4</td>") && dom.contains("host-failed"), "VMs and events shown:\n{dom}");
     assert!(dom.contains("<div id=\"error\"></div>"), "no error on the page:\n{dom}");
+
+    // A deliberate stop (SIGTERM, as systemd does): the agent ends cleanly, its VMs stay.
+    let mut agent = cluster.agents.remove(&2).expect("host-2's agent");
+    std::process::Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean stop: {status:?}");
+    for (vm, host) in placement.iter().filter(|(_, h)| **h == 2) {
+        assert_eq!(cluster.runners(vm, &[1, 2]), vec![*host], "{vm} stays when its agent stops");
+    }
+    assert!(cluster.logs().contains("stopping on request"), "{}", cluster.logs());
     let _ = std::fs::remove_file(&placement_path);
 }
 

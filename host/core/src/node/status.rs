@@ -72,6 +72,10 @@ pub struct HostStatus {
 pub struct VmStatus {
     /// Name.
     pub name: String,
+    /// `running`, `restarting` (the master is on it), `stopped by operator`, `down` (a
+    /// protected VM running nowhere this node hears of, no restart under way) or
+    /// `not running` (unprotected).
+    pub state: String,
     /// Where it runs, as reported (`None`: nowhere that this node hears of).
     pub host: Option<String>,
     /// Its generation there.
@@ -182,8 +186,18 @@ impl Node {
             .iter()
             .map(|spec| {
                 let at = where_runs.get(&spec.name);
+                let restart = self.master.as_ref().and_then(|m| m.restarts.get(&spec.name).cloned());
+                let stopped = operator_stopped.contains(&spec.name);
+                let state = match (at, &restart) {
+                    (Some(_), _) => "running",
+                    (None, Some(_)) => "restarting",
+                    (None, None) if stopped => "stopped by operator",
+                    (None, None) if spec.protected() => "down",
+                    (None, None) => "not running",
+                };
                 VmStatus {
                     name: spec.name.clone(),
+                    state: state.to_string(),
                     host: at.map(|(h, _)| h.clone()),
                     generation: at.map(|(_, g)| *g),
                     priority: spec.priority,
@@ -193,8 +207,8 @@ impl Node {
                     depends_on: spec.depends_on.clone(),
                     memory_mib: spec.memory_mib,
                     vcpus: spec.vcpus,
-                    operator_stopped: operator_stopped.contains(&spec.name),
-                    restart: self.master.as_ref().and_then(|m| m.restarts.get(&spec.name).cloned()),
+                    operator_stopped: stopped,
+                    restart,
                 }
             })
             .collect();
@@ -300,9 +314,10 @@ mod tests {
         assert!(status.hosts[0].master);
         assert_eq!(status.hosts[0].vms, ["vm-1"]);
         let vm1 = status.vms.iter().find(|v| v.name == "vm-1").expect("vm-1 listed");
-        assert_eq!((vm1.host.as_deref(), vm1.generation), (Some("host-1"), Some(3)));
+        assert_eq!((vm1.host.as_deref(), vm1.generation, vm1.state.as_str()), (Some("host-1"), Some(3), "running"));
         let vm2 = status.vms.iter().find(|v| v.name == "vm-2").expect("vm-2 listed");
         assert_eq!(vm2.host, None);
+        assert!(vm2.state == "down" || vm2.state == "restarting", "{}", vm2.state);
         assert!(status.plan.is_some(), "the master keeps a plan");
         // One host: nothing to fail over to.
         let what_if = node.what_if(&["host-1".into()], &mut p).expect("master answers");

@@ -814,3 +814,46 @@ async fn metrics(State(api): Ctx) -> Response {
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document lists exactly the routes the router serves.
+    #[test]
+    fn the_openapi_document_matches_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        let documented: std::collections::BTreeSet<String> =
+            doc["paths"].as_object().expect("paths").keys().cloned().collect();
+        let source = include_str!("api.rs");
+        let served: std::collections::BTreeSet<String> = source
+            .match_indices(".route(\"")
+            .filter_map(|(i, m)| source[i + m.len()..].split('"').next().map(String::from))
+            .collect();
+        assert!(documented.len() >= 18, "{documented:?}");
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn bodies_are_parsed_strictly_and_say_what_is_wrong() {
+        let bad = body::<MigrateBody>(&Bytes::from_static(b"{\"hots\": \"h\"}")).err().expect("refused");
+        assert_eq!(bad.0, StatusCode::BAD_REQUEST);
+        assert!(bad.1["error"].as_str().is_some_and(|e| e.contains("unknown field `hots`")), "{}", bad.1);
+        let bad = body::<HaBody>(&Bytes::from_static(b"{\"enabled\": 1}")).err().expect("refused");
+        assert!(bad.1["error"].as_str().is_some_and(|e| e.contains("expected a boolean")), "{}", bad.1);
+        assert!(body::<MigrateBody>(&Bytes::from_static(b"not json")).is_err());
+        assert!(body::<EmptyBody>(&Bytes::from_static(b"  ")).is_ok(), "an empty body is {{}}");
+        assert_eq!(
+            body::<MaintenanceBody>(&Bytes::from_static(b"{\"enter\": true}")).map(|b| b.enter).ok(),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn tokens_compare_in_constant_time_and_exactly() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcdeF"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -419,6 +419,30 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     let run = cluster.cli(3, &["plan", "--fail", "host-3"]);
     assert!(run.ok && run.out.contains("if host-3 failed now") && run.out.contains("vm-4"), "{}", run.out);
 
+    // HA off and on for the whole cluster: stored on the datastore, every agent follows.
+    let ha_everywhere = |cluster: &Cluster, on: bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let all = (1..=3).all(|h| {
+                let (_, body) = cluster.api(h, "GET", "/api/v1/status?local=true", Some(&token), None);
+                body.contains(&format!("\"ha-enabled\":{on}"))
+            });
+            if all {
+                return;
+            }
+            assert!(Instant::now() < deadline, "HA {on} did not reach every agent");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let run = cluster.cli(3, &["ha", "disable"]);
+    assert!(run.ok, "{}", run.out);
+    ha_everywhere(&cluster, false);
+    let run = cluster.cli(2, &["status"]);
+    assert!(run.out.contains("HA DISABLED"), "{}", run.out);
+    let run = cluster.cli(2, &["ha", "enable"]);
+    assert!(run.ok, "{}", run.out);
+    ha_everywhere(&cluster, true);
+
     // Protect a VM halo did not know (running on host-3), after diagnose; a VM with a disk on
     // host-1's local storage cannot be protected, and both say why.
     let xml = cluster.lab.tiny_guest_xml("vm-5", 64).expect("xml");

@@ -6,6 +6,13 @@
 
 wit_bindgen::generate!({ path: "../../wit/0.1.0", world: "placement-engine" });
 
+#[cfg(target_arch = "wasm32")]
+mod bump;
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: bump::Bump = bump::Bump::new();
+
 use halo::policy::types as wit;
 use halo_policy as policy;
 

@@ -11,7 +11,7 @@ use super::master::Restart;
 use super::{Isolation, Node};
 use crate::Millis;
 use crate::capacity::{self, AdmissionVerdict, FailoverPlan};
-use crate::classify::Verdict;
+use crate::classify::{Signals, Verdict};
 use crate::config::VmSpec;
 use crate::policies::Policies;
 
@@ -62,6 +62,8 @@ pub struct HostStatus {
     pub heartbeat_age_ms: Vec<(String, Option<Millis>)>,
     /// The signals behind the verdict, one line (master only).
     pub trace: Option<String>,
+    /// The same signals, structured (master only).
+    pub signals: Option<Signals>,
     /// VMs it reports running.
     pub vms: Vec<String>,
 }
@@ -135,6 +137,7 @@ impl Node {
                     ha_disabled: self.ha_disabled_here,
                     heartbeat_age_ms: Vec::new(),
                     trace: None,
+                    signals: None,
                     vms: self.local_vms.keys().cloned().collect(),
                 });
                 continue;
@@ -153,6 +156,7 @@ impl Node {
                 None if heard => "heard".into(),
                 None => "silent".into(),
             };
+            let signals = self.master.as_ref().and_then(|_| self.signals(name));
             hosts.push(HostStatus {
                 name: name.clone(),
                 state,
@@ -165,7 +169,8 @@ impl Node {
                     .iter()
                     .map(|n| (n.clone(), peer.networks.get(n).map(|at| self.now.saturating_sub(*at))))
                     .collect(),
-                trace: self.master.as_ref().and_then(|_| self.signals(name)).map(|s| s.trace()),
+                trace: signals.as_ref().map(Signals::trace),
+                signals,
                 vms: Vec::new(), // filled below: where each VM runs now
             });
         }

@@ -400,21 +400,15 @@ async fn set_protection(
         spec: Some(spec.clone()),
         revision: crate::events::unix_ms(),
     };
-    let mut written = 0;
-    let mut failures = Vec::new();
-    for store in &api.shared.datastores {
-        match store.put_protected_vm(&record).await {
-            Ok(()) => written += 1,
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
-    if written == 0 {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no datastore took the change: {}", failures.join("; ")),
-        );
-    }
-    api.shared.catalog_refresh.notify_one();
+    let failures = match store_everywhere(api, |store| {
+        let record = record.clone();
+        async move { store.put_protected_vm(&record).await }
+    })
+    .await
+    {
+        Ok(failures) => failures,
+        Err(e) => return e,
+    };
     // Answer once this agent applies it and (for a running VM) hears where it runs, so the
     // next `halo status` shows it.
     for _ in 0..50 {
@@ -424,6 +418,31 @@ async fn set_protection(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ok(json!({ "vm": spec, "host": host, "warning": warning, "datastore-failures": failures }))
+}
+
+/// Writes a run-time change to every datastore and wakes the catalog task to apply it. Done
+/// when at least one datastore took it (the others are named); refused when none did.
+async fn store_everywhere<F, Fut>(api: &Api, write: F) -> Result<Vec<String>, Reply>
+where
+    F: Fn(Arc<halo_datastore::Datastore>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), halo_datastore::DatastoreError>>,
+{
+    let mut written = 0;
+    let mut failures = Vec::new();
+    for store in &api.shared.datastores {
+        match write(Arc::clone(store)).await {
+            Ok(()) => written += 1,
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if written == 0 {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no datastore took the change: {}", failures.join("; ")),
+        ));
+    }
+    api.shared.catalog_refresh.notify_one();
+    Ok(failures)
 }
 
 async fn stop(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
@@ -595,21 +614,15 @@ async fn ha(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
     }
     let settings =
         halo_datastore::ClusterSettings { ha_enabled: Some(request.enabled), revision: crate::events::unix_ms() };
-    let mut written = 0;
-    let mut failures = Vec::new();
-    for store in &api.shared.datastores {
-        match store.put_settings(&settings).await {
-            Ok(()) => written += 1,
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
-    if written == 0 {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no datastore took the change: {}", failures.join("; ")),
-        );
-    }
-    api.shared.catalog_refresh.notify_one();
+    let failures = match store_everywhere(&api, |store| {
+        let settings = settings.clone();
+        async move { store.put_settings(&settings).await }
+    })
+    .await
+    {
+        Ok(failures) => failures,
+        Err(e) => return e,
+    };
     for _ in 0..50 {
         if current(&api).ha_enabled == request.enabled {
             break;

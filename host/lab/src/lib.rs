@@ -709,40 +709,34 @@ pub const API_PORT: u16 = 7401;
 impl Lab {
     /// The cluster key of the lab's agents (written once, mode 0600).
     pub fn cluster_key(&self) -> Result<PathBuf, LabError> {
-        let path = self.dir().join("cluster.key");
+        self.secret("cluster.key", 32)
+    }
+
+    /// The API token of the lab's agents (written once, mode 0600), and the token itself.
+    pub fn api_token(&self) -> Result<(PathBuf, String), LabError> {
+        let path = self.secret("api.token", 16)?;
+        let token = std::fs::read_to_string(&path)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?
+            .trim()
+            .to_string();
+        Ok((path, token))
+    }
+
+    /// A file of `bytes` random bytes in hex in the lab's directory (written once, mode 0600).
+    fn secret(&self, name: &str, bytes: usize) -> Result<PathBuf, LabError> {
+        let path = self.dir().join(name);
         if !path.is_file() {
-            let mut bytes = [0u8; 32];
+            let mut random = vec![0u8; bytes];
             std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
                 .map_err(|e| LabError::Invalid(format!("/dev/urandom: {e}")))?;
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
             std::fs::write(&path, format!("{hex}\n"))
                 .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
         }
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
         Ok(path)
-    }
-
-    /// The API token of the lab's agents (written once, mode 0600).
-    pub fn api_token(&self) -> Result<(PathBuf, String), LabError> {
-        let path = self.dir().join("api.token");
-        if !path.is_file() {
-            let mut bytes = [0u8; 16];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                .map_err(|e| LabError::Invalid(format!("/dev/urandom: {e}")))?;
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            std::fs::write(&path, format!("{hex}\n"))
-                .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
-        }
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
-        let token = std::fs::read_to_string(&path)
-            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?
-            .trim()
-            .to_string();
-        Ok((path, token))
     }
 
     /// Host `host`'s agent API address (`ADDRESS:PORT` on network A).

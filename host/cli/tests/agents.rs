@@ -480,6 +480,10 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     }
     let run = cluster.cli(3, &["vm", "list"]);
     assert!(run.out.lines().any(|l| l.starts_with("vm-5") && l.contains("stopped by operator")), "{}", run.out);
+    let run = cluster.cli(3, &["vm", "unprotect", "vm-5"]);
+    assert!(run.ok && run.out.contains("vm-5 unprotected"), "{}", run.out);
+    let run = cluster.cli(1, &["vm", "list"]);
+    assert!(run.out.lines().any(|l| l.starts_with("vm-5") && l.contains("unprotected")), "{}", run.out);
 
     // A live migration through halo (the guest never stops).
     let run = cluster.while_live(&["vm-1"], 2, &["migrate", "vm-1", "host-3"]);

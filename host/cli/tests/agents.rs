@@ -236,11 +236,45 @@ fn agents_on_the_lab_keep_every_vm_running_exactly_once() {
     cluster.holds(&placement, Duration::from_secs(3), "after the VM crash");
 
     // Scenario 1: host-2 crashes (processes killed, links down): its VMs run again on the
-    // other hosts, each exactly once; the others never move.
+    // other hosts, each exactly once, in the restart policy's waves; the others never move.
+    // The restart order is set through the API first: the victims in orders 0, 1, 2, ….
+    let victims: Vec<&'static str> = placement.iter().filter(|(_, h)| **h == 2).map(|(vm, _)| *vm).collect();
+    let token = cluster.token();
+    for (order, vm) in victims.iter().enumerate() {
+        let body = format!("{{\"order\": {order}}}");
+        let (code, answer) = cluster.api(1, "POST", &format!("/api/v1/vms/{vm}/protect"), Some(&token), Some(&body));
+        assert_eq!(code, 200, "{answer}");
+    }
+    let crashed_unix_ms = halo_agent::events::unix_ms();
     let crashed = Instant::now();
     cluster.lab.kill_host(2).expect("crash");
     let took = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "host-2 crashed");
-    println!("figure: host crash -> VM running on another host: {took:?}");
+    println!("figure: host crash -> VM running on another host (waves by order): {took:?}");
+    // The master's events: wave k starts only after every VM of wave k-1 runs.
+    let (_, body) = cluster.api(1, "GET", "/api/v1/events?limit=500", Some(&token), None);
+    let events: serde_json::Value = serde_json::from_str(&body).expect("events");
+    let mut sequence: Vec<String> = Vec::new();
+    for e in events["events"].as_array().expect("events") {
+        if e["unix-ms"].as_u64().unwrap_or(0) < crashed_unix_ms {
+            continue;
+        }
+        match e["kind"].as_str() {
+            Some(
+                "restart-wave" | "vm-restarted" | "start-failed" | "restart-superseded" | "claim-lost" | "claim-failed",
+            ) => sequence.push(e["message"].as_str().unwrap_or("").to_string()),
+            _ => {}
+        }
+    }
+    println!("waves: {sequence:#?}");
+    for (order, vm) in victims.iter().enumerate().skip(1) {
+        let wave = sequence.iter().position(|m| m.starts_with("restart wave:") && m.contains(&format!("{vm} →")));
+        let previous = victims[order - 1];
+        let up = sequence.iter().position(|m| m.starts_with(&format!("{previous} runs on")));
+        assert!(
+            matches!((up, wave), (Some(u), Some(w)) if u < w),
+            "{vm} (order {order}) waits for {previous}: {sequence:#?}"
+        );
+    }
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         for (vm, host) in &placement {

@@ -233,18 +233,31 @@ impl Hypervisor {
         }
     }
 
-    /// Defines (or redefines) a domain from its XML; returns its name. A definition without
-    /// a UUID keeps the UUID the host already has for that name (libvirt refuses a new UUID
-    /// for a name it knows).
+    /// Defines (or redefines) a domain from its XML; returns its name. libvirt refuses a
+    /// second UUID for a name it knows, so: a definition without a UUID keeps the UUID the host
+    /// already has for that name; a definition with another UUID replaces a powered-off one (a
+    /// stale copy: a host back from a crash whose VMs were restarted elsewhere since) and is
+    /// refused while that other domain runs.
     pub fn define(&self, xml: &str) -> Result<String, LibvirtError> {
         c_safe("the domain XML", xml)?;
         let mut xml = xml.to_string();
-        if !xml.contains("<uuid>")
-            && let Some(name) = element_text(&xml, "name").map(str::to_string)
+        if let Some(name) = element_text(&xml, "name").map(str::to_string)
             && let Ok(existing) = self.xml(&name)
-            && let Some(uuid) = element_text(&existing, "uuid")
+            && let Some(uuid) = element_text(&existing, "uuid").map(str::to_string)
         {
-            xml = xml.replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1);
+            match element_text(&xml, "uuid") {
+                None => xml = xml.replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1),
+                Some(wanted) if wanted.trim() != uuid.trim() => {
+                    if self.state(&name)?.is_some_and(DomainState::is_active) {
+                        return Err(LibvirtError::Invalid(format!(
+                            "libvirt {}: define {name}: a different domain of that name (uuid {uuid}) runs here",
+                            self.uri
+                        )));
+                    }
+                    self.undefine(&name)?;
+                }
+                Some(_) => {}
+            }
         }
         let d = Domain::define_xml(&self.conn, &xml).map_err(|e| self.fail("define", None, &e))?;
         d.get_name().map_err(|e| self.fail("read a domain's name", None, &e))

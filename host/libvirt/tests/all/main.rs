@@ -167,6 +167,20 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     let seen: Vec<LifecycleEvent> = sub_b.events().try_iter().collect();
     assert!(!seen.iter().any(|e| matches!(e, LifecycleEvent::Stopped { .. })), "{seen:?}");
 
+    // A definition with another UUID replaces a powered-off one of the same name (a stale
+    // copy), and is refused while that one runs.
+    let with_uuid = |uuid: &str| {
+        lab.tiny_guest_xml("t-uuid", 64).expect("xml").replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1)
+    };
+    a.define(&with_uuid("11111111-1111-1111-1111-111111111111")).expect("define");
+    a.define(&with_uuid("22222222-2222-2222-2222-222222222222")).expect("a stale copy gives way");
+    assert!(a.xml("t-uuid").expect("xml").contains("22222222-2222-2222-2222-222222222222"));
+    a.start("t-uuid").expect("start");
+    let refused = a.define(&with_uuid("33333333-3333-3333-3333-333333333333")).expect_err("refused");
+    assert!(refused.to_string().contains("runs here"), "{refused}");
+    a.power_off("t-uuid").expect("power off");
+    a.undefine("t-uuid").expect("undefine");
+
     // Back again, onto a host that still has a stale, powered-off definition of the VM (with
     // another UUID: a host back from a crash whose VMs were restarted elsewhere). The stale
     // definition gives way; then offline: power off on A, move the definition to B.

@@ -258,11 +258,11 @@ fn agents_on_the_lab_keep_every_vm_running_exactly_once() {
         if e["unix-ms"].as_u64().unwrap_or(0) < crashed_unix_ms {
             continue;
         }
-        match e["kind"].as_str() {
-            Some(
-                "restart-wave" | "vm-restarted" | "start-failed" | "restart-superseded" | "claim-lost" | "claim-failed",
-            ) => sequence.push(e["message"].as_str().unwrap_or("").to_string()),
-            _ => {}
+        if let Some(
+            "restart-wave" | "vm-restarted" | "start-failed" | "restart-superseded" | "claim-lost" | "claim-failed",
+        ) = e["kind"].as_str()
+        {
+            sequence.push(e["message"].as_str().unwrap_or("").to_string());
         }
     }
     println!("waves: {sequence:#?}");

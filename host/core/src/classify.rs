@@ -62,6 +62,10 @@ pub struct Signals {
     pub ping: PingSignal,
     /// The host's datastore record says it is isolated.
     pub declared_isolated: bool,
+    /// The ping timeout: the ping goes out this long before the dead-time ends, so its answer
+    /// (or its silence) is in when the host's silence reaches the dead-time.
+    #[serde(default)]
+    pub ping_timeout_ms: Millis,
 }
 
 /// A master's verdict on a host.
@@ -128,10 +132,21 @@ impl Signals {
         self.datastore_age().is_some_and(|age| age < self.dead_time_ms)
     }
 
+    /// Silent on every network and every datastore for the dead-time less the ping timeout:
+    /// time to ping, so the answer is in when the dead-time ends. Heard more recently than
+    /// that, an earlier ping's result no longer counts.
+    pub fn nearly_dead(&self) -> bool {
+        let lead = self.dead_time_ms.saturating_sub(self.ping_timeout_ms);
+        self.datastores_readable
+            && self.age(self.seq_advanced_at).is_none_or(|age| age >= lead)
+            && self.datastore_age().is_none_or(|age| age >= lead)
+    }
+
     /// The verdict, and whether the host should be pinged now.
     pub fn classify(&self) -> (Verdict, bool) {
+        let early_ping = self.ping == PingSignal::NotAsked && self.nearly_dead();
         if self.network_alive() {
-            return (Verdict::Running, false);
+            return (Verdict::Running, early_ping);
         }
         if self.datastore_alive() {
             let verdict = if self.declared_isolated { Verdict::Isolated } else { Verdict::Partitioned };
@@ -141,7 +156,7 @@ impl Signals {
             return (Verdict::Unknown, false);
         }
         if self.datastore_recent() {
-            return (Verdict::Suspect, false);
+            return (Verdict::Suspect, early_ping);
         }
         match self.ping {
             PingSignal::NotAsked => (Verdict::Suspect, true),
@@ -200,11 +215,35 @@ mod tests {
             datastores_readable: true,
             ping,
             declared_isolated: false,
+            ping_timeout_ms: 0,
         }
     }
 
     const FRESH: Option<Millis> = Some(99_500);
     const STALE: Option<Millis> = Some(80_000);
+
+    /// The ping goes out a ping timeout before the dead-time ends, while the verdict is still
+    /// "running" or "suspect": its result is in when the dead-time ends.
+    #[test]
+    fn the_ping_goes_out_a_ping_timeout_before_the_dead_time() {
+        let at = |silent: Millis| {
+            let mut s = signals(Some(100_000 - silent), Some(100_000 - silent), PingSignal::NotAsked);
+            s.ping_timeout_ms = 1_000;
+            s
+        };
+        assert_eq!(at(10_000).classify(), (Verdict::Running, false), "heard 10 s ago: not yet");
+        assert_eq!(at(11_000).classify(), (Verdict::Running, true), "11 s of 12: ping now");
+        assert_eq!(at(11_500).classify(), (Verdict::Running, true));
+        let mut answered = at(11_500);
+        answered.ping = PingSignal::NoAnswer;
+        assert_eq!(answered.classify(), (Verdict::Running, false), "not failed before the dead-time");
+        let mut dead = at(12_000);
+        dead.ping = PingSignal::NoAnswer;
+        assert_eq!(dead.classify(), (Verdict::Failed, false), "failed the moment the dead-time ends");
+        let mut storage_fresh = at(11_500);
+        storage_fresh.datastores[0].advanced_at = Some(99_000);
+        assert!(!storage_fresh.nearly_dead(), "its datastore heartbeat is fresh: no ping");
+    }
 
     /// The failure matrix of the brief, one row per case.
     #[test]

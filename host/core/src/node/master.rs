@@ -166,6 +166,7 @@ impl Node {
             datastores_readable: self.datastores_readable(),
             ping: peer.ping,
             declared_isolated: peer.declared_isolated,
+            ping_timeout_ms: t.ping_timeout_ms,
         })
     }
 
@@ -192,7 +193,7 @@ impl Node {
             let Some(signals) = (if stale_ping { self.signals(&name) } else { Some(signals) }) else { continue };
             let (verdict, ping_now) = signals.classify();
             let peer = self.peers.get_mut(&name).expect("peer exists");
-            if signals.network_alive() || signals.datastore_alive() {
+            if !signals.nearly_dead() {
                 peer.ping = PingSignal::NotAsked;
             }
             if ping_now {

@@ -37,8 +37,10 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 const STATUS_PAGE: &str = include_str!("status.html");
 /// Marks a request an agent forwarded (it is never forwarded again).
 const FORWARDED: &str = "x-halo-forwarded";
-/// A forwarded request or a peer query gives up after this.
+/// A forwarded request gives up after this.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A read fanned out to every peer (events of the whole cluster) gives up after this.
+const PEER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Api {
     shared: Arc<Shared>,
@@ -144,6 +146,18 @@ fn current(api: &Api) -> ClusterStatus {
 
 /// Sends a request to `host`'s agent (marked as forwarded) and relays its answer.
 async fn forward(api: &Api, host: &str, method: &Method, path_and_query: &str, body: Option<Vec<u8>>) -> Reply {
+    forward_within(api, host, method, path_and_query, body, PEER_TIMEOUT).await
+}
+
+/// [`forward`] with its own time limit.
+async fn forward_within(
+    api: &Api,
+    host: &str,
+    method: &Method,
+    path_and_query: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Reply {
     let Some(address) = api.peers.get(host) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, format!("no API address known for {host}"));
     };
@@ -154,7 +168,7 @@ async fn forward(api: &Api, host: &str, method: &Method, path_and_query: &str, b
         Some(&api.token),
         body,
         &[(FORWARDED, &api.shared.me)],
-        PEER_TIMEOUT,
+        timeout,
     )
     .await
     {
@@ -231,7 +245,8 @@ async fn status(State(api): Ctx, headers: HeaderMap, Query(q): Query<StatusQuery
         && let Some(master) = status.master.as_deref()
         && master != api.shared.me
     {
-        let answer = forward(&api, master, &Method::GET, "/api/v1/status?local=true", None).await;
+        let answer =
+            forward_within(&api, master, &Method::GET, "/api/v1/status?local=true", None, PEER_READ_TIMEOUT).await;
         if answer.0 == StatusCode::OK {
             return answer;
         }
@@ -571,7 +586,7 @@ async fn alerts(State(api): Ctx, headers: HeaderMap, Query(q): Query<EventsQuery
     list_events(&api, &headers, q, true).await
 }
 
-async fn list_events(api: &Api, headers: &HeaderMap, q: EventsQuery, alerts_only: bool) -> Reply {
+async fn list_events(api: &Arc<Api>, headers: &HeaderMap, q: EventsQuery, alerts_only: bool) -> Reply {
     let mut all: Vec<Value> = api
         .shared
         .events
@@ -581,14 +596,23 @@ async fn list_events(api: &Api, headers: &HeaderMap, q: EventsQuery, alerts_only
         .collect();
     let mut unreachable = Vec::new();
     if q.cluster && !headers.contains_key(FORWARDED) {
+        // Every peer at once, briefly: a dead host must not hold up the status page.
         let path = format!("/api/v1/{}?limit={}", if alerts_only { "alerts" } else { "events" }, q.limit);
-        for host in api.peers.keys().filter(|h| **h != api.shared.me) {
-            let answer = forward(api, host, &Method::GET, &path, None).await;
+        let mut asked = tokio::task::JoinSet::new();
+        for host in api.peers.keys().filter(|h| **h != api.shared.me).cloned() {
+            let (api, path) = (Arc::clone(api), path.clone());
+            asked.spawn(async move {
+                let answer = forward_within(&api, &host, &Method::GET, &path, None, PEER_READ_TIMEOUT).await;
+                (host, answer)
+            });
+        }
+        while let Some(Ok((host, answer))) = asked.join_next().await {
             match answer.1.get("events").and_then(Value::as_array) {
                 Some(events) if answer.0 == StatusCode::OK => all.extend(events.iter().cloned()),
-                _ => unreachable.push(host.clone()),
+                _ => unreachable.push(host),
             }
         }
+        unreachable.sort();
         all.sort_by_key(|e| e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0));
         let skip = all.len().saturating_sub(q.limit);
         all.drain(..skip);

@@ -174,11 +174,15 @@ pub struct LibvirtEntry {
     /// Paths every host sees (disks there migrate live without a copy; a VM to protect must
     /// have its disks there).
     pub shared_storage: Vec<PathBuf>,
+    /// How another host's libvirtd reaches a host for a migration, for every host without its
+    /// own `migration-uri`: `{name}` is the host's name, `{address.NET}` its address on network
+    /// NET (e.g. `qemu+tcp://{address.M}/system`). Default: the host's `libvirt-uri`.
+    pub migration_uri_template: Option<String>,
 }
 
 impl Default for LibvirtEntry {
     fn default() -> Self {
-        Self { local_uri: "qemu:///system".into(), shared_storage: Vec::new() }
+        Self { local_uri: "qemu:///system".into(), shared_storage: Vec::new(), migration_uri_template: None }
     }
 }
 
@@ -381,6 +385,12 @@ impl AgentConfig {
                 device.display()
             ));
         }
+        for host in &self.hosts {
+            if let Err(why) = self.migration_uri(host) {
+                problems.push(format!("libvirt.migration-uri-template: {why}"));
+                break;
+            }
+        }
         if let Some(url) = &self.alerts.webhook_url
             && let Err(why) = crate::client::parse_http_url(url)
         {
@@ -390,6 +400,39 @@ impl AgentConfig {
             problems.extend(errors.0);
         }
         problems
+    }
+
+    /// The URI another host's libvirtd reaches `host` at for a migration: its own
+    /// `migration-uri`, else the template filled in, else its `libvirt-uri`.
+    pub fn migration_uri(&self, host: &HostEntry) -> Result<String, String> {
+        if let Some(uri) = &host.migration_uri {
+            return Ok(uri.clone());
+        }
+        let Some(template) = &self.libvirt.migration_uri_template else { return Ok(host.libvirt_uri.clone()) };
+        let mut out = String::new();
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let close = rest[open..].find('}').ok_or_else(|| format!("`{template}`: a `{{` without `}}`"))? + open;
+            let key = &rest[open + 1..close];
+            let value = match key.strip_prefix("address.") {
+                _ if key == "name" => host.name.clone(),
+                Some(net) => host
+                    .addresses
+                    .get(net)
+                    .ok_or_else(|| format!("`{template}`: {} has no address on network {net}", host.name))?
+                    .to_string(),
+                None => {
+                    return Err(format!(
+                        "`{template}`: unknown placeholder {{{key}}} (use {{name}} or {{address.NET}})"
+                    ));
+                }
+            };
+            out.push_str(&value);
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
     }
 
     /// Every host's API address, this one too (none without `[api]`).
@@ -515,6 +558,43 @@ priority = "restart"
         assert!(error.starts_with("halo.toml:"), "{error}");
         let missing = AgentConfig::load(Path::new("/nonexistent/halo.toml")).expect_err("missing").to_string();
         assert!(missing.contains("--config"), "{missing}");
+    }
+}
+
+#[cfg(test)]
+mod migration_uris {
+    use super::*;
+
+    fn config(template: &str) -> Result<AgentConfig, ConfigError> {
+        let key = std::env::temp_dir().join(format!("halo-mig-key-{}", std::process::id()));
+        std::fs::write(&key, [7u8; 32]).expect("key");
+        let text = format!(
+            "cluster = \"c\"\nhost = \"h1\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"M\"]\n\
+             [[hosts]]\nname = \"h1\"\nmemory-mib = 1024\nvcpus = 2\naddresses = {{ A = \"10.0.0.1\", M = \"10.0.1.1\" }}\nlibvirt-uri = \"qemu+tcp://10.0.0.1/system\"\n\
+             [[hosts]]\nname = \"h2\"\nmemory-mib = 1024\nvcpus = 2\naddresses = {{ A = \"10.0.0.2\", M = \"10.0.1.2\" }}\nlibvirt-uri = \"qemu+tcp://10.0.0.2/system\"\nmigration-uri = \"qemu+ssh://h2/system\"\n\
+             [[datastores]]\nname = \"ds\"\ndirectory = \"/srv/ds\"\n\
+             [libvirt]\nmigration-uri-template = \"{template}\"\n",
+            key.display()
+        );
+        AgentConfig::parse(&text, "halo.toml")
+    }
+
+    #[test]
+    fn the_template_fills_in_every_host_without_its_own_uri() {
+        let c = config("qemu+tcp://{address.M}/system?name={name}").expect("valid");
+        assert_eq!(c.migration_uri(&c.hosts[0]).as_deref(), Ok("qemu+tcp://10.0.1.1/system?name=h1"));
+        assert_eq!(c.migration_uri(&c.hosts[1]).as_deref(), Ok("qemu+ssh://h2/system"), "its own wins");
+        let Err(ConfigError::Invalid { problems, .. }) = config("qemu+tcp://{address.B}/system") else {
+            panic!("an unknown network is refused")
+        };
+        assert!(
+            problems.iter().any(|p| p.contains("libvirt.migration-uri-template") && p.contains("network B")),
+            "{problems:?}"
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = config("qemu+tcp://{ip}/system") else {
+            panic!("an unknown placeholder is refused")
+        };
+        assert!(problems.iter().any(|p| p.contains("unknown placeholder {ip}")), "{problems:?}");
     }
 }
 

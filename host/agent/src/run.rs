@@ -258,7 +258,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             migration_uris: config
                 .hosts
                 .iter()
-                .map(|h| (h.name.clone(), h.migration_uri.clone().unwrap_or_else(|| h.libvirt_uri.clone())))
+                .map(|h| (h.name.clone(), config.migration_uri(h).unwrap_or_else(|_| h.libvirt_uri.clone())))
                 .collect(),
             shared_storage: config.libvirt.shared_storage.iter().map(|p| p.display().to_string()).collect(),
             connect_timeout: Duration::from_secs(5),

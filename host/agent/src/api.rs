@@ -284,7 +284,7 @@ async fn find_domain(config: &AgentConfig, vm: &str) -> Result<Option<(String, S
                 }
             };
             let Ok(Some(state)) = hv.state(&vm) else { continue };
-            let Ok(xml) = hv.xml(&vm) else { continue };
+            let Ok(xml) = hv.definition(&vm) else { continue };
             if state.is_active() {
                 return Ok(Some((host, xml, true)));
             }

@@ -268,6 +268,14 @@ impl Hypervisor {
         self.domain(name)?.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))
     }
 
+    /// The domain's persistent definition (what it boots with next, without the run-time
+    /// details of a running domain: ids, assigned ports, aliases): what another host defines.
+    pub fn definition(&self, name: &str) -> Result<String, LibvirtError> {
+        self.domain(name)?
+            .get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(|e| self.fail("read the definition", Some(name), &e))
+    }
+
     /// Removes a domain's definition (it must be shut off).
     pub fn undefine(&self, name: &str) -> Result<(), LibvirtError> {
         self.domain(name)?.undefine().map_err(|e| self.fail("undefine", Some(name), &e))

@@ -176,6 +176,12 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     a.define(&with_uuid("22222222-2222-2222-2222-222222222222")).expect("a stale copy gives way");
     assert!(a.xml("t-uuid").expect("xml").contains("22222222-2222-2222-2222-222222222222"));
     a.start("t-uuid").expect("start");
+    // A running domain's XML carries run-time details; its definition does not.
+    let head = |xml: &str| xml.lines().next().unwrap_or_default().to_string();
+    assert!(head(&a.xml("t-uuid").expect("xml")).contains(" id='"), "a running domain has an id");
+    let definition = a.definition("t-uuid").expect("definition");
+    assert!(!head(&definition).contains(" id='"), "{definition}");
+    assert!(definition.contains("22222222-2222-2222-2222-222222222222"));
     let refused = a.define(&with_uuid("33333333-3333-3333-3333-333333333333")).expect_err("refused");
     assert!(refused.to_string().contains("runs here"), "{refused}");
     a.power_off("t-uuid").expect("power off");

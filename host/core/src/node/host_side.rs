@@ -251,6 +251,8 @@ impl Node {
             VmState::Running => {
                 self.local_vms.insert(vm.to_string(), generation);
                 self.stopped.retain(|r| r.vm != vm);
+                // Started again (by the operator, with libvirt): protected again.
+                self.operator_stopped.remove(vm);
             }
             VmState::StoppedByHalo(StopReason::Operator) => {
                 self.local_vms.remove(vm);
@@ -475,5 +477,17 @@ mod tests {
             &mut BuiltinPolicies,
         );
         assert!(!after.iter().any(|a| matches!(a, Action::StartVm { .. })));
+        // The operator starts it again (with libvirt): it is protected again, a crash restarts it.
+        node.handle(
+            30,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running },
+            &mut BuiltinPolicies,
+        );
+        let crash = node.handle(
+            40,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Crashed },
+            &mut BuiltinPolicies,
+        );
+        assert!(crash.iter().any(|a| matches!(a, Action::StartVm { vm, .. } if vm == "vm-1")), "{crash:?}");
     }
 }

@@ -91,6 +91,53 @@ fn bad_arguments_get_a_clear_error() {
     }
 }
 
+/// The operator commands without a reachable agent say so, and bad arguments are refused.
+#[test]
+fn operator_commands_say_what_is_missing() {
+    let dir = std::env::temp_dir().join(format!("halo-cli-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").expect("token");
+    let token = token.display().to_string();
+    for (args, says) in [
+        (vec!["status", "--config", "/nonexistent/halo.toml"], "give --api and --token-file"),
+        // Port 9 on loopback: nothing listens (discard is not served here).
+        (vec!["status", "--api", "127.0.0.1:9", "--token-file", &token], "cannot reach 127.0.0.1:9"),
+        (vec!["vm", "list", "--api", "127.0.0.1:9", "--token-file", "/nonexistent"], "token file /nonexistent"),
+        (vec!["host", "maintenance", "sideways", "host-1"], "invalid value 'sideways'"),
+        (vec!["ha", "maybe"], "invalid value 'maybe'"),
+    ] {
+        let out = halo(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: expected `{says}` in: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// examples/halo-agent.service is a unit systemd accepts (with the binary where it says).
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        println!("SKIP the_systemd_unit_verifies: systemd-analyze is not installed");
+        return;
+    };
+    assert!(out.status.success());
+    let unit =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/halo-agent.service"))
+            .expect("examples/halo-agent.service");
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="), "notify and watchdog");
+    let dir = std::env::temp_dir().join(format!("halo-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("halo-agent.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/halo ", &format!("{} ", env!("CARGO_BIN_EXE_halo"))))
+        .expect("unit");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn halo_lab_comes_up_reports_takes_faults_and_goes_down() {
     if !halo_lab::for_test("halo_lab_comes_up_reports_takes_faults_and_goes_down") {

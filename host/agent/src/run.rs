@@ -351,11 +351,15 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: received.heartbeat },
             Some(input) = inputs_rx.recv() => input,
             () = &mut stop => {
-                // A deliberate stop: the VMs stay (the others see "agent down"), the host
-                // watchdog is disarmed so the host is not reset.
+                // A deliberate stop: the VMs stay (the others see "agent down").
                 tracing::info!(host = %me, "stopping on request; VMs stay where they run");
+                let protected_here: Vec<&String> = node
+                    .local_vms()
+                    .keys()
+                    .filter(|vm| node.config().vm(vm).is_some_and(halo_core::VmSpec::protected))
+                    .collect();
                 if let Some(device) = host_watchdog.take() {
-                    device.disarm();
+                    crate::watchdog::leave(device, &protected_here);
                 }
                 return Ok(());
             }

@@ -9,7 +9,7 @@
 //!   after the device's timeout. This is what makes an agent that is gone safe: it can no
 //!   longer fence, so its host must not outlive it by more than the fence timeout (the
 //!   simulator assumes exactly this). A deliberate stop (SIGTERM, `systemctl stop`) disarms it
-//!   with the magic close (`V`) first.
+//!   with the magic close (`V`) — but only when no protected VM runs on the host (see [`leave`]).
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -94,6 +94,23 @@ impl HostWatchdog {
     }
 }
 
+/// What a deliberate stop does with the host watchdog: disarm it when no protected VM runs
+/// here; otherwise leave it armed — a host whose agent is gone cannot fence, so with protected
+/// VMs it must not outlive its agent (the kernel resets it, the VMs are restarted elsewhere).
+/// Stop an agent with protected VMs only after `halo host maintenance enter`.
+pub fn leave(device: HostWatchdog, protected_here: &[&String]) {
+    if protected_here.is_empty() {
+        device.disarm();
+    } else {
+        tracing::error!(
+            "stopping with protected VMs running here ({}): the host watchdog stays armed and resets \
+             this host; put the host in maintenance before stopping its agent",
+            protected_here.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        drop(device);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +127,14 @@ mod tests {
         watchdog.disarm();
         assert_eq!(std::fs::read(&path).expect("read"), b"11V");
         assert!(HostWatchdog::open(&path.with_extension("missing")).is_err());
+        // A deliberate stop disarms only when no protected VM runs here.
+        std::fs::write(&path, b"").expect("file");
+        leave(HostWatchdog::open(&path).expect("open"), &[]);
+        assert_eq!(std::fs::read(&path).expect("read"), b"V");
+        std::fs::write(&path, b"").expect("file");
+        let vm = "db".to_string();
+        leave(HostWatchdog::open(&path).expect("open"), &[&vm]);
+        assert_eq!(std::fs::read(&path).expect("read"), b"", "left armed: no magic close");
         let _ = std::fs::remove_file(&path);
     }
 

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::AgentConfig;
-use crate::run::{Control, Shared};
+use crate::run::{Control, Shared, Snapshot};
 
 /// The OpenAPI document.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
@@ -140,8 +140,13 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Reply> {
     serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
-fn current(api: &Api) -> ClusterStatus {
-    api.shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+/// The node's picture and the plugins' counters, asked of the agent loop now.
+async fn snapshot(api: &Api) -> Result<Snapshot, Reply> {
+    ask(api, Control::Snapshot).await.ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))
+}
+
+async fn current(api: &Api) -> Result<ClusterStatus, Reply> {
+    snapshot(api).await.map(|s| s.status)
 }
 
 /// Sends a request to `host`'s agent (marked as forwarded) and relays its answer.
@@ -204,8 +209,8 @@ fn route_to(api: &Api, headers: &HeaderMap, target: Option<&str>, what: &str) ->
     Ok(Some(target.to_string()))
 }
 
-fn master_of(api: &Api) -> Option<String> {
-    current(api).master
+async fn master_of(api: &Api) -> Option<String> {
+    current(api).await.ok()?.master
 }
 
 /// Runs a command in the agent loop and answers with the events it caused.
@@ -239,7 +244,10 @@ struct StatusQuery {
 }
 
 async fn status(State(api): Ctx, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Reply {
-    let status = current(&api);
+    let status = match current(&api).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     if !q.local
         && !headers.contains_key(FORWARDED)
         && let Some(master) = status.master.as_deref()
@@ -255,11 +263,17 @@ async fn status(State(api): Ctx, headers: HeaderMap, Query(q): Query<StatusQuery
 }
 
 async fn hosts(State(api): Ctx) -> Reply {
-    ok(serde_json::to_value(current(&api).hosts).unwrap_or_default())
+    match current(&api).await {
+        Ok(s) => ok(serde_json::to_value(s.hosts).unwrap_or_default()),
+        Err(e) => e,
+    }
 }
 
 async fn vms(State(api): Ctx) -> Reply {
-    ok(serde_json::to_value(current(&api).vms).unwrap_or_default())
+    match current(&api).await {
+        Ok(s) => ok(serde_json::to_value(s.vms).unwrap_or_default()),
+        Err(e) => e,
+    }
 }
 
 /// Finds a domain on the cluster's hosts (where it runs, else where it is defined): host and XML.
@@ -300,6 +314,12 @@ async fn find_domain(config: &AgentConfig, vm: &str) -> Result<Option<(String, S
     .map_err(|e| e.to_string())?
 }
 
+/// What the domain's XML says about protecting it, against this cluster's shared storage.
+fn protectability(config: &AgentConfig, xml: &str) -> halo_libvirt::Protectability {
+    let shared: Vec<String> = config.libvirt.shared_storage.iter().map(|p| p.display().to_string()).collect();
+    halo_libvirt::protectability(xml, &shared.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 async fn diagnose(State(api): Ctx, Path(vm): Path<String>) -> Reply {
     let found = match find_domain(&api.config, &vm).await {
         Ok(Some(found)) => found,
@@ -307,9 +327,8 @@ async fn diagnose(State(api): Ctx, Path(vm): Path<String>) -> Reply {
         Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{vm}: {e}")),
     };
     let (host, xml, running) = found;
-    let shared: Vec<String> = api.config.libvirt.shared_storage.iter().map(|p| p.display().to_string()).collect();
-    let p = halo_libvirt::protectability(&xml, &shared.iter().map(String::as_str).collect::<Vec<_>>());
-    let protected = current(&api).vms.iter().any(|v| v.name == vm && v.protected);
+    let p = protectability(&api.config, &xml);
+    let protected = current(&api).await.is_ok_and(|s| s.vms.iter().any(|v| v.name == vm && v.protected));
     ok(json!({
         "vm": vm, "host": host, "running": running, "memory-mib": p.memory_mib, "vcpus": p.vcpus,
         "protected": protected, "protectable": p.problems.is_empty(), "problems": p.problems,
@@ -360,7 +379,7 @@ async fn set_protection(
     bytes: Bytes,
     verb: &str,
 ) -> Reply {
-    match route_to(api, headers, master_of(api).as_deref(), &format!("{verb} {vm}")) {
+    match route_to(api, headers, master_of(api).await.as_deref(), &format!("{verb} {vm}")) {
         Err(e) => return e,
         Ok(Some(master)) => {
             return forward(api, &master, &Method::POST, &format!("/api/v1/vms/{vm}/{verb}"), Some(bytes.to_vec()))
@@ -368,15 +387,17 @@ async fn set_protection(
         }
         Ok(None) => {}
     }
-    let status = current(api);
+    let status = match current(api).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     let existing = status.vms.iter().find(|v| v.name == vm);
     let (host, xml, running) = match find_domain(&api.config, vm).await {
         Ok(Some(found)) => found,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no host has a domain named {vm}")),
         Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{vm}: {e}")),
     };
-    let shared: Vec<String> = api.config.libvirt.shared_storage.iter().map(|p| p.display().to_string()).collect();
-    let found = halo_libvirt::protectability(&xml, &shared.iter().map(String::as_str).collect::<Vec<_>>());
+    let found = protectability(&api.config, &xml);
     let priority = request.priority.or(existing.map(|v| v.priority)).unwrap_or(RestartPriority::Restart);
     if priority != RestartPriority::Unprotected && !found.problems.is_empty() {
         return Reply(
@@ -427,7 +448,9 @@ async fn set_protection(
     // Answer once this agent applies it and (for a running VM) hears where it runs, so the
     // next `halo status` shows it.
     for _ in 0..50 {
-        if current(api).vms.iter().any(|v| v.name == vm && v.priority == priority && (v.host.is_some() || !running)) {
+        if current(api).await.is_ok_and(|s| {
+            s.vms.iter().any(|v| v.name == vm && v.priority == priority && (v.host.is_some() || !running))
+        }) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -464,7 +487,10 @@ async fn stop(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes
     if let Err(e) = body::<EmptyBody>(&bytes) {
         return e;
     }
-    let status = current(&api);
+    let status = match current(&api).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     let Some(entry) = status.vms.iter().find(|v| v.name == vm) else {
         return error(StatusCode::NOT_FOUND, format!("halo knows no VM named {vm}"));
     };
@@ -481,7 +507,10 @@ async fn stop(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes
             if answer.0 == StatusCode::OK {
                 // Answer once it is off (the power-off runs in the driver).
                 for _ in 0..300 {
-                    if !current(&api).vms.iter().any(|v| v.name == vm && v.host.as_deref() == Some(&api.shared.me)) {
+                    let here = |s: ClusterStatus| {
+                        s.vms.iter().any(|v| v.name == vm && v.host.as_deref() == Some(&api.shared.me))
+                    };
+                    if !current(&api).await.is_ok_and(here) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -503,7 +532,7 @@ async fn migrate(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, by
         Ok(b) => b,
         Err(e) => return e,
     };
-    match route_to(&api, &headers, master_of(&api).as_deref(), &format!("migrate {vm}")) {
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), &format!("migrate {vm}")) {
         Err(e) => e,
         Ok(Some(m)) => {
             forward(&api, &m, &Method::POST, &format!("/api/v1/vms/{vm}/migrate"), Some(bytes.to_vec())).await
@@ -526,7 +555,7 @@ async fn maintenance(State(api): Ctx, headers: HeaderMap, Path(host): Path<Strin
     if !api.config.hosts.iter().any(|h| h.name == host) {
         return error(StatusCode::NOT_FOUND, format!("no host named {host}"));
     }
-    match route_to(&api, &headers, master_of(&api).as_deref(), &format!("maintenance of {host}")) {
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), &format!("maintenance of {host}")) {
         Err(e) => e,
         Ok(Some(m)) => {
             forward(&api, &m, &Method::POST, &format!("/api/v1/hosts/{host}/maintenance"), Some(bytes.to_vec())).await
@@ -550,11 +579,14 @@ async fn plan(State(api): Ctx, headers: HeaderMap, Query(q): Query<PlanQuery>) -
         return error(StatusCode::BAD_REQUEST, format!("fail: no host named {unknown}"));
     }
     let query = if failed.is_empty() { String::new() } else { format!("?fail={}", failed.join(",")) };
-    match route_to(&api, &headers, master_of(&api).as_deref(), "the failover plan") {
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), "the failover plan") {
         Err(e) => e,
         Ok(Some(m)) => forward(&api, &m, &Method::GET, &format!("/api/v1/plan{query}"), None).await,
         Ok(None) => {
-            let plan = current(&api).plan;
+            let plan = match current(&api).await {
+                Ok(s) => s.plan,
+                Err(e) => return e,
+            };
             let what_if =
                 if failed.is_empty() { None } else { ask(&api, |tx| Control::WhatIf(failed, tx)).await.flatten() };
             ok(json!({ "plan": plan, "what-if": what_if }))
@@ -631,7 +663,7 @@ async fn ha(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
         Ok(b) => b,
         Err(e) => return e,
     };
-    match route_to(&api, &headers, master_of(&api).as_deref(), "HA on/off") {
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), "HA on/off") {
         Err(e) => return e,
         Ok(Some(m)) => return forward(&api, &m, &Method::POST, "/api/v1/ha", Some(bytes.to_vec())).await,
         Ok(None) => {}
@@ -648,7 +680,7 @@ async fn ha(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
         Err(e) => return e,
     };
     for _ in 0..50 {
-        if current(&api).ha_enabled == request.enabled {
+        if current(&api).await.is_ok_and(|s| s.ha_enabled == request.enabled) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -657,8 +689,10 @@ async fn ha(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
 }
 
 async fn plugins(State(api): Ctx) -> Reply {
-    let plugins = api.shared.plugins.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    ok(json!({ "plugins": plugins }))
+    match snapshot(&api).await {
+        Ok(s) => ok(json!({ "plugins": s.plugins })),
+        Err(e) => e,
+    }
 }
 
 async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
@@ -693,7 +727,10 @@ async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
 
 /// Prometheus text format.
 async fn metrics(State(api): Ctx) -> Response {
-    let status = current(&api);
+    let Snapshot { status, plugins } = match snapshot(&api).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut text = String::new();
     let mut push = |name: &str, kind: &str, help: &str, samples: Vec<String>| {
@@ -811,7 +848,6 @@ async fn metrics(State(api): Ctx) -> Response {
             vec![format!("halo_failover_target {}", plan.target)],
         );
     }
-    let plugins = api.shared.plugins.lock().unwrap_or_else(|p| p.into_inner()).clone();
     push(
         "halo_plugin_calls_total",
         "counter",

@@ -94,13 +94,15 @@ impl EventLog {
             }
             logged
         };
+        let post = logged.event.severity == Severity::Alert && self.webhook.is_some();
+        if self.file.is_none() && !post {
+            return logged;
+        }
         let line = serde_json::to_string(&logged).unwrap_or_default();
         if let Some(file) = &self.file {
             let _ = file.send(line.clone());
         }
-        if logged.event.severity == Severity::Alert
-            && let Some((address, path)) = self.webhook.clone()
-        {
+        if post && let Some((address, path)) = self.webhook.clone() {
             let log = Arc::clone(self);
             tokio::spawn(async move {
                 let sent = crate::client::request(

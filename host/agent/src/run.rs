@@ -50,13 +50,9 @@ pub enum StartError {
 pub struct Shared {
     /// This host.
     pub me: String,
-    /// The node's picture, refreshed every tick and after every operator request.
-    pub status: Mutex<ClusterStatus>,
     /// The event log.
     pub events: Arc<EventLog>,
-    /// The plugins in force and their counters, refreshed every second.
-    pub plugins: Mutex<Vec<PluginStatus>>,
-    /// Requests to the agent loop.
+    /// Requests to the agent loop (the node's picture is asked of it: `Control::Snapshot`).
     pub control: mpsc::UnboundedSender<Control>,
     /// Wakes the catalog task (protected VMs and settings on the datastores) at once.
     pub catalog_refresh: Arc<tokio::sync::Notify>,
@@ -88,8 +84,18 @@ pub struct PluginStatus {
     pub failed_reloads: u64,
 }
 
+/// The node's picture and the plugins' counters, as the agent loop sees them now.
+pub struct Snapshot {
+    /// What the node knows.
+    pub status: ClusterStatus,
+    /// Each decision point's plugin and counters.
+    pub plugins: Vec<PluginStatus>,
+}
+
 /// A request to the agent loop, with where its answer goes.
 pub enum Control {
+    /// The node's picture now (API reads, the status page, `/metrics`).
+    Snapshot(tokio::sync::oneshot::Sender<Snapshot>),
     /// An operator command; answered with the events it caused.
     Command(Command, tokio::sync::oneshot::Sender<Vec<Event>>),
     /// "What if these hosts failed" (master only).
@@ -311,15 +317,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
 
     let incarnation = crate::events::unix_ms();
     let mut node = Node::new(&me, cluster, 0).with_incarnation(incarnation);
-    let shared = Arc::new(Shared {
-        me: me.clone(),
-        status: Mutex::new(node.status()),
-        events,
-        plugins: Mutex::new(plugin_status(&policies)),
-        control,
-        catalog_refresh,
-        datastores: stores,
-    });
+    let shared = Arc::new(Shared { me: me.clone(), events, control, catalog_refresh, datastores: stores });
     if config.api.is_some() {
         crate::api::serve(Arc::clone(&shared), Arc::new(config.clone()))
             .await
@@ -366,7 +364,6 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             Some(request) = control_rx.recv() => {
                 let now = started.elapsed().as_millis() as u64;
                 handle_control(request, now, &mut node, &mut policies, &mut drivers, &known, &local_uri, &inputs);
-                publish(&shared, &node);
                 continue;
             }
         };
@@ -377,7 +374,6 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         }
         if is_tick {
             ticks += 1;
-            publish(&shared, &node);
             watchdog.alive();
             if let Some(device) = host_watchdog.as_mut() {
                 device.feed();
@@ -387,7 +383,6 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                 for (world, result) in reload_plugins(&policies, true) {
                     plugin_event(&mut drivers, now, &me, &world, result);
                 }
-                *shared.plugins.lock().unwrap_or_else(|p| p.into_inner()) = plugin_status(&policies);
             }
         }
     }
@@ -407,10 +402,6 @@ async fn stop_requested() {
     }
 }
 
-fn publish(shared: &Shared, node: &Node) {
-    *shared.status.lock().unwrap_or_else(|p| p.into_inner()) = node.status();
-}
-
 /// Carries out one request of the API.
 #[allow(clippy::too_many_arguments)]
 fn handle_control(
@@ -424,6 +415,9 @@ fn handle_control(
     inputs: &mpsc::UnboundedSender<Input>,
 ) {
     match request {
+        Control::Snapshot(reply) => {
+            let _ = reply.send(Snapshot { status: node.status(), plugins: plugin_status(policies) });
+        }
         Control::Command(command, reply) => {
             drivers.capture = Some(Vec::new());
             for action in node.handle(now, Input::Command(command), policies) {
@@ -475,28 +469,25 @@ fn handle_control(
 
 /// Reloads every plugin slot with a file: all of them, or only those whose file changed.
 fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<(String, Result<String, String>)> {
-    let mut results = Vec::new();
-    let mut one =
-        |world: &str, result: Option<Result<halo_plugin_runtime::PluginInfo, halo_plugin_runtime::LoadError>>| {
-            if let Some(result) = result {
-                results.push((
-                    world.to_string(),
-                    result
-                        .map(|i| format!("{} ({})", i.path.display(), &i.sha256[..12.min(i.sha256.len())]))
-                        .map_err(|e| e.to_string()),
-                ));
-            }
-        };
-    if only_changed {
-        one("isolation-policy", policies.isolation.reload_if_changed());
-        one("placement-engine", policies.placement.reload_if_changed());
-        one("restart-policy", policies.restart_order.reload_if_changed());
-    } else {
-        one("isolation-policy", policies.isolation.reload());
-        one("placement-engine", policies.placement.reload());
-        one("restart-policy", policies.restart_order.reload());
+    fn one<W: halo_plugin_runtime::PolicyWorld>(
+        world: &str,
+        slot: &halo_plugin_runtime::PluginSlot<W>,
+        only_changed: bool,
+    ) -> Option<(String, Result<String, String>)> {
+        let result = if only_changed { slot.reload_if_changed() } else { slot.reload() }?;
+        let result = result
+            .map(|i| format!("{} ({})", i.path.display(), &i.sha256[..12.min(i.sha256.len())]))
+            .map_err(|e| e.to_string());
+        Some((world.to_string(), result))
     }
-    results
+    [
+        one("isolation-policy", &policies.isolation, only_changed),
+        one("placement-engine", &policies.placement, only_changed),
+        one("restart-policy", &policies.restart_order, only_changed),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn plugin_event(drivers: &mut AgentDrivers, now: u64, me: &str, world: &str, result: Result<String, String>) {

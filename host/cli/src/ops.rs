@@ -29,6 +29,8 @@ pub struct ApiArgs {
 struct Agent {
     address: String,
     token: String,
+    /// One small runtime for every request of this command.
+    runtime: tokio::runtime::Runtime,
 }
 
 impl ApiArgs {
@@ -56,15 +58,15 @@ impl ApiArgs {
             .with_context(|| format!("token file {}", token_file.display()))?
             .trim()
             .to_string();
-        Ok(Agent { address, token })
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Agent { address, token, runtime })
     }
 }
 
 impl Agent {
     /// One request; a non-2xx answer is an error with the API's message.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let response = runtime.block_on(halo_agent::client::request(
+        let response = self.runtime.block_on(halo_agent::client::request(
             &self.address,
             method,
             path,

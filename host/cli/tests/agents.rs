@@ -97,7 +97,7 @@ impl Cluster {
 
     /// The hosts (among `alive`) that run `vm` now.
     fn runners(&self, vm: &str, alive: &[usize]) -> Vec<usize> {
-        alive.iter().copied().filter(|h| self.hv[h].state(vm).ok().flatten() == Some(DomainState::Running)).collect()
+        self.active(vm, alive).1
     }
 }
 

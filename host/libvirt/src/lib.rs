@@ -241,26 +241,39 @@ impl Hypervisor {
     pub fn define(&self, xml: &str) -> Result<String, LibvirtError> {
         c_safe("the domain XML", xml)?;
         let mut xml = xml.to_string();
-        if let Some(name) = element_text(&xml, "name").map(str::to_string)
-            && let Ok(existing) = self.xml(&name)
-            && let Some(uuid) = element_text(&existing, "uuid").map(str::to_string)
-        {
+        if let Some(name) = element_text(&xml, "name").map(str::to_string) {
             match element_text(&xml, "uuid") {
-                None => xml = xml.replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1),
-                Some(wanted) if wanted.trim() != uuid.trim() => {
-                    if self.state(&name)?.is_some_and(DomainState::is_active) {
-                        return Err(LibvirtError::Invalid(format!(
-                            "libvirt {}: define {name}: a different domain of that name (uuid {uuid}) runs here",
-                            self.uri
-                        )));
+                Some(wanted) => self.make_way(&name, wanted)?,
+                None => {
+                    if let Ok(existing) = self.xml(&name)
+                        && let Some(uuid) = element_text(&existing, "uuid")
+                    {
+                        xml = xml.replacen("</name>", &format!("</name><uuid>{uuid}</uuid>"), 1);
                     }
-                    self.undefine(&name)?;
                 }
-                Some(_) => {}
             }
         }
         let d = Domain::define_xml(&self.conn, &xml).map_err(|e| self.fail("define", None, &e))?;
         d.get_name().map_err(|e| self.fail("read a domain's name", None, &e))
+    }
+
+    /// Makes room for domain `name` with `uuid` here: another definition of that name (another
+    /// UUID) that is powered off is a stale copy — a host back from a crash or a fence keeps the
+    /// definitions of VMs restarted elsewhere since — and is removed; one that runs is refused
+    /// (libvirt allows one UUID per name).
+    fn make_way(&self, name: &str, uuid: &str) -> Result<(), LibvirtError> {
+        let Ok(existing) = self.xml(name) else { return Ok(()) };
+        let Some(have) = element_text(&existing, "uuid") else { return Ok(()) };
+        if have.trim() == uuid.trim() {
+            return Ok(());
+        }
+        if self.state(name)?.is_some_and(DomainState::is_active) {
+            return Err(LibvirtError::Invalid(format!(
+                "libvirt {}: {name}: a different domain of that name (uuid {have}) runs here",
+                self.uri
+            )));
+        }
+        self.undefine(name)
     }
 
     /// The domain's XML.
@@ -421,14 +434,11 @@ impl Hypervisor {
         c_safe("the target URI", target_uri)?;
         let disks = self.check(name, target, kind, shared_prefixes)?;
         let d = self.domain(name)?;
-        // A powered-off definition of the same name on the target is stale (a host back from
-        // a crash keeps the definitions of VMs since restarted elsewhere; the running copy is
-        // here): it would make libvirt refuse ("already exists with uuid …"). It gives way.
-        if kind != MigrationKind::Offline
-            && let Ok(Some(state)) = target.state(name)
-            && !state.is_active()
-        {
-            target.undefine(name)?;
+        // A stale definition of the same name on the target would make libvirt refuse
+        // ("already exists with uuid …"): it gives way to the running copy here.
+        if kind != MigrationKind::Offline {
+            let uuid = d.get_uuid_string().map_err(|e| self.fail("read the UUID", Some(name), &e))?;
+            target.make_way(name, &uuid)?;
         }
         let mut flags = sys::VIR_MIGRATE_PEER2PEER | sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
         flags |= match kind {

@@ -212,7 +212,8 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     let (inputs, mut inputs_rx) = mpsc::unbounded_channel::<Input>();
     let (control, mut control_rx) = mpsc::unbounded_channel::<Control>();
 
-    // Datastores: opened now if they answer, otherwise retried in the background.
+    // Datastores: opened on first use; their layout is made by the catalog task (retried while
+    // a datastore does not answer), so a datastore that is down does not hold up the start.
     let mut stores = Vec::new();
     for ds in &config.datastores {
         let location = match (&ds.directory, &ds.nfs) {
@@ -225,11 +226,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             }),
             (None, None) => continue, // refused by validation
         };
-        let store = Datastore::unopened(&ds.name, location, &config.cluster, Duration::from_millis(ds.timeout_ms));
-        if let Err(e) = store.ensure_layout().await {
-            tracing::error!(datastore = %ds.name, "{e}; retrying while running");
-        }
-        stores.push(store);
+        stores.push(Datastore::unopened(&ds.name, location, &config.cluster, Duration::from_millis(ds.timeout_ms)));
     }
     let datastores = Datastores::new(stores, inputs.clone(), runtime.clone());
     let stores: Vec<Arc<Datastore>> = config.datastores.iter().filter_map(|d| datastores.get(&d.name)).collect();
@@ -560,15 +557,23 @@ async fn watch_catalog(
     control: mpsc::UnboundedSender<Control>,
 ) {
     let mut laid_out = vec![false; stores.len()];
+    let mut told = vec![false; stores.len()];
     let mut in_force = base.clone();
     loop {
         let mut records: BTreeMap<String, halo_datastore::ProtectedVm> = BTreeMap::new();
         let mut settings = halo_datastore::ClusterSettings::default();
         let mut read_any = false;
-        for (store, laid_out) in stores.iter().zip(laid_out.iter_mut()) {
+        for ((store, laid_out), told) in stores.iter().zip(laid_out.iter_mut()).zip(told.iter_mut()) {
             // The layout is created once per datastore (retried while it fails), not every round.
             if !*laid_out {
-                *laid_out = store.ensure_layout().await.is_ok();
+                match store.ensure_layout().await {
+                    Ok(()) => *laid_out = true,
+                    Err(e) if !*told => {
+                        *told = true;
+                        tracing::error!(datastore = %store.name(), "{e}; retrying while running");
+                    }
+                    Err(_) => {}
+                }
             }
             match store.protected_vms().await {
                 Ok(vms) => {

@@ -136,6 +136,35 @@ fn main() {
         );
     }
 
+    // 2b. Where the WASM time goes: the input crossing alone (the same plugin, given a setting
+    // it refuses, returns right after lifting the input: instantiation, lowering 10,000 VMs into
+    // its memory, lifting them into Rust values) and the host's validation of the answer.
+    let runtime =
+        Runtime::new(SandboxLimits { cpu: CpuBudget::Fuel { millis: 2000 }, ..SandboxLimits::default() }, None)
+            .expect("runtime");
+    let plugin = runtime.load::<Placement>(&placement_wasm).expect("load");
+    let refused = PlacementInput {
+        settings: vec![halo_policy::Setting { key: "strategy".into(), value: "none".into() }],
+        ..input.clone()
+    };
+    assert!(runtime.call(&plugin, &refused).is_err(), "the plugin must refuse an unknown strategy");
+    let crossing = median(7, || {
+        let _ = std::hint::black_box(runtime.call(&plugin, &refused));
+    });
+    let validation = median(7, || {
+        halo_policy::placement::validate_placement(&input, &placed).expect("the built-in answer is valid");
+    });
+    println!(
+        "  of which, input crossing : {:>7.2} ms  ({:.2}x native: instantiate, lower, lift in the guest)",
+        crossing.as_secs_f64() * 1e3,
+        crossing.as_secs_f64() / native.as_secs_f64()
+    );
+    println!(
+        "  of which, validation     : {:>7.2} ms  ({:.2}x native: the host checks every assignment)",
+        validation.as_secs_f64() * 1e3,
+        validation.as_secs_f64() / native.as_secs_f64()
+    );
+
     // 3. Cold load with and without the AOT cache.
     let dir = std::env::temp_dir().join(format!("halo-bench-cache-{}", std::process::id()));
     let runtime = Arc::new(Runtime::new(SandboxLimits::default(), Some(&dir)).expect("runtime"));

@@ -3,6 +3,8 @@
 
 use halo_policy as policy;
 
+use wasmtime::component::{ComponentType, Lower};
+
 use crate::bindings::wit;
 
 fn settings(s: &[policy::Setting]) -> Vec<wit::Setting> {
@@ -71,9 +73,66 @@ pub fn isolation_answer(answer: Vec<wit::VmIsolationDecision>) -> Vec<policy::Vm
         .collect()
 }
 
-/// The placement input in WIT form.
-pub fn placement_input(input: &policy::PlacementInput) -> wit::PlacementInput {
-    wit::PlacementInput {
+/// The placement input as the plugin receives it (`placement-input` of the contract), lowered
+/// straight from the agent's own values: a placement can name thousands of VMs, and copying
+/// each name, label and datastore into WIT values first cost as much as the guest's lifting.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct PlacementInputRef<'a> {
+    reason: wit::PlacementReason,
+    vms: Vec<VmToPlaceRef<'a>>,
+    hosts: Vec<CandidateHostRef<'a>>,
+    #[component(name = "vcpu-overcommit-percent")]
+    vcpu_overcommit_percent: u32,
+    settings: Vec<SettingRef<'a>>,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct VmToPlaceRef<'a> {
+    name: &'a str,
+    #[component(name = "memory-mib")]
+    memory_mib: u64,
+    vcpus: u32,
+    priority: wit::RestartPriority,
+    #[component(name = "required-host-labels")]
+    required_host_labels: &'a [String],
+    #[component(name = "anti-affinity-group")]
+    anti_affinity_group: Option<&'a str>,
+    #[component(name = "avoid-hosts")]
+    avoid_hosts: &'a [String],
+    datastores: &'a [String],
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct CandidateHostRef<'a> {
+    name: &'a str,
+    #[component(name = "total-memory-mib")]
+    total_memory_mib: u64,
+    #[component(name = "free-memory-mib")]
+    free_memory_mib: u64,
+    #[component(name = "total-vcpus")]
+    total_vcpus: u32,
+    #[component(name = "allocated-vcpus")]
+    allocated_vcpus: u32,
+    labels: &'a [String],
+    datastores: &'a [String],
+    maintenance: bool,
+    #[component(name = "anti-affinity-groups")]
+    anti_affinity_groups: &'a [String],
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct SettingRef<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+/// The placement input in WIT form, borrowing every string and list from `input`.
+pub fn placement_input(input: &policy::PlacementInput) -> PlacementInputRef<'_> {
+    PlacementInputRef {
         reason: match input.reason {
             policy::PlacementReason::Failover => wit::PlacementReason::Failover,
             policy::PlacementReason::Evacuation => wit::PlacementReason::Evacuation,
@@ -83,34 +142,34 @@ pub fn placement_input(input: &policy::PlacementInput) -> wit::PlacementInput {
         vms: input
             .vms
             .iter()
-            .map(|vm| wit::VmToPlace {
-                name: vm.name.clone(),
+            .map(|vm| VmToPlaceRef {
+                name: &vm.name,
                 memory_mib: vm.memory_mib,
                 vcpus: vm.vcpus,
                 priority: priority(vm.priority),
-                required_host_labels: vm.required_host_labels.clone(),
-                anti_affinity_group: vm.anti_affinity_group.clone(),
-                avoid_hosts: vm.avoid_hosts.clone(),
-                datastores: vm.datastores.clone(),
+                required_host_labels: &vm.required_host_labels,
+                anti_affinity_group: vm.anti_affinity_group.as_deref(),
+                avoid_hosts: &vm.avoid_hosts,
+                datastores: &vm.datastores,
             })
             .collect(),
         hosts: input
             .hosts
             .iter()
-            .map(|h| wit::CandidateHost {
-                name: h.name.clone(),
+            .map(|h| CandidateHostRef {
+                name: &h.name,
                 total_memory_mib: h.total_memory_mib,
                 free_memory_mib: h.free_memory_mib,
                 total_vcpus: h.total_vcpus,
                 allocated_vcpus: h.allocated_vcpus,
-                labels: h.labels.clone(),
-                datastores: h.datastores.clone(),
+                labels: &h.labels,
+                datastores: &h.datastores,
                 maintenance: h.maintenance,
-                anti_affinity_groups: h.anti_affinity_groups.clone(),
+                anti_affinity_groups: &h.anti_affinity_groups,
             })
             .collect(),
         vcpu_overcommit_percent: input.vcpu_overcommit_percent,
-        settings: settings(&input.settings),
+        settings: input.settings.iter().map(|s| SettingRef { key: &s.key, value: &s.value }).collect(),
     }
 }
 

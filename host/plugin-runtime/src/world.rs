@@ -5,7 +5,7 @@
 use halo_policy as policy;
 use halo_policy::input::InvalidInput;
 use wasmtime::Store;
-use wasmtime::component::InstancePre;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
 
 use crate::bindings;
 use crate::convert;
@@ -91,19 +91,41 @@ impl PolicyWorld for Isolation {
 /// `placement-engine`.
 pub struct Placement;
 
+/// The placement world prepared: the bindings' checks done, and the `place` function's index,
+/// which the call uses with the borrowing input type (see [`convert::PlacementInputRef`]).
+pub struct PlacementPre {
+    pre: InstancePre<CallState>,
+    place: ComponentExportIndex,
+}
+
 impl PolicyWorld for Placement {
     const WORLD: &'static str = "placement-engine";
     const INTERFACE: &'static str = "placement";
-    type Pre = bindings::placement::PlacementEnginePre<CallState>;
+    type Pre = PlacementPre;
     type Input = policy::PlacementInput;
     type Answer = policy::Placement;
 
     fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre> {
-        Self::Pre::new(pre)
+        // The generated bindings check every export's type once, here.
+        bindings::placement::PlacementEnginePre::new(pre.clone())?;
+        let component = pre.component();
+        let prefix = format!("halo:policy/{}@", Self::INTERFACE);
+        let interface = component
+            .component_type()
+            .exports(component.engine())
+            .find_map(|(name, _)| name.starts_with(&prefix).then(|| name.to_string()))
+            .ok_or_else(|| wasmtime::format_err!("no export {prefix}*"))?;
+        let interface = component
+            .get_export_index(None, interface.as_str())
+            .ok_or_else(|| wasmtime::format_err!("no export {interface}"))?;
+        let place = component
+            .get_export_index(Some(&interface), "place")
+            .ok_or_else(|| wasmtime::format_err!("no function `place` in the placement export"))?;
+        Ok(PlacementPre { pre, place })
     }
 
     fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
-        pre.instantiate(store).map(drop)
+        pre.pre.instantiate(store).map(drop)
     }
 
     fn call(
@@ -111,8 +133,13 @@ impl PolicyWorld for Placement {
         store: &mut Store<CallState>,
         input: &Self::Input,
     ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
-        let instance = pre.instantiate(&mut *store)?;
-        let answer = instance.halo_policy_placement().call_place(store, &convert::placement_input(input))?;
+        let instance = pre.pre.instantiate(&mut *store)?;
+        let place = instance
+            .get_typed_func::<(&convert::PlacementInputRef<'_>,), (Result<bindings::wit::Placement, String>,)>(
+                &mut *store,
+                &pre.place,
+            )?;
+        let (answer,) = place.call(&mut *store, (&convert::placement_input(input),))?;
         Ok(answer.map(convert::placement_answer))
     }
 

@@ -89,7 +89,15 @@ impl<'a> HostRoom<'a> {
             .collect()
     }
 
-    /// Whether `vm` may go here, memory aside (the index already filtered memory).
+    /// Whether `vm` may go here: `refusal(vm).is_none()`, the cheap numeric tests first.
+    fn takes(&self, vm: &VmToPlace) -> bool {
+        self.free_memory_mib >= vm.memory_mib
+            && self.vcpus_left >= u64::from(vm.vcpus)
+            && !self.host.maintenance
+            && self.refusal(vm).is_none()
+    }
+
+    /// The first rule that keeps `vm` off this host, in the order the operator is told.
     fn refusal(&self, vm: &VmToPlace) -> Option<Refusal> {
         if self.host.maintenance {
             return Some(Refusal::Maintenance);
@@ -153,7 +161,7 @@ fn placement_order(vms: &[VmToPlace]) -> Vec<usize> {
             .cmp(&b.priority)
             .then(b.memory_mib.cmp(&a.memory_mib))
             .then(b.vcpus.cmp(&a.vcpus))
-            .then(a.name.cmp(&b.name))
+            .then_with(|| a.name.cmp(&b.name))
     });
     order
 }
@@ -175,8 +183,8 @@ pub fn place_with(config: &PlacementConfig, input: &PlacementInput) -> Placement
         let chosen = {
             let mut fitting = by_free.range((vm.memory_mib, 0)..).map(|&(_, i)| i);
             match config.strategy {
-                Strategy::BestFit => fitting.find(|&i| rooms[i].refusal(vm).is_none()),
-                Strategy::Spread => fitting.rev().find(|&i| rooms[i].refusal(vm).is_none()),
+                Strategy::BestFit => fitting.find(|&i| rooms[i].takes(vm)),
+                Strategy::Spread => fitting.rev().find(|&i| rooms[i].takes(vm)),
             }
         };
         match chosen {

@@ -78,3 +78,32 @@ unsafe impl GlobalAlloc for Bump {
         new
     }
 }
+
+/// The canonical ABI's allocator: the host calls it once per string and list it lowers into
+/// the plugin's memory (tens of thousands of times for a large placement). On `wasm32-wasip2`
+/// the export would otherwise be wasi-libc's, which allocates with dlmalloc — twice the cost
+/// of the whole guest-side sort in the profile. Defining it here routes it to the bump
+/// allocator; wit-bindgen's lifted `String`s and `Vec`s are then freed by `Bump` too, which
+/// is the allocator that made them.
+///
+/// # Safety
+/// Called by the component model's lowering code with the canonical ABI's contract: `old`
+/// is null with `old_len` 0, or a block this function returned with that size and `align`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cabi_realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
+    if new_len == 0 {
+        return align as *mut u8;
+    }
+    let ptr = if old_len == 0 {
+        // SAFETY: a power-of-two alignment and a non-zero size, as the canonical ABI passes.
+        unsafe { super::ALLOCATOR.alloc(Layout::from_size_align_unchecked(new_len, align)) }
+    } else {
+        // SAFETY: `old` came from this allocator with this size and alignment (see above).
+        unsafe { super::ALLOCATOR.realloc(old, Layout::from_size_align_unchecked(old_len, align), new_len) }
+    };
+    if ptr.is_null() {
+        // Out of memory under the cap: trap, the runtime reports it and the built-in decides.
+        core::arch::wasm32::unreachable();
+    }
+    ptr
+}

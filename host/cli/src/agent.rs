@@ -22,7 +22,7 @@ pub struct AgentArgs {
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(&args.config)?;
     if args.check {
-        println!(
+        outln!(
             "{}: valid ({} hosts, {} VMs, this host {})",
             args.config.display(),
             config.hosts.len(),

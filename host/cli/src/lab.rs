@@ -316,34 +316,34 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
     }
     if json {
         let nfs = serde_json::json!({ "address": lab.storage_address().to_string(), "running": lab.nfs_running(), "exports": lab.nfs_exports() });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "lab": lab.name(), "hosts": hosts, "nfs": nfs }))?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "lab `{}` — gateways (isolation addresses): A {}, B {}, M {}",
         lab.name(),
         lab.gateway("A")?,
         lab.gateway("B")?,
         lab.gateway("M")?
     );
-    println!("{:<8} {:<15} {:<15} {:<15} VMs", "host", "A", "B", "M");
+    outln!("{:<8} {:<15} {:<15} {:<15} VMs", "host", "A", "B", "M");
     for h in &hosts {
         let vms = match &h.vms {
             Ok(vms) if vms.is_empty() => "-".to_string(),
             Ok(vms) => vms.iter().map(|(n, s)| format!("{n} ({s})")).collect::<Vec<_>>().join(", "),
             Err(e) => format!("libvirt not answering: {e}"),
         };
-        println!("{:<8} {:<15} {:<15} {:<15} {vms}", h.host, h.addresses[0].1, h.addresses[1].1, h.addresses[2].1);
+        outln!("{:<8} {:<15} {:<15} {:<15} {vms}", h.host, h.addresses[0].1, h.addresses[1].1, h.addresses[2].1);
     }
-    println!(
+    outln!(
         "libvirt: {} (from this machine), {} (from the hosts)",
         hosts.first().map_or("", |h| h.libvirt_uri.as_str()),
         hosts.first().map_or("", |h| h.libvirt_tcp_uri.as_str())
     );
-    println!(
+    outln!(
         "NFS: {} at {} ({}), MOUNT port {}, NFS port {}",
         if lab.nfs_running() { "running" } else { "stopped" },
         lab.storage_address(),

@@ -7,12 +7,24 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` that ends the program quietly when stdout is closed (`halo … | head`) instead
+/// of panicking, and with an error when stdout fails otherwise.
+macro_rules! outln {
+    () => {
+        $crate::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod agent;
 mod lab;
 mod ops;
 mod plugin;
 mod sim;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -85,5 +97,18 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes to stdout for [`outln!`]: a reader that went away (`EPIPE`) ends the program with
+/// success, as `head` expects of the programs it reads; any other failure is an error.
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = out.write_fmt(text).and_then(|()| out.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {error}");
+        std::process::exit(1);
     }
 }

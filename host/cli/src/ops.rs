@@ -95,7 +95,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<String>| {
         let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", text.join("  ").trim_end());
+        outln!("{}", text.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_uppercase()).collect());
     for row in rows {
@@ -119,7 +119,7 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 }
 
 fn print_json(v: &Value) -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,7 +138,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         return print_json(&s);
     }
-    println!(
+    outln!(
         "answered by {}; master {} (epoch {}); HA {}{}",
         text(&s, "host"),
         text(&s, "master"),
@@ -150,7 +150,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             _ => String::new(),
         }
     );
-    println!();
+    outln!();
     table(
         &["host", "state", "vms", "notes"],
         list(&s, "hosts")
@@ -170,7 +170,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             })
             .collect(),
     );
-    println!();
+    outln!();
     vm_table(list(&s, "vms"));
     Ok(ExitCode::SUCCESS)
 }
@@ -279,26 +279,26 @@ pub fn vm(command: VmCommand) -> anyhow::Result<ExitCode> {
             }
             let answer = api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/protect"), Some(Value::Object(body)))?;
             let spec = answer.get("vm").cloned().unwrap_or_default();
-            println!(
+            outln!(
                 "{vm} protected: priority {}, order {}, on {}",
                 text(&spec, "priority"),
                 text(&spec, "order"),
                 text(&answer, "host")
             );
             if let Some(w) = answer.get("warning").and_then(Value::as_str) {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
         }
         VmCommand::Unprotect { vm, api } => {
             api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/unprotect"), Some(json!({})))?;
-            println!("{vm} unprotected: HA leaves it alone");
+            outln!("{vm} unprotected: HA leaves it alone");
         }
         VmCommand::Diagnose { vm, json, api } => {
             let d = api.agent()?.call("GET", &format!("/api/v1/vms/{vm}/diagnose"), None)?;
             if json {
                 return print_json(&d);
             }
-            println!(
+            outln!(
                 "{vm}: on {} ({}), {} MiB, {} vCPU(s), {}",
                 text(&d, "host"),
                 if d.get("running").and_then(Value::as_bool) == Some(true) { "running" } else { "defined" },
@@ -308,18 +308,18 @@ pub fn vm(command: VmCommand) -> anyhow::Result<ExitCode> {
             );
             let problems = list(&d, "problems");
             if problems.is_empty() {
-                println!("can be protected: every host can start it");
+                outln!("can be protected: every host can start it");
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("cannot be protected:");
+            outln!("cannot be protected:");
             for p in problems {
-                println!("  - {}", p.as_str().unwrap_or_default());
+                outln!("  - {}", p.as_str().unwrap_or_default());
             }
             return Ok(ExitCode::FAILURE);
         }
         VmCommand::Stop { vm, api } => {
             api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/stop"), Some(json!({})))?;
-            println!("{vm} stopped by the operator: halo does not restart it");
+            outln!("{vm} stopped by the operator: halo does not restart it");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -353,10 +353,10 @@ pub fn host(command: HostCommand) -> anyhow::Result<ExitCode> {
     let since = halo_agent::events::unix_ms();
     agent.call("POST", &format!("/api/v1/hosts/{host}/maintenance"), Some(json!({ "enter": enter })))?;
     if !enter {
-        println!("{host} is back in service");
+        outln!("{host} is back in service");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{host} enters maintenance");
+    outln!("{host} enters maintenance");
     if no_wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -390,7 +390,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let agent = args.api.agent()?;
     let since = halo_agent::events::unix_ms();
     agent.call("POST", &format!("/api/v1/vms/{}/migrate", args.vm), Some(json!({ "host": args.host })))?;
-    println!("{}: live migration to {} started", args.vm, args.host);
+    outln!("{}: live migration to {} started", args.vm, args.host);
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -432,9 +432,9 @@ fn follow(
             let message = text(e, "message");
             match judge(&(kind, message.clone())) {
                 Step::Skip => {}
-                Step::Show => println!("  {message}"),
+                Step::Show => outln!("  {message}"),
                 Step::Done => {
-                    println!("  {message}");
+                    outln!("  {message}");
                     return Ok(ExitCode::SUCCESS);
                 }
                 Step::Fail => {
@@ -469,20 +469,20 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     }
     match answer.get("plan") {
         Some(p) if !p.is_null() => {
-            println!(
+            outln!(
                 "the cluster tolerates {} host failure(s); target {}{}",
                 text(p, "tolerates"),
                 text(p, "target"),
                 if p.get("overcommitted").and_then(Value::as_bool) == Some(true) { " — OVERCOMMITTED" } else { "" }
             );
             for pair in list(p, "unplaceable") {
-                println!("  cannot place {}", pair.as_array().map_or(String::new(), |a| format!("{a:?}")));
+                outln!("  cannot place {}", pair.as_array().map_or(String::new(), |a| format!("{a:?}")));
             }
         }
-        _ => println!("no failover plan yet (the master computes it)"),
+        _ => outln!("no failover plan yet (the master computes it)"),
     }
     if let Some(w) = answer.get("what-if").filter(|w| !w.is_null()) {
-        println!("if {} failed now:", text(w, "failed"));
+        outln!("if {} failed now:", text(w, "failed"));
         let pairs = |key: &str| -> Vec<Vec<String>> {
             list(w, key)
                 .iter()
@@ -499,10 +499,10 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             table(&["vm", "not restarted because"], unplaced);
         }
         for vm in list(w, "lost") {
-            println!("  {} stays down (not protected)", vm.as_str().unwrap_or(""));
+            outln!("  {} stays down (not protected)", vm.as_str().unwrap_or(""));
         }
         if list(w, "placed").is_empty() && list(w, "unplaced").is_empty() {
-            println!("  no protected VM runs there");
+            outln!("  no protected VM runs there");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -541,7 +541,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     for e in list(&answer, "events") {
         let secs = e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0) / 1000;
         let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-        println!(
+        outln!(
             "{h:02}:{m:02}:{s:02} {:<8} {:<7} {:<22} {}",
             text(e, "node"),
             text(e, "severity"),
@@ -549,7 +549,7 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             text(e, "message")
         );
         if let Some(trace) = e.get("trace").and_then(Value::as_str) {
-            println!("{:>40}why: {trace}", "");
+            outln!("{:>40}why: {trace}", "");
         }
     }
     let unreachable = list(&answer, "unreachable");
@@ -572,7 +572,7 @@ pub struct HaArgs {
 pub fn ha(args: HaArgs) -> anyhow::Result<ExitCode> {
     let enabled = args.action == "enable";
     args.api.agent()?.call("POST", "/api/v1/ha", Some(json!({ "enabled": enabled })))?;
-    println!("HA {} for the cluster", if enabled { "enabled" } else { "disabled" });
+    outln!("HA {} for the cluster", if enabled { "enabled" } else { "disabled" });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -588,10 +588,10 @@ pub fn reload(api: &ApiArgs) -> anyhow::Result<ExitCode> {
         for (host, results) in hosts {
             let results = results.as_array().map_or(&[][..], Vec::as_slice);
             if results.is_empty() {
-                println!("{host}: no plugin files (built-in policies)");
+                outln!("{host}: no plugin files (built-in policies)");
             }
             for r in results {
-                println!("{host}: {}: {}", text(r, "world"), text(r, "detail"));
+                outln!("{host}: {}: {}", text(r, "world"), text(r, "detail"));
             }
         }
     }

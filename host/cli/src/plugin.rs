@@ -180,13 +180,13 @@ where
                 for problem in problems {
                     eprintln!("warning: {problem} (default used)");
                 }
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                outln!("{}", serde_json::to_string_pretty(&answer)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let plugin = runtime.prepare::<W>(compiled)?;
             match runtime.call(&plugin, &input) {
                 Ok(answer) => {
-                    println!("{}", serde_json::to_string_pretty(&answer)?);
+                    outln!("{}", serde_json::to_string_pretty(&answer)?);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(failure) => {
@@ -216,22 +216,22 @@ where
 }
 
 fn print_info(info: &PluginInfo, runtime: &Runtime) {
-    println!("plugin:     {}", info.path.display());
-    println!("world:      halo:policy/{}", info.world);
-    println!("export:     {}", info.export);
+    outln!("plugin:     {}", info.path.display());
+    outln!("world:      halo:policy/{}", info.world);
+    outln!("export:     {}", info.export);
     let version = info.export.rsplit('@').next().unwrap_or_default();
-    println!("contract:   {version} (this agent speaks {})", halo_plugin_runtime::CONTRACT_VERSION);
-    println!("exports:    {}", info.exports.join(", "));
-    println!("wasi:       {} imports, all denied (calling one traps)", info.denied_imports.len());
-    println!("size:       {} bytes", info.size);
-    println!("sha256:     {}", info.sha256);
-    println!(
+    outln!("contract:   {version} (this agent speaks {})", halo_plugin_runtime::CONTRACT_VERSION);
+    outln!("exports:    {}", info.exports.join(", "));
+    outln!("wasi:       {} imports, all denied (calling one traps)", info.denied_imports.len());
+    outln!("size:       {} bytes", info.size);
+    outln!("sha256:     {}", info.sha256);
+    outln!(
         "load time:  {:.1} ms{}",
         info.load_time.as_secs_f64() * 1e3,
         if info.from_cache { " (from the AOT cache)" } else { "" }
     );
     let limits = runtime.limits();
-    println!("limits:     CPU {}, memory {} MiB per call", limits.cpu, limits.memory_bytes >> 20);
+    outln!("limits:     CPU {}, memory {} MiB per call", limits.cpu, limits.memory_bytes >> 20);
 }
 
 fn bench<W: PolicyWorld>(
@@ -259,16 +259,16 @@ fn bench<W: PolicyWorld>(
     let total = started.elapsed();
     samples.sort();
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
-    println!("plugin:        {} ({})", plugin.info().name, W::WORLD);
-    println!("calls:         {} in {:.2} s", samples.len(), total.as_secs_f64());
-    println!("calls/s:       {:.0}", samples.len() as f64 / total.as_secs_f64());
-    println!(
+    outln!("plugin:        {} ({})", plugin.info().name, W::WORLD);
+    outln!("calls:         {} in {:.2} s", samples.len(), total.as_secs_f64());
+    outln!("calls/s:       {:.0}", samples.len() as f64 / total.as_secs_f64());
+    outln!(
         "latency:       min {:?}  p50 {:?}  p99 {:?}  max {:?}",
         samples[0],
         pct(0.5),
         pct(0.99),
         samples[samples.len() - 1]
     );
-    println!("(each call: fresh store and instance, input converted, answer validated)");
+    outln!("(each call: fresh store and instance, input converted, answer validated)");
     Ok(ExitCode::SUCCESS)
 }

@@ -238,15 +238,15 @@ fn one(args: &SimArgs, seed: u64, families: &[&str], policies: &mut dyn Policies
     let outcome = Sim::new(config, schedule, opts, policies).run();
     let wall = started.elapsed();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        outln!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
-        println!("seed {seed}: {hosts} hosts, {vms} VMs, {} s simulated", args.duration / 1000);
+        outln!("seed {seed}: {hosts} hosts, {vms} VMs, {} s simulated", args.duration / 1000);
         for fault in &outcome.schedule.faults {
-            println!("  fault at {:>6.1}s for {:>5.1}s: {}", secs(fault.at), secs(fault.duration), fault.kind);
+            outln!("  fault at {:>6.1}s for {:>5.1}s: {}", secs(fault.at), secs(fault.duration), fault.kind);
         }
-        println!();
-        print!("{}", outcome.render(args.traces));
-        println!();
+        outln!();
+        crate::write_out(format_args!("{}", outcome.render(args.traces)));
+        outln!();
         summary_line(&outcome, wall.as_secs_f64());
     }
     Ok(if outcome.clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -260,14 +260,12 @@ fn summary_line(outcome: &Outcome, wall_secs: f64) {
     let latency = percentiles(&outcome.failover_latencies).map_or("no restarts".to_string(), |p| {
         format!("{} restart(s), lost → running p50 {:.1}s, max {:.1}s", p.count, secs(p.p50), secs(p.max))
     });
-    println!("{latency}; {} steps in {:.2}s of CPU", outcome.steps, wall_secs);
+    outln!("{latency}; {} steps in {:.2}s of CPU", outcome.steps, wall_secs);
     if outcome.clean() {
-        println!(
-            "every invariant held (never twice, proof before restart, never evict, every protected VM runs again)"
-        );
+        outln!("every invariant held (never twice, proof before restart, never evict, every protected VM runs again)");
     }
     for v in outcome.violations.iter().chain(&outcome.liveness_violations) {
-        println!("{v}");
+        outln!("{v}");
     }
 }
 
@@ -314,14 +312,16 @@ fn many(
         liveness_violations: liveness,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!(
+        outln!(
             "{} schedules in {:.1}s ({:.1} schedules/s)",
-            summary.schedules, summary.seconds, summary.schedules_per_second
+            summary.schedules,
+            summary.seconds,
+            summary.schedules_per_second
         );
         if let Some(p) = summary.failover_latency_ms {
-            println!(
+            outln!(
                 "failover (VM lost → running elsewhere): {} restarts, p50 {:.1}s, p95 {:.1}s, max {:.1}s",
                 p.count,
                 secs(p.p50),
@@ -329,14 +329,10 @@ fn many(
                 secs(p.max)
             );
         }
-        println!("safety violated on {} seed(s): {:?}", summary.safety_violations.len(), summary.safety_violations);
-        println!(
-            "liveness violated on {} seed(s): {:?}",
-            summary.liveness_violations.len(),
-            summary.liveness_violations
-        );
+        outln!("safety violated on {} seed(s): {:?}", summary.safety_violations.len(), summary.safety_violations);
+        outln!("liveness violated on {} seed(s): {:?}", summary.liveness_violations.len(), summary.liveness_violations);
         if !summary.safety_violations.is_empty() || !summary.liveness_violations.is_empty() {
-            println!("replay one with: halo sim --seed N");
+            outln!("replay one with: halo sim --seed N");
         }
     }
     let clean = summary.safety_violations.is_empty() && summary.liveness_violations.is_empty();
@@ -426,7 +422,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
     if args.json {
         let report = DemoReport { policies: policies_text, config: &config, outcome: &outcome, plugin_calls: calls };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(if outcome.clean() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     print_demo(&config, &script, &outcome, &policies_text, &calls, wall.as_secs_f64());
@@ -441,10 +437,10 @@ fn print_demo(
     calls: &[(&str, StatsView)],
     wall_secs: f64,
 ) {
-    println!("halo demo — a simulated cluster running the real HA core on every host");
-    println!("policies: {policies}");
+    outln!("halo demo — a simulated cluster running the real HA core on every host");
+    outln!("policies: {policies}");
     let t = config.timeouts;
-    println!(
+    outln!(
         "timeouts: heartbeat every {}s on networks {}, dead-time {}s, fence timeout {}s, isolation after {}s\n",
         secs(t.heartbeat_interval_ms),
         config.networks.join(" and "),
@@ -452,10 +448,10 @@ fn print_demo(
         secs(t.fence_timeout_ms),
         secs(t.isolation_time_ms)
     );
-    println!("{:<12} {:<12} {:>5} {:>7}  {:<10} depends on", "VM", "priority", "order", "memory", "starts on");
+    outln!("{:<12} {:<12} {:>5} {:>7}  {:<10} depends on", "VM", "priority", "order", "memory", "starts on");
     let n = config.hosts.len();
     for (i, vm) in config.vms.iter().enumerate() {
-        println!(
+        outln!(
             "{:<12} {:<12} {:>5} {:>5}Mi  {:<10} {}",
             vm.name,
             priority_name(vm.priority),
@@ -467,7 +463,7 @@ fn print_demo(
     }
     let mut plans = outcome.plans.iter().peekable();
     let mut acts = script.iter().enumerate().peekable();
-    println!();
+    outln!();
     for entry in &outcome.timeline {
         while let Some(snapshot) = plans.next_if(|p| p.at <= entry.at) {
             print_plan(snapshot);
@@ -475,20 +471,20 @@ fn print_demo(
         if entry.kind.starts_with("fault-")
             && let Some((i, (_, story))) = acts.next_if(|(_, (f, _))| f.at <= entry.at)
         {
-            println!("\n== act {}: {}", i + 1, entry.message.trim_start_matches("FAULT: "));
-            println!("   {}\n", wrap(story, 90, "   "));
+            outln!("\n== act {}: {}", i + 1, entry.message.trim_start_matches("FAULT: "));
+            outln!("   {}\n", wrap(story, 90, "   "));
         }
         let mark = match entry.severity {
             halo_core::Severity::Info => ' ',
             halo_core::Severity::Warning => '!',
             halo_core::Severity::Alert => '*',
         };
-        println!("{:>7.1}s {mark} {:<7} {:<19} {}", secs(entry.at), entry.source, entry.kind, entry.message);
+        outln!("{:>7.1}s {mark} {:<7} {:<19} {}", secs(entry.at), entry.source, entry.kind, entry.message);
     }
     for snapshot in plans {
         print_plan(snapshot);
     }
-    println!();
+    outln!();
     if !calls.is_empty() {
         let text: Vec<String> = calls
             .iter()
@@ -499,17 +495,17 @@ fn print_demo(
                 )
             })
             .collect();
-        println!("plugin decisions: {}", text.join("; "));
+        outln!("plugin decisions: {}", text.join("; "));
     }
     let restarted = outcome.timeline.iter().filter(|e| e.kind == "vm-restarted").count();
     if let Some(p) = percentiles(&outcome.failover_latencies) {
-        println!(
+        outln!(
             "{restarted} VM restart(s); VM lost → running elsewhere: p50 {:.1}s, max {:.1}s",
             secs(p.p50),
             secs(p.max)
         );
     }
-    println!(
+    outln!(
         "{} s of cluster time simulated in {:.2} s; {}",
         secs(outcome.timeline.last().map_or(0, |e| e.at)),
         wall_secs,
@@ -532,10 +528,10 @@ fn priority_name(priority: halo_policy::RestartPriority) -> &'static str {
 
 fn print_plan(snapshot: &halo_sim::PlanSnapshot) {
     let Some(plan) = &snapshot.plan else {
-        println!("\n   [failover plan {}: no master to ask]", snapshot.label);
+        outln!("\n   [failover plan {}: no master to ask]", snapshot.label);
         return;
     };
-    println!(
+    outln!(
         "\n   [failover plan {} — master {}: the cluster tolerates {} host failure(s), target {}{}; memory in use {} MiB of {} MiB]",
         snapshot.label,
         snapshot.master.as_deref().unwrap_or("?"),
@@ -547,7 +543,7 @@ fn print_plan(snapshot: &halo_sim::PlanSnapshot) {
     );
     let per_host: Vec<String> =
         plan.hosts.iter().map(|h| format!("{} {}/{} MiB", h.host, h.used.memory_mib(), h.memory_mib)).collect();
-    println!("   [{}]\n", per_host.join(", "));
+    outln!("   [{}]\n", per_host.join(", "));
 }
 
 fn wrap(text: &str, width: usize, indent: &str) -> String {

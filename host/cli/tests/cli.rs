@@ -204,3 +204,38 @@ fn halo_lab_up_with_agents_protects_vms_and_runs_an_agent_per_host() {
     let out = halo(&["lab", "down", "--name", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead as _;
+    // 3,000 VMs: an answer far larger than a pipe's buffer; the reader stops after one line,
+    // as `halo … | head -1` does.
+    let vms: Vec<serde_json::Value> = (0..3000)
+        .map(|i| serde_json::json!({ "name": format!("vm-{i:05}"), "memory-mib": 512, "vcpus": 1, "priority": "restart" }))
+        .collect();
+    let hosts: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({ "name": format!("host-{i}"), "total-memory-mib": 1_048_576, "free-memory-mib": 1_048_576, "total-vcpus": 512 }))
+        .collect();
+    let input = serde_json::json!({ "reason": "failover", "vcpu-overcommit-percent": 400, "vms": vms, "hosts": hosts });
+    let path = std::env::temp_dir().join(format!("halo-cli-pipe-{}.json", std::process::id()));
+    std::fs::write(&path, input.to_string()).expect("write the input");
+    let plugin = plugin_dir().join("halo_plugin_placement.wasm");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_halo"))
+        .args(["plugin", "run", plugin.to_str().expect("utf-8 path"), "--builtin", "--input"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("halo runs");
+    let mut first = String::new();
+    {
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout).read_line(&mut first).expect("first line");
+    }
+    let out = child.wait_with_output().expect("halo ends");
+    let _ = std::fs::remove_file(&path);
+    let stderr = text(&out.stderr);
+    assert!(!first.is_empty(), "no output at all; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "halo panicked on the closed pipe: {stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}

@@ -1,0 +1,44 @@
+// Positional best fit: shared textually by the guest and the native bench.
+use std::collections::BTreeSet;
+
+pub fn place(p: &In) -> (Vec<(u32, u32)>, Vec<u32>) {
+    struct Room { free: u64, vcpus_left: u64, groups: BTreeSet<u32> }
+    let mut rooms: Vec<Room> = p.hosts.iter().map(|h| Room {
+        free: h.free_memory_mib,
+        vcpus_left: (u64::from(h.total_vcpus) * u64::from(p.vcpu_overcommit_percent) / 100).saturating_sub(u64::from(h.allocated_vcpus)),
+        groups: h.anti_affinity_groups.iter().copied().collect(),
+    }).collect();
+    let mut by_free: BTreeSet<(u64, u32)> = p.hosts.iter().enumerate().filter(|(_, h)| !h.maintenance).map(|(i, h)| (h.free_memory_mib, i as u32)).collect();
+    let mut order: Vec<u32> = (0..p.vms.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&p.vms[a as usize], &p.vms[b as usize]);
+        prio(&x.priority).cmp(&prio(&y.priority)).then(y.memory_mib.cmp(&x.memory_mib)).then(y.vcpus.cmp(&x.vcpus)).then(a.cmp(&b))
+    });
+    let mut assigned = Vec::with_capacity(p.vms.len());
+    let mut unplaced = Vec::new();
+    for v in order {
+        let vm = &p.vms[v as usize];
+        let chosen = by_free.range((vm.memory_mib, 0)..).map(|&(_, i)| i).find(|&i| {
+            let r = &rooms[i as usize];
+            let h = &p.hosts[i as usize];
+            r.free >= vm.memory_mib && r.vcpus_left >= u64::from(vm.vcpus) && !h.maintenance
+                && !vm.avoid_hosts.contains(&i)
+                && vm.required_host_labels.iter().all(|l| h.labels.contains(l))
+                && vm.datastores.iter().all(|d| h.datastores.contains(d))
+                && !vm.anti_affinity_group.is_some_and(|g| r.groups.contains(&g))
+        });
+        match chosen {
+            Some(i) => {
+                let r = &mut rooms[i as usize];
+                by_free.remove(&(r.free, i));
+                r.free -= vm.memory_mib;
+                r.vcpus_left -= u64::from(vm.vcpus);
+                if let Some(g) = vm.anti_affinity_group { r.groups.insert(g); }
+                by_free.insert((r.free, i));
+                assigned.push((v, i));
+            }
+            None => unplaced.push(v),
+        }
+    }
+    (assigned, unplaced)
+}

@@ -558,12 +558,15 @@ async fn watch_catalog(
 ) {
     let mut laid_out = vec![false; stores.len()];
     let mut told = vec![false; stores.len()];
+    let mut known: Vec<KnownCatalog> = stores.iter().map(|_| KnownCatalog::default()).collect();
     let mut in_force = base.clone();
-    loop {
+    for round in 0_u64.. {
         let mut records: BTreeMap<String, halo_datastore::ProtectedVm> = BTreeMap::new();
         let mut settings = halo_datastore::ClusterSettings::default();
         let mut read_any = false;
-        for ((store, laid_out), told) in stores.iter().zip(laid_out.iter_mut()).zip(told.iter_mut()) {
+        for (((store, laid_out), told), known) in
+            stores.iter().zip(laid_out.iter_mut()).zip(told.iter_mut()).zip(known.iter_mut())
+        {
             // The layout is created once per datastore (retried while it fails), not every round.
             if !*laid_out {
                 match store.ensure_layout().await {
@@ -575,12 +578,12 @@ async fn watch_catalog(
                     Err(_) => {}
                 }
             }
-            match store.protected_vms().await {
+            match known.refresh(store, round).await {
                 Ok(vms) => {
                     read_any = true;
                     for vm in vms {
                         if records.get(&vm.name).is_none_or(|r| r.revision < vm.revision) {
-                            records.insert(vm.name.clone(), vm);
+                            records.insert(vm.name.clone(), vm.clone());
                         }
                     }
                 }
@@ -616,6 +619,36 @@ async fn watch_catalog(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = refresh.notified() => {}
         }
+    }
+}
+
+/// One datastore's protected VMs as last read, and the catalog stamp they were read under:
+/// each round costs one small read while nothing changed, instead of one per VM.
+#[derive(Default)]
+struct KnownCatalog {
+    /// The stamp of the last full read (`Some(None)`: read while no stamp existed).
+    stamp: Option<Option<String>>,
+    vms: Vec<halo_datastore::ProtectedVm>,
+    read_in_round: u64,
+}
+
+impl KnownCatalog {
+    /// The datastore's protected VMs: the ones known when its stamp is unchanged (and the
+    /// last full read is recent), else read again. An unreachable datastore is an error, as
+    /// before: its VMs count for nothing this round.
+    async fn refresh(
+        &mut self,
+        store: &Datastore,
+        round: u64,
+    ) -> Result<&[halo_datastore::ProtectedVm], halo_datastore::DatastoreError> {
+        let stamp = store.catalog_stamp().await?;
+        let fresh = round.saturating_sub(self.read_in_round) < halo_datastore::CATALOG_FULL_READ_ROUNDS;
+        if self.stamp.as_ref() != Some(&stamp) || !fresh {
+            self.vms = store.protected_vms().await?;
+            self.stamp = Some(stamp);
+            self.read_in_round = round;
+        }
+        Ok(&self.vms)
     }
 }
 
@@ -686,5 +719,67 @@ fn forward_lifecycle(
         if inputs.send(Input::VmState { vm, generation, state }).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use halo_datastore::{CATALOG_FULL_READ_ROUNDS, Datastore, Location, ProtectedVm};
+
+    use super::KnownCatalog;
+
+    fn vm(name: &str, revision: u64) -> ProtectedVm {
+        ProtectedVm {
+            name: name.into(),
+            domain_xml: format!("<domain><name>{name}</name></domain>"),
+            spec: None,
+            revision,
+        }
+    }
+
+    fn names(vms: &[ProtectedVm]) -> Vec<(String, u64)> {
+        vms.iter().map(|v| (v.name.clone(), v.revision)).collect()
+    }
+
+    #[tokio::test]
+    async fn the_catalog_is_read_again_when_its_stamp_changes_and_every_thirty_rounds() {
+        let dir = std::env::temp_dir().join(format!("halo-agent-catalog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let store = Datastore::open("ds1", Location::Directory(dir.clone()), "test", Duration::from_secs(2))
+            .await
+            .expect("open");
+        let mut known = KnownCatalog::default();
+        assert!(known.refresh(&store, 0).await.expect("read").is_empty());
+
+        // Stored through the datastore (as the API does): seen in the very next round.
+        store.put_protected_vm(&vm("db", 1)).await.expect("put");
+        assert_eq!(names(known.refresh(&store, 1).await.expect("read")), [("db".to_string(), 1)]);
+        store.put_protected_vm(&vm("db", 2)).await.expect("put");
+        store.put_protected_vm(&vm("web", 1)).await.expect("put");
+        assert_eq!(
+            names(known.refresh(&store, 2).await.expect("read")),
+            [("db".to_string(), 2), ("web".to_string(), 1)]
+        );
+
+        // A record removed behind the stamp's back (a writer that died before changing it, or
+        // a hand edit) is not read again at once: the stamp says nothing changed...
+        let records = dir.join(".halo/test/vms");
+        std::fs::remove_file(records.join("web.json")).expect("remove behind the stamp");
+        assert_eq!(known.refresh(&store, 3).await.expect("read").len(), 2, "unchanged stamp: no read");
+        // ...until the periodic full read.
+        let due = 2 + CATALOG_FULL_READ_ROUNDS;
+        assert_eq!(known.refresh(&store, due - 1).await.expect("read").len(), 2);
+        assert_eq!(names(known.refresh(&store, due).await.expect("read")), [("db".to_string(), 2)]);
+
+        // Unprotecting changes the stamp: gone in the next round.
+        store.remove_protected_vm("db").await.expect("remove");
+        assert!(known.refresh(&store, due + 1).await.expect("read").is_empty());
+
+        // An unreachable datastore is an error, not the VMs known from before.
+        std::fs::remove_dir_all(&dir).expect("remove the datastore");
+        assert!(known.refresh(&store, due + 2).await.is_err());
     }
 }

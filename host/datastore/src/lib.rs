@@ -241,6 +241,15 @@ pub fn decode_name(encoded: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The file whose content changes with every change of the protected VMs (see
+/// [`Datastore::catalog_stamp`]).
+const CATALOG_STAMP: &str = "vms.stamp";
+
+/// How many polls of an unchanged catalog stamp a reader trusts before it reads every VM record
+/// again anyway (at one poll a second: every 30 s). That bounds how long a record stays unseen
+/// when its writer died before changing the stamp, or when files were copied in by hand.
+pub const CATALOG_FULL_READ_ROUNDS: u64 = 30;
+
 impl Datastore {
     /// Opens datastore `name` at `location` for `cluster`: creates the layout if missing.
     /// Every operation (this one too) is bounded by `timeout`.
@@ -474,20 +483,49 @@ impl Datastore {
         files.iter().map(|(path, bytes)| self.parse(path, bytes)).collect()
     }
 
-    /// Stores a protected VM's definition.
+    /// Stores a protected VM's definition, then changes the catalog stamp.
     pub async fn put_protected_vm(&self, vm: &ProtectedVm) -> Result<(), DatastoreError> {
         let path = format!("vms/{}.json", encode_name(&vm.name));
-        self.bounded("store a protected VM", self.store.write_atomic(&path, Self::json(vm))).await
+        self.bounded("store a protected VM", self.store.write_atomic(&path, Self::json(vm))).await?;
+        self.restamp_catalog().await
     }
 
-    /// Removes a protected VM's definition (unprotect).
+    /// Removes a protected VM's definition (unprotect), then changes the catalog stamp.
     pub async fn remove_protected_vm(&self, name: &str) -> Result<(), DatastoreError> {
         let path = format!("vms/{}.json", encode_name(name));
         // As in `read_claim`: once more on a fresh connection after a failure.
         match self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await {
-            Err(_) => self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await.map(drop),
-            answer => answer.map(drop),
+            Err(_) => self.bounded_or_absent("remove a protected VM", self.store.remove(&path)).await.map(drop)?,
+            answer => answer.map(drop)?,
         }
+        self.restamp_catalog().await
+    }
+
+    /// The catalog stamp: a token that changes whenever a protected VM is stored or removed
+    /// here (`None` while none ever was). Agents poll it instead of reading every VM record
+    /// each second, and read the records again only when it changed. The order makes that
+    /// safe: a writer writes the record, then the stamp; a reader reads the stamp, then the
+    /// records — a record written after the reader's listing is always followed by a stamp
+    /// the reader has not seen yet. A writer that dies between the two leaves its record
+    /// unseen until the readers' periodic full read ([`CATALOG_FULL_READ_ROUNDS`]).
+    pub async fn catalog_stamp(&self) -> Result<Option<String>, DatastoreError> {
+        match self.bounded_or_absent("read the catalog stamp", self.store.read(CATALOG_STAMP)).await? {
+            Some(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    async fn restamp_catalog(&self) -> Result<(), DatastoreError> {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let stamp = format!(
+            "{}.{:09}-{}-{}",
+            now.as_secs(),
+            now.subsec_nanos(),
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.bounded("change the catalog stamp", self.store.write_atomic(CATALOG_STAMP, stamp.into_bytes())).await
     }
 
     /// Stores the cluster's run-time settings (whole, atomically).

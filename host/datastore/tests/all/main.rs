@@ -55,7 +55,7 @@ pub async fn behaves_like_a_datastore(ds: &Datastore) {
         at_unix_ms: 1,
     };
     ds.record_isolation(&stop).await.expect("record");
-    assert_eq!(ds.isolation_records("host-3").await.expect("read"), vec![stop]);
+    assert_eq!(ds.isolation_records("host-3").await.expect("read"), vec![stop.clone()]);
     assert!(ds.isolation_records("host-9").await.expect("read").is_empty());
     let vm = ProtectedVm {
         name: "db".into(),
@@ -63,9 +63,21 @@ pub async fn behaves_like_a_datastore(ds: &Datastore) {
         spec: None,
         revision: 1,
     };
+    // The catalog stamp changes with every change of the protected VMs, and only then.
+    assert_eq!(ds.catalog_stamp().await.expect("stamp"), None, "no VM was ever protected here");
     ds.put_protected_vm(&vm).await.expect("put");
-    assert_eq!(ds.protected_vms().await.expect("list"), vec![vm]);
+    let after_put = ds.catalog_stamp().await.expect("stamp");
+    assert!(after_put.is_some(), "storing a VM sets the stamp");
+    assert_eq!(ds.protected_vms().await.expect("list"), vec![vm.clone()]);
+    ds.write_heartbeat(&record("host-1", 6)).await.expect("write");
+    ds.record_isolation(&IsolationRecord { generation: 5, ..stop.clone() }).await.expect("record");
+    assert_eq!(ds.catalog_stamp().await.expect("stamp"), after_put, "heartbeats and other records leave it");
+    ds.put_protected_vm(&ProtectedVm { revision: 2, ..vm.clone() }).await.expect("put again");
+    let after_update = ds.catalog_stamp().await.expect("stamp");
+    assert_ne!(after_update, after_put, "storing it again changes the stamp");
     ds.remove_protected_vm("db").await.expect("remove");
+    let after_remove = ds.catalog_stamp().await.expect("stamp");
+    assert_ne!(after_remove, after_update, "removing changes the stamp");
     ds.remove_protected_vm("db").await.expect("removing twice is fine");
     assert!(ds.protected_vms().await.expect("list").is_empty());
     assert_eq!(ds.settings().await.expect("no settings yet"), ClusterSettings::default());

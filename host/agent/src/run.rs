@@ -644,7 +644,20 @@ impl KnownCatalog {
         let stamp = store.catalog_stamp().await?;
         let fresh = round.saturating_sub(self.read_in_round) < halo_datastore::CATALOG_FULL_READ_ROUNDS;
         if self.stamp.as_ref() != Some(&stamp) || !fresh {
-            self.vms = store.protected_vms().await?;
+            let (mut vms, problems) = store.protected_vms().await?;
+            for (name, problem) in problems {
+                // A damaged record must not unprotect its VM: the version read before stays.
+                let kept = self.vms.iter().find(|v| v.name == name).cloned();
+                tracing::error!(
+                    datastore = %store.name(),
+                    vm = %name,
+                    "{problem}; {}",
+                    if kept.is_some() { "keeping the record read before" } else { "the VM is not protected from here" }
+                );
+                vms.extend(kept);
+            }
+            vms.sort_by(|a, b| a.name.cmp(&b.name));
+            self.vms = vms;
             self.stamp = Some(stamp);
             self.read_in_round = round;
         }
@@ -774,12 +787,24 @@ mod tests {
         assert_eq!(known.refresh(&store, due - 1).await.expect("read").len(), 2);
         assert_eq!(names(known.refresh(&store, due).await.expect("read")), [("db".to_string(), 2)]);
 
+        // A damaged record does not unprotect its VM: the version read before stays, and a
+        // damaged record of a VM never read before is left out.
+        std::fs::write(records.join("db.json"), b"{ not json").expect("damage the record");
+        std::fs::write(records.join("new.json"), b"{ not json").expect("a damaged new record");
+        store.put_protected_vm(&vm("web", 3)).await.expect("put");
+        assert_eq!(
+            names(known.refresh(&store, due + 1).await.expect("read")),
+            [("db".to_string(), 2), ("web".to_string(), 3)]
+        );
+        std::fs::remove_file(records.join("new.json")).expect("remove the damaged record");
+        store.remove_protected_vm("web").await.expect("remove");
+
         // Unprotecting changes the stamp: gone in the next round.
         store.remove_protected_vm("db").await.expect("remove");
-        assert!(known.refresh(&store, due + 1).await.expect("read").is_empty());
+        assert!(known.refresh(&store, due + 2).await.expect("read").is_empty());
 
         // An unreachable datastore is an error, not the VMs known from before.
         std::fs::remove_dir_all(&dir).expect("remove the datastore");
-        assert!(known.refresh(&store, due + 2).await.is_err());
+        assert!(known.refresh(&store, due + 3).await.is_err());
     }
 }

@@ -541,21 +541,39 @@ impl Datastore {
         }
     }
 
-    /// Every protected VM's definition.
-    pub async fn protected_vms(&self) -> Result<Vec<ProtectedVm>, DatastoreError> {
-        let files = self
+    /// Every protected VM's definition. A record that cannot be read or parsed, or that names
+    /// another VM than its file, is left out and returned among the problems with the VM its
+    /// file name says (the others are still good); a record removed meanwhile is just gone.
+    pub async fn protected_vms(&self) -> Result<(Vec<ProtectedVm>, Vec<(String, DatastoreError)>), DatastoreError> {
+        let raw = self
             .bounded("read the protected VMs", async {
                 let mut files = Vec::new();
                 for name in self.store.list("vms").await?.into_iter().filter(|n| n.ends_with(".json")) {
                     let path = format!("vms/{name}");
-                    files.push((path.clone(), self.store.read(&path).await?));
+                    match self.store.read(&path).await {
+                        Ok(bytes) => files.push((name, path, Ok(bytes))),
+                        Err(StoreError::NotFound) => {} // unprotected meanwhile
+                        Err(e) => files.push((name, path, Err(e))),
+                    }
                 }
                 Ok(files)
             })
             .await?;
-        let mut vms: Vec<ProtectedVm> = files.iter().map(|(p, b)| self.parse(p, b)).collect::<Result<_, _>>()?;
+        let mut vms = Vec::new();
+        let mut problems = Vec::new();
+        for (file, path, bytes) in raw {
+            let encoded = file.trim_end_matches(".json");
+            let vm = decode_name(encoded).unwrap_or_else(|| encoded.to_string());
+            let bad =
+                |detail: String| DatastoreError::BadRecord { datastore: self.name.clone(), path: path.clone(), detail };
+            match bytes.map_err(|e| bad(format!("{e:?}"))).and_then(|b| self.parse::<ProtectedVm>(&path, &b)) {
+                Ok(record) if record.name == vm => vms.push(record),
+                Ok(record) => problems.push((vm, bad(format!("it names VM {} (not its file name)", record.name)))),
+                Err(e) => problems.push((vm, e)),
+            }
+        }
         vms.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(vms)
+        Ok((vms, problems))
     }
 }
 

@@ -81,6 +81,22 @@ fn a_record_halo_did_not_write_is_reported_not_trusted() {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|p| matches!(p, DatastoreError::BadRecord { .. })));
         assert!(problems.iter().any(|p| p.to_string().contains("names host host-4")), "{problems:?}");
+
+        // The same for protected VMs: each bad record is named with its VM, the rest is read.
+        let good =
+            halo_datastore::ProtectedVm { name: "db".into(), domain_xml: "<domain/>".into(), spec: None, revision: 1 };
+        ds.put_protected_vm(&good).await.expect("put");
+        let vms = dir.join(".halo/prod/vms");
+        std::fs::write(vms.join("web.json"), b"{ not json").expect("write");
+        let mut other = serde_json::to_value(&good).expect("json");
+        other["name"] = "mail".into();
+        std::fs::write(vms.join("files.json"), other.to_string()).expect("write");
+        let (read, problems) = ds.protected_vms().await.expect("read");
+        assert_eq!(read, vec![good], "the good record is still read");
+        let mut named: Vec<&str> = problems.iter().map(|(vm, _)| vm.as_str()).collect();
+        named.sort_unstable();
+        assert_eq!(named, ["files", "web"], "{problems:?}");
+        assert!(problems.iter().any(|(_, p)| p.to_string().contains("names VM mail")), "{problems:?}");
     });
     let _ = std::fs::remove_dir_all(dir);
 }

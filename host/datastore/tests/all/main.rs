@@ -68,7 +68,7 @@ pub async fn behaves_like_a_datastore(ds: &Datastore) {
     ds.put_protected_vm(&vm).await.expect("put");
     let after_put = ds.catalog_stamp().await.expect("stamp");
     assert!(after_put.is_some(), "storing a VM sets the stamp");
-    assert_eq!(ds.protected_vms().await.expect("list"), vec![vm.clone()]);
+    assert_eq!(ds.protected_vms().await.expect("list"), (vec![vm.clone()], vec![]));
     ds.write_heartbeat(&record("host-1", 6)).await.expect("write");
     ds.record_isolation(&IsolationRecord { generation: 5, ..stop.clone() }).await.expect("record");
     assert_eq!(ds.catalog_stamp().await.expect("stamp"), after_put, "heartbeats and other records leave it");
@@ -79,7 +79,7 @@ pub async fn behaves_like_a_datastore(ds: &Datastore) {
     let after_remove = ds.catalog_stamp().await.expect("stamp");
     assert_ne!(after_remove, after_update, "removing changes the stamp");
     ds.remove_protected_vm("db").await.expect("removing twice is fine");
-    assert!(ds.protected_vms().await.expect("list").is_empty());
+    assert_eq!(ds.protected_vms().await.expect("list"), (vec![], vec![]));
     assert_eq!(ds.settings().await.expect("no settings yet"), ClusterSettings::default());
     let settings = ClusterSettings { ha_enabled: Some(false), revision: 7 };
     ds.put_settings(&settings).await.expect("put settings");

@@ -4,6 +4,7 @@
 //! `--token-file`); the agent forwards writes to the master. Long actions (evacuation,
 //! migration) show their progress until done, unless `--no-wait`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -350,7 +351,7 @@ pub fn host(command: HostCommand) -> anyhow::Result<ExitCode> {
     let HostCommand::Maintenance { action, host, no_wait, timeout, api } = command;
     let agent = api.agent()?;
     let enter = action == "enter";
-    let since = halo_agent::events::unix_ms();
+    let since = EventsSeen::now(&agent)?;
     agent.call("POST", &format!("/api/v1/hosts/{host}/maintenance"), Some(json!({ "enter": enter })))?;
     if !enter {
         outln!("{host} is back in service");
@@ -388,7 +389,7 @@ pub struct MigrateArgs {
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let agent = args.api.agent()?;
-    let since = halo_agent::events::unix_ms();
+    let since = EventsSeen::now(&agent)?;
     agent.call("POST", &format!("/api/v1/vms/{}/migrate", args.vm), Some(json!({ "host": args.host })))?;
     outln!("{}: live migration to {} started", args.vm, args.host);
     if args.no_wait {
@@ -409,23 +410,57 @@ enum Step {
     Fail,
 }
 
-/// Prints the cluster's events from `since` (wall clock, ms) as they come, until one ends the
-/// action. Hosts' clocks are assumed within a second of each other (NTP).
+/// Which of the cluster's events happened before an action: the newest event number of each
+/// agent (numbers only grow within an agent's run), and the wall clock for agents that had no
+/// event to show then (unreachable, or just started). Comparing numbers rather than clocks
+/// means a host whose clock is off neither hides the event that ends the action nor passes an
+/// old one off as new.
+struct EventsSeen {
+    newest: BTreeMap<String, u64>,
+    unix_ms: u64,
+}
+
+impl EventsSeen {
+    fn now(agent: &Agent) -> anyhow::Result<Self> {
+        let unix_ms = halo_agent::events::unix_ms();
+        let events = agent.call("GET", "/api/v1/events?cluster=true&limit=500", None)?;
+        let mut newest = BTreeMap::new();
+        for e in list(&events, "events") {
+            let id = e.get("id").and_then(Value::as_u64).unwrap_or(0);
+            let entry = newest.entry(text(e, "node")).or_insert(0);
+            *entry = (*entry).max(id);
+        }
+        Ok(Self { newest, unix_ms })
+    }
+
+    /// Whether event `id` of `node`, stamped `unix_ms` by that node, came after.
+    fn is_new(&self, node: &str, id: u64, unix_ms: u64) -> bool {
+        match self.newest.get(node) {
+            Some(&newest) => id > newest,
+            None => unix_ms >= self.unix_ms,
+        }
+    }
+}
+
+/// Prints the cluster's events that came after `seen` as they come, until one ends the
+/// action. An agent restarted meanwhile numbers its events from 1 again: those are missed,
+/// and the command says to look at `halo events` when its time is up.
 fn follow(
     agent: &Agent,
-    since: u64,
+    seen: EventsSeen,
     timeout: Duration,
     judge: impl Fn(&(String, String)) -> Step,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut seen = std::collections::BTreeSet::new();
+    let mut shown = std::collections::BTreeSet::new();
     while started.elapsed() < timeout {
         let events = agent.call("GET", "/api/v1/events?cluster=true&limit=500", None)?;
         for e in list(&events, "events") {
-            if e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0) < since {
+            let (node, id) = (text(e, "node"), e.get("id").and_then(Value::as_u64).unwrap_or(0));
+            if !seen.is_new(&node, id, e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0)) {
                 continue;
             }
-            if !seen.insert((text(e, "node"), e.get("id").and_then(Value::as_u64).unwrap_or(0))) {
+            if !shown.insert((node, id)) {
                 continue;
             }
             let kind = text(e, "kind");
@@ -596,4 +631,24 @@ pub fn reload(api: &ApiArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_new_by_their_agents_numbers_whatever_the_clocks_say() {
+        let seen =
+            EventsSeen { newest: BTreeMap::from([("host-1".into(), 40), ("host-2".into(), 7)]), unix_ms: 1_000_000 };
+        // host-1's clock is 5 s behind: its next event is new although stamped before.
+        assert!(seen.is_new("host-1", 41, 995_000));
+        // host-2's clock is 5 s ahead: its old event is old although stamped after.
+        assert!(!seen.is_new("host-2", 7, 1_005_000));
+        assert!(!seen.is_new("host-2", 3, 1_005_000));
+        assert!(seen.is_new("host-2", 8, 1_005_000));
+        // An agent that showed nothing before: judged by the clock.
+        assert!(seen.is_new("host-3", 1, 1_000_000));
+        assert!(!seen.is_new("host-3", 2, 999_999));
+    }
 }

@@ -561,11 +561,10 @@ async fn watch_catalog(
     let mut known: Vec<KnownCatalog> = stores.iter().map(|_| KnownCatalog::default()).collect();
     let mut in_force = base.clone();
     for round in 0_u64.. {
-        let mut records: BTreeMap<String, halo_datastore::ProtectedVm> = BTreeMap::new();
         let mut settings = halo_datastore::ClusterSettings::default();
-        let mut read_any = false;
-        for (((store, laid_out), told), known) in
-            stores.iter().zip(laid_out.iter_mut()).zip(told.iter_mut()).zip(known.iter_mut())
+        let mut reachable = vec![false; stores.len()];
+        for ((((store, laid_out), told), known), reachable) in
+            stores.iter().zip(laid_out.iter_mut()).zip(told.iter_mut()).zip(known.iter_mut()).zip(reachable.iter_mut())
         {
             // The layout is created once per datastore (retried while it fails), not every round.
             if !*laid_out {
@@ -579,14 +578,7 @@ async fn watch_catalog(
                 }
             }
             match known.refresh(store, round).await {
-                Ok(vms) => {
-                    read_any = true;
-                    for vm in vms {
-                        if records.get(&vm.name).is_none_or(|r| r.revision < vm.revision) {
-                            records.insert(vm.name.clone(), vm.clone());
-                        }
-                    }
-                }
+                Ok(_) => *reachable = true,
                 Err(e) => tracing::debug!(datastore = %store.name(), "protected VMs: {e}"),
             }
             match store.settings().await {
@@ -595,10 +587,21 @@ async fn watch_catalog(
                 Err(e) => tracing::debug!(datastore = %store.name(), "settings: {e}"),
             }
         }
+        // The newest record of each VM among the datastores reached this round (by reference:
+        // nothing is copied while nothing changed).
+        let mut records: BTreeMap<&str, &halo_datastore::ProtectedVm> = BTreeMap::new();
+        for vm in known.iter().zip(&reachable).filter(|(_, reached)| **reached).flat_map(|(k, _)| &k.vms) {
+            if records.get(vm.name.as_str()).is_none_or(|r| r.revision < vm.revision) {
+                records.insert(&vm.name, vm);
+            }
+        }
+        let read_any = reachable.contains(&true);
         {
             let mut c = catalog.lock().unwrap_or_else(|p| p.into_inner());
             for vm in records.values() {
-                c.insert(vm.name.clone(), vm.domain_xml.clone());
+                if c.get(&vm.name) != Some(&vm.domain_xml) {
+                    c.insert(vm.name.clone(), vm.domain_xml.clone());
+                }
             }
         }
         if read_any {

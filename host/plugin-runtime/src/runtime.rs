@@ -185,7 +185,8 @@ impl Runtime {
         bindings::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(instantiate_err)?;
         linker.define_unknown_imports_as_traps(&component).map_err(instantiate_err)?;
-        let pre = W::prepare(linker.instantiate_pre(&component).map_err(instantiate_err)?).map_err(instantiate_err)?;
+        let pre = W::prepare(linker.instantiate_pre(&component).map_err(instantiate_err)?, &export)
+            .map_err(instantiate_err)?;
         let name: Arc<str> = path.file_name().map_or_else(|| "plugin".into(), |n| n.to_string_lossy().into());
         // A throwaway instance checks the export types and that instantiation works at all.
         let mut store = self.sandbox.store(name.clone()).map_err(instantiate_err)?;

@@ -27,8 +27,9 @@ pub trait PolicyWorld: Send + Sync + 'static {
     /// The decision's answer.
     type Answer: Send + std::fmt::Debug + 'static;
 
-    /// Checks the export names and types of a prepared instance.
-    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre>;
+    /// Checks the export names and types of a prepared instance; `export` is the exported
+    /// interface the load-time check found (`halo:policy/placement@0.1.0`).
+    fn prepare(pre: InstancePre<CallState>, export: &str) -> wasmtime::Result<Self::Pre>;
     /// Instantiates once without calling (a load-time check).
     fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()>;
     /// Runs the plugin once in a fresh instance.
@@ -55,7 +56,7 @@ impl PolicyWorld for Isolation {
     type Input = policy::IsolationInput;
     type Answer = Vec<policy::VmIsolationDecision>;
 
-    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre> {
+    fn prepare(pre: InstancePre<CallState>, _export: &str) -> wasmtime::Result<Self::Pre> {
         Self::Pre::new(pre)
     }
 
@@ -105,19 +106,12 @@ impl PolicyWorld for Placement {
     type Input = policy::PlacementInput;
     type Answer = policy::Placement;
 
-    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre> {
+    fn prepare(pre: InstancePre<CallState>, export: &str) -> wasmtime::Result<Self::Pre> {
         // The generated bindings check every export's type once, here.
         bindings::placement::PlacementEnginePre::new(pre.clone())?;
         let component = pre.component();
-        let prefix = format!("halo:policy/{}@", Self::INTERFACE);
-        let interface = component
-            .component_type()
-            .exports(component.engine())
-            .find_map(|(name, _)| name.starts_with(&prefix).then(|| name.to_string()))
-            .ok_or_else(|| wasmtime::format_err!("no export {prefix}*"))?;
-        let interface = component
-            .get_export_index(None, interface.as_str())
-            .ok_or_else(|| wasmtime::format_err!("no export {interface}"))?;
+        let interface =
+            component.get_export_index(None, export).ok_or_else(|| wasmtime::format_err!("no export {export}"))?;
         let place = component
             .get_export_index(Some(&interface), "place")
             .ok_or_else(|| wasmtime::format_err!("no function `place` in the placement export"))?;
@@ -168,7 +162,7 @@ impl PolicyWorld for RestartOrder {
     type Input = policy::RestartInput;
     type Answer = Result<Vec<policy::Wave>, policy::RestartError>;
 
-    fn prepare(pre: InstancePre<CallState>) -> wasmtime::Result<Self::Pre> {
+    fn prepare(pre: InstancePre<CallState>, _export: &str) -> wasmtime::Result<Self::Pre> {
         Self::Pre::new(pre)
     }
 

@@ -57,7 +57,7 @@ pub fn check_restart_input(input: &RestartInput) -> Result<(), InvalidInput> {
 /// A name → position map with a fixed hasher (deterministic, and no randomness source,
 /// which a plugin sandbox would refuse). Later duplicates win; inputs are checked first.
 pub fn name_index<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<&'a str, usize, BuildHasherDefault<NameHasher>> {
-    let mut index = HashMap::default();
+    let mut index = HashMap::with_capacity_and_hasher(names.size_hint().0, BuildHasherDefault::default());
     for (i, name) in names.enumerate() {
         index.insert(name, i);
     }

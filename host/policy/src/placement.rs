@@ -273,20 +273,23 @@ pub fn validate_placement(input: &PlacementInput, answer: &Placement) -> Result<
     let host_index = crate::input::name_index(input.hosts.iter().map(|h| h.name.as_str()));
     let mut rooms = HostRoom::all(input);
     let mut seen = vec![false; input.vms.len()];
-    let names = answer.assignments.iter().map(|a| a.vm.as_str()).chain(answer.unplaced.iter().map(|u| u.vm.as_str()));
-    for name in names {
-        let Some(&i) = vm_index.get(name) else {
-            return Err(InvalidPlacement::UnknownVm(name.to_string()));
-        };
+    let mut position = |name: &str| -> Result<usize, InvalidPlacement> {
+        let &i = vm_index.get(name).ok_or_else(|| InvalidPlacement::UnknownVm(name.to_string()))?;
         if std::mem::replace(&mut seen[i], true) {
             return Err(InvalidPlacement::DuplicateVm(name.to_string()));
         }
+        Ok(i)
+    };
+    // Each VM name is looked up once: the assignments' positions are kept for the rules.
+    let assigned: Vec<usize> = answer.assignments.iter().map(|a| position(&a.vm)).collect::<Result<_, _>>()?;
+    for unplaced in &answer.unplaced {
+        position(&unplaced.vm)?;
     }
     if let Some(i) = seen.iter().position(|s| !s) {
         return Err(InvalidPlacement::MissingVm(input.vms[i].name.clone()));
     }
-    for assignment in &answer.assignments {
-        let vm = &input.vms[vm_index[assignment.vm.as_str()]];
+    for (assignment, &i) in answer.assignments.iter().zip(&assigned) {
+        let vm = &input.vms[i];
         let room = host_index
             .get(assignment.host.as_str())
             .map(|&h| &mut rooms[h])

@@ -72,6 +72,8 @@ struct PAnswer { assignments: Vec<PAssign>, unplaced: Vec<PUnplaced> }
 
 include!("../../../plugins/proto/src/core.rs");
 include!("../../../plugins/proto/src/core2.rs");
+include!("../../../plugins/proto/src/core3.rs");
+include!("../../../plugins/proto/src/core4.rs");
 
 #[derive(ComponentType, Lower)]
 #[component(record)]
@@ -132,6 +134,136 @@ fn validate_columns(c: &CIn, a: &[PAssign], u: &[PUnplaced]) -> Result<(), Strin
         if h.maintenance || va.of(x.vm).contains(&x.host) || free[i] < vm.memory_mib || vc[i] < u64::from(vm.vcpus)
             || !vl.of(x.vm).iter().all(|l| hl.of(x.host).contains(l)) || !vd.of(x.vm).iter().all(|d| hd.of(x.host).contains(d))
             || vm.anti_affinity_group.is_some_and(|g| hg.of(x.host).contains(&g) || !groups.insert((x.host, g))) { return Err("refused".into()); }
+        free[i] -= vm.memory_mib; vc[i] -= u64::from(vm.vcpus);
+    }
+    Ok(())
+}
+
+
+#[derive(ComponentType, Lower, Clone, Copy, Default)]
+#[component(record)]
+struct Span { start: u32, len: u32 }
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct SVm { #[component(name = "memory-mib")] memory_mib: u64, vcpus: u32, priority: Prio, #[component(name = "anti-affinity-group")] anti_affinity_group: Option<u32>, #[component(name = "required-host-labels")] required_host_labels: Span, #[component(name = "avoid-hosts")] avoid_hosts: Span, datastores: Span }
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct SHost { #[component(name = "total-memory-mib")] total_memory_mib: u64, #[component(name = "free-memory-mib")] free_memory_mib: u64, #[component(name = "total-vcpus")] total_vcpus: u32, #[component(name = "allocated-vcpus")] allocated_vcpus: u32, maintenance: bool, labels: Span, datastores: Span, #[component(name = "anti-affinity-groups")] anti_affinity_groups: Span }
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct SIn<'a> { vms: Vec<SVm>, hosts: Vec<SHost>, positions: Vec<u32>, labels: Vec<&'a str>, datastores: Vec<&'a str>, groups: Vec<&'a str>, #[component(name = "vcpu-overcommit-percent")] vcpu_overcommit_percent: u32 }
+fn spans(input: &PlacementInput) -> SIn<'_> {
+    let n = input.vms.len();
+    let mut hosts: Map = HashMap::with_capacity_and_hasher(input.hosts.len(), Default::default());
+    for (i, h) in input.hosts.iter().enumerate() { hosts.insert(h.name.as_str(), i as u32); }
+    let (mut lt, mut dt, mut gt): (Map, Map, Map) = Default::default();
+    let mut c = SIn { vms: Vec::with_capacity(n), hosts: Vec::with_capacity(input.hosts.len()), positions: Vec::with_capacity(3 * n), labels: vec![], datastores: vec![], groups: vec![], vcpu_overcommit_percent: input.vcpu_overcommit_percent };
+    fn id<'a>(t: &mut Map<'a>, list: &mut Vec<&'a str>, n: &'a str) -> u32 { let next = list.len() as u32; *t.entry(n).or_insert_with(|| { list.push(n); next }) }
+    fn span<'a>(pos: &mut Vec<u32>, t: &mut Map<'a>, list: &mut Vec<&'a str>, names: &'a [String]) -> Span {
+        let start = pos.len() as u32;
+        for n in names { let i = id(t, list, n); pos.push(i); }
+        Span { start, len: pos.len() as u32 - start }
+    }
+    for h in &input.hosts {
+        let labels = span(&mut c.positions, &mut lt, &mut c.labels, &h.labels);
+        let datastores = span(&mut c.positions, &mut dt, &mut c.datastores, &h.datastores);
+        let anti_affinity_groups = span(&mut c.positions, &mut gt, &mut c.groups, &h.anti_affinity_groups);
+        c.hosts.push(SHost { total_memory_mib: h.total_memory_mib, free_memory_mib: h.free_memory_mib, total_vcpus: h.total_vcpus, allocated_vcpus: h.allocated_vcpus, maintenance: h.maintenance, labels, datastores, anti_affinity_groups });
+    }
+    for vm in &input.vms {
+        let required_host_labels = span(&mut c.positions, &mut lt, &mut c.labels, &vm.required_host_labels);
+        let start = c.positions.len() as u32;
+        for a in &vm.avoid_hosts { if let Some(&h) = hosts.get(a.as_str()) { c.positions.push(h); } }
+        let avoid_hosts = Span { start, len: c.positions.len() as u32 - start };
+        let datastores = span(&mut c.positions, &mut dt, &mut c.datastores, &vm.datastores);
+        let anti_affinity_group = vm.anti_affinity_group.as_deref().map(|g| id(&mut gt, &mut c.groups, g));
+        c.vms.push(SVm { memory_mib: vm.memory_mib, vcpus: vm.vcpus, priority: match vm.priority { RestartPriority::Restart => Prio::Restart, RestartPriority::BestEffort => Prio::BestEffort, RestartPriority::Unprotected => Prio::Unprotected }, anti_affinity_group, required_host_labels, avoid_hosts, datastores });
+    }
+    c
+}
+fn validate_spans(c: &SIn, a: &[PAssign], u: &[PUnplaced]) -> Result<(), String> {
+    let of = |s: &Span| -> &[u32] { &c.positions[s.start as usize..][..s.len as usize] };
+    if a.len() + u.len() != c.vms.len() { return Err("count".into()); }
+    let mut seen = vec![false; c.vms.len()];
+    for v in a.iter().map(|x| x.vm).chain(u.iter().map(|x| x.vm)) {
+        let s = seen.get_mut(v as usize).ok_or("unknown vm")?;
+        if std::mem::replace(s, true) { return Err("twice".into()); }
+    }
+    let mut free: Vec<u64> = c.hosts.iter().map(|h| h.free_memory_mib).collect();
+    let mut vc: Vec<u64> = c.hosts.iter().map(|h| (u64::from(h.total_vcpus) * u64::from(c.vcpu_overcommit_percent) / 100).saturating_sub(u64::from(h.allocated_vcpus))).collect();
+    let mut groups: Vec<Vec<u32>> = c.hosts.iter().map(|h| of(&h.anti_affinity_groups).to_vec()).collect();
+    for x in a {
+        let h = c.hosts.get(x.host as usize).ok_or("unknown host")?;
+        let (vm, i) = (&c.vms[x.vm as usize], x.host as usize);
+        if h.maintenance || of(&vm.avoid_hosts).contains(&x.host) || free[i] < vm.memory_mib || vc[i] < u64::from(vm.vcpus)
+            || !of(&vm.required_host_labels).iter().all(|l| of(&h.labels).contains(l)) || !of(&vm.datastores).iter().all(|d| of(&h.datastores).contains(d))
+            || vm.anti_affinity_group.is_some_and(|g| groups[i].contains(&g)) { return Err("refused".into()); }
+        if let Some(g) = vm.anti_affinity_group { groups[i].push(g); }
+        free[i] -= vm.memory_mib; vc[i] -= u64::from(vm.vcpus);
+    }
+    Ok(())
+}
+
+#[derive(ComponentType, Lower, Default)]
+#[component(record)]
+struct Rel { starts: Vec<u32>, items: Vec<u32> }
+impl Rel {
+    fn new() -> Rel { Rel { starts: vec![0], items: vec![] } }
+    fn close(&mut self) { self.starts.push(self.items.len() as u32); }
+}
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct RVm { #[component(name = "memory-mib")] memory_mib: u64, vcpus: u32, priority: Prio, #[component(name = "anti-affinity-group")] anti_affinity_group: Option<u32> }
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct RHost { #[component(name = "total-memory-mib")] total_memory_mib: u64, #[component(name = "free-memory-mib")] free_memory_mib: u64, #[component(name = "total-vcpus")] total_vcpus: u32, #[component(name = "allocated-vcpus")] allocated_vcpus: u32, maintenance: bool }
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct RIn<'a> { vms: Vec<RVm>, hosts: Vec<RHost>,
+  #[component(name = "vm-labels")] vm_labels: Rel, #[component(name = "vm-avoid")] vm_avoid: Rel, #[component(name = "vm-datastores")] vm_datastores: Rel,
+  #[component(name = "host-labels")] host_labels: Rel, #[component(name = "host-datastores")] host_datastores: Rel, #[component(name = "host-groups")] host_groups: Rel,
+  labels: Vec<&'a str>, datastores: Vec<&'a str>, groups: Vec<&'a str>, #[component(name = "vcpu-overcommit-percent")] vcpu_overcommit_percent: u32 }
+fn rels(input: &PlacementInput) -> RIn<'_> {
+    let n = input.vms.len();
+    let mut hosts: Map = HashMap::with_capacity_and_hasher(input.hosts.len(), Default::default());
+    for (i, h) in input.hosts.iter().enumerate() { hosts.insert(h.name.as_str(), i as u32); }
+    let (mut lt, mut dt, mut gt): (Map, Map, Map) = Default::default();
+    let mut c = RIn { vms: Vec::with_capacity(n), hosts: Vec::with_capacity(input.hosts.len()), vm_labels: Rel::new(), vm_avoid: Rel::new(), vm_datastores: Rel::new(), host_labels: Rel::new(), host_datastores: Rel::new(), host_groups: Rel::new(), labels: vec![], datastores: vec![], groups: vec![], vcpu_overcommit_percent: input.vcpu_overcommit_percent };
+    fn id<'a>(t: &mut Map<'a>, list: &mut Vec<&'a str>, n: &'a str) -> u32 { let next = list.len() as u32; *t.entry(n).or_insert_with(|| { list.push(n); next }) }
+    fn add<'a>(r: &mut Rel, t: &mut Map<'a>, list: &mut Vec<&'a str>, names: &'a [String]) { for n in names { let i = id(t, list, n); r.items.push(i); } r.close(); }
+    for h in &input.hosts {
+        add(&mut c.host_labels, &mut lt, &mut c.labels, &h.labels);
+        add(&mut c.host_datastores, &mut dt, &mut c.datastores, &h.datastores);
+        add(&mut c.host_groups, &mut gt, &mut c.groups, &h.anti_affinity_groups);
+        c.hosts.push(RHost { total_memory_mib: h.total_memory_mib, free_memory_mib: h.free_memory_mib, total_vcpus: h.total_vcpus, allocated_vcpus: h.allocated_vcpus, maintenance: h.maintenance });
+    }
+    for vm in &input.vms {
+        add(&mut c.vm_labels, &mut lt, &mut c.labels, &vm.required_host_labels);
+        for a in &vm.avoid_hosts { if let Some(&h) = hosts.get(a.as_str()) { c.vm_avoid.items.push(h); } }
+        c.vm_avoid.close();
+        add(&mut c.vm_datastores, &mut dt, &mut c.datastores, &vm.datastores);
+        let anti_affinity_group = vm.anti_affinity_group.as_deref().map(|g| id(&mut gt, &mut c.groups, g));
+        c.vms.push(RVm { memory_mib: vm.memory_mib, vcpus: vm.vcpus, priority: match vm.priority { RestartPriority::Restart => Prio::Restart, RestartPriority::BestEffort => Prio::BestEffort, RestartPriority::Unprotected => Prio::Unprotected }, anti_affinity_group });
+    }
+    c
+}
+fn validate_rel(c: &RIn, a: &[PAssign], u: &[PUnplaced]) -> Result<(), String> {
+    if a.len() + u.len() != c.vms.len() { return Err("count".into()); }
+    let mut seen = vec![false; c.vms.len()];
+    for v in a.iter().map(|x| x.vm).chain(u.iter().map(|x| x.vm)) {
+        let s = seen.get_mut(v as usize).ok_or("unknown vm")?;
+        if std::mem::replace(s, true) { return Err("twice".into()); }
+    }
+    let mut free: Vec<u64> = c.hosts.iter().map(|h| h.free_memory_mib).collect();
+    let mut vc: Vec<u64> = c.hosts.iter().map(|h| (u64::from(h.total_vcpus) * u64::from(c.vcpu_overcommit_percent) / 100).saturating_sub(u64::from(h.allocated_vcpus))).collect();
+    let mut groups: Vec<Vec<u32>> = (0..c.hosts.len()).map(|i| rel_of(&c.host_groups, i as u32).to_vec()).collect();
+    for x in a {
+        let h = c.hosts.get(x.host as usize).ok_or("unknown host")?;
+        let (vm, i) = (&c.vms[x.vm as usize], x.host as usize);
+        if h.maintenance || rel_of(&c.vm_avoid, x.vm).contains(&x.host) || free[i] < vm.memory_mib || vc[i] < u64::from(vm.vcpus)
+            || !rel_of(&c.vm_labels, x.vm).iter().all(|l| rel_of(&c.host_labels, x.host).contains(l)) || !rel_of(&c.vm_datastores, x.vm).iter().all(|d| rel_of(&c.host_datastores, x.host).contains(d))
+            || vm.anti_affinity_group.is_some_and(|g| groups[i].contains(&g)) { return Err("refused".into()); }
+        if let Some(g) = vm.anti_affinity_group { groups[i].push(g); }
         free[i] -= vm.memory_mib; vc[i] -= u64::from(vm.vcpus);
     }
     Ok(())
@@ -277,6 +409,64 @@ fn main() {
         let u: Vec<u32> = ans.unplaced.iter().map(|x| x.vm).collect();
         Some(names_out(&input, &a, &u))
     };
+
+
+    let rfunc = component.get_export_index(Some(&iface), "place-rel").expect("func");
+    let rnative = median(9, || {
+        let c = rels(&input);
+        let (a, u) = place_rel(&c);
+        std::hint::black_box(names_out(&input, &a, &u));
+    });
+    let rrun = |pct: u32| -> Option<Placement> {
+        let mut c = rels(&input);
+        c.vcpu_overcommit_percent = pct;
+        let mut store = sandbox.store(Arc::from("proto")).expect("store");
+        let instance = pre.instantiate(&mut store).expect("inst");
+        let f = instance.get_typed_func::<(&RIn<'_>,), (Result<PAnswer, String>,)>(&mut store, &rfunc).expect("typed");
+        let (ans,) = f.call(&mut store, (&c,)).expect("call");
+        let ans = ans.ok()?;
+        validate_rel(&c, &ans.assignments, &ans.unplaced).expect("valid");
+        let a: Vec<(u32, u32)> = ans.assignments.iter().map(|x| (x.vm, x.host)).collect();
+        let u: Vec<u32> = ans.unplaced.iter().map(|x| x.vm).collect();
+        Some(names_out(&input, &a, &u))
+    };
+    let rfirst = rrun(400).expect("answer");
+    if std::env::var_os("LOOP_REL").is_some() { for _ in 0..600 { std::hint::black_box(rrun(400)); } return; }
+    for _ in 0..3 {
+    let rwasm = median(9, || { std::hint::black_box(rrun(400)); });
+    let rcross = median(9, || { std::hint::black_box(rrun(0)); });
+    let rint = median(9, || { std::hint::black_box(rels(&input)); });
+    println!("rel: native {:.2} ms | wasm {:.2} ms ({:.2}x its native, {:.2}x current native) | crossing+rels {:.2} ms | rels alone {:.2} | placed {}",
+        rnative.as_secs_f64() * 1e3, rwasm.as_secs_f64() * 1e3, rwasm.as_secs_f64() / rnative.as_secs_f64(), rwasm.as_secs_f64() / current.as_secs_f64(), rcross.as_secs_f64() * 1e3, rint.as_secs_f64()*1e3, rfirst.assignments.len());
+    }
+    let sfunc = component.get_export_index(Some(&iface), "place-spans").expect("func");
+    let snative = median(9, || {
+        let c = spans(&input);
+        let (a, u) = place_spans(&c);
+        std::hint::black_box(names_out(&input, &a, &u));
+    });
+    let srun = |pct: u32| -> Option<Placement> {
+        let mut c = spans(&input);
+        c.vcpu_overcommit_percent = pct;
+        let mut store = sandbox.store(Arc::from("proto")).expect("store");
+        let instance = pre.instantiate(&mut store).expect("inst");
+        let f = instance.get_typed_func::<(&SIn<'_>,), (Result<PAnswer, String>,)>(&mut store, &sfunc).expect("typed");
+        let (ans,) = f.call(&mut store, (&c,)).expect("call");
+        let ans = ans.ok()?;
+        validate_spans(&c, &ans.assignments, &ans.unplaced).expect("valid");
+        let a: Vec<(u32, u32)> = ans.assignments.iter().map(|x| (x.vm, x.host)).collect();
+        let u: Vec<u32> = ans.unplaced.iter().map(|x| x.vm).collect();
+        Some(names_out(&input, &a, &u))
+    };
+    let sfirst = srun(400).expect("answer");
+    for _ in 0..3 {
+    let swasm = median(9, || { std::hint::black_box(srun(400)); });
+    let scross = median(9, || { std::hint::black_box(srun(0)); });
+    let sint = median(9, || { std::hint::black_box(spans(&input)); });
+    println!("spans: native {:.2} ms | wasm {:.2} ms ({:.2}x its native, {:.2}x current native) | crossing+spans {:.2} ms | spans alone {:.2} | placed {}",
+        snative.as_secs_f64() * 1e3, swasm.as_secs_f64() * 1e3, swasm.as_secs_f64() / snative.as_secs_f64(), swasm.as_secs_f64() / current.as_secs_f64(), scross.as_secs_f64() * 1e3, sint.as_secs_f64()*1e3, sfirst.assignments.len());
+    }
+    if std::env::var_os("ONLY_SPANS").is_some() { return; }
     let cfunc = component.get_export_index(Some(&iface), "place-columns").expect("func");
     let cnative = median(9, || {
         let c = columns(&input);

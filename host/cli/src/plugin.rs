@@ -143,21 +143,25 @@ fn detect_world(compiled: &CompiledPlugin, file: &Path) -> anyhow::Result<World>
     let exports = compiled.exports();
     let exports_interface =
         |interface: &str| exports.iter().any(|e| e.starts_with(&format!("halo:policy/{interface}@")));
-    [
-        (World::Isolation, Isolation::INTERFACE),
-        (World::Placement, Placement::INTERFACE),
-        (World::Restart, RestartOrder::INTERFACE),
-    ]
-    .into_iter()
-    .find(|(_, interface)| exports_interface(interface))
-    .map(|(world, _)| world)
-    .ok_or_else(|| {
-        anyhow::anyhow!(
-            "plugin {} exports {}; a halo plugin exports one of halo:policy/isolation-response, halo:policy/placement, halo:policy/restart-order",
-            file.display(),
-            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
-        )
-    })
+    let worlds = [
+        (World::Isolation, Isolation::INTERFACES),
+        (World::Placement, Placement::INTERFACES),
+        (World::Restart, RestartOrder::INTERFACES),
+    ];
+    let known: Vec<String> =
+        worlds.iter().flat_map(|(_, interfaces)| interfaces.iter().map(|i| format!("halo:policy/{i}"))).collect();
+    worlds
+        .into_iter()
+        .find(|(_, interfaces)| interfaces.iter().any(|i| exports_interface(i)))
+        .map(|(world, _)| world)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "plugin {} exports {}; a halo plugin exports one of {}",
+                file.display(),
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") },
+                known.join(", ")
+            )
+        })
 }
 
 fn run_world<W>(runtime: &Runtime, compiled: CompiledPlugin, command: PluginCommand) -> anyhow::Result<ExitCode>

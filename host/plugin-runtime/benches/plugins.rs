@@ -1,5 +1,5 @@
-//! Plugin runtime benchmark (prints figures; not a test). Needs the default plugins built:
-//! `cargo build --profile plugin --target wasm32-wasip2 -p halo-plugin-placement -p halo-plugin-restart-order`.
+//! Plugin runtime benchmark (prints figures; not a test). Needs the plugins built:
+//! `cargo xtask plugins` (the default plugins, and the test plugins for the named-world line).
 //!
 //! Run: `cargo bench -p halo-plugin-runtime --bench plugins`. Figures go to docs/performance.md.
 
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use halo_plugin_runtime::{CpuBudget, Placement, RestartOrder, Runtime, SandboxLimits};
+use halo_policy::compact::CompactInput;
 use halo_policy::{
     CandidateHost, PlacementInput, PlacementReason, RestartInput, RestartPriority, VmToPlace, VmToRestart,
 };
@@ -118,27 +119,31 @@ fn main() {
         placed.unplaced.len()
     );
     println!("  native (built-in)        : {:>7.2} ms", native.as_secs_f64() * 1e3);
-    for (label, cpu) in [
-        ("wasm, fuel 2 s budget  ", CpuBudget::Fuel { millis: 2000 }),
-        ("wasm, epoch 2 s budget ", CpuBudget::Epoch { millis: 2000 }),
+    let named_wasm = plugin("examples/named_default_placement.wasm");
+    for (label, cpu, file) in [
+        ("wasm, fuel 2 s budget  ", CpuBudget::Fuel { millis: 2000 }, &placement_wasm),
+        ("wasm, epoch 2 s budget ", CpuBudget::Epoch { millis: 2000 }, &placement_wasm),
+        ("named world 0.1.0, fuel", CpuBudget::Fuel { millis: 2000 }, &named_wasm),
     ] {
         let runtime = Runtime::new(SandboxLimits { cpu, ..SandboxLimits::default() }, None).expect("runtime");
-        let plugin = runtime.load::<Placement>(&placement_wasm).expect("load");
+        let plugin = runtime.load::<Placement>(file).expect("load");
         let answer = runtime.call(&plugin, &input).expect("wasm placement");
         assert_eq!(answer, placed, "the plugin and the built-in policy must agree");
         let wasm = median(7, || {
             std::hint::black_box(runtime.call(&plugin, &input).expect("call"));
         });
         println!(
-            "  {label}  : {:>7.2} ms  ({:.2}x native, memory cap 64 MiB)",
+            "  {label}  : {:>7.2} ms  ({:.2}x native, memory cap 64 MiB; {})",
             wasm.as_secs_f64() * 1e3,
-            wasm.as_secs_f64() / native.as_secs_f64()
+            wasm.as_secs_f64() / native.as_secs_f64(),
+            plugin.info().world
         );
     }
 
     // 2b. Where the WASM time goes: the input crossing alone (the same plugin, given a setting
-    // it refuses, returns right after lifting the input: instantiation, lowering 10,000 VMs into
-    // its memory, lifting them into Rust values) and the host's validation of the answer.
+    // it refuses, returns right after lifting the input: converting the agent's input to the
+    // compact form, instantiation, lowering, lifting in the guest) and the host's validation
+    // of the answer (in positions, as the runtime checks a compact plugin's answer).
     let runtime =
         Runtime::new(SandboxLimits { cpu: CpuBudget::Fuel { millis: 2000 }, ..SandboxLimits::default() }, None)
             .expect("runtime");
@@ -151,11 +156,18 @@ fn main() {
     let crossing = median(7, || {
         let _ = std::hint::black_box(runtime.call(&plugin, &refused));
     });
+    let compact = CompactInput::from_named(&input);
+    let positions = halo_policy::placement::place_compact_with(&Default::default(), &compact);
     let validation = median(7, || {
-        halo_policy::placement::validate_placement(&input, &placed).expect("the built-in answer is valid");
+        halo_policy::placement::validate_compact(&input, &compact, &positions).expect("the built-in answer is valid");
+    });
+    let conversions = median(7, || {
+        let compact = CompactInput::from_named(&input);
+        std::hint::black_box(positions.to_named(&input));
+        std::hint::black_box(compact);
     });
     println!(
-        "  of which, input crossing : {:>7.2} ms  ({:.2}x native: instantiate, lower, lift in the guest)",
+        "  of which, input crossing : {:>7.2} ms  ({:.2}x native: compact form, instantiate, lower, lift in the guest)",
         crossing.as_secs_f64() * 1e3,
         crossing.as_secs_f64() / native.as_secs_f64()
     );
@@ -163,6 +175,11 @@ fn main() {
         "  of which, validation     : {:>7.2} ms  ({:.2}x native: the host checks every assignment)",
         validation.as_secs_f64() * 1e3,
         validation.as_secs_f64() / native.as_secs_f64()
+    );
+    println!(
+        "  names <-> positions      : {:>7.2} ms  ({:.2}x native: in both the native and the WASM figure)",
+        conversions.as_secs_f64() * 1e3,
+        conversions.as_secs_f64() / native.as_secs_f64()
     );
 
     // 3. Cold load with and without the AOT cache.

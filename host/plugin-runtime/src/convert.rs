@@ -5,7 +5,7 @@ use halo_policy as policy;
 
 use wasmtime::component::{ComponentType, Lower};
 
-use crate::bindings::wit;
+use crate::bindings::{wit, wit_compact};
 
 fn settings(s: &[policy::Setting]) -> Vec<wit::Setting> {
     s.iter().map(|s| wit::Setting { key: s.key.clone(), value: s.value.clone() }).collect()
@@ -130,15 +130,19 @@ pub struct SettingRef<'a> {
     value: &'a str,
 }
 
+fn placement_reason(reason: policy::PlacementReason) -> wit::PlacementReason {
+    match reason {
+        policy::PlacementReason::Failover => wit::PlacementReason::Failover,
+        policy::PlacementReason::Evacuation => wit::PlacementReason::Evacuation,
+        policy::PlacementReason::Balance => wit::PlacementReason::Balance,
+        policy::PlacementReason::AdmissionCheck => wit::PlacementReason::AdmissionCheck,
+    }
+}
+
 /// The placement input in WIT form, borrowing every string and list from `input`.
 pub fn placement_input(input: &policy::PlacementInput) -> PlacementInputRef<'_> {
     PlacementInputRef {
-        reason: match input.reason {
-            policy::PlacementReason::Failover => wit::PlacementReason::Failover,
-            policy::PlacementReason::Evacuation => wit::PlacementReason::Evacuation,
-            policy::PlacementReason::Balance => wit::PlacementReason::Balance,
-            policy::PlacementReason::AdmissionCheck => wit::PlacementReason::AdmissionCheck,
-        },
+        reason: placement_reason(input.reason),
         vms: input
             .vms
             .iter()
@@ -178,6 +182,127 @@ pub fn placement_answer(answer: wit::Placement) -> policy::Placement {
     policy::Placement {
         assignments: answer.assignments.into_iter().map(|a| policy::Assignment { vm: a.vm, host: a.host }).collect(),
         unplaced: answer.unplaced.into_iter().map(|u| policy::UnplacedVm { vm: u.vm, reason: u.reason }).collect(),
+    }
+}
+
+/// The compact placement input as the plugin receives it (`compact-input`, contract 0.1.1),
+/// lowered from the agent's [`policy::compact::CompactInput`]: the relations' lists of
+/// positions are borrowed, VMs and hosts copied into their WIT records.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct CompactInputRef<'a> {
+    reason: wit::PlacementReason,
+    vms: Vec<CompactVmAbi>,
+    hosts: Vec<CompactHostAbi>,
+    #[component(name = "vm-required-labels")]
+    vm_required_labels: RelationRef<'a>,
+    #[component(name = "vm-avoid-hosts")]
+    vm_avoid_hosts: RelationRef<'a>,
+    #[component(name = "vm-datastores")]
+    vm_datastores: RelationRef<'a>,
+    #[component(name = "host-labels")]
+    host_labels: RelationRef<'a>,
+    #[component(name = "host-datastores")]
+    host_datastores: RelationRef<'a>,
+    #[component(name = "host-anti-affinity-groups")]
+    host_anti_affinity_groups: RelationRef<'a>,
+    labels: &'a [String],
+    datastores: &'a [String],
+    #[component(name = "anti-affinity-groups")]
+    anti_affinity_groups: &'a [String],
+    #[component(name = "vcpu-overcommit-percent")]
+    vcpu_overcommit_percent: u32,
+    settings: Vec<SettingRef<'a>>,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct RelationRef<'a> {
+    starts: &'a [u32],
+    items: &'a [u32],
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct CompactVmAbi {
+    #[component(name = "memory-mib")]
+    memory_mib: u64,
+    vcpus: u32,
+    priority: wit::RestartPriority,
+    #[component(name = "anti-affinity-group")]
+    anti_affinity_group: Option<u32>,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct CompactHostAbi {
+    #[component(name = "total-memory-mib")]
+    total_memory_mib: u64,
+    #[component(name = "free-memory-mib")]
+    free_memory_mib: u64,
+    #[component(name = "total-vcpus")]
+    total_vcpus: u32,
+    #[component(name = "allocated-vcpus")]
+    allocated_vcpus: u32,
+    maintenance: bool,
+}
+
+fn relation(r: &policy::compact::Relation) -> RelationRef<'_> {
+    RelationRef { starts: &r.starts, items: &r.items }
+}
+
+/// The compact placement input in WIT form, borrowing its lists from `input`.
+pub fn compact_input(input: &policy::compact::CompactInput) -> CompactInputRef<'_> {
+    CompactInputRef {
+        reason: placement_reason(input.reason),
+        vms: input
+            .vms
+            .iter()
+            .map(|vm| CompactVmAbi {
+                memory_mib: vm.memory_mib,
+                vcpus: vm.vcpus,
+                priority: priority(vm.priority),
+                anti_affinity_group: vm.anti_affinity_group,
+            })
+            .collect(),
+        hosts: input
+            .hosts
+            .iter()
+            .map(|h| CompactHostAbi {
+                total_memory_mib: h.total_memory_mib,
+                free_memory_mib: h.free_memory_mib,
+                total_vcpus: h.total_vcpus,
+                allocated_vcpus: h.allocated_vcpus,
+                maintenance: h.maintenance,
+            })
+            .collect(),
+        vm_required_labels: relation(&input.vm_required_labels),
+        vm_avoid_hosts: relation(&input.vm_avoid_hosts),
+        vm_datastores: relation(&input.vm_datastores),
+        host_labels: relation(&input.host_labels),
+        host_datastores: relation(&input.host_datastores),
+        host_anti_affinity_groups: relation(&input.host_anti_affinity_groups),
+        labels: &input.labels,
+        datastores: &input.datastores,
+        anti_affinity_groups: &input.anti_affinity_groups,
+        vcpu_overcommit_percent: input.vcpu_overcommit_percent,
+        settings: input.settings.iter().map(|s| SettingRef { key: &s.key, value: &s.value }).collect(),
+    }
+}
+
+/// The compact placement answer in policy form (positions not yet checked).
+pub fn compact_answer(answer: wit_compact::CompactPlacement) -> policy::compact::CompactPlacement {
+    policy::compact::CompactPlacement {
+        assignments: answer
+            .assignments
+            .into_iter()
+            .map(|a| policy::compact::CompactAssignment { vm: a.vm, host: a.host })
+            .collect(),
+        unplaced: answer
+            .unplaced
+            .into_iter()
+            .map(|u| policy::compact::CompactUnplaced { vm: u.vm, reason: u.reason })
+            .collect(),
     }
 }
 

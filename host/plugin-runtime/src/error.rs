@@ -23,7 +23,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component exports another world than the one asked for.
-    #[error("plugin {path}: {found}; a {expected} plugin must export halo:policy/{interface}@{version}")]
+    #[error("plugin {path}: {found}; a {expected} plugin must export {interfaces}")]
     WrongWorld {
         /// The file.
         path: PathBuf,
@@ -31,10 +31,8 @@ pub enum LoadError {
         found: String,
         /// The world asked for.
         expected: &'static str,
-        /// The interface that world exports.
-        interface: &'static str,
-        /// The contract version this agent speaks.
-        version: &'static str,
+        /// The interfaces, with version, a plugin of that world may export (`halo:policy/placement@0.1.1`).
+        interfaces: String,
     },
     /// The component was built against an incompatible contract version.
     #[error(

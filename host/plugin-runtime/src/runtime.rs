@@ -13,10 +13,10 @@ use crate::bindings;
 use crate::cache::AotCache;
 use crate::error::{FailureKind, LoadError, PluginFailure, RuntimeError};
 use crate::sandbox::{CallState, Sandbox, SandboxLimits};
-use crate::world::PolicyWorld;
+use crate::world::{PolicyWorld, Rejected};
 
-/// The contract version this agent speaks (`wit/0.1.0`).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this agent speaks (`wit/0.1.1`; plugins built against 0.1.0 load too).
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 /// Largest plugin file accepted.
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
@@ -184,6 +184,14 @@ impl Runtime {
         let mut linker: Linker<CallState> = Linker::new(engine);
         bindings::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(instantiate_err)?;
+        // A plugin built against an older compatible contract imports `log` under its own
+        // version (`halo:policy/log@0.1.0`): define it under that exact name too, or the trap
+        // stubs below would take the name (they match exactly, before any version matching).
+        for import in imports.iter().filter(|i| i.starts_with("halo:policy/log@")) {
+            if !linker_has_instance(import) {
+                add_log_as(&mut linker, import).map_err(instantiate_err)?;
+            }
+        }
         linker.define_unknown_imports_as_traps(&component).map_err(instantiate_err)?;
         let pre = W::prepare(linker.instantiate_pre(&component).map_err(instantiate_err)?, &export)
             .map_err(instantiate_err)?;
@@ -196,7 +204,7 @@ impl Runtime {
             path: path.to_path_buf(),
             sha256,
             size,
-            world: W::WORLD,
+            world: W::world(&export),
             export,
             exports,
             denied_imports,
@@ -223,11 +231,9 @@ impl Runtime {
             tracing::warn!(plugin = %plugin.info.name, dropped = store.data().log_dropped(), "plugin log lines dropped (over the per-call allowance)");
         }
         match outcome {
-            Ok(Ok(answer)) => match W::validate(input, &answer) {
-                Ok(()) => Ok(answer),
-                Err(why) => Err(fail(FailureKind::InvalidAnswer, why)),
-            },
-            Ok(Err(reason)) => Err(fail(FailureKind::Refused, reason.chars().take(1000).collect())),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(Rejected::Invalid(why))) => Err(fail(FailureKind::InvalidAnswer, why)),
+            Ok(Err(Rejected::Refused(reason))) => Err(fail(FailureKind::Refused, reason.chars().take(1000).collect())),
             Err(error) => {
                 let (kind, detail) = self.sandbox.classify(store.data(), &error);
                 Err(fail(kind, detail))
@@ -259,17 +265,34 @@ impl Runtime {
     }
 }
 
-/// Finds the world's interface among the exports and checks its version.
+/// Whether the generated bindings already define `import` (the contract's own version).
+fn linker_has_instance(import: &str) -> bool {
+    import == format!("halo:policy/log@{CONTRACT_VERSION}")
+}
+
+/// Defines the `log` interface under the instance name `import` (another compatible version).
+fn add_log_as(linker: &mut Linker<CallState>, import: &str) -> wasmtime::Result<()> {
+    linker.instance(import)?.func_wrap(
+        "log",
+        |mut store: wasmtime::StoreContextMut<'_, CallState>, (level, message): (bindings::log::Level, String)| {
+            bindings::log::Host::log(store.data_mut(), level, message);
+            Ok(())
+        },
+    )
+}
+
+/// Finds one of the world's interfaces among the exports and checks its version.
 fn check_export<W: PolicyWorld>(path: &Path, exports: &[String]) -> Result<String, LoadError> {
-    let prefix = format!("halo:policy/{}@", W::INTERFACE);
-    if let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) {
+    for interface in W::INTERFACES {
+        let prefix = format!("halo:policy/{interface}@");
+        let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) else { continue };
         let version = &export[prefix.len()..];
         return if semver_compatible(version, CONTRACT_VERSION) {
             Ok(export.clone())
         } else {
             Err(LoadError::WrongVersion {
                 path: path.to_path_buf(),
-                interface: W::INTERFACE,
+                interface,
                 found: version.to_string(),
                 speaks: CONTRACT_VERSION,
             })
@@ -281,12 +304,12 @@ fn check_export<W: PolicyWorld>(path: &Path, exports: &[String]) -> Result<Strin
     } else {
         format!("exports {}, which is another world", halo.join(", "))
     };
+    let interfaces: Vec<String> = W::INTERFACES.iter().map(|i| format!("halo:policy/{i}@{CONTRACT_VERSION}")).collect();
     Err(LoadError::WrongWorld {
         path: path.to_path_buf(),
         found,
         expected: W::WORLD,
-        interface: W::INTERFACE,
-        version: CONTRACT_VERSION,
+        interfaces: interfaces.join(" or "),
     })
 }
 

@@ -11,15 +11,32 @@ use crate::bindings;
 use crate::convert;
 use crate::sandbox::CallState;
 
-/// A call's outcome before validation: the plugin's own refusal is `Err(reason)`.
-pub type RawAnswer<A> = Result<A, String>;
+/// A call's outcome: the validated answer, or why there is none.
+pub type CallAnswer<A> = Result<A, Rejected>;
+
+/// Why a plugin that ran to the end gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// The plugin refused (its own `Err(reason)`).
+    Refused(String),
+    /// The answer broke the contract (validation's reason).
+    Invalid(String),
+}
+
+/// A named world's call outcome: the plugin's refusal kept, the answer validated.
+fn validated<W: PolicyWorld>(input: &W::Input, answer: Result<W::Answer, String>) -> CallAnswer<W::Answer> {
+    let answer = answer.map_err(Rejected::Refused)?;
+    W::validate(input, &answer).map_err(Rejected::Invalid)?;
+    Ok(answer)
+}
 
 /// One decision point of the contract.
 pub trait PolicyWorld: Send + Sync + 'static {
-    /// The world's name in WIT (`placement-engine`).
+    /// The world's name in WIT (`placement-engine`): the decision point.
     const WORLD: &'static str;
-    /// The interface the world exports (`placement`).
-    const INTERFACE: &'static str;
+    /// The interfaces a plugin for this decision may export, the main one first (`placement`,
+    /// `compact-placement`).
+    const INTERFACES: &'static [&'static str];
     /// The bindgen-prepared instance.
     type Pre: Send + Sync + 'static;
     /// The decision's input.
@@ -32,15 +49,19 @@ pub trait PolicyWorld: Send + Sync + 'static {
     fn prepare(pre: InstancePre<CallState>, export: &str) -> wasmtime::Result<Self::Pre>;
     /// Instantiates once without calling (a load-time check).
     fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()>;
-    /// Runs the plugin once in a fresh instance.
+    /// The world of a plugin exporting `export` (one of [`Self::INTERFACES`]).
+    fn world(_export: &str) -> &'static str {
+        Self::WORLD
+    }
+    /// Runs the plugin once in a fresh instance and validates its answer.
     fn call(
         pre: &Self::Pre,
         store: &mut Store<CallState>,
         input: &Self::Input,
-    ) -> wasmtime::Result<RawAnswer<Self::Answer>>;
+    ) -> wasmtime::Result<CallAnswer<Self::Answer>>;
     /// Refuses inputs no answer could be checked against (duplicate names).
     fn check_input(input: &Self::Input) -> Result<(), InvalidInput>;
-    /// Checks an answer against its input.
+    /// Checks an answer (in the named form) against its input.
     fn validate(input: &Self::Input, answer: &Self::Answer) -> Result<(), String>;
     /// The built-in policy's answer, with any problems it noticed in the settings.
     fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>);
@@ -51,7 +72,7 @@ pub struct Isolation;
 
 impl PolicyWorld for Isolation {
     const WORLD: &'static str = "isolation-policy";
-    const INTERFACE: &'static str = "isolation-response";
+    const INTERFACES: &'static [&'static str] = &["isolation-response"];
     type Pre = bindings::isolation::IsolationPolicyPre<CallState>;
     type Input = policy::IsolationInput;
     type Answer = Vec<policy::VmIsolationDecision>;
@@ -68,11 +89,11 @@ impl PolicyWorld for Isolation {
         pre: &Self::Pre,
         store: &mut Store<CallState>,
         input: &Self::Input,
-    ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
+    ) -> wasmtime::Result<CallAnswer<Self::Answer>> {
         let instance = pre.instantiate(&mut *store)?;
         let answer =
             instance.halo_policy_isolation_response().call_decide_isolation(store, &convert::isolation_input(input))?;
-        Ok(answer.map(convert::isolation_answer))
+        Ok(validated::<Self>(input, answer.map(convert::isolation_answer)))
     }
 
     fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {
@@ -89,33 +110,51 @@ impl PolicyWorld for Isolation {
     }
 }
 
-/// `placement-engine`.
+/// `placement-engine` or `compact-placement-engine`: the agent's placement decision, taken by
+/// a plugin of either world.
 pub struct Placement;
 
 /// The placement world prepared: the bindings' checks done, and the `place` function's index,
-/// which the call uses with the borrowing input type (see [`convert::PlacementInputRef`]).
+/// which the call uses with the borrowing input types of [`convert`].
 pub struct PlacementPre {
     pre: InstancePre<CallState>,
     place: ComponentExportIndex,
+    compact: bool,
+}
+
+/// The export of a compact placement plugin.
+const COMPACT_INTERFACE: &str = "compact-placement";
+
+fn is_compact(export: &str) -> bool {
+    export.starts_with(&format!("halo:policy/{COMPACT_INTERFACE}@"))
 }
 
 impl PolicyWorld for Placement {
     const WORLD: &'static str = "placement-engine";
-    const INTERFACE: &'static str = "placement";
+    const INTERFACES: &'static [&'static str] = &["placement", COMPACT_INTERFACE];
     type Pre = PlacementPre;
     type Input = policy::PlacementInput;
     type Answer = policy::Placement;
 
     fn prepare(pre: InstancePre<CallState>, export: &str) -> wasmtime::Result<Self::Pre> {
+        let compact = is_compact(export);
         // The generated bindings check every export's type once, here.
-        bindings::placement::PlacementEnginePre::new(pre.clone())?;
+        if compact {
+            bindings::compact::CompactPlacementEnginePre::new(pre.clone())?;
+        } else {
+            bindings::placement::PlacementEnginePre::new(pre.clone())?;
+        }
         let component = pre.component();
         let interface =
             component.get_export_index(None, export).ok_or_else(|| wasmtime::format_err!("no export {export}"))?;
         let place = component
             .get_export_index(Some(&interface), "place")
             .ok_or_else(|| wasmtime::format_err!("no function `place` in the placement export"))?;
-        Ok(PlacementPre { pre, place })
+        Ok(PlacementPre { pre, place, compact })
+    }
+
+    fn world(export: &str) -> &'static str {
+        if is_compact(export) { "compact-placement-engine" } else { Self::WORLD }
     }
 
     fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
@@ -126,15 +165,33 @@ impl PolicyWorld for Placement {
         pre: &Self::Pre,
         store: &mut Store<CallState>,
         input: &Self::Input,
-    ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
+    ) -> wasmtime::Result<CallAnswer<Self::Answer>> {
         let instance = pre.pre.instantiate(&mut *store)?;
-        let place = instance
-            .get_typed_func::<(&convert::PlacementInputRef<'_>,), (Result<bindings::wit::Placement, String>,)>(
-                &mut *store,
-                &pre.place,
-            )?;
-        let (answer,) = place.call(&mut *store, (&convert::placement_input(input),))?;
-        Ok(answer.map(convert::placement_answer))
+        if !pre.compact {
+            let place = instance
+                .get_typed_func::<(&convert::PlacementInputRef<'_>,), (Result<bindings::wit::Placement, String>,)>(
+                    &mut *store,
+                    &pre.place,
+                )?;
+            let (answer,) = place.call(&mut *store, (&convert::placement_input(input),))?;
+            return Ok(validated::<Self>(input, answer.map(convert::placement_answer)));
+        }
+        // The compact world: positions cross, the answer is checked in positions and only
+        // then named (no name lookups, no second validation).
+        let compact = policy::compact::CompactInput::from_named(input);
+        let place = instance.get_typed_func::<
+            (&convert::CompactInputRef<'_>,),
+            (Result<bindings::wit_compact::CompactPlacement, String>,),
+        >(&mut *store, &pre.place)?;
+        let (answer,) = place.call(&mut *store, (&convert::compact_input(&compact),))?;
+        let answer = match answer {
+            Ok(answer) => convert::compact_answer(answer),
+            Err(reason) => return Ok(Err(Rejected::Refused(reason))),
+        };
+        Ok(match policy::placement::validate_compact(input, &compact, &answer) {
+            Ok(()) => Ok(answer.to_named(input)),
+            Err(invalid) => Err(Rejected::Invalid(invalid.to_string())),
+        })
     }
 
     fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {
@@ -157,7 +214,7 @@ pub struct RestartOrder;
 
 impl PolicyWorld for RestartOrder {
     const WORLD: &'static str = "restart-policy";
-    const INTERFACE: &'static str = "restart-order";
+    const INTERFACES: &'static [&'static str] = &["restart-order"];
     type Pre = bindings::restart::RestartPolicyPre<CallState>;
     type Input = policy::RestartInput;
     type Answer = Result<Vec<policy::Wave>, policy::RestartError>;
@@ -174,13 +231,14 @@ impl PolicyWorld for RestartOrder {
         pre: &Self::Pre,
         store: &mut Store<CallState>,
         input: &Self::Input,
-    ) -> wasmtime::Result<RawAnswer<Self::Answer>> {
+    ) -> wasmtime::Result<CallAnswer<Self::Answer>> {
         let instance = pre.instantiate(&mut *store)?;
         let answer = instance.halo_policy_restart_order().call_plan_restart(store, &convert::restart_input(input))?;
-        Ok(match convert::restart_answer(answer) {
+        let answer = match convert::restart_answer(answer) {
             Err(policy::RestartError::Other(reason)) => Err(reason),
             other => Ok(other),
-        })
+        };
+        Ok(validated::<Self>(input, answer))
     }
 
     fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {

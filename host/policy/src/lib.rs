@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compact;
 pub mod input;
 pub mod isolation;
 pub mod placement;

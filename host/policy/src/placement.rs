@@ -6,13 +6,18 @@
 //! eligible host that is left with the least free memory (setting `strategy = "spread"`
 //! picks the most free memory instead). Hosts are kept in an index ordered by free memory,
 //! so a placement of `v` VMs on `h` hosts costs about `v log h` when hosts are alike.
-//! The answer is deterministic: ties go to the host listed first.
+//! The answer is deterministic: ties go to the host listed first, and among equal VMs the one
+//! listed first is placed first.
+//!
+//! The engine decides on the compact input ([`crate::compact`]); the named entry points
+//! convert to it and back, so the built-in policy and both plugin worlds run the same code.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::compact::{CompactAssignment, CompactInput, CompactPlacement, CompactUnplaced, CompactVm};
 use crate::settings::PolicySettings;
 use crate::settings::SettingError;
-use crate::types::{Assignment, CandidateHost, Placement, PlacementInput, UnplacedVm, VmToPlace};
+use crate::types::{Placement, PlacementInput};
 
 /// vCPU overcommit used when the input gives none: 4 vCPUs per thread.
 pub const DEFAULT_VCPU_OVERCOMMIT_PERCENT: u32 = 400;
@@ -52,10 +57,19 @@ impl PolicySettings for PlacementConfig {
     }
 }
 
-/// The default engine as the plugin runs it: settings read strictly.
+/// The default engine as a plugin of the named world runs it: settings read strictly.
 pub fn place(input: &PlacementInput) -> Result<Placement, String> {
     let config = PlacementConfig::from_settings(&input.settings).map_err(|e| e.to_string())?;
     Ok(place_with(&config, input))
+}
+
+/// The default engine as the plugin of the compact world runs it: settings read strictly.
+pub fn place_compact(input: &CompactInput) -> Result<CompactPlacement, String> {
+    if !input.well_formed() {
+        return Err("the input's relations or positions are out of range".into());
+    }
+    let config = PlacementConfig::from_settings(&input.settings).map_err(|e| e.to_string())?;
+    Ok(place_compact_with(&config, input))
 }
 
 /// The built-in fallback: bad settings keep their defaults (returned for the log).
@@ -64,62 +78,206 @@ pub fn place_fallback(input: &PlacementInput) -> (Placement, Vec<SettingError>) 
     (place_with(&config, input), problems)
 }
 
-/// What is left on a host while placing.
-struct HostRoom<'a> {
-    host: &'a CandidateHost,
-    free_memory_mib: u64,
-    vcpus_left: u64,
-    groups: BTreeSet<&'a str>,
+/// The decision under an explicit config, on the named input: the compact engine's answer
+/// in names (the same code, so the built-in policy and the default plugin agree).
+pub fn place_with(config: &PlacementConfig, input: &PlacementInput) -> Placement {
+    place_compact_with(config, &CompactInput::from_named(input)).to_named(input)
 }
 
-impl<'a> HostRoom<'a> {
-    /// The room of every candidate host before anything is placed.
-    fn all(input: &'a PlacementInput) -> Vec<Self> {
-        input
+/// What is left on a host while placing.
+#[derive(Clone)]
+struct HostRoom {
+    free_memory_mib: u64,
+    vcpus_left: u64,
+    /// Anti-affinity groups on the host (a few per host: a list beats a set).
+    groups: Vec<u32>,
+}
+
+/// The rules of one compact input, and the room left on each host.
+struct Rules<'a> {
+    input: &'a CompactInput,
+    rooms: Vec<HostRoom>,
+}
+
+impl<'a> Rules<'a> {
+    fn new(input: &'a CompactInput) -> Self {
+        let rooms = input
             .hosts
             .iter()
-            .map(|host| HostRoom {
-                host,
+            .enumerate()
+            .map(|(i, host)| HostRoom {
                 free_memory_mib: host.free_memory_mib,
                 vcpus_left: host
                     .vcpu_capacity(input.vcpu_overcommit_percent)
                     .saturating_sub(u64::from(host.allocated_vcpus)),
-                groups: host.anti_affinity_groups.iter().map(String::as_str).collect(),
+                groups: input.host_anti_affinity_groups.of(i).to_vec(),
             })
-            .collect()
+            .collect();
+        Self { input, rooms }
     }
 
-    /// Whether `vm` may go here: `refusal(vm).is_none()`, with the vCPU test before the names
-    /// (memory is already filtered by the index of hosts by free memory).
-    fn takes(&self, vm: &VmToPlace) -> bool {
-        self.vcpus_left >= u64::from(vm.vcpus) && self.refusal(vm).is_none()
+    /// Whether VM `v` may go to host `h`: `refusal(v, h).is_none()`, the cheap tests first,
+    /// without building a refusal (the placement loop asks this for every host it tries).
+    fn takes(&self, v: usize, h: usize) -> bool {
+        let (vm, room) = (&self.input.vms[v], &self.rooms[h]);
+        room.vcpus_left >= u64::from(vm.vcpus)
+            && room.free_memory_mib >= vm.memory_mib
+            && !self.input.hosts[h].maintenance
+            && !self.avoided(v, h)
+            && self.has_labels(v, h)
+            && self.reaches_datastores(v, h)
+            && !self.group_present(v, h)
     }
 
-    /// The first rule that keeps `vm` off this host, in the order the operator is told.
-    fn refusal(&self, vm: &VmToPlace) -> Option<Refusal> {
-        if self.host.maintenance {
-            return Some(Refusal::Maintenance);
-        }
-        if vm.avoid_hosts.contains(&self.host.name) {
-            return Some(Refusal::Avoided);
-        }
-        if self.free_memory_mib < vm.memory_mib {
-            return Some(Refusal::Memory);
-        }
-        if self.vcpus_left < u64::from(vm.vcpus) {
-            return Some(Refusal::Vcpus);
-        }
-        if !vm.required_host_labels.iter().all(|l| self.host.labels.contains(l)) {
-            return Some(Refusal::Labels);
-        }
-        if !vm.datastores.iter().all(|d| self.host.datastores.contains(d)) {
-            return Some(Refusal::Datastores);
-        }
-        if vm.anti_affinity_group.as_deref().is_some_and(|g| self.groups.contains(g)) {
-            return Some(Refusal::AntiAffinity);
-        }
-        None
+    fn avoided(&self, v: usize, h: usize) -> bool {
+        self.input.vm_avoid_hosts.of(v).contains(&position(h))
     }
+
+    fn has_labels(&self, v: usize, h: usize) -> bool {
+        let host_labels = self.input.host_labels.of(h);
+        self.input.vm_required_labels.of(v).iter().all(|l| host_labels.contains(l))
+    }
+
+    fn reaches_datastores(&self, v: usize, h: usize) -> bool {
+        let host_datastores = self.input.host_datastores.of(h);
+        self.input.vm_datastores.of(v).iter().all(|d| host_datastores.contains(d))
+    }
+
+    fn group_present(&self, v: usize, h: usize) -> bool {
+        self.input.vms[v].anti_affinity_group.is_some_and(|g| self.rooms[h].groups.contains(&g))
+    }
+
+    /// The first rule that keeps VM `v` off host `h`, in the order the operator is told.
+    fn refusal(&self, v: usize, h: usize) -> Option<Refusal> {
+        let (vm, room) = (&self.input.vms[v], &self.rooms[h]);
+        if self.input.hosts[h].maintenance {
+            Some(Refusal::Maintenance)
+        } else if self.avoided(v, h) {
+            Some(Refusal::Avoided)
+        } else if room.free_memory_mib < vm.memory_mib {
+            Some(Refusal::Memory)
+        } else if room.vcpus_left < u64::from(vm.vcpus) {
+            Some(Refusal::Vcpus)
+        } else if !self.has_labels(v, h) {
+            Some(Refusal::Labels)
+        } else if !self.reaches_datastores(v, h) {
+            Some(Refusal::Datastores)
+        } else if self.group_present(v, h) {
+            Some(Refusal::AntiAffinity)
+        } else {
+            None
+        }
+    }
+
+    /// Puts VM `v` on host `h` (the rules already checked).
+    fn assign(&mut self, v: usize, h: usize) {
+        let vm = &self.input.vms[v];
+        let room = &mut self.rooms[h];
+        room.free_memory_mib -= vm.memory_mib;
+        room.vcpus_left -= u64::from(vm.vcpus);
+        if let Some(group) = vm.anti_affinity_group {
+            room.groups.push(group);
+        }
+    }
+
+    /// A sentence for the operator: how many hosts refused VM `v`, grouped by cause, as if
+    /// every host were asked in turn. `by_free` is the index of the hosts not in maintenance
+    /// by free memory: only the hosts with room for the VM's memory are asked one by one, so
+    /// a VM that fits nowhere costs little however many hosts there are.
+    fn why_unplaced(&self, v: usize, by_free: &FreeIndex) -> String {
+        if self.rooms.is_empty() {
+            return "no candidate hosts".into();
+        }
+        let memory = self.input.vms[v].memory_mib;
+        let mut causes: BTreeMap<Refusal, usize> = BTreeMap::new();
+        let mut count = |refusal: Refusal, n: usize| {
+            if n > 0 {
+                *causes.entry(refusal).or_default() += n;
+            }
+        };
+        // Not in the index: the hosts in maintenance, the first rule.
+        count(Refusal::Maintenance, self.rooms.len() - by_free.len());
+        // Avoided hosts outside maintenance, each once, the second rule.
+        let mut avoided: Vec<usize> = self
+            .input
+            .vm_avoid_hosts
+            .of(v)
+            .iter()
+            .map(|&h| h as usize)
+            .filter(|&h| self.input.hosts.get(h).is_some_and(|host| !host.maintenance))
+            .collect();
+        avoided.sort_unstable();
+        avoided.dedup();
+        count(Refusal::Avoided, avoided.len());
+        // Every other host in the index: short of memory, or asked.
+        let mut with_room = 0;
+        for h in by_free.with_room(memory) {
+            with_room += 1;
+            if avoided.binary_search(&h).is_err()
+                && let Some(refusal) = self.refusal(v, h)
+            {
+                count(refusal, 1);
+            }
+        }
+        let avoided_short = avoided.iter().filter(|&&h| self.rooms[h].free_memory_mib < memory).count();
+        count(Refusal::Memory, by_free.len() - with_room - avoided_short);
+        let parts: Vec<String> = causes
+            .into_iter()
+            .map(|(refusal, n)| {
+                format!("{n} {} {}", if n == 1 { "host" } else { "hosts" }, refusal.describe(self.input, v))
+            })
+            .collect();
+        let vm = &self.input.vms[v];
+        format!("no host fits ({} MiB, {} vCPUs): {}", vm.memory_mib, vm.vcpus, parts.join(", "))
+    }
+}
+
+/// The hosts not in maintenance ordered by (free memory, position): one `u64` per host, free
+/// MiB above the position's 24 bits, so the tree compares plain integers (a tuple key made
+/// the sandboxed engine markedly slower). Free memory is capped at 2^40 MiB (an exbibyte) for
+/// the order only; the rules check the real figure. Hosts past position 2^24 are not indexed
+/// (take no VMs): no cluster comes near.
+struct FreeIndex(BTreeSet<u64>);
+
+impl FreeIndex {
+    const HOST_BITS: u32 = 24;
+    const MAX_FREE: u64 = (1 << 40) - 1;
+
+    fn key(free_mib: u64, h: usize) -> u64 {
+        (free_mib.min(Self::MAX_FREE) << Self::HOST_BITS) | h as u64
+    }
+
+    fn new(input: &CompactInput) -> Self {
+        Self(
+            input
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|&(h, host)| !host.maintenance && h < 1 << Self::HOST_BITS)
+                .map(|(h, host)| Self::key(host.free_memory_mib, h))
+                .collect(),
+        )
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Hosts with at least `memory_mib` free, least free first (ties: listed first).
+    fn with_room(&self, memory_mib: u64) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        self.0.range(Self::key(memory_mib, 0)..).map(|&k| (k & ((1 << Self::HOST_BITS) - 1)) as usize)
+    }
+
+    /// Moves host `h` from `before` to `after` MiB free.
+    fn update(&mut self, h: usize, before: u64, after: u64) {
+        if self.0.remove(&Self::key(before, h)) {
+            self.0.insert(Self::key(after, h));
+        }
+    }
+}
+
+fn position(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -134,91 +292,69 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn describe(self, vm: &VmToPlace) -> String {
+    fn describe(self, input: &CompactInput, v: usize) -> String {
+        let vm = &input.vms[v];
+        let names = |positions: &[u32], table: &[String]| -> String {
+            let names: Vec<&str> =
+                positions.iter().filter_map(|&p| table.get(p as usize)).map(String::as_str).collect();
+            names.join(", ")
+        };
         match self {
             Refusal::Maintenance => "in maintenance".into(),
             Refusal::Avoided => "to be avoided".into(),
             Refusal::Memory => format!("short of {} MiB free memory", vm.memory_mib),
             Refusal::Vcpus => format!("short of {} vCPUs under the overcommit limit", vm.vcpus),
-            Refusal::Labels => format!("missing labels [{}]", vm.required_host_labels.join(", ")),
-            Refusal::Datastores => format!("not reaching datastores [{}]", vm.datastores.join(", ")),
+            Refusal::Labels => format!("missing labels [{}]", names(input.vm_required_labels.of(v), &input.labels)),
+            Refusal::Datastores => {
+                format!("not reaching datastores [{}]", names(input.vm_datastores.of(v), &input.datastores))
+            }
             Refusal::AntiAffinity => format!(
                 "already running a VM of anti-affinity group `{}`",
-                vm.anti_affinity_group.as_deref().unwrap_or_default()
+                names(vm.anti_affinity_group.as_slice(), &input.anti_affinity_groups)
             ),
         }
     }
 }
 
-/// The order VMs are placed in: `restart` first, then larger memory, then more vCPUs, then name.
-fn placement_order(vms: &[VmToPlace]) -> Vec<usize> {
+/// The order VMs are placed in: `restart` first, then larger memory, then more vCPUs, then
+/// the VM listed first.
+fn placement_order(vms: &[CompactVm]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..vms.len()).collect();
+    // Stable: equal VMs keep their input order.
     order.sort_by(|&a, &b| {
         let (a, b) = (&vms[a], &vms[b]);
-        a.priority
-            .cmp(&b.priority)
-            .then(b.memory_mib.cmp(&a.memory_mib))
-            .then(b.vcpus.cmp(&a.vcpus))
-            .then_with(|| a.name.cmp(&b.name))
+        a.priority.cmp(&b.priority).then(b.memory_mib.cmp(&a.memory_mib)).then(b.vcpus.cmp(&a.vcpus))
     });
     order
 }
 
-/// The decision under an explicit config.
-pub fn place_with(config: &PlacementConfig, input: &PlacementInput) -> Placement {
-    let mut rooms = HostRoom::all(input);
-    // (free memory, host index) of every host that may take VMs at all.
-    let mut by_free: BTreeSet<(u64, usize)> = rooms
-        .iter()
-        .enumerate()
-        .filter(|(_, room)| !room.host.maintenance)
-        .map(|(i, room)| (room.free_memory_mib, i))
-        .collect();
+/// The decision under an explicit config, on the compact input.
+pub fn place_compact_with(config: &PlacementConfig, input: &CompactInput) -> CompactPlacement {
+    let mut rules = Rules::new(input);
+    // (free memory, host position) of every host that may take VMs at all.
+    let mut by_free = FreeIndex::new(input);
 
-    let mut answer = Placement::default();
-    for vm_index in placement_order(&input.vms) {
-        let vm = &input.vms[vm_index];
+    let mut answer = CompactPlacement::default();
+    for v in placement_order(&input.vms) {
+        let memory = input.vms[v].memory_mib;
         let chosen = {
-            let mut fitting = by_free.range((vm.memory_mib, 0)..).map(|&(_, i)| i);
+            let mut fitting = by_free.with_room(memory);
             match config.strategy {
-                Strategy::BestFit => fitting.find(|&i| rooms[i].takes(vm)),
-                Strategy::Spread => fitting.rev().find(|&i| rooms[i].takes(vm)),
+                Strategy::BestFit => fitting.find(|&h| rules.takes(v, h)),
+                Strategy::Spread => fitting.rev().find(|&h| rules.takes(v, h)),
             }
         };
         match chosen {
-            Some(i) => {
-                let room = &mut rooms[i];
-                by_free.remove(&(room.free_memory_mib, i));
-                room.free_memory_mib -= vm.memory_mib;
-                room.vcpus_left -= u64::from(vm.vcpus);
-                if let Some(group) = vm.anti_affinity_group.as_deref() {
-                    room.groups.insert(group);
-                }
-                by_free.insert((room.free_memory_mib, i));
-                answer.assignments.push(Assignment { vm: vm.name.clone(), host: room.host.name.clone() });
+            Some(h) => {
+                let before = rules.rooms[h].free_memory_mib;
+                rules.assign(v, h);
+                by_free.update(h, before, rules.rooms[h].free_memory_mib);
+                answer.assignments.push(CompactAssignment { vm: position(v), host: position(h) });
             }
-            None => answer.unplaced.push(UnplacedVm { vm: vm.name.clone(), reason: why_unplaced(vm, &rooms) }),
+            None => answer.unplaced.push(CompactUnplaced { vm: position(v), reason: rules.why_unplaced(v, &by_free) }),
         }
     }
     answer
-}
-
-/// A sentence for the operator: how many hosts refused the VM, grouped by cause.
-fn why_unplaced(vm: &VmToPlace, rooms: &[HostRoom<'_>]) -> String {
-    if rooms.is_empty() {
-        return "no candidate hosts".into();
-    }
-    let mut causes: BTreeMap<Refusal, usize> = BTreeMap::new();
-    for room in rooms {
-        if let Some(refusal) = room.refusal(vm) {
-            *causes.entry(refusal).or_default() += 1;
-        }
-    }
-    let parts: Vec<String> = causes
-        .into_iter()
-        .map(|(refusal, n)| format!("{n} {} {}", if n == 1 { "host" } else { "hosts" }, refusal.describe(vm)))
-        .collect();
-    format!("no host fits ({} MiB, {} vCPUs): {}", vm.memory_mib, vm.vcpus, parts.join(", "))
 }
 
 /// Why a placement answer is refused.
@@ -261,8 +397,8 @@ pub enum InvalidPlacement {
     },
 }
 
-/// Checks a placement answer: every VM exactly once; each assignment on a known host that
-/// is not in maintenance, not avoided, carries the labels, reaches the datastores, keeps
+/// Checks a named placement answer: every VM exactly once; each assignment on a known host
+/// that is not in maintenance, not avoided, carries the labels, reaches the datastores, keeps
 /// anti-affinity, and stays within memory and the vCPU overcommit limit, cumulatively.
 pub fn validate_placement(input: &PlacementInput, answer: &Placement) -> Result<(), InvalidPlacement> {
     let entries = answer.assignments.len() + answer.unplaced.len();
@@ -271,41 +407,64 @@ pub fn validate_placement(input: &PlacementInput, answer: &Placement) -> Result<
     }
     let vm_index = crate::input::name_index(input.vms.iter().map(|vm| vm.name.as_str()));
     let host_index = crate::input::name_index(input.hosts.iter().map(|h| h.name.as_str()));
-    let mut rooms = HostRoom::all(input);
-    let mut seen = vec![false; input.vms.len()];
-    let mut position = |name: &str| -> Result<usize, InvalidPlacement> {
-        let &i = vm_index.get(name).ok_or_else(|| InvalidPlacement::UnknownVm(name.to_string()))?;
-        if std::mem::replace(&mut seen[i], true) {
-            return Err(InvalidPlacement::DuplicateVm(name.to_string()));
-        }
-        Ok(i)
+    let vm =
+        |name: &str| vm_index.get(name).map(|&i| position(i)).ok_or_else(|| InvalidPlacement::UnknownVm(name.into()));
+    let mut positions = CompactPlacement {
+        assignments: Vec::with_capacity(answer.assignments.len()),
+        unplaced: Vec::with_capacity(answer.unplaced.len()),
     };
-    // Each VM name is looked up once: the assignments' positions are kept for the rules.
-    let assigned: Vec<usize> = answer.assignments.iter().map(|a| position(&a.vm)).collect::<Result<_, _>>()?;
-    for unplaced in &answer.unplaced {
-        position(&unplaced.vm)?;
+    for a in &answer.assignments {
+        let host = host_index
+            .get(a.host.as_str())
+            .ok_or_else(|| InvalidPlacement::UnknownHost { vm: a.vm.clone(), host: a.host.clone() })?;
+        positions.assignments.push(CompactAssignment { vm: vm(&a.vm)?, host: position(*host) });
     }
-    if let Some(i) = seen.iter().position(|s| !s) {
-        return Err(InvalidPlacement::MissingVm(input.vms[i].name.clone()));
+    for u in &answer.unplaced {
+        positions.unplaced.push(CompactUnplaced { vm: vm(&u.vm)?, reason: String::new() });
     }
-    for (assignment, &i) in answer.assignments.iter().zip(&assigned) {
-        let vm = &input.vms[i];
-        let room = host_index
-            .get(assignment.host.as_str())
-            .map(|&h| &mut rooms[h])
-            .ok_or_else(|| InvalidPlacement::UnknownHost { vm: vm.name.clone(), host: assignment.host.clone() })?;
-        if let Some(refusal) = room.refusal(vm) {
+    validate_compact(input, &CompactInput::from_named(input), &positions)
+}
+
+/// Checks a compact answer the way [`validate_placement`] checks a named one. `compact` is
+/// `input` in compact form ([`CompactInput::from_named`]); errors name VMs and hosts.
+pub fn validate_compact(
+    input: &PlacementInput,
+    compact: &CompactInput,
+    answer: &CompactPlacement,
+) -> Result<(), InvalidPlacement> {
+    let vms = compact.vms.len();
+    let entries = answer.assignments.len() + answer.unplaced.len();
+    if entries > vms {
+        return Err(InvalidPlacement::TooManyEntries { entries, vms });
+    }
+    let vm_name = |v: u32| input.vms.get(v as usize).map_or_else(|| format!("#{v}"), |vm| vm.name.clone());
+    let host_name = |h: u32| input.hosts.get(h as usize).map_or_else(|| format!("#{h}"), |h| h.name.clone());
+    let mut seen = vec![false; vms];
+    for v in answer.assignments.iter().map(|a| a.vm).chain(answer.unplaced.iter().map(|u| u.vm)) {
+        let Some(seen) = seen.get_mut(v as usize) else {
+            return Err(InvalidPlacement::UnknownVm(vm_name(v)));
+        };
+        if std::mem::replace(seen, true) {
+            return Err(InvalidPlacement::DuplicateVm(vm_name(v)));
+        }
+    }
+    if let Some(v) = seen.iter().position(|s| !s) {
+        return Err(InvalidPlacement::MissingVm(vm_name(position(v))));
+    }
+    let mut rules = Rules::new(compact);
+    for a in &answer.assignments {
+        let (v, h) = (a.vm as usize, a.host as usize);
+        if h >= compact.hosts.len() {
+            return Err(InvalidPlacement::UnknownHost { vm: vm_name(a.vm), host: host_name(a.host) });
+        }
+        if let Some(refusal) = rules.refusal(v, h) {
             return Err(InvalidPlacement::Refused {
-                vm: vm.name.clone(),
-                host: assignment.host.clone(),
-                why: refusal.describe(vm),
+                vm: vm_name(a.vm),
+                host: host_name(a.host),
+                why: refusal.describe(compact, v),
             });
         }
-        room.free_memory_mib -= vm.memory_mib;
-        room.vcpus_left -= u64::from(vm.vcpus);
-        if let Some(group) = vm.anti_affinity_group.as_deref() {
-            room.groups.insert(group);
-        }
+        rules.assign(v, h);
     }
     Ok(())
 }
@@ -313,7 +472,7 @@ pub fn validate_placement(input: &PlacementInput, answer: &Placement) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{PlacementReason, RestartPriority};
+    use crate::types::{Assignment, CandidateHost, PlacementReason, RestartPriority, VmToPlace};
     use proptest::prelude::{TestCaseError, any, prop, prop_assert, prop_assert_eq, proptest};
     use proptest::strategy::Strategy as _;
 
@@ -427,6 +586,63 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn compact_validation_refuses_positions_out_of_range_and_names_the_culprits() {
+        let input = input(vec![vm("a", 600, 1), vm("b", 600, 1)], vec![host("h1", 1000, 4), host("h2", 1000, 4)]);
+        let compact = CompactInput::from_named(&input);
+        let answer = |pairs: &[(u32, u32)], unplaced: &[u32]| CompactPlacement {
+            assignments: pairs.iter().map(|&(vm, host)| CompactAssignment { vm, host }).collect(),
+            unplaced: unplaced.iter().map(|&vm| CompactUnplaced { vm, reason: "none".into() }).collect(),
+        };
+        let check = |a: &CompactPlacement| validate_compact(&input, &compact, a);
+        assert_eq!(check(&answer(&[(0, 0), (1, 1)], &[])), Ok(()));
+        assert_eq!(check(&answer(&[(0, 0)], &[1])), Ok(()));
+        assert_eq!(check(&answer(&[(0, 0), (7, 1)], &[])), Err(InvalidPlacement::UnknownVm("#7".into())));
+        assert_eq!(
+            check(&answer(&[(0, 0), (1, 9)], &[])),
+            Err(InvalidPlacement::UnknownHost { vm: "b".into(), host: "#9".into() })
+        );
+        assert_eq!(check(&answer(&[(0, 0)], &[0])), Err(InvalidPlacement::DuplicateVm("a".into())));
+        assert_eq!(check(&answer(&[(1, 0)], &[])), Err(InvalidPlacement::MissingVm("a".into())));
+        assert!(matches!(
+            check(&answer(&[(0, 0), (1, 0)], &[])),
+            Err(InvalidPlacement::Refused { ref vm, ref host, ref why }) if vm == "b" && host == "h1" && why.contains("short of 600 MiB")
+        ));
+        assert_eq!(
+            check(&answer(&[(0, 0), (1, 1)], &[0])),
+            Err(InvalidPlacement::TooManyEntries { entries: 3, vms: 2 })
+        );
+    }
+
+    #[test]
+    fn the_free_index_orders_by_free_memory_then_position_and_moves_hosts() {
+        let mut compact = CompactInput::from_named(&input(
+            vec![],
+            vec![host("a", 4000, 1), host("b", 2000, 1), host("c", 4000, 1), host("m", 9000, 1)],
+        ));
+        compact.hosts[3].maintenance = true;
+        let mut index = FreeIndex::new(&compact);
+        assert_eq!(index.len(), 3, "maintenance hosts are not indexed");
+        assert_eq!(index.with_room(0).collect::<Vec<_>>(), [1, 0, 2]);
+        assert_eq!(index.with_room(2001).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(index.with_room(4000).rev().collect::<Vec<_>>(), [2, 0]);
+        assert_eq!(index.with_room(4001).count(), 0);
+        index.update(0, 4000, 1000);
+        assert_eq!(index.with_room(0).collect::<Vec<_>>(), [0, 1, 2]);
+        // An exbibyte or more sorts as one: the rules still see the real figure.
+        assert_eq!(FreeIndex::key(u64::MAX, 5), FreeIndex::key(FreeIndex::MAX_FREE, 5));
+        assert!(FreeIndex::key(FreeIndex::MAX_FREE, 0) > FreeIndex::key(FreeIndex::MAX_FREE - 1, (1 << 24) - 1));
+    }
+
+    #[test]
+    fn equal_vms_are_placed_in_input_order() {
+        // Two equal VMs, room for one: the one listed first gets it, whatever its name.
+        let answer = place(&input(vec![vm("z", 600, 1), vm("a", 600, 1)], vec![host("h1", 1000, 4)])).expect("valid");
+        assert_eq!(host_of(&answer, "z"), Some("h1"));
+        assert_eq!(answer.unplaced.len(), 1);
+        assert_eq!(answer.unplaced[0].vm, "a");
+    }
+
     fn arb_input() -> impl proptest::strategy::Strategy<Value = PlacementInput> {
         let vms = prop::collection::vec((1u64..4000, 1u32..8, any::<bool>(), 0usize..4, 0usize..3), 0..40);
         let hosts = prop::collection::vec((0u64..16_000, 1u32..16, any::<bool>(), any::<bool>()), 0..8);
@@ -463,6 +679,63 @@ mod tests {
                 input.settings = vec![crate::types::Setting::new("strategy", strategy)];
                 let answer = place(&input).map_err(TestCaseError::fail)?;
                 prop_assert_eq!(validate_placement(&input, &answer), Ok(()));
+            }
+        }
+
+        #[test]
+        fn the_index_picks_what_trying_every_host_in_order_would(input in arb_input()) {
+            // Reference: for each VM in placement order, try every host sorted by (free
+            // memory, position) — least free first for best fit, most free first for spread.
+            let compact = CompactInput::from_named(&input);
+            for strategy in [Strategy::BestFit, Strategy::Spread] {
+                let answer = place_compact_with(&PlacementConfig { strategy }, &compact);
+                let mut rules = Rules::new(&compact);
+                let mut expected = Vec::new();
+                for v in placement_order(&compact.vms) {
+                    let mut hosts: Vec<usize> = (0..compact.hosts.len()).filter(|&h| !compact.hosts[h].maintenance).collect();
+                    hosts.sort_by_key(|&h| (rules.rooms[h].free_memory_mib, h));
+                    if strategy == Strategy::Spread {
+                        hosts.reverse();
+                    }
+                    if let Some(h) = hosts.into_iter().find(|&h| rules.refusal(v, h).is_none()) {
+                        rules.assign(v, h);
+                        expected.push(CompactAssignment { vm: position(v), host: position(h) });
+                    }
+                }
+                prop_assert_eq!(&answer.assignments, &expected);
+            }
+        }
+
+        #[test]
+        fn unplaced_reasons_count_every_host_as_asking_each_would(input in arb_input()) {
+            // The reason counts hosts by their first refusal; the engine asks only the hosts
+            // with room. Re-count by asking every host, with the rooms as they were then.
+            let compact = CompactInput::from_named(&input);
+            let answer = place_compact_with(&PlacementConfig::default(), &compact);
+            let mut rules = Rules::new(&compact);
+            let placed: std::collections::BTreeMap<u32, u32> = answer.assignments.iter().map(|a| (a.vm, a.host)).collect();
+            for v in placement_order(&compact.vms) {
+                let vm = position(v);
+                if let Some(&h) = placed.get(&vm) {
+                    rules.assign(v, h as usize);
+                    continue;
+                }
+                let mut causes: BTreeMap<Refusal, usize> = BTreeMap::new();
+                for h in 0..compact.hosts.len() {
+                    if let Some(refusal) = rules.refusal(v, h) {
+                        *causes.entry(refusal).or_default() += 1;
+                    }
+                }
+                let reason = &answer.unplaced.iter().find(|u| u.vm == vm).map(|u| u.reason.clone()).unwrap_or_default();
+                let expected: Vec<String> = causes
+                    .into_iter()
+                    .map(|(r, n)| format!("{n} {} {}", if n == 1 { "host" } else { "hosts" }, r.describe(&compact, v)))
+                    .collect();
+                if compact.hosts.is_empty() {
+                    prop_assert_eq!(reason.as_str(), "no candidate hosts");
+                } else {
+                    prop_assert!(reason.ends_with(&format!(": {}", expected.join(", "))), "{} vs {:?}", reason, expected);
+                }
             }
         }
 

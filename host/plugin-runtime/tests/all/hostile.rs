@@ -81,6 +81,34 @@ fn exceeding_capacity_is_refused() {
 }
 
 #[test]
+fn compact_answers_with_bad_positions_are_refused_and_named() {
+    let input = |mode: &str| {
+        let mut input = placement_input();
+        input.settings = vec![halo_policy::Setting::new("mode", mode)];
+        input
+    };
+    // placement_input has hosts h1, h2, h3, failed (4) and VMs a, b, c.
+    falls_back::<Placement>(
+        "compact_bad_positions",
+        &input("unknown-host"),
+        FailureKind::InvalidAnswer,
+        "puts VM `a` on unknown host `#4`",
+    );
+    falls_back::<Placement>(
+        "compact_bad_positions",
+        &input("twice"),
+        FailureKind::InvalidAnswer,
+        "places VM `a` twice",
+    );
+    falls_back::<Placement>(
+        "compact_bad_positions",
+        &input("missing"),
+        FailureKind::InvalidAnswer,
+        "says nothing about VM `c`",
+    );
+}
+
+#[test]
 fn a_million_entries_are_refused_without_harm() {
     falls_back::<Isolation>(
         "million_entries",

@@ -16,6 +16,8 @@ fn default_plugins_load_and_agree_with_the_built_in_policies() {
     );
 
     let placement = rt.load::<Placement>(&plugin("default:placement")).expect("placement plugin");
+    assert_eq!(placement.info().export, "halo:policy/compact-placement@0.1.1");
+    assert_eq!(placement.info().world, "compact-placement-engine");
     let input = placement_input();
     let answer = rt.call(&placement, &input).expect("answer");
     assert_eq!(answer, halo_policy::placement::place_fallback(&input).0);
@@ -32,7 +34,29 @@ fn a_plugin_of_another_world_is_refused_with_its_exports_named() {
     let err = runtime().load::<Placement>(&plugin("default:restart_order")).err().expect("wrong world");
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("halo:policy/restart-order@0.1.0") && text.contains("halo:policy/placement@0.1.0"), "{text}");
+    assert!(text.contains("halo:policy/restart-order@0.1.0"), "{text}");
+    assert!(text.contains("must export halo:policy/placement@0.1.1 or halo:policy/compact-placement@0.1.1"), "{text}");
+}
+
+#[test]
+fn a_named_placement_plugin_built_against_0_1_0_still_loads_and_agrees() {
+    // Contract 0.1.1 only adds: the named world of 0.1.0 keeps working, through the same
+    // validation, and the same policy gives the same answer in either world.
+    let rt = runtime();
+    let named = rt.load::<Placement>(&plugin("hostile:named_default_placement")).expect("0.1.0 plugin");
+    assert_eq!(named.info().export, "halo:policy/placement@0.1.0");
+    assert_eq!(named.info().world, "placement-engine");
+    let compact = rt.load::<Placement>(&plugin("default:placement")).expect("placement plugin");
+    let mut input = placement_input();
+    for (i, vm) in input.vms.iter_mut().enumerate() {
+        vm.anti_affinity_group = (i % 2 == 0).then(|| "pair".to_string());
+    }
+    input.hosts[1].labels = vec!["ssd".into()];
+    input.vms[2].required_host_labels = vec!["ssd".into()];
+    let expected = halo_policy::placement::place_fallback(&input).0;
+    assert_eq!(rt.call(&named, &input).expect("named answer"), expected);
+    assert_eq!(rt.call(&compact, &input).expect("compact answer"), expected);
+    assert!(!expected.unplaced.is_empty() || expected.assignments.len() == 3);
 }
 
 #[test]
@@ -41,7 +65,7 @@ fn a_plugin_of_another_contract_version_is_refused() {
     assert_eq!(
         err.to_string(),
         format!(
-            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.0; rebuild the plugin against wit/0.1.0",
+            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.1; rebuild the plugin against wit/0.1.1",
             plugin("hostile:contract_v0_2").display()
         )
     );

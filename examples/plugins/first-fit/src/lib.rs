@@ -5,7 +5,7 @@
 //! Build: `cargo build --release --target wasm32-wasip2 -p first-fit-placement`
 //! Try:   `halo plugin run target/wasm32-wasip2/release/first_fit_placement.wasm --input examples/inputs/placement.json`
 
-wit_bindgen::generate!({ path: "../../../wit/0.1.0", world: "placement-engine" });
+wit_bindgen::generate!({ path: "../../../wit/0.1.1", world: "placement-engine" });
 
 use exports::halo::policy::placement::Guest;
 use halo::policy::log::{Level, log};

@@ -26,6 +26,10 @@ pub const KEPT: usize = 2_000;
 pub struct LoggedEvent {
     /// Number within this agent's run (starts at 1).
     pub id: u64,
+    /// This agent's run: its start, ms since the Unix epoch. A restarted agent numbers its
+    /// events from 1 again under a new run, so (node, run, id) names an event for good.
+    #[serde(default)]
+    pub run: u64,
     /// Wall clock, ms since the Unix epoch.
     pub unix_ms: u64,
     /// The event.
@@ -36,6 +40,7 @@ pub struct LoggedEvent {
 /// The log.
 pub struct EventLog {
     inner: Mutex<Inner>,
+    run: u64,
     file: Option<mpsc::UnboundedSender<String>>,
     webhook: Option<(String, String)>,
     /// Alerts the webhook did not take.
@@ -78,7 +83,13 @@ impl EventLog {
             });
             tx
         });
-        Arc::new(Self { inner: Mutex::new(Inner::default()), file, webhook, webhook_failures: AtomicU64::new(0) })
+        Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            run: unix_ms(),
+            file,
+            webhook,
+            webhook_failures: AtomicU64::new(0),
+        })
     }
 
     /// Records one event (and sends it on).
@@ -86,7 +97,7 @@ impl EventLog {
         let logged = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.next_id += 1;
-            let logged = LoggedEvent { id: inner.next_id, unix_ms: unix_ms(), event };
+            let logged = LoggedEvent { id: inner.next_id, run: self.run, unix_ms: unix_ms(), event };
             *inner.by_kind.entry((logged.event.kind.clone(), logged.event.severity)).or_default() += 1;
             inner.recent.push_back(logged.clone());
             while inner.recent.len() > KEPT {

@@ -416,7 +416,8 @@ enum Step {
 /// means a host whose clock is off neither hides the event that ends the action nor passes an
 /// old one off as new.
 struct EventsSeen {
-    newest: BTreeMap<String, u64>,
+    /// The newest event id seen of each agent, with the run it belongs to.
+    newest: BTreeMap<String, (u64, u64)>,
     unix_ms: u64,
 }
 
@@ -424,27 +425,34 @@ impl EventsSeen {
     fn now(agent: &Agent) -> anyhow::Result<Self> {
         let unix_ms = halo_agent::events::unix_ms();
         let events = agent.call("GET", "/api/v1/events?cluster=true&limit=500", None)?;
-        let mut newest = BTreeMap::new();
+        let mut newest: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for e in list(&events, "events") {
-            let id = e.get("id").and_then(Value::as_u64).unwrap_or(0);
-            let entry = newest.entry(text(e, "node")).or_insert(0);
-            *entry = (*entry).max(id);
+            let (run, id) = (number(e, "run"), number(e, "id"));
+            let entry = newest.entry(text(e, "node")).or_insert((run, 0));
+            // The newest run of the agent, and its newest event.
+            *entry = (*entry).max((run, id));
         }
         Ok(Self { newest, unix_ms })
     }
 
-    /// Whether event `id` of `node`, stamped `unix_ms` by that node, came after.
-    fn is_new(&self, node: &str, id: u64, unix_ms: u64) -> bool {
+    /// Whether event `id` of `node`'s run `run`, stamped `unix_ms` by that node, came after.
+    /// An agent restarted since (a newer run) numbers its events from 1 again: all of them are new.
+    fn is_new(&self, node: &str, run: u64, id: u64, unix_ms: u64) -> bool {
         match self.newest.get(node) {
-            Some(&newest) => id > newest,
+            Some(&(seen_run, newest)) if run == seen_run => id > newest,
+            Some(&(seen_run, _)) => run > seen_run,
             None => unix_ms >= self.unix_ms,
         }
     }
 }
 
+fn number(e: &Value, key: &str) -> u64 {
+    e.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
 /// Prints the cluster's events that came after `seen` as they come, until one ends the
-/// action. An agent restarted meanwhile numbers its events from 1 again: those are missed,
-/// and the command says to look at `halo events` when its time is up.
+/// action. An agent restarted meanwhile numbers its events from 1 again under a new run:
+/// those count as new.
 fn follow(
     agent: &Agent,
     seen: EventsSeen,
@@ -456,11 +464,11 @@ fn follow(
     while started.elapsed() < timeout {
         let events = agent.call("GET", "/api/v1/events?cluster=true&limit=500", None)?;
         for e in list(&events, "events") {
-            let (node, id) = (text(e, "node"), e.get("id").and_then(Value::as_u64).unwrap_or(0));
-            if !seen.is_new(&node, id, e.get("unix-ms").and_then(Value::as_u64).unwrap_or(0)) {
+            let (node, run, id) = (text(e, "node"), number(e, "run"), number(e, "id"));
+            if !seen.is_new(&node, run, id, number(e, "unix-ms")) {
                 continue;
             }
-            if !shown.insert((node, id)) {
+            if !shown.insert((node, run, id)) {
                 continue;
             }
             let kind = text(e, "kind");
@@ -639,16 +647,28 @@ mod tests {
 
     #[test]
     fn events_are_new_by_their_agents_numbers_whatever_the_clocks_say() {
-        let seen =
-            EventsSeen { newest: BTreeMap::from([("host-1".into(), 40), ("host-2".into(), 7)]), unix_ms: 1_000_000 };
+        let seen = EventsSeen {
+            newest: BTreeMap::from([("host-1".into(), (500, 40)), ("host-2".into(), (600, 7))]),
+            unix_ms: 1_000_000,
+        };
         // host-1's clock is 5 s behind: its next event is new although stamped before.
-        assert!(seen.is_new("host-1", 41, 995_000));
+        assert!(seen.is_new("host-1", 500, 41, 995_000));
         // host-2's clock is 5 s ahead: its old event is old although stamped after.
-        assert!(!seen.is_new("host-2", 7, 1_005_000));
-        assert!(!seen.is_new("host-2", 3, 1_005_000));
-        assert!(seen.is_new("host-2", 8, 1_005_000));
+        assert!(!seen.is_new("host-2", 600, 7, 1_005_000));
+        assert!(!seen.is_new("host-2", 600, 3, 1_005_000));
+        assert!(seen.is_new("host-2", 600, 8, 1_005_000));
         // An agent that showed nothing before: judged by the clock.
-        assert!(seen.is_new("host-3", 1, 1_000_000));
-        assert!(!seen.is_new("host-3", 2, 999_999));
+        assert!(seen.is_new("host-3", 700, 1, 1_000_000));
+        assert!(!seen.is_new("host-3", 700, 2, 999_999));
+    }
+
+    #[test]
+    fn a_restarted_agent_numbering_from_one_again_is_still_followed() {
+        let seen = EventsSeen { newest: BTreeMap::from([("host-1".into(), (500, 40))]), unix_ms: 1_000_000 };
+        // host-1 restarted during the command: run 900, ids from 1.
+        assert!(seen.is_new("host-1", 900, 1, 1_002_000));
+        assert!(seen.is_new("host-1", 900, 2, 1_002_001));
+        // Events of an older run that only now show up (another agent's merge) are old.
+        assert!(!seen.is_new("host-1", 400, 90, 1_003_000));
     }
 }

@@ -188,7 +188,7 @@ impl Runtime {
         // version (`halo:policy/log@0.1.0`): define it under that exact name too, or the trap
         // stubs below would take the name (they match exactly, before any version matching).
         for import in imports.iter().filter(|i| i.starts_with("halo:policy/log@")) {
-            if !linker_has_instance(import) {
+            if !is_own_log(import) {
                 add_log_as(&mut linker, import).map_err(instantiate_err)?;
             }
         }
@@ -265,8 +265,9 @@ impl Runtime {
     }
 }
 
-/// Whether the generated bindings already define `import` (the contract's own version).
-fn linker_has_instance(import: &str) -> bool {
+/// Whether `import` is the `log` of the contract version this agent speaks (the generated
+/// bindings define that one).
+fn is_own_log(import: &str) -> bool {
     import == format!("halo:policy/log@{CONTRACT_VERSION}")
 }
 

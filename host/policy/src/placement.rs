@@ -97,6 +97,8 @@ struct HostRoom {
 struct Rules<'a> {
     input: &'a CompactInput,
     rooms: Vec<HostRoom>,
+    /// Hosts in maintenance.
+    in_maintenance: usize,
 }
 
 impl<'a> Rules<'a> {
@@ -113,7 +115,8 @@ impl<'a> Rules<'a> {
                 groups: input.host_anti_affinity_groups.of(i).to_vec(),
             })
             .collect();
-        Self { input, rooms }
+        let in_maintenance = input.hosts.iter().filter(|h| h.maintenance).count();
+        Self { input, rooms, in_maintenance }
     }
 
     /// Whether VM `v` may go to host `h`: `refusal(v, h).is_none()`, the cheap tests first,
@@ -195,8 +198,8 @@ impl<'a> Rules<'a> {
                 *causes.entry(refusal).or_default() += n;
             }
         };
-        // Not in the index: the hosts in maintenance, the first rule.
-        count(Refusal::Maintenance, self.rooms.len() - by_free.len());
+        // The first rule: hosts in maintenance (not in the index).
+        count(Refusal::Maintenance, self.in_maintenance);
         // Avoided hosts outside maintenance, each once, the second rule.
         let mut avoided: Vec<usize> = self
             .input

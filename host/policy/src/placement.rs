@@ -743,6 +743,55 @@ mod tests {
         }
 
         #[test]
+        fn any_compact_answer_is_judged_like_its_named_form_and_never_panics(
+            input in arb_input(),
+            picks in prop::collection::vec((0u32..48, 0u32..10, any::<bool>()), 0..60),
+        ) {
+            // A plugin's answer in positions, anything at all: positions past the lists,
+            // repeats, gaps. The compact check must not panic, and where the positions are in
+            // range it must agree with the named check of the same answer.
+            let compact = CompactInput::from_named(&input);
+            let mut answer = CompactPlacement::default();
+            for (vm, host, placed) in picks {
+                if placed {
+                    answer.assignments.push(CompactAssignment { vm, host });
+                } else {
+                    answer.unplaced.push(CompactUnplaced { vm, reason: "none".into() });
+                }
+            }
+            let verdict = validate_compact(&input, &compact, &answer);
+            let in_range = answer.assignments.iter().all(|a| (a.vm as usize) < input.vms.len() && (a.host as usize) < input.hosts.len())
+                && answer.unplaced.iter().all(|u| (u.vm as usize) < input.vms.len());
+            if in_range {
+                prop_assert_eq!(verdict.is_ok(), validate_placement(&input, &answer.to_named(&input)).is_ok());
+            } else {
+                prop_assert!(verdict.is_err());
+            }
+        }
+
+        #[test]
+        fn a_moved_vm_is_judged_alike_in_positions_and_in_names(input in arb_input(), which in any::<usize>(), to in any::<usize>()) {
+            // The engine's answer with one VM moved to another host (or placed, if it was not):
+            // often still valid, often not; both checks must say the same.
+            let compact = CompactInput::from_named(&input);
+            let mut answer = place_compact_with(&PlacementConfig::default(), &compact);
+            let vms = answer.assignments.len() + answer.unplaced.len();
+            if vms == 0 || input.hosts.is_empty() {
+                return Ok(());
+            }
+            let host = position(to % input.hosts.len());
+            let i = which % vms;
+            if i < answer.assignments.len() {
+                answer.assignments[i].host = host;
+            } else {
+                let vm = answer.unplaced.remove(i - answer.assignments.len()).vm;
+                answer.assignments.push(CompactAssignment { vm, host });
+            }
+            let compact_verdict = validate_compact(&input, &compact, &answer);
+            prop_assert_eq!(compact_verdict.is_ok(), validate_placement(&input, &answer.to_named(&input)).is_ok());
+        }
+
+        #[test]
         fn an_unplaced_vm_fits_on_no_host_after_placement(input in arb_input()) {
             let answer = place(&input).map_err(TestCaseError::fail)?;
             // Re-run validation with each unplaced VM moved onto each host: every one must be refused.

@@ -223,7 +223,7 @@ impl<'a> Rules<'a> {
             }
         }
         let avoided_short = avoided.iter().filter(|&&h| self.rooms[h].free_memory_mib < memory).count();
-        count(Refusal::Memory, by_free.len() - with_room - avoided_short);
+        count(Refusal::Memory, by_free.len().saturating_sub(with_room + avoided_short));
         let parts: Vec<String> = causes
             .into_iter()
             .map(|(refusal, n)| {

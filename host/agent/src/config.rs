@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use halo_core::config::{HaSettings, PolicySettings, Timeouts};
 use halo_core::{ClusterConfig, HostSpec, VmSpec};
+use halo_plugin_runtime::{CpuBudget, SandboxLimits};
 use serde::Deserialize;
 
 /// The whole file.
@@ -186,8 +187,8 @@ impl Default for LibvirtEntry {
     }
 }
 
-/// Plugin files per decision point.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// Plugin files per decision point, and the limits every plugin call runs under.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct PluginEntry {
     /// The isolation-policy plugin.
@@ -196,6 +197,50 @@ pub struct PluginEntry {
     pub placement: Option<PathBuf>,
     /// The restart-policy plugin.
     pub restart_order: Option<PathBuf>,
+    /// CPU budget per call in milliseconds (1 … 10000).
+    pub cpu_budget_ms: u64,
+    /// How the budget is enforced: `fuel` (deterministic: the same input stops at the same
+    /// instruction everywhere, decision record 0001) or `epoch` (wall clock).
+    pub cpu_budget: BudgetKind,
+    /// Linear memory cap per call in MiB (1 … 4096).
+    pub memory_mib: u64,
+}
+
+/// How a plugin call's CPU budget is enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BudgetKind {
+    /// Fuel: deterministic.
+    #[default]
+    Fuel,
+    /// Epoch deadline: wall clock.
+    Epoch,
+}
+
+impl Default for PluginEntry {
+    fn default() -> Self {
+        let limits = SandboxLimits::default();
+        Self {
+            isolation: None,
+            placement: None,
+            restart_order: None,
+            cpu_budget_ms: limits.cpu.millis(),
+            cpu_budget: BudgetKind::Fuel,
+            memory_mib: (limits.memory_bytes >> 20) as u64,
+        }
+    }
+}
+
+impl PluginEntry {
+    /// The sandbox limits these settings give.
+    pub fn limits(&self) -> SandboxLimits {
+        let millis = self.cpu_budget_ms;
+        let cpu = match self.cpu_budget {
+            BudgetKind::Fuel => CpuBudget::Fuel { millis },
+            BudgetKind::Epoch => CpuBudget::Epoch { millis },
+        };
+        SandboxLimits { cpu, memory_bytes: (self.memory_mib as usize) << 20, ..SandboxLimits::default() }
+    }
 }
 
 /// Why a config was refused: every problem, each with its key path.
@@ -347,6 +392,18 @@ impl AgentConfig {
             problems.push(
                 "datastores: none configured; without a datastore no VM is ever restarted (claims live there)".into(),
             );
+        }
+        if !(1..=10_000).contains(&self.plugins.cpu_budget_ms) {
+            problems.push(format!(
+                "plugins.cpu-budget-ms: {} must be between 1 and 10000 (default 50)",
+                self.plugins.cpu_budget_ms
+            ));
+        }
+        if !(1..=4096).contains(&self.plugins.memory_mib) {
+            problems.push(format!(
+                "plugins.memory-mib: {} must be between 1 and 4096 (default 64)",
+                self.plugins.memory_mib
+            ));
         }
         for (key, path) in [
             ("plugins.isolation", &self.plugins.isolation),
@@ -544,6 +601,23 @@ priority = "restart"
         }
         let ConfigError::Invalid { problems, .. } = error else { panic!("not a validation error") };
         assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn plugin_limits_default_to_the_runtimes_and_are_checked() {
+        let config = AgentConfig::parse(GOOD, "halo.toml").expect("valid");
+        assert_eq!(config.plugins.limits(), SandboxLimits::default(), "50 ms of fuel, 64 MiB");
+        let tuned = format!("{GOOD}\n[plugins]\ncpu-budget-ms = 400\ncpu-budget = \"epoch\"\nmemory-mib = 256\n");
+        let limits = AgentConfig::parse(&tuned, "halo.toml").expect("valid").plugins.limits();
+        assert_eq!(limits.cpu, CpuBudget::Epoch { millis: 400 });
+        assert_eq!(limits.memory_bytes, 256 << 20);
+        let bad = format!("{GOOD}\n[plugins]\ncpu-budget-ms = 0\nmemory-mib = 8192\n");
+        let text = AgentConfig::parse(&bad, "halo.toml").expect_err("out of range").to_string();
+        assert!(text.contains("plugins.cpu-budget-ms: 0 must be between 1 and 10000"), "{text}");
+        assert!(text.contains("plugins.memory-mib: 8192 must be between 1 and 4096"), "{text}");
+        let kind = format!("{GOOD}\n[plugins]\ncpu-budget = \"wall\"\n");
+        let text = AgentConfig::parse(&kind, "halo.toml").expect_err("unknown kind").to_string();
+        assert!(text.contains("unknown variant `wall`"), "{text}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use halo_datastore::{Datastore, Datastores, Location, NfsTarget};
 use halo_libvirt::events::StopKind;
 use halo_libvirt::{Hypervisor, HypervisorConfig, Hypervisors, LifecycleEvent, generation_of};
 use halo_net::{ClusterKey, HeartbeatTransport, Heartbeats, Membership, NetworkEndpoints, Pinger, TransportConfig};
-use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime, SandboxLimits};
+use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime};
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
@@ -284,7 +284,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     };
 
     let plugin_runtime =
-        Arc::new(Runtime::new(SandboxLimits::default(), None).map_err(|e| StartError::Plugins(e.to_string()))?);
+        Arc::new(Runtime::new(config.plugins.limits(), None).map_err(|e| StartError::Plugins(e.to_string()))?);
     let mut policies = PluginPolicies::load(
         &plugin_runtime,
         PluginFiles {

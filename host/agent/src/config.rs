@@ -204,6 +204,10 @@ pub struct PluginEntry {
     pub cpu_budget: BudgetKind,
     /// Linear memory cap per call in MiB (1 … 4096).
     pub memory_mib: u64,
+    /// Where compiled plugins are cached (absolute; created mode 0700, refused if others can
+    /// write it): a plugin loads in well under a millisecond instead of ≈ 150 ms of compiling.
+    /// None: compile at every load.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// How a plugin call's CPU budget is enforced.
@@ -227,6 +231,7 @@ impl Default for PluginEntry {
             cpu_budget_ms: limits.cpu.millis(),
             cpu_budget: BudgetKind::Fuel,
             memory_mib: (limits.memory_bytes >> 20) as u64,
+            cache_dir: None,
         }
     }
 }
@@ -398,6 +403,11 @@ impl AgentConfig {
                 "plugins.cpu-budget-ms: {} must be between 1 and 10000 (default 50)",
                 self.plugins.cpu_budget_ms
             ));
+        }
+        if let Some(dir) = &self.plugins.cache_dir
+            && !dir.is_absolute()
+        {
+            problems.push(format!("plugins.cache-dir: {} must be an absolute path", dir.display()));
         }
         if !(1..=4096).contains(&self.plugins.memory_mib) {
             problems.push(format!(
@@ -611,10 +621,11 @@ priority = "restart"
         let limits = AgentConfig::parse(&tuned, "halo.toml").expect("valid").plugins.limits();
         assert_eq!(limits.cpu, CpuBudget::Epoch { millis: 400 });
         assert_eq!(limits.memory_bytes, 256 << 20);
-        let bad = format!("{GOOD}\n[plugins]\ncpu-budget-ms = 0\nmemory-mib = 8192\n");
+        let bad = format!("{GOOD}\n[plugins]\ncpu-budget-ms = 0\nmemory-mib = 8192\ncache-dir = \"cache\"\n");
         let text = AgentConfig::parse(&bad, "halo.toml").expect_err("out of range").to_string();
         assert!(text.contains("plugins.cpu-budget-ms: 0 must be between 1 and 10000"), "{text}");
         assert!(text.contains("plugins.memory-mib: 8192 must be between 1 and 4096"), "{text}");
+        assert!(text.contains("plugins.cache-dir: cache must be an absolute path"), "{text}");
         let kind = format!("{GOOD}\n[plugins]\ncpu-budget = \"wall\"\n");
         let text = AgentConfig::parse(&kind, "halo.toml").expect_err("unknown kind").to_string();
         assert!(text.contains("unknown variant `wall`"), "{text}");

@@ -283,8 +283,10 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         capture: None,
     };
 
-    let plugin_runtime =
-        Arc::new(Runtime::new(config.plugins.limits(), None).map_err(|e| StartError::Plugins(e.to_string()))?);
+    let plugin_runtime = Arc::new(
+        Runtime::new(config.plugins.limits(), config.plugins.cache_dir.as_deref())
+            .map_err(|e| StartError::Plugins(e.to_string()))?,
+    );
     let mut policies = PluginPolicies::load(
         &plugin_runtime,
         PluginFiles {

@@ -130,6 +130,10 @@ pub struct SettingRef<'a> {
     value: &'a str,
 }
 
+fn setting_refs(settings: &[policy::Setting]) -> Vec<SettingRef<'_>> {
+    settings.iter().map(|s| SettingRef { key: &s.key, value: &s.value }).collect()
+}
+
 fn placement_reason(reason: policy::PlacementReason) -> wit::PlacementReason {
     match reason {
         policy::PlacementReason::Failover => wit::PlacementReason::Failover,
@@ -173,7 +177,7 @@ pub fn placement_input(input: &policy::PlacementInput) -> PlacementInputRef<'_> 
             })
             .collect(),
         vcpu_overcommit_percent: input.vcpu_overcommit_percent,
-        settings: input.settings.iter().map(|s| SettingRef { key: &s.key, value: &s.value }).collect(),
+        settings: setting_refs(&input.settings),
     }
 }
 
@@ -286,7 +290,7 @@ pub fn compact_input(input: &policy::compact::CompactInput) -> CompactInputRef<'
         datastores: &input.datastores,
         anti_affinity_groups: &input.anti_affinity_groups,
         vcpu_overcommit_percent: input.vcpu_overcommit_percent,
-        settings: input.settings.iter().map(|s| SettingRef { key: &s.key, value: &s.value }).collect(),
+        settings: setting_refs(&input.settings),
     }
 }
 

@@ -147,7 +147,8 @@ impl<'a> Table<'a> {
     }
 }
 
-fn position(i: usize) -> u32 {
+/// A position in one of the input's lists as the contract carries it.
+pub(crate) fn position(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
 }
 

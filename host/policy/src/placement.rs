@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::compact::{CompactAssignment, CompactInput, CompactPlacement, CompactUnplaced, CompactVm};
+use crate::compact::{CompactAssignment, CompactInput, CompactPlacement, CompactUnplaced, CompactVm, position};
 use crate::settings::PolicySettings;
 use crate::settings::SettingError;
 use crate::types::{Placement, PlacementInput};
@@ -277,10 +277,6 @@ impl FreeIndex {
             self.0.insert(Self::key(after, h));
         }
     }
-}
-
-fn position(i: usize) -> u32 {
-    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -218,13 +218,6 @@ pub struct CandidateHost {
     pub anti_affinity_groups: Vec<String>,
 }
 
-impl CandidateHost {
-    /// The most vCPUs this host may carry under `overcommit_percent`.
-    pub fn vcpu_capacity(&self, overcommit_percent: u32) -> u64 {
-        u64::from(self.total_vcpus) * u64::from(overcommit_percent) / 100
-    }
-}
-
 /// Input of the placement engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]

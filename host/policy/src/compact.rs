@@ -32,6 +32,7 @@ impl Default for Relation {
 
 impl Relation {
     /// The positions of entry `i`; none for an entry the relation does not have.
+    #[inline(always)]
     pub fn of(&self, i: usize) -> &[u32] {
         match self.starts.get(i..i + 2) {
             Some(&[start, end]) => self.items.get(start as usize..end as usize).unwrap_or_default(),

@@ -15,6 +15,7 @@ pub mod isolation;
 pub mod placement;
 pub mod restart;
 pub mod settings;
+mod sorted;
 pub mod types;
 
 pub use types::*;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::compact::{CompactAssignment, CompactInput, CompactPlacement, CompactUnplaced, CompactVm, position};
 use crate::settings::PolicySettings;
 use crate::settings::SettingError;
+use crate::sorted::{Slot, SortedBlocks};
 use crate::types::{Placement, PlacementInput};
 
 /// vCPU overcommit used when the input gives none: 4 vCPUs per thread.
@@ -99,6 +100,8 @@ struct Rules<'a> {
     rooms: Vec<HostRoom>,
     /// Hosts in maintenance.
     in_maintenance: usize,
+    /// The fewest vCPUs any VM of the input asks for: a host with fewer left takes no VM.
+    min_vcpus: u64,
 }
 
 impl<'a> Rules<'a> {
@@ -116,11 +119,18 @@ impl<'a> Rules<'a> {
             })
             .collect();
         let in_maintenance = input.hosts.iter().filter(|h| h.maintenance).count();
-        Self { input, rooms, in_maintenance }
+        let min_vcpus = input.vms.iter().map(|vm| u64::from(vm.vcpus)).min().unwrap_or(0);
+        Self { input, rooms, in_maintenance, min_vcpus }
+    }
+
+    /// Whether host `h` has fewer vCPUs left than any VM asks for: it takes no more VMs.
+    fn spent(&self, h: usize) -> bool {
+        self.rooms[h].vcpus_left < self.min_vcpus
     }
 
     /// Whether VM `v` may go to host `h`: `refusal(v, h).is_none()`, the cheap tests first,
     /// without building a refusal (the placement loop asks this for every host it tries).
+    #[inline(always)]
     fn takes(&self, v: usize, h: usize) -> bool {
         let (vm, room) = (&self.input.vms[v], &self.rooms[h]);
         room.vcpus_left >= u64::from(vm.vcpus)
@@ -132,20 +142,30 @@ impl<'a> Rules<'a> {
             && !self.group_present(v, h)
     }
 
+    /// Whether VM `v` must avoid host `h`. (The rule checks are inlined: in a plugin every call
+    /// costs a fuel or epoch check on entry, and the placement loop asks them for every host it
+    /// tries.)
+    #[inline(always)]
     fn avoided(&self, v: usize, h: usize) -> bool {
         self.input.vm_avoid_hosts.of(v).contains(&position(h))
     }
 
+    /// Whether host `h` carries every label VM `v` requires.
+    #[inline(always)]
     fn has_labels(&self, v: usize, h: usize) -> bool {
         let host_labels = self.input.host_labels.of(h);
         self.input.vm_required_labels.of(v).iter().all(|l| host_labels.contains(l))
     }
 
+    /// Whether host `h` reaches every datastore of VM `v`.
+    #[inline(always)]
     fn reaches_datastores(&self, v: usize, h: usize) -> bool {
         let host_datastores = self.input.host_datastores.of(h);
         self.input.vm_datastores.of(v).iter().all(|d| host_datastores.contains(d))
     }
 
+    /// Whether host `h` already runs a VM of VM `v`'s anti-affinity group.
+    #[inline(always)]
     fn group_present(&self, v: usize, h: usize) -> bool {
         self.input.vms[v].anti_affinity_group.is_some_and(|g| self.rooms[h].groups.contains(&g))
     }
@@ -185,8 +205,8 @@ impl<'a> Rules<'a> {
 
     /// A sentence for the operator: how many hosts refused VM `v`, grouped by cause, as if
     /// every host were asked in turn. `by_free` is the index of the hosts not in maintenance
-    /// by free memory: only the hosts with room for the VM's memory are asked one by one, so
-    /// a VM that fits nowhere costs little however many hosts there are.
+    /// by free memory: only the open hosts with room for the VM's memory are asked one by
+    /// one, so a VM that fits nowhere costs little however many hosts there are.
     fn why_unplaced(&self, v: usize, by_free: &FreeIndex) -> String {
         if self.rooms.is_empty() {
             return "no candidate hosts".into();
@@ -212,7 +232,7 @@ impl<'a> Rules<'a> {
         avoided.sort_unstable();
         avoided.dedup();
         count(Refusal::Avoided, avoided.len());
-        // Every other host in the index: short of memory, or asked.
+        // Every other open host: short of memory, or asked.
         let mut with_room = 0;
         for h in by_free.with_room(memory) {
             with_room += 1;
@@ -222,8 +242,15 @@ impl<'a> Rules<'a> {
                 count(refusal, 1);
             }
         }
+        // Every other spent host: short of memory (the third rule), or else of vCPUs.
+        let spent_with_room = by_free.spent_with_room(memory);
+        let avoided_spent_with_room = avoided
+            .iter()
+            .filter(|&&h| self.rooms[h].free_memory_mib >= memory && by_free.is_spent(h, self.rooms[h].free_memory_mib))
+            .count();
+        count(Refusal::Vcpus, spent_with_room - avoided_spent_with_room);
         let avoided_short = avoided.iter().filter(|&&h| self.rooms[h].free_memory_mib < memory).count();
-        count(Refusal::Memory, by_free.len().saturating_sub(with_room + avoided_short));
+        count(Refusal::Memory, by_free.len().saturating_sub(with_room + spent_with_room + avoided_short));
         let parts: Vec<String> = causes
             .into_iter()
             .map(|(refusal, n)| {
@@ -236,11 +263,19 @@ impl<'a> Rules<'a> {
 }
 
 /// The hosts not in maintenance ordered by (free memory, position): one `u64` per host, free
-/// MiB above the position's 24 bits, so the tree compares plain integers (a tuple key made
+/// MiB above the position's 24 bits, so the index compares plain integers (a tuple key made
 /// the sandboxed engine markedly slower). Free memory is capped at 2^40 MiB (an exbibyte) for
 /// the order only; the rules check the real figure. Hosts past position 2^24 are not indexed
 /// (take no VMs): no cluster comes near.
-struct FreeIndex(BTreeSet<u64>);
+///
+/// A host with fewer vCPUs left than any VM asks for is *spent*: it moves from the open
+/// hosts, which the placement searches, to the spent ones, which only the reasons for an
+/// unplaced VM count. Without that every later VM would step over every full host (on the
+/// benchmark's 10,000 VMs, 100,000 of the 145,000 hosts tried).
+struct FreeIndex {
+    open: SortedBlocks,
+    spent: BTreeSet<u64>,
+}
 
 impl FreeIndex {
     const HOST_BITS: u32 = 24;
@@ -250,32 +285,79 @@ impl FreeIndex {
         (free_mib.min(Self::MAX_FREE) << Self::HOST_BITS) | h as u64
     }
 
-    fn new(input: &CompactInput) -> Self {
-        Self(
-            input
-                .hosts
-                .iter()
-                .enumerate()
-                .filter(|&(h, host)| !host.maintenance && h < 1 << Self::HOST_BITS)
-                .map(|(h, host)| Self::key(host.free_memory_mib, h))
-                .collect(),
-        )
+    fn host(key: u64) -> usize {
+        (key & ((1 << Self::HOST_BITS) - 1)) as usize
     }
 
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Hosts with at least `memory_mib` free, least free first (ties: listed first).
-    fn with_room(&self, memory_mib: u64) -> impl DoubleEndedIterator<Item = usize> + '_ {
-        self.0.range(Self::key(memory_mib, 0)..).map(|&k| (k & ((1 << Self::HOST_BITS) - 1)) as usize)
-    }
-
-    /// Moves host `h` from `before` to `after` MiB free.
-    fn update(&mut self, h: usize, before: u64, after: u64) {
-        if self.0.remove(&Self::key(before, h)) {
-            self.0.insert(Self::key(after, h));
+    fn new(rules: &Rules) -> Self {
+        let (mut open, mut spent) = (Vec::new(), BTreeSet::new());
+        for (h, host) in rules.input.hosts.iter().enumerate() {
+            if !host.maintenance && h < 1 << Self::HOST_BITS {
+                let key = Self::key(host.free_memory_mib, h);
+                if rules.spent(h) {
+                    spent.insert(key);
+                } else {
+                    open.push(key);
+                }
+            }
         }
+        Self { open: SortedBlocks::new(open), spent }
+    }
+
+    /// Hosts indexed, open and spent.
+    fn len(&self) -> usize {
+        self.open.len() + self.spent.len()
+    }
+
+    /// Open hosts with at least `memory_mib` free, least free first (ties: listed first).
+    fn with_room(&self, memory_mib: u64) -> impl Iterator<Item = usize> + '_ {
+        self.open.runs_upward(self.from(memory_mib)).flat_map(|(_, keys)| keys.iter().map(|&key| Self::host(key)))
+    }
+
+    /// Where the open hosts with at least `memory_mib` free begin.
+    fn from(&self, memory_mib: u64) -> Slot {
+        self.open.lower_bound(Self::key(memory_mib, 0))
+    }
+
+    /// The least free open host from `from` on that `takes` (best fit), with its slot for
+    /// [`FreeIndex::moved`].
+    #[inline(always)]
+    fn first_up(&self, from: Slot, mut takes: impl FnMut(usize) -> bool) -> Option<(Slot, usize)> {
+        self.open.runs_upward(from).find_map(|(first, keys)| {
+            let i = keys.iter().position(|&key| takes(Self::host(key)))?;
+            Some((first.plus(i), Self::host(keys[i])))
+        })
+    }
+
+    /// The most free open host from `from` on that `takes` (spread), with its slot.
+    #[inline(always)]
+    fn first_down(&self, from: Slot, mut takes: impl FnMut(usize) -> bool) -> Option<(Slot, usize)> {
+        self.open.runs_downward(from).find_map(|(first, keys)| {
+            let i = keys.iter().rposition(|&key| takes(Self::host(key)))?;
+            Some((first.plus(i), Self::host(keys[i])))
+        })
+    }
+
+    /// Host `h`, found at `slot`, now has `free_mib` free: it moves there, or to the spent
+    /// hosts.
+    fn moved(&mut self, slot: Slot, h: usize, free_mib: u64, spent: bool) {
+        let key = Self::key(free_mib, h);
+        if spent {
+            self.open.remove(slot);
+            self.spent.insert(key);
+        } else {
+            self.open.replace(slot, key);
+        }
+    }
+
+    /// How many spent hosts have at least `memory_mib` free.
+    fn spent_with_room(&self, memory_mib: u64) -> usize {
+        self.spent.range(Self::key(memory_mib, 0)..).count()
+    }
+
+    /// Whether host `h`, with `free` MiB free, is spent.
+    fn is_spent(&self, h: usize, free: u64) -> bool {
+        self.spent.contains(&Self::key(free, h))
     }
 }
 
@@ -318,8 +400,32 @@ impl Refusal {
 /// The order VMs are placed in: `restart` first, then larger memory, then more vCPUs, then
 /// the VM listed first.
 fn placement_order(vms: &[CompactVm]) -> Vec<usize> {
+    if vms.len() <= ORDER_INDEX_MASK { order_by_keys(vms) } else { order_by_comparing(vms) }
+}
+
+/// The bits of a sort key that hold the VM's position.
+const ORDER_INDEX_MASK: usize = (1 << 30) - 1;
+
+/// [`placement_order`] as one integer sort: each VM's rank packed into a `u128` (priority,
+/// memory and vCPUs inverted so larger sorts first, then the position, so no two keys are
+/// equal). A plugin sorts these 2.4x faster than it sorts positions by looking the VMs up
+/// on every comparison. Up to 2^30 VMs.
+fn order_by_keys(vms: &[CompactVm]) -> Vec<usize> {
+    let mut keys: Vec<u128> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| {
+            // The priority's declaration order is its `Ord`: `restart` = 0 first.
+            (vm.priority as u128) << 126 | u128::from(!vm.memory_mib) << 62 | u128::from(!vm.vcpus) << 30 | i as u128
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter().map(|k| k as usize & ORDER_INDEX_MASK).collect()
+}
+
+/// [`placement_order`] by comparing the VMs (stable: equal VMs keep their input order).
+fn order_by_comparing(vms: &[CompactVm]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..vms.len()).collect();
-    // Stable: equal VMs keep their input order.
     order.sort_by(|&a, &b| {
         let (a, b) = (&vms[a], &vms[b]);
         a.priority.cmp(&b.priority).then(b.memory_mib.cmp(&a.memory_mib)).then(b.vcpus.cmp(&a.vcpus))
@@ -331,23 +437,20 @@ fn placement_order(vms: &[CompactVm]) -> Vec<usize> {
 pub fn place_compact_with(config: &PlacementConfig, input: &CompactInput) -> CompactPlacement {
     let mut rules = Rules::new(input);
     // (free memory, host position) of every host that may take VMs at all.
-    let mut by_free = FreeIndex::new(input);
+    let mut by_free = FreeIndex::new(&rules);
 
     let mut answer = CompactPlacement::default();
     for v in placement_order(&input.vms) {
-        let memory = input.vms[v].memory_mib;
-        let chosen = {
-            let mut fitting = by_free.with_room(memory);
-            match config.strategy {
-                Strategy::BestFit => fitting.find(|&h| rules.takes(v, h)),
-                Strategy::Spread => fitting.rev().find(|&h| rules.takes(v, h)),
-            }
+        // One closure per strategy: each is inlined into its loop.
+        let from = by_free.from(input.vms[v].memory_mib);
+        let found = match config.strategy {
+            Strategy::BestFit => by_free.first_up(from, |h| rules.takes(v, h)),
+            Strategy::Spread => by_free.first_down(from, |h| rules.takes(v, h)),
         };
-        match chosen {
-            Some(h) => {
-                let before = rules.rooms[h].free_memory_mib;
+        match found {
+            Some((slot, h)) => {
                 rules.assign(v, h);
-                by_free.update(h, before, rules.rooms[h].free_memory_mib);
+                by_free.moved(slot, h, rules.rooms[h].free_memory_mib, rules.spent(h));
                 answer.assignments.push(CompactAssignment { vm: position(v), host: position(h) });
             }
             None => answer.unplaced.push(CompactUnplaced { vm: position(v), reason: rules.why_unplaced(v, &by_free) }),
@@ -620,14 +723,35 @@ mod tests {
             vec![host("a", 4000, 1), host("b", 2000, 1), host("c", 4000, 1), host("m", 9000, 1)],
         ));
         compact.hosts[3].maintenance = true;
-        let mut index = FreeIndex::new(&compact);
+        let mut index = FreeIndex::new(&Rules::new(&compact));
         assert_eq!(index.len(), 3, "maintenance hosts are not indexed");
         assert_eq!(index.with_room(0).collect::<Vec<_>>(), [1, 0, 2]);
         assert_eq!(index.with_room(2001).collect::<Vec<_>>(), [0, 2]);
-        assert_eq!(index.with_room(4000).rev().collect::<Vec<_>>(), [2, 0]);
         assert_eq!(index.with_room(4001).count(), 0);
-        index.update(0, 4000, 1000);
+        // Best fit takes the least free host that takes the VM, spread the most free one.
+        let found = |index: &FreeIndex, memory, strategy, except| {
+            match strategy {
+                Strategy::BestFit => index.first_up(index.from(memory), |h| h != except),
+                Strategy::Spread => index.first_down(index.from(memory), |h| h != except),
+            }
+            .map(|(_, h)| h)
+        };
+        assert_eq!(found(&index, 2001, Strategy::BestFit, 9), Some(0));
+        assert_eq!(found(&index, 2001, Strategy::BestFit, 0), Some(2));
+        assert_eq!(found(&index, 0, Strategy::Spread, 9), Some(2));
+        assert_eq!(found(&index, 0, Strategy::Spread, 2), Some(0));
+        assert_eq!(found(&index, 4001, Strategy::Spread, 9), None);
+        let (slot, h) = index.first_up(index.from(4000), |_| true).expect("host a");
+        assert_eq!(h, 0);
+        index.moved(slot, 0, 1000, false);
         assert_eq!(index.with_room(0).collect::<Vec<_>>(), [0, 1, 2]);
+        // A spent host leaves the search but still counts.
+        let (slot, h) = index.first_down(index.from(4000), |_| true).expect("host c");
+        assert_eq!(h, 2);
+        index.moved(slot, 2, 3000, true);
+        assert_eq!(index.with_room(0).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!((index.len(), index.spent_with_room(3000), index.spent_with_room(3001)), (3, 1, 0));
+        assert!(index.is_spent(2, 3000) && !index.is_spent(1, 2000));
         // An exbibyte or more sorts as one: the rules still see the real figure.
         assert_eq!(FreeIndex::key(u64::MAX, 5), FreeIndex::key(FreeIndex::MAX_FREE, 5));
         assert!(FreeIndex::key(FreeIndex::MAX_FREE, 0) > FreeIndex::key(FreeIndex::MAX_FREE - 1, (1 << 24) - 1));
@@ -644,14 +768,15 @@ mod tests {
 
     fn arb_input() -> impl proptest::strategy::Strategy<Value = PlacementInput> {
         let vms = prop::collection::vec((1u64..4000, 1u32..8, any::<bool>(), 0usize..4, 0usize..3), 0..40);
-        let hosts = prop::collection::vec((0u64..16_000, 1u32..16, any::<bool>(), any::<bool>()), 0..8);
+        let hosts = prop::collection::vec((0u64..16_000, 1u32..16, 0u32..24, any::<bool>(), any::<bool>()), 0..8);
         (vms, hosts, 100u32..500).prop_map(|(vms, hosts, pct)| {
             let hosts: Vec<CandidateHost> = hosts
                 .into_iter()
                 .enumerate()
-                .map(|(i, (free, vcpus, gpu, maintenance))| CandidateHost {
+                .map(|(i, (free, vcpus, allocated_vcpus, gpu, maintenance))| CandidateHost {
                     labels: if gpu { vec!["gpu".into()] } else { vec![] },
                     maintenance,
+                    allocated_vcpus,
                     ..host(&format!("h{i}"), free, vcpus)
                 })
                 .collect();
@@ -679,6 +804,22 @@ mod tests {
                 let answer = place(&input).map_err(TestCaseError::fail)?;
                 prop_assert_eq!(validate_placement(&input, &answer), Ok(()));
             }
+        }
+
+        #[test]
+        fn the_packed_order_is_the_compared_order(
+            vms in prop::collection::vec((0u8..3, prop::sample::select(vec![0, 1, 2, 4096, u64::MAX - 1, u64::MAX]), prop::sample::select(vec![0, 1, 8, u32::MAX])), 0..60),
+        ) {
+            let vms: Vec<CompactVm> = vms
+                .into_iter()
+                .map(|(p, memory_mib, vcpus)| CompactVm {
+                    memory_mib,
+                    vcpus,
+                    priority: [RestartPriority::Restart, RestartPriority::BestEffort, RestartPriority::Unprotected][usize::from(p)],
+                    anti_affinity_group: None,
+                })
+                .collect();
+            prop_assert_eq!(order_by_keys(&vms), order_by_comparing(&vms));
         }
 
         #[test]

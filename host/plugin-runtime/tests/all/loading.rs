@@ -1,6 +1,8 @@
 //! Load-time checks: world, contract version, not-a-component, and the AOT cache.
 
 use halo_plugin_runtime::{Isolation, LoadError, Placement, RestartOrder, Runtime, SandboxLimits};
+use halo_policy::compact::CompactInput;
+use halo_policy::{RestartPriority, VmToPlace};
 
 use crate::{isolation_input, placement_input, plugin, restart_input, runtime};
 
@@ -57,6 +59,46 @@ fn a_named_placement_plugin_built_against_0_1_0_still_loads_and_agrees() {
     assert_eq!(rt.call(&named, &input).expect("named answer"), expected);
     assert_eq!(rt.call(&compact, &input).expect("compact answer"), expected);
     assert!(!expected.unplaced.is_empty() || expected.assignments.len() == 3);
+}
+
+#[test]
+fn the_compact_input_reaches_the_plugin_intact() {
+    // The runtime lowers the compact list of VMs with its own bulk code (convert::CompactVmAbi);
+    // the probe plugin gives back each VM as it saw it. Extremes of every field, every
+    // priority, with and without an anti-affinity group, more VMs than one memory page holds.
+    let rt = runtime();
+    let echo = rt.load::<Placement>(&plugin("hostile:compact_echo")).expect("echo plugin");
+    assert_eq!(echo.info().world, "compact-placement-engine");
+    let mut input = placement_input();
+    let memories = [0, 1, 4096, u64::from(u32::MAX) + 1, u64::MAX - 1, u64::MAX];
+    let vcpus = [0, 1, 7, u32::MAX];
+    let priorities = [RestartPriority::Restart, RestartPriority::BestEffort, RestartPriority::Unprotected];
+    input.vms = (0..3000)
+        .map(|i| VmToPlace {
+            name: format!("vm-{i}"),
+            memory_mib: memories[i % memories.len()],
+            vcpus: vcpus[i % vcpus.len()],
+            priority: priorities[i % priorities.len()],
+            required_host_labels: vec![],
+            anti_affinity_group: (i % 5 != 0).then(|| format!("group-{}", i % 7)),
+            avoid_hosts: vec![],
+            datastores: vec![],
+        })
+        .collect();
+    let answer = rt.call(&echo, &input).expect("echo answer");
+    assert!(answer.assignments.is_empty());
+    assert_eq!(answer.unplaced.len(), input.vms.len());
+    let compact = CompactInput::from_named(&input);
+    for (unplaced, vm) in answer.unplaced.iter().zip(&compact.vms) {
+        let priority = match vm.priority {
+            RestartPriority::Restart => "restart",
+            RestartPriority::BestEffort => "best-effort",
+            RestartPriority::Unprotected => "unprotected",
+        };
+        let sent = format!("{} {} {priority} {:?}", vm.memory_mib, vm.vcpus, vm.anti_affinity_group);
+        assert_eq!(unplaced.reason, sent, "VM {}", unplaced.vm);
+    }
+    assert!(compact.vms.iter().any(|vm| vm.anti_affinity_group == Some(6)), "groups past the first arrive too");
 }
 
 #[test]

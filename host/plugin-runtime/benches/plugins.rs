@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halo_plugin_runtime::{CpuBudget, Placement, RestartOrder, Runtime, SandboxLimits};
+use halo_plugin_runtime::{CpuBudget, LoadedPlugin, Placement, RestartOrder, Runtime, SandboxLimits};
 use halo_policy::compact::CompactInput;
 use halo_policy::{
     CandidateHost, PlacementInput, PlacementReason, RestartInput, RestartPriority, VmToPlace, VmToRestart,
@@ -106,36 +106,63 @@ fn main() {
         println!("trivial decision (restart-policy, 1 VM), {label:5}: {:>7.2} µs/call", per_call.as_secs_f64() * 1e6);
     }
 
-    // 2. Placement of 10,000 VMs on 1,000 hosts: WASM with limits on vs native.
+    // 2. Placement of 10,000 VMs on 1,000 hosts: WASM with limits on vs native. The builds
+    // take turns, ROUNDS rounds of one decision each, so drift in the machine's speed (other
+    // load, frequency) hits all alike; each figure is the median of its rounds, the ratio
+    // the median of the per-round ratios.
+    const ROUNDS: usize = 31;
     let input = big_placement(10_000, 1_000);
-    let native = median(7, || {
-        let (answer, _) = halo_policy::placement::place_fallback(&input);
-        std::hint::black_box(answer);
-    });
     let placed = halo_policy::placement::place_fallback(&input).0;
     println!(
-        "\nplacement 10,000 VMs on 1,000 hosts ({} placed, {} unplaced)",
+        "\nplacement 10,000 VMs on 1,000 hosts ({} placed, {} unplaced; median of {ROUNDS} rounds taken in turn)",
         placed.assignments.len(),
         placed.unplaced.len()
     );
-    println!("  native (built-in)        : {:>7.2} ms", native.as_secs_f64() * 1e3);
     let named_wasm = plugin("examples/named_default_placement.wasm");
-    for (label, cpu, file) in [
+    let builds: Vec<(&str, Runtime, LoadedPlugin<Placement>)> = [
         ("wasm, fuel 2 s budget  ", CpuBudget::Fuel { millis: 2000 }, &placement_wasm),
         ("wasm, epoch 2 s budget ", CpuBudget::Epoch { millis: 2000 }, &placement_wasm),
         ("named world 0.1.0, fuel", CpuBudget::Fuel { millis: 2000 }, &named_wasm),
-    ] {
+    ]
+    .into_iter()
+    .map(|(label, cpu, file)| {
         let runtime = Runtime::new(SandboxLimits { cpu, ..SandboxLimits::default() }, None).expect("runtime");
         let plugin = runtime.load::<Placement>(file).expect("load");
         let answer = runtime.call(&plugin, &input).expect("wasm placement");
         assert_eq!(answer, placed, "the plugin and the built-in policy must agree");
-        let wasm = median(7, || {
-            std::hint::black_box(runtime.call(&plugin, &input).expect("call"));
-        });
+        (label, runtime, plugin)
+    })
+    .collect();
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let mut native_times = Vec::new();
+    let mut wasm_times = vec![Vec::new(); builds.len()];
+    for _ in 0..ROUNDS {
+        native_times.push(time(&mut || {
+            std::hint::black_box(halo_policy::placement::place_fallback(&input));
+        }));
+        for ((_, runtime, plugin), times) in builds.iter().zip(&mut wasm_times) {
+            times.push(time(&mut || {
+                std::hint::black_box(runtime.call(plugin, &input).expect("call"));
+            }));
+        }
+    }
+    let middle = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let native = Duration::from_secs_f64(middle(&native_times));
+    println!("  native (built-in)        : {:>7.2} ms", native.as_secs_f64() * 1e3);
+    for ((label, _, plugin), times) in builds.iter().zip(&wasm_times) {
+        let ratios: Vec<f64> = times.iter().zip(&native_times).map(|(w, n)| w / n).collect();
         println!(
             "  {label}  : {:>7.2} ms  ({:.2}x native, memory cap 64 MiB; {})",
-            wasm.as_secs_f64() * 1e3,
-            wasm.as_secs_f64() / native.as_secs_f64(),
+            middle(times) * 1e3,
+            middle(&ratios),
             plugin.info().world
         );
     }

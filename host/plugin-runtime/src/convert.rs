@@ -297,7 +297,8 @@ unsafe impl Lower for CompactVmAbi {
         let group = <Option<u32> as ComponentType>::ABI.next_field32_size(&mut end);
         let group_value = group + <Option<u32> as ComponentVariant>::PAYLOAD_OFFSET32;
         let size = Self::SIZE32;
-        let Some(dst) = cx.as_slice_mut().get_mut(offset..).and_then(|m| m.get_mut(..items.len() * size)) else {
+        let bytes = items.len().checked_mul(size);
+        let Some(dst) = bytes.and_then(|bytes| cx.as_slice_mut().get_mut(offset..)?.get_mut(..bytes)) else {
             wasmtime::bail!("the list of VMs does not fit the plugin's memory");
         };
         for (CompactVmAbi(vm), out) in items.iter().zip(dst.chunks_exact_mut(size)) {

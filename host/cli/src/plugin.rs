@@ -263,7 +263,7 @@ fn bench<W: PolicyWorld>(
     let total = started.elapsed();
     samples.sort();
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
-    outln!("plugin:        {} ({})", plugin.info().name, W::WORLD);
+    outln!("plugin:        {} ({})", plugin.info().name, plugin.info().world);
     outln!("calls:         {} in {:.2} s", samples.len(), total.as_secs_f64());
     outln!("calls/s:       {:.0}", samples.len() as f64 / total.as_secs_f64());
     outln!(

@@ -239,3 +239,121 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "halo panicked on the closed pipe: {stderr}");
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
 }
+
+/// `examples/inputs/NAME.json`.
+fn example_input(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/inputs").join(format!("{name}.json"))
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn plugin_check_run_and_bench_on_the_default_plugins() {
+    let dir = plugin_dir();
+    for (file, world, input) in [
+        ("halo_plugin_placement.wasm", "compact-placement-engine", "placement"),
+        ("halo_plugin_isolation.wasm", "isolation-policy", "isolation"),
+        ("halo_plugin_restart_order.wasm", "restart-policy", "restart"),
+    ] {
+        let plugin = dir.join(file);
+        let input = example_input(input);
+        // check: what it is, loaded as the agent loads it.
+        let out = halo(&["plugin", "check", path(&plugin)]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "check {file}: {}", text(&out.stderr));
+        for line in [format!("world:      halo:policy/{world}"), "size:".into(), "load time:".into(), "sha256:".into()]
+        {
+            assert!(stdout.contains(&line), "check {file}: no `{line}` in:\n{stdout}");
+        }
+        assert!(stdout.contains("(this agent speaks 0.1.1)"), "{stdout}");
+        // run: the validated answer as JSON, the same as the built-in policy's.
+        let answer = halo(&["plugin", "run", path(&plugin), "--input", path(&input)]);
+        assert!(answer.status.success(), "run {file}: {}", text(&answer.stderr));
+        let builtin = halo(&["plugin", "run", path(&plugin), "--builtin", "--input", path(&input)]);
+        assert!(builtin.status.success(), "run --builtin {file}: {}", text(&builtin.stderr));
+        let parse = |o: &Output| serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("the answer is JSON");
+        assert_eq!(parse(&answer), parse(&builtin), "{file}: the plugin and the built-in policy agree");
+        // bench: calls, calls per second and latency percentiles.
+        let out = halo(&["plugin", "bench", path(&plugin), "--input", path(&input), "--iterations", "200"]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "bench {file}: {}", text(&out.stderr));
+        assert!(stdout.contains(&format!("({world})")), "{stdout}");
+        assert!(stdout.contains("calls:         200 in"), "{stdout}");
+        let per_second = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("calls/s:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no calls/s figure in:\n{stdout}"));
+        assert!(per_second > 0.0, "{stdout}");
+        assert!(stdout.contains("p50") && stdout.contains("p99"), "{stdout}");
+    }
+    // The placement example: web-2 cannot join web-1's group on the one host left for it, and
+    // no host carries the GPU job's label; each says why.
+    let answer = halo(&[
+        "plugin",
+        "run",
+        path(&dir.join("halo_plugin_placement.wasm")),
+        "--input",
+        path(&example_input("placement")),
+    ]);
+    let answer: serde_json::Value = serde_json::from_slice(&answer.stdout).expect("JSON");
+    assert_eq!(answer["assignments"].as_array().map(Vec::len), Some(2), "{answer}");
+    assert_eq!((&answer["unplaced"][0]["vm"], &answer["unplaced"][1]["vm"]), (&"web-2".into(), &"gpu-job".into()));
+    let reason = answer["unplaced"][1]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("1 host in maintenance, 2 hosts missing labels [gpu]"), "{reason}");
+}
+
+#[test]
+fn plugin_commands_fail_with_one_clear_line_and_a_non_zero_exit() {
+    let hostile = |name: &str| plugin_dir().join("examples").join(format!("{name}.wasm"));
+    let placement = example_input("placement");
+    let bad_input = std::env::temp_dir().join(format!("halo-cli-bad-input-{}.json", std::process::id()));
+    std::fs::write(&bad_input, r#"{ "reason": "failover", "vms": 5, "hosts": [] }"#).expect("write");
+    let cases: Vec<(Vec<String>, Option<i32>, &str)> = vec![
+        // Not a component at all.
+        (vec!["check".into(), path(&placement).into()], Some(1), "not a valid WebAssembly component"),
+        // Built against a contract this agent does not speak.
+        (vec!["check".into(), path(&hostile("contract_v0_2")).into()], Some(1), "this agent speaks 0.1.1"),
+        // An answer that names a host not in the input: exit 3, the reason and the fallback.
+        (
+            vec!["run".into(), path(&hostile("unknown_host")).into(), "--input".into(), path(&placement).into()],
+            Some(3),
+            "invalid-answer — puts VM `sql-1` on unknown host `no-such-host`",
+        ),
+        // A plugin that never returns is stopped by its CPU budget.
+        (
+            vec!["run".into(), path(&hostile("infinite_loop")).into(), "--input".into(), path(&placement).into()],
+            Some(3),
+            "timeout — used up its CPU budget of 50 ms of fuel",
+        ),
+        // Input that is not the world's JSON.
+        (
+            vec![
+                "run".into(),
+                path(&plugin_dir().join("halo_plugin_placement.wasm")).into(),
+                "--input".into(),
+                path(&bad_input).into(),
+            ],
+            Some(1),
+            "is not a valid placement-engine input",
+        ),
+        // A failing plugin is reported, not benchmarked.
+        (
+            vec!["bench".into(), path(&hostile("unknown_host")).into(), "--input".into(), path(&placement).into()],
+            Some(1),
+            "unknown host `no-such-host`",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let mut full = vec!["plugin"];
+        full.extend(args.iter().map(String::as_str));
+        let out = halo(&full);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), code, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: expected `{says}` in: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&bad_input);
+}

@@ -769,6 +769,65 @@ mod tests {
         assert_eq!(answer.unplaced[0].vm, "a");
     }
 
+    /// The reference placement: for each VM in placement order, try every host sorted by
+    /// (free memory, position) — least free first for best fit, most free first for spread.
+    fn trying_every_host(compact: &CompactInput, strategy: Strategy) -> Vec<CompactAssignment> {
+        let mut rules = Rules::new(compact);
+        let mut placed = Vec::new();
+        for v in placement_order(&compact.vms) {
+            let mut hosts: Vec<usize> = (0..compact.hosts.len()).filter(|&h| !compact.hosts[h].maintenance).collect();
+            hosts.sort_by_key(|&h| (rules.rooms[h].free_memory_mib, h));
+            if strategy == Strategy::Spread {
+                hosts.reverse();
+            }
+            if let Some(h) = hosts.into_iter().find(|&h| rules.refusal(v, h).is_none()) {
+                rules.assign(v, h);
+                placed.push(CompactAssignment { vm: position(v), host: position(h) });
+            }
+        }
+        placed
+    }
+
+    #[test]
+    fn many_hosts_in_many_blocks_are_searched_and_moved_like_trying_every_host() {
+        // 2,600 hosts: the index holds them in several blocks, and hosts move across blocks.
+        // Few distinct free sizes, so many equal keys; tight vCPUs, so hosts become spent.
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let hosts: Vec<CandidateHost> = (0..2600)
+            .map(|i| CandidateHost {
+                labels: if i % 9 == 0 { vec!["gpu".into()] } else { vec![] },
+                maintenance: i % 211 == 0,
+                allocated_vcpus: next(8) as u32,
+                ..host(&format!("h{i}"), 1024 * (2 + next(6)), 4)
+            })
+            .collect();
+        let vms: Vec<VmToPlace> = (0..6000)
+            .map(|i| VmToPlace {
+                required_host_labels: if i % 40 == 0 { vec!["gpu".into()] } else { vec![] },
+                anti_affinity_group: (i % 7 == 0).then(|| format!("g{}", i % 300)),
+                avoid_hosts: vec![format!("h{}", next(2600))],
+                priority: if i % 3 == 0 { RestartPriority::BestEffort } else { RestartPriority::Restart },
+                ..vm(&format!("vm{i}"), 512 * (1 + next(8)), 1 + next(4) as u32)
+            })
+            .collect();
+        let compact = CompactInput::from_named(&PlacementInput { vcpu_overcommit_percent: 200, ..input(vms, hosts) });
+        for strategy in [Strategy::BestFit, Strategy::Spread] {
+            let answer = place_compact_with(&PlacementConfig { strategy }, &compact);
+            let expected = trying_every_host(&compact, strategy);
+            assert!(
+                answer.unplaced.len() > 50 && expected.len() > 3000,
+                "{strategy:?}: both rules and room bind: {} unplaced, {} placed",
+                answer.unplaced.len(),
+                expected.len()
+            );
+            assert_eq!(answer.assignments, expected, "{strategy:?}");
+        }
+    }
+
     fn arb_input() -> impl proptest::strategy::Strategy<Value = PlacementInput> {
         let vms = prop::collection::vec((1u64..4000, 1u32..8, any::<bool>(), 0usize..4, 0usize..3), 0..40);
         let hosts = prop::collection::vec((0u64..16_000, 1u32..16, 0u32..24, any::<bool>(), any::<bool>()), 0..8);
@@ -832,20 +891,7 @@ mod tests {
             let compact = CompactInput::from_named(&input);
             for strategy in [Strategy::BestFit, Strategy::Spread] {
                 let answer = place_compact_with(&PlacementConfig { strategy }, &compact);
-                let mut rules = Rules::new(&compact);
-                let mut expected = Vec::new();
-                for v in placement_order(&compact.vms) {
-                    let mut hosts: Vec<usize> = (0..compact.hosts.len()).filter(|&h| !compact.hosts[h].maintenance).collect();
-                    hosts.sort_by_key(|&h| (rules.rooms[h].free_memory_mib, h));
-                    if strategy == Strategy::Spread {
-                        hosts.reverse();
-                    }
-                    if let Some(h) = hosts.into_iter().find(|&h| rules.refusal(v, h).is_none()) {
-                        rules.assign(v, h);
-                        expected.push(CompactAssignment { vm: position(v), host: position(h) });
-                    }
-                }
-                prop_assert_eq!(&answer.assignments, &expected);
+                prop_assert_eq!(&answer.assignments, &trying_every_host(&compact, strategy));
             }
         }
 

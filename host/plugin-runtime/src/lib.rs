@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 mod bindings;
+mod bulk;
 pub mod cache;
 mod convert;
 pub mod error;

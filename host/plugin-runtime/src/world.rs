@@ -8,6 +8,7 @@ use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, InstancePre};
 
 use crate::bindings;
+use crate::bulk;
 use crate::convert;
 use crate::sandbox::CallState;
 
@@ -179,13 +180,14 @@ impl PolicyWorld for Placement {
         // The compact world: positions cross, the answer is checked in positions and only
         // then named (no name lookups, no second validation).
         let compact = policy::compact::CompactInput::from_named(input);
-        let place = instance.get_typed_func::<
-            (&convert::CompactInputRef<'_>,),
-            (Result<bindings::wit_compact::CompactPlacement, String>,),
-        >(&mut *store, &pre.place)?;
+        let place = instance
+            .get_typed_func::<(&convert::CompactInputRef<'_>,), (Result<bulk::CompactPlacementAbi, String>,)>(
+                &mut *store,
+                &pre.place,
+            )?;
         let (answer,) = place.call(&mut *store, (&convert::compact_input(&compact),))?;
         let answer = match answer {
-            Ok(answer) => convert::compact_answer(answer),
+            Ok(bulk::CompactPlacementAbi(answer)) => answer,
             Err(reason) => return Ok(Err(Rejected::Refused(reason))),
         };
         Ok(match policy::placement::validate_compact(input, &compact, &answer) {

@@ -1,7 +1,8 @@
 //! A probe rather than a hostile plugin: a compact placement engine (contract 0.1.1) that
-//! places nothing and gives, as each VM's reason, the VM exactly as it arrived — memory, vCPUs,
-//! priority and anti-affinity group. The runtime lowers the list of VMs with its own bulk
-//! code; this shows every field lands where the canonical ABI puts it.
+//! places nothing and gives, as VM `i`'s reason, the VM exactly as it arrived — memory, vCPUs,
+//! priority and anti-affinity group — and host `i` (or `-` past the last host). The runtime
+//! lowers both lists with its own bulk code; this shows every field lands where the canonical
+//! ABI puts it.
 wit_bindgen::generate!({ path: "../../wit/0.1.1", world: "compact-placement-engine" });
 use exports::halo::policy::compact_placement::{CompactInput, CompactPlacement, CompactUnplaced, Guest};
 use halo::policy::types::RestartPriority;
@@ -20,9 +21,15 @@ impl Guest for P {
                     RestartPriority::BestEffort => "best-effort",
                     RestartPriority::Unprotected => "unprotected",
                 };
+                let host = input.hosts.get(i).map_or("-".to_string(), |h| {
+                    format!(
+                        "{} {} {} {} {}",
+                        h.total_memory_mib, h.free_memory_mib, h.total_vcpus, h.allocated_vcpus, h.maintenance
+                    )
+                });
                 CompactUnplaced {
                     vm: i as u32,
-                    reason: format!("{} {} {priority} {:?}", vm.memory_mib, vm.vcpus, vm.anti_affinity_group),
+                    reason: format!("{} {} {priority} {:?} | {host}", vm.memory_mib, vm.vcpus, vm.anti_affinity_group),
                 }
             })
             .collect();

@@ -2,7 +2,7 @@
 
 use halo_plugin_runtime::{Isolation, LoadError, Placement, RestartOrder, Runtime, SandboxLimits};
 use halo_policy::compact::CompactInput;
-use halo_policy::{RestartPriority, VmToPlace};
+use halo_policy::{CandidateHost, RestartPriority, VmToPlace};
 
 use crate::{isolation_input, placement_input, plugin, restart_input, runtime};
 
@@ -63,9 +63,10 @@ fn a_named_placement_plugin_built_against_0_1_0_still_loads_and_agrees() {
 
 #[test]
 fn the_compact_input_reaches_the_plugin_intact() {
-    // The runtime lowers the compact list of VMs with its own bulk code (convert::CompactVmAbi);
-    // the probe plugin gives back each VM as it saw it. Extremes of every field, every
-    // priority, with and without an anti-affinity group, more VMs than one memory page holds.
+    // The runtime lowers the compact lists of VMs and hosts with its own bulk code (bulk.rs);
+    // the probe plugin gives back each VM and host as it saw them. Extremes of every field,
+    // every priority, with and without an anti-affinity group, more VMs than one memory page
+    // holds. Its answer (only unplaced VMs) comes back through the bulk lift.
     let rt = runtime();
     let echo = rt.load::<Placement>(&plugin("hostile:compact_echo")).expect("echo plugin");
     assert_eq!(echo.info().world, "compact-placement-engine");
@@ -85,17 +86,38 @@ fn the_compact_input_reaches_the_plugin_intact() {
             datastores: vec![],
         })
         .collect();
+    let totals = [0, 1, u64::from(u32::MAX), u64::MAX];
+    let counts = [0, 1, 64, u32::MAX];
+    input.hosts = (0..1200)
+        .map(|i| CandidateHost {
+            name: format!("host-{i}"),
+            total_memory_mib: totals[i % totals.len()],
+            free_memory_mib: totals[(i / 4) % totals.len()],
+            total_vcpus: counts[i % counts.len()],
+            allocated_vcpus: counts[(i / 3) % counts.len()],
+            labels: vec![],
+            datastores: vec![],
+            maintenance: i % 3 == 0,
+            anti_affinity_groups: vec![],
+        })
+        .collect();
     let answer = rt.call(&echo, &input).expect("echo answer");
     assert!(answer.assignments.is_empty());
     assert_eq!(answer.unplaced.len(), input.vms.len());
     let compact = CompactInput::from_named(&input);
-    for (unplaced, vm) in answer.unplaced.iter().zip(&compact.vms) {
+    for (i, (unplaced, vm)) in answer.unplaced.iter().zip(&compact.vms).enumerate() {
         let priority = match vm.priority {
             RestartPriority::Restart => "restart",
             RestartPriority::BestEffort => "best-effort",
             RestartPriority::Unprotected => "unprotected",
         };
-        let sent = format!("{} {} {priority} {:?}", vm.memory_mib, vm.vcpus, vm.anti_affinity_group);
+        let host = compact.hosts.get(i).map_or("-".to_string(), |h| {
+            format!(
+                "{} {} {} {} {}",
+                h.total_memory_mib, h.free_memory_mib, h.total_vcpus, h.allocated_vcpus, h.maintenance
+            )
+        });
+        let sent = format!("{} {} {priority} {:?} | {host}", vm.memory_mib, vm.vcpus, vm.anti_affinity_group);
         assert_eq!(unplaced.reason, sent, "VM {}", unplaced.vm);
     }
     assert!(compact.vms.iter().any(|vm| vm.anti_affinity_group == Some(6)), "groups past the first arrive too");

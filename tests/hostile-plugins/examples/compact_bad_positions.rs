@@ -1,6 +1,7 @@
 //! A compact placement engine (contract 0.1.1) whose answer breaks the contract in the way its
 //! setting `mode` names: `unknown-host` (a host position past the list), `twice` (the first VM
-//! assigned and also unplaced, the last left out), `missing` (the last VM left out).
+//! assigned and also unplaced, the last left out), `missing` (the last VM left out),
+//! `million` (1,000,000 assignments).
 wit_bindgen::generate!({ path: "../../wit/0.1.1", world: "compact-placement-engine" });
 use exports::halo::policy::compact_placement::{
     CompactAssignment, CompactInput, CompactPlacement, CompactUnplaced, Guest,
@@ -26,6 +27,9 @@ impl Guest for P {
             }
             "missing" => {
                 answer.assignments.pop();
+            }
+            "million" => {
+                answer.assignments = (0..1_000_000).map(|vm| CompactAssignment { vm, host: 0 }).collect();
             }
             other => return Err(format!("unknown mode {other:?}")),
         }

@@ -106,6 +106,12 @@ fn compact_answers_with_bad_positions_are_refused_and_named() {
         FailureKind::InvalidAnswer,
         "says nothing about VM `c`",
     );
+    falls_back::<Placement>(
+        "compact_bad_positions",
+        &input("million"),
+        FailureKind::InvalidAnswer,
+        "has 1000000 entries for 3 VMs",
+    );
 }
 
 #[test]

@@ -100,8 +100,6 @@ struct Rules<'a> {
     rooms: Vec<HostRoom>,
     /// Hosts in maintenance.
     in_maintenance: usize,
-    /// The fewest vCPUs any VM of the input asks for: a host with fewer left takes no VM.
-    min_vcpus: u64,
 }
 
 impl<'a> Rules<'a> {
@@ -119,13 +117,7 @@ impl<'a> Rules<'a> {
             })
             .collect();
         let in_maintenance = input.hosts.iter().filter(|h| h.maintenance).count();
-        let min_vcpus = input.vms.iter().map(|vm| u64::from(vm.vcpus)).min().unwrap_or(0);
-        Self { input, rooms, in_maintenance, min_vcpus }
-    }
-
-    /// Whether host `h` has fewer vCPUs left than any VM asks for: it takes no more VMs.
-    fn spent(&self, h: usize) -> bool {
-        self.rooms[h].vcpus_left < self.min_vcpus
+        Self { input, rooms, in_maintenance }
     }
 
     /// Whether VM `v` may go to host `h`: `refusal(v, h).is_none()`, the cheap tests first,
@@ -275,6 +267,8 @@ impl<'a> Rules<'a> {
 struct FreeIndex {
     open: SortedBlocks,
     spent: BTreeSet<u64>,
+    /// The fewest vCPUs any VM of the input asks for: a host with fewer left is spent.
+    min_vcpus: u64,
 }
 
 impl FreeIndex {
@@ -290,18 +284,26 @@ impl FreeIndex {
     }
 
     fn new(rules: &Rules) -> Self {
-        let (mut open, mut spent) = (Vec::new(), BTreeSet::new());
-        for (h, host) in rules.input.hosts.iter().enumerate() {
+        let min_vcpus = rules.input.vms.iter().map(|vm| u64::from(vm.vcpus)).min().unwrap_or(0);
+        let mut index = Self { open: SortedBlocks::default(), spent: BTreeSet::new(), min_vcpus };
+        let mut open = Vec::new();
+        for (h, (host, room)) in rules.input.hosts.iter().zip(&rules.rooms).enumerate() {
             if !host.maintenance && h < 1 << Self::HOST_BITS {
                 let key = Self::key(host.free_memory_mib, h);
-                if rules.spent(h) {
-                    spent.insert(key);
+                if index.spent(room) {
+                    index.spent.insert(key);
                 } else {
                     open.push(key);
                 }
             }
         }
-        Self { open: SortedBlocks::new(open), spent }
+        index.open = SortedBlocks::new(open);
+        index
+    }
+
+    /// Whether a host with `room` left has fewer vCPUs than any VM asks for: it takes no VM.
+    fn spent(&self, room: &HostRoom) -> bool {
+        room.vcpus_left < self.min_vcpus
     }
 
     /// Hosts indexed, open and spent.
@@ -311,11 +313,11 @@ impl FreeIndex {
 
     /// Open hosts with at least `memory_mib` free, least free first (ties: listed first).
     fn with_room(&self, memory_mib: u64) -> impl Iterator<Item = usize> + '_ {
-        self.open.runs_upward(self.from(memory_mib)).flat_map(|(_, keys)| keys.iter().map(|&key| Self::host(key)))
+        self.open.runs_upward(self.start(memory_mib)).flat_map(|(_, keys)| keys.iter().map(|&key| Self::host(key)))
     }
 
     /// Where the open hosts with at least `memory_mib` free begin.
-    fn from(&self, memory_mib: u64) -> Slot {
+    fn start(&self, memory_mib: u64) -> Slot {
         self.open.lower_bound(Self::key(memory_mib, 0))
     }
 
@@ -338,11 +340,11 @@ impl FreeIndex {
         })
     }
 
-    /// Host `h`, found at `slot`, now has `free_mib` free: it moves there, or to the spent
-    /// hosts.
-    fn moved(&mut self, slot: Slot, h: usize, free_mib: u64, spent: bool) {
-        let key = Self::key(free_mib, h);
-        if spent {
+    /// Host `h`, found at `slot`, now has `room` left: it moves to its new free memory, or to
+    /// the spent hosts.
+    fn moved(&mut self, slot: Slot, h: usize, room: &HostRoom) {
+        let key = Self::key(room.free_memory_mib, h);
+        if self.spent(room) {
             self.open.remove(slot);
             self.spent.insert(key);
         } else {
@@ -442,7 +444,7 @@ pub fn place_compact_with(config: &PlacementConfig, input: &CompactInput) -> Com
     let mut answer = CompactPlacement::default();
     for v in placement_order(&input.vms) {
         // One closure per strategy: each is inlined into its loop.
-        let from = by_free.from(input.vms[v].memory_mib);
+        let from = by_free.start(input.vms[v].memory_mib);
         let found = match config.strategy {
             Strategy::BestFit => by_free.first_up(from, |h| rules.takes(v, h)),
             Strategy::Spread => by_free.first_down(from, |h| rules.takes(v, h)),
@@ -450,7 +452,7 @@ pub fn place_compact_with(config: &PlacementConfig, input: &CompactInput) -> Com
         match found {
             Some((slot, h)) => {
                 rules.assign(v, h);
-                by_free.moved(slot, h, rules.rooms[h].free_memory_mib, rules.spent(h));
+                by_free.moved(slot, h, &rules.rooms[h]);
                 answer.assignments.push(CompactAssignment { vm: position(v), host: position(h) });
             }
             None => answer.unplaced.push(CompactUnplaced { vm: position(v), reason: rules.why_unplaced(v, &by_free) }),
@@ -722,7 +724,7 @@ mod tests {
     #[test]
     fn the_free_index_orders_by_free_memory_then_position_and_moves_hosts() {
         let mut compact = CompactInput::from_named(&input(
-            vec![],
+            vec![vm("x", 1, 1)],
             vec![host("a", 4000, 1), host("b", 2000, 1), host("c", 4000, 1), host("m", 9000, 1)],
         ));
         compact.hosts[3].maintenance = true;
@@ -734,8 +736,8 @@ mod tests {
         // Best fit takes the least free host that takes the VM, spread the most free one.
         let found = |index: &FreeIndex, memory, strategy, except| {
             match strategy {
-                Strategy::BestFit => index.first_up(index.from(memory), |h| h != except),
-                Strategy::Spread => index.first_down(index.from(memory), |h| h != except),
+                Strategy::BestFit => index.first_up(index.start(memory), |h| h != except),
+                Strategy::Spread => index.first_down(index.start(memory), |h| h != except),
             }
             .map(|(_, h)| h)
         };
@@ -744,14 +746,14 @@ mod tests {
         assert_eq!(found(&index, 0, Strategy::Spread, 9), Some(2));
         assert_eq!(found(&index, 0, Strategy::Spread, 2), Some(0));
         assert_eq!(found(&index, 4001, Strategy::Spread, 9), None);
-        let (slot, h) = index.first_up(index.from(4000), |_| true).expect("host a");
+        let (slot, h) = index.first_up(index.start(4000), |_| true).expect("host a");
         assert_eq!(h, 0);
-        index.moved(slot, 0, 1000, false);
+        index.moved(slot, 0, &HostRoom { free_memory_mib: 1000, vcpus_left: 1, groups: vec![] });
         assert_eq!(index.with_room(0).collect::<Vec<_>>(), [0, 1, 2]);
         // A spent host leaves the search but still counts.
-        let (slot, h) = index.first_down(index.from(4000), |_| true).expect("host c");
+        let (slot, h) = index.first_down(index.start(4000), |_| true).expect("host c");
         assert_eq!(h, 2);
-        index.moved(slot, 2, 3000, true);
+        index.moved(slot, 2, &HostRoom { free_memory_mib: 3000, vcpus_left: 0, groups: vec![] });
         assert_eq!(index.with_room(0).collect::<Vec<_>>(), [0, 1]);
         assert_eq!((index.len(), index.spent_with_room(3000), index.spent_with_room(3001)), (3, 1, 0));
         assert!(index.is_spent(2, 3000) && !index.is_spent(1, 2000));

@@ -137,6 +137,9 @@ impl DatastoreDriver for AgentDrivers {
     fn claim(&mut self, datastore: &str, claim: &Claim) {
         self.datastores.claim(datastore, claim);
     }
+    fn check_claim(&mut self, vm: &str, generation: u64) {
+        self.datastores.check_claim(vm, generation);
+    }
 }
 
 impl PingDriver for AgentDrivers {
@@ -154,6 +157,12 @@ impl HypervisorDriver for AgentDrivers {
     }
     fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
         self.hypervisor.migrate_vm(vm, from, to);
+    }
+    fn pause_vm(&mut self, vm: &str) {
+        self.hypervisor.pause_vm(vm);
+    }
+    fn resume_vm(&mut self, vm: &str) {
+        self.hypervisor.resume_vm(vm);
     }
 }
 
@@ -340,7 +349,12 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     watchdog.ready();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // After a stall, one tick — not a burst of the ones missed.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    // When the node was last fed (monotonic): a longer gap than the stall gap is told to the
+    // node before anything else, so it does not judge from what it knew before (core `resume`).
+    let mut last_fed: u64 = 0;
     tracing::info!(host = %me, cluster = %config.cluster, "halo agent running");
     loop {
         let input = tokio::select! {
@@ -362,12 +376,14 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             }
             Some(request) = control_rx.recv() => {
                 let now = started.elapsed().as_millis() as u64;
+                resume_after_gap(&mut node, &mut policies, &mut drivers, &mut last_fed, now);
                 handle_control(request, now, &mut node, &mut policies, &mut drivers, &known, &local_uri, &inputs);
                 continue;
             }
         };
         let is_tick = input == Input::Tick;
         let now = started.elapsed().as_millis() as u64;
+        resume_after_gap(&mut node, &mut policies, &mut drivers, &mut last_fed, now);
         for action in node.handle(now, input, &mut policies) {
             carry_out(action, &mut drivers);
         }
@@ -383,6 +399,25 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                     plugin_event(&mut drivers, now, &me, &world, result);
                 }
             }
+        }
+    }
+}
+
+/// Feeds `Input::Resumed` when the node was not fed for the stall gap or longer (the process
+/// was stopped, the host frozen, or one step took that long), then notes `now` as fed.
+fn resume_after_gap(
+    node: &mut Node,
+    policies: &mut PluginPolicies,
+    drivers: &mut AgentDrivers,
+    last_fed: &mut u64,
+    now: u64,
+) {
+    let gap = now.saturating_sub(*last_fed);
+    *last_fed = now;
+    if gap >= node.config().timeouts.stall_gap_ms() {
+        tracing::warn!(host = %node.name(), gap_ms = gap, "the agent loop handled nothing for {gap} ms");
+        for action in node.handle(now, Input::Resumed { gap_ms: gap }, policies) {
+            carry_out(action, drivers);
         }
     }
 }

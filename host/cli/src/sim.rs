@@ -39,9 +39,13 @@ pub struct SimArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "crash,agent,isolate,partition,link,oneway,loss,datastore,dscut,vmcrash"
+        default_value = "crash,agent,isolate,partition,link,oneway,loss,datastore,dscut,vmcrash,pause,freeze"
     )]
     faults: Vec<String>,
+    /// Simulate hosts without a watchdog: a paused agent or a frozen host is never reset and
+    /// resumes where it stopped (what the lab's `--no-watchdog` runs).
+    #[arg(long)]
+    no_watchdog: bool,
     /// An exact fault instead of a random schedule (repeatable): KIND:ARGS@START[/DURATION],
     /// e.g. crash:host-2@10s/60s, isolate:host-3@20s, partition:host-1+host-2@30s/40s.
     #[arg(long = "fault", value_name = "SPEC")]
@@ -234,6 +238,7 @@ fn one(args: &SimArgs, seed: u64, families: &[&str], policies: &mut dyn Policies
     let (hosts, vms) = (config.hosts.len(), config.vms.len());
     let mut opts = SimOptions::new(seed, args.duration);
     opts.verbose = args.verbose;
+    opts.watchdog = !args.no_watchdog;
     let started = Instant::now();
     let outcome = Sim::new(config, schedule, opts, policies).run();
     let wall = started.elapsed();
@@ -290,7 +295,9 @@ fn many(
     let count = range.end - range.start;
     for seed in range {
         let (config, schedule) = case(args, seed, families)?;
-        let outcome = Sim::new(config, schedule, SimOptions::new(seed, args.duration), policies).run();
+        let mut opts = SimOptions::new(seed, args.duration);
+        opts.watchdog = !args.no_watchdog;
+        let outcome = Sim::new(config, schedule, opts, policies).run();
         if !outcome.violations.is_empty() {
             safety.push(seed);
             if !args.json {

@@ -28,6 +28,8 @@ pub trait DatastoreDriver {
     fn read_records(&mut self, datastore: &str);
     /// Takes a claim atomically; answers `Input::ClaimResult`.
     fn claim(&mut self, datastore: &str, claim: &Claim);
+    /// Looks a claim up on every datastore; answers `Input::ClaimChecked`.
+    fn check_claim(&mut self, vm: &str, generation: u64);
 }
 
 /// Pings; answers `Input::PingResult`.
@@ -46,6 +48,10 @@ pub trait HypervisorDriver {
     fn stop_vm(&mut self, vm: &str, reason: StopReason, grace_secs: u32);
     /// Live-migrates `vm` from `from` to `to`; answers `Input::MigrateResult`.
     fn migrate_vm(&mut self, vm: &str, from: &str, to: &str);
+    /// Pauses `vm` on this host (no answer: a failure is logged and alerted by the driver).
+    fn pause_vm(&mut self, vm: &str);
+    /// Lets a paused `vm` on this host run again (no answer, as for a pause).
+    fn resume_vm(&mut self, vm: &str);
 }
 
 /// Where events go: the event log, alerts.
@@ -70,6 +76,9 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::StartVm { host, vm, generation } => drivers.start_vm(&host, &vm, generation),
         Action::StopVm { vm, reason, grace_secs } => drivers.stop_vm(&vm, reason, grace_secs),
         Action::MigrateVm { vm, from, to } => drivers.migrate_vm(&vm, &from, &to),
+        Action::PauseVm { vm } => drivers.pause_vm(&vm),
+        Action::ResumeVm { vm } => drivers.resume_vm(&vm),
+        Action::CheckClaim { vm, generation } => drivers.check_claim(&vm, generation),
         Action::Record(event) => drivers.record(event),
     }
 }
@@ -98,6 +107,9 @@ mod tests {
         fn claim(&mut self, datastore: &str, claim: &Claim) {
             self.0.push(format!("claim {datastore} {}@{}", claim.vm, claim.generation));
         }
+        fn check_claim(&mut self, vm: &str, generation: u64) {
+            self.0.push(format!("check claim {vm}@{generation}"));
+        }
     }
     impl PingDriver for Calls {
         fn ping(&mut self, target: &PingTarget) {
@@ -113,6 +125,12 @@ mod tests {
         }
         fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
             self.0.push(format!("migrate {vm} {from}->{to}"));
+        }
+        fn pause_vm(&mut self, vm: &str) {
+            self.0.push(format!("pause {vm}"));
+        }
+        fn resume_vm(&mut self, vm: &str) {
+            self.0.push(format!("resume {vm}"));
         }
     }
     impl EventSink for Calls {
@@ -130,6 +148,9 @@ mod tests {
             Action::StartVm { host: "h2".into(), vm: "db".into(), generation: 2 },
             Action::StopVm { vm: "web".into(), reason: StopReason::Isolation, grace_secs: 30 },
             Action::MigrateVm { vm: "web".into(), from: "h1".into(), to: "h3".into() },
+            Action::PauseVm { vm: "web".into() },
+            Action::ResumeVm { vm: "web".into() },
+            Action::CheckClaim { vm: "web".into(), generation: 3 },
             Action::Ping { target: PingTarget::IsolationAddress("10.0.0.1".into()) },
             Action::WriteDatastore {
                 datastore: "ds1".into(),
@@ -156,6 +177,9 @@ mod tests {
                 "start db@2 on h2",
                 "stop web Isolation 30",
                 "migrate web h1->h3",
+                "pause web",
+                "resume web",
+                "check claim web@3",
                 "ping IsolationAddress(\"10.0.0.1\")",
                 "write ds1 7",
                 "event vm-restarted",

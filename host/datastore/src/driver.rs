@@ -91,4 +91,25 @@ impl DatastoreDriver for Datastores {
             let _ = inputs.send(Input::ClaimResult { claim, outcome });
         });
     }
+
+    /// Every datastore is asked (a claim lives on the one its master could read): the claim
+    /// found anywhere, else `None` when every datastore answered, else the first error.
+    fn check_claim(&mut self, vm: &str, generation: u64) {
+        let (inputs, vm) = (self.inputs.clone(), vm.to_string());
+        let stores: Vec<Arc<Datastore>> = self.stores.values().cloned().collect();
+        self.runtime.spawn(async move {
+            let mut holder = Ok(None);
+            for store in stores {
+                match store.read_claim(&vm, generation).await {
+                    Ok(Some(claim)) => {
+                        holder = Ok(Some(claim));
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => holder = holder.and(Err(e.to_string())),
+                }
+            }
+            let _ = inputs.send(Input::ClaimChecked { vm, generation, holder });
+        });
+    }
 }

@@ -133,6 +133,26 @@ impl HypervisorDriver for Hypervisors {
         });
     }
 
+    fn pause_vm(&mut self, vm: &str) {
+        let (config, vm) = (Arc::clone(&self.config), vm.to_string());
+        self.runtime.spawn_blocking(move || {
+            match Self::connect(&config, &config.me).and_then(|hv| hv.pause(&vm).map_err(|e| e.to_string())) {
+                Ok(()) => tracing::warn!(vm, "paused until its claim is confirmed"),
+                Err(e) => tracing::error!(vm, "ALERT could not pause the VM: {e}; it runs on"),
+            }
+        });
+    }
+
+    fn resume_vm(&mut self, vm: &str) {
+        let (config, vm) = (Arc::clone(&self.config), vm.to_string());
+        self.runtime.spawn_blocking(move || {
+            match Self::connect(&config, &config.me).and_then(|hv| hv.resume(&vm).map_err(|e| e.to_string())) {
+                Ok(()) => tracing::info!(vm, "running again"),
+                Err(e) => tracing::error!(vm, "ALERT could not resume the VM: {e}; it stays paused (virsh resume)"),
+            }
+        });
+    }
+
     fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
         let (config, inputs) = (Arc::clone(&self.config), self.inputs.clone());
         let (vm, from, to) = (vm.to_string(), from.to_string(), to.to_string());

@@ -316,6 +316,25 @@ impl Hypervisor {
         }
     }
 
+    /// Pauses a running domain (its vCPUs stop; memory and devices stay): milliseconds, and
+    /// nothing is lost. A paused one is left alone.
+    pub fn pause(&self, name: &str) -> Result<(), LibvirtError> {
+        let d = self.domain(name)?;
+        if self.state(name)? == Some(DomainState::Paused) {
+            return Ok(());
+        }
+        d.suspend().map(drop).map_err(|e| self.fail("pause", Some(name), &e))
+    }
+
+    /// Lets a paused domain run again; a running one is left alone.
+    pub fn resume(&self, name: &str) -> Result<(), LibvirtError> {
+        let d = self.domain(name)?;
+        if self.state(name)? != Some(DomainState::Paused) {
+            return Ok(());
+        }
+        d.resume().map(drop).map_err(|e| self.fail("resume", Some(name), &e))
+    }
+
     /// Asks the guest to shut down and powers it off if it has not stopped after `grace`.
     /// Returns whether the guest stopped by itself.
     pub fn shutdown(&self, name: &str, grace: Duration) -> Result<bool, LibvirtError> {

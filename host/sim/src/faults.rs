@@ -31,6 +31,15 @@ pub enum FaultKind {
     DatastoreCut { host: String, datastore: String },
     /// A VM crashes (QEMU dies).
     VmCrash { vm: String },
+    /// The agent's process is stopped (SIGSTOP, a stalled loop): it handles nothing, its VMs
+    /// run on; what arrives meanwhile is handled on resume, after `Input::Resumed`. The
+    /// watchdog resets the host if the pause reaches the fence timeout (unless the run has
+    /// no watchdog).
+    AgentPause { host: String },
+    /// The whole host freezes (kernel, agent and VMs): it answers nothing, its VMs do not
+    /// execute. To the others it is dead; a hardware watchdog resets it after the fence
+    /// timeout (unless the run has no watchdog); otherwise it resumes where it stopped.
+    HostFreeze { host: String },
 }
 
 impl FaultKind {
@@ -47,12 +56,31 @@ impl FaultKind {
             FaultKind::DatastoreDown { .. } => "datastore",
             FaultKind::DatastoreCut { .. } => "dscut",
             FaultKind::VmCrash { .. } => "vmcrash",
+            FaultKind::AgentPause { .. } => "pause",
+            FaultKind::HostFreeze { .. } => "freeze",
         }
     }
 
     /// Every family name.
-    pub const FAMILIES: [&'static str; 10] =
-        ["crash", "agent", "isolate", "partition", "link", "oneway", "loss", "datastore", "dscut", "vmcrash"];
+    pub const FAMILIES: [&'static str; 12] = [
+        "crash",
+        "agent",
+        "isolate",
+        "partition",
+        "link",
+        "oneway",
+        "loss",
+        "datastore",
+        "dscut",
+        "vmcrash",
+        "pause",
+        "freeze",
+    ];
+
+    /// The stall families: drawn on a generator of their own, after the others, so that every
+    /// seed's schedule of the other families stays what it was before they existed (the seeds
+    /// cited in comments and docs still replay).
+    pub const STALLS: [&'static str; 2] = ["pause", "freeze"];
 }
 
 impl std::fmt::Display for FaultKind {
@@ -73,6 +101,8 @@ impl std::fmt::Display for FaultKind {
             FaultKind::DatastoreDown { datastore } => write!(f, "datastore {datastore} server down"),
             FaultKind::DatastoreCut { host, datastore } => write!(f, "{host} loses datastore {datastore}"),
             FaultKind::VmCrash { vm } => write!(f, "{vm} crashes"),
+            FaultKind::AgentPause { host } => write!(f, "the agent on {host} is paused"),
+            FaultKind::HostFreeze { host } => write!(f, "{host} freezes whole"),
         }
     }
 }
@@ -108,6 +138,9 @@ impl Schedule {
         duration: Millis,
     ) -> Self {
         let mut faults = Vec::new();
+        let stall_families: Vec<&str> = families.iter().copied().filter(|f| FaultKind::STALLS.contains(f)).collect();
+        let families: Vec<&str> = families.iter().copied().filter(|f| !FaultKind::STALLS.contains(f)).collect();
+        let mut stalls = Rng::new(rng.clone().next_u64() ^ 0x57A1_1ED0_57A1_1ED0);
         let count = rng.between(1, 4);
         let window = duration * 6 / 10;
         let pick = |rng: &mut Rng, list: &[String]| list[rng.below(list.len() as u64) as usize].clone();
@@ -149,6 +182,21 @@ impl Schedule {
             };
             faults.push(Fault { at, duration, kind });
         }
+        // Stalls: one in two schedules gets one, lasting around the thresholds that matter
+        // (the stall gap, the hold gap, the fence timeout) or far past them.
+        if !stall_families.is_empty() && stalls.chance(50) {
+            let family = stall_families[stalls.below(stall_families.len() as u64) as usize];
+            let at = stalls.between(5_000, window.max(5_000));
+            let duration = match stalls.below(4) {
+                0 => stalls.between(300, 1_500),
+                1 => stalls.between(1_500, 2_500),
+                2 => stalls.between(2_500, 12_000),
+                _ => stalls.between(12_000, 20_000),
+            };
+            let host = pick(&mut stalls, hosts);
+            let kind = if family == "pause" { FaultKind::AgentPause { host } } else { FaultKind::HostFreeze { host } };
+            faults.push(Fault { at, duration, kind });
+        }
         faults.sort_by_key(|f| f.at);
         Self { faults }
     }
@@ -165,7 +213,8 @@ pub struct FaultParseError {
 }
 
 const FAULT_SYNTAX: &str = "crash:HOST, agent:HOST, isolate:HOST, isolate-all:HOST, partition:HOST+HOST..., \
-link:HOST:NET, oneway:NET:FROM:TO, loss:NET:PERCENT, datastore:DS, dscut:HOST:DS, vmcrash:VM";
+link:HOST:NET, oneway:NET:FROM:TO, loss:NET:PERCENT, datastore:DS, dscut:HOST:DS, vmcrash:VM, pause:HOST, \
+freeze:HOST";
 
 /// `10s`, `1500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<Millis> {
@@ -246,6 +295,8 @@ impl std::str::FromStr for Fault {
             "datastore" => want(1).map(|()| FaultKind::DatastoreDown { datastore: arg(0) })?,
             "dscut" => want(2).map(|()| FaultKind::DatastoreCut { host: arg(0), datastore: arg(1) })?,
             "vmcrash" => want(1).map(|()| FaultKind::VmCrash { vm: arg(0) })?,
+            "pause" => want(1).map(|()| FaultKind::AgentPause { host: arg(0) })?,
+            "freeze" => want(1).map(|()| FaultKind::HostFreeze { host: arg(0) })?,
             other => return Err(fail(&format!("unknown kind `{other}`"))),
         };
         Ok(Fault { at, duration, kind })
@@ -269,9 +320,11 @@ impl Fault {
             }
         };
         match &self.kind {
-            FaultKind::HostCrash { host } | FaultKind::AgentCrash { host } | FaultKind::Isolate { host, .. } => {
-                check(host, hosts, "host")
-            }
+            FaultKind::HostCrash { host }
+            | FaultKind::AgentCrash { host }
+            | FaultKind::Isolate { host, .. }
+            | FaultKind::AgentPause { host }
+            | FaultKind::HostFreeze { host } => check(host, hosts, "host"),
             FaultKind::Partition { side } => side.iter().for_each(|h| check(h, hosts, "host")),
             FaultKind::OneWayCut { network, from, to } => {
                 check(network, networks, "network");

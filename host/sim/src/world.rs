@@ -32,6 +32,10 @@ pub struct SimOptions {
     pub verbose: bool,
     /// When to ask the master for its failover plan, with a label (for the demo).
     pub plan_snapshots: Vec<(Millis, String)>,
+    /// Every host has a watchdog (the default, as the core assumes): a host whose agent
+    /// stops feeding it for the fence timeout (crashed, paused, or the host frozen) is reset.
+    /// Off models a site without one (the lab with `--no-watchdog`).
+    pub watchdog: bool,
 }
 
 impl SimOptions {
@@ -45,6 +49,7 @@ impl SimOptions {
             vm_start: 500,
             verbose: false,
             plan_snapshots: Vec::new(),
+            watchdog: true,
         }
     }
 }
@@ -142,13 +147,30 @@ impl Outcome {
 enum Ev {
     Tick(usize),
     Deliver(usize, u64, Input),
-    VmUp { host: usize, boot: u64, vm: String, generation: u64, reply: Option<(usize, u64)> },
-    VmDown { host: usize, vm: String, reason: StopReason },
-    Migrated { vm: String, from: usize, to: usize, master: (usize, u64) },
+    VmUp {
+        host: usize,
+        boot: u64,
+        vm: String,
+        generation: u64,
+        reply: Option<(usize, u64)>,
+    },
+    VmDown {
+        host: usize,
+        vm: String,
+        reason: StopReason,
+    },
+    Migrated {
+        vm: String,
+        from: usize,
+        to: usize,
+        master: (usize, u64),
+    },
     FaultStart(usize),
     FaultEnd(usize),
     AgentRestart(usize, u64),
     Watchdog(usize, u64),
+    /// The watchdog of a host whose agent was paused or frozen at (agent epoch, stall start).
+    StallWatchdog(usize, u64, Millis),
     Reboot(usize, u64),
     PlanSnapshot(String),
 }
@@ -160,6 +182,20 @@ struct SimHost {
     node: Option<Node>,
     agent_epoch: u64,
     vms: BTreeMap<String, u64>,
+    /// VMs paused by the agent (they do not execute).
+    paused: BTreeSet<String>,
+    /// The whole host is frozen: nothing on it executes or answers.
+    frozen: bool,
+    /// The agent handles nothing since then (paused, or its host frozen); what arrives waits.
+    stalled: Option<Millis>,
+    backlog: Vec<Input>,
+}
+
+impl SimHost {
+    /// Whether `vm` executes here now (not paused, not frozen).
+    fn executes(&self, vm: &str) -> bool {
+        self.vms.contains_key(vm) && !self.paused.contains(vm) && !self.frozen
+    }
 }
 
 #[derive(Default)]
@@ -219,6 +255,10 @@ impl<'p> Sim<'p> {
                 node: Some(Node::new(&h.name, config.clone(), 0)),
                 agent_epoch: 1,
                 vms: BTreeMap::new(),
+                paused: BTreeSet::new(),
+                frozen: false,
+                stalled: None,
+                backlog: Vec::new(),
             })
             .collect();
         let index = hosts.iter().enumerate().map(|(i, h)| (h.name.clone(), i)).collect();
@@ -338,20 +378,26 @@ impl<'p> Sim<'p> {
     fn step(&mut self, ev: Ev) {
         match ev {
             Ev::Tick(h) => {
-                if self.hosts[h].node.is_some() {
+                if self.hosts[h].node.is_some() && self.hosts[h].stalled.is_none() {
                     self.feed(h, Input::Tick);
                 }
                 self.push(self.now + 100, Ev::Tick(h));
             }
             Ev::Deliver(h, agent, input) => {
                 if self.hosts[h].agent_epoch == agent && self.hosts[h].node.is_some() {
-                    self.feed(h, input);
+                    if self.hosts[h].stalled.is_some() {
+                        self.hosts[h].backlog.push(input);
+                    } else {
+                        self.feed(h, input);
+                    }
                 }
             }
             Ev::VmUp { host, boot, vm, generation, reply } => self.vm_up(host, boot, vm, generation, reply),
             Ev::VmDown { host, vm, reason } => {
+                self.hosts[host].paused.remove(&vm);
                 if let Some(generation) = self.hosts[host].vms.remove(&vm) {
-                    if matches!(reason, StopReason::Isolation | StopReason::Fence) {
+                    let elsewhere = self.hosts.iter().any(|other| other.executes(&vm));
+                    if matches!(reason, StopReason::Isolation | StopReason::Fence) && !elsewhere {
                         self.stopped_by_host.insert(vm.clone());
                         self.lost_at.entry(vm.clone()).or_insert(self.now);
                     }
@@ -397,6 +443,18 @@ impl<'p> Sim<'p> {
                     );
                 }
             }
+            Ev::StallWatchdog(h, epoch, since) => {
+                if self.hosts[h].up && self.hosts[h].agent_epoch == epoch && self.hosts[h].stalled == Some(since) {
+                    self.note(
+                        Severity::Alert,
+                        "watchdog",
+                        format!("{}: not fed while stalled; the watchdog resets the host", self.hosts[h].name),
+                    );
+                    self.crash_host(h);
+                    let boot = self.hosts[h].boot;
+                    self.push(self.now + 5_000, Ev::Reboot(h, boot));
+                }
+            }
             Ev::Watchdog(h, epoch) => {
                 if self.hosts[h].up && self.hosts[h].agent_epoch == epoch && self.hosts[h].node.is_none() {
                     self.note(
@@ -431,6 +489,8 @@ impl<'p> Sim<'p> {
     fn start_agent(&mut self, h: usize) {
         let host = &mut self.hosts[h];
         host.agent_epoch += 1;
+        host.stalled = None;
+        host.backlog.clear();
         host.node = Some(Node::new(&host.name, self.config.clone(), self.now));
         let vms: Vec<(String, u64)> = host.vms.iter().map(|(v, g)| (v.clone(), *g)).collect();
         for (vm, generation) in vms {
@@ -448,6 +508,10 @@ impl<'p> Sim<'p> {
         host.up = false;
         host.node = None;
         host.vms.clear();
+        host.paused.clear();
+        host.frozen = false;
+        host.stalled = None;
+        host.backlog.clear();
         host.boot += 1;
         host.agent_epoch += 1;
     }
@@ -473,6 +537,8 @@ impl<'p> Sim<'p> {
     fn path(&self, network: &str, from: usize, to: usize) -> bool {
         self.hosts[from].up
             && self.hosts[to].up
+            && !self.hosts[from].frozen
+            && !self.hosts[to].frozen
             && !self.link_down.contains(&(network.to_string(), from))
             && !self.link_down.contains(&(network.to_string(), to))
             && !self.cuts.contains(&(network.to_string(), from, to))
@@ -483,7 +549,9 @@ impl<'p> Sim<'p> {
     }
 
     fn store_reachable(&self, datastore: &str, h: usize) -> bool {
-        self.stores.get(datastore).is_some_and(|s| !s.down && !s.cut.contains(&self.hosts[h].name)) && self.hosts[h].up
+        self.stores.get(datastore).is_some_and(|s| !s.down && !s.cut.contains(&self.hosts[h].name))
+            && self.hosts[h].up
+            && !self.hosts[h].frozen
     }
 
     fn act(&mut self, h: usize, action: Action) {
@@ -522,7 +590,7 @@ impl<'p> Sim<'p> {
             Err(format!("{host_name} went down"))
         } else {
             // Invariant 1: never two runners.
-            if let Some(other) = self.hosts.iter().find(|h| h.name != host_name && h.vms.contains_key(&vm)) {
+            if let Some(other) = self.hosts.iter().find(|h| h.name != host_name && h.executes(&vm)) {
                 let other = other.name.clone();
                 self.violation(format!("{vm} started on {host_name} while it runs on {other}"));
             }
@@ -655,6 +723,26 @@ impl<'p> Sim<'p> {
                     };
                 }
             }
+            FaultKind::AgentPause { host: name } => {
+                if let Some(h) = host(self, &name) {
+                    if start { self.stall(h) } else { self.resume(h) }
+                }
+            }
+            FaultKind::HostFreeze { host: name } => {
+                if let Some(h) = host(self, &name) {
+                    if start && self.hosts[h].up {
+                        self.hosts[h].frozen = true;
+                        // To the others it is dead in every signal: its VMs count as lost.
+                        for vm in self.hosts[h].vms.keys().cloned().collect::<Vec<_>>() {
+                            self.lost_at.entry(vm).or_insert(self.now);
+                        }
+                        self.stall(h);
+                    } else if !start && self.hosts[h].frozen {
+                        self.hosts[h].frozen = false;
+                        self.resume(h);
+                    }
+                }
+            }
             FaultKind::VmCrash { vm } => {
                 if let Some(h) = self.hosts.iter().position(|x| x.vms.contains_key(&vm)) {
                     let generation = self.hosts[h].vms.remove(&vm).unwrap_or(1);
@@ -662,6 +750,39 @@ impl<'p> Sim<'p> {
                     self.crashed_on.insert(vm.clone(), h);
                     self.deliver(h, 200, Input::VmState { vm, generation, state: VmState::Crashed });
                 }
+            }
+        }
+    }
+
+    /// The agent of `h` stops handling anything (paused, or its host frozen).
+    fn stall(&mut self, h: usize) {
+        if !self.hosts[h].up || self.hosts[h].node.is_none() || self.hosts[h].stalled.is_some() {
+            return;
+        }
+        self.hosts[h].stalled = Some(self.now);
+        if self.opts.watchdog {
+            let epoch = self.hosts[h].agent_epoch;
+            self.push(self.now + self.config.timeouts.fence_timeout_ms, Ev::StallWatchdog(h, epoch, self.now));
+        }
+    }
+
+    /// The agent of `h` runs again: it is told the gap first, then handles what waited; the
+    /// VMs of the host execute again — unless its node paused them at once, each one that
+    /// runs elsewhere meanwhile now runs twice (invariant 1).
+    fn resume(&mut self, h: usize) {
+        let Some(since) = self.hosts[h].stalled.take() else { return };
+        let gap = self.now - since;
+        self.feed(h, Input::Resumed { gap_ms: gap });
+        for input in std::mem::take(&mut self.hosts[h].backlog) {
+            if self.hosts[h].stalled.is_none() && self.hosts[h].node.is_some() {
+                self.feed(h, input);
+            }
+        }
+        let here: Vec<String> = self.hosts[h].vms.keys().filter(|vm| self.hosts[h].executes(vm)).cloned().collect();
+        for vm in here {
+            if let Some(other) = self.hosts.iter().enumerate().find(|(o, x)| *o != h && x.executes(&vm)) {
+                let (name, other) = (self.hosts[h].name.clone(), other.1.name.clone());
+                self.violation(format!("{vm} runs on {name} again after a {gap} ms stall while it runs on {other}"));
             }
         }
     }
@@ -759,6 +880,24 @@ impl DatastoreDriver for HostDrivers<'_, '_> {
         let latency = s.opts.datastore_latency;
         s.deliver(h, latency, Input::ClaimResult { claim: claim.clone(), outcome });
     }
+
+    fn check_claim(&mut self, vm: &str, generation: u64) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let key = (vm.to_string(), generation);
+        let mut holder = Ok(None);
+        for (name, store) in &s.stores {
+            if !s.store_reachable(name, h) {
+                holder = holder.and(Err(format!("datastore {name} not reachable")));
+                continue;
+            }
+            if let Some(claim) = store.claims.get(&key) {
+                holder = Ok(Some(claim.clone()));
+                break;
+            }
+        }
+        let latency = s.opts.datastore_latency;
+        s.deliver(h, latency, Input::ClaimChecked { vm: vm.to_string(), generation, holder });
+    }
 }
 
 impl PingDriver for HostDrivers<'_, '_> {
@@ -809,6 +948,25 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
         }
         let master = (h, s.hosts[h].agent_epoch);
         s.push(s.now + 800, Ev::Migrated { vm: vm.to_string(), from: f, to: t, master });
+    }
+
+    fn pause_vm(&mut self, vm: &str) {
+        let host = &mut self.sim.hosts[self.h];
+        if host.vms.contains_key(vm) {
+            host.paused.insert(vm.to_string());
+        }
+    }
+
+    fn resume_vm(&mut self, vm: &str) {
+        let h = self.h;
+        if !self.sim.hosts[h].paused.contains(vm) {
+            return;
+        }
+        if let Some(other) = self.sim.hosts.iter().enumerate().find(|(o, x)| *o != h && x.executes(vm)) {
+            let (name, other) = (self.sim.hosts[h].name.clone(), other.1.name.clone());
+            self.sim.violation(format!("{vm} resumed on {name} while it runs on {other}"));
+        }
+        self.sim.hosts[h].paused.remove(vm);
     }
 }
 

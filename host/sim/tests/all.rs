@@ -264,3 +264,70 @@ fn matrix_running_host_with_one_network_cut_nothing_happens() {
         assert_eq!(kinds(&o, kind), 0, "{kind}:\n{}", dump(&o));
     }
 }
+
+/// Issue 14's faults with the default timeouts, on a 3-host cluster of 6 protected VMs.
+fn stall_run(kind: FaultKind, duration: u64, watchdog: bool) -> Outcome {
+    let config = cluster(3, 6);
+    assert_eq!(config.timeouts, Timeouts::default());
+    let faults = vec![Fault { at: 10_000, duration, kind }];
+    let mut opts = SimOptions::new(3, 60_000);
+    opts.watchdog = watchdog;
+    opts.verbose = true;
+    Sim::new(config, Schedule { faults }, opts, &mut BuiltinPolicies).run()
+}
+
+#[test]
+fn a_paused_agent_resuming_stops_no_healthy_vm() {
+    // The agent of a healthy host is stopped 15 s (no watchdog: one would reset the host).
+    let o = stall_run(FaultKind::AgentPause { host: "host-2".into() }, 15_000, false);
+    assert_clean(&o);
+    assert_eq!(kinds(&o, "fenced"), 0, "{}", dump(&o));
+    assert_eq!(kinds(&o, "vm-stopped"), 0, "{}", dump(&o));
+    assert_eq!(kinds(&o, "vm-restarted"), 0, "{}", dump(&o));
+    assert_eq!(kinds(&o, "resumed"), 1, "{}", dump(&o));
+    // Its VMs were paused on resume and run again once their claims were confirmed.
+    assert!(kinds(&o, "vms-held") == 1 && kinds(&o, "vm-resumed") >= 1, "{}", dump(&o));
+}
+
+#[test]
+fn a_frozen_host_resuming_without_a_watchdog_never_runs_a_vm_twice() {
+    // Frozen 12 s: the cluster restarts its VMs after the dead-time; on resume the old copies
+    // are paused at once and then powered off (a newer claim exists).
+    let o = stall_run(FaultKind::HostFreeze { host: "host-2".into() }, 12_000, false);
+    assert_clean(&o);
+    assert!(kinds(&o, "vm-restarted") >= 1, "{}", dump(&o));
+    assert_eq!(kinds(&o, "vm-restarted"), kinds(&o, "vm-superseded"), "{}", dump(&o));
+    assert_eq!(kinds(&o, "vm-resumed"), 0, "{}", dump(&o));
+}
+
+#[test]
+fn a_frozen_host_with_a_watchdog_is_reset_and_its_vms_run_elsewhere() {
+    let o = stall_run(FaultKind::HostFreeze { host: "host-2".into() }, 12_000, true);
+    assert_clean(&o);
+    assert_eq!(kinds(&o, "watchdog"), 1, "{}", dump(&o));
+    assert!(kinds(&o, "vm-restarted") >= 1, "{}", dump(&o));
+}
+
+#[test]
+fn stalls_around_the_thresholds_are_safe_with_and_without_a_watchdog() {
+    // Gaps just under and over the stall gap, the hold gap and the fence timeout, and long.
+    for duration in [400, 600, 1_400, 1_600, 1_900, 2_100, 2_900, 3_100, 6_000, 20_000] {
+        for watchdog in [true, false] {
+            for kind in
+                [FaultKind::AgentPause { host: "host-1".into() }, FaultKind::HostFreeze { host: "host-3".into() }]
+            {
+                let o = stall_run(kind.clone(), duration, watchdog);
+                assert!(
+                    o.violations.is_empty(),
+                    "{kind} for {duration} ms, watchdog {watchdog}: {:#?}\n{}",
+                    o.violations,
+                    dump(&o)
+                );
+                if matches!(kind, FaultKind::AgentPause { .. }) && !watchdog {
+                    // A paused agent alone never costs a VM: nothing is stopped or restarted.
+                    assert_eq!(kinds(&o, "vm-restarted") + kinds(&o, "fenced"), 0, "{duration} ms\n{}", dump(&o));
+                }
+            }
+        }
+    }
+}

@@ -15,9 +15,17 @@ use crate::policies::Policies;
 use crate::wire::VmReport;
 
 impl Node {
-    /// The last time another agent was heard directly, or the start.
+    /// The last time another agent was heard directly, or the start (or the last resume:
+    /// silence before a gap is not silence, see `resume`).
     fn last_agent_heard(&self) -> u64 {
-        self.peers.values().filter_map(|p| p.heard_directly_at).max().unwrap_or(self.started_at).max(self.started_at)
+        let heard = self
+            .peers
+            .values()
+            .filter_map(|p| p.heard_directly_at)
+            .max()
+            .unwrap_or(self.started_at)
+            .max(self.started_at);
+        self.since_resume(heard)
     }
 
     pub(super) fn watch_isolation(&mut self, policies: &mut dyn Policies) {
@@ -198,7 +206,8 @@ impl Node {
         // grace is only what is left of the dead-time (found by simulator seed 622).
         let t = self.config.timeouts;
         let grace = t.dead_time_ms.saturating_sub(t.fence_timeout_ms + 2 * t.heartbeat_interval_ms);
-        let starting = since_start < grace;
+        // Just resumed after a gap: the evidence was dropped; a round of heartbeats first.
+        let starting = since_start < grace || self.resuming();
         let datastore_ok = starting || self.datastores_reachable() > 0;
         let reached = self
             .peers

@@ -151,8 +151,17 @@ impl Node {
             host: host.to_string(),
             now: self.now,
             dead_time_ms: t.dead_time_ms,
-            networks: self.config.networks.iter().map(|n| (n.clone(), peer.networks.get(n).copied())).collect(),
-            seq_advanced_at: peer.seq_advanced_at.or(self.master.as_ref().map(|m| m.since)),
+            // Silence before this node's own last gap is not the peer's silence (`resume`).
+            networks: self
+                .config
+                .networks
+                .iter()
+                .map(|n| (n.clone(), peer.networks.get(n).map(|&at| self.since_resume(at))))
+                .collect(),
+            seq_advanced_at: peer
+                .seq_advanced_at
+                .or(self.master.as_ref().map(|m| m.since))
+                .map(|at| self.since_resume(at)),
             datastores: self
                 .config
                 .datastores
@@ -160,7 +169,7 @@ impl Node {
                 .map(|d| DatastoreSignal {
                     datastore: d.clone(),
                     counter: peer.datastores.get(d).map(|e| e.0),
-                    advanced_at: peer.datastores.get(d).map(|e| e.1),
+                    advanced_at: peer.datastores.get(d).map(|e| self.since_resume(e.1)),
                 })
                 .collect(),
             datastores_readable: self.datastores_readable(),

@@ -18,6 +18,7 @@
 
 mod host_side;
 mod master;
+mod resume;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -167,6 +168,24 @@ pub enum Input {
     },
     /// An operator command.
     Command(Command),
+    /// The node was not fed for `gap_ms` (the agent's process was stopped, its host frozen,
+    /// or its loop stalled): the agent measures its own gaps on a monotonic clock and feeds
+    /// this first, before anything that queued meanwhile. What was known before the gap is
+    /// not evidence of now (see `resume`).
+    Resumed {
+        /// How long nothing was handled.
+        gap_ms: Millis,
+    },
+    /// A claim was looked up (`Action::CheckClaim`).
+    ClaimChecked {
+        /// VM.
+        vm: String,
+        /// The generation asked about.
+        generation: u64,
+        /// The claim if it exists, `None` if no datastore holds it, or why it could not be
+        /// told (a datastore did not answer).
+        holder: Result<Option<Claim>, String>,
+    },
     /// A new cluster configuration (already validated by the caller, the same on every host):
     /// hosts added are tracked from now on, hosts removed are forgotten, VMs and timeouts
     /// take effect at once. Boxed: the rest of the inputs are small.
@@ -263,6 +282,24 @@ pub enum Action {
         /// To.
         to: String,
     },
+    /// Pause a VM on this host (libvirt suspend: its guest stops executing, nothing is lost).
+    PauseVm {
+        /// VM.
+        vm: String,
+    },
+    /// Let a paused VM on this host run again.
+    ResumeVm {
+        /// VM.
+        vm: String,
+    },
+    /// Look up whether a claim for `(vm, generation)` exists on any datastore; answers
+    /// `Input::ClaimChecked`.
+    CheckClaim {
+        /// VM.
+        vm: String,
+        /// Generation.
+        generation: u64,
+    },
     /// Record an event (and raise it when it is an alert).
     Record(Event),
 }
@@ -348,6 +385,10 @@ pub struct Node {
     out: Vec<Action>,
     now: Millis,
     next_evaluation: Millis,
+    /// When this node last resumed after a gap: evidence older than this is not evidence.
+    resumed_at: Option<Millis>,
+    /// Protected VMs paused after a long gap, until their claim is confirmed.
+    held: BTreeMap<String, resume::Hold>,
 }
 
 /// How often heartbeats alone trigger the whole-cluster evaluation (election, isolation,
@@ -390,6 +431,8 @@ impl Node {
             out: Vec::new(),
             now,
             next_evaluation: now,
+            resumed_at: None,
+            held: BTreeMap::new(),
         }
     }
 
@@ -473,6 +516,8 @@ impl Node {
             Input::MigrateResult { vm, from, to, result } => self.on_migrate(&vm, &from, &to, result),
             Input::Command(command) => self.on_command(command, policies),
             Input::ConfigChanged(config) => self.on_config(*config),
+            Input::Resumed { gap_ms } => self.on_resumed(gap_ms),
+            Input::ClaimChecked { vm, generation, holder } => self.on_claim_checked(&vm, generation, holder),
         }
         self.step(policies, evaluate);
         std::mem::take(&mut self.out)
@@ -514,6 +559,7 @@ impl Node {
         self.elect();
         self.watch_isolation(policies);
         self.watch_fencing();
+        self.settle_held();
         if self.master.is_some() {
             self.master_step(policies);
         }
@@ -722,6 +768,9 @@ impl Node {
     /// The deterministic election: among this host and the peers heard within the election
     /// timeout, the one reaching the most datastores, then the smallest name.
     fn elect(&mut self) {
+        if self.resuming() {
+            return; // after a gap: hear the peers again before electing anyone (`resume`)
+        }
         let window = self.config.timeouts.election_timeout_ms;
         if self.now.saturating_sub(self.started_at) < window && self.master_view.is_none() {
             // Just started: listen for a while before anyone is elected.

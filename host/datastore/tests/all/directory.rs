@@ -153,6 +153,9 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         fn claim(&mut self, d: &str, c: &halo_core::Claim) {
             self.0.claim(d, c)
         }
+        fn check_claim(&mut self, vm: &str, generation: u64) {
+            self.0.check_claim(vm, generation)
+        }
     }
     impl halo_core::drivers::PingDriver for Only<'_> {
         fn ping(&mut self, _: &halo_core::node::PingTarget) {}
@@ -161,12 +164,19 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         fn start_vm(&mut self, _: &str, _: &str, _: u64) {}
         fn stop_vm(&mut self, _: &str, _: halo_core::StopReason, _: u32) {}
         fn migrate_vm(&mut self, _: &str, _: &str, _: &str) {}
+        fn pause_vm(&mut self, _: &str) {}
+        fn resume_vm(&mut self, _: &str) {}
     }
     impl halo_core::drivers::EventSink for Only<'_> {
         fn record(&mut self, _: halo_core::Event) {}
     }
     carry_out(Action::Claim { datastore: "ds1".into(), claim: c.clone() }, &mut Only(&mut drivers));
-    assert_eq!(next(&mut rx), Input::ClaimResult { claim: c.clone(), outcome: ClaimOutcome::Lost(c) });
+    assert_eq!(next(&mut rx), Input::ClaimResult { claim: c.clone(), outcome: ClaimOutcome::Lost(c.clone()) });
+    // A claim looked up (a host resuming after a stall): found, or known not to exist.
+    carry_out(Action::CheckClaim { vm: "db".into(), generation: 2 }, &mut Only(&mut drivers));
+    assert_eq!(next(&mut rx), Input::ClaimChecked { vm: "db".into(), generation: 2, holder: Ok(Some(c)) });
+    drivers.check_claim("db", 3);
+    assert_eq!(next(&mut rx), Input::ClaimChecked { vm: "db".into(), generation: 3, holder: Ok(None) });
     // An unknown datastore is an answer too, never silence.
     drivers.read_records("ds9");
     assert!(

@@ -42,6 +42,24 @@ enum LabCommand {
         /// How many protected VMs to start with `--agents`.
         #[arg(long, default_value_t = 3, requires = "agents")]
         vms: usize,
+        /// With `--agents`: no lab watchdog. By default each host gets one, outside the host
+        /// like hardware, as the agent's `[watchdog] device`: a host whose agent stops feeding
+        /// it for the fence timeout is reset (its processes killed, its links down).
+        #[arg(long, requires = "agents")]
+        no_watchdog: bool,
+    },
+    /// Run one host's lab watchdog until the lab goes down (started by `up --agents`).
+    #[command(hide = true)]
+    WatchdogRun {
+        /// The host.
+        #[arg(long)]
+        host: usize,
+        /// Its timeout in milliseconds.
+        #[arg(long)]
+        timeout_ms: u64,
+        /// The lab's directory (recorded in the command line, so `down` knows it is ours).
+        #[arg(long)]
+        dir: std::path::PathBuf,
     },
     /// Remove everything the lab made (also after a crash).
     Down,
@@ -162,7 +180,20 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     }
     let name = args.name.as_str();
     match args.command {
-        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms } => {
+        LabCommand::WatchdogRun { host, timeout_ms, dir } => {
+            let lab = Lab::attach(name)?;
+            if lab.dir() != dir {
+                bail!("lab `{name}` lives in {}, not {}", lab.dir().display(), dir.display());
+            }
+            let target = lab.reset_target(host)?;
+            let fifo = halo_lab::watchdog::open_fifo(&lab.watchdog_device(host))?;
+            let never = std::sync::atomic::AtomicBool::new(false);
+            if halo_lab::watchdog::watch(fifo, Duration::from_millis(timeout_ms), &never) {
+                eprintln!("lab watchdog: {} not fed for {timeout_ms} ms: resetting it", target.host);
+                target.reset();
+            }
+        }
+        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms, no_watchdog } => {
             let lab = Lab::up(LabSpec::new(name, hosts))?.keep();
             eprintln!("lab `{name}`: {hosts} host(s) up");
             if !no_nfs {
@@ -177,7 +208,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("libvirtd up on every host");
             }
             if agents {
-                start_agents(&lab, hosts, vms)?;
+                start_agents(&lab, hosts, vms, !no_watchdog)?;
             }
             print_status(&lab, false)?;
         }
@@ -250,8 +281,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Tiny protected VMs spread over the hosts, and an agent on every host.
-fn start_agents(lab: &Lab, hosts: usize, vms: usize) -> anyhow::Result<()> {
+/// Tiny protected VMs spread over the hosts, and an agent on every host (with a lab watchdog
+/// each, unless `watchdog` is false).
+fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::Result<()> {
     if vms > 50 {
         bail!("--vms: at most 50 in the lab");
     }
@@ -267,7 +299,26 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize) -> anyhow::Result<()> {
     let halo = std::env::current_exe().context("cannot find the halo binary")?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     for host in 1..=hosts {
-        let config = lab.agent_config(host, &names, &[])?;
+        let mut config = lab.agent_config(host, &names, &[])?;
+        if watchdog {
+            // Outside the host, like hardware; it outlives this command (`halo lab down` ends it).
+            let timeout = halo_core::Timeouts::default().fence_timeout_ms;
+            let child = std::process::Command::new(&halo)
+                .args(["lab", "--name", lab.name(), "watchdog-run", "--host", &host.to_string()])
+                .args(["--timeout-ms", &timeout.to_string(), "--dir"])
+                .arg(lab.dir())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("cannot start the lab watchdog")?;
+            halo_lab::watchdog::record_process(&lab.dir(), host, child.id())?;
+            let device = lab.watchdog_device(host);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !device.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            config.push_str(&format!("\n[watchdog]\ndevice = \"{}\"\n", device.display()));
+        }
         // The agent outlives this command: `halo lab down` (or `fault kill`) ends it.
         lab.start_agent(host, &halo, &config)?;
     }

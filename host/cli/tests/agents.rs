@@ -30,6 +30,8 @@ struct Cluster {
     agents: BTreeMap<usize, Child>,
     /// Extra lines for every agent's halo.toml.
     extra: String,
+    /// The lab watchdog of each host, when the cluster has them.
+    watchdogs: BTreeMap<usize, halo_lab::watchdog::LabWatchdog>,
 }
 
 impl Drop for Cluster {
@@ -44,6 +46,11 @@ impl Drop for Cluster {
 impl Cluster {
     /// The lab, the VMs running where `VMS` says, an agent on every host, a master elected.
     fn up(test: &str, tag: char, extra: &str) -> Option<Self> {
+        Self::up_with(test, tag, extra, None)
+    }
+
+    /// [`Cluster::up`], each host with a lab watchdog of `watchdog` (`[watchdog] device`).
+    fn up_with(test: &str, tag: char, extra: &str, watchdog: Option<Duration>) -> Option<Self> {
         if !halo_lab::for_test(test) {
             return None;
         }
@@ -66,7 +73,13 @@ impl Cluster {
             hv[&host].define(&with_generation(&xml, 1)).expect("define");
             hv[&host].start(vm).expect("start");
         }
-        let mut cluster = Self { lab, hv, agents: BTreeMap::new(), extra: extra.to_string() };
+        let mut watchdogs = BTreeMap::new();
+        if let Some(timeout) = watchdog {
+            for h in 1..=3 {
+                watchdogs.insert(h, lab.start_watchdog(h, timeout).expect("lab watchdog"));
+            }
+        }
+        let mut cluster = Self { lab, hv, agents: BTreeMap::new(), extra: extra.to_string(), watchdogs };
         for h in 1..=3 {
             cluster.start_agent(h);
         }
@@ -84,6 +97,9 @@ impl Cluster {
         let mut config = self.lab.agent_config(h, &vms, &[]).expect("config");
         // Extra tables (e.g. [plugins]) after the last one of the file.
         config.push_str(&self.extra);
+        if let Some(watchdog) = self.watchdogs.get(&h) {
+            config.push_str(&format!("\n[watchdog]\ndevice = \"{}\"\n", watchdog.device().display()));
+        }
         let child = self.lab.start_agent(h, std::path::Path::new(env!("CARGO_BIN_EXE_halo")), &config).expect("agent");
         self.agents.insert(h, child);
     }
@@ -722,4 +738,170 @@ fn bench_failover_and_live_migration() {
         "figure: live migration 256 MiB idle: halo median {halo_median:.3} s, virsh migrate --live median {virsh_median:.3} s, ratio {:.2}",
         halo_median / virsh_median
     );
+}
+
+/// The QEMU processes of every VM (by host), to show that nothing was restarted.
+fn qemus(cluster: &Cluster) -> BTreeMap<&'static str, Vec<i32>> {
+    VMS.iter().map(|(vm, h)| (*vm, cluster.lab.pids_of(*h, &format!("guest={vm}")).unwrap_or_default())).collect()
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Issue 14 (a): the agent of a healthy host is stopped for 15 s and continued (no watchdog:
+/// one would rightly reset the host). Nothing is stopped anywhere; the same QEMU processes
+/// run at the end; its VMs were at most paused for a moment after the resume.
+#[test]
+fn a_paused_agent_on_a_healthy_host_stops_no_vm() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(cluster) = Cluster::up("a_paused_agent_on_a_healthy_host_stops_no_vm", 'p', "") else {
+        return;
+    };
+    let placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let before = qemus(&cluster);
+    assert!(before.values().all(|p| p.len() == 1), "one QEMU per VM: {before:?}");
+    let agent = cluster.agents[&2].id();
+    signal(agent, "-STOP");
+    cluster.holds(&placement, Duration::from_secs(15), "agent of host-2 stopped");
+    signal(agent, "-CONT");
+    let resumed = Instant::now();
+    // For 12 s: every VM active on its own host only, never on another; paused at most briefly.
+    let mut paused_for: BTreeMap<&str, Duration> = BTreeMap::new();
+    let mut last = Instant::now();
+    while resumed.elapsed() < Duration::from_secs(12) {
+        let step = last.elapsed();
+        last = Instant::now();
+        for (vm, host) in &placement {
+            let (active, running) = cluster.active(vm, &[1, 2, 3]);
+            assert_eq!(active, vec![*host], "{vm} must stay on host-{host} only\n{}", cluster.logs());
+            if running.is_empty() {
+                *paused_for.entry(vm).or_default() += step;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (vm, host) in &placement {
+        assert_eq!(cluster.runners(vm, &[1, 2, 3]), vec![*host], "{vm} runs again\n{}", cluster.logs());
+    }
+    assert_eq!(qemus(&cluster), before, "the same QEMU processes\n{}", cluster.logs());
+    let logs = cluster.logs();
+    assert!(!logs.contains("fences itself"), "nothing fenced:\n{logs}");
+    assert!(logs.contains("resumes after"), "the agent saw its gap:\n{logs}");
+    println!("figure: VMs of host-2 paused after its agent resumed (claim check): {paused_for:?}");
+}
+
+/// Issue 14 (b): host-2 frozen whole and cut off, each host with a lab watchdog of the fence
+/// timeout: the watchdog resets host-2 (its processes killed) within its timeout, and its VMs
+/// run elsewhere, never twice.
+#[test]
+fn a_frozen_cut_off_host_is_reset_by_the_lab_watchdog() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let timeout = Duration::from_millis(halo_core::Timeouts::default().fence_timeout_ms);
+    let test = "a_frozen_cut_off_host_is_reset_by_the_lab_watchdog";
+    let Some(cluster) = Cluster::up_with(test, 'w', "", Some(timeout)) else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let frozen = Instant::now();
+    cluster.lab.freeze_host(2, true).expect("freeze");
+    for net in ["A", "B", "M"] {
+        cluster.lab.set_link(2, net, false).expect("cut");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.watchdogs[&2].fired() {
+        assert!(Instant::now() < deadline, "the lab watchdog did not reset host-2\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reset_after = frozen.elapsed();
+    let took = cluster.recovers(&mut placement, 2, &[1, 3], frozen, "host-2 frozen, watchdog on");
+    assert!(
+        cluster.lab.pids_of(2, "guest=").expect("pids").is_empty(),
+        "the reset left no QEMU on host-2\n{}",
+        cluster.logs()
+    );
+    println!(
+        "figure: frozen host reset by the lab watchdog after {reset_after:?} (timeout {timeout:?}); VMs elsewhere: {took:?}"
+    );
+    assert!(reset_after < timeout + Duration::from_millis(500), "reset after {reset_after:?}");
+    for (name, w) in &cluster.watchdogs {
+        assert_eq!(w.fired(), *name == 2, "only host-2's watchdog fires");
+    }
+}
+
+/// Issue 14 (c): host-2 frozen whole and cut off for 12 s without a watchdog; the cluster
+/// restarts its VMs; host-2 then comes back (links, then its processes). Its old copies are
+/// paused at once (the window is measured through libvirt) and then powered off; never two
+/// copies running.
+#[test]
+fn a_frozen_host_resuming_without_a_watchdog_pauses_its_old_copies_at_once() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "a_frozen_host_resuming_without_a_watchdog_pauses_its_old_copies_at_once";
+    let Some(mut cluster) = Cluster::up(test, 'f', "") else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let victims: Vec<&'static str> = placement.iter().filter(|(_, h)| **h == 2).map(|(vm, _)| *vm).collect();
+    let frozen = Instant::now();
+    cluster.lab.freeze_host(2, true).expect("freeze");
+    for net in ["A", "B", "M"] {
+        cluster.lab.set_link(2, net, false).expect("cut");
+    }
+    let took = cluster.recovers(&mut placement, 2, &[1, 3], frozen, "host-2 frozen, no watchdog");
+    println!("figure: frozen host's VMs running elsewhere after {took:?}");
+    while frozen.elapsed() < Duration::from_secs(12) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for net in ["A", "B", "M"] {
+        cluster.lab.set_link(2, net, true).expect("heal");
+    }
+    cluster.lab.freeze_host(2, false).expect("thaw");
+    let thawed = Instant::now();
+    // Our own connection to host-2's libvirt may have died while it was frozen.
+    let hv = Hypervisor::connect_with_timeout(&cluster.lab.libvirt_uri(2), Duration::from_secs(10)).expect("libvirt");
+    let mut paused_at: BTreeMap<&str, Duration> = BTreeMap::new();
+    let mut ran_after_thaw: BTreeMap<&str, Duration> = BTreeMap::new();
+    while paused_at.len() < victims.len() && thawed.elapsed() < Duration::from_secs(5) {
+        for vm in &victims {
+            match hv.state(vm).ok().flatten() {
+                Some(DomainState::Running) => {
+                    ran_after_thaw.insert(vm, thawed.elapsed());
+                }
+                Some(_) => {
+                    paused_at.entry(vm).or_insert_with(|| thawed.elapsed());
+                }
+                None => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!(
+        "figure: old copies seen running after the thaw until {ran_after_thaw:?}; paused (or off) at {paused_at:?}"
+    );
+    assert_eq!(paused_at.len(), victims.len(), "every old copy paused or off\n{}", cluster.logs());
+    for (vm, at) in &paused_at {
+        assert!(*at < Duration::from_millis(500), "{vm} paused only after {at:?}\n{}", cluster.logs());
+    }
+    cluster.hv.insert(2, hv);
+    // Then powered off: within 10 s no old copy is left, every VM runs exactly once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<&&str> = victims.iter().filter(|vm| !cluster.active(vm, &[2]).0.is_empty()).collect();
+        for (vm, host) in &placement {
+            assert_eq!(
+                cluster.runners(vm, &[1, 2, 3]),
+                vec![*host],
+                "{vm} runs once, on host-{host}\n{}",
+                cluster.logs()
+            );
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old copies left on host-2: {left:?}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = cluster.logs();
+    assert!(logs.contains("powering off the paused copy") || logs.contains("fences itself"), "{logs}");
 }

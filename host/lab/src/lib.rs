@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod guest;
+pub mod watchdog;
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -259,6 +260,8 @@ impl Lab {
     /// Removes whatever a lab named `name` left behind (namespaces, processes in them, its
     /// directory), recorded or not.
     pub fn remove(name: &str) -> Result<(), LabError> {
+        // Watchdog processes `halo lab up` left running (recorded by pid; only ours end).
+        watchdog::stop_recorded(&Self::dir_of(name));
         let removed = remove_namespaces(&format!("halo-{name}-"));
         let _ = std::fs::remove_dir_all(Self::dir_of(name));
         removed
@@ -674,6 +677,19 @@ impl Lab {
         kill_all_in(&self.netns(host))?;
         for network in NETWORKS {
             self.set_link(host, network, false)?;
+        }
+        Ok(())
+    }
+
+    /// Freezes (`frozen = true`: SIGSTOP) or thaws (SIGCONT) every process of host `host` —
+    /// its agent, libvirtd, QEMU: the host as a hung kernel or a paused nested VM leaves it.
+    /// Its kernel still answers pings; cut its links for a host that answers nothing.
+    pub fn freeze_host(&self, host: usize, frozen: bool) -> Result<(), LabError> {
+        self.check_host(host)?;
+        let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        let pids = ip(&["netns", "pids", &self.netns(host)]).unwrap_or_default();
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
         Ok(())
     }

@@ -17,6 +17,10 @@ use halo_core::{ClusterConfig, HostSpec, VmSpec};
 use halo_plugin_runtime::{CpuBudget, SandboxLimits};
 use serde::Deserialize;
 
+/// What a decision may not use of the fence timeout: conversion, validation and the step
+/// around the plugin call.
+pub const DECISION_MARGIN_MS: u64 = 100;
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -67,6 +71,28 @@ pub struct AgentConfig {
     /// The host watchdog.
     #[serde(default)]
     pub watchdog: WatchdogEntry,
+    /// The liveness path: real-time priority, locked memory.
+    #[serde(default)]
+    pub liveness: LivenessEntry,
+}
+
+/// The liveness path (heartbeats, datastore heartbeats, watchdog, fence watch on a thread of
+/// their own; `liveness`): how much the system is asked to favour it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LivenessEntry {
+    /// SCHED_FIFO priority of the liveness thread (1–99; 0: normal scheduling). Where the
+    /// system does not permit it the agent warns and runs on.
+    pub realtime_priority: u8,
+    /// Lock the agent's memory (`mlockall`) so a heartbeat never waits for swap; where not
+    /// permitted the agent warns and runs on.
+    pub lock_memory: bool,
+}
+
+impl Default for LivenessEntry {
+    fn default() -> Self {
+        Self { realtime_priority: 10, lock_memory: true }
+    }
 }
 
 /// The host watchdog: a device that resets the host when the agent stops feeding it.
@@ -402,6 +428,31 @@ impl AgentConfig {
             problems.push(format!(
                 "plugins.cpu-budget-ms: {} must be between 1 and 10000 (default 50)",
                 self.plugins.cpu_budget_ms
+            ));
+        }
+        let fence = self.timeouts.fence_timeout_ms;
+        if self.plugins.cpu_budget_ms + DECISION_MARGIN_MS > fence {
+            problems.push(format!(
+                "plugins.cpu-budget-ms: {} ms does not fit the fence timeout (timeouts.fence-timeout-ms = {fence} ms) \
+                 less {DECISION_MARGIN_MS} ms: the agent loop waits for a decision, and a loop without a step for the \
+                 fence timeout is taken for hung (the watchdog is no longer fed); lower the budget or raise the fence timeout",
+                self.plugins.cpu_budget_ms
+            ));
+        }
+        for (i, ds) in self.datastores.iter().enumerate() {
+            if ds.timeout_ms > fence {
+                problems.push(format!(
+                    "datastores[{i}].timeout-ms: {} ms exceeds timeouts.fence-timeout-ms ({fence} ms): a host resuming \
+                     after a stall looks its claims up a fence timeout later, by when every claim in flight must have \
+                     landed or failed",
+                    ds.timeout_ms
+                ));
+            }
+        }
+        if self.liveness.realtime_priority > 99 {
+            problems.push(format!(
+                "liveness.realtime-priority: {} must be between 0 (off) and 99",
+                self.liveness.realtime_priority
             ));
         }
         if let Some(dir) = &self.plugins.cache_dir

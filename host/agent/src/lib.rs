@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod liveness;
 pub mod run;
 pub mod watchdog;
 

@@ -19,7 +19,7 @@ use halo_core::{
 use halo_datastore::{Datastore, Datastores, Location, NfsTarget};
 use halo_libvirt::events::StopKind;
 use halo_libvirt::{Hypervisor, HypervisorConfig, Hypervisors, LifecycleEvent, generation_of};
-use halo_net::{ClusterKey, HeartbeatTransport, Heartbeats, Membership, NetworkEndpoints, Pinger, TransportConfig};
+use halo_net::{ClusterKey, Membership, NetworkEndpoints, Pinger, TransportConfig};
 use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime};
 use tokio::sync::mpsc;
 
@@ -32,9 +32,9 @@ pub enum StartError {
     /// The cluster key.
     #[error(transparent)]
     Key(#[from] halo_net::KeyError),
-    /// The heartbeat sockets.
+    /// The liveness path (heartbeat sockets, watchdog device).
     #[error(transparent)]
-    Transport(#[from] halo_net::TransportError),
+    Liveness(#[from] crate::liveness::LivenessError),
     /// The configuration (normally caught by `AgentConfig::load`).
     #[error("configuration: {0}")]
     Config(String),
@@ -104,14 +104,47 @@ pub enum Control {
     Admit(Box<VmSpec>, Option<String>, tokio::sync::oneshot::Sender<Option<AdmissionVerdict>>),
     /// Reload every plugin file now; answered per decision point.
     ReloadPlugins(tokio::sync::oneshot::Sender<Vec<(String, Result<String, String>)>>),
+    /// Plugin files were reloaded off the loop (the outcome, to be recorded as events).
+    PluginsReloaded(Vec<(String, Result<String, String>)>),
     /// The cluster config merged with the datastores' run-time changes differs from the one
     /// in force.
     Apply(Box<ClusterConfig>),
 }
 
+/// The plugin policies the loop decides with: shared with the blocking threads that compile
+/// replaced plugin files (a slot swaps atomically; a decision takes a snapshot).
+struct AgentPolicies(Arc<PluginPolicies>);
+
+impl halo_core::Policies for AgentPolicies {
+    fn isolation(
+        &mut self,
+        input: &halo_policy::IsolationInput,
+    ) -> halo_core::PolicyOutcome<Vec<halo_policy::VmIsolationDecision>> {
+        outcome(self.0.isolation.decide(input))
+    }
+
+    fn placement(&mut self, input: &halo_policy::PlacementInput) -> halo_core::PolicyOutcome<halo_policy::Placement> {
+        outcome(self.0.placement.decide(input))
+    }
+
+    fn restart_order(
+        &mut self,
+        input: &halo_policy::RestartInput,
+    ) -> halo_core::PolicyOutcome<Result<Vec<halo_policy::Wave>, halo_policy::RestartError>> {
+        outcome(self.0.restart_order.decide(input))
+    }
+}
+
+fn outcome<A>(decision: halo_plugin_runtime::Decision<A>) -> halo_core::PolicyOutcome<A> {
+    let fallback_reason = decision.failure().map(ToString::to_string);
+    halo_core::PolicyOutcome { answer: decision.answer, fallback_reason }
+}
+
 /// Every driver of this agent, behind the core's traits.
 struct AgentDrivers {
-    heartbeats: Heartbeats,
+    /// Heartbeats and datastore heartbeats go out on the liveness path: the core's latest are
+    /// published to it.
+    liveness: Arc<crate::liveness::Liveness>,
     datastores: Datastores,
     pings: Pinger,
     hypervisor: Hypervisors,
@@ -122,14 +155,16 @@ struct AgentDrivers {
 }
 
 impl HeartbeatSender for AgentDrivers {
-    fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
-        self.heartbeats.send_heartbeat(network, heartbeat);
+    fn send_heartbeat(&mut self, _network: &str, heartbeat: &Heartbeat) {
+        // The same heartbeat on every network: the liveness path sends it on each.
+        self.liveness.publish(|state| state.heartbeat = Some(heartbeat.clone()));
     }
 }
 
 impl DatastoreDriver for AgentDrivers {
-    fn write_record(&mut self, datastore: &str, record: &DatastoreRecord) {
-        self.datastores.write_record(datastore, record);
+    fn write_record(&mut self, _datastore: &str, record: &DatastoreRecord) {
+        // The same record on every datastore: the liveness path writes it on each.
+        self.liveness.publish(|state| state.record = Some(record.clone()));
     }
     fn read_records(&mut self, datastore: &str) {
         self.datastores.read_records(datastore);
@@ -210,20 +245,15 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             Some(NetworkEndpoints { name: net.clone(), bind, peers })
         })
         .collect();
-    let (transport, mut heartbeats_rx) = HeartbeatTransport::bind(TransportConfig {
-        cluster: config.cluster.clone(),
-        me: me.clone(),
-        membership,
-        key,
-        networks,
-    })?;
-    let transport = Arc::new(transport);
+    let transport = TransportConfig { cluster: config.cluster.clone(), me: me.clone(), membership, key, networks };
     let (inputs, mut inputs_rx) = mpsc::unbounded_channel::<Input>();
     let (control, mut control_rx) = mpsc::unbounded_channel::<Control>();
+    let control_back = control.clone();
 
     // Datastores: opened on first use; their layout is made by the catalog task (retried while
     // a datastore does not answer), so a datastore that is down does not hold up the start.
     let mut stores = Vec::new();
+    let mut liveness_stores = Vec::new();
     for ds in &config.datastores {
         let location = match (&ds.directory, &ds.nfs) {
             (Some(dir), _) => Location::Directory(dir.clone()),
@@ -235,7 +265,10 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             }),
             (None, None) => continue, // refused by validation
         };
-        stores.push(Datastore::unopened(&ds.name, location, &config.cluster, Duration::from_millis(ds.timeout_ms)));
+        let timeout = Duration::from_millis(ds.timeout_ms);
+        // The liveness path writes the datastore heartbeats on connections of its own.
+        liveness_stores.push(Datastore::unopened(&ds.name, location.clone(), &config.cluster, timeout));
+        stores.push(Datastore::unopened(&ds.name, location, &config.cluster, timeout));
     }
     let datastores = Datastores::new(stores, inputs.clone(), runtime.clone());
     let stores: Vec<Arc<Datastore>> = config.datastores.iter().filter_map(|d| datastores.get(&d.name)).collect();
@@ -282,8 +315,53 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     );
     let webhook = config.alerts.webhook_url.as_deref().and_then(|u| crate::client::parse_http_url(u).ok());
     let events = EventLog::new(config.alerts.event_log.clone(), webhook);
+    // The plugins are compiled before the liveness path starts (later swaps compile on a
+    // blocking thread, never on the agent loop).
+    let plugin_runtime = Arc::new(
+        Runtime::new(config.plugins.limits(), config.plugins.cache_dir.as_deref())
+            .map_err(|e| StartError::Plugins(e.to_string()))?,
+    );
+    let policies = Arc::new(
+        PluginPolicies::load(
+            &plugin_runtime,
+            PluginFiles {
+                isolation: config.plugins.isolation.as_deref(),
+                placement: config.plugins.placement.as_deref(),
+                restart_order: config.plugins.restart_order.as_deref(),
+            },
+        )
+        .map_err(|e| StartError::Plugins(e.to_string()))?,
+    );
+    let mut decide = AgentPolicies(Arc::clone(&policies));
+    let reloading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if config.liveness.lock_memory {
+        crate::liveness::lock_memory();
+    }
+    if config.watchdog.device.is_none() {
+        tracing::warn!(
+            "no host watchdog ([watchdog] device): if this agent dies and the host then loses its networks, \
+             its VMs may run on while the cluster restarts them (docs/operator.md, \"The host watchdog\")"
+        );
+    }
+    let t = config.timeouts;
+    let (heartbeats_tx, mut heartbeats_rx) = mpsc::channel(4096);
+    let liveness = Arc::new(crate::liveness::Liveness::start(
+        crate::liveness::LivenessConfig {
+            transport,
+            heartbeat_interval: Duration::from_millis(t.heartbeat_interval_ms),
+            datastore_interval: Duration::from_millis(t.datastore_interval_ms),
+            fence_timeout: Duration::from_millis(t.fence_timeout_ms),
+            stall_gap: Duration::from_millis(t.stall_gap_ms()),
+            judge_grace: Duration::from_millis(t.judge_grace_ms()),
+            datastores: liveness_stores,
+            local_libvirt: config.libvirt.local_uri.clone(),
+            realtime_priority: config.liveness.realtime_priority,
+        },
+        heartbeats_tx,
+        inputs.clone(),
+    )?);
     let mut drivers = AgentDrivers {
-        heartbeats: Heartbeats::new(Arc::clone(&transport), runtime.clone()),
+        liveness: Arc::clone(&liveness),
         datastores,
         pings,
         hypervisor,
@@ -291,20 +369,6 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         events: Arc::clone(&events),
         capture: None,
     };
-
-    let plugin_runtime = Arc::new(
-        Runtime::new(config.plugins.limits(), config.plugins.cache_dir.as_deref())
-            .map_err(|e| StartError::Plugins(e.to_string()))?,
-    );
-    let mut policies = PluginPolicies::load(
-        &plugin_runtime,
-        PluginFiles {
-            isolation: config.plugins.isolation.as_deref(),
-            placement: config.plugins.placement.as_deref(),
-            restart_order: config.plugins.restart_order.as_deref(),
-        },
-    )
-    .map_err(|e| StartError::Plugins(e.to_string()))?;
 
     // This host's libvirt: what runs now, then its lifecycle events.
     let known: Arc<RwLock<BTreeSet<String>>> =
@@ -331,22 +395,15 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
     }
-    let watchdog = crate::watchdog::Watchdog::from_env();
-    let mut host_watchdog = match &config.watchdog.device {
+    let host_watchdog = match &config.watchdog.device {
         Some(device) => Some(
             crate::watchdog::HostWatchdog::open(device)
                 .map_err(|e| StartError::Config(format!("watchdog.device: {}: {e}", device.display())))?,
         ),
-        None => {
-            tracing::warn!(
-                "no host watchdog ([watchdog] device): if this agent dies and the host then loses its networks, \
-                 its VMs may run on while the cluster restarts them (docs/operator.md, \"The host watchdog\")"
-            );
-            None
-        }
+        None => None,
     };
+    liveness.arm(host_watchdog);
     let mut stop = std::pin::pin!(stop_requested());
-    watchdog.ready();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     // After a stall, one tick — not a burst of the ones missed.
@@ -364,40 +421,43 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             () = &mut stop => {
                 // A deliberate stop: the VMs stay (the others see "agent down").
                 tracing::info!(host = %me, "stopping on request; VMs stay where they run");
-                let protected_here: Vec<&String> = node
-                    .local_vms()
-                    .keys()
-                    .filter(|vm| node.config().vm(vm).is_some_and(halo_core::VmSpec::protected))
-                    .collect();
-                if let Some(device) = host_watchdog.take() {
-                    crate::watchdog::leave(device, &protected_here);
+                drop(drivers);
+                match Arc::try_unwrap(liveness) {
+                    Ok(liveness) => liveness.stop(node.protected_here()),
+                    Err(_) => tracing::error!("the liveness path is still shared; the host watchdog stays armed"),
                 }
                 return Ok(());
             }
             Some(request) = control_rx.recv() => {
                 let now = started.elapsed().as_millis() as u64;
-                resume_after_gap(&mut node, &mut policies, &mut drivers, &mut last_fed, now);
-                handle_control(request, now, &mut node, &mut policies, &mut drivers, &known, &local_uri, &inputs);
+                resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
+                let context = ControlContext { known: &known, local_uri: &local_uri, inputs: &inputs, control: &control_back };
+                handle_control(request, now, &mut node, &mut decide, &mut drivers, &context);
+                publish(&node, &liveness);
                 continue;
             }
         };
         let is_tick = input == Input::Tick;
         let now = started.elapsed().as_millis() as u64;
-        resume_after_gap(&mut node, &mut policies, &mut drivers, &mut last_fed, now);
-        for action in node.handle(now, input, &mut policies) {
+        resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
+        for action in node.handle(now, input, &mut decide) {
             carry_out(action, &mut drivers);
         }
+        publish(&node, &liveness);
         if is_tick {
             ticks += 1;
-            watchdog.alive();
-            if let Some(device) = host_watchdog.as_mut() {
-                device.feed();
-            }
-            if ticks.is_multiple_of(20) {
-                // A replaced plugin file is swapped in (or refused, the old one staying).
-                for (world, result) in reload_plugins(&policies, true) {
-                    plugin_event(&mut drivers, now, &me, &world, result);
-                }
+            if ticks.is_multiple_of(20) && !reloading.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                // A replaced plugin file is compiled on a blocking thread and swapped in when
+                // ready (or refused, the old one staying); the loop only records the outcome.
+                let (policies, reloading, control) =
+                    (Arc::clone(&policies), Arc::clone(&reloading), control_back.clone());
+                tokio::task::spawn_blocking(move || {
+                    let results = reload_plugins(&policies, true);
+                    reloading.store(false, std::sync::atomic::Ordering::SeqCst);
+                    if !results.is_empty() {
+                        let _ = control.send(Control::PluginsReloaded(results));
+                    }
+                });
             }
         }
     }
@@ -407,7 +467,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
 /// was stopped, the host frozen, or one step took that long), then notes `now` as fed.
 fn resume_after_gap(
     node: &mut Node,
-    policies: &mut PluginPolicies,
+    policies: &mut AgentPolicies,
     drivers: &mut AgentDrivers,
     last_fed: &mut u64,
     now: u64,
@@ -416,10 +476,28 @@ fn resume_after_gap(
     *last_fed = now;
     if gap >= node.config().timeouts.stall_gap_ms() {
         tracing::warn!(host = %node.name(), gap_ms = gap, "the agent loop handled nothing for {gap} ms");
-        for action in node.handle(now, Input::Resumed { gap_ms: gap }, policies) {
-            carry_out(action, drivers);
+        // Acks of what the liveness path sent so far are not evidence of after the gap.
+        let seq = drivers.liveness.sent_seq();
+        for input in [Input::KeptAlive { seq }, Input::Resumed { gap_ms: gap }] {
+            for action in node.handle(now, input, policies) {
+                carry_out(action, drivers);
+            }
         }
     }
+}
+
+/// Tells the liveness path what the core decided, and that the loop made a step.
+fn publish(node: &Node, liveness: &crate::liveness::Liveness) {
+    let (protected_here, fenced, armed) = (node.protected_here(), node.fenced(), node.fencing_armed());
+    let (hosts, quorum_fencing) = (node.config().hosts.len(), node.config().ha.quorum_fencing);
+    liveness.publish(|state| {
+        state.protected_here = protected_here;
+        state.fenced = fenced;
+        state.fencing_armed = armed;
+        state.hosts = hosts;
+        state.quorum_fencing = quorum_fencing;
+    });
+    liveness.progressed();
 }
 
 /// SIGTERM or SIGINT.
@@ -436,21 +514,29 @@ async fn stop_requested() {
     }
 }
 
+/// What a request of the API may need besides the node.
+#[derive(Clone, Copy)]
+struct ControlContext<'a> {
+    known: &'a Arc<RwLock<BTreeSet<String>>>,
+    local_uri: &'a str,
+    inputs: &'a mpsc::UnboundedSender<Input>,
+    /// Back to the loop (outcomes of work done off it).
+    control: &'a mpsc::UnboundedSender<Control>,
+}
+
 /// Carries out one request of the API.
-#[allow(clippy::too_many_arguments)]
 fn handle_control(
     request: Control,
     now: u64,
     node: &mut Node,
-    policies: &mut PluginPolicies,
+    policies: &mut AgentPolicies,
     drivers: &mut AgentDrivers,
-    known: &Arc<RwLock<BTreeSet<String>>>,
-    local_uri: &str,
-    inputs: &mpsc::UnboundedSender<Input>,
+    context: &ControlContext<'_>,
 ) {
+    let ControlContext { known, local_uri, inputs, control: control_back } = *context;
     match request {
         Control::Snapshot(reply) => {
-            let _ = reply.send(Snapshot { status: node.status(), plugins: plugin_status(policies) });
+            let _ = reply.send(Snapshot { status: node.status(), plugins: plugin_status(&policies.0) });
         }
         Control::Command(command, reply) => {
             drivers.capture = Some(Vec::new());
@@ -466,11 +552,18 @@ fn handle_control(
             let _ = reply.send(node.admit(&spec, host.as_deref(), policies));
         }
         Control::ReloadPlugins(reply) => {
-            let results = reload_plugins(policies, false);
-            for (world, result) in &results {
-                plugin_event(drivers, now, node.name(), world, result.clone());
+            // Compiled on a blocking thread; the outcome comes back to be recorded.
+            let (plugins, control) = (Arc::clone(&policies.0), control_back.clone());
+            tokio::task::spawn_blocking(move || {
+                let results = reload_plugins(&plugins, false);
+                let _ = control.send(Control::PluginsReloaded(results.clone()));
+                let _ = reply.send(results);
+            });
+        }
+        Control::PluginsReloaded(results) => {
+            for (world, result) in results {
+                plugin_event(drivers, now, node.name(), &world, result);
             }
-            let _ = reply.send(results);
         }
         Control::Apply(config) => {
             let names: BTreeSet<String> = config.vms.iter().map(|v| v.name.clone()).collect();

@@ -309,6 +309,8 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
                 .arg(lab.dir())
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
+                // Not this command's stderr: whoever waits for its output would wait for the lab.
+                .stderr(std::fs::File::create(lab.dir().join(format!("watchdog-{host}.log")))?)
                 .spawn()
                 .context("cannot start the lab watchdog")?;
             halo_lab::watchdog::record_process(&lab.dir(), host, child.id())?;

@@ -119,6 +119,17 @@ fn setup() -> anyhow::Result<()> {
     run(
         &format!("apt-get install {}", missing.join(" ")),
         Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    // Installing one package can remove another (Debian's qemu-system-x86 replaces a newer
+    // qemu-utils from backports): look again.
+    let still: Vec<&str> =
+        PACKAGES.iter().filter(|(path, _)| !Path::new(path).exists()).map(|(_, package)| *package).collect();
+    if still.is_empty() {
+        return Ok(());
+    }
+    run(
+        &format!("apt-get install {}", still.join(" ")),
+        Command::new("apt-get").args(["install", "-y", "-qq"]).args(&still).env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
 

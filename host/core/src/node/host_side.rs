@@ -14,6 +14,21 @@ use super::{Action, Command, Isolation, Node, PingTarget, Severity, StopReason, 
 use crate::policies::Policies;
 use crate::wire::VmReport;
 
+/// Whether this host, reaching `reached` peers (two-way) of a cluster of `hosts`, is in a
+/// quorum: more than half of the hosts, itself included.
+pub fn has_quorum(reached: usize, hosts: usize) -> bool {
+    2 * (reached + 1) > hosts
+}
+
+/// The fence rule, written once: a host that reaches no quorum and no datastore (or no quorum
+/// at all, with quorum fencing) must stop its protected VMs. The core's fence watch applies it
+/// to the node's evidence; the agent's liveness path applies it to its own when the agent loop
+/// is busy (`halo-agent`'s `liveness`). Proved by
+/// `tests::a_cut_off_host_fences_before_the_dead_time`.
+pub fn must_fence(reached: usize, hosts: usize, datastore_ok: bool, quorum_fencing: bool) -> bool {
+    hosts > 1 && !has_quorum(reached, hosts) && (!datastore_ok || quorum_fencing)
+}
+
 impl Node {
     /// The last time another agent was heard directly, or the start (or the last resume:
     /// silence before a gap is not silence, see `resume`).
@@ -208,15 +223,14 @@ impl Node {
         let grace = t.dead_time_ms.saturating_sub(t.fence_timeout_ms + 2 * t.heartbeat_interval_ms);
         // Just resumed after a gap: the evidence was dropped; a round of heartbeats first.
         let starting = since_start < grace || self.resuming();
-        let datastore_ok = starting || self.datastores_reachable() > 0;
+        let datastore_ok = self.datastores_reachable() > 0;
         let reached = self
             .peers
             .values()
             .filter(|p| p.ack_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window))
             .count();
         let hosts = self.config.hosts.len();
-        let quorum = starting || 2 * (reached + 1) > hosts;
-        let must_fence = !quorum && (!datastore_ok || self.config.ha.quorum_fencing);
+        let must_fence = !starting && must_fence(reached, hosts, datastore_ok, self.config.ha.quorum_fencing);
         if must_fence && !self.fenced {
             self.fenced = true;
             let protected: Vec<String> =

@@ -18,6 +18,8 @@
 
 mod host_side;
 mod master;
+
+pub use host_side::{has_quorum, must_fence};
 mod resume;
 mod status;
 
@@ -175,6 +177,12 @@ pub enum Input {
     Resumed {
         /// How long nothing was handled.
         gap_ms: Millis,
+    },
+    /// The agent's liveness path sent heartbeats on this node's behalf while the node was
+    /// busy, up to sequence number `seq`: the node numbers its next heartbeat above it.
+    KeptAlive {
+        /// The last sequence number sent.
+        seq: u64,
     },
     /// A claim was looked up (`Action::CheckClaim`).
     ClaimChecked {
@@ -478,6 +486,16 @@ impl Node {
         self.fenced
     }
 
+    /// Whether this node may fence now: HA on for the cluster and here, other hosts exist.
+    pub fn fencing_armed(&self) -> bool {
+        self.ha_enabled && !self.ha_disabled_here && !self.peers.is_empty()
+    }
+
+    /// The protected VMs running here (what fencing would stop).
+    pub fn protected_here(&self) -> Vec<String> {
+        self.local_vms.keys().filter(|vm| self.config.vm(vm).is_some_and(|s| s.protected())).cloned().collect()
+    }
+
     /// Whether this host declared itself isolated.
     pub fn isolated(&self) -> bool {
         matches!(self.isolation, Isolation::Isolated { .. })
@@ -496,12 +514,19 @@ impl Node {
     /// Feeds one input at `now` (never earlier than the last `now`) and returns the actions.
     pub fn handle(&mut self, now: Millis, input: Input, policies: &mut dyn Policies) -> Vec<Action> {
         self.now = now.max(self.now);
+        if let Input::KeptAlive { seq } = input {
+            // Only a number moves: no heartbeat, no judging (a `Resumed` may follow, whose
+            // evidence rules the judging after a gap).
+            self.seq = self.seq.max(seq);
+            return Vec::new();
+        }
         // Heartbeats are the bulk of the inputs (hosts x networks a second): they only update
         // what is known; the whole-cluster evaluation after them runs at most every
         // `EVALUATION_INTERVAL`. Every other input is evaluated at once.
         let evaluate = !matches!(input, Input::Heartbeat { .. }) || self.now >= self.next_evaluation;
         match input {
             Input::Tick => {}
+            Input::KeptAlive { .. } => {} // handled above
             Input::Heartbeat { network, heartbeat } => self.on_heartbeat(&network, heartbeat),
             Input::DatastoreWritten { datastore, ok } => {
                 if ok {

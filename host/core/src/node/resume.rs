@@ -397,6 +397,26 @@ mod tests {
     }
 
     #[test]
+    fn the_liveness_paths_number_before_a_resume_judges_nothing() {
+        // The agent tells the node how far its liveness path numbered, right before the gap:
+        // that alone must not judge from the stale evidence (it once fenced here).
+        let (mut node, _) = running_node(5_000);
+        let mut p = BuiltinPolicies;
+        let seen = kinds(&node.handle(20_000, Input::KeptAlive { seq: 500 }, &mut p));
+        assert!(seen.is_empty(), "{seen:?}");
+        let seen = kinds(&node.handle(20_000, Input::Resumed { gap_ms: 15_000 }, &mut p));
+        assert!(!seen.iter().any(|k| k == "fenced" || k.starts_with("stop")), "{seen:?}");
+        // Acks up to the number given count for nothing after the gap.
+        let seen = kinds(&node.handle(20_010, master_beat(900, 500), &mut p));
+        assert!(seen.is_empty() || !seen.contains(&"fenced".to_string()));
+        let peer = &node.peers["host-1"];
+        assert!(peer.ack_advanced_at.is_none(), "an ack of a number sent before the gap: {}", peer.acked_our_seq);
+        node.handle(20_020, master_beat(901, 501), &mut p);
+        let peer = &node.peers["host-1"];
+        assert_eq!(peer.ack_advanced_at, Some(20_020), "an ack of a number sent after it: {}", peer.acked_our_seq);
+    }
+
+    #[test]
     fn a_short_stall_pauses_nothing_and_a_cut_off_host_still_fences_before_the_dead_time() {
         let (mut node, _) = running_node(3_000);
         let mut p = BuiltinPolicies;

@@ -94,15 +94,11 @@ pub struct LivenessStats {
     pub fences: AtomicU64,
     /// Times the watchdogs were not fed because the agent loop made no step.
     pub starved: AtomicU64,
-    /// Microseconds between consecutive heartbeat rounds.
-    intervals_us: Mutex<Vec<u64>>,
-}
-
-impl LivenessStats {
-    /// The intervals between heartbeat rounds since the last call, in microseconds.
-    pub fn take_intervals_us(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.intervals_us.lock().unwrap_or_else(|p| p.into_inner()))
-    }
+    /// The longest time between two heartbeat rounds, microseconds (gaps of the whole
+    /// process aside: those are `Input::Resumed`).
+    pub longest_interval_us: AtomicU64,
+    /// Heartbeat rounds later than 1.5 heartbeat intervals after the one before.
+    pub late_rounds: AtomicU64,
 }
 
 /// The running liveness path.
@@ -229,6 +225,11 @@ impl Liveness {
         &self.stats
     }
 
+    /// The figures, to keep (the API's `/metrics`).
+    pub fn stats_handle(&self) -> Arc<LivenessStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// A deliberate stop: heartbeats end; the host watchdog is disarmed unless protected VMs
     /// run here (`watchdog::leave`).
     pub fn stop(mut self, protected_here: Vec<String>) {
@@ -322,7 +323,7 @@ async fn run(
     let datastores: Vec<Arc<Datastore>> = config.datastores.into_iter().map(Arc::new).collect();
     let (written_tx, mut written_rx) = mpsc::unbounded_channel::<(String, bool)>();
     let mut evidence = Evidence { judge_from: Some(Instant::now() + config.fence_timeout), ..Evidence::default() };
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
     let mut next_heartbeat = Instant::now();
@@ -377,7 +378,11 @@ async fn run(
         if now >= next_heartbeat
             && let Some(mut heartbeat) = node.heartbeat.clone()
         {
-            next_heartbeat = now + config.heartbeat_interval;
+            // At a fixed rate (not "now + interval": that would drift by the tick each round).
+            next_heartbeat += config.heartbeat_interval;
+            if next_heartbeat <= now {
+                next_heartbeat = now + config.heartbeat_interval;
+            }
             let fresh = heartbeat.seq != last_body;
             last_body = heartbeat.seq;
             seq += 1;
@@ -404,9 +409,10 @@ async fn run(
                 shared.stats.keepalives.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(last) = last_round {
-                let mut intervals = shared.stats.intervals_us.lock().unwrap_or_else(|p| p.into_inner());
-                if intervals.len() < 1_000_000 {
-                    intervals.push(now.duration_since(last).as_micros() as u64);
+                let took = now.duration_since(last);
+                shared.stats.longest_interval_us.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+                if took > config.heartbeat_interval * 3 / 2 {
+                    shared.stats.late_rounds.fetch_add(1, Ordering::Relaxed);
                 }
             }
             last_round = Some(now);
@@ -417,7 +423,10 @@ async fn run(
         if now >= next_write
             && let Some(mut record) = node.record.clone()
         {
-            next_write = now + config.datastore_interval;
+            next_write += config.datastore_interval;
+            if next_write <= now {
+                next_write = now + config.datastore_interval;
+            }
             ds_counter += 1;
             record.counter = ds_counter;
             for store in &datastores {

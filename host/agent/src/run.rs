@@ -58,6 +58,8 @@ pub struct Shared {
     pub catalog_refresh: Arc<tokio::sync::Notify>,
     /// The datastores (for the API's writes).
     pub datastores: Vec<Arc<Datastore>>,
+    /// The liveness path's figures (`/metrics`).
+    pub liveness: Arc<crate::liveness::LivenessStats>,
 }
 
 /// One decision point's plugin and counters.
@@ -389,7 +391,14 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
 
     let incarnation = crate::events::unix_ms();
     let mut node = Node::new(&me, cluster, 0).with_incarnation(incarnation);
-    let shared = Arc::new(Shared { me: me.clone(), events, control, catalog_refresh, datastores: stores });
+    let shared = Arc::new(Shared {
+        me: me.clone(),
+        events,
+        control,
+        catalog_refresh,
+        datastores: stores,
+        liveness: liveness.stats_handle(),
+    });
     if config.api.is_some() {
         crate::api::serve(Arc::clone(&shared), Arc::new(config.clone()))
             .await

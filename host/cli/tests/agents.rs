@@ -905,3 +905,64 @@ fn a_frozen_host_resuming_without_a_watchdog_pauses_its_old_copies_at_once() {
     let logs = cluster.logs();
     assert!(logs.contains("powering off the paused copy") || logs.contains("fences itself"), "{logs}");
 }
+
+/// The figures of one agent's `/metrics` whose name starts with `prefix`.
+fn metrics(cluster: &Cluster, h: usize, prefix: &str) -> BTreeMap<String, f64> {
+    let (code, body) = cluster.api(h, "GET", "/metrics", Some(&cluster.token()), None);
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect()
+}
+
+/// Issue 14 (d): the placement plugin's file is replaced by a 20 MB component that takes
+/// seconds to compile, and while every agent compiles it a host crashes. The failover completes
+/// as usual, no agent's heartbeats are ever later than two intervals, the refused component
+/// leaves the old plugin in force.
+#[test]
+fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failover() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failover";
+    let source = plugin("halo_plugin_placement.wasm");
+    if !source.exists() {
+        assert!(std::env::var_os("HALO_REQUIRE_LAB").is_none(), "{} missing: cargo xtask plugins", source.display());
+        println!("SKIP {test}: {} missing (cargo xtask plugins)", source.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("halo-slow-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("placement.wasm");
+    std::fs::copy(&source, &file).expect("the placement plugin");
+    let extra = format!("\n[plugins]\nplacement = \"{}\"\n", file.display());
+    let Some(cluster) = Cluster::up(test, 's', &extra) else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let fresh = dir.join("placement.new");
+    std::fs::write(&fresh, halo_lab::slow_plugin::component(20 << 20, 256 << 10, 7)).expect("the slow component");
+    std::fs::rename(&fresh, &file).expect("replace the plugin file");
+    // The agents notice the file within 2 s and compile it on a thread of their own.
+    std::thread::sleep(Duration::from_secs(3));
+    let crashed = Instant::now();
+    cluster.lab.kill_host(2).expect("crash");
+    let took = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "host-2 crashed while the agents compile");
+    println!("figure: host crash during a 20 MB plugin compile -> VMs elsewhere: {took:?}");
+    for (vm, after) in &took {
+        assert!(*after < Duration::from_secs(6), "{vm} came back only after {after:?}\n{}", cluster.logs());
+    }
+    // Let the compiles end: the component is refused, the old plugin stays in force.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cluster.logs().contains("the new file was refused") {
+        assert!(Instant::now() < deadline, "the slow component was never refused\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for h in [1, 3] {
+        let live = metrics(&cluster, h, "halo_liveness");
+        println!("host-{h}: {live:?}");
+        let longest = live.get("halo_liveness_longest_interval_seconds").copied().unwrap_or(f64::MAX);
+        assert!(longest <= 0.5, "host-{h}: a heartbeat round {longest} s after the one before (two intervals: 0.5 s)");
+        assert_eq!(live.get("halo_liveness_watchdog_starved_total"), Some(&0.0), "host-{h}: {live:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod guest;
+pub mod slow_plugin;
 pub mod watchdog;
 
 use std::net::Ipv4Addr;

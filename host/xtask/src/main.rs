@@ -176,6 +176,10 @@ fn bench() -> anyhow::Result<()> {
     run("plugin runtime benchmark", cargo().args(["bench", "-p", "halo-plugin-runtime", "--bench", "plugins"]))?;
     run("core and simulator benchmark", cargo().args(["bench", "-p", "halo-sim", "--bench", "core"]))?;
     run(
+        "liveness benchmark: heartbeat intervals while plugin decisions use their whole budget and 20 MB components are hot-swapped",
+        cargo().args(["bench", "-p", "halo-agent", "--bench", "liveness"]),
+    )?;
+    run(
         "lab benchmark: failover with the default timeouts, live migration vs virsh (root, KVM)",
         cargo().args([
             "test",

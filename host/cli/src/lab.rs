@@ -324,11 +324,14 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
         // The agent outlives this command: `halo lab down` (or `fault kill`) ends it.
         lab.start_agent(host, &halo, &config)?;
     }
+    // The follow-up commands name this lab unless it is the default one.
+    let lab_cmd = if lab.name() == "lab" { "lab".to_string() } else { format!("lab --name {}", lab.name()) };
     eprintln!(
-        "{vms} protected VM(s) and an agent on every host (default timeouts); logs in {dir}/agent-N.log.\n\
-         Ask the cluster:  {halo} lab exec 1 -- {halo} status --config {dir}/halo-1.toml\n\
+        "{vms} protected VM(s) and an agent on every host (default timeouts{}); logs in {dir}/agent-N.log.\n\
+         Ask the cluster:  {halo} {lab_cmd} exec 1 -- {halo} status --config {dir}/halo-1.toml\n\
          Status page:      http://{api}/#token=$(cat {dir}/api.token)  (inside the lab's namespaces)\n\
-         Crash a host:     {halo} lab fault kill 2   (then ask again)",
+         Crash a host:     {halo} {lab_cmd} fault kill 2   (then ask again)",
+        if watchdog { ", a lab watchdog each" } else { ", no watchdog" },
         dir = lab.dir().display(),
         api = lab.api_address(1)?,
         halo = halo.display(),
@@ -343,7 +346,12 @@ struct HostStatus {
     addresses: Vec<(String, String)>,
     libvirt_uri: String,
     libvirt_tcp_uri: String,
-    vms: Result<Vec<(String, String)>, String>,
+    /// The domains and their states, when this host's libvirt answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vms: Option<Vec<(String, String)>>,
+    /// Why not, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    libvirt_error: Option<String>,
 }
 
 fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
@@ -358,6 +366,10 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
             .and_then(|hv| hv.domains())
             .map(|ds| ds.into_iter().map(|d| (d.name, format!("{:?}", d.state).to_lowercase())).collect())
             .map_err(|e| e.to_string());
+        let (vms, libvirt_error) = match vms {
+            Ok(vms) => (Some(vms), None),
+            Err(e) => (None, Some(e)),
+        };
         hosts.push(HostStatus {
             host: Lab::host_name(n),
             netns: lab.netns(n),
@@ -365,6 +377,7 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
             libvirt_uri: uri,
             libvirt_tcp_uri: lab.libvirt_tcp_uri(n)?,
             vms,
+            libvirt_error,
         });
     }
     if json {
@@ -384,10 +397,10 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
     );
     outln!("{:<8} {:<15} {:<15} {:<15} VMs", "host", "A", "B", "M");
     for h in &hosts {
-        let vms = match &h.vms {
-            Ok(vms) if vms.is_empty() => "-".to_string(),
-            Ok(vms) => vms.iter().map(|(n, s)| format!("{n} ({s})")).collect::<Vec<_>>().join(", "),
-            Err(e) => format!("libvirt not answering: {e}"),
+        let vms = match (&h.vms, &h.libvirt_error) {
+            (Some(vms), _) if vms.is_empty() => "-".to_string(),
+            (Some(vms), _) => vms.iter().map(|(n, s)| format!("{n} ({s})")).collect::<Vec<_>>().join(", "),
+            (None, e) => format!("libvirt not answering: {}", e.as_deref().unwrap_or("?")),
         };
         outln!("{:<8} {:<15} {:<15} {:<15} {vms}", h.host, h.addresses[0].1, h.addresses[1].1, h.addresses[2].1);
     }

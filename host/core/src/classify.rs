@@ -287,4 +287,77 @@ mod tests {
         assert!(trace.contains("net A: 20.0s ago") && trace.contains("ds ds1: counter 7"), "{trace}");
         assert!(trace.contains("no ping answer"), "{trace}");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn ping() -> impl Strategy<Value = PingSignal> {
+            prop_oneof![
+                Just(PingSignal::NotAsked),
+                Just(PingSignal::Pending),
+                Just(PingSignal::Answered),
+                Just(PingSignal::NoAnswer)
+            ]
+        }
+
+        fn signals() -> impl Strategy<Value = Signals> {
+            let at = proptest::option::of(0u64..40_000);
+            (
+                (20_000u64..40_000, 1_000u64..15_000, 100u64..2_000),
+                proptest::collection::vec(at.clone(), 1..3),
+                at.clone(),
+                proptest::collection::vec(at, 0..3),
+                (any::<bool>(), ping(), any::<bool>()),
+            )
+                .prop_map(|((now, dead, ping_timeout), nets, seq, stores, (readable, ping, isolated))| {
+                    Signals {
+                        host: "h".into(),
+                        now,
+                        dead_time_ms: dead,
+                        networks: nets.into_iter().enumerate().map(|(i, at)| (format!("N{i}"), at)).collect(),
+                        seq_advanced_at: seq,
+                        datastores: stores
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, at)| DatastoreSignal {
+                                datastore: format!("ds{i}"),
+                                counter: at.map(|_| 1),
+                                advanced_at: at,
+                            })
+                            .collect(),
+                        datastores_readable: readable,
+                        ping,
+                        declared_isolated: isolated,
+                        ping_timeout_ms: ping_timeout,
+                    }
+                })
+        }
+
+        proptest! {
+            /// "Failed" — the only verdict that restarts VMs elsewhere — needs every proof of the
+            /// brief at once: silent on the network for the dead-time, silent on every datastore
+            /// for the dead-time, the master able to read a datastore, and no ping answer.
+            #[test]
+            fn failed_only_with_every_proof(s in signals()) {
+                let (verdict, _) = s.classify();
+                if verdict == Verdict::Failed {
+                    let silent = |at: Option<Millis>| at.is_none_or(|t| s.now.saturating_sub(t) >= s.dead_time_ms);
+                    prop_assert!(silent(s.seq_advanced_at), "network heard within the dead-time: {}", s.trace());
+                    prop_assert!(s.datastores.iter().all(|d| silent(d.advanced_at)), "datastore heard: {}", s.trace());
+                    prop_assert!(s.datastores_readable, "no datastore readable: {}", s.trace());
+                    prop_assert_eq!(s.ping, PingSignal::NoAnswer);
+                }
+                // And a host heard on the network within the dead-time is running, whatever else.
+                if s.seq_advanced_at.is_some_and(|t| s.now.saturating_sub(t) < s.dead_time_ms) {
+                    prop_assert_eq!(verdict, Verdict::Running);
+                }
+                // A host that answers ping is never failed.
+                if s.ping == PingSignal::Answered {
+                    prop_assert_ne!(verdict, Verdict::Failed);
+                }
+            }
+        }
+    }
 }

@@ -37,13 +37,13 @@ pub fn with_generation(xml: &str, generation: u64) -> String {
     xml
 }
 
-/// The generation in halo's metadata of a domain's XML.
+/// The generation in halo's metadata of a domain's XML: the `generation` attribute of the
+/// element `vm` in halo's namespace (whatever its prefix and quotes) under `<metadata>`.
 pub fn generation_of(xml: &str) -> Option<u64> {
-    let start = xml.find("<halo:vm ")?;
-    let element = &xml[start..start + xml[start..].find("/>")?];
-    let value = element.split("generation=").nth(1)?;
-    let quote = value.chars().next()?;
-    value[1..].split(quote).next()?.parse().ok()
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let metadata = doc.root_element().children().find(|n| n.has_tag_name("metadata"))?;
+    let vm = metadata.children().find(|n| n.has_tag_name((HALO_XMLNS, "vm")))?;
+    vm.attribute("generation")?.trim().parse().ok()
 }
 
 /// How this agent reaches every host's libvirt.
@@ -188,7 +188,14 @@ mod tests {
         assert!(tagged.contains("<app:x"));
         assert_eq!(generation_of(&tagged), Some(9));
         assert_eq!(generation_of(bare), None);
-        // As libvirt gives it back (double quotes, other attribute order).
-        assert_eq!(generation_of("<metadata><halo:vm xmlns:halo=\"x\" generation=\"12\"/></metadata>"), Some(12));
+        // As libvirt gives it back (double quotes, other attribute order, another prefix).
+        let back = format!("<domain><metadata><h:vm xmlns:h=\"{HALO_XMLNS}\" generation=\"12\"/></metadata></domain>");
+        assert_eq!(generation_of(&back), Some(12));
+        // Only halo's namespace counts, and only under <metadata>.
+        assert_eq!(
+            generation_of("<domain><metadata><halo:vm xmlns:halo='other' generation='5'/></metadata></domain>"),
+            None
+        );
+        assert_eq!(generation_of("<domain><description>generation='7'</description></domain>"), None);
     }
 }

@@ -423,7 +423,7 @@ impl Hypervisor {
         let disks = disk_sources(&xml);
         if kind != MigrationKind::LiveWithStorageCopy {
             for disk in &disks {
-                if !shared_prefixes.iter().any(|p| disk.starts_with(p)) {
+                if !on_shared_path(disk, shared_prefixes) {
                     reasons.push(format!("disk {disk} is not on storage both hosts see (migrate with storage copy)"));
                 }
             }
@@ -559,29 +559,24 @@ fn host_cpu_xml(capabilities: &str) -> Option<String> {
     Some(host[start..end].to_string())
 }
 
-/// The `file` or `dev` sources of a domain's disks.
+/// The `file` or `dev` sources of a domain's disks (network disks have neither: any host
+/// reaches them). An XML that cannot be parsed has none (its other readers say why).
 fn disk_sources(xml: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(i) = rest.find("<disk") {
-        rest = &rest[i..];
-        let end = rest.find("</disk>").unwrap_or(rest.len());
-        let disk = &rest[..end];
-        for attr in ["file='", "dev='", "file=\"", "dev=\""] {
-            if let Some(s) = disk.find(&format!("<source {attr}")) {
-                let value = &disk[s + 8 + attr.len()..];
-                let quote = attr.chars().last().unwrap_or('\'');
-                if let Some(e) = value.find(quote) {
-                    out.push(value[..e].to_string());
-                }
-            }
-        }
-        rest = &rest[end.min(rest.len())..];
-        if end == 0 {
-            break;
-        }
-    }
-    out
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return Vec::new() };
+    doc.root_element()
+        .children()
+        .filter(|n| n.has_tag_name("devices"))
+        .flat_map(|d| d.children())
+        .filter(|n| n.has_tag_name("disk"))
+        .filter_map(|disk| disk.children().find(|n| n.has_tag_name("source")))
+        .filter_map(|source| source.attribute("file").or_else(|| source.attribute("dev")).map(str::to_string))
+        .collect()
+}
+
+/// Whether `path` lies under one of `shared` — by path components: `/srv/shared2/a` is not
+/// under `/srv/shared`.
+fn on_shared_path(path: &str, shared: &[&str]) -> bool {
+    shared.iter().any(|p| std::path::Path::new(path).starts_with(p))
 }
 
 /// What a domain's XML says about protecting it: its size, and every reason another host
@@ -598,46 +593,63 @@ pub struct Protectability {
 
 /// Reads a domain's XML for [`Protectability`]: disks outside `shared_prefixes` (paths every
 /// host sees), host devices passed through, and local-only devices all tie a VM to its host.
-pub fn protectability(xml: &str, shared_prefixes: &[&str]) -> Protectability {
+pub fn protectability(xml: &str, shared_paths: &[&str]) -> Protectability {
+    let doc = match roxmltree::Document::parse(xml) {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Protectability { memory_mib: 0, vcpus: 0, problems: vec![format!("its XML cannot be read: {e}")] };
+        }
+    };
+    let domain = doc.root_element();
     let mut problems = Vec::new();
-    for disk in disk_sources(xml) {
-        if !shared_prefixes.iter().any(|p| disk.starts_with(p)) {
+    let devices: Vec<roxmltree::Node> =
+        domain.children().filter(|n| n.has_tag_name("devices")).flat_map(|d| d.children()).collect();
+    // A network disk (nfs://, rbd, iSCSI) is reached from any host; a file or block device only
+    // when it lies under a shared path.
+    for path in disk_sources(xml) {
+        if !on_shared_path(&path, shared_paths) {
             problems.push(format!(
-                "disk {disk} is not on a shared datastore (libvirt.shared-storage: {})",
-                if shared_prefixes.is_empty() { "none declared".to_string() } else { shared_prefixes.join(", ") }
+                "disk {path} is not on a shared datastore (libvirt.shared-storage: {})",
+                if shared_paths.is_empty() { "none declared".to_string() } else { shared_paths.join(", ") }
             ));
         }
     }
-    for (tag, what) in [
-        ("<hostdev", "a host device is passed through (<hostdev>): no other host has it"),
-        ("<filesystem", "a host directory is shared into it (<filesystem>)"),
-        ("type='vhostuser'", "a vhost-user interface is bound to this host"),
-    ] {
-        if xml.contains(tag) {
-            problems.push(what.to_string());
-        }
+    if devices.iter().any(|n| n.has_tag_name("hostdev")) {
+        problems.push("a host device is passed through (<hostdev>): no other host has it".to_string());
     }
-    let number = |tag: &str| -> Option<u64> {
-        let start = xml.find(&format!("<{tag}"))?;
-        let rest = &xml[start..];
-        let open_end = rest.find('>')?;
-        let unit_kib = !rest[..open_end].contains("unit=") || rest[..open_end].contains("KiB");
-        let close = rest.find(&format!("</{tag}>"))?;
-        let value: u64 = rest[open_end + 1..close].trim().parse().ok()?;
-        Some(if tag == "memory" && unit_kib {
-            value / 1024
-        } else if tag == "memory" && rest[..open_end].contains("GiB") {
-            value * 1024
-        } else {
-            value
-        })
-    };
-    let memory_mib = number("memory").unwrap_or(0);
-    let vcpus = number("vcpu").unwrap_or(1) as u32;
+    if devices.iter().any(|n| n.has_tag_name("filesystem")) {
+        problems.push("a host directory is shared into it (<filesystem>)".to_string());
+    }
+    if devices.iter().any(|n| n.has_tag_name("interface") && n.attribute("type") == Some("vhostuser")) {
+        problems.push("a vhost-user interface is bound to this host".to_string());
+    }
+    let child = |tag: &str| domain.children().find(|n| n.has_tag_name(tag));
+    let memory_mib = child("memory")
+        .and_then(|m| Some((m.text()?.trim().parse::<u64>().ok()?, m.attribute("unit").unwrap_or("KiB"))))
+        .and_then(|(value, unit)| mib(value, unit))
+        .unwrap_or(0);
+    let vcpus = child("vcpu").and_then(|v| v.text()?.trim().parse::<u32>().ok()).unwrap_or(1);
     if memory_mib == 0 {
         problems.push("its XML states no memory size".to_string());
     }
     Protectability { memory_mib, vcpus, problems }
+}
+
+/// A libvirt memory size in MiB (units as libvirt's `<memory unit=…>`; KiB when absent).
+fn mib(value: u64, unit: &str) -> Option<u64> {
+    let bytes_per: u64 = match unit {
+        "b" | "bytes" => 1,
+        "KB" => 1_000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    Some(value.checked_mul(bytes_per)? >> 20)
 }
 
 #[cfg(test)]
@@ -646,10 +658,6 @@ mod tests {
 
     #[test]
     fn disk_sources_and_the_host_cpu_are_found_in_xml() {
-        let xml = "<domain><devices><disk type='file'><source file='/var/lib/halo/a.qcow2'/></disk>\
-                   <disk type='block'><source dev=\"/dev/sdb\"/></disk></devices></domain>";
-        assert_eq!(disk_sources(xml), vec!["/var/lib/halo/a.qcow2".to_string(), "/dev/sdb".to_string()]);
-        assert!(disk_sources("<domain/>").is_empty());
         let caps = "<capabilities><host><uuid>x</uuid><cpu><arch>x86_64</arch><model>Skylake</model></cpu></host><guest><cpu>no</cpu></guest></capabilities>";
         assert_eq!(host_cpu_xml(caps).as_deref(), Some("<cpu><arch>x86_64</arch><model>Skylake</model></cpu>"));
         assert_eq!(host_cpu_xml("<capabilities/>"), None);
@@ -670,5 +678,39 @@ mod tests {
         assert_eq!(p.problems.len(), 2, "{:?}", p.problems);
         assert!(p.problems[0].contains("/var/lib/libvirt/images/b.qcow2"));
         assert!(p.problems[1].contains("hostdev"));
+    }
+
+    #[test]
+    fn disk_sources_are_read_from_the_devices() {
+        let xml = "<domain><devices><disk type='file'><source file='/var/lib/halo/a.qcow2'/></disk>\
+                   <disk type='block'><source dev=\"/dev/sdb\"/></disk></devices></domain>";
+        assert_eq!(disk_sources(xml), vec!["/var/lib/halo/a.qcow2".to_string(), "/dev/sdb".to_string()]);
+        assert!(disk_sources("<domain/>").is_empty());
+        assert!(
+            on_shared_path("/srv/shared/a", &["/srv/shared"]) && on_shared_path("/srv/shared/a", &["/srv/shared/"])
+        );
+        assert!(!on_shared_path("/srv/shared2/a", &["/srv/shared"]));
+    }
+
+    #[test]
+    fn protectability_reads_xml_as_xml_and_paths_as_paths() {
+        // <memoryBacking> before <memory>, double quotes, GiB, a disk under a sibling of the
+        // shared path, a block device, a network disk (QEMU's own NFS client).
+        let xml = r#"<domain type="kvm"><memoryBacking><hugepages/></memoryBacking>
+            <memory unit="GiB">2</memory><currentMemory unit="KiB">1048576</currentMemory><vcpu>4</vcpu>
+            <devices>
+              <disk type="file"><source file="/srv/shared2/a.qcow2"/></disk>
+              <disk type="block"><source dev="/srv/shared/lun0"/></disk>
+              <disk type="network"><source protocol="nfs" name="/ds1/b.qcow2"><host name="10.0.0.9"/></source></disk>
+              <interface type="vhostuser"/>
+            </devices></domain>"#;
+        let p = protectability(xml, &["/srv/shared"]);
+        assert_eq!((p.memory_mib, p.vcpus), (2048, 4));
+        assert_eq!(p.problems.len(), 2, "{:?}", p.problems);
+        assert!(p.problems[0].contains("/srv/shared2/a.qcow2"), "a prefix of the name is not the path");
+        assert!(p.problems[1].contains("vhost-user"));
+        assert!(protectability(r#"<domain><memory unit="MB">1000</memory></domain>"#, &[]).problems.is_empty());
+        let broken = protectability("<domain><memory>", &[]);
+        assert!(broken.problems[0].contains("cannot be read"), "{:?}", broken.problems);
     }
 }

@@ -627,7 +627,16 @@ mod tests {
             let mut mac = key().mac();
             mac.update(&packet);
             packet.extend_from_slice(&mac.finalize().into_bytes());
-            let _ = decode(&packet, "prod", &members(), &key());
+            // The MAC holds, so only the body can be refused: as malformed (or, when the random
+            // body happens to parse, as another cluster's or a stranger's), never as a bad MAC,
+            // and never accepted.
+            match decode(&packet, "prod", &members(), &key()) {
+                Err(reason) => prop_assert!(
+                    matches!(reason, DropReason::Malformed | DropReason::Truncated | DropReason::OtherCluster | DropReason::UnknownSender),
+                    "refused as {reason:?}"
+                ),
+                Ok(decoded) => prop_assert!(false, "random bytes accepted as a heartbeat: {:?}", decoded.heartbeat),
+            }
         }
     }
 }

@@ -94,6 +94,9 @@ pub struct MasterState {
     suppressed: Option<String>,
     evacuating: BTreeSet<String>,
     migrating: BTreeSet<String>,
+    /// VMs that just left a host by live migration (from, when): a heartbeat of that host sent
+    /// before it saw them leave must not move them again.
+    moved: BTreeMap<String, (String, Millis)>,
 }
 
 impl MasterState {
@@ -107,6 +110,7 @@ impl MasterState {
             suppressed: None,
             evacuating: BTreeSet::new(),
             migrating: BTreeSet::new(),
+            moved: BTreeMap::new(),
         }
     }
 }
@@ -962,18 +966,22 @@ impl Node {
 
     /// Live-migrates the VMs of hosts in maintenance, a few at a time.
     fn continue_evacuations(&mut self, policies: &mut dyn Policies) {
-        let Some(master) = self.master.as_ref() else { return };
+        let (now, settle) = (self.now, self.config.timeouts.dead_time_ms);
+        let Some(master) = self.master.as_mut() else { return };
+        master.moved.retain(|_, (_, at)| now.saturating_sub(*at) < settle);
         if master.evacuating.is_empty() || !master.migrating.is_empty() {
             return;
         }
         let evacuating: Vec<String> = master.evacuating.iter().cloned().collect();
+        let moved = master.moved.clone();
         for host in evacuating {
+            let just_left = |vm: &String| moved.get(vm).is_some_and(|(from, _)| *from == host);
             let vms: Vec<(String, String)> = if host == self.name {
                 self.local_vms.keys().map(|vm| (vm.clone(), host.clone())).collect()
             } else {
                 self.peers
                     .get(&host)
-                    .map(|p| p.vms.iter().map(|r| (r.vm.clone(), host.clone())).collect())
+                    .map(|p| p.vms.iter().filter(|r| !just_left(&r.vm)).map(|r| (r.vm.clone(), host.clone())).collect())
                     .unwrap_or_default()
             };
             if vms.is_empty() {
@@ -1000,10 +1008,12 @@ impl Node {
     }
 
     pub(super) fn on_migrate(&mut self, vm: &str, from: &str, to: &str, result: Result<(), String>) {
+        let now = self.now;
         let Some(master) = self.master.as_mut() else { return };
         master.migrating.remove(vm);
         match result {
             Ok(()) => {
+                master.moved.insert(vm.to_string(), (from.to_string(), now));
                 // Our view moves with it now; the next heartbeats confirm.
                 let generation =
                     self.peers.get(from).and_then(|p| p.vms.iter().find(|r| r.vm == vm)).map(|r| r.generation);
@@ -1033,6 +1043,63 @@ mod tests {
     use crate::config::tests::cluster;
     use crate::policies::BuiltinPolicies;
     use crate::wire::VmReport;
+
+    #[test]
+    fn a_heartbeat_sent_before_a_vm_left_does_not_move_it_again() {
+        // host-1 is master; host-2 enters maintenance with vm-1 and vm-2, both moved at once.
+        // vm-1's migration reports success, then a heartbeat host-2 sent before it saw vm-1
+        // leave still lists it, then vm-2's migration ends (seen on the lab: vm-1 was moved a
+        // second time, which failed, and `halo host maintenance enter` reported a failure).
+        let mut node = Node::new("host-1", cluster(3, 2), 0);
+        let mut p = BuiltinPolicies;
+        let both =
+            || vec![VmReport { vm: "vm-1".into(), generation: 1 }, VmReport { vm: "vm-2".into(), generation: 1 }];
+        let mut all: Vec<Action> = Vec::new();
+        for now in (0..5_000).step_by(100) {
+            let seq = now / 100 + 1;
+            node.handle(now, beat_with("host-2", seq, &[("host-1", seq)], both()), &mut p);
+            node.handle(now, beat_with("host-3", seq, &[("host-1", seq)], vec![]), &mut p);
+            node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut p);
+            node.handle(now, Input::Tick, &mut p);
+        }
+        assert!(node.is_master());
+        let enter = Input::Command(super::super::Command::EnterMaintenance("host-2".into()));
+        all.extend(node.handle(5_000, enter, &mut p));
+        all.extend(node.handle(5_100, Input::Tick, &mut p));
+        let target = |all: &[Action], vm: &str| {
+            all.iter().find_map(|a| match a {
+                Action::MigrateVm { vm: v, to, .. } if v == vm => Some(to.clone()),
+                _ => None,
+            })
+        };
+        let (Some(to1), Some(to2)) = (target(&all, "vm-1"), target(&all, "vm-2")) else {
+            panic!("both VMs move at once: {all:?}")
+        };
+        let result = |vm: &str, to: &str| Input::MigrateResult {
+            vm: vm.into(),
+            from: "host-2".into(),
+            to: to.into(),
+            result: Ok(()),
+        };
+        all.extend(node.handle(5_900, result("vm-1", &to1), &mut p));
+        all.extend(node.handle(5_950, beat_with("host-2", 80, &[("host-1", 80)], both()), &mut p));
+        all.extend(node.handle(6_000, Input::Tick, &mut p));
+        all.extend(node.handle(6_050, result("vm-2", &to2), &mut p));
+        for now in (6_100..7_000).step_by(100) {
+            all.extend(node.handle(now, Input::Tick, &mut p));
+        }
+        let kinds: Vec<&str> = all
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(e) => Some(e.kind.as_str()),
+                _ => None,
+            })
+            .collect();
+        let moves = all.iter().filter(|a| matches!(a, Action::MigrateVm { .. })).count();
+        assert_eq!(moves, 2, "no VM moved twice: {all:?}");
+        assert!(!kinds.iter().any(|k| matches!(*k, "evacuation-blocked" | "migration-failed")), "{kinds:?}");
+        assert!(kinds.contains(&"host-evacuated"), "host-2 is evacuated: {kinds:?}");
+    }
 
     /// host-1 (master) hears host-2 and host-3 until `cut`; host-2 runs vm-1. After the cut
     /// host-2's signals are `net`/`ds`/`ping`; returns every action until 40 s.

@@ -141,12 +141,14 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Reply> {
 }
 
 /// The node's picture and the plugins' counters, asked of the agent loop now.
-async fn snapshot(api: &Api) -> Result<Snapshot, Reply> {
-    ask(api, Control::Snapshot).await.ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"))
+/// What the agent loop published last (every 100 ms and after every request it handled): read
+/// without asking the loop, so the API and `/metrics` never queue behind it.
+async fn snapshot(api: &Api) -> Result<Arc<Snapshot>, Reply> {
+    Ok(Arc::clone(&api.shared.snapshot.borrow()))
 }
 
 async fn current(api: &Api) -> Result<ClusterStatus, Reply> {
-    snapshot(api).await.map(|s| s.status)
+    snapshot(api).await.map(|s| s.status.clone())
 }
 
 /// Sends a request to `host`'s agent (marked as forwarded) and relays its answer.
@@ -216,7 +218,7 @@ async fn master_of(api: &Api) -> Option<String> {
 /// Runs a command in the agent loop and answers with the events it caused.
 async fn command(api: &Api, command: Command) -> Reply {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if api.shared.control.send(Control::Command(command, tx)).is_err() {
+    if api.shared.control.try_send(Control::Command(command, tx)).is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
     }
     let events: Vec<Event> = rx.await.unwrap_or_default();
@@ -232,7 +234,8 @@ async fn command(api: &Api, command: Command) -> Reply {
 
 async fn ask<T>(api: &Api, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Control) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    api.shared.control.send(make(tx)).ok()?;
+    // A bounded queue: a loop that far behind answers "busy" (503) instead of queuing more.
+    api.shared.control.try_send(make(tx)).ok()?;
     rx.await.ok()
 }
 
@@ -727,10 +730,11 @@ async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
 
 /// Prometheus text format.
 async fn metrics(State(api): Ctx) -> Response {
-    let Snapshot { status, plugins } = match snapshot(&api).await {
+    let snap = match snapshot(&api).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
+    let Snapshot { status, plugins } = &*snap;
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut text = String::new();
     let mut push = |name: &str, kind: &str, help: &str, samples: Vec<String>| {

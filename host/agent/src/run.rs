@@ -52,8 +52,10 @@ pub struct Shared {
     pub me: String,
     /// The event log.
     pub events: Arc<EventLog>,
-    /// Requests to the agent loop (the node's picture is asked of it: `Control::Snapshot`).
-    pub control: mpsc::UnboundedSender<Control>,
+    /// Requests to the agent loop (bounded: a full queue is answered "busy").
+    pub control: mpsc::Sender<Control>,
+    /// The node's picture and the plugins' counters, as the loop published them last.
+    pub snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     /// Wakes the catalog task (protected VMs and settings on the datastores) at once.
     pub catalog_refresh: Arc<tokio::sync::Notify>,
     /// The datastores (for the API's writes).
@@ -87,6 +89,7 @@ pub struct PluginStatus {
 }
 
 /// The node's picture and the plugins' counters, as the agent loop sees them now.
+#[derive(Clone)]
 pub struct Snapshot {
     /// What the node knows.
     pub status: ClusterStatus,
@@ -96,8 +99,6 @@ pub struct Snapshot {
 
 /// A request to the agent loop, with where its answer goes.
 pub enum Control {
-    /// The node's picture now (API reads, the status page, `/metrics`).
-    Snapshot(tokio::sync::oneshot::Sender<Snapshot>),
     /// An operator command; answered with the events it caused.
     Command(Command, tokio::sync::oneshot::Sender<Vec<Event>>),
     /// "What if these hosts failed" (master only).
@@ -220,6 +221,10 @@ impl EventSink for AgentDrivers {
     }
 }
 
+/// How many requests may wait for the agent loop (the API's, the catalog task's, reload
+/// outcomes); beyond that the API answers "busy".
+const CONTROL_QUEUE: usize = 256;
+
 /// Runs the agent until the process ends. Must run inside a multi-thread tokio runtime.
 pub async fn run(config: AgentConfig) -> Result<(), StartError> {
     let runtime = tokio::runtime::Handle::current();
@@ -249,7 +254,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         .collect();
     let transport = TransportConfig { cluster: config.cluster.clone(), me: me.clone(), membership, key, networks };
     let (inputs, mut inputs_rx) = mpsc::unbounded_channel::<Input>();
-    let (control, mut control_rx) = mpsc::unbounded_channel::<Control>();
+    let (control, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let control_back = control.clone();
 
     // Datastores: opened on first use; their layout is made by the catalog task (retried while
@@ -391,6 +396,11 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
 
     let incarnation = crate::events::unix_ms();
     let mut node = Node::new(&me, cluster, 0).with_incarnation(incarnation);
+    let (snapshot_tx, snapshot_rx) =
+        tokio::sync::watch::channel(Arc::new(Snapshot { status: node.status(), plugins: plugin_status(&policies) }));
+    let publish_snapshot = |node: &Node| {
+        snapshot_tx.send_replace(Arc::new(Snapshot { status: node.status(), plugins: plugin_status(&policies) }));
+    };
     let shared = Arc::new(Shared {
         me: me.clone(),
         events,
@@ -398,6 +408,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         catalog_refresh,
         datastores: stores,
         liveness: liveness.stats_handle(),
+        snapshot: snapshot_rx,
     });
     if config.api.is_some() {
         crate::api::serve(Arc::clone(&shared), Arc::new(config.clone()))
@@ -443,6 +454,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                 let context = ControlContext { known: &known, local_uri: &local_uri, inputs: &inputs, control: &control_back };
                 handle_control(request, now, &mut node, &mut decide, &mut drivers, &context);
                 publish(&node, &liveness);
+                publish_snapshot(&node);
                 continue;
             }
         };
@@ -454,6 +466,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         }
         publish(&node, &liveness);
         if is_tick {
+            publish_snapshot(&node);
             ticks += 1;
             if ticks.is_multiple_of(20) && !reloading.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 // A replaced plugin file is compiled on a blocking thread and swapped in when
@@ -464,7 +477,7 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
                     let results = reload_plugins(&policies, true);
                     reloading.store(false, std::sync::atomic::Ordering::SeqCst);
                     if !results.is_empty() {
-                        let _ = control.send(Control::PluginsReloaded(results));
+                        let _ = control.blocking_send(Control::PluginsReloaded(results));
                     }
                 });
             }
@@ -530,7 +543,7 @@ struct ControlContext<'a> {
     local_uri: &'a str,
     inputs: &'a mpsc::UnboundedSender<Input>,
     /// Back to the loop (outcomes of work done off it).
-    control: &'a mpsc::UnboundedSender<Control>,
+    control: &'a mpsc::Sender<Control>,
 }
 
 /// Carries out one request of the API.
@@ -544,9 +557,6 @@ fn handle_control(
 ) {
     let ControlContext { known, local_uri, inputs, control: control_back } = *context;
     match request {
-        Control::Snapshot(reply) => {
-            let _ = reply.send(Snapshot { status: node.status(), plugins: plugin_status(&policies.0) });
-        }
         Control::Command(command, reply) => {
             drivers.capture = Some(Vec::new());
             for action in node.handle(now, Input::Command(command), policies) {
@@ -565,7 +575,7 @@ fn handle_control(
             let (plugins, control) = (Arc::clone(&policies.0), control_back.clone());
             tokio::task::spawn_blocking(move || {
                 let results = reload_plugins(&plugins, false);
-                let _ = control.send(Control::PluginsReloaded(results.clone()));
+                let _ = control.blocking_send(Control::PluginsReloaded(results.clone()));
                 let _ = reply.send(results);
             });
         }
@@ -693,7 +703,7 @@ async fn watch_catalog(
     base: ClusterConfig,
     catalog: Arc<Mutex<BTreeMap<String, String>>>,
     refresh: Arc<tokio::sync::Notify>,
-    control: mpsc::UnboundedSender<Control>,
+    control: mpsc::Sender<Control>,
 ) {
     let mut laid_out = vec![false; stores.len()];
     let mut told = vec![false; stores.len()];
@@ -749,7 +759,7 @@ async fn watch_catalog(
                 match merged.validate() {
                     Ok(()) => {
                         in_force = merged.clone();
-                        if control.send(Control::Apply(Box::new(merged))).is_err() {
+                        if control.send(Control::Apply(Box::new(merged))).await.is_err() {
                             return;
                         }
                     }

@@ -197,10 +197,21 @@ fn halo_lab_up_with_agents_protects_vms_and_runs_an_agent_per_host() {
         .as_array()
         .expect("hosts")
         .iter()
-        .flat_map(|h| h["vms"]["Ok"].as_array().cloned().unwrap_or_default())
+        .flat_map(|h| h["vms"].as_array().cloned().unwrap_or_default())
         .map(|v| format!("{}:{}", v[0].as_str().unwrap_or(""), v[1].as_str().unwrap_or("")))
         .collect();
     assert_eq!(vms, vec!["vm-1:running".to_string(), "vm-2:running".to_string()], "{status}");
+    assert!(!status.to_string().contains("\"Ok\""), "no Rust Result in the JSON: {status}");
+    // Each host has its lab watchdog, fed by its agent: it has not fired.
+    assert!(text(&out.stderr).is_empty() || !text(&out.stderr).contains("resetting"), "{}", text(&out.stderr));
+    for h in 1..=2 {
+        let device = std::env::temp_dir().join(format!("halo-lab-{name}/watchdog-{h}"));
+        assert!(device.exists(), "lab watchdog {h}");
+        let log = std::fs::read_to_string(std::env::temp_dir().join(format!("halo-lab-{name}/watchdog-{h}.log")))
+            .unwrap_or_default();
+        assert!(!log.contains("resetting"), "host-{h} was reset: {log}");
+    }
+    assert!(log(1).contains("halo agent running"), "{}", log(1));
     let out = halo(&["lab", "down", "--name", &name]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }

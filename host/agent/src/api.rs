@@ -218,8 +218,8 @@ async fn master_of(api: &Api) -> Option<String> {
 /// Runs a command in the agent loop and answers with the events it caused.
 async fn command(api: &Api, command: Command) -> Reply {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if api.shared.control.try_send(Control::Command(command, tx)).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+    if let Err(e) = api.shared.control.try_send(Control::Command(command, tx)) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, not_taken(&e));
     }
     let events: Vec<Event> = rx.await.unwrap_or_default();
     let refused: Vec<&Event> = events
@@ -235,8 +235,21 @@ async fn command(api: &Api, command: Command) -> Reply {
 async fn ask<T>(api: &Api, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Control) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     // A bounded queue: a loop that far behind answers "busy" (503) instead of queuing more.
-    api.shared.control.try_send(make(tx)).ok()?;
+    if let Err(e) = api.shared.control.try_send(make(tx)) {
+        tracing::warn!("an API request was not taken: {}", not_taken(&e));
+        return None;
+    }
     rx.await.ok()
+}
+
+/// Why the agent loop did not take a request.
+fn not_taken<T>(e: &tokio::sync::mpsc::error::TrySendError<T>) -> &'static str {
+    match e {
+        tokio::sync::mpsc::error::TrySendError::Full(_) => {
+            "the agent is busy: its request queue is full; ask again in a moment"
+        }
+        tokio::sync::mpsc::error::TrySendError::Closed(_) => "the agent is stopping",
+    }
 }
 
 #[derive(Deserialize)]
@@ -703,7 +716,7 @@ async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
         return e;
     }
     let Some(results) = ask(&api, Control::ReloadPlugins).await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is busy or stopping; ask again in a moment");
     };
     let mut hosts = BTreeMap::new();
     let failed = results.iter().any(|(_, r)| r.is_err());

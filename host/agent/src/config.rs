@@ -752,5 +752,28 @@ mod example {
         let _ = std::fs::remove_file(&token);
         assert_eq!(config.cluster().hosts.len(), 3);
         assert_eq!(config.vms.len(), 3);
+        assert_eq!(config.liveness, LivenessEntry { realtime_priority: 10, lock_memory: true });
+    }
+
+    #[test]
+    fn a_budget_or_datastore_timeout_that_does_not_fit_the_fence_timeout_is_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/halo.toml");
+        let text = std::fs::read_to_string(&path).expect("examples/halo.toml");
+        let token = std::env::temp_dir().join(format!("halo-example-token-b-{}", std::process::id()));
+        std::fs::write(&token, "0123456789abcdef0123\n").expect("token");
+        let text = text.replace("/etc/halo/api.token", &token.display().to_string());
+        let base = AgentConfig::parse(&text, "halo.toml").expect("valid");
+        let fence = base.timeouts.fence_timeout_ms;
+        let mut config = base.clone();
+        config.plugins.cpu_budget_ms = fence - DECISION_MARGIN_MS;
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        config.plugins.cpu_budget_ms = fence - DECISION_MARGIN_MS + 1;
+        config.datastores[0].timeout_ms = fence + 1;
+        config.liveness.realtime_priority = 100;
+        let problems = config.problems();
+        assert!(problems.iter().any(|p| p.starts_with("plugins.cpu-budget-ms") && p.contains("fence")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("datastores[0].timeout-ms")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("liveness.realtime-priority")), "{problems:?}");
+        let _ = std::fs::remove_file(&token);
     }
 }

@@ -70,9 +70,12 @@ pub struct HostWatchdog {
 }
 
 impl HostWatchdog {
-    /// Opens (and so arms) the device.
+    /// Opens (and so arms) the device. Without blocking: a FIFO nobody reads (a lab watchdog
+    /// that is not running) is an error at start (ENXIO), not a hang.
     pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
-        let device = std::fs::OpenOptions::new().write(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let device =
+            std::fs::OpenOptions::new().write(true).custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits()).open(path)?;
         Ok(Self { device, path: path.to_path_buf() })
     }
 

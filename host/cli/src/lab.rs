@@ -186,9 +186,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 bail!("lab `{name}` lives in {}, not {}", lab.dir().display(), dir.display());
             }
             let target = lab.reset_target(host)?;
-            let fifo = halo_lab::watchdog::open_fifo(&lab.watchdog_device(host))?;
+            let mut fifo = halo_lab::watchdog::open_fifo(&lab.watchdog_device(host))?;
             let never = std::sync::atomic::AtomicBool::new(false);
-            if halo_lab::watchdog::watch(fifo, Duration::from_millis(timeout_ms), &never) {
+            // Until the lab goes down: after a reset it watches on, for the host's next agent.
+            while halo_lab::watchdog::watch(&mut fifo, Duration::from_millis(timeout_ms), &never) {
                 eprintln!("lab watchdog: {} not fed for {timeout_ms} ms: resetting it", target.host);
                 target.reset();
             }

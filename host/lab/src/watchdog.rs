@@ -95,13 +95,15 @@ impl Lab {
     pub fn start_watchdog(&self, host: usize, timeout: Duration) -> Result<LabWatchdog, LabError> {
         let target = self.reset_target(host)?;
         let device = self.watchdog_device(host);
-        let fifo = open_fifo(&device)?;
+        let mut fifo = open_fifo(&device)?;
         let (stop, fired) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let (s, f) = (Arc::clone(&stop), Arc::clone(&fired));
         let thread = std::thread::Builder::new()
             .name(format!("lab-watchdog-{host}"))
             .spawn(move || {
-                if watch(fifo, timeout, &s) {
+                // It keeps watching after a reset, as a watchdog chip does: the host's next agent
+                // (after `halo lab heal boot`) opens the same device and arms it again.
+                while watch(&mut fifo, timeout, &s) {
                     f.store(true, Ordering::SeqCst);
                     eprintln!("lab watchdog: {} not fed for {} ms: resetting it", target.host, timeout.as_millis());
                     target.reset();
@@ -155,8 +157,9 @@ pub fn open_fifo(device: &Path) -> Result<std::fs::File, LabError> {
         .map_err(|e| LabError::Invalid(format!("{}: {e}", device.display())))
 }
 
-/// Watches the FIFO until it must fire (`true`: armed and not fed for `timeout`) or `stop`.
-pub fn watch(mut fifo: std::fs::File, timeout: Duration, stop: &AtomicBool) -> bool {
+/// Watches the FIFO until it must fire (`true`: armed and not fed for `timeout`; call again to
+/// go on watching, disarmed until the next byte) or `stop`.
+pub fn watch(fifo: &mut std::fs::File, timeout: Duration, stop: &AtomicBool) -> bool {
     let mut armed = false;
     let mut fed = Instant::now();
     let mut buf = [0u8; 256];
@@ -188,10 +191,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let device = dir.join("watchdog-1");
-        let fifo = open_fifo(&device).expect("fifo");
+        let mut fifo = open_fifo(&device).expect("fifo");
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
-        let watcher = std::thread::spawn(move || watch(fifo, Duration::from_millis(300), &s));
+        let watcher = std::thread::spawn(move || (watch(&mut fifo, Duration::from_millis(300), &s), fifo));
         // Not armed: no byte yet, nothing fires.
         std::thread::sleep(Duration::from_millis(500));
         assert!(!watcher.is_finished(), "fired before it was armed");
@@ -208,9 +211,17 @@ mod tests {
         // Armed again, then starved: it fires.
         agent.write_all(b"1").expect("feed");
         let started = Instant::now();
-        assert!(watcher.join().expect("join"), "fires");
+        let (fired, mut fifo) = watcher.join().expect("join");
+        assert!(fired, "fires");
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(290), "not before its timeout: {took:?}");
+        // It watches on after a reset: disarmed until the host's next agent feeds it.
+        let s = Arc::clone(&stop);
+        let again = std::thread::spawn(move || watch(&mut fifo, Duration::from_millis(300), &s));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!again.is_finished(), "disarmed after firing");
+        agent.write_all(b"1").expect("the next agent feeds it");
+        assert!(again.join().expect("join"), "armed again, starved again: fires again");
         stop.store(true, Ordering::SeqCst);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -760,42 +760,46 @@ async fn metrics(State(api): Ctx) -> Response {
     push("halo_up", "gauge", "The agent runs.", vec!["halo_up 1".into()]);
     let live = &api.shared.liveness;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    push(
-        "halo_liveness_heartbeats_total",
-        "counter",
-        "Heartbeat rounds the liveness path sent (on every network).",
-        vec![format!("halo_liveness_heartbeats_total {}", load(&live.heartbeats))],
-    );
-    push(
-        "halo_liveness_resent_total",
-        "counter",
-        "Heartbeat rounds sent again under a new number while the agent loop was busy.",
-        vec![format!("halo_liveness_resent_total {}", load(&live.keepalives))],
-    );
-    push(
-        "halo_liveness_late_rounds_total",
-        "counter",
-        "Heartbeat rounds later than 1.5 heartbeat intervals.",
-        vec![format!("halo_liveness_late_rounds_total {}", load(&live.late_rounds))],
-    );
-    push(
-        "halo_liveness_longest_interval_seconds",
-        "gauge",
-        "The longest time between two heartbeat rounds since the agent started.",
-        vec![format!("halo_liveness_longest_interval_seconds {:.3}", load(&live.longest_interval_us) as f64 / 1e6)],
-    );
-    push(
-        "halo_liveness_watchdog_starved_total",
-        "counter",
-        "Times the agent loop made no step for the fence timeout (the watchdogs went unfed).",
-        vec![format!("halo_liveness_watchdog_starved_total {}", load(&live.starved))],
-    );
-    push(
-        "halo_liveness_fences_total",
-        "counter",
-        "Times the liveness path fenced because the agent loop was busy.",
-        vec![format!("halo_liveness_fences_total {}", load(&live.fences))],
-    );
+    for (name, kind, help, value) in [
+        (
+            "halo_liveness_heartbeats_total",
+            "counter",
+            "Heartbeat rounds the liveness path sent (on every network).",
+            load(&live.heartbeats) as f64,
+        ),
+        (
+            "halo_liveness_resent_total",
+            "counter",
+            "Heartbeat rounds sent again under a new number while the agent loop was busy.",
+            load(&live.keepalives) as f64,
+        ),
+        (
+            "halo_liveness_late_rounds_total",
+            "counter",
+            "Heartbeat rounds later than 1.5 heartbeat intervals.",
+            load(&live.late_rounds) as f64,
+        ),
+        (
+            "halo_liveness_longest_interval_seconds",
+            "gauge",
+            "The longest time between two heartbeat rounds since the agent started.",
+            load(&live.longest_interval_us) as f64 / 1e6,
+        ),
+        (
+            "halo_liveness_watchdog_starved_total",
+            "counter",
+            "Times the agent loop made no step for the fence timeout (the watchdogs went unfed).",
+            load(&live.starved) as f64,
+        ),
+        (
+            "halo_liveness_fences_total",
+            "counter",
+            "Times the liveness path fenced because the agent loop was busy.",
+            load(&live.fences) as f64,
+        ),
+    ] {
+        push(name, kind, help, vec![format!("{name} {value}")]);
+    }
     push(
         "halo_is_master",
         "gauge",

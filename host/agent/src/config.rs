@@ -738,14 +738,20 @@ mod migration_uris {
 mod example {
     use super::*;
 
-    #[test]
-    fn the_example_config_is_valid() {
+    /// examples/halo.toml with its token file replaced by one of our own (`tag` keeps tests
+    /// apart); the token file's path, to remove.
+    fn example(tag: &str) -> (String, std::path::PathBuf) {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/halo.toml");
         let text = std::fs::read_to_string(&path).expect("examples/halo.toml");
         // The example's token file is on the operator's machine; here one of our own.
-        let token = std::env::temp_dir().join(format!("halo-example-token-{}", std::process::id()));
+        let token = std::env::temp_dir().join(format!("halo-example-token-{tag}-{}", std::process::id()));
         std::fs::write(&token, "0123456789abcdef0123\n").expect("token");
-        let text = text.replace("/etc/halo/api.token", &token.display().to_string());
+        (text.replace("/etc/halo/api.token", &token.display().to_string()), token)
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let (text, token) = example("a");
         let config = AgentConfig::parse(&text, "examples/halo.toml").expect("examples/halo.toml is valid");
         assert_eq!(config.api_token().as_deref(), Some("0123456789abcdef0123"));
         assert_eq!(config.api_addresses().len(), 3);
@@ -757,11 +763,7 @@ mod example {
 
     #[test]
     fn a_budget_or_datastore_timeout_that_does_not_fit_the_fence_timeout_is_refused() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/halo.toml");
-        let text = std::fs::read_to_string(&path).expect("examples/halo.toml");
-        let token = std::env::temp_dir().join(format!("halo-example-token-b-{}", std::process::id()));
-        std::fs::write(&token, "0123456789abcdef0123\n").expect("token");
-        let text = text.replace("/etc/halo/api.token", &token.display().to_string());
+        let (text, token) = example("b");
         let base = AgentConfig::parse(&text, "halo.toml").expect("valid");
         let fence = base.timeouts.fence_timeout_ms;
         let mut config = base.clone();

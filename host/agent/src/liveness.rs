@@ -372,11 +372,10 @@ async fn run(
             last_round = None;
         }
         last_tick = now;
-        let node = shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
 
         // Heartbeats: the core's latest, under our own number, with what we heard ourselves.
         if now >= next_heartbeat
-            && let Some(mut heartbeat) = node.heartbeat.clone()
+            && let Some(mut heartbeat) = latest(&shared.state, |s| s.heartbeat.clone())
         {
             // At a fixed rate (not "now + interval": that would drift by the tick each round).
             next_heartbeat += config.heartbeat_interval;
@@ -421,7 +420,7 @@ async fn run(
         // Datastore heartbeats: the core's latest record under our own counter; each write on
         // a task of this runtime (bounded by the datastore's timeout), its outcome to both.
         if now >= next_write
-            && let Some(mut record) = node.record.clone()
+            && let Some(mut record) = latest(&shared.state, |s| s.record.clone())
         {
             next_write += config.datastore_interval;
             if next_write <= now {
@@ -476,15 +475,17 @@ async fn run(
         }
 
         // The fence watch, for when the loop is busy: the core's rule on our own evidence.
+        let (armed_core, fenced, hosts, quorum_fencing) =
+            latest(&shared.state, |s| (s.fencing_armed, s.fenced, s.hosts, s.quorum_fencing));
         let judging = evidence.judge_from.is_none_or(|from| now >= from);
         let must = judging
-            && node.fencing_armed
-            && !node.fenced
+            && armed_core
+            && !fenced
             && halo_core::node::must_fence(
                 evidence.reached(config.fence_timeout, now),
-                node.hosts,
+                hosts,
                 evidence.datastore_ok(config.fence_timeout, now),
-                node.quorum_fencing,
+                quorum_fencing,
             );
         if !must {
             verdict_since = None;
@@ -497,14 +498,15 @@ async fn run(
         let done_recently = fenced_at.is_some_and(|at| now.duration_since(at) < config.fence_timeout);
         if busy && now.duration_since(since) >= Duration::from_millis(100) && !done_recently {
             fenced_at = Some(now);
+            let protected = latest(&shared.state, |s| s.protected_here.clone());
             shared.stats.fences.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 host = %me,
                 "ALERT the host lost its quorum and datastores while the agent loop was busy ({} ms): the liveness path fences, stopping {} protected VM(s)",
                 loop_age.as_millis(),
-                node.protected_here.len()
+                protected.len()
             );
-            fencer.fence(node.protected_here.clone());
+            fencer.fence(protected);
         }
     }
     let leaving = shared.leaving.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -512,6 +514,12 @@ async fn run(
         let protected: Vec<&String> = protected.iter().collect();
         crate::watchdog::leave(device, &protected);
     }
+}
+
+/// What the loop published last, read under the lock and copied out: only what is due (this
+/// runs every 10 ms; the lock is never held across a send).
+fn latest<T>(state: &Mutex<NodeState>, read: impl FnOnce(&NodeState) -> T) -> T {
+    read(&state.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Powers protected VMs off for the liveness path, on a thread of its own (libvirt can be

@@ -123,24 +123,19 @@ impl halo_core::Policies for AgentPolicies {
         &mut self,
         input: &halo_policy::IsolationInput,
     ) -> halo_core::PolicyOutcome<Vec<halo_policy::VmIsolationDecision>> {
-        outcome(self.0.isolation.decide(input))
+        (&*self.0).isolation(input)
     }
 
     fn placement(&mut self, input: &halo_policy::PlacementInput) -> halo_core::PolicyOutcome<halo_policy::Placement> {
-        outcome(self.0.placement.decide(input))
+        (&*self.0).placement(input)
     }
 
     fn restart_order(
         &mut self,
         input: &halo_policy::RestartInput,
     ) -> halo_core::PolicyOutcome<Result<Vec<halo_policy::Wave>, halo_policy::RestartError>> {
-        outcome(self.0.restart_order.decide(input))
+        (&*self.0).restart_order(input)
     }
-}
-
-fn outcome<A>(decision: halo_plugin_runtime::Decision<A>) -> halo_core::PolicyOutcome<A> {
-    let fallback_reason = decision.failure().map(ToString::to_string);
-    halo_core::PolicyOutcome { answer: decision.answer, fallback_reason }
 }
 
 /// Every driver of this agent, behind the core's traits.
@@ -459,12 +454,19 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
             }
         };
         let is_tick = input == Input::Tick;
+        let is_heartbeat = matches!(input, Input::Heartbeat { .. });
         let now = started.elapsed().as_millis() as u64;
         resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
         for action in node.handle(now, input, &mut decide) {
             carry_out(action, &mut drivers);
         }
-        publish(&node, &liveness);
+        // Heartbeats are most of the inputs (hosts × networks × 4 a second): after them only the
+        // step is counted; what the core decided is published after every other input and tick.
+        if is_heartbeat {
+            liveness.progressed();
+        } else {
+            publish(&node, &liveness);
+        }
         if is_tick {
             publish_snapshot(&node);
             ticks += 1;

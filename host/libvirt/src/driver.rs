@@ -83,6 +83,23 @@ impl Hypervisors {
         Self { config: Arc::new(config), catalog, inputs, runtime }
     }
 
+    /// Runs `act` on `vm` of this host's libvirt on a blocking thread; a failure is logged as an
+    /// alert (a pause or resume has no answer for the core).
+    fn on_this_host(
+        &self,
+        vm: &str,
+        what: &'static str,
+        act: fn(&Hypervisor, &str) -> Result<(), crate::LibvirtError>,
+    ) {
+        let (config, vm) = (Arc::clone(&self.config), vm.to_string());
+        self.runtime.spawn_blocking(move || {
+            match Self::connect(&config, &config.me).and_then(|hv| act(&hv, &vm).map_err(|e| e.to_string())) {
+                Ok(()) => tracing::warn!(vm, "{what}: done"),
+                Err(e) => tracing::error!(vm, "ALERT could not {what} the VM: {e}"),
+            }
+        });
+    }
+
     fn connect(config: &HypervisorConfig, host: &str) -> Result<Hypervisor, String> {
         let uri =
             config.uris.get(host).ok_or_else(|| format!("no libvirt URI for host {host} in the configuration"))?;
@@ -134,23 +151,11 @@ impl HypervisorDriver for Hypervisors {
     }
 
     fn pause_vm(&mut self, vm: &str) {
-        let (config, vm) = (Arc::clone(&self.config), vm.to_string());
-        self.runtime.spawn_blocking(move || {
-            match Self::connect(&config, &config.me).and_then(|hv| hv.pause(&vm).map_err(|e| e.to_string())) {
-                Ok(()) => tracing::warn!(vm, "paused until its claim is confirmed"),
-                Err(e) => tracing::error!(vm, "ALERT could not pause the VM: {e}; it runs on"),
-            }
-        });
+        self.on_this_host(vm, "pause", Hypervisor::pause);
     }
 
     fn resume_vm(&mut self, vm: &str) {
-        let (config, vm) = (Arc::clone(&self.config), vm.to_string());
-        self.runtime.spawn_blocking(move || {
-            match Self::connect(&config, &config.me).and_then(|hv| hv.resume(&vm).map_err(|e| e.to_string())) {
-                Ok(()) => tracing::info!(vm, "running again"),
-                Err(e) => tracing::error!(vm, "ALERT could not resume the VM: {e}; it stays paused (virsh resume)"),
-            }
-        });
+        self.on_this_host(vm, "resume", Hypervisor::resume);
     }
 
     fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {

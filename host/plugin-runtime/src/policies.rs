@@ -70,7 +70,9 @@ fn outcome<A>(decision: Decision<A>) -> PolicyOutcome<A> {
     PolicyOutcome { answer: decision.answer, fallback_reason }
 }
 
-impl Policies for PluginPolicies {
+/// A decision needs only a shared reference (each slot takes a snapshot of its plugin), so the
+/// policies can be shared with the threads that reload plugin files (the agent).
+impl Policies for &PluginPolicies {
     fn isolation(&mut self, input: &IsolationInput) -> PolicyOutcome<Vec<VmIsolationDecision>> {
         outcome(self.isolation.decide(input))
     }
@@ -81,5 +83,19 @@ impl Policies for PluginPolicies {
 
     fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>> {
         outcome(self.restart_order.decide(input))
+    }
+}
+
+impl Policies for PluginPolicies {
+    fn isolation(&mut self, input: &IsolationInput) -> PolicyOutcome<Vec<VmIsolationDecision>> {
+        (&*self).isolation(input)
+    }
+
+    fn placement(&mut self, input: &PlacementInput) -> PolicyOutcome<PlacementAnswer> {
+        (&*self).placement(input)
+    }
+
+    fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>> {
+        (&*self).restart_order(input)
     }
 }

@@ -445,29 +445,24 @@ impl<'p> Sim<'p> {
             }
             Ev::StallWatchdog(h, epoch, since) => {
                 if self.hosts[h].up && self.hosts[h].agent_epoch == epoch && self.hosts[h].stalled == Some(since) {
-                    self.note(
-                        Severity::Alert,
-                        "watchdog",
-                        format!("{}: not fed while stalled; the watchdog resets the host", self.hosts[h].name),
-                    );
-                    self.crash_host(h);
-                    let boot = self.hosts[h].boot;
-                    self.push(self.now + 5_000, Ev::Reboot(h, boot));
+                    self.watchdog_reset(h, "not fed while stalled");
                 }
             }
             Ev::Watchdog(h, epoch) => {
                 if self.hosts[h].up && self.hosts[h].agent_epoch == epoch && self.hosts[h].node.is_none() {
-                    self.note(
-                        Severity::Alert,
-                        "watchdog",
-                        format!("{}: the agent stayed down; the watchdog resets the host", self.hosts[h].name),
-                    );
-                    self.crash_host(h);
-                    let boot = self.hosts[h].boot;
-                    self.push(self.now + 5_000, Ev::Reboot(h, boot));
+                    self.watchdog_reset(h, "the agent stayed down");
                 }
             }
         }
+    }
+
+    /// The watchdog resets host `h` (`why` it was not fed); it boots 5 s later, empty.
+    fn watchdog_reset(&mut self, h: usize, why: &str) {
+        let message = format!("{}: {why}; the watchdog resets the host", self.hosts[h].name);
+        self.note(Severity::Alert, "watchdog", message);
+        self.crash_host(h);
+        let boot = self.hosts[h].boot;
+        self.push(self.now + 5_000, Ev::Reboot(h, boot));
     }
 
     /// Asks the master with the highest epoch for its failover plan.

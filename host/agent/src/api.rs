@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use halo_core::capacity::AdmissionVerdict;
 use halo_core::node::ClusterStatus;
-use halo_core::{Command, Event, Severity, VmSpec};
+use halo_core::{Command, Event, EventKind, Severity, VmSpec};
 use halo_policy::RestartPriority;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -222,10 +222,7 @@ async fn command(api: &Api, command: Command) -> Reply {
         return error(StatusCode::SERVICE_UNAVAILABLE, not_taken(&e));
     }
     let events: Vec<Event> = rx.await.unwrap_or_default();
-    let refused: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.kind.ends_with("-refused") || (e.severity == Severity::Alert && e.kind.ends_with("-blocked")))
-        .collect();
+    let refused: Vec<&Event> = events.iter().filter(|e| e.kind.refuses_command(e.severity)).collect();
     if let Some(first) = refused.first() {
         return Reply(StatusCode::CONFLICT, json!({ "error": first.message, "events": events }));
     }
@@ -860,8 +857,11 @@ async fn metrics(State(api): Ctx) -> Response {
         ]
     });
     let counts = api.shared.events.counts();
-    let restarts: u64 =
-        counts.iter().filter(|((k, _), _)| k == "vm-restarted" || k == "vm-restarted-in-place").map(|(_, n)| n).sum();
+    let restarts: u64 = counts
+        .iter()
+        .filter(|((k, _), _)| matches!(k, EventKind::VmRestarted | EventKind::VmRestartedInPlace))
+        .map(|(_, n)| n)
+        .sum();
     push(
         "halo_restarts_total",
         "counter",
@@ -880,7 +880,7 @@ async fn metrics(State(api): Ctx) -> Response {
                     Severity::Warning => "warning",
                     Severity::Alert => "alert",
                 };
-                format!("halo_events_total{{kind=\"{}\",severity=\"{severity}\"}} {n}", esc(kind))
+                format!("halo_events_total{{kind=\"{kind}\",severity=\"{severity}\"}} {n}")
             })
             .collect(),
     );

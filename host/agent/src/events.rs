@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use halo_core::{Event, Severity};
+use halo_core::{Event, EventKind, Severity};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -51,7 +51,7 @@ pub struct EventLog {
 struct Inner {
     next_id: u64,
     recent: VecDeque<LoggedEvent>,
-    by_kind: BTreeMap<(String, Severity), u64>,
+    by_kind: BTreeMap<(EventKind, Severity), u64>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -98,7 +98,7 @@ impl EventLog {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.next_id += 1;
             let logged = LoggedEvent { id: inner.next_id, run: self.run, unix_ms: unix_ms(), event };
-            *inner.by_kind.entry((logged.event.kind.clone(), logged.event.severity)).or_default() += 1;
+            *inner.by_kind.entry((logged.event.kind, logged.event.severity)).or_default() += 1;
             inner.recent.push_back(logged.clone());
             while inner.recent.len() > KEPT {
                 inner.recent.pop_front();
@@ -153,9 +153,9 @@ impl EventLog {
     }
 
     /// Counts by (kind, severity) since the start.
-    pub fn counts(&self) -> Vec<((String, Severity), u64)> {
+    pub fn counts(&self) -> Vec<((EventKind, Severity), u64)> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.by_kind.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        inner.by_kind.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }
 
@@ -163,8 +163,8 @@ impl EventLog {
 mod tests {
     use super::*;
 
-    fn event(kind: &str, severity: Severity) -> Event {
-        Event { at: 0, node: "h1".into(), severity, kind: kind.into(), message: kind.into(), trace: None }
+    fn event(kind: EventKind, severity: Severity) -> Event {
+        Event { at: 0, node: "h1".into(), severity, kind, message: kind.to_string(), trace: None }
     }
 
     #[tokio::test]
@@ -175,7 +175,8 @@ mod tests {
         let log = EventLog::new(Some(file.clone()), None);
         for i in 0..(KEPT + 5) {
             let severity = if i % 100 == 0 { Severity::Alert } else { Severity::Info };
-            log.record(event(if severity == Severity::Alert { "host-failed" } else { "vm-restarted" }, severity));
+            let kind = if severity == Severity::Alert { EventKind::HostFailed } else { EventKind::VmRestarted };
+            log.record(event(kind, severity));
         }
         let last = log.list(0, 10, false);
         assert_eq!(last.len(), 10);
@@ -184,7 +185,7 @@ mod tests {
         assert!(log.list(0, usize::MAX, true).iter().all(|e| e.event.severity == Severity::Alert));
         assert_eq!(log.list((KEPT + 3) as u64, 100, false).len(), 2);
         let counts: BTreeMap<_, _> = log.counts().into_iter().collect();
-        assert_eq!(counts[&("host-failed".to_string(), Severity::Alert)], 21);
+        assert_eq!(counts[&(EventKind::HostFailed, Severity::Alert)], 21);
         drop(log);
         // The writer task drains what was sent, then ends with the channel.
         let mut lines = 0;
@@ -246,8 +247,8 @@ mod tests {
     async fn every_alert_is_posted_to_the_webhook_and_failures_are_counted() {
         let (address, mut requests) = receiver(200).await;
         let log = EventLog::new(None, Some((address, "/hook".into())));
-        log.record(event("vm-restarted", Severity::Info));
-        log.record(event("host-failed", Severity::Alert));
+        log.record(event(EventKind::VmRestarted, Severity::Info));
+        log.record(event(EventKind::HostFailed, Severity::Alert));
         let request =
             tokio::time::timeout(Duration::from_secs(5), requests.recv()).await.expect("in time").expect("a POST");
         assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
@@ -261,10 +262,10 @@ mod tests {
         // A receiver that answers 500, and one that is not there: counted, the agent goes on.
         let (address, mut requests) = receiver(500).await;
         let log = EventLog::new(None, Some((address, "/hook".into())));
-        log.record(event("host-failed", Severity::Alert));
+        log.record(event(EventKind::HostFailed, Severity::Alert));
         let _ = tokio::time::timeout(Duration::from_secs(5), requests.recv()).await.expect("in time");
         let unreachable = EventLog::new(None, Some(("127.0.0.1:9".into(), "/".into())));
-        unreachable.record(event("host-failed", Severity::Alert));
+        unreachable.record(event(EventKind::HostFailed, Severity::Alert));
         for _ in 0..100 {
             if log.webhook_failures.load(Ordering::Relaxed) == 1
                 && unreachable.webhook_failures.load(Ordering::Relaxed) == 1

@@ -13,8 +13,8 @@ use halo_core::capacity::AdmissionVerdict;
 use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
 use halo_core::node::{ClusterStatus, PingTarget, WhatIf};
 use halo_core::{
-    Claim, ClusterConfig, Command, DatastoreRecord, Event, Heartbeat, Input, Node, Severity, StopReason, VmSpec,
-    VmState,
+    Claim, ClusterConfig, Command, DatastoreRecord, Event, EventKind, Heartbeat, Input, Node, Severity, StopReason,
+    VmSpec, VmState,
 };
 use halo_datastore::{Datastore, Datastores, Location, NfsTarget};
 use halo_libvirt::events::StopKind;
@@ -640,14 +640,14 @@ fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<(String,
 
 fn plugin_event(drivers: &mut AgentDrivers, now: u64, me: &str, world: &str, result: Result<String, String>) {
     let (severity, kind, message) = match result {
-        Ok(what) => (Severity::Info, "plugin-loaded", format!("{world}: now {what}")),
+        Ok(what) => (Severity::Info, EventKind::PluginLoaded, format!("{world}: now {what}")),
         Err(why) => (
             Severity::Alert,
-            "plugin-load-failed",
+            EventKind::PluginLoadFailed,
             format!("{world}: the new file was refused, the old plugin stays in force: {why}"),
         ),
     };
-    drivers.record(Event { at: now, node: me.to_string(), severity, kind: kind.into(), message, trace: None });
+    drivers.record(Event { at: now, node: me.to_string(), severity, kind, message, trace: None });
 }
 
 fn plugin_status(policies: &PluginPolicies) -> Vec<PluginStatus> {

@@ -475,7 +475,7 @@ fn print_demo(
         while let Some(snapshot) = plans.next_if(|p| p.at <= entry.at) {
             print_plan(snapshot);
         }
-        if entry.kind.starts_with("fault-")
+        if matches!(entry.kind, halo_sim::TimelineKind::Fault(_))
             && let Some((i, (_, story))) = acts.next_if(|(_, (f, _))| f.at <= entry.at)
         {
             outln!("\n== act {}: {}", i + 1, entry.message.trim_start_matches("FAULT: "));
@@ -504,7 +504,7 @@ fn print_demo(
             .collect();
         outln!("plugin decisions: {}", text.join("; "));
     }
-    let restarted = outcome.timeline.iter().filter(|e| e.kind == "vm-restarted").count();
+    let restarted = outcome.timeline.iter().filter(|e| e.kind == halo_core::EventKind::VmRestarted).count();
     if let Some(p) = percentiles(&outcome.failover_latencies) {
         outln!(
             "{restarted} VM restart(s); VM lost → running elsewhere: p50 {:.1}s, max {:.1}s",

@@ -160,7 +160,7 @@ mod tests {
                 at: 0,
                 node: "h1".into(),
                 severity: Severity::Info,
-                kind: "vm-restarted".into(),
+                kind: crate::EventKind::VmRestarted,
                 message: String::new(),
                 trace: None,
             }),

@@ -22,7 +22,7 @@ pub mod wire;
 
 pub use classify::{Signals, Trace, Verdict};
 pub use config::{ClusterConfig, ConfigErrors, HaSettings, HostSpec, Timeouts, VmSpec};
-pub use node::{Action, Command, Event, Input, Node, Severity, StopReason, VmState};
+pub use node::{Action, Command, Event, EventKind, Input, Node, Severity, StopReason, VmState};
 pub use policies::{BuiltinPolicies, Policies, PolicyOutcome};
 pub use wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, VmReport};
 

@@ -15,7 +15,7 @@ mod world;
 
 pub use faults::{Fault, FaultKind, FaultParseError, Schedule, parse_duration};
 pub use halo_core::Millis;
-pub use world::{Outcome, PlanSnapshot, Sim, SimOptions, TimelineEntry};
+pub use world::{Outcome, PlanSnapshot, Sim, SimOptions, TimelineEntry, TimelineKind};
 
 /// SplitMix64: small, fast, and the same everywhere.
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use halo_core::capacity::FailoverPlan;
 use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
 use halo_core::node::PingTarget;
 use halo_core::{
-    Action, Claim, ClaimOutcome, ClusterConfig, DatastoreRecord, Event, Heartbeat, Input, Millis, Node, Policies,
-    Severity, StopReason, VmState,
+    Action, Claim, ClaimOutcome, ClusterConfig, DatastoreRecord, Event, EventKind, Heartbeat, Input, Millis, Node,
+    Policies, Severity, StopReason, VmState,
 };
 use serde::Serialize;
 
@@ -63,13 +63,64 @@ pub struct TimelineEntry {
     pub source: String,
     /// Severity.
     pub severity: Severity,
-    /// Kind.
-    pub kind: String,
+    /// What it is: a host's event, or the simulator's own.
+    pub kind: TimelineKind,
     /// Message.
     pub message: String,
     /// The signals behind a verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+}
+
+/// What a timeline entry is; shown (and serialized) by its wire name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineKind {
+    /// An event a host's core recorded.
+    Event(EventKind),
+    /// A fault began (`fault-<family>`).
+    Fault(&'static str),
+    /// A fault ended.
+    FaultHealed,
+    /// A crashed host booted again.
+    HostBooted,
+    /// A crashed agent was started again.
+    AgentRestarted,
+    /// A watchdog reset a host.
+    Watchdog,
+    /// A safety or liveness invariant was broken.
+    InvariantViolated,
+}
+
+impl std::fmt::Display for TimelineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimelineKind::Event(kind) => f.pad(kind.as_str()),
+            TimelineKind::Fault(family) => f.pad(&format!("fault-{family}")),
+            TimelineKind::FaultHealed => f.pad("fault-healed"),
+            TimelineKind::HostBooted => f.pad("host-booted"),
+            TimelineKind::AgentRestarted => f.pad("agent-restarted"),
+            TimelineKind::Watchdog => f.pad("watchdog"),
+            TimelineKind::InvariantViolated => f.pad("invariant-violated"),
+        }
+    }
+}
+
+impl Serialize for TimelineKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl From<EventKind> for TimelineKind {
+    fn from(kind: EventKind) -> Self {
+        TimelineKind::Event(kind)
+    }
+}
+
+impl PartialEq<EventKind> for TimelineKind {
+    fn eq(&self, other: &EventKind) -> bool {
+        *self == TimelineKind::Event(*other)
+    }
 }
 
 /// The master's failover plan at one moment of a run.
@@ -332,20 +383,13 @@ impl<'p> Sim<'p> {
         self.push(self.now + delay, Ev::Deliver(host, agent, input));
     }
 
-    fn note(&mut self, severity: Severity, kind: &str, message: String) {
-        self.timeline.push(TimelineEntry {
-            at: self.now,
-            source: "sim".into(),
-            severity,
-            kind: kind.into(),
-            message,
-            trace: None,
-        });
+    fn note(&mut self, severity: Severity, kind: TimelineKind, message: String) {
+        self.timeline.push(TimelineEntry { at: self.now, source: "sim".into(), severity, kind, message, trace: None });
     }
 
     fn violation(&mut self, what: String) {
         let message = format!("INVARIANT VIOLATED (seed {}): {what}", self.opts.seed);
-        self.note(Severity::Alert, "invariant-violated", message.clone());
+        self.note(Severity::Alert, TimelineKind::InvariantViolated, message.clone());
         self.violations.push(message);
     }
 
@@ -425,7 +469,7 @@ impl<'p> Sim<'p> {
                     self.boot_host(h);
                     self.note(
                         Severity::Info,
-                        "host-booted",
+                        TimelineKind::HostBooted,
                         format!("{} booted after the watchdog reset", self.hosts[h].name),
                     );
                 }
@@ -438,7 +482,7 @@ impl<'p> Sim<'p> {
                     self.start_agent(h);
                     self.note(
                         Severity::Info,
-                        "agent-restarted",
+                        TimelineKind::AgentRestarted,
                         format!("the agent on {} is back", self.hosts[h].name),
                     );
                 }
@@ -459,7 +503,7 @@ impl<'p> Sim<'p> {
     /// The watchdog resets host `h` (`why` it was not fed); it boots 5 s later, empty.
     fn watchdog_reset(&mut self, h: usize, why: &str) {
         let message = format!("{}: {why}; the watchdog resets the host", self.hosts[h].name);
-        self.note(Severity::Alert, "watchdog", message);
+        self.note(Severity::Alert, TimelineKind::Watchdog, message);
         self.crash_host(h);
         let boot = self.hosts[h].boot;
         self.push(self.now + 5_000, Ev::Reboot(h, boot));
@@ -557,14 +601,14 @@ impl<'p> Sim<'p> {
         if event.severity == Severity::Info
             && !self.opts.verbose
             && !matches!(
-                event.kind.as_str(),
-                "vm-restarted"
-                    | "restart-wave"
-                    | "master-elected"
-                    | "failover-plan"
-                    | "vm-migrated"
-                    | "host-evacuated"
-                    | "maintenance-entered"
+                event.kind,
+                EventKind::VmRestarted
+                    | EventKind::RestartWave
+                    | EventKind::MasterElected
+                    | EventKind::FailoverPlan
+                    | EventKind::VmMigrated
+                    | EventKind::HostEvacuated
+                    | EventKind::MaintenanceEntered
             )
         {
             return;
@@ -573,7 +617,7 @@ impl<'p> Sim<'p> {
             at: event.at,
             source: event.node,
             severity: event.severity,
-            kind: event.kind,
+            kind: TimelineKind::Event(event.kind),
             message: event.message,
             trace: event.trace,
         });
@@ -617,12 +661,12 @@ impl<'p> Sim<'p> {
     fn fault(&mut self, i: usize, start: bool) {
         let Fault { duration, kind, .. } = self.schedule.faults[i].clone();
         if start {
-            self.note(Severity::Alert, &format!("fault-{}", kind.family()), format!("FAULT: {kind}"));
+            self.note(Severity::Alert, TimelineKind::Fault(kind.family()), format!("FAULT: {kind}"));
             if !matches!(kind, FaultKind::VmCrash { .. }) {
                 self.push(self.now + duration, Ev::FaultEnd(i));
             }
         } else {
-            self.note(Severity::Info, "fault-healed", format!("healed: {kind}"));
+            self.note(Severity::Info, TimelineKind::FaultHealed, format!("healed: {kind}"));
         }
         let host = |s: &Self, name: &str| s.index.get(name).copied();
         match kind {
@@ -809,7 +853,7 @@ impl<'p> Sim<'p> {
                     "LIVENESS VIOLATED (seed {}): {} (restart priority) is not running at the end although a host has room for it",
                     self.opts.seed, vm.name
                 );
-                self.note(Severity::Alert, "invariant-violated", message.clone());
+                self.note(Severity::Alert, TimelineKind::InvariantViolated, message.clone());
                 self.liveness.push(message);
             }
         }

@@ -1,9 +1,9 @@
 //! Simulator tests: the failure matrix, one scripted scenario per row, and random schedules
 //! with every invariant checked. A failure prints the seed and the timeline.
 
-use halo_core::{BuiltinPolicies, Timeouts};
+use halo_core::{BuiltinPolicies, EventKind, Timeouts};
 use halo_sim::scenario::{cluster, random_case};
-use halo_sim::{Fault, FaultKind, Outcome, Schedule, Sim, SimOptions};
+use halo_sim::{Fault, FaultKind, Outcome, Schedule, Sim, SimOptions, TimelineKind};
 
 /// The matrix rows run with one heartbeat a second and a 12 s dead-time (their timings are
 /// written for it); `matrix_failed_host_default_timeouts` and the random schedules run the
@@ -25,7 +25,8 @@ fn dump(outcome: &Outcome) -> String {
         .join("\n")
 }
 
-fn kinds(outcome: &Outcome, kind: &str) -> usize {
+fn kinds(outcome: &Outcome, kind: impl Into<TimelineKind>) -> usize {
+    let kind = kind.into();
     outcome.timeline.iter().filter(|e| e.kind == kind).count()
 }
 
@@ -45,9 +46,9 @@ fn matrix_failed_host_its_vms_restart_elsewhere() {
     let faults = vec![Fault { at: 10_000, duration: 600_000, kind: FaultKind::HostCrash { host: "host-2".into() } }];
     let o = run(4, 12, faults, 1, 90_000);
     assert_clean(&o);
-    assert_eq!(kinds(&o, "host-failed"), 1, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::HostFailed), 1, "{}", dump(&o));
     // host-2 ran vm-002, vm-006, vm-010 (unprotected): two restarts.
-    assert_eq!(kinds(&o, "vm-restarted"), 2, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmRestarted), 2, "{}", dump(&o));
     assert!(o.failover_latencies.iter().all(|&ms| (12_000..20_000).contains(&ms)), "{:?}", o.failover_latencies);
 }
 
@@ -58,7 +59,7 @@ fn matrix_failed_host_default_timeouts() {
     assert_eq!(config.timeouts, Timeouts::default());
     let o = Sim::new(config, Schedule { faults }, SimOptions::new(1, 60_000), &mut BuiltinPolicies).run();
     assert_clean(&o);
-    assert_eq!(kinds(&o, "vm-restarted"), 2, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmRestarted), 2, "{}", dump(&o));
     // Dead-time 3 s, then ping, claim and start.
     assert!(o.failover_latencies.iter().all(|&ms| (3_000..6_000).contains(&ms)), "{:?}", o.failover_latencies);
 }
@@ -69,7 +70,7 @@ fn matrix_agent_down_vms_are_not_restarted() {
     let faults = vec![Fault { at: 10_000, duration: 6_000, kind: FaultKind::AgentCrash { host: "host-2".into() } }];
     let o = run(4, 12, faults, 2, 60_000);
     assert_clean(&o);
-    assert_eq!(kinds(&o, "vm-restarted"), 0, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmRestarted), 0, "{}", dump(&o));
 }
 
 #[test]
@@ -77,8 +78,8 @@ fn matrix_agent_down_long_is_reset_by_the_watchdog_then_restarted() {
     let faults = vec![Fault { at: 10_000, duration: 60_000, kind: FaultKind::AgentCrash { host: "host-2".into() } }];
     let o = run(4, 12, faults, 3, 90_000);
     assert_clean(&o);
-    assert_eq!(kinds(&o, "watchdog"), 1, "{}", dump(&o));
-    assert_eq!(kinds(&o, "vm-restarted"), 2, "{}", dump(&o));
+    assert_eq!(kinds(&o, TimelineKind::Watchdog), 1, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmRestarted), 2, "{}", dump(&o));
 }
 
 #[test]
@@ -90,10 +91,10 @@ fn matrix_isolated_host_with_datastore_powers_off_and_master_restarts() {
     }];
     let o = run(4, 12, faults, 4, 100_000);
     assert_clean(&o);
-    assert!(kinds(&o, "isolated") >= 1, "{}", dump(&o));
-    assert!(kinds(&o, "host-isolated") >= 1, "{}", dump(&o));
-    assert_eq!(kinds(&o, "host-failed"), 0, "{}", dump(&o));
-    assert!(kinds(&o, "vm-restarted") >= 1, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::Isolated) >= 1, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::HostIsolated) >= 1, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::HostFailed), 0, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::VmRestarted) >= 1, "{}", dump(&o));
 }
 
 #[test]
@@ -105,8 +106,8 @@ fn matrix_host_cut_from_network_and_datastore_fences_then_is_failed() {
     }];
     let o = run(4, 12, faults, 5, 100_000);
     assert_clean(&o);
-    assert!(kinds(&o, "host-failed") >= 1, "{}", dump(&o));
-    assert!(kinds(&o, "vm-restarted") >= 1, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::HostFailed) >= 1, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::VmRestarted) >= 1, "{}", dump(&o));
 }
 
 #[test]
@@ -115,8 +116,8 @@ fn matrix_partition_two_two_restarts_nothing() {
     let faults = vec![Fault { at: 10_000, duration: 40_000, kind: FaultKind::Partition { side } }];
     let o = run(4, 12, faults, 6, 90_000);
     assert_clean(&o);
-    assert!(kinds(&o, "host-partitioned") >= 2, "{}", dump(&o));
-    assert_eq!(kinds(&o, "vm-restarted"), 0, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::HostPartitioned) >= 2, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmRestarted), 0, "{}", dump(&o));
 }
 
 #[test]
@@ -239,11 +240,11 @@ fn a_rebooted_host_is_running_again_at_once() {
         opts.verbose = true;
         let o = Sim::new(cluster(4, 12), Schedule { faults }, opts, &mut BuiltinPolicies).run();
         assert_clean(&o);
-        let after_boot: Vec<&str> = o
+        let after_boot: Vec<String> = o
             .timeline
             .iter()
             .filter(|e| e.at > 45_000 && e.message.starts_with("host-2:"))
-            .map(|e| e.kind.as_str())
+            .map(|e| e.kind.to_string())
             .collect();
         assert_eq!(after_boot, vec!["host-running"], "seed {seed}:\n{}", dump(&o));
     }
@@ -260,7 +261,14 @@ fn matrix_running_host_with_one_network_cut_nothing_happens() {
     }];
     let o = run(4, 12, faults, 9, 80_000);
     assert_clean(&o);
-    for kind in ["host-failed", "host-isolated", "host-partitioned", "host-agent-down", "vm-restarted", "fenced"] {
+    for kind in [
+        EventKind::HostFailed,
+        EventKind::HostIsolated,
+        EventKind::HostPartitioned,
+        EventKind::HostAgentDown,
+        EventKind::VmRestarted,
+        EventKind::Fenced,
+    ] {
         assert_eq!(kinds(&o, kind), 0, "{kind}:\n{}", dump(&o));
     }
 }
@@ -281,12 +289,12 @@ fn a_paused_agent_resuming_stops_no_healthy_vm() {
     // The agent of a healthy host is stopped 15 s (no watchdog: one would reset the host).
     let o = stall_run(FaultKind::AgentPause { host: "host-2".into() }, 15_000, false);
     assert_clean(&o);
-    assert_eq!(kinds(&o, "fenced"), 0, "{}", dump(&o));
-    assert_eq!(kinds(&o, "vm-stopped"), 0, "{}", dump(&o));
-    assert_eq!(kinds(&o, "vm-restarted"), 0, "{}", dump(&o));
-    assert_eq!(kinds(&o, "resumed"), 1, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::Fenced), 0, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmStopped), 0, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmRestarted), 0, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::Resumed), 1, "{}", dump(&o));
     // Its VMs were paused on resume and run again once their claims were confirmed.
-    assert!(kinds(&o, "vms-held") == 1 && kinds(&o, "vm-resumed") >= 1, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::VmsHeld) == 1 && kinds(&o, EventKind::VmResumed) >= 1, "{}", dump(&o));
 }
 
 #[test]
@@ -295,17 +303,17 @@ fn a_frozen_host_resuming_without_a_watchdog_never_runs_a_vm_twice() {
     // are paused at once and then powered off (a newer claim exists).
     let o = stall_run(FaultKind::HostFreeze { host: "host-2".into() }, 12_000, false);
     assert_clean(&o);
-    assert!(kinds(&o, "vm-restarted") >= 1, "{}", dump(&o));
-    assert_eq!(kinds(&o, "vm-restarted"), kinds(&o, "vm-superseded"), "{}", dump(&o));
-    assert_eq!(kinds(&o, "vm-resumed"), 0, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::VmRestarted) >= 1, "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmRestarted), kinds(&o, EventKind::VmSuperseded), "{}", dump(&o));
+    assert_eq!(kinds(&o, EventKind::VmResumed), 0, "{}", dump(&o));
 }
 
 #[test]
 fn a_frozen_host_with_a_watchdog_is_reset_and_its_vms_run_elsewhere() {
     let o = stall_run(FaultKind::HostFreeze { host: "host-2".into() }, 12_000, true);
     assert_clean(&o);
-    assert_eq!(kinds(&o, "watchdog"), 1, "{}", dump(&o));
-    assert!(kinds(&o, "vm-restarted") >= 1, "{}", dump(&o));
+    assert_eq!(kinds(&o, TimelineKind::Watchdog), 1, "{}", dump(&o));
+    assert!(kinds(&o, EventKind::VmRestarted) >= 1, "{}", dump(&o));
 }
 
 #[test]
@@ -325,7 +333,12 @@ fn stalls_around_the_thresholds_are_safe_with_and_without_a_watchdog() {
                 );
                 if matches!(kind, FaultKind::AgentPause { .. }) && !watchdog {
                     // A paused agent alone never costs a VM: nothing is stopped or restarted.
-                    assert_eq!(kinds(&o, "vm-restarted") + kinds(&o, "fenced"), 0, "{duration} ms\n{}", dump(&o));
+                    assert_eq!(
+                        kinds(&o, EventKind::VmRestarted) + kinds(&o, EventKind::Fenced),
+                        0,
+                        "{duration} ms\n{}",
+                        dump(&o)
+                    );
                 }
             }
         }

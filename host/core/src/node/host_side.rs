@@ -10,7 +10,7 @@ use halo_policy::{
     AddressStatus, DatastoreStatus, IsolationAction, IsolationInput, IsolationSituation, NetworkStatus, VmInfo,
 };
 
-use super::{Action, Command, Isolation, Node, PingTarget, Severity, StopReason, VmState};
+use super::{Action, Command, EventKind, Isolation, Node, PingTarget, Severity, StopReason, VmState};
 use crate::policies::Policies;
 use crate::wire::VmReport;
 
@@ -60,7 +60,7 @@ impl Node {
                     self.isolation = Isolation::Pinging { since: self.now, pending, answered: false };
                     self.record(
                         Severity::Warning,
-                        "no-agent-heard",
+                        EventKind::NoAgentHeard,
                         format!(
                             "{} hears no other agent for {:.1}s; pinging its isolation addresses",
                             self.name,
@@ -77,7 +77,7 @@ impl Node {
                     self.isolation = Isolation::Lonely { since: self.now };
                     self.record(
                         Severity::Alert,
-                        "alone",
+                        EventKind::Alone,
                         format!("{} hears no agent but an isolation address answers: its network works, the other agents are down", self.name),
                         None,
                     );
@@ -97,7 +97,7 @@ impl Node {
                     self.isolation = Isolation::Connected;
                     self.record(
                         Severity::Info,
-                        "isolation-over",
+                        EventKind::IsolationOver,
                         format!(
                             "{} hears other agents again after {:.1}s of isolation",
                             self.name,
@@ -154,7 +154,7 @@ impl Node {
             .collect();
         self.record(
             Severity::Alert,
-            "isolated",
+            EventKind::Isolated,
             format!(
                 "{} is isolated: no agent heard for {:.1}s and no isolation address answers; asking the isolation policy about {} VM(s)",
                 self.name,
@@ -166,7 +166,7 @@ impl Node {
         if self.ha_disabled_here || !self.ha_enabled {
             self.record(
                 Severity::Warning,
-                "isolation-response-skipped",
+                EventKind::IsolationResponseSkipped,
                 "HA is disabled here: VMs left running".into(),
                 None,
             );
@@ -177,7 +177,7 @@ impl Node {
         if let Some(reason) = outcome.fallback_reason {
             self.record(
                 Severity::Alert,
-                "plugin-failed",
+                EventKind::PluginFailed,
                 format!("isolation plugin failed, built-in policy decided: {reason}"),
                 None,
             );
@@ -193,7 +193,7 @@ impl Node {
             };
             self.record(
                 Severity::Warning,
-                "isolation-response",
+                EventKind::IsolationResponse,
                 format!(
                     "{}: {} {} (isolation response)",
                     self.name,
@@ -237,7 +237,7 @@ impl Node {
                 self.local_vms.keys().filter(|vm| self.config.vm(vm).is_some_and(|s| s.protected())).cloned().collect();
             self.record(
                 Severity::Alert,
-                "fenced",
+                EventKind::Fenced,
                 format!(
                     "{} fences itself: it reaches {reached} of {} peer(s) (quorum needs more than half of {hosts} hosts) and {}; stopping {} protected VM(s) so they can be restarted elsewhere",
                     self.name,
@@ -252,7 +252,7 @@ impl Node {
             }
         } else if !must_fence && self.fenced {
             self.fenced = false;
-            self.record(Severity::Info, "unfenced", format!("{} reaches the cluster again", self.name), None);
+            self.record(Severity::Info, EventKind::Unfenced, format!("{} reaches the cluster again", self.name), None);
         }
     }
 
@@ -282,7 +282,7 @@ impl Node {
                 self.operator_stopped.insert(vm.to_string());
                 self.record(
                     Severity::Info,
-                    "vm-stopped",
+                    EventKind::VmStopped,
                     format!("{vm} stopped by the operator on {} (unprotected)", self.name),
                     None,
                 );
@@ -295,7 +295,7 @@ impl Node {
                 let why = if reason == StopReason::Fence { "fencing" } else { "isolation response" };
                 self.record(
                     Severity::Warning,
-                    "vm-stopped",
+                    EventKind::VmStopped,
                     format!("{vm} stopped on {} ({why}); recorded for the master to restart", self.name),
                     None,
                 );
@@ -320,7 +320,7 @@ impl Node {
         if !protected || self.operator_stopped.contains(vm) {
             self.record(
                 Severity::Info,
-                "vm-stopped",
+                EventKind::VmStopped,
                 format!("{vm} {how} on {} (not protected: left stopped)", self.name),
                 None,
             );
@@ -329,7 +329,7 @@ impl Node {
         if self.fenced || self.isolated() || !self.ha_enabled || self.ha_disabled_here {
             self.record(
                 Severity::Warning,
-                "vm-stopped",
+                EventKind::VmStopped,
                 format!("{vm} {how} on {}; not restarted here (host cut off or HA off)", self.name),
                 None,
             );
@@ -343,7 +343,7 @@ impl Node {
             let count = history.len();
             self.record(
                 Severity::Alert,
-                "crash-loop",
+                EventKind::CrashLoop,
                 format!(
                     "{vm} {how} on {} for the {}th time within {}s: left stopped (restart limit)",
                     self.name,
@@ -357,7 +357,7 @@ impl Node {
         history.push(now);
         self.record(
             Severity::Warning,
-            "vm-restarted-in-place",
+            EventKind::VmRestartedInPlace,
             format!("{vm} {how} on {}; starting it again there", self.name),
             None,
         );
@@ -373,7 +373,7 @@ impl Node {
                 } else {
                     self.record(
                         Severity::Warning,
-                        "command-refused",
+                        EventKind::CommandRefused,
                         format!("stop {vm}: it does not run on {}", self.name),
                         None,
                     );
@@ -383,7 +383,7 @@ impl Node {
                 self.ha_enabled = on;
                 self.record(
                     Severity::Warning,
-                    "ha-enabled",
+                    EventKind::HaEnabled,
                     format!("HA {} for the cluster", if on { "enabled" } else { "disabled" }),
                     None,
                 );
@@ -392,7 +392,7 @@ impl Node {
                 self.ha_disabled_here = off;
                 self.record(
                     Severity::Warning,
-                    "host-ha-disabled",
+                    EventKind::HostHaDisabled,
                     format!("HA {} on {}", if off { "disabled (emergency)" } else { "enabled again" }, self.name),
                     None,
                 );

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use halo_policy::{PlacementInput, PlacementReason, RestartInput, RestartPriority, VmToRestart};
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Node, Severity};
+use super::{Action, EventKind, Node, Severity};
 use crate::Millis;
 use crate::capacity::{self, FailoverPlan, HostUsage, Locations, Usage};
 use crate::classify::{DatastoreSignal, PingSignal, Signals, Verdict};
@@ -217,13 +217,13 @@ impl Node {
             let before = peer.verdict.replace(verdict);
             if before != Some(verdict) && (before.is_some() || verdict != Verdict::Running) {
                 let (severity, kind) = match verdict {
-                    Verdict::Running => (Severity::Info, "host-running"),
-                    Verdict::Suspect => (Severity::Warning, "host-suspect"),
-                    Verdict::AgentDown => (Severity::Alert, "host-agent-down"),
-                    Verdict::Failed => (Severity::Alert, "host-failed"),
-                    Verdict::Isolated => (Severity::Alert, "host-isolated"),
-                    Verdict::Partitioned => (Severity::Alert, "host-partitioned"),
-                    Verdict::Unknown => (Severity::Alert, "host-unknown"),
+                    Verdict::Running => (Severity::Info, EventKind::HostRunning),
+                    Verdict::Suspect => (Severity::Warning, EventKind::HostSuspect),
+                    Verdict::AgentDown => (Severity::Alert, EventKind::HostAgentDown),
+                    Verdict::Failed => (Severity::Alert, EventKind::HostFailed),
+                    Verdict::Isolated => (Severity::Alert, EventKind::HostIsolated),
+                    Verdict::Partitioned => (Severity::Alert, EventKind::HostPartitioned),
+                    Verdict::Unknown => (Severity::Alert, EventKind::HostUnknown),
                 };
                 let what = match verdict {
                     Verdict::AgentDown => " — its VMs are not restarted (they may still run); restart its agent",
@@ -290,7 +290,7 @@ impl Node {
         let changed = master.suppressed != problem;
         master.suppressed = problem.clone();
         if changed && let Some(problem) = problem {
-            self.record(Severity::Alert, "restarts-suppressed", problem, None);
+            self.record(Severity::Alert, EventKind::RestartsSuppressed, problem, None);
         }
         self.master.as_ref().is_some_and(|m| m.suppressed.is_none())
     }
@@ -345,7 +345,12 @@ impl Node {
             new.push((vm, from, generation, why));
         }
         for (vm, from, generation, why) in new {
-            self.record(Severity::Warning, "vm-lost", format!("{vm} lost from {from} ({why}); restart queued"), None);
+            self.record(
+                Severity::Warning,
+                EventKind::VmLost,
+                format!("{vm} lost from {from} ({why}); restart queued"),
+                None,
+            );
             let now = self.now;
             self.master.as_mut().expect("master").restarts.insert(
                 vm,
@@ -424,20 +429,20 @@ impl Node {
                 // Running under the claimed generation or a later one: done, whoever started
                 // it (another master, or our own start whose result was lost).
                 let by = if matches!(r.state, RestartState::ClaimedElsewhere { .. }) { "another master" } else { "this master" };
-                events.push((Severity::Info, "vm-restarted", format!("{vm} runs on {on} (restarted by {by})")));
+                events.push((Severity::Info, EventKind::VmRestarted, format!("{vm} runs on {on} (restarted by {by})")));
                 return false;
             }
             if matches!(r.state, RestartState::Claiming { .. }) {
                 if timed_out {
                     // The claim's outcome is unknown: claim the same generation again; if the
                     // first attempt landed, the answer names us and the start goes ahead.
-                    events.push((Severity::Warning, "claim-timeout", format!("{vm}: the claim did not complete within {}s; claiming again", t.start_timeout_ms / 1000)));
+                    events.push((Severity::Warning, EventKind::ClaimTimeout, format!("{vm}: the claim did not complete within {}s; claiming again", t.start_timeout_ms / 1000)));
                     r.state = RestartState::Waiting { not_before: now };
                 }
                 return true;
             }
             if failed.contains(&host) {
-                events.push((Severity::Warning, "restart-target-failed", format!("{vm}: {host} failed before it ran the VM (generation {claimed}); restarting it elsewhere under generation {}", claimed + 1)));
+                events.push((Severity::Warning, EventKind::RestartTargetFailed, format!("{vm}: {host} failed before it ran the VM (generation {claimed}); restarting it elsewhere under generation {}", claimed + 1)));
                 r.from = host;
                 r.generation = claimed;
                 r.pinned = None;
@@ -449,17 +454,17 @@ impl Node {
             }
             if alive.contains(&host) {
                 if best_effort.contains(vm) && r.attempts > 0 && matches!(r.state, RestartState::Starting { .. }) {
-                    events.push((Severity::Alert, "restart-gave-up", format!("{vm}: best-effort, its start on {host} did not report back within {}s; not retried", t.start_timeout_ms / 1000)));
+                    events.push((Severity::Alert, EventKind::RestartGaveUp, format!("{vm}: best-effort, its start on {host} did not report back within {}s; not retried", t.start_timeout_ms / 1000)));
                     r.state = RestartState::GaveUp;
                     return true;
                 }
-                events.push((Severity::Warning, "restart-superseded", format!("{vm}: {host} has not run generation {claimed} within {}s; claiming generation {} for {host} again (never for another host while it lives)", t.start_timeout_ms / 1000, claimed + 1)));
+                events.push((Severity::Warning, EventKind::RestartSuperseded, format!("{vm}: {host} has not run generation {claimed} within {}s; claiming generation {} for {host} again (never for another host while it lives)", t.start_timeout_ms / 1000, claimed + 1)));
                 r.generation = claimed;
                 r.pinned = Some(host);
                 r.state = RestartState::Waiting { not_before: now };
             } else if !r.waiting_reported {
                 r.waiting_reported = true;
-                events.push((Severity::Alert, "restart-waiting", format!("{vm}: generation {claimed} is claimed for {host}, which this master cannot hear; waiting until {host} is heard again or proven failed")));
+                events.push((Severity::Alert, EventKind::RestartWaiting, format!("{vm}: generation {claimed} is claimed for {host}, which this master cannot hear; waiting until {host} is heard again or proven failed")));
             }
             true
         });
@@ -608,7 +613,7 @@ impl Node {
         if let Some(reason) = outcome.fallback_reason {
             self.record(
                 Severity::Alert,
-                "plugin-failed",
+                EventKind::PluginFailed,
                 format!("restart-order plugin failed, built-in policy decided: {reason}"),
                 None,
             );
@@ -618,7 +623,7 @@ impl Node {
             Err(error) => {
                 self.record(
                     Severity::Alert,
-                    "restart-order-error",
+                    EventKind::RestartOrderError,
                     format!("restart order: {error}; restarting by priority only"),
                     None,
                 );
@@ -650,7 +655,7 @@ impl Node {
         if let Some(reason) = outcome.fallback_reason {
             self.record(
                 Severity::Alert,
-                "plugin-failed",
+                EventKind::PluginFailed,
                 format!("placement plugin failed, built-in policy decided: {reason}"),
                 None,
             );
@@ -662,7 +667,7 @@ impl Node {
         if !outcome.answer.assignments.is_empty() {
             let placed: Vec<String> =
                 outcome.answer.assignments.iter().map(|a| format!("{} → {}", a.vm, a.host)).collect();
-            records.push((Severity::Info, "restart-wave", format!("restart wave: {}", placed.join(", "))));
+            records.push((Severity::Info, EventKind::RestartWave, format!("restart wave: {}", placed.join(", "))));
         }
         let master = self.master.as_mut().expect("master");
         for assignment in outcome.answer.assignments {
@@ -686,7 +691,7 @@ impl Node {
                 if r.attempts == 1 {
                     records.push((
                         Severity::Alert,
-                        "no-capacity",
+                        EventKind::NoCapacity,
                         format!(
                             "{}: no host can take it ({}); retrying until capacity appears",
                             unplaced.vm, unplaced.reason
@@ -697,7 +702,7 @@ impl Node {
                 r.state = RestartState::GaveUp;
                 records.push((
                     Severity::Alert,
-                    "no-capacity",
+                    EventKind::NoCapacity,
                     format!("{}: best-effort, no host can take it ({}); not retried", unplaced.vm, unplaced.reason),
                 ));
             }
@@ -751,13 +756,13 @@ impl Node {
                     claim.vm, claim.generation, holder.master, holder.epoch, holder.host
                 );
                 self.note_generation(&claim.vm, claim.generation);
-                self.record(Severity::Warning, "claim-lost", message, None);
+                self.record(Severity::Warning, EventKind::ClaimLost, message, None);
             }
             ClaimOutcome::Failed(why) => {
                 r.state = RestartState::Waiting { not_before: now + self.config.timeouts.retry_backoff_ms };
                 self.record(
                     Severity::Warning,
-                    "claim-failed",
+                    EventKind::ClaimFailed,
                     format!("{}: claim failed ({why}); retrying", claim.vm),
                     None,
                 );
@@ -787,7 +792,7 @@ impl Node {
                 }
                 self.record(
                     Severity::Info,
-                    "vm-restarted",
+                    EventKind::VmRestarted,
                     format!(
                         "{vm} restarted on {host} (from {from}, {:.1}s after it was found lost)",
                         lost_for as f64 / 1000.0
@@ -811,7 +816,7 @@ impl Node {
                     r.state = RestartState::GaveUp;
                     format!("{vm}: start on {host} failed ({why}); best-effort, not retried")
                 };
-                self.record(Severity::Alert, "start-failed", message, None);
+                self.record(Severity::Alert, EventKind::StartFailed, message, None);
             }
         }
     }
@@ -825,11 +830,11 @@ impl Node {
         let previous = self.master.as_ref().and_then(|m| m.plan.as_ref()).map(|p| p.tolerates);
         if previous != Some(plan.tolerates) {
             let (severity, kind) = if plan.tolerates == 0 {
-                (Severity::Alert, "tolerance-zero")
+                (Severity::Alert, EventKind::ToleranceZero)
             } else if plan.overcommitted {
-                (Severity::Alert, "tolerance-below-target")
+                (Severity::Alert, EventKind::ToleranceBelowTarget)
             } else {
-                (Severity::Info, "failover-plan")
+                (Severity::Info, EventKind::FailoverPlan)
             };
             self.record(
                 severity,
@@ -860,14 +865,19 @@ impl Node {
             let master = self.master_view.as_ref().map_or("nobody yet".to_string(), |(m, _)| m.clone());
             self.record(
                 Severity::Warning,
-                "command-refused",
+                EventKind::CommandRefused,
                 format!("maintenance of {host}: ask the master ({master})"),
                 None,
             );
             return;
         }
         if self.config.host(host).is_none() {
-            self.record(Severity::Warning, "command-refused", format!("maintenance: no host named {host}"), None);
+            self.record(
+                Severity::Warning,
+                EventKind::CommandRefused,
+                format!("maintenance: no host named {host}"),
+                None,
+            );
             return;
         }
         // Admission: would the plan hold without this host?
@@ -898,10 +908,12 @@ impl Node {
         );
         match verdict {
             capacity::AdmissionVerdict::Refused(why) => {
-                self.record(Severity::Alert, "maintenance-refused", why, None);
+                self.record(Severity::Alert, EventKind::MaintenanceRefused, why, None);
                 return;
             }
-            capacity::AdmissionVerdict::Warned(why) => self.record(Severity::Alert, "admission-warning", why, None),
+            capacity::AdmissionVerdict::Warned(why) => {
+                self.record(Severity::Alert, EventKind::AdmissionWarning, why, None)
+            }
             capacity::AdmissionVerdict::Admitted => {}
         }
         self.maintenance.insert(host.to_string());
@@ -910,7 +922,7 @@ impl Node {
         master.plan_due = self.now;
         self.record(
             Severity::Info,
-            "maintenance-entered",
+            EventKind::MaintenanceEntered,
             format!("{host} enters maintenance: evacuating {} VM(s)", evacuees.len()),
             None,
         );
@@ -918,7 +930,12 @@ impl Node {
 
     pub(super) fn exit_maintenance(&mut self, host: &str) {
         if self.master.is_none() {
-            self.record(Severity::Warning, "command-refused", format!("maintenance of {host}: ask the master"), None);
+            self.record(
+                Severity::Warning,
+                EventKind::CommandRefused,
+                format!("maintenance of {host}: ask the master"),
+                None,
+            );
             return;
         }
         self.maintenance.remove(host);
@@ -926,7 +943,7 @@ impl Node {
             m.evacuating.remove(host);
             m.plan_due = self.now; // the plan counts the host again at once
         }
-        self.record(Severity::Info, "maintenance-exited", format!("{host} is back in service"), None);
+        self.record(Severity::Info, EventKind::MaintenanceExited, format!("{host} is back in service"), None);
     }
 
     /// The operator moves one VM live to `to` (master only). Refused, with the reason as a
@@ -934,7 +951,7 @@ impl Node {
     /// the target is not a live host outside maintenance.
     pub(super) fn migrate_one(&mut self, vm: &str, to: &str) {
         let refuse = |node: &mut Self, why: String| {
-            node.record(Severity::Warning, "command-refused", format!("migrate {vm} to {to}: {why}"), None)
+            node.record(Severity::Warning, EventKind::CommandRefused, format!("migrate {vm} to {to}: {why}"), None)
         };
         let Some(master) = self.master.as_ref() else {
             let master = self.master_view.as_ref().map_or("nobody yet".to_string(), |(m, _)| m.clone());
@@ -960,7 +977,7 @@ impl Node {
             return refuse(self, format!("{to} is not running (see halo status)"));
         }
         self.master.as_mut().expect("master").migrating.insert(vm.to_string());
-        self.record(Severity::Info, "migration-started", format!("{vm}: live migration {from} → {to}"), None);
+        self.record(Severity::Info, EventKind::MigrationStarted, format!("{vm}: live migration {from} → {to}"), None);
         self.out.push(Action::MigrateVm { vm: vm.to_string(), from, to: to.to_string() });
     }
 
@@ -986,7 +1003,12 @@ impl Node {
             };
             if vms.is_empty() {
                 self.master.as_mut().expect("master").evacuating.remove(&host);
-                self.record(Severity::Info, "host-evacuated", format!("{host} is evacuated: safe to stop"), None);
+                self.record(
+                    Severity::Info,
+                    EventKind::HostEvacuated,
+                    format!("{host} is evacuated: safe to stop"),
+                    None,
+                );
                 continue;
             }
             let input = self.placement_input(PlacementReason::Evacuation, &vms);
@@ -998,7 +1020,7 @@ impl Node {
             for u in outcome.answer.unplaced {
                 self.record(
                     Severity::Alert,
-                    "evacuation-blocked",
+                    EventKind::EvacuationBlocked,
                     format!("{}: cannot leave {host} ({})", u.vm, u.reason),
                     None,
                 );
@@ -1023,11 +1045,16 @@ impl Node {
                 if let (Some(peer), Some(generation)) = (self.peers.get_mut(to), generation) {
                     peer.vms.push(crate::wire::VmReport { vm: vm.to_string(), generation });
                 }
-                self.record(Severity::Info, "vm-migrated", format!("{vm} migrated live from {from} to {to}"), None)
+                self.record(
+                    Severity::Info,
+                    EventKind::VmMigrated,
+                    format!("{vm} migrated live from {from} to {to}"),
+                    None,
+                )
             }
             Err(why) => self.record(
                 Severity::Alert,
-                "migration-failed",
+                EventKind::MigrationFailed,
                 format!("{vm}: migration {from} → {to} failed: {why}"),
                 None,
             ),
@@ -1173,7 +1200,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Record(e) => Some(e.kind.clone()),
+                Action::Record(e) => Some(e.kind.to_string()),
                 _ => None,
             })
             .collect()

@@ -16,9 +16,11 @@
 //! - no running VM is ever stopped or moved to make room: the core emits `StopVm` only for
 //!   isolation, fencing and operator requests, `MigrateVm` only for maintenance.
 
+mod event_kind;
 mod host_side;
 mod master;
 
+pub use event_kind::{EventKind, UnknownEventKind};
 pub use host_side::{has_quorum, must_fence};
 mod resume;
 mod status;
@@ -221,8 +223,8 @@ pub struct Event {
     pub node: String,
     /// Severity.
     pub severity: Severity,
-    /// Stable kind, e.g. `host-failed`, `vm-restarted`.
-    pub kind: String,
+    /// What it is about (its wire name is stable, e.g. `host-failed`, `vm-restarted`).
+    pub kind: EventKind,
     /// What happened, for people.
     pub message: String,
     /// The signals behind a verdict, when there is one.
@@ -559,7 +561,7 @@ impl Node {
         self.config = config;
         self.record(
             Severity::Info,
-            "config-changed",
+            EventKind::ConfigChanged,
             format!("configuration in force: {hosts} host(s), {vms} VM(s)"),
             None,
         );
@@ -590,15 +592,8 @@ impl Node {
         }
     }
 
-    fn record(&mut self, severity: Severity, kind: &str, message: String, trace: Option<String>) {
-        self.out.push(Action::Record(Event {
-            at: self.now,
-            node: self.name.clone(),
-            severity,
-            kind: kind.to_string(),
-            message,
-            trace,
-        }));
+    fn record(&mut self, severity: Severity, kind: EventKind, message: String, trace: Option<String>) {
+        self.out.push(Action::Record(Event { at: self.now, node: self.name.clone(), severity, kind, message, trace }));
     }
 
     fn send_heartbeats(&mut self) {
@@ -819,14 +814,19 @@ impl Node {
                 let members = 1 + self.live_peers(window).count();
                 self.record(
                     Severity::Info,
-                    "master-elected",
+                    EventKind::MasterElected,
                     format!("{} is master (epoch {epoch}, {members} host(s) in its partition)", self.name),
                     None,
                 );
             }
         } else {
             if self.master.take().is_some() {
-                self.record(Severity::Info, "master-stepped-down", format!("{} follows {winner} now", self.name), None);
+                self.record(
+                    Severity::Info,
+                    EventKind::MasterSteppedDown,
+                    format!("{} follows {winner} now", self.name),
+                    None,
+                );
                 for peer in self.peers.values_mut() {
                     peer.verdict = None;
                     peer.datastores.clear();

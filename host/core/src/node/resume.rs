@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Action, Node, Severity, StopReason};
+use super::{Action, EventKind, Node, Severity, StopReason};
 use crate::Millis;
 use crate::config::Timeouts;
 use crate::wire::Claim;
@@ -110,7 +110,7 @@ impl Node {
         };
         self.record(
             Severity::Warning,
-            "resumed",
+            EventKind::Resumed,
             format!(
                 "{} resumes after {:.1}s in which it handled nothing: it judges peers and itself only on evidence from now on{}",
                 self.name,
@@ -125,7 +125,7 @@ impl Node {
         let names: Vec<&str> = to_hold.iter().map(|(vm, _)| vm.as_str()).collect();
         self.record(
             Severity::Alert,
-            "vms-held",
+            EventKind::VmsHeld,
             format!(
                 "{}: {} paused — the cluster may have restarted them during the {:.1}s gap; each runs again once no newer claim exists, or is powered off",
                 self.name,
@@ -202,7 +202,7 @@ impl Node {
                 self.out.push(Action::ResumeVm { vm: vm.to_string() });
                 self.record(
                     Severity::Info,
-                    "vm-resumed",
+                    EventKind::VmResumed,
                     format!("{vm} runs again on {}: no newer claim exists", self.name),
                     None,
                 );
@@ -213,7 +213,7 @@ impl Node {
                 if first {
                     self.record(
                         Severity::Warning,
-                        "vm-held",
+                        EventKind::VmHeld,
                         format!("{vm} stays paused on {}: its claim cannot be looked up ({why}); retrying", self.name),
                         None,
                     );
@@ -226,7 +226,7 @@ impl Node {
         self.held.remove(vm);
         self.record(
             Severity::Alert,
-            "vm-superseded",
+            EventKind::VmSuperseded,
             format!("{vm}: {why} while {} was stalled; powering off the paused copy here", self.name),
             None,
         );
@@ -247,7 +247,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Record(e) => Some(e.kind.clone()),
+                Action::Record(e) => Some(e.kind.to_string()),
                 Action::PauseVm { vm } => Some(format!("pause {vm}")),
                 Action::ResumeVm { vm } => Some(format!("resume {vm}")),
                 Action::StopVm { vm, .. } => Some(format!("stop {vm}")),

@@ -3,7 +3,7 @@
 //! placement plugin, whose failures the core turns into alerts while the built-in policy
 //! keeps restarting VMs (invariant 5: plugin failures are contained).
 
-use halo_core::{Policies, PolicyOutcome};
+use halo_core::{EventKind, Policies, PolicyOutcome};
 use halo_plugin_runtime::{PluginFiles, PluginPolicies};
 use halo_sim::scenario::demo_cluster;
 use halo_sim::{Fault, Outcome, Schedule, Sim, SimOptions};
@@ -15,7 +15,7 @@ fn crash_host_2(policies: &mut dyn Policies) -> Outcome {
     Sim::new(demo_cluster(), Schedule { faults: vec![fault] }, SimOptions::new(11, 60_000), policies).run()
 }
 
-fn kinds(outcome: &Outcome, kind: &str) -> usize {
+fn kinds(outcome: &Outcome, kind: EventKind) -> usize {
     outcome.timeline.iter().filter(|e| e.kind == kind).count()
 }
 
@@ -32,9 +32,9 @@ fn the_default_plugins_decide_a_failover_in_the_simulator() {
     assert!(outcome.clean(), "{:?} {:?}\n{}", outcome.violations, outcome.liveness_violations, outcome.render(false));
     // host-2 ran dns-1, web-1 (restart) and batch (best-effort): three restarts, three waves
     // (dns-1 order 0, web-1 order 2, then best-effort).
-    assert_eq!(kinds(&outcome, "vm-restarted"), 3, "{}", outcome.render(false));
-    assert_eq!(kinds(&outcome, "restart-wave"), 3, "{}", outcome.render(false));
-    assert_eq!(kinds(&outcome, "plugin-failed"), 0);
+    assert_eq!(kinds(&outcome, EventKind::VmRestarted), 3, "{}", outcome.render(false));
+    assert_eq!(kinds(&outcome, EventKind::RestartWave), 3, "{}", outcome.render(false));
+    assert_eq!(kinds(&outcome, EventKind::PluginFailed), 0);
     let placement = policies.placement.stats();
     assert!(placement.calls > 0 && placement.fallbacks == 0, "{placement:?}");
     let restart = policies.restart_order.stats();
@@ -49,9 +49,9 @@ fn a_hostile_placement_plugin_is_contained_and_vms_still_restart() {
         let mut policies = PluginPolicies::load(&runtime, files).expect("a hostile plugin still loads");
         let outcome = crash_host_2(&mut policies);
         assert!(outcome.clean(), "{hostile}: {:?} {:?}", outcome.violations, outcome.liveness_violations);
-        assert_eq!(kinds(&outcome, "vm-restarted"), 3, "{hostile}:\n{}", outcome.render(false));
+        assert_eq!(kinds(&outcome, EventKind::VmRestarted), 3, "{hostile}:\n{}", outcome.render(false));
         let alerts: Vec<&str> =
-            outcome.timeline.iter().filter(|e| e.kind == "plugin-failed").map(|e| e.message.as_str()).collect();
+            outcome.timeline.iter().filter(|e| e.kind == EventKind::PluginFailed).map(|e| e.message.as_str()).collect();
         assert!(!alerts.is_empty(), "{hostile}: no plugin-failed alert");
         assert!(alerts.iter().all(|m| m.contains(hostile)), "{hostile}: the alert names the plugin: {alerts:?}");
         let stats = policies.placement.stats();

@@ -24,13 +24,14 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use halo_core::capacity::AdmissionVerdict;
 use halo_core::node::ClusterStatus;
-use halo_core::{Command, Event, EventKind, Severity, VmSpec};
+use halo_core::settings::{DomainFacts, ProtectError, ProtectRequest, protection_spec};
+use halo_core::{Command, Event, EventKind, Severity};
 use halo_policy::RestartPriority;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::AgentConfig;
-use crate::run::{Control, Shared, Snapshot};
+use crate::handle::{AgentHandle, NotTaken, Snapshot};
 
 /// The OpenAPI document.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
@@ -43,7 +44,7 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 const PEER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Api {
-    shared: Arc<Shared>,
+    agent: AgentHandle,
     config: Arc<AgentConfig>,
     token: String,
     peers: BTreeMap<String, String>,
@@ -69,12 +70,12 @@ fn ok(value: Value) -> Reply {
 }
 
 /// Binds `api.listen` and serves in the background. Fails if the address cannot be bound.
-pub async fn serve(shared: Arc<Shared>, config: Arc<AgentConfig>) -> std::io::Result<()> {
+pub async fn serve(agent: AgentHandle, config: Arc<AgentConfig>) -> std::io::Result<()> {
     let Some(api) = config.api.clone() else { return Ok(()) };
     let token = config.api_token().unwrap_or_default();
     let peers = config.api_addresses().into_iter().map(|(h, a)| (h, a.to_string())).collect();
     let listener = tokio::net::TcpListener::bind(api.listen).await?;
-    let app = router(Arc::new(Api { shared, config, token, peers }));
+    let app = router(Arc::new(Api { agent, config, token, peers }));
     tracing::info!("API, status page and /metrics on http://{}", api.listen);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -140,11 +141,10 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Reply> {
     serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
 }
 
-/// The node's picture and the plugins' counters, asked of the agent loop now.
 /// What the agent loop published last (every 100 ms and after every request it handled): read
 /// without asking the loop, so the API and `/metrics` never queue behind it.
 async fn snapshot(api: &Api) -> Result<Arc<Snapshot>, Reply> {
-    Ok(Arc::clone(&api.shared.snapshot.borrow()))
+    Ok(api.agent.snapshot())
 }
 
 async fn current(api: &Api) -> Result<ClusterStatus, Reply> {
@@ -174,7 +174,7 @@ async fn forward_within(
         path_and_query,
         Some(&api.token),
         body,
-        &[(FORWARDED, &api.shared.me)],
+        &[(FORWARDED, api.agent.me())],
         timeout,
     )
     .await
@@ -199,13 +199,13 @@ fn route_to(api: &Api, headers: &HeaderMap, target: Option<&str>, what: &str) ->
             format!("{what}: no master is elected yet; try again in a few seconds"),
         ));
     };
-    if target == api.shared.me {
+    if target == api.agent.me() {
         return Ok(None);
     }
     if headers.contains_key(FORWARDED) {
         return Err(error(
             StatusCode::CONFLICT,
-            format!("{what}: {} is not the right agent for this (it is {target}); ask again", api.shared.me),
+            format!("{what}: {} is not the right agent for this (it is {target}); ask again", api.agent.me()),
         ));
     }
     Ok(Some(target.to_string()))
@@ -215,38 +215,23 @@ async fn master_of(api: &Api) -> Option<String> {
     current(api).await.ok()?.master
 }
 
-/// Runs a command in the agent loop and answers with the events it caused.
+/// Runs a command in the agent loop and answers with the events it caused (409 with the
+/// reason when the core refused it).
 async fn command(api: &Api, command: Command) -> Reply {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if let Err(e) = api.shared.control.try_send(Control::Command(command, tx)) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, not_taken(&e));
-    }
-    let events: Vec<Event> = rx.await.unwrap_or_default();
-    let refused: Vec<&Event> = events.iter().filter(|e| e.kind.refuses_command(e.severity)).collect();
-    if let Some(first) = refused.first() {
-        return Reply(StatusCode::CONFLICT, json!({ "error": first.message, "events": events }));
+    let events: Vec<Event> = match api.agent.command(command).await {
+        Ok(events) => events,
+        Err(e) => return not_taken(e),
+    };
+    if let Some(refusal) = events.iter().find(|e| e.kind.refuses_command(e.severity)) {
+        return Reply(StatusCode::CONFLICT, json!({ "error": refusal.message, "events": events }));
     }
     ok(json!({ "events": events }))
 }
 
-async fn ask<T>(api: &Api, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Control) -> Option<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A bounded queue: a loop that far behind answers "busy" (503) instead of queuing more.
-    if let Err(e) = api.shared.control.try_send(make(tx)) {
-        tracing::warn!("an API request was not taken: {}", not_taken(&e));
-        return None;
-    }
-    rx.await.ok()
-}
-
-/// Why the agent loop did not take a request.
-fn not_taken<T>(e: &tokio::sync::mpsc::error::TrySendError<T>) -> &'static str {
-    match e {
-        tokio::sync::mpsc::error::TrySendError::Full(_) => {
-            "the agent is busy: its request queue is full; ask again in a moment"
-        }
-        tokio::sync::mpsc::error::TrySendError::Closed(_) => "the agent is stopping",
-    }
+/// The agent loop did not take a request: 503, with whether it is busy or stopping.
+fn not_taken(e: NotTaken) -> Reply {
+    tracing::warn!("an API request was not taken: {e}");
+    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -264,7 +249,7 @@ async fn status(State(api): Ctx, headers: HeaderMap, Query(q): Query<StatusQuery
     if !q.local
         && !headers.contains_key(FORWARDED)
         && let Some(master) = status.master.as_deref()
-        && master != api.shared.me
+        && master != api.agent.me()
     {
         let answer =
             forward_within(&api, master, &Method::GET, "/api/v1/status?local=true", None, PEER_READ_TIMEOUT).await;
@@ -350,19 +335,8 @@ async fn diagnose(State(api): Ctx, Path(vm): Path<String>) -> Reply {
 
 /// The body of protect: every field optional (kept from the VM's current settings, or the
 /// defaults: priority `restart`, order 0).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct ProtectBody {
-    priority: Option<RestartPriority>,
-    order: Option<u32>,
-    group: Option<String>,
-    depends_on: Option<Vec<String>>,
-    required_host_labels: Option<Vec<String>>,
-    anti_affinity_group: Option<String>,
-}
-
 async fn protect(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
-    let request: ProtectBody = match body(&bytes) {
+    let request: ProtectRequest = match body(&bytes) {
         Ok(b) => b,
         Err(e) => return e,
     };
@@ -376,8 +350,7 @@ async fn unprotect(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, 
     if let Err(e) = body::<EmptyBody>(&bytes) {
         return e;
     }
-    let request = ProtectBody { priority: Some(RestartPriority::Unprotected), ..ProtectBody::default() };
-    set_protection(&api, &headers, &vm, request, bytes, "unprotect").await
+    set_protection(&api, &headers, &vm, ProtectRequest::unprotect(), bytes, "unprotect").await
 }
 
 #[derive(Deserialize)]
@@ -388,7 +361,7 @@ async fn set_protection(
     api: &Api,
     headers: &HeaderMap,
     vm: &str,
-    request: ProtectBody,
+    request: ProtectRequest,
     bytes: Bytes,
     verb: &str,
 ) -> Reply {
@@ -400,47 +373,36 @@ async fn set_protection(
         }
         Ok(None) => {}
     }
-    let status = match current(api).await {
-        Ok(s) => s,
+    let in_force = match snapshot(api).await {
+        Ok(s) => Arc::clone(&s.config),
         Err(e) => return e,
     };
-    let existing = status.vms.iter().find(|v| v.name == vm);
     let (host, xml, running) = match find_domain(&api.config, vm).await {
         Ok(Some(found)) => found,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no host has a domain named {vm}")),
         Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{vm}: {e}")),
     };
     let found = protectability(&api.config, &xml);
-    let priority = request.priority.or(existing.map(|v| v.priority)).unwrap_or(RestartPriority::Restart);
-    if priority != RestartPriority::Unprotected && !found.problems.is_empty() {
-        return Reply(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({ "error": format!("{vm} cannot be protected: {}", found.problems.join("; ")), "problems": found.problems }),
-        );
-    }
-    let depends_on = request.depends_on.or(existing.map(|v| v.depends_on.clone())).unwrap_or_default();
-    let names: Vec<&str> = status.vms.iter().map(|v| v.name.as_str()).collect();
-    if let Some(missing) = depends_on.iter().find(|d| !names.contains(&d.as_str()) || d.as_str() == vm) {
-        return error(StatusCode::BAD_REQUEST, format!("depends-on: `{missing}` is not another VM halo knows"));
-    }
-    let spec = VmSpec {
-        name: vm.to_string(),
-        memory_mib: existing.map_or(found.memory_mib, |v| v.memory_mib).max(1),
-        vcpus: existing.map_or(found.vcpus, |v| v.vcpus).max(1),
-        priority,
-        order: request.order.or(existing.map(|v| v.order)).unwrap_or(0),
-        group: request.group.or(existing.and_then(|v| v.group.clone())),
-        depends_on,
-        required_host_labels: request.required_host_labels.unwrap_or_default(),
-        anti_affinity_group: request.anti_affinity_group,
+    let domain = DomainFacts { memory_mib: found.memory_mib, vcpus: found.vcpus, problems: found.problems };
+    let spec = match protection_spec(vm, request, &in_force, &domain, verb == "unprotect") {
+        Ok(spec) => spec,
+        Err(e @ ProtectError::NotProtectable { .. }) => {
+            return Reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "error": e.to_string(), "problems": domain.problems }),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    let priority = spec.priority;
     let mut warning = None;
     if priority != RestartPriority::Unprotected {
-        match ask(api, |tx| Control::Admit(Box::new(spec.clone()), Some(host.clone()), tx)).await.flatten() {
-            Some(AdmissionVerdict::Refused(why)) => return error(StatusCode::CONFLICT, why),
-            Some(AdmissionVerdict::Warned(why)) => warning = Some(why),
-            Some(AdmissionVerdict::Admitted) => {}
-            None => return error(StatusCode::SERVICE_UNAVAILABLE, "this agent is no longer the master; ask again"),
+        match api.agent.admit(spec.clone(), Some(host.clone())).await {
+            Ok(Some(AdmissionVerdict::Refused(why))) => return error(StatusCode::CONFLICT, why),
+            Ok(Some(AdmissionVerdict::Warned(why))) => warning = Some(why),
+            Ok(Some(AdmissionVerdict::Admitted)) => {}
+            Ok(None) => return error(StatusCode::SERVICE_UNAVAILABLE, "this agent is no longer the master; ask again"),
+            Err(e) => return not_taken(e),
         }
     }
     let record = halo_datastore::ProtectedVm {
@@ -480,7 +442,7 @@ where
 {
     let mut written = 0;
     let mut failures = Vec::new();
-    for store in &api.shared.datastores {
+    for store in api.agent.datastores() {
         match write(Arc::clone(store)).await {
             Ok(()) => written += 1,
             Err(e) => failures.push(e.to_string()),
@@ -492,7 +454,7 @@ where
             format!("no datastore took the change: {}", failures.join("; ")),
         ));
     }
-    api.shared.catalog_refresh.notify_one();
+    api.agent.refresh_catalog();
     Ok(failures)
 }
 
@@ -521,7 +483,7 @@ async fn stop(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes
                 // Answer once it is off (the power-off runs in the driver).
                 for _ in 0..300 {
                     let here = |s: ClusterStatus| {
-                        s.vms.iter().any(|v| v.name == vm && v.host.as_deref() == Some(&api.shared.me))
+                        s.vms.iter().any(|v| v.name == vm && v.host.as_deref() == Some(api.agent.me()))
                     };
                     if !current(&api).await.is_ok_and(here) {
                         break;
@@ -600,8 +562,14 @@ async fn plan(State(api): Ctx, headers: HeaderMap, Query(q): Query<PlanQuery>) -
                 Ok(s) => s.plan,
                 Err(e) => return e,
             };
-            let what_if =
-                if failed.is_empty() { None } else { ask(&api, |tx| Control::WhatIf(failed, tx)).await.flatten() };
+            let what_if = if failed.is_empty() {
+                None
+            } else {
+                match api.agent.what_if(failed).await {
+                    Ok(what_if) => what_if,
+                    Err(e) => return not_taken(e),
+                }
+            };
             ok(json!({ "plan": plan, "what-if": what_if }))
         }
     }
@@ -633,8 +601,8 @@ async fn alerts(State(api): Ctx, headers: HeaderMap, Query(q): Query<EventsQuery
 
 async fn list_events(api: &Arc<Api>, headers: &HeaderMap, q: EventsQuery, alerts_only: bool) -> Reply {
     let mut all: Vec<Value> = api
-        .shared
-        .events
+        .agent
+        .events()
         .list(q.since, q.limit, alerts_only)
         .into_iter()
         .filter_map(|e| serde_json::to_value(e).ok())
@@ -644,7 +612,7 @@ async fn list_events(api: &Arc<Api>, headers: &HeaderMap, q: EventsQuery, alerts
         // Every peer at once, briefly: a dead host must not hold up the status page.
         let path = format!("/api/v1/{}?limit={}", if alerts_only { "alerts" } else { "events" }, q.limit);
         let mut asked = tokio::task::JoinSet::new();
-        for host in api.peers.keys().filter(|h| **h != api.shared.me).cloned() {
+        for host in api.peers.keys().filter(|h| h.as_str() != api.agent.me()).cloned() {
             let (api, path) = (Arc::clone(api), path.clone());
             asked.spawn(async move {
                 let answer = forward_within(&api, &host, &Method::GET, &path, None, PEER_READ_TIMEOUT).await;
@@ -712,13 +680,14 @@ async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
     if let Err(e) = body::<EmptyBody>(&bytes) {
         return e;
     }
-    let Some(results) = ask(&api, Control::ReloadPlugins).await else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is busy or stopping; ask again in a moment");
+    let results = match api.agent.reload_plugins().await {
+        Ok(results) => results,
+        Err(e) => return not_taken(e),
     };
     let mut hosts = BTreeMap::new();
     let failed = results.iter().any(|(_, r)| r.is_err());
     hosts.insert(
-        api.shared.me.clone(),
+        api.agent.me().to_string(),
         json!(
             results
                 .into_iter()
@@ -728,7 +697,7 @@ async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
     );
     let mut all_ok = !failed;
     if !headers.contains_key(FORWARDED) {
-        for host in api.peers.keys().filter(|h| **h != api.shared.me) {
+        for host in api.peers.keys().filter(|h| h.as_str() != api.agent.me()) {
             let answer = forward(&api, host, &Method::POST, "/api/v1/plugins/reload", None).await;
             all_ok &= answer.0 == StatusCode::OK;
             hosts.insert(host.clone(), answer.1.get("hosts").and_then(|h| h.get(host)).cloned().unwrap_or(answer.1));
@@ -744,7 +713,7 @@ async fn metrics(State(api): Ctx) -> Response {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let Snapshot { status, plugins } = &*snap;
+    let Snapshot { status, plugins, .. } = &*snap;
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut text = String::new();
     let mut push = |name: &str, kind: &str, help: &str, samples: Vec<String>| {
@@ -755,7 +724,7 @@ async fn metrics(State(api): Ctx) -> Response {
     };
     let flag = |b: bool| u8::from(b);
     push("halo_up", "gauge", "The agent runs.", vec!["halo_up 1".into()]);
-    let live = &api.shared.liveness;
+    let live = api.agent.liveness();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     for (name, kind, help, value) in [
         (
@@ -856,7 +825,7 @@ async fn metrics(State(api): Ctx) -> Response {
             format!("halo_vms{{protected=\"false\",running=\"false\"}} {}", count(false, false)),
         ]
     });
-    let counts = api.shared.events.counts();
+    let counts = api.agent.events().counts();
     let restarts: u64 = counts
         .iter()
         .filter(|((k, _), _)| matches!(k, EventKind::VmRestarted | EventKind::VmRestartedInPlace))
@@ -890,7 +859,7 @@ async fn metrics(State(api): Ctx) -> Response {
         "Alerts the webhook did not take.",
         vec![format!(
             "halo_alert_webhook_failures_total {}",
-            api.shared.events.webhook_failures.load(std::sync::atomic::Ordering::Relaxed)
+            api.agent.events().webhook_failures.load(std::sync::atomic::Ordering::Relaxed)
         )],
     );
     if let Some(plan) = &status.plan {

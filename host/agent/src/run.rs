@@ -9,12 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use halo_core::capacity::AdmissionVerdict;
 use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
-use halo_core::node::{ClusterStatus, PingTarget, WhatIf};
+use halo_core::node::PingTarget;
 use halo_core::{
-    Claim, ClusterConfig, Command, DatastoreRecord, Event, EventKind, Heartbeat, Input, Node, Severity, StopReason,
-    VmSpec, VmState,
+    Claim, ClusterConfig, DatastoreRecord, Event, EventKind, Heartbeat, Input, Node, Severity, StopReason, VmState,
 };
 use halo_datastore::{Datastore, Datastores, Location, NfsTarget};
 use halo_libvirt::events::StopKind;
@@ -25,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::events::{EventLog, LoggedEvent};
+use crate::handle::{AgentHandle, Control, HandleParts, PluginStatus, ReloadOutcome, Snapshot};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,74 +43,6 @@ pub enum StartError {
     /// This host's libvirt.
     #[error("this host's libvirt: {0}")]
     Libvirt(String),
-}
-
-/// What the agent loop publishes for the API, the status page and `/metrics`.
-pub struct Shared {
-    /// This host.
-    pub me: String,
-    /// The event log.
-    pub events: Arc<EventLog>,
-    /// Requests to the agent loop (bounded: a full queue is answered "busy").
-    pub control: mpsc::Sender<Control>,
-    /// The node's picture and the plugins' counters, as the loop published them last.
-    pub snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
-    /// Wakes the catalog task (protected VMs and settings on the datastores) at once.
-    pub catalog_refresh: Arc<tokio::sync::Notify>,
-    /// The datastores (for the API's writes).
-    pub datastores: Vec<Arc<Datastore>>,
-    /// The liveness path's figures (`/metrics`).
-    pub liveness: Arc<crate::liveness::LivenessStats>,
-}
-
-/// One decision point's plugin and counters.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct PluginStatus {
-    /// `isolation-policy`, `placement-engine`, `restart-policy`.
-    pub world: String,
-    /// The plugin file in force (`None`: the built-in policy).
-    pub file: Option<String>,
-    /// Its SHA-256.
-    pub sha256: Option<String>,
-    /// Decisions asked for.
-    pub calls: u64,
-    /// Decisions the built-in policy gave instead.
-    pub fallbacks: u64,
-    /// Failures by kind.
-    pub failures: BTreeMap<String, u64>,
-    /// Time spent deciding, seconds.
-    pub seconds: f64,
-    /// Loads and swaps, and the ones that failed.
-    pub reloads: u64,
-    /// Loads that failed (the old plugin stayed in force).
-    pub failed_reloads: u64,
-}
-
-/// The node's picture and the plugins' counters, as the agent loop sees them now.
-#[derive(Clone)]
-pub struct Snapshot {
-    /// What the node knows.
-    pub status: ClusterStatus,
-    /// Each decision point's plugin and counters.
-    pub plugins: Vec<PluginStatus>,
-}
-
-/// A request to the agent loop, with where its answer goes.
-pub enum Control {
-    /// An operator command; answered with the events it caused.
-    Command(Command, tokio::sync::oneshot::Sender<Vec<Event>>),
-    /// "What if these hosts failed" (master only).
-    WhatIf(Vec<String>, tokio::sync::oneshot::Sender<Option<WhatIf>>),
-    /// The admission check for protecting a VM running on a host (master only).
-    Admit(Box<VmSpec>, Option<String>, tokio::sync::oneshot::Sender<Option<AdmissionVerdict>>),
-    /// Reload every plugin file now; answered per decision point.
-    ReloadPlugins(tokio::sync::oneshot::Sender<Vec<(String, Result<String, String>)>>),
-    /// Plugin files were reloaded off the loop (the outcome, to be recorded as events).
-    PluginsReloaded(Vec<(String, Result<String, String>)>),
-    /// The cluster config merged with the datastores' run-time changes differs from the one
-    /// in force.
-    Apply(Box<ClusterConfig>),
 }
 
 /// The plugin policies the loop decides with: shared with the blocking threads that compile
@@ -220,8 +151,12 @@ impl EventSink for AgentDrivers {
 /// outcomes); beyond that the API answers "busy".
 const CONTROL_QUEUE: usize = 256;
 
-/// Runs the agent until the process ends. Must run inside a multi-thread tokio runtime.
-pub async fn run(config: AgentConfig) -> Result<(), StartError> {
+/// Starts the agent: connects its drivers, compiles its plugins, starts the liveness path.
+/// Answers with the handle to the agent loop and the loop itself, to be awaited (it ends on
+/// SIGTERM or SIGINT). Must run inside a multi-thread tokio runtime.
+pub async fn start(
+    config: &AgentConfig,
+) -> Result<(AgentHandle, impl std::future::Future<Output = Result<(), StartError>> + use<>), StartError> {
     let runtime = tokio::runtime::Handle::current();
     let key = ClusterKey::from_file(&config.key_file)?;
     let me = config.host.clone();
@@ -391,12 +326,18 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
 
     let incarnation = crate::events::unix_ms();
     let mut node = Node::new(&me, cluster, 0).with_incarnation(incarnation);
-    let (snapshot_tx, snapshot_rx) =
-        tokio::sync::watch::channel(Arc::new(Snapshot { status: node.status(), plugins: plugin_status(&policies) }));
-    let publish_snapshot = |node: &Node| {
-        snapshot_tx.send_replace(Arc::new(Snapshot { status: node.status(), plugins: plugin_status(&policies) }));
+    let mut in_force = Arc::new(node.config().clone());
+    let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(Snapshot {
+        status: node.status(),
+        plugins: plugin_status(&policies),
+        config: Arc::clone(&in_force),
+    }));
+    let published = Arc::clone(&policies);
+    let publish_snapshot = move |node: &Node, config: &Arc<ClusterConfig>| {
+        let plugins = plugin_status(&published);
+        snapshot_tx.send_replace(Arc::new(Snapshot { status: node.status(), plugins, config: Arc::clone(config) }));
     };
-    let shared = Arc::new(Shared {
+    let handle = AgentHandle::new(HandleParts {
         me: me.clone(),
         events,
         control,
@@ -405,11 +346,6 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         liveness: liveness.stats_handle(),
         snapshot: snapshot_rx,
     });
-    if config.api.is_some() {
-        crate::api::serve(Arc::clone(&shared), Arc::new(config.clone()))
-            .await
-            .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
-    }
     let host_watchdog = match &config.watchdog.device {
         Some(device) => Some(
             crate::watchdog::HostWatchdog::open(device)
@@ -417,74 +353,82 @@ pub async fn run(config: AgentConfig) -> Result<(), StartError> {
         ),
         None => None,
     };
-    liveness.arm(host_watchdog);
-    let mut stop = std::pin::pin!(stop_requested());
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    // After a stall, one tick — not a burst of the ones missed.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
-    // When the node was last fed (monotonic): a longer gap than the stall gap is told to the
-    // node before anything else, so it does not judge from what it knew before (core `resume`).
-    let mut last_fed: u64 = 0;
-    tracing::info!(host = %me, cluster = %config.cluster, "halo agent running");
-    loop {
-        let input = tokio::select! {
-            _ = tick.tick() => Input::Tick,
-            Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: received.heartbeat },
-            Some(input) = inputs_rx.recv() => input,
-            () = &mut stop => {
-                // A deliberate stop: the VMs stay (the others see "agent down").
-                tracing::info!(host = %me, "stopping on request; VMs stay where they run");
-                drop(drivers);
-                match Arc::try_unwrap(liveness) {
-                    Ok(liveness) => liveness.stop(node.protected_here()),
-                    Err(_) => tracing::error!("the liveness path is still shared; the host watchdog stays armed"),
-                }
-                return Ok(());
-            }
-            Some(request) = control_rx.recv() => {
-                let now = started.elapsed().as_millis() as u64;
-                resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
-                let context = ControlContext { known: &known, local_uri: &local_uri, inputs: &inputs, control: &control_back };
-                handle_control(request, now, &mut node, &mut decide, &mut drivers, &context);
-                publish(&node, &liveness);
-                publish_snapshot(&node);
-                continue;
-            }
-        };
-        let is_tick = input == Input::Tick;
-        let is_heartbeat = matches!(input, Input::Heartbeat { .. });
-        let now = started.elapsed().as_millis() as u64;
-        resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
-        for action in node.handle(now, input, &mut decide) {
-            carry_out(action, &mut drivers);
-        }
-        // Heartbeats are most of the inputs (hosts × networks × 4 a second): after them only the
-        // step is counted; what the core decided is published after every other input and tick.
-        if is_heartbeat {
-            liveness.progressed();
-        } else {
-            publish(&node, &liveness);
-        }
-        if is_tick {
-            publish_snapshot(&node);
-            ticks += 1;
-            if ticks.is_multiple_of(20) && !reloading.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                // A replaced plugin file is compiled on a blocking thread and swapped in when
-                // ready (or refused, the old one staying); the loop only records the outcome.
-                let (policies, reloading, control) =
-                    (Arc::clone(&policies), Arc::clone(&reloading), control_back.clone());
-                tokio::task::spawn_blocking(move || {
-                    let results = reload_plugins(&policies, true);
-                    reloading.store(false, std::sync::atomic::Ordering::SeqCst);
-                    if !results.is_empty() {
-                        let _ = control.blocking_send(Control::PluginsReloaded(results));
+    let cluster_name = config.cluster.clone();
+    let agent_loop = async move {
+        liveness.arm(host_watchdog);
+        let mut stop = std::pin::pin!(stop_requested());
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // After a stall, one tick — not a burst of the ones missed.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        // When the node was last fed (monotonic): a longer gap than the stall gap is told to the
+        // node before anything else, so it does not judge from what it knew before (core `resume`).
+        let mut last_fed: u64 = 0;
+        tracing::info!(host = %me, cluster = %cluster_name, "halo agent running");
+        loop {
+            let input = tokio::select! {
+                _ = tick.tick() => Input::Tick,
+                Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: received.heartbeat },
+                Some(input) = inputs_rx.recv() => input,
+                () = &mut stop => {
+                    // A deliberate stop: the VMs stay (the others see "agent down").
+                    tracing::info!(host = %me, "stopping on request; VMs stay where they run");
+                    drop(drivers);
+                    match Arc::try_unwrap(liveness) {
+                        Ok(liveness) => liveness.stop(node.protected_here()),
+                        Err(_) => tracing::error!("the liveness path is still shared; the host watchdog stays armed"),
                     }
-                });
+                    return Ok(());
+                }
+                Some(request) = control_rx.recv() => {
+                    let now = started.elapsed().as_millis() as u64;
+                    resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
+                    let context = ControlContext { known: &known, local_uri: &local_uri, inputs: &inputs, control: &control_back };
+                    let applies = matches!(request, Control::Apply(_));
+                    handle_control(request, now, &mut node, &mut decide, &mut drivers, &context);
+                    if applies {
+                        in_force = Arc::new(node.config().clone());
+                    }
+                    publish(&node, &liveness);
+                    publish_snapshot(&node, &in_force);
+                    continue;
+                }
+            };
+            let is_tick = input == Input::Tick;
+            let is_heartbeat = matches!(input, Input::Heartbeat { .. });
+            let now = started.elapsed().as_millis() as u64;
+            resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
+            for action in node.handle(now, input, &mut decide) {
+                carry_out(action, &mut drivers);
+            }
+            // Heartbeats are most of the inputs (hosts × networks × 4 a second): after them only the
+            // step is counted; what the core decided is published after every other input and tick.
+            if is_heartbeat {
+                liveness.progressed();
+            } else {
+                publish(&node, &liveness);
+            }
+            if is_tick {
+                publish_snapshot(&node, &in_force);
+                ticks += 1;
+                if ticks.is_multiple_of(20) && !reloading.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    // A replaced plugin file is compiled on a blocking thread and swapped in when
+                    // ready (or refused, the old one staying); the loop only records the outcome.
+                    let (policies, reloading, control) =
+                        (Arc::clone(&policies), Arc::clone(&reloading), control_back.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let results = reload_plugins(&policies, true);
+                        reloading.store(false, std::sync::atomic::Ordering::SeqCst);
+                        if !results.is_empty() {
+                            let _ = control.blocking_send(Control::PluginsReloaded(results));
+                        }
+                    });
+                }
             }
         }
-    }
+    };
+    Ok((handle, agent_loop))
 }
 
 /// Feeds `Input::Resumed` when the node was not fed for the stall gap or longer (the process
@@ -616,12 +560,12 @@ fn handle_control(
 }
 
 /// Reloads every plugin slot with a file: all of them, or only those whose file changed.
-fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<(String, Result<String, String>)> {
+fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<ReloadOutcome> {
     fn one<W: halo_plugin_runtime::PolicyWorld>(
         world: &str,
         slot: &halo_plugin_runtime::PluginSlot<W>,
         only_changed: bool,
-    ) -> Option<(String, Result<String, String>)> {
+    ) -> Option<ReloadOutcome> {
         let result = if only_changed { slot.reload_if_changed() } else { slot.reload() }?;
         let result = result
             .map(|i| format!("{} ({})", i.path.display(), &i.sha256[..12.min(i.sha256.len())]))
@@ -740,12 +684,9 @@ async fn watch_catalog(
         }
         // The newest record of each VM among the datastores reached this round (by reference:
         // nothing is copied while nothing changed).
-        let mut records: BTreeMap<&str, &halo_datastore::ProtectedVm> = BTreeMap::new();
-        for vm in known.iter().zip(&reachable).filter(|(_, reached)| **reached).flat_map(|(k, _)| &k.vms) {
-            if records.get(vm.name.as_str()).is_none_or(|r| r.revision < vm.revision) {
-                records.insert(&vm.name, vm);
-            }
-        }
+        let records = halo_core::settings::newest(
+            known.iter().zip(&reachable).filter(|(_, reached)| **reached).flat_map(|(k, _)| &k.vms),
+        );
         let read_any = reachable.contains(&true);
         {
             let mut c = catalog.lock().unwrap_or_else(|p| p.into_inner());
@@ -756,7 +697,8 @@ async fn watch_catalog(
             }
         }
         if read_any {
-            let merged = merge(&base, records.values().filter_map(|r| r.spec.clone()), &settings);
+            let specs = records.values().filter_map(|r| r.spec.as_ref());
+            let merged = halo_core::settings::merge(&base, specs, settings.ha_enabled);
             if merged != in_force {
                 match merged.validate() {
                     Ok(()) => {
@@ -798,44 +740,23 @@ impl KnownCatalog {
         let stamp = store.catalog_stamp().await?;
         let fresh = round.saturating_sub(self.read_in_round) < halo_datastore::CATALOG_FULL_READ_ROUNDS;
         if self.stamp.as_ref() != Some(&stamp) || !fresh {
-            let (mut vms, problems) = store.protected_vms().await?;
-            for (name, problem) in problems {
-                // A damaged record must not unprotect its VM: the version read before stays.
-                let kept = self.vms.iter().find(|v| v.name == name).cloned();
+            let (vms, problems) = store.protected_vms().await?;
+            for (name, problem) in &problems {
+                let kept = self.vms.iter().any(|v| &v.name == name);
                 tracing::error!(
                     datastore = %store.name(),
                     vm = %name,
                     "{problem}; {}",
-                    if kept.is_some() { "keeping the record read before" } else { "the VM is not protected from here" }
+                    if kept { "keeping the record read before" } else { "the VM is not protected from here" }
                 );
-                vms.extend(kept);
             }
-            vms.sort_by(|a, b| a.name.cmp(&b.name));
-            self.vms = vms;
+            let damaged: Vec<String> = problems.into_iter().map(|(name, _)| name).collect();
+            self.vms = halo_core::settings::keep_read_before(&self.vms, vms, &damaged);
             self.stamp = Some(stamp);
             self.read_in_round = round;
         }
         Ok(&self.vms)
     }
-}
-
-/// `halo.toml`'s cluster with the run-time changes over it.
-pub fn merge(
-    base: &ClusterConfig,
-    specs: impl Iterator<Item = VmSpec>,
-    settings: &halo_datastore::ClusterSettings,
-) -> ClusterConfig {
-    let mut merged = base.clone();
-    for spec in specs {
-        match merged.vms.iter_mut().find(|v| v.name == spec.name) {
-            Some(v) => *v = spec,
-            None => merged.vms.push(spec),
-        }
-    }
-    if let Some(on) = settings.ha_enabled {
-        merged.ha.enabled = on;
-    }
-    merged
 }
 
 /// libvirt's lifecycle events of this host as VM states for the core. A stop halo asked for

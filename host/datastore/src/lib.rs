@@ -130,6 +130,18 @@ pub struct ProtectedVm {
     pub revision: u64,
 }
 
+impl halo_core::settings::RuntimeRecord for ProtectedVm {
+    fn vm(&self) -> &str {
+        &self.name
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn spec(&self) -> Option<&halo_core::VmSpec> {
+        self.spec.as_ref()
+    }
+}
+
 /// Cluster-wide settings changed at run time through the API (they override `halo.toml`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]

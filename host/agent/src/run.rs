@@ -15,8 +15,9 @@ use halo_core::{
     Claim, ClusterConfig, DatastoreRecord, Event, EventKind, Heartbeat, Input, Node, Severity, StopReason, VmState,
 };
 use halo_datastore::{Datastore, Datastores, Location, NfsTarget};
-use halo_libvirt::events::StopKind;
-use halo_libvirt::{Hypervisor, HypervisorConfig, Hypervisors, LifecycleEvent, generation_of};
+use halo_libvirt::{
+    Hypervisor, HypervisorConfig, Hypervisors, LifecycleEvent, LifecycleStates, StateChange, generation_of,
+};
 use halo_net::{ClusterKey, Membership, NetworkEndpoints, Pinger, TransportConfig};
 use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime};
 use tokio::sync::mpsc;
@@ -759,51 +760,30 @@ impl KnownCatalog {
     }
 }
 
-/// libvirt's lifecycle events of this host as VM states for the core. A stop halo asked for
-/// is reported by the driver itself; here only what happened without halo: a crash, QEMU
-/// dying, a shutdown the guest started, a migration away.
+/// This host's libvirt lifecycle events, as VM states (`halo_libvirt::states`), to the core;
+/// only for the VMs halo knows.
 fn forward_lifecycle(
     local: Hypervisor,
     subscription: halo_libvirt::Subscription,
     known: Arc<RwLock<BTreeSet<String>>>,
     inputs: mpsc::UnboundedSender<Input>,
 ) {
-    let mut guest_shutdowns: BTreeSet<String> = BTreeSet::new();
-    let mut generations: BTreeMap<String, u64> = BTreeMap::new();
+    let mut states = LifecycleStates::default();
     while let Ok(event) = subscription.events().recv() {
-        let (vm, state) = match event {
-            LifecycleEvent::Started { domain } => {
-                let generation = local.xml(&domain).ok().as_deref().and_then(generation_of).unwrap_or(1);
-                generations.insert(domain.clone(), generation);
-                (domain, VmState::Running)
-            }
-            LifecycleEvent::ShuttingDown { domain, by_guest } => {
-                if by_guest {
-                    guest_shutdowns.insert(domain);
-                }
-                continue;
-            }
-            LifecycleEvent::Stopped { domain, how } => {
-                let state = match how {
-                    StopKind::Crashed | StopKind::Failed => VmState::Crashed,
-                    StopKind::Shutdown if guest_shutdowns.remove(&domain) => VmState::GuestShutdown,
-                    StopKind::Migrated => VmState::MigratedAway,
-                    _ => continue,
-                };
-                (domain, state)
-            }
-            LifecycleEvent::Crashed { domain } => (domain, VmState::Crashed),
-            LifecycleEvent::ConnectionClosed { reason } => {
-                tracing::error!(
-                    "this host's libvirt connection closed (reason {reason}); VM events stop until the agent restarts"
-                );
-                return;
-            }
+        if let LifecycleEvent::ConnectionClosed { reason } = event {
+            tracing::error!(
+                "this host's libvirt connection closed (reason {reason}); VM events stop until the agent restarts"
+            );
+            return;
+        }
+        let generation_of_domain =
+            |domain: &str| local.xml(domain).ok().as_deref().and_then(generation_of).unwrap_or(1);
+        let Some(StateChange { vm, generation, state }) = states.map(event, generation_of_domain) else {
+            continue;
         };
         if !known.read().unwrap_or_else(|p| p.into_inner()).contains(&vm) {
             continue;
         }
-        let generation = generations.get(&vm).copied().unwrap_or(1);
         if inputs.send(Input::VmState { vm, generation, state }).is_err() {
             return;
         }

@@ -13,6 +13,7 @@
 
 pub mod driver;
 pub mod events;
+pub mod states;
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use virt::sys;
 
 pub use driver::{HypervisorConfig, Hypervisors, generation_of, with_generation};
 pub use events::{LifecycleEvent, Subscription};
+pub use states::{LifecycleStates, StateChange};
 
 /// What went wrong, with what and on which domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -61,6 +61,7 @@ fn body(seq: u64) -> Heartbeat {
         acks: vec![],
         maintenance: vec![],
         ha_disabled: false,
+        ha_off: false,
         stopped: vec![],
         vanished: vec![],
     }

@@ -643,6 +643,7 @@ mod tests {
             acks,
             maintenance: vec![],
             ha_disabled: false,
+            ha_off: false,
             stopped: vec![],
             vanished: vec![],
         }

@@ -37,6 +37,10 @@ pub struct Heartbeat {
     pub maintenance: Vec<String>,
     /// The sender has HA disabled on itself (emergency disable).
     pub ha_disabled: bool,
+    /// HA is switched off for the cluster in the sender's configuration in force: it would
+    /// neither fence itself nor answer isolation if cut off now, so the master must not
+    /// restart its VMs on the strength of its silence.
+    pub ha_off: bool,
     /// VMs the sender stopped on its own (isolation response, fencing): the master may
     /// restart them. Also written to the datastore record.
     pub stopped: Vec<VmReport>,

@@ -249,7 +249,8 @@ pub fn encode(
         }
     }
     w.varint(u64::from(heartbeat.datastores_reachable));
-    w.0.push(u8::from(heartbeat.ha_disabled));
+    // Bit 0: HA disabled on the sender; bit 1: HA off for the cluster in its configuration.
+    w.0.push(u8::from(heartbeat.ha_disabled) | (u8::from(heartbeat.ha_off) << 1));
     w.reports(&heartbeat.vms)?;
     w.strs(&heartbeat.operator_stopped)?;
     w.varint(heartbeat.acks.len() as u64);
@@ -312,11 +313,11 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
         _ => return Err(DropReason::Malformed),
     };
     let datastores_reachable = u32::try_from(r.varint()?).map_err(|_| DropReason::Malformed)?;
-    let ha_disabled = match r.byte()? {
-        0 => false,
-        1 => true,
-        _ => return Err(DropReason::Malformed),
-    };
+    let flags = r.byte()?;
+    if flags > 3 {
+        return Err(DropReason::Malformed);
+    }
+    let (ha_disabled, ha_off) = (flags & 1 != 0, flags & 2 != 0);
     let vms = r.reports()?;
     let operator_stopped = r.strs()?;
     let count = r.count(2)?;
@@ -353,6 +354,7 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
             acks,
             maintenance,
             ha_disabled,
+            ha_off,
             stopped,
             vanished,
         },
@@ -505,6 +507,7 @@ mod tests {
             acks: vec![("host-1".into(), 299), ("host-5".into(), 12)],
             maintenance: vec!["host-4".into()],
             ha_disabled: false,
+            ha_off: false,
             stopped: vec![VmReport { vm: "mail".into(), generation: 2 }],
             vanished: vec![("host-3".into(), VmReport { vm: "dns".into(), generation: 5 })],
         }

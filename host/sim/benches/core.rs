@@ -67,6 +67,7 @@ fn heartbeats(seconds: u64) {
                 acks,
                 maintenance: vec![],
                 ha_disabled: false,
+                ha_off: false,
                 stopped: vec![],
                 vanished: vec![],
             };

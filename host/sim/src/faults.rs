@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::Rng;
 use halo_core::Millis;
+use halo_policy::RestartPriority;
 
 /// One kind of fault (field names say what they are).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,6 +41,21 @@ pub enum FaultKind {
     /// execute. To the others it is dead; a hardware watchdog resets it after the fence
     /// timeout (unless the run has no watchdog); otherwise it resumes where it stopped.
     HostFreeze { host: String },
+    /// The operator puts a host into maintenance (the command goes to the master, which
+    /// evacuates it); it leaves maintenance after the duration.
+    Maintenance { host: String },
+    /// The operator live-migrates a VM to a host (the command goes to the master).
+    Migrate { vm: String, to: String },
+    /// The operator stops a VM through halo (the command goes to the host it runs on): it
+    /// stays stopped, and HA does not restart it.
+    OperatorStop { vm: String },
+    /// The operator changes a VM's restart priority: a run-time change each host applies
+    /// when its catalog task next reads a datastore (within a second, hosts at different
+    /// moments); set back after the duration.
+    Priority { vm: String, priority: RestartPriority },
+    /// The operator switches HA off for the cluster (a run-time change, like `Priority`); on
+    /// again after the duration.
+    HaOff,
 }
 
 impl FaultKind {
@@ -58,11 +74,21 @@ impl FaultKind {
             FaultKind::VmCrash { .. } => "vmcrash",
             FaultKind::AgentPause { .. } => "pause",
             FaultKind::HostFreeze { .. } => "freeze",
+            FaultKind::Maintenance { .. } => "maint",
+            FaultKind::Migrate { .. } => "migrate",
+            FaultKind::OperatorStop { .. } => "stop",
+            FaultKind::Priority { .. } => "priority",
+            FaultKind::HaOff => "haoff",
         }
     }
 
+    /// Whether this is an operator's action rather than a fault.
+    pub fn by_operator(&self) -> bool {
+        Self::OPERATIONS.contains(&self.family())
+    }
+
     /// Every family name.
-    pub const FAMILIES: [&'static str; 12] = [
+    pub const FAMILIES: [&'static str; 17] = [
         "crash",
         "agent",
         "isolate",
@@ -75,12 +101,21 @@ impl FaultKind {
         "vmcrash",
         "pause",
         "freeze",
+        "maint",
+        "migrate",
+        "stop",
+        "priority",
+        "haoff",
     ];
 
     /// The stall families: drawn on a generator of their own, after the others, so that every
     /// seed's schedule of the other families stays what it was before they existed (the seeds
     /// cited in comments and docs still replay).
     pub const STALLS: [&'static str; 2] = ["pause", "freeze"];
+
+    /// The operator's actions: drawn on a generator of their own too (after the stalls), for
+    /// the same reason.
+    pub const OPERATIONS: [&'static str; 5] = ["maint", "migrate", "stop", "priority", "haoff"];
 }
 
 impl std::fmt::Display for FaultKind {
@@ -103,7 +138,22 @@ impl std::fmt::Display for FaultKind {
             FaultKind::VmCrash { vm } => write!(f, "{vm} crashes"),
             FaultKind::AgentPause { host } => write!(f, "the agent on {host} is paused"),
             FaultKind::HostFreeze { host } => write!(f, "{host} freezes whole"),
+            FaultKind::Maintenance { host } => write!(f, "the operator puts {host} into maintenance"),
+            FaultKind::Migrate { vm, to } => write!(f, "the operator migrates {vm} to {to}"),
+            FaultKind::OperatorStop { vm } => write!(f, "the operator stops {vm}"),
+            FaultKind::Priority { vm, priority } => {
+                write!(f, "the operator sets {vm}'s restart priority to {}", priority_name(*priority))
+            }
+            FaultKind::HaOff => write!(f, "the operator switches HA off"),
         }
+    }
+}
+
+fn priority_name(priority: RestartPriority) -> &'static str {
+    match priority {
+        RestartPriority::Restart => "restart",
+        RestartPriority::BestEffort => "best-effort",
+        RestartPriority::Unprotected => "unprotected",
     }
 }
 
@@ -139,8 +189,14 @@ impl Schedule {
     ) -> Self {
         let mut faults = Vec::new();
         let stall_families: Vec<&str> = families.iter().copied().filter(|f| FaultKind::STALLS.contains(f)).collect();
-        let families: Vec<&str> = families.iter().copied().filter(|f| !FaultKind::STALLS.contains(f)).collect();
+        let operations: Vec<&str> = families.iter().copied().filter(|f| FaultKind::OPERATIONS.contains(f)).collect();
+        let families: Vec<&str> = families
+            .iter()
+            .copied()
+            .filter(|f| !FaultKind::STALLS.contains(f) && !FaultKind::OPERATIONS.contains(f))
+            .collect();
         let mut stalls = Rng::new(rng.clone().next_u64() ^ 0x57A1_1ED0_57A1_1ED0);
+        let mut ops = Rng::new(rng.clone().next_u64() ^ 0x0BE2_A70E_0BE2_A70E);
         let count = rng.between(1, 4);
         let window = duration * 6 / 10;
         let pick = |rng: &mut Rng, list: &[String]| list[rng.below(list.len() as u64) as usize].clone();
@@ -197,6 +253,27 @@ impl Schedule {
             let kind = if family == "pause" { FaultKind::AgentPause { host } } else { FaultKind::HostFreeze { host } };
             faults.push(Fault { at, duration, kind });
         }
+        // Operators: one in two schedules gets one or two of their actions, among the faults.
+        if !operations.is_empty() && ops.chance(50) {
+            for _ in 0..ops.between(1, 2) {
+                let family = operations[ops.below(operations.len() as u64) as usize];
+                let at = ops.between(5_000, window.max(5_000));
+                let duration = ops.between(3_000, 30_000).min(window.saturating_sub(at).max(1_000) + 20_000);
+                let kind = match family {
+                    "maint" => FaultKind::Maintenance { host: pick(&mut ops, hosts) },
+                    "migrate" => FaultKind::Migrate { vm: pick(&mut ops, vms), to: pick(&mut ops, hosts) },
+                    "stop" => FaultKind::OperatorStop { vm: pick(&mut ops, vms) },
+                    "priority" => {
+                        let priority =
+                            [RestartPriority::Restart, RestartPriority::BestEffort, RestartPriority::Unprotected]
+                                [ops.below(3) as usize];
+                        FaultKind::Priority { vm: pick(&mut ops, vms), priority }
+                    }
+                    _ => FaultKind::HaOff,
+                };
+                faults.push(Fault { at, duration, kind });
+            }
+        }
         faults.sort_by_key(|f| f.at);
         Self { faults }
     }
@@ -214,7 +291,7 @@ pub struct FaultParseError {
 
 const FAULT_SYNTAX: &str = "crash:HOST, agent:HOST, isolate:HOST, isolate-all:HOST, partition:HOST+HOST..., \
 link:HOST:NET, oneway:NET:FROM:TO, loss:NET:PERCENT, datastore:DS, dscut:HOST:DS, vmcrash:VM, pause:HOST, \
-freeze:HOST";
+freeze:HOST; the operator's: maint:HOST, migrate:VM:HOST, stop:VM, priority:VM:PRIORITY, haoff";
 
 /// `10s`, `1500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<Millis> {
@@ -297,6 +374,20 @@ impl std::str::FromStr for Fault {
             "vmcrash" => want(1).map(|()| FaultKind::VmCrash { vm: arg(0) })?,
             "pause" => want(1).map(|()| FaultKind::AgentPause { host: arg(0) })?,
             "freeze" => want(1).map(|()| FaultKind::HostFreeze { host: arg(0) })?,
+            "maint" => want(1).map(|()| FaultKind::Maintenance { host: arg(0) })?,
+            "migrate" => want(2).map(|()| FaultKind::Migrate { vm: arg(0), to: arg(1) })?,
+            "stop" => want(1).map(|()| FaultKind::OperatorStop { vm: arg(0) })?,
+            "priority" => {
+                want(2)?;
+                let priority = match args[1].trim() {
+                    "restart" => RestartPriority::Restart,
+                    "best-effort" => RestartPriority::BestEffort,
+                    "unprotected" => RestartPriority::Unprotected,
+                    _ => return Err(fail("the priority is restart, best-effort or unprotected")),
+                };
+                FaultKind::Priority { vm: arg(0), priority }
+            }
+            "haoff" => want(0).map(|()| FaultKind::HaOff)?,
             other => return Err(fail(&format!("unknown kind `{other}`"))),
         };
         Ok(Fault { at, duration, kind })
@@ -324,7 +415,14 @@ impl Fault {
             | FaultKind::AgentCrash { host }
             | FaultKind::Isolate { host, .. }
             | FaultKind::AgentPause { host }
-            | FaultKind::HostFreeze { host } => check(host, hosts, "host"),
+            | FaultKind::HostFreeze { host }
+            | FaultKind::Maintenance { host } => check(host, hosts, "host"),
+            FaultKind::Migrate { vm, to } => {
+                check(vm, vms, "VM");
+                check(to, hosts, "host");
+            }
+            FaultKind::OperatorStop { vm } | FaultKind::Priority { vm, .. } => check(vm, vms, "VM"),
+            FaultKind::HaOff => {}
             FaultKind::Partition { side } => side.iter().for_each(|h| check(h, hosts, "host")),
             FaultKind::OneWayCut { network, from, to } => {
                 check(network, networks, "network");
@@ -362,6 +460,13 @@ mod tests {
         let f: Fault = "loss:A:30@2m/500ms".parse().expect("valid");
         assert_eq!((f.at, f.duration), (120_000, 500));
         assert_eq!(f.kind, FaultKind::Loss { network: "A".into(), percent: 30 });
+        let f: Fault = "priority:vm-001:best-effort@5s".parse().expect("valid");
+        assert_eq!(f.kind, FaultKind::Priority { vm: "vm-001".into(), priority: RestartPriority::BestEffort });
+        assert!(f.kind.by_operator());
+        let f: Fault = "haoff@5s/10s".parse().expect("valid");
+        assert_eq!((f.kind, f.duration), (FaultKind::HaOff, 10_000));
+        let f: Fault = "migrate:vm-001:host-3@5s".parse().expect("valid");
+        assert_eq!(f.kind, FaultKind::Migrate { vm: "vm-001".into(), to: "host-3".into() });
     }
 
     #[test]
@@ -373,6 +478,8 @@ mod tests {
             ("crash@1s", "takes 1 argument"),
             ("flood:A@1s", "unknown kind `flood`"),
             ("loss:A:300@1s", "percent"),
+            ("priority:vm-001:urgent@1s", "restart, best-effort or unprotected"),
+            ("haoff:now@1s", "takes 0 argument"),
             ("partition:host-1+@1s", "empty"),
             ("crash:@1s", "empty"),
             ("crash:host-1@-5s", "not a time"),

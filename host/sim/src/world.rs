@@ -7,8 +7,8 @@ use halo_core::capacity::FailoverPlan;
 use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
 use halo_core::node::PingTarget;
 use halo_core::{
-    Action, Claim, ClaimOutcome, ClusterConfig, DatastoreRecord, Event, EventKind, Heartbeat, Input, Millis, Node,
-    Policies, Severity, StopReason, VmState,
+    Action, Claim, ClaimOutcome, ClusterConfig, Command, DatastoreRecord, Event, EventKind, Heartbeat, Input, Millis,
+    Node, Policies, Severity, StopReason, VmState,
 };
 use serde::Serialize;
 
@@ -224,6 +224,35 @@ enum Ev {
     StallWatchdog(usize, u64, Millis),
     Reboot(usize, u64),
     PlanSnapshot(String),
+    /// An operator command, to the agent it goes to (retried each second while there is
+    /// none that can take it, until `until`).
+    Operate {
+        command: Command,
+        until: Millis,
+    },
+    /// Host `h`'s catalog task reads the run-time changes of `version` (stale versions are
+    /// skipped: it applies only the newest).
+    Apply(usize, u64),
+}
+
+/// What the operator did, as the simulator knows it (its truth, not any node's view): the
+/// checker judges the nodes' actions against it.
+#[derive(Default)]
+struct Operator {
+    /// Hosts the operator put into maintenance and has not taken out.
+    maintenance: BTreeSet<String>,
+    /// The VM whose migration the operator is asking for right now.
+    migrating: Option<String>,
+    /// VMs the operator stopped through halo.
+    stopped: BTreeSet<String>,
+    /// VMs the end-of-run liveness check leaves alone: their priority was lowered at some
+    /// point, or they were down when HA was switched on again (HA does not start a VM that
+    /// was down before it was protected).
+    exempt: BTreeSet<String>,
+    /// The version of the run-time changes (`Sim::config` holds the newest).
+    version: u64,
+    /// A VM's priority before the operator changed it (by fault index).
+    priority_before: BTreeMap<usize, halo_policy::RestartPriority>,
 }
 
 struct SimHost {
@@ -290,6 +319,7 @@ pub struct Sim<'p> {
     last_host: BTreeMap<String, usize>,
     steps: u64,
     plans: Vec<PlanSnapshot>,
+    operator: Operator,
 }
 
 impl<'p> Sim<'p> {
@@ -343,6 +373,7 @@ impl<'p> Sim<'p> {
             last_host: BTreeMap::new(),
             steps: 0,
             plans: Vec::new(),
+            operator: Operator::default(),
         };
         // VMs start where they belong, generation 1; hosts with room only.
         let mut free: Vec<u64> = sim.config.hosts.iter().map(|h| h.memory_mib).collect();
@@ -453,6 +484,7 @@ impl<'p> Sim<'p> {
                 let result = if ok {
                     let generation = self.hosts[from].vms.remove(&vm).unwrap_or(1);
                     self.hosts[to].vms.insert(vm.clone(), generation);
+                    self.last_host.insert(vm.clone(), to);
                     self.deliver(from, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::MigratedAway });
                     self.deliver(to, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::Running });
                     Ok(())
@@ -475,6 +507,18 @@ impl<'p> Sim<'p> {
                 }
             }
             Ev::PlanSnapshot(label) => self.snapshot_plan(label),
+            Ev::Operate { command, until } => self.operate(command, until),
+            Ev::Apply(h, version) => {
+                if version != self.operator.version || !self.hosts[h].up || self.hosts[h].node.is_none() {
+                    return; // a newer change follows, or the agent starts with the newest
+                }
+                let reads_a_datastore = self.config.datastores.iter().any(|d| self.store_reachable(d, h));
+                if reads_a_datastore {
+                    self.deliver(h, 0, Input::ConfigChanged(Box::new(self.config.clone())));
+                } else {
+                    self.push(self.now + 1_000, Ev::Apply(h, version));
+                }
+            }
             Ev::FaultStart(i) => self.fault(i, true),
             Ev::FaultEnd(i) => self.fault(i, false),
             Ev::AgentRestart(h, epoch) => {
@@ -782,6 +826,49 @@ impl<'p> Sim<'p> {
                     }
                 }
             }
+            FaultKind::Maintenance { host: name } => {
+                let command = if start { Command::EnterMaintenance(name) } else { Command::ExitMaintenance(name) };
+                // Exiting is retried until the end: a host left in maintenance takes no VMs.
+                let until = if start { self.now + duration } else { self.opts.duration };
+                self.operate(command, until);
+            }
+            FaultKind::Migrate { vm, to } => {
+                if start {
+                    self.operate(Command::MigrateVm { vm, to }, self.now + duration);
+                }
+            }
+            FaultKind::OperatorStop { vm } => {
+                if start {
+                    self.operate(Command::StopVm(vm), self.now + duration);
+                }
+            }
+            FaultKind::Priority { vm, priority } => {
+                let Some(spec) = self.config.vms.iter_mut().find(|v| v.name == vm) else { return };
+                if start {
+                    self.operator.priority_before.insert(i, spec.priority);
+                    spec.priority = priority;
+                    if priority != halo_policy::RestartPriority::Restart {
+                        self.operator.exempt.insert(vm);
+                    }
+                } else if let Some(before) = self.operator.priority_before.remove(&i) {
+                    spec.priority = before;
+                }
+                self.change_config();
+            }
+            FaultKind::HaOff => {
+                self.config.ha.enabled = !start;
+                if !start {
+                    let down: Vec<String> = self
+                        .config
+                        .vms
+                        .iter()
+                        .filter(|v| !self.hosts.iter().any(|h| h.vms.contains_key(&v.name)))
+                        .map(|v| v.name.clone())
+                        .collect();
+                    self.operator.exempt.extend(down);
+                }
+                self.change_config();
+            }
             FaultKind::VmCrash { vm } => {
                 if let Some(h) = self.hosts.iter().position(|x| x.vms.contains_key(&vm)) {
                     let generation = self.hosts[h].vms.remove(&vm).unwrap_or(1);
@@ -790,6 +877,48 @@ impl<'p> Sim<'p> {
                     self.deliver(h, 200, Input::VmState { vm, generation, state: VmState::Crashed });
                 }
             }
+        }
+    }
+
+    /// Hands an operator command to the agent that takes it (as the API routes it): the
+    /// master for maintenance and migrations, the VM's host for a stop. While none can take
+    /// it (no master, or it is down or stalled), asked again each second until `until`.
+    fn operate(&mut self, command: Command, until: Millis) {
+        let able = |x: &SimHost| x.up && x.node.is_some() && x.stalled.is_none();
+        let target = match &command {
+            Command::StopVm(vm) => self.hosts.iter().position(|x| able(x) && x.executes(vm)),
+            _ => self.hosts.iter().position(|x| able(x) && x.node.as_ref().is_some_and(Node::is_master)),
+        };
+        let Some(h) = target else {
+            if self.now + 1_000 <= until {
+                self.push(self.now + 1_000, Ev::Operate { command, until });
+            }
+            return;
+        };
+        match &command {
+            Command::EnterMaintenance(host) => {
+                self.operator.maintenance.insert(host.clone());
+            }
+            Command::ExitMaintenance(host) => {
+                self.operator.maintenance.remove(host);
+            }
+            Command::MigrateVm { vm, .. } => self.operator.migrating = Some(vm.clone()),
+            Command::StopVm(vm) => {
+                self.operator.stopped.insert(vm.clone());
+            }
+            Command::SetHaEnabled(_) | Command::SetHostHaDisabled(_) => {}
+        }
+        self.feed(h, Input::Command(command));
+        self.operator.migrating = None;
+    }
+
+    /// The operator's run-time change (in `config`) reaches each host when its catalog task
+    /// next reads a datastore: within a second, at a different moment on each host.
+    fn change_config(&mut self) {
+        self.operator.version += 1;
+        for h in 0..self.hosts.len() {
+            let delay = self.rng.below(1_000);
+            self.push(self.now + delay, Ev::Apply(h, self.operator.version));
         }
     }
 
@@ -842,6 +971,7 @@ impl<'p> Sim<'p> {
             .vms
             .iter()
             .filter(|v| v.priority == halo_policy::RestartPriority::Restart && !running.contains(&v.name))
+            .filter(|v| !self.operator.stopped.contains(&v.name) && !self.operator.exempt.contains(&v.name))
             .filter(|v| self.crash_counts.get(&v.name).copied().unwrap_or(0) < self.config.ha.restart_limit)
             .cloned()
             .collect();
@@ -979,10 +1109,13 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
     fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
         let (s, h) = (&mut *self.sim, self.h);
         let (Some(&f), Some(&t)) = (s.index.get(from), s.index.get(to)) else { return };
-        let in_maintenance = s.hosts[h].node.as_ref().is_some_and(|n| n.maintenance().contains(from));
-        if !in_maintenance {
+        // Invariant 4: HA moves a running VM only off a host the operator put into maintenance
+        // (and not taken out since), or when the operator asked for that very migration.
+        let asked = s.operator.migrating.as_deref() == Some(vm);
+        if !asked && !s.operator.maintenance.contains(from) {
             s.violation(format!(
-                "{vm} migrated off {from}, which is not in maintenance: HA must never move a running VM to make room"
+                "{vm} migrated off {from}, which the operator did not put into maintenance: HA must never move \
+                 a running VM to make room"
             ));
         }
         let master = (h, s.hosts[h].agent_epoch);

@@ -276,6 +276,18 @@ impl Node {
                 self.stopped.retain(|r| r.vm != vm);
                 // Started again (by the operator, with libvirt): protected again.
                 self.operator_stopped.remove(vm);
+                // A fenced host runs no protected VM: one that arrives now (a live migration
+                // that completed after the host was cut off, a start by hand) is stopped like
+                // the others, so the cluster can restart it (simulator, seed 10068).
+                if self.fenced && self.config.vm(vm).is_some_and(|s| s.protected()) {
+                    self.record(
+                        Severity::Alert,
+                        EventKind::Fenced,
+                        format!("{vm} came up on {} while it is fenced: stopping it", self.name),
+                        None,
+                    );
+                    self.out.push(Action::StopVm { vm: vm.to_string(), reason: StopReason::Fence, grace_secs: 0 });
+                }
             }
             VmState::StoppedByHalo(StopReason::Operator) => {
                 self.local_vms.remove(vm);
@@ -380,7 +392,7 @@ impl Node {
                 }
             }
             Command::SetHaEnabled(on) => {
-                self.ha_enabled = on;
+                self.set_ha_enabled(on);
                 self.record(
                     Severity::Warning,
                     EventKind::HaEnabled,
@@ -444,6 +456,15 @@ mod tests {
         assert_eq!(action, Action::StopVm { vm: "vm-1".into(), reason: StopReason::Fence, grace_secs: 0 });
         assert!(at - now <= t.fence_timeout_ms + 100, "fenced {} ms after the cut", at - now);
         assert!(at - now + 2 * t.heartbeat_interval_ms <= t.dead_time_ms);
+
+        // A protected VM that arrives while fenced (a live migration that completed after the
+        // cut) is stopped at once too; an unprotected one is left alone.
+        for (vm, stopped) in [("vm-2", true), ("scratch", false)] {
+            let arrived = Input::VmState { vm: vm.into(), generation: 1, state: VmState::Running };
+            let actions = node.handle(at + 500, arrived, &mut BuiltinPolicies);
+            let stop = Action::StopVm { vm: vm.into(), reason: StopReason::Fence, grace_secs: 0 };
+            assert_eq!(actions.contains(&stop), stopped, "{vm}: {actions:?}");
+        }
     }
 
     #[test]

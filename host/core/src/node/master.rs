@@ -302,7 +302,8 @@ impl Node {
             if peer.ha_disabled {
                 continue;
             }
-            if peer.verdict == Some(Verdict::Failed) {
+            // A host that is not armed (HA off there, as last heard) may run on, cut off.
+            if peer.verdict == Some(Verdict::Failed) && !peer.ha_off {
                 for report in &peer.vms {
                     lost.push((report.vm.clone(), host.clone(), report.generation, "its host failed"));
                 }
@@ -976,9 +977,23 @@ impl Node {
         if !alive {
             return refuse(self, format!("{to} is not running (see halo status)"));
         }
+        if !self.heard_lately(to) {
+            return refuse(self, format!("{to} has not been heard in the last few heartbeats; try again when it is"));
+        }
         self.master.as_mut().expect("master").migrating.insert(vm.to_string());
         self.record(Severity::Info, EventKind::MigrationStarted, format!("{vm}: live migration {from} → {to}"), None);
         self.out.push(Action::MigrateVm { vm: vm.to_string(), from, to: to.to_string() });
+    }
+
+    /// Whether `host` is this node, or was heard directly and acknowledged this node within
+    /// the last three heartbeat intervals: a VM is moved live only to a host that is in
+    /// contact now (a verdict can still say "running" seconds after a host was cut off;
+    /// found by the simulator, conservative timeouts, seed 10068).
+    pub(super) fn heard_lately(&self, host: &str) -> bool {
+        let window = 3 * self.config.timeouts.heartbeat_interval_ms;
+        let recent = |at: Option<Millis>| at.is_some_and(|at| self.now.saturating_sub(at) <= window);
+        host == self.name
+            || self.peers.get(host).is_some_and(|p| recent(p.heard_directly_at) && recent(p.ack_advanced_at))
     }
 
     /// Live-migrates the VMs of hosts in maintenance, a few at a time.
@@ -1013,7 +1028,10 @@ impl Node {
             }
             let input = self.placement_input(PlacementReason::Evacuation, &vms);
             let outcome = policies.placement(&input);
-            for a in outcome.answer.assignments {
+            // Only to a host in contact now; the others wait for the next round.
+            let in_contact: Vec<_> =
+                outcome.answer.assignments.into_iter().filter(|a| self.heard_lately(&a.host)).collect();
+            for a in in_contact {
                 self.master.as_mut().expect("master").migrating.insert(a.vm.clone());
                 self.out.push(Action::MigrateVm { vm: a.vm, from: host.clone(), to: a.host });
             }
@@ -1065,7 +1083,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::super::tests::beat_with;
-    use super::super::{Input, Node, PingTarget};
+    use super::super::{Command, Input, Node, PingTarget};
     use super::*;
     use crate::config::tests::cluster;
     use crate::policies::BuiltinPolicies;
@@ -1184,6 +1202,124 @@ mod tests {
             }
         }
         all
+    }
+
+    /// host-1 (master) and host-3 hear host-2 (running vm-1) until 5 s. HA is off from 2 s
+    /// until `ha_on_at`, on every host that hears it; host-2 says so in its heartbeats (it
+    /// cannot learn HA is on again once cut off, so it never fences). `heard_after_on`: host-2
+    /// is heard once more, saying HA is on, just after it was switched on, then falls silent.
+    fn cut_while_ha_off(ha_on_at: u64, heard_after_on: bool) -> Vec<Action> {
+        let config = cluster(3, 2);
+        let mut node = Node::new("host-1", config.clone(), 0);
+        let mut p = BuiltinPolicies;
+        let mut all = Vec::new();
+        let with_ha = |on: bool| {
+            let mut c = config.clone();
+            c.ha.enabled = on;
+            Input::ConfigChanged(Box::new(c))
+        };
+        let beat = |from: &str, seq: u64, vms: Vec<VmReport>, ha_off: bool| {
+            let mut input = beat_with(from, seq, &[("host-1", seq)], vms);
+            if let Input::Heartbeat { heartbeat, .. } = &mut input {
+                heartbeat.ha_off = ha_off;
+            }
+            input
+        };
+        for now in (0..40_000).step_by(100) {
+            let mut inputs = vec![Input::Tick];
+            if now == 2_000 {
+                inputs.push(with_ha(false));
+            }
+            if now == ha_on_at {
+                inputs.push(with_ha(true));
+            }
+            let ha_off = (2_000..ha_on_at).contains(&now);
+            if now % 1000 == 0 {
+                let seq = now / 1000 + 1;
+                inputs.push(beat("host-3", seq, vec![], ha_off));
+                let vm1 = vec![VmReport { vm: "vm-1".into(), generation: 1 }];
+                if now < 5_000 {
+                    inputs.push(beat("host-2", seq, vm1, now >= 2_000));
+                } else if heard_after_on && now == ha_on_at {
+                    inputs.push(beat("host-2", seq, vm1, false));
+                }
+                inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+                let records = vec![
+                    DatastoreRecord {
+                        host: "host-2".into(),
+                        counter: now.min(5_000),
+                        isolated: false,
+                        stopped: vec![],
+                    },
+                    DatastoreRecord { host: "host-3".into(), counter: now, isolated: false, stopped: vec![] },
+                ];
+                inputs.push(Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) });
+            }
+            for input in inputs {
+                for action in node.handle(now, input, &mut p) {
+                    if let Action::Ping { target: PingTarget::Host(h) } = &action {
+                        let answer = Input::PingResult { target: PingTarget::Host(h.clone()), answered: false };
+                        all.extend(node.handle(now, answer, &mut p));
+                    }
+                    if let Action::Claim { claim, .. } = &action {
+                        let answer = Input::ClaimResult { claim: claim.clone(), outcome: ClaimOutcome::Won };
+                        all.extend(node.handle(now, answer, &mut p));
+                    }
+                    all.push(action);
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_host_cut_off_while_ha_was_off_keeps_its_vms_when_ha_comes_back() {
+        let all = cut_while_ha_off(20_000, false);
+        assert!(starts(&all).is_empty(), "host-2 never learnt HA is on, so it did not fence: {:?}", starts(&all));
+        // Heard saying HA is on again, it is armed: its failure after that restarts vm-1.
+        let all = cut_while_ha_off(20_000, true);
+        assert_eq!(starts(&all).first().map(|s| s.1.as_str()), Some("vm-1"), "{all:?}");
+    }
+
+    #[test]
+    fn a_vm_is_moved_live_only_to_a_host_heard_lately() {
+        // host-1 is master; host-2 runs vm-1 and vm-2; host-3 falls silent at 5 s (its verdict
+        // still says running for a dead-time).
+        let mut node = Node::new("host-1", cluster(3, 2), 0);
+        let mut p = BuiltinPolicies;
+        let vm1 = || vec![VmReport { vm: "vm-1".into(), generation: 1 }, VmReport { vm: "vm-2".into(), generation: 1 }];
+        let mut asked = |node: &mut Node, now: u64, vm: &str| {
+            let command = Input::Command(Command::MigrateVm { vm: vm.into(), to: "host-3".into() });
+            node.handle(now, command, &mut p)
+        };
+        let mut p2 = BuiltinPolicies;
+        let mut outcome = Vec::new();
+        for now in (0..9_000).step_by(250) {
+            let seq = now / 250 + 1;
+            let mut inputs = vec![Input::Tick, beat_with("host-2", seq, &[("host-1", seq)], vm1())];
+            if now < 5_000 {
+                inputs.push(beat_with("host-3", seq, &[("host-1", seq)], vec![]));
+            }
+            inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+            for input in inputs {
+                let _ = node.handle(now, input, &mut p2);
+            }
+            if now == 4_500 {
+                outcome.push(asked(&mut node, now, "vm-1"));
+            }
+            if now == 8_500 {
+                outcome.push(asked(&mut node, now, "vm-2"));
+            }
+        }
+        let moved = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::MigrateVm { .. }));
+        assert!(node.is_master());
+        assert!(moved(&outcome[0]), "host-3 in contact: moved {:?}", outcome[0]);
+        let refused = outcome[1].iter().any(|a| {
+            matches!(a, Action::Record(e) if e.kind == EventKind::CommandRefused && e.message.contains("not been heard"))
+        });
+        // Silent for 3.5 s, more than three heartbeat intervals (1 s each here), less than the
+        // dead-time (12 s): its verdict still says running.
+        assert!(!moved(&outcome[1]) && refused, "host-3 silent: refused {:?}", outcome[1]);
     }
 
     fn starts(actions: &[Action]) -> Vec<(String, String, u64)> {

@@ -335,6 +335,9 @@ struct Peer {
     stopped: Vec<VmReport>,
     operator_stopped: Vec<String>,
     ha_disabled: bool,
+    /// Its last heartbeat said HA is off in its configuration (or HA was switched on here
+    /// since, and it has not been heard saying it is on too).
+    ha_off: bool,
     /// Datastore view (master): counter and when it advanced, per datastore.
     datastores: BTreeMap<String, (u64, Millis)>,
     declared_isolated: bool,
@@ -556,7 +559,7 @@ impl Node {
         for name in names {
             self.peers.entry(name).or_default();
         }
-        self.ha_enabled = config.ha.enabled;
+        self.set_ha_enabled(config.ha.enabled);
         let (hosts, vms) = (config.hosts.len(), config.vms.len());
         self.config = config;
         self.record(
@@ -565,6 +568,19 @@ impl Node {
             format!("configuration in force: {hosts} host(s), {vms} VM(s)"),
             None,
         );
+    }
+
+    /// HA on or off for the cluster, as this node knows it. Switched on again: no peer counts
+    /// as armed (fencing itself when cut off) until it is heard saying HA is on there too. A
+    /// host cut off while HA was off cannot learn it is on again, so it does not fence, and
+    /// restarting its VMs would run them twice (simulator, conservative timeouts, seed 10358).
+    fn set_ha_enabled(&mut self, on: bool) {
+        if on && !self.ha_enabled {
+            for peer in self.peers.values_mut() {
+                peer.ha_off = true;
+            }
+        }
+        self.ha_enabled = on;
     }
 
     /// The periodic work after an input: heartbeats and datastore writes when due, then
@@ -613,6 +629,7 @@ impl Node {
             acks,
             maintenance: self.maintenance.iter().cloned().collect(),
             ha_disabled: self.ha_disabled_here,
+            ha_off: !self.ha_enabled,
             stopped: self.stopped.clone(),
             vanished: self
                 .vanished
@@ -693,6 +710,7 @@ impl Node {
         peer.datastores_reachable = hb.datastores_reachable;
         peer.master = hb.master.clone();
         peer.ha_disabled = hb.ha_disabled;
+        peer.ha_off = hb.ha_off;
         peer.vms = hb.vms;
         peer.stopped = hb.stopped;
         peer.operator_stopped = hb.operator_stopped;
@@ -862,6 +880,7 @@ pub(crate) mod tests {
                 acks: acks.iter().map(|(h, s)| (h.to_string(), *s)).collect(),
                 maintenance: vec![],
                 ha_disabled: false,
+                ha_off: false,
                 stopped: vec![],
                 vanished: vec![],
             },

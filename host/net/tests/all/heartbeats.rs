@@ -65,6 +65,7 @@ fn beat(seq: u64) -> Heartbeat {
         acks: vec![("host-2".into(), seq)],
         maintenance: vec![],
         ha_disabled: false,
+        ha_off: false,
         stopped: vec![],
         vanished: vec![],
     }

@@ -62,6 +62,7 @@ fn body(seq: u64) -> Heartbeat {
         maintenance: vec![],
         ha_disabled: false,
         ha_off: false,
+        unarmed: vec![],
         stopped: vec![],
         vanished: vec![],
     }

@@ -644,6 +644,7 @@ mod tests {
             maintenance: vec![],
             ha_disabled: false,
             ha_off: false,
+            unarmed: vec![],
             stopped: vec![],
             vanished: vec![],
         }

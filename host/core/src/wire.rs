@@ -41,6 +41,10 @@ pub struct Heartbeat {
     /// neither fence itself nor answer isolation if cut off now, so the master must not
     /// restart its VMs on the strength of its silence.
     pub ha_off: bool,
+    /// VMs running on the sender that it would leave running if cut off (unprotected in its
+    /// configuration in force): the master must not restart them on the strength of its
+    /// silence, whatever its own configuration says now.
+    pub unarmed: Vec<String>,
     /// VMs the sender stopped on its own (isolation response, fencing): the master may
     /// restart them. Also written to the datastore record.
     pub stopped: Vec<VmReport>,

@@ -267,6 +267,7 @@ pub fn encode(
         w.str(&report.vm)?;
         w.varint(report.generation);
     }
+    w.strs(&heartbeat.unarmed)?;
     let mut mac = key.mac();
     mac.update(&w.0);
     w.0.extend_from_slice(&mac.finalize().into_bytes());
@@ -339,6 +340,7 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
         let vm = r.str()?;
         vanished.push((host, VmReport { vm, generation: r.varint()? }));
     }
+    let unarmed = r.strs()?;
     if !r.rest.is_empty() {
         return Err(DropReason::Malformed);
     }
@@ -355,6 +357,7 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
             maintenance,
             ha_disabled,
             ha_off,
+            unarmed,
             stopped,
             vanished,
         },
@@ -508,6 +511,7 @@ mod tests {
             maintenance: vec!["host-4".into()],
             ha_disabled: false,
             ha_off: false,
+            unarmed: vec![],
             stopped: vec![VmReport { vm: "mail".into(), generation: 2 }],
             vanished: vec![("host-3".into(), VmReport { vm: "dns".into(), generation: 5 })],
         }

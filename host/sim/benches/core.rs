@@ -68,6 +68,7 @@ fn heartbeats(seconds: u64) {
                 maintenance: vec![],
                 ha_disabled: false,
                 ha_off: false,
+                unarmed: vec![],
                 stopped: vec![],
                 vanished: vec![],
             };

@@ -197,7 +197,7 @@ impl Outcome {
 #[derive(Debug)]
 enum Ev {
     Tick(usize),
-    Deliver(usize, u64, Input),
+    Deliver(usize, u64, Box<Input>),
     VmUp {
         host: usize,
         boot: u64,
@@ -411,7 +411,7 @@ impl<'p> Sim<'p> {
 
     fn deliver(&mut self, host: usize, delay: Millis, input: Input) {
         let agent = self.hosts[host].agent_epoch;
-        self.push(self.now + delay, Ev::Deliver(host, agent, input));
+        self.push(self.now + delay, Ev::Deliver(host, agent, Box::new(input)));
     }
 
     fn note(&mut self, severity: Severity, kind: TimelineKind, message: String) {
@@ -461,9 +461,9 @@ impl<'p> Sim<'p> {
             Ev::Deliver(h, agent, input) => {
                 if self.hosts[h].agent_epoch == agent && self.hosts[h].node.is_some() {
                     if self.hosts[h].stalled.is_some() {
-                        self.hosts[h].backlog.push(input);
+                        self.hosts[h].backlog.push(*input);
                     } else {
-                        self.feed(h, input);
+                        self.feed(h, *input);
                     }
                 }
             }

@@ -304,7 +304,7 @@ impl Node {
             }
             // A host that is not armed (HA off there, as last heard) may run on, cut off.
             if peer.verdict == Some(Verdict::Failed) && !peer.ha_off {
-                for report in &peer.vms {
+                for report in peer.vms.iter().filter(|r| !peer.unarmed.contains(&r.vm)) {
                     lost.push((report.vm.clone(), host.clone(), report.generation, "its host failed"));
                 }
             }
@@ -1208,7 +1208,9 @@ mod tests {
     /// until `ha_on_at`, on every host that hears it; host-2 says so in its heartbeats (it
     /// cannot learn HA is on again once cut off, so it never fences). `heard_after_on`: host-2
     /// is heard once more, saying HA is on, just after it was switched on, then falls silent.
-    fn cut_while_ha_off(ha_on_at: u64, heard_after_on: bool) -> Vec<Action> {
+    /// `unarmed`: host-2 says vm-1 is unprotected in its configuration (it would leave it
+    /// running when cut off), whatever the master's says.
+    fn cut_while_ha_off(ha_on_at: u64, heard_after_on: bool, unarmed: bool) -> Vec<Action> {
         let config = cluster(3, 2);
         let mut node = Node::new("host-1", config.clone(), 0);
         let mut p = BuiltinPolicies;
@@ -1222,6 +1224,9 @@ mod tests {
             let mut input = beat_with(from, seq, &[("host-1", seq)], vms);
             if let Input::Heartbeat { heartbeat, .. } = &mut input {
                 heartbeat.ha_off = ha_off;
+                if unarmed && heartbeat.from == "host-2" {
+                    heartbeat.unarmed = vec!["vm-1".into()];
+                }
             }
             input
         };
@@ -1239,7 +1244,7 @@ mod tests {
                 inputs.push(beat("host-3", seq, vec![], ha_off));
                 let vm1 = vec![VmReport { vm: "vm-1".into(), generation: 1 }];
                 if now < 5_000 {
-                    inputs.push(beat("host-2", seq, vm1, now >= 2_000));
+                    inputs.push(beat("host-2", seq, vm1, ha_off));
                 } else if heard_after_on && now == ha_on_at {
                     inputs.push(beat("host-2", seq, vm1, false));
                 }
@@ -1274,11 +1279,21 @@ mod tests {
 
     #[test]
     fn a_host_cut_off_while_ha_was_off_keeps_its_vms_when_ha_comes_back() {
-        let all = cut_while_ha_off(20_000, false);
+        let all = cut_while_ha_off(20_000, false, false);
         assert!(starts(&all).is_empty(), "host-2 never learnt HA is on, so it did not fence: {:?}", starts(&all));
         // Heard saying HA is on again, it is armed: its failure after that restarts vm-1.
-        let all = cut_while_ha_off(20_000, true);
+        let all = cut_while_ha_off(20_000, true, false);
         assert_eq!(starts(&all).first().map(|s| s.1.as_str()), Some("vm-1"), "{all:?}");
+    }
+
+    #[test]
+    fn a_vm_its_host_holds_unprotected_is_not_restarted_when_that_host_falls_silent() {
+        // HA on throughout (switched off and on at once at 2 s); host-2 last said vm-1 is
+        // unprotected there: it did not stop vm-1 when it was cut off.
+        let all = cut_while_ha_off(2_000, false, true);
+        assert!(starts(&all).is_empty(), "{:?}", starts(&all));
+        let all = cut_while_ha_off(2_000, false, false);
+        assert_eq!(starts(&all).first().map(|s| s.1.as_str()), Some("vm-1"), "armed: restarted {all:?}");
     }
 
     #[test]

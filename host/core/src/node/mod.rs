@@ -338,6 +338,9 @@ struct Peer {
     /// Its last heartbeat said HA is off in its configuration (or HA was switched on here
     /// since, and it has not been heard saying it is on too).
     ha_off: bool,
+    /// VMs running there that it would leave running if cut off (unprotected there, as last
+    /// heard; or protected here since, and it has not been heard saying so too).
+    unarmed: BTreeSet<String>,
     /// Datastore view (master): counter and when it advanced, per datastore.
     datastores: BTreeMap<String, (u64, Millis)>,
     declared_isolated: bool,
@@ -560,6 +563,15 @@ impl Node {
             self.peers.entry(name).or_default();
         }
         self.set_ha_enabled(config.ha.enabled);
+        // A VM protected now that was not: no peer counts as armed for it until heard saying
+        // it is protected there too (same reason as `set_ha_enabled`; seed 2296).
+        for spec in config.vms.iter().filter(|s| s.protected()) {
+            if !self.config.vm(&spec.name).is_some_and(|s| s.protected()) {
+                for peer in self.peers.values_mut() {
+                    peer.unarmed.insert(spec.name.clone());
+                }
+            }
+        }
         let (hosts, vms) = (config.hosts.len(), config.vms.len());
         self.config = config;
         self.record(
@@ -630,6 +642,12 @@ impl Node {
             maintenance: self.maintenance.iter().cloned().collect(),
             ha_disabled: self.ha_disabled_here,
             ha_off: !self.ha_enabled,
+            unarmed: self
+                .local_vms
+                .keys()
+                .filter(|vm| !self.config.vm(vm).is_some_and(|s| s.protected()))
+                .cloned()
+                .collect(),
             stopped: self.stopped.clone(),
             vanished: self
                 .vanished
@@ -711,6 +729,7 @@ impl Node {
         peer.master = hb.master.clone();
         peer.ha_disabled = hb.ha_disabled;
         peer.ha_off = hb.ha_off;
+        peer.unarmed = hb.unarmed.into_iter().collect();
         peer.vms = hb.vms;
         peer.stopped = hb.stopped;
         peer.operator_stopped = hb.operator_stopped;
@@ -881,6 +900,7 @@ pub(crate) mod tests {
                 maintenance: vec![],
                 ha_disabled: false,
                 ha_off: false,
+                unarmed: vec![],
                 stopped: vec![],
                 vanished: vec![],
             },

@@ -66,6 +66,7 @@ fn beat(seq: u64) -> Heartbeat {
         maintenance: vec![],
         ha_disabled: false,
         ha_off: false,
+        unarmed: vec![],
         stopped: vec![],
         vanished: vec![],
     }

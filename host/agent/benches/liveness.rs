@@ -100,7 +100,7 @@ fn main() {
         .map(|h| (h, UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a loopback port")))
         .collect();
     let (heartbeats_tx, mut heartbeats_rx) = tokio::sync::mpsc::channel(4096);
-    let (inputs_tx, _inputs_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (inputs_tx, _inputs_rx) = tokio::sync::mpsc::channel(1024);
     let liveness = Arc::new(
         Liveness::start(
             LivenessConfig {

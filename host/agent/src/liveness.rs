@@ -88,7 +88,8 @@ pub struct LivenessStats {
     pub heartbeats: AtomicU64,
     /// Of them, sent while the agent loop had produced nothing newer (it was busy).
     pub keepalives: AtomicU64,
-    /// Received heartbeats the agent loop had no room for (dropped; it is far behind).
+    /// Received heartbeats and datastore write outcomes the agent loop had no room for
+    /// (dropped; it is far behind).
     pub forward_drops: AtomicU64,
     /// Times the liveness path fenced on its own.
     pub fences: AtomicU64,
@@ -141,7 +142,7 @@ impl Liveness {
     pub fn start(
         config: LivenessConfig,
         heartbeats: mpsc::Sender<Received>,
-        inputs: mpsc::UnboundedSender<Input>,
+        inputs: mpsc::Sender<Input>,
     ) -> Result<Self, LivenessError> {
         let state = Arc::new(Mutex::new(NodeState::default()));
         let progress = Arc::new(AtomicU64::new(0));
@@ -313,7 +314,7 @@ async fn run(
     transport: HeartbeatTransport,
     mut received: mpsc::Receiver<Received>,
     forward: mpsc::Sender<Received>,
-    inputs: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::Sender<Input>,
     shared: Shared,
 ) {
     let me = config.transport.me.clone();
@@ -321,7 +322,7 @@ async fn run(
     let mut armed: Option<Armed> = None;
     let fencer = Fencer::start(config.local_libvirt.clone(), inputs.clone());
     let datastores: Vec<Arc<Datastore>> = config.datastores.into_iter().map(Arc::new).collect();
-    let (written_tx, mut written_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let (written_tx, mut written_rx) = mpsc::channel::<(String, bool)>(64);
     let mut evidence = Evidence { judge_from: Some(Instant::now() + config.fence_timeout), ..Evidence::default() };
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -356,7 +357,11 @@ async fn run(
                 if ok {
                     evidence.written.insert(datastore.clone(), Instant::now());
                 }
-                let _ = inputs.send(Input::DatastoreWritten { datastore, ok });
+                // Never waits: an outcome the agent loop has no room for is dropped (the
+                // next write's follows within an interval).
+                if inputs.try_send(Input::DatastoreWritten { datastore, ok }).is_err() {
+                    shared.stats.forward_drops.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
         }
@@ -438,7 +443,7 @@ async fn run(
                             false
                         }
                     };
-                    let _ = tx.send((store.name().to_string(), ok));
+                    let _ = tx.send((store.name().to_string(), ok)).await;
                 });
             }
         }
@@ -529,7 +534,7 @@ struct Fencer {
 }
 
 impl Fencer {
-    fn start(uri: String, inputs: mpsc::UnboundedSender<Input>) -> Self {
+    fn start(uri: String, inputs: mpsc::Sender<Input>) -> Self {
         let (requests, rx) = std::sync::mpsc::channel::<Vec<String>>();
         let spawned = std::thread::Builder::new().name("halo-fencer".into()).spawn(move || {
             while let Ok(vms) = rx.recv() {
@@ -545,7 +550,11 @@ impl Fencer {
                     match hv.power_off(&vm) {
                         Ok(()) => {
                             let state = VmState::StoppedByHalo(StopReason::Fence);
-                            let _ = inputs.send(Input::VmState { vm, generation, state });
+                            // The loop learns the stop when it has room; it also sees the VM
+                            // gone from libvirt's events.
+                            if let Err(e) = inputs.try_send(Input::VmState { vm, generation, state }) {
+                                tracing::error!("fencing: the agent loop has no room for a stop it did: {e}");
+                            }
                         }
                         Err(e) => tracing::error!(vm, "ALERT fencing: could not stop the VM: {e}"),
                     }
@@ -662,7 +671,7 @@ mod tests {
         let device = dir.join("watchdog");
         std::fs::write(&device, b"").expect("a stand-in watchdog device");
         let (heartbeats_tx, mut heartbeats_rx) = mpsc::channel(4096);
-        let (inputs_tx, _inputs_rx) = mpsc::unbounded_channel();
+        let (inputs_tx, _inputs_rx) = mpsc::channel(1024);
         let liveness = Liveness::start(
             LivenessConfig {
                 transport: transport("host-1", &addresses),

@@ -148,6 +148,10 @@ impl EventSink for AgentDrivers {
     }
 }
 
+/// How many driver outcomes may wait for the agent loop (drivers' tasks wait for room; the
+/// liveness path never waits, it drops and counts).
+const INPUT_QUEUE: usize = 16_384;
+
 /// How many requests may wait for the agent loop (the API's, the catalog task's, reload
 /// outcomes); beyond that the API answers "busy".
 const CONTROL_QUEUE: usize = 256;
@@ -184,7 +188,7 @@ pub async fn start(
         })
         .collect();
     let transport = TransportConfig { cluster: config.cluster.clone(), me: me.clone(), membership, key, networks };
-    let (inputs, mut inputs_rx) = mpsc::unbounded_channel::<Input>();
+    let (inputs, mut inputs_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (control, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let control_back = control.clone();
 
@@ -488,7 +492,7 @@ async fn stop_requested() {
 struct ControlContext<'a> {
     known: &'a Arc<RwLock<BTreeSet<String>>>,
     local_uri: &'a str,
-    inputs: &'a mpsc::UnboundedSender<Input>,
+    inputs: &'a mpsc::Sender<Input>,
     /// Back to the loop (outcomes of work done off it).
     control: &'a mpsc::Sender<Control>,
 }
@@ -626,15 +630,14 @@ fn read_set(set: &RwLock<BTreeSet<String>>) -> BTreeSet<String> {
 }
 
 /// Tells the core which of `vms` run on this host now, with their generation.
-fn report_running(
-    local: &Hypervisor,
-    vms: &BTreeSet<String>,
-    inputs: &mpsc::UnboundedSender<Input>,
-) -> Result<(), String> {
+fn report_running(local: &Hypervisor, vms: &BTreeSet<String>, inputs: &mpsc::Sender<Input>) -> Result<(), String> {
     for domain in local.domains().map_err(|e| e.to_string())? {
         if domain.state.is_active() && vms.contains(&domain.name) {
             let generation = local.xml(&domain.name).ok().as_deref().and_then(generation_of).unwrap_or(1);
-            let _ = inputs.send(Input::VmState { vm: domain.name, generation, state: VmState::Running });
+            // At start and for newly protected VMs: a handful, into a queue with room.
+            if let Err(e) = inputs.try_send(Input::VmState { vm: domain.name, generation, state: VmState::Running }) {
+                return Err(format!("the agent loop has no room for what runs here: {e}"));
+            }
         }
     }
     Ok(())
@@ -766,7 +769,7 @@ fn forward_lifecycle(
     local: Hypervisor,
     subscription: halo_libvirt::Subscription,
     known: Arc<RwLock<BTreeSet<String>>>,
-    inputs: mpsc::UnboundedSender<Input>,
+    inputs: mpsc::Sender<Input>,
 ) {
     let mut states = LifecycleStates::default();
     while let Ok(event) = subscription.events().recv() {
@@ -784,7 +787,7 @@ fn forward_lifecycle(
         if !known.read().unwrap_or_else(|p| p.into_inner()).contains(&vm) {
             continue;
         }
-        if inputs.send(Input::VmState { vm, generation, state }).is_err() {
+        if inputs.blocking_send(Input::VmState { vm, generation, state }).is_err() {
             return;
         }
     }

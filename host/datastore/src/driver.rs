@@ -1,5 +1,6 @@
 //! The core's [`DatastoreDriver`] on real datastores: each request runs as a task on the
-//! agent's runtime and its outcome comes back as an input of the node.
+//! agent's runtime and its outcome comes back as an input of the node (over the agent's
+//! bounded input queue: a task waits for room, the caller never does).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,20 +8,20 @@ use std::sync::Arc;
 use halo_core::drivers::DatastoreDriver;
 use halo_core::{Claim, ClaimOutcome, DatastoreRecord, Input};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use crate::Datastore;
 
 /// The datastores of one agent, by name.
 pub struct Datastores {
     stores: BTreeMap<String, Arc<Datastore>>,
-    inputs: UnboundedSender<Input>,
+    inputs: Sender<Input>,
     runtime: Handle,
 }
 
 impl Datastores {
     /// `stores` (opened), delivering outcomes to `inputs`, running on `runtime`.
-    pub fn new(stores: Vec<Datastore>, inputs: UnboundedSender<Input>, runtime: Handle) -> Self {
+    pub fn new(stores: Vec<Datastore>, inputs: Sender<Input>, runtime: Handle) -> Self {
         let stores = stores.into_iter().map(|s| (s.name().to_string(), Arc::new(s))).collect();
         Self { stores, inputs, runtime }
     }
@@ -39,7 +40,8 @@ impl DatastoreDriver for Datastores {
     fn write_record(&mut self, datastore: &str, record: &DatastoreRecord) {
         let (inputs, name, record) = (self.inputs.clone(), datastore.to_string(), record.clone());
         let Ok(store) = self.store(datastore) else {
-            let _ = inputs.send(Input::DatastoreWritten { datastore: name, ok: false });
+            self.runtime
+                .spawn(async move { inputs.send(Input::DatastoreWritten { datastore: name, ok: false }).await });
             return;
         };
         self.runtime.spawn(async move {
@@ -50,7 +52,7 @@ impl DatastoreDriver for Datastores {
                     false
                 }
             };
-            let _ = inputs.send(Input::DatastoreWritten { datastore: name, ok });
+            let _ = inputs.send(Input::DatastoreWritten { datastore: name, ok }).await;
         });
     }
 
@@ -59,7 +61,8 @@ impl DatastoreDriver for Datastores {
         let store = match self.store(datastore) {
             Ok(store) => store,
             Err(e) => {
-                let _ = inputs.send(Input::DatastoreRead { datastore: name, records: Err(e) });
+                self.runtime
+                    .spawn(async move { inputs.send(Input::DatastoreRead { datastore: name, records: Err(e) }).await });
                 return;
             }
         };
@@ -73,7 +76,7 @@ impl DatastoreDriver for Datastores {
                 }
                 Err(e) => Err(e.to_string()),
             };
-            let _ = inputs.send(Input::DatastoreRead { datastore: name, records });
+            let _ = inputs.send(Input::DatastoreRead { datastore: name, records }).await;
         });
     }
 
@@ -82,13 +85,14 @@ impl DatastoreDriver for Datastores {
         let store = match self.store(datastore) {
             Ok(store) => store,
             Err(e) => {
-                let _ = inputs.send(Input::ClaimResult { claim, outcome: ClaimOutcome::Failed(e) });
+                let outcome = ClaimOutcome::Failed(e);
+                self.runtime.spawn(async move { inputs.send(Input::ClaimResult { claim, outcome }).await });
                 return;
             }
         };
         self.runtime.spawn(async move {
             let outcome = store.claim(&claim).await;
-            let _ = inputs.send(Input::ClaimResult { claim, outcome });
+            let _ = inputs.send(Input::ClaimResult { claim, outcome }).await;
         });
     }
 
@@ -109,7 +113,7 @@ impl DatastoreDriver for Datastores {
                     Err(e) => holder = holder.and(Err(e.to_string())),
                 }
             }
-            let _ = inputs.send(Input::ClaimChecked { vm, generation, holder });
+            let _ = inputs.send(Input::ClaimChecked { vm, generation, holder }).await;
         });
     }
 }

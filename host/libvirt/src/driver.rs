@@ -12,7 +12,7 @@ use std::time::Duration;
 use halo_core::drivers::HypervisorDriver;
 use halo_core::{Input, StopReason, VmState};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use crate::{Hypervisor, MigrationKind};
 
@@ -67,7 +67,7 @@ pub struct HypervisorConfig {
 pub struct Hypervisors {
     config: Arc<HypervisorConfig>,
     catalog: Arc<Mutex<BTreeMap<String, String>>>,
-    inputs: UnboundedSender<Input>,
+    inputs: Sender<Input>,
     runtime: Handle,
 }
 
@@ -77,7 +77,7 @@ impl Hypervisors {
     pub fn new(
         config: HypervisorConfig,
         catalog: Arc<Mutex<BTreeMap<String, String>>>,
-        inputs: UnboundedSender<Input>,
+        inputs: Sender<Input>,
         runtime: Handle,
     ) -> Self {
         Self { config: Arc::new(config), catalog, inputs, runtime }
@@ -121,9 +121,9 @@ impl HypervisorDriver for Hypervisors {
                 hv.start(&vm).map_err(|e| e.to_string())
             })();
             if result.is_ok() && host == config.me {
-                let _ = inputs.send(Input::VmState { vm: vm.clone(), generation, state: VmState::Running });
+                let _ = inputs.blocking_send(Input::VmState { vm: vm.clone(), generation, state: VmState::Running });
             }
-            let _ = inputs.send(Input::StartResult { vm, host, generation, result });
+            let _ = inputs.blocking_send(Input::StartResult { vm, host, generation, result });
         });
     }
 
@@ -142,7 +142,8 @@ impl HypervisorDriver for Hypervisors {
             })();
             match stopped {
                 Ok(generation) => {
-                    let _ = inputs.send(Input::VmState { vm, generation, state: VmState::StoppedByHalo(reason) });
+                    let _ =
+                        inputs.blocking_send(Input::VmState { vm, generation, state: VmState::StoppedByHalo(reason) });
                 }
                 // Not stopped: nothing is reported, so nothing is restarted elsewhere.
                 Err(e) => tracing::error!(vm, "could not stop the VM ({reason:?}): {e}"),
@@ -172,7 +173,7 @@ impl HypervisorDriver for Hypervisors {
                     .map(drop)
                     .map_err(|e| e.to_string())
             })();
-            let _ = inputs.send(Input::MigrateResult { vm, from, to, result });
+            let _ = inputs.blocking_send(Input::MigrateResult { vm, from, to, result });
         });
     }
 }

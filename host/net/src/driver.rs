@@ -10,7 +10,7 @@ use halo_core::drivers::{HeartbeatSender, PingDriver};
 use halo_core::node::PingTarget;
 use halo_core::{Heartbeat, Input};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use crate::HeartbeatTransport;
 
@@ -42,19 +42,14 @@ impl HeartbeatSender for Heartbeats {
 pub struct Pinger {
     peers: BTreeMap<String, IpAddr>,
     timeout: Duration,
-    inputs: UnboundedSender<Input>,
+    inputs: Sender<Input>,
     runtime: Handle,
 }
 
 impl Pinger {
     /// Pings with `timeout`; a peer is pinged at its address in `peers` (its management
     /// address on the first network).
-    pub fn new(
-        peers: BTreeMap<String, IpAddr>,
-        timeout: Duration,
-        inputs: UnboundedSender<Input>,
-        runtime: Handle,
-    ) -> Self {
+    pub fn new(peers: BTreeMap<String, IpAddr>, timeout: Duration, inputs: Sender<Input>, runtime: Handle) -> Self {
         Self { peers, timeout, inputs, runtime }
     }
 }
@@ -71,7 +66,7 @@ impl PingDriver for Pinger {
         };
         let (inputs, target, timeout) = (self.inputs.clone(), target.clone(), self.timeout);
         let Ok(address) = address.map_err(|e| tracing::error!("{e}; counted as no answer")) else {
-            let _ = inputs.send(Input::PingResult { target, answered: false });
+            self.runtime.spawn(async move { inputs.send(Input::PingResult { target, answered: false }).await });
             return;
         };
         self.runtime.spawn(async move {
@@ -82,7 +77,7 @@ impl PingDriver for Pinger {
                     false
                 }
             };
-            let _ = inputs.send(Input::PingResult { target, answered });
+            let _ = inputs.send(Input::PingResult { target, answered }).await;
         });
     }
 }

@@ -126,12 +126,10 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
     let dir = scratch("driver");
     let rt = runtime();
     let ds = rt.block_on(Datastore::open("ds1", Location::Directory(dir.clone()), "prod", TIMEOUT)).expect("open");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let mut drivers = Datastores::new(vec![ds], tx, rt.handle().clone());
     drivers.write_record("ds1", &record("host-1", 4));
-    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Input>| {
-        rt.block_on(async { rx.recv().await }).expect("an input")
-    };
+    let next = |rx: &mut tokio::sync::mpsc::Receiver<Input>| rt.block_on(async { rx.recv().await }).expect("an input");
     assert_eq!(next(&mut rx), Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
     drivers.read_records("ds1");
     assert_eq!(next(&mut rx), Input::DatastoreRead { datastore: "ds1".into(), records: Ok(vec![record("host-1", 4)]) });

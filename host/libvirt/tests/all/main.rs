@@ -305,7 +305,7 @@ fn the_core_hypervisor_driver_starts_elsewhere_stops_and_migrates_with_the_gener
         [("t-drv".to_string(), lab.tiny_guest_xml("t-drv", 64).expect("xml"))].into_iter().collect(),
     ));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let mut master = Hypervisors::new(config(1), std::sync::Arc::clone(&catalog), tx.clone(), rt.handle().clone());
     let mut on_two = Hypervisors::new(config(2), catalog, tx, rt.handle().clone());
     let mut next = || {

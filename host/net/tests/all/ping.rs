@@ -44,7 +44,7 @@ fn the_core_ping_driver_answers_with_inputs() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let peers = [("host-2".to_string(), peer)].into_iter().collect();
     let mut pinger = halo_net::Pinger::new(peers, Duration::from_millis(500), tx, rt.handle().clone());
     let mut next = || rt.block_on(async { rx.recv().await }).expect("an input");

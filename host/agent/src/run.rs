@@ -17,6 +17,7 @@ use halo_core::{
 use halo_datastore::{Datastore, Datastores, Location, NfsTarget};
 use halo_libvirt::{
     Hypervisor, HypervisorConfig, Hypervisors, LifecycleEvent, LifecycleStates, StateChange, generation_of,
+    held_by_halo,
 };
 use halo_net::{ClusterKey, Membership, NetworkEndpoints, Pinger, TransportConfig};
 use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime};
@@ -629,13 +630,18 @@ fn read_set(set: &RwLock<BTreeSet<String>>) -> BTreeSet<String> {
     set.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-/// Tells the core which of `vms` run on this host now, with their generation.
+/// Tells the core which of `vms` run on this host now, with their generation (or are held:
+/// paused by a hold an earlier agent began).
 fn report_running(local: &Hypervisor, vms: &BTreeSet<String>, inputs: &mpsc::Sender<Input>) -> Result<(), String> {
     for domain in local.domains().map_err(|e| e.to_string())? {
         if domain.state.is_active() && vms.contains(&domain.name) {
-            let generation = local.xml(&domain.name).ok().as_deref().and_then(generation_of).unwrap_or(1);
+            let xml = local.xml(&domain.name).ok();
+            let generation = xml.as_deref().and_then(generation_of).unwrap_or(1);
+            // Paused by a hold an earlier agent did not settle: settled now, not taken for running.
+            let held = domain.state == halo_libvirt::DomainState::Paused && xml.as_deref().is_some_and(held_by_halo);
+            let state = if held { VmState::Held } else { VmState::Running };
             // At start and for newly protected VMs: a handful, into a queue with room.
-            if let Err(e) = inputs.try_send(Input::VmState { vm: domain.name, generation, state: VmState::Running }) {
+            if let Err(e) = inputs.try_send(Input::VmState { vm: domain.name, generation, state }) {
                 return Err(format!("the agent loop has no room for what runs here: {e}"));
             }
         }

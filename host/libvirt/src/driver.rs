@@ -46,6 +46,19 @@ pub fn generation_of(xml: &str) -> Option<u64> {
     vm.attribute("generation")?.trim().parse().ok()
 }
 
+/// The XML namespace of the mark a hold puts in a paused domain's live metadata.
+pub const HALO_HOLD_XMLNS: &str = "https://halo.invalid/xmlns/hold/1";
+
+/// Whether a domain's (live) XML carries halo's hold mark: paused by halo after a gap, not
+/// settled yet.
+pub fn held_by_halo(xml: &str) -> bool {
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return false };
+    doc.root_element()
+        .children()
+        .find(|n| n.has_tag_name("metadata"))
+        .is_some_and(|m| m.children().any(|n| n.has_tag_name((HALO_HOLD_XMLNS, "hold"))))
+}
+
 /// How this agent reaches every host's libvirt.
 #[derive(Debug, Clone)]
 pub struct HypervisorConfig {
@@ -152,11 +165,11 @@ impl HypervisorDriver for Hypervisors {
     }
 
     fn pause_vm(&mut self, vm: &str) {
-        self.on_this_host(vm, "pause", Hypervisor::pause);
+        self.on_this_host(vm, "pause", Hypervisor::hold);
     }
 
     fn resume_vm(&mut self, vm: &str) {
-        self.on_this_host(vm, "resume", Hypervisor::resume);
+        self.on_this_host(vm, "resume", Hypervisor::release);
     }
 
     fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {

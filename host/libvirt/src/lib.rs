@@ -21,7 +21,10 @@ use virt::connect::Connect;
 use virt::domain::{Domain, MigrateParameters};
 use virt::sys;
 
-pub use driver::{HypervisorConfig, Hypervisors, generation_of, with_generation};
+/// libvirt's `VIR_DOMAIN_METADATA_ELEMENT` (the `virt-sys` bindings do not export it).
+const METADATA_ELEMENT: i32 = 2;
+
+pub use driver::{HypervisorConfig, Hypervisors, generation_of, held_by_halo, with_generation};
 pub use events::{LifecycleEvent, Subscription};
 pub use states::{LifecycleStates, StateChange};
 
@@ -335,6 +338,38 @@ impl Hypervisor {
             return Ok(());
         }
         d.resume().map(drop).map_err(|e| self.fail("resume", Some(name), &e))
+    }
+
+    /// Pauses a domain for a hold (the core's `PauseVm`) and marks it so in its live metadata
+    /// (`<halo:hold/>` in [`driver::HALO_HOLD_XMLNS`]): an agent that starts while the VM is
+    /// still paused finds the mark and settles the hold (`VmState::Held`), instead of taking
+    /// the VM for running or leaving it paused for good.
+    pub fn hold(&self, name: &str) -> Result<(), LibvirtError> {
+        self.pause(name)?;
+        let d = self.domain(name)?;
+        let mark = format!("<hold xmlns='{}'/>", driver::HALO_HOLD_XMLNS);
+        d.set_metadata(
+            METADATA_ELEMENT,
+            Some(&mark),
+            Some("halo"),
+            Some(driver::HALO_HOLD_XMLNS),
+            sys::VIR_DOMAIN_AFFECT_LIVE,
+        )
+        .map(drop)
+        .map_err(|e| self.fail("mark held", Some(name), &e))
+    }
+
+    /// Lets a held domain run again and removes the mark (a mark left behind on a running
+    /// domain means nothing: only a paused domain with the mark is held).
+    pub fn release(&self, name: &str) -> Result<(), LibvirtError> {
+        self.resume(name)?;
+        let d = self.domain(name)?;
+        if let Err(e) =
+            d.set_metadata(METADATA_ELEMENT, None, None, Some(driver::HALO_HOLD_XMLNS), sys::VIR_DOMAIN_AFFECT_LIVE)
+        {
+            tracing::warn!(domain = name, "the hold mark stays on the running domain: {}", e.message());
+        }
+        Ok(())
     }
 
     /// Asks the guest to shut down and powers it off if it has not stopped after `grace`.

@@ -575,9 +575,14 @@ impl<'p> Sim<'p> {
         host.stalled = None;
         host.backlog.clear();
         host.node = Some(Node::new(&host.name, self.config.clone(), self.now));
-        let vms: Vec<(String, u64)> = host.vms.iter().map(|(v, g)| (v.clone(), *g)).collect();
-        for (vm, generation) in vms {
-            self.deliver(h, 0, Input::VmState { vm, generation, state: VmState::Running });
+        // A VM paused by the hold of the agent before carries halo's mark: reported held.
+        let vms: Vec<(String, u64, VmState)> = host
+            .vms
+            .iter()
+            .map(|(v, g)| (v.clone(), *g, if host.paused.contains(v) { VmState::Held } else { VmState::Running }))
+            .collect();
+        for (vm, generation, state) in vms {
+            self.deliver(h, 0, Input::VmState { vm, generation, state });
         }
     }
 
@@ -957,7 +962,9 @@ impl<'p> Sim<'p> {
 
     /// Invariant 3: at the end (faults healed), every protected VM runs when capacity exists.
     fn check_eventually_running(&mut self) {
-        let running: BTreeSet<String> = self.hosts.iter().flat_map(|h| h.vms.keys().cloned()).collect();
+        // A VM left paused (a hold never settled) does not run.
+        let running: BTreeSet<String> =
+            self.hosts.iter().flat_map(|h| h.vms.keys().filter(|vm| h.executes(vm)).cloned()).collect();
         let up: Vec<usize> = (0..self.hosts.len()).filter(|&h| self.hosts[h].up).collect();
         let mut free: BTreeMap<usize, u64> = up
             .iter()

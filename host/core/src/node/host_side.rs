@@ -289,6 +289,7 @@ impl Node {
                     self.out.push(Action::StopVm { vm: vm.to_string(), reason: StopReason::Fence, grace_secs: 0 });
                 }
             }
+            VmState::Held => self.found_held(vm, generation),
             VmState::StoppedByHalo(StopReason::Operator) => {
                 self.local_vms.remove(vm);
                 self.operator_stopped.insert(vm.to_string());

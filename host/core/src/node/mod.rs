@@ -64,6 +64,10 @@ pub enum VmState {
     StoppedByHalo(StopReason),
     /// It left this host by live migration.
     MigratedAway,
+    /// It is here, paused by a hold an earlier agent of this host began after a gap and did
+    /// not settle (the agent found halo's mark on the paused domain when it started): settled
+    /// as any hold (core `resume`), never taken for running or left paused.
+    Held,
 }
 
 /// What an address to ping is.

@@ -141,6 +141,25 @@ impl Node {
         }
     }
 
+    /// A VM found paused by a hold an earlier agent of this host began: held again, and
+    /// settled like any hold (looked up no sooner than the fence timeout from now: how long
+    /// this host was without an agent is not known).
+    pub(super) fn found_held(&mut self, vm: &str, generation: u64) {
+        self.local_vms.insert(vm.to_string(), generation);
+        self.stopped.retain(|r| r.vm != vm);
+        let next_check = self.now + self.config.timeouts.fence_timeout_ms;
+        self.held.insert(vm.to_string(), Hold { generation, checking: false, next_check, told: false });
+        self.record(
+            Severity::Warning,
+            EventKind::VmHeld,
+            format!(
+                "{vm} is paused on {} by a hold an earlier agent began: it runs again once no newer claim exists, or is powered off",
+                self.name
+            ),
+            None,
+        );
+    }
+
     /// The master acknowledges a heartbeat sent after the resume (or this node is master).
     fn master_hears_us(&self) -> bool {
         if self.master.is_some() {
@@ -393,6 +412,42 @@ mod tests {
             kinds(&node.handle(now + 50, beat_with("host-2", 500, &[("host-3", sent)], vec![report]), &mut p));
         seen.extend(kinds(&node.handle(now + 100, Input::Tick, &mut p)));
         assert!(seen.contains(&format!("stop {first}")), "{seen:?}");
+        assert!(node.held_vms().is_empty());
+    }
+
+    #[test]
+    fn a_vm_an_earlier_agent_held_is_settled_not_taken_for_running() {
+        // A fresh agent on host-3 finds vm-1 paused with halo's hold mark (its predecessor
+        // paused it after a gap and died before settling it): held again, looked up after the
+        // fence timeout once the master hears this host, and resumed when no newer claim exists.
+        let (mut node, _) = running_node(2_000);
+        let mut p = BuiltinPolicies;
+        let seen = kinds(&node.handle(
+            2_000,
+            Input::VmState { vm: "vm-9".into(), generation: 4, state: VmState::Held },
+            &mut p,
+        ));
+        assert!(seen.contains(&"vm-held".to_string()), "{seen:?}");
+        assert_eq!(node.held_vms().get("vm-9"), Some(&4));
+        assert_eq!(node.local_vms().get("vm-9"), Some(&4), "it is here (paused)");
+        let (mut now, mut sent, mut all) = (2_000, 0, Vec::new());
+        while now <= 2_000 + node.config().timeouts.fence_timeout_ms + 500 {
+            for a in node.handle(now, Input::Tick, &mut p) {
+                if let Action::SendHeartbeat { heartbeat, .. } = &a {
+                    sent = heartbeat.seq;
+                }
+                all.push(a);
+            }
+            node.handle(now + 10, master_beat(100 + now / 100, sent), &mut p);
+            node.handle(now + 10, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut p);
+            now += 100;
+        }
+        let checks: Vec<String> = kinds(&all).into_iter().filter(|k| k.starts_with("check")).collect();
+        assert_eq!(checks, vec!["check vm-9@5".to_string()], "one lookup, of the next generation");
+        assert!(!kinds(&all).iter().any(|k| k.starts_with("resume") || k.starts_with("stop")), "{:?}", kinds(&all));
+        let answer = Input::ClaimChecked { vm: "vm-9".into(), generation: 5, holder: Ok(None) };
+        let seen = kinds(&node.handle(now, answer, &mut p));
+        assert!(seen.contains(&"resume vm-9".to_string()), "{seen:?}");
         assert!(node.held_vms().is_empty());
     }
 

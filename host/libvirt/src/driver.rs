@@ -196,6 +196,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_hold_mark_is_found_only_in_halos_namespace_under_metadata() {
+        let marked = format!("<domain><metadata><h:hold xmlns:h=\"{HALO_HOLD_XMLNS}\"/></metadata></domain>");
+        assert!(held_by_halo(&marked));
+        let libvirt_style = format!("<domain><metadata><hold xmlns='{HALO_HOLD_XMLNS}'/></metadata></domain>");
+        assert!(held_by_halo(&libvirt_style));
+        for unmarked in [
+            "<domain><metadata><hold/></metadata></domain>".to_string(),
+            format!("<domain><devices><hold xmlns='{HALO_HOLD_XMLNS}'/></devices></domain>"),
+            with_generation("<domain><name>db</name></domain>", 2),
+            "not xml".to_string(),
+        ] {
+            assert!(!held_by_halo(&unmarked), "{unmarked}");
+        }
+    }
+
+    #[test]
     fn the_generation_rides_in_the_domain_metadata() {
         let bare = "<domain type='kvm'><name>db</name></domain>";
         let three = with_generation(bare, 3);

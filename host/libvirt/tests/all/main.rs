@@ -81,6 +81,22 @@ fn domains_start_stop_shut_down_and_a_killed_qemu_is_reported_as_failed() {
     let listed = hv.domains().expect("list");
     assert!(listed.iter().any(|d| d.name == "t-life" && d.state == DomainState::Running && d.persistent), "{listed:?}");
 
+    // A hold pauses the guest and marks it in the live XML (an agent started later finds it
+    // held); releasing lets it run and removes the mark. A pause not by halo has no mark.
+    let held = |hv: &Hypervisor| halo_libvirt::held_by_halo(&hv.xml("t-life").expect("live xml"));
+    let started = Instant::now();
+    hv.hold("t-life").expect("hold");
+    println!("figure: hold (pause and mark) took {:?}", started.elapsed());
+    assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::Paused));
+    assert!(held(&hv), "the mark is in the live XML");
+    hv.hold("t-life").expect("holding a held domain is fine");
+    hv.release("t-life").expect("release");
+    assert_eq!(hv.state("t-life").expect("state"), Some(DomainState::Running));
+    assert!(!held(&hv), "released: no mark");
+    hv.pause("t-life").expect("pause");
+    assert!(!held(&hv), "paused by someone else: no mark");
+    hv.resume("t-life").expect("resume");
+
     let started = Instant::now();
     hv.power_off("t-life").expect("power off");
     println!("figure: power off took {:?}", started.elapsed());

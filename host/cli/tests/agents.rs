@@ -752,11 +752,13 @@ fn signal(pid: u32, signal: &str) {
 
 /// Issue 14 (a): the agent of a healthy host is stopped for 15 s and continued (no watchdog:
 /// one would rightly reset the host). Nothing is stopped anywhere; the same QEMU processes
-/// run at the end; its VMs were at most paused for a moment after the resume.
+/// run at the end; its VMs were at most paused for a moment after the resume. And the agent
+/// is killed while they are held (paused, claims not looked up yet) and started again: the
+/// new agent finds the hold's mark and settles it, instead of leaving them paused for good.
 #[test]
 fn a_paused_agent_on_a_healthy_host_stops_no_vm() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(cluster) = Cluster::up("a_paused_agent_on_a_healthy_host_stops_no_vm", 'p', "") else {
+    let Some(mut cluster) = Cluster::up("a_paused_agent_on_a_healthy_host_stops_no_vm", 'p', "") else {
         return;
     };
     let placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
@@ -790,6 +792,38 @@ fn a_paused_agent_on_a_healthy_host_stops_no_vm() {
     assert!(!logs.contains("fences itself"), "nothing fenced:\n{logs}");
     assert!(logs.contains("resumes after"), "the agent saw its gap:\n{logs}");
     println!("figure: VMs of host-2 paused after its agent resumed (claim check): {paused_for:?}");
+
+    // Again, and this time the agent dies while host-2's VMs are held.
+    let on_two: Vec<&str> = placement.iter().filter(|(_, h)| **h == 2).map(|(vm, _)| *vm).collect();
+    let agent = cluster.agents[&2].id();
+    signal(agent, "-STOP");
+    std::thread::sleep(Duration::from_secs(15));
+    signal(agent, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !on_two.iter().all(|vm| cluster.active(vm, &[2]).1.is_empty()) {
+        assert!(Instant::now() < deadline, "host-2's VMs are held after the gap\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(agent, "-KILL");
+    let _ = cluster.agents.get_mut(&2).map(Child::wait);
+    cluster.start_agent(2);
+    let restarted = Instant::now();
+    let mut running_again = None;
+    while restarted.elapsed() < Duration::from_secs(20) {
+        for (vm, host) in &placement {
+            let (active, _) = cluster.active(vm, &[1, 2, 3]);
+            assert_eq!(active, vec![*host], "{vm} must stay on host-{host} only\n{}", cluster.logs());
+        }
+        if on_two.iter().all(|vm| cluster.runners(vm, &[2]) == vec![2]) {
+            running_again = Some(restarted.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = running_again.unwrap_or_else(|| panic!("the new agent settles the hold\n{}", cluster.logs()));
+    assert_eq!(qemus(&cluster), before, "still the same QEMU processes\n{}", cluster.logs());
+    assert!(cluster.logs().contains("by a hold an earlier agent began"), "{}", cluster.logs());
+    println!("figure: VMs held when their agent died ran again {took:?} after the new agent started");
 }
 
 /// Issue 14 (b): host-2 frozen whole and cut off, each host with a lab watchdog of the fence

@@ -340,7 +340,11 @@ impl Node {
                 || running.contains(vm.as_str())
                 || master.restarts.contains_key(&vm)
                 || self.peers.values().any(|p| p.operator_stopped.contains(&vm))
+                || self.operator_stopped.contains(&vm)
             {
+                // (Stopped by the operator on this master's own host too: simulator seed 12384,
+                // an operator stop right after this agent restarted looked like a VM that
+                // vanished in the restart.)
                 continue;
             }
             new.push((vm, from, generation, why));

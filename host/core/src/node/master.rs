@@ -195,17 +195,12 @@ impl Node {
                 PingSignal::Pending => self.now.saturating_sub(peer.ping_at) > t.ping_timeout_ms,
                 _ => false,
             };
-            if stale_ping {
-                let peer = self.peers.get_mut(&name).expect("peer exists");
-                if peer.ping == PingSignal::Pending {
-                    peer.ping = PingSignal::NoAnswer;
-                } else {
-                    peer.ping = PingSignal::NotAsked;
-                }
+            if stale_ping && let Some(peer) = self.peers.get_mut(&name) {
+                peer.ping = if peer.ping == PingSignal::Pending { PingSignal::NoAnswer } else { PingSignal::NotAsked };
             }
             let Some(signals) = (if stale_ping { self.signals(&name) } else { Some(signals) }) else { continue };
             let (verdict, ping_now) = signals.classify();
-            let peer = self.peers.get_mut(&name).expect("peer exists");
+            let Some(peer) = self.peers.get_mut(&name) else { continue };
             if !signals.nearly_dead() {
                 peer.ping = PingSignal::NotAsked;
             }
@@ -286,7 +281,7 @@ impl Node {
         } else {
             None
         };
-        let master = self.master.as_mut().expect("master");
+        let Some(master) = self.master.as_mut() else { return false };
         let changed = master.suppressed != problem;
         master.suppressed = problem.clone();
         if changed && let Some(problem) = problem {
@@ -334,7 +329,7 @@ impl Node {
         for (vm, from, generation, why) in lost {
             let Some(spec) = self.config.vm(&vm) else { continue };
             let current = self.generations.get(&vm).copied().unwrap_or(generation);
-            let master = self.master.as_ref().expect("master");
+            let Some(master) = self.master.as_ref() else { return };
             if !spec.protected()
                 || generation < current
                 || running.contains(vm.as_str())
@@ -357,7 +352,8 @@ impl Node {
                 None,
             );
             let now = self.now;
-            self.master.as_mut().expect("master").restarts.insert(
+            let Some(master) = self.master.as_mut() else { return };
+            master.restarts.insert(
                 vm,
                 Restart {
                     from,
@@ -418,7 +414,7 @@ impl Node {
             .map(|v| v.name.clone())
             .collect();
         let mut events = Vec::new();
-        let master = self.master.as_mut().expect("master");
+        let Some(master) = self.master.as_mut() else { return };
         master.restarts.retain(|vm, r| {
             let claimed = r.generation + 1;
             let (host, since) = match &r.state {
@@ -565,7 +561,7 @@ impl Node {
     /// Starts the next wave when nothing is in flight.
     fn dispatch(&mut self, policies: &mut dyn Policies) {
         let now = self.now;
-        let master = self.master.as_ref().expect("master");
+        let Some(master) = self.master.as_ref() else { return };
         let in_flight = master
             .restarts
             .values()
@@ -635,7 +631,7 @@ impl Node {
                 ready.clone()
             }
         };
-        let master = self.master.as_ref().expect("master");
+        let Some(master) = self.master.as_ref() else { return };
         // A restart pinned to a host (see `watch_restarts`) goes there; placement decides
         // for the others.
         let mut pinned = Vec::new();
@@ -674,7 +670,7 @@ impl Node {
                 outcome.answer.assignments.iter().map(|a| format!("{} → {}", a.vm, a.host)).collect();
             records.push((Severity::Info, EventKind::RestartWave, format!("restart wave: {}", placed.join(", "))));
         }
-        let master = self.master.as_mut().expect("master");
+        let Some(master) = self.master.as_mut() else { return };
         for assignment in outcome.answer.assignments {
             let Some(r) = master.restarts.get_mut(&assignment.vm) else { continue };
             r.attempts += 1;
@@ -807,7 +803,7 @@ impl Node {
             }
             Err(why) => {
                 let restart = self.config.vm(vm).is_some_and(|s| s.priority == RestartPriority::Restart);
-                let r = master.restarts.get_mut(vm).expect("present");
+                let Some(r) = master.restarts.get_mut(vm) else { return };
                 // The claim for `generation` is spent; the next attempt claims the one after.
                 r.generation = generation;
                 r.from = host.to_string();
@@ -853,7 +849,7 @@ impl Node {
                 None,
             );
         }
-        let master = self.master.as_mut().expect("master");
+        let Some(master) = self.master.as_mut() else { return };
         master.plan = Some(plan);
         master.plan_due = self.now + 5 * self.config.timeouts.heartbeat_interval_ms;
     }
@@ -922,7 +918,7 @@ impl Node {
             capacity::AdmissionVerdict::Admitted => {}
         }
         self.maintenance.insert(host.to_string());
-        let master = self.master.as_mut().expect("master");
+        let Some(master) = self.master.as_mut() else { return };
         master.evacuating.insert(host.to_string());
         master.plan_due = self.now;
         self.record(
@@ -984,7 +980,8 @@ impl Node {
         if !self.heard_lately(to) {
             return refuse(self, format!("{to} has not been heard in the last few heartbeats; try again when it is"));
         }
-        self.master.as_mut().expect("master").migrating.insert(vm.to_string());
+        let Some(master) = self.master.as_mut() else { return };
+        master.migrating.insert(vm.to_string());
         self.record(Severity::Info, EventKind::MigrationStarted, format!("{vm}: live migration {from} → {to}"), None);
         self.out.push(Action::MigrateVm { vm: vm.to_string(), from, to: to.to_string() });
     }
@@ -1021,7 +1018,9 @@ impl Node {
                     .unwrap_or_default()
             };
             if vms.is_empty() {
-                self.master.as_mut().expect("master").evacuating.remove(&host);
+                if let Some(master) = self.master.as_mut() {
+                    master.evacuating.remove(&host);
+                }
                 self.record(
                     Severity::Info,
                     EventKind::HostEvacuated,
@@ -1036,7 +1035,8 @@ impl Node {
             let in_contact: Vec<_> =
                 outcome.answer.assignments.into_iter().filter(|a| self.heard_lately(&a.host)).collect();
             for a in in_contact {
-                self.master.as_mut().expect("master").migrating.insert(a.vm.clone());
+                let Some(master) = self.master.as_mut() else { return };
+                master.migrating.insert(a.vm.clone());
                 self.out.push(Action::MigrateVm { vm: a.vm, from: host.clone(), to: a.host });
             }
             for u in outcome.answer.unplaced {

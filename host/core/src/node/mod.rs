@@ -399,6 +399,9 @@ pub struct Node {
     generations: BTreeMap<String, u64>,
     master_view: Option<(String, u64)>,
     max_epoch: u64,
+    /// The master's state: exists only while this node is elected (created on election,
+    /// dropped on stepping down); the master's work takes it with `let Some(..) else`, never
+    /// `expect`.
     master: Option<MasterState>,
     vanished: BTreeMap<String, (String, u64)>,
     incarnation: u64,
@@ -968,5 +971,78 @@ mod config_change_tests {
         let actions = node.handle(3_000, Input::Tick, &mut p);
         assert!(!acked(&actions).contains(&"host-4".to_string()), "removed: forgotten");
         assert_eq!(node.config().hosts.len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod election_tests {
+    use proptest::prelude::*;
+
+    use super::{Action, Input, Node, PingTarget};
+    use crate::config::Timeouts;
+    use crate::config::tests::cluster;
+    use crate::policies::BuiltinPolicies;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Election convergence: hosts that all hear each other, started at different moments
+        /// and reaching their datastore or not, end up following one master, and exactly one
+        /// of them is master: the one reaching the most datastores, then the smallest name.
+        #[test]
+        fn hosts_that_hear_each_other_follow_one_master(
+            hosts in 2usize..7,
+            starts in proptest::collection::vec(0u64..3_000, 7),
+            datastore in proptest::collection::vec(any::<bool>(), 7),
+        ) {
+            let mut config = cluster(hosts, 0);
+            config.timeouts = Timeouts::default();
+            let names: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
+            let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(n, config.clone(), 0)).collect();
+            let mut p = BuiltinPolicies;
+            // What is sent in one round of 50 ms arrives in the next; a host not started yet
+            // hears nothing.
+            let mut mail: Vec<(usize, Input)> = Vec::new();
+            for now in (0..12_000u64).step_by(50) {
+                let delivered = std::mem::take(&mut mail);
+                for (i, node) in nodes.iter_mut().enumerate() {
+                    if now < starts[i] {
+                        continue;
+                    }
+                    let mut inputs = vec![Input::Tick];
+                    inputs.extend(delivered.iter().filter(|(to, _)| *to == i).map(|(_, input)| input.clone()));
+                    for input in inputs {
+                        for action in node.handle(now, input, &mut p) {
+                            match action {
+                                Action::SendHeartbeat { network, heartbeat } => {
+                                    for to in (0..names.len()).filter(|to| *to != i) {
+                                        let network = network.clone();
+                                        mail.push((to, Input::Heartbeat { network, heartbeat: heartbeat.clone() }));
+                                    }
+                                }
+                                Action::WriteDatastore { datastore: ds, .. } => {
+                                    mail.push((i, Input::DatastoreWritten { datastore: ds, ok: datastore[i] }));
+                                }
+                                Action::Ping { target } => {
+                                    let answered = matches!(target, PingTarget::Host(_));
+                                    mail.push((i, Input::PingResult { target, answered }));
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            let masters: Vec<&str> = nodes.iter().filter(|n| n.is_master()).map(|n| n.name()).collect();
+            prop_assert_eq!(masters.len(), 1, "exactly one master: {:?}", masters);
+            let followed: Vec<Option<&str>> = nodes.iter().map(|n| n.master().map(|(m, _)| m.as_str())).collect();
+            prop_assert!(followed.iter().all(|m| *m == Some(masters[0])), "all follow {}: {:?}", masters[0], followed);
+            let best = names
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, n)| (datastore[*i], std::cmp::Reverse((*n).clone())))
+                .map(|(_, n)| n.as_str());
+            prop_assert_eq!(Some(masters[0]), best, "the host reaching a datastore, then the smallest name");
+        }
     }
 }

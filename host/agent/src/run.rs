@@ -264,17 +264,31 @@ pub async fn start(
         Runtime::new(config.plugins.limits(), config.plugins.cache_dir.as_deref())
             .map_err(|e| StartError::Plugins(e.to_string()))?,
     );
-    let policies = Arc::new(
-        PluginPolicies::load(
-            &plugin_runtime,
-            PluginFiles {
-                isolation: config.plugins.isolation.as_deref(),
-                placement: config.plugins.placement.as_deref(),
-                restart_order: config.plugins.restart_order.as_deref(),
-            },
-        )
-        .map_err(|e| StartError::Plugins(e.to_string()))?,
+    // A plugin that does not load leaves its decision point on the built-in policy, with an
+    // alert: a broken file must not keep HA from running on this host. Fixed, it is loaded by
+    // the next reload poll.
+    let (policies, failed) = PluginPolicies::load_or_builtin(
+        &plugin_runtime,
+        PluginFiles {
+            isolation: config.plugins.isolation.as_deref(),
+            placement: config.plugins.placement.as_deref(),
+            restart_order: config.plugins.restart_order.as_deref(),
+        },
     );
+    for (world, why) in failed {
+        let message = format!("{world}: the plugin did not load, the built-in policy decides until it does: {why}");
+        tracing::error!(host = %me, "ALERT {message}");
+        let event = Event {
+            at: 0,
+            node: me.clone(),
+            severity: Severity::Alert,
+            kind: EventKind::PluginLoadFailed,
+            message,
+            trace: None,
+        };
+        let _: LoggedEvent = events.record(event);
+    }
+    let policies = Arc::new(policies);
     let mut decide = AgentPolicies(Arc::clone(&policies));
     let reloading = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if config.liveness.lock_memory {

@@ -142,7 +142,12 @@ fn load_plugins(dir: &Path) -> anyhow::Result<PluginPolicies> {
         placement: Some(&dir.join(PLUGIN_FILES[1])),
         restart_order: Some(&dir.join(PLUGIN_FILES[2])),
     };
-    Ok(PluginPolicies::load(&runtime, files)?)
+    // As in the agent: a plugin that does not load leaves the built-in policy in its place.
+    let (policies, failed) = PluginPolicies::load_or_builtin(&runtime, files);
+    for (world, why) in failed {
+        eprintln!("warning: {world}: the plugin did not load, the built-in policy decides instead: {why}");
+    }
+    Ok(policies)
 }
 
 fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {

@@ -16,7 +16,7 @@ use halo_policy::{
 use crate::error::LoadError;
 use crate::runtime::{Decision, Runtime};
 use crate::slot::PluginSlot;
-use crate::world::{Isolation, Placement, RestartOrder};
+use crate::world::{Isolation, Placement, PolicyWorld, RestartOrder};
 
 /// One slot per decision point; an empty slot means the built-in policy decides.
 pub struct PluginPolicies {
@@ -47,6 +47,31 @@ impl PluginPolicies {
             placement: PluginSlot::builtin(Arc::clone(runtime)),
             restart_order: PluginSlot::builtin(Arc::clone(runtime)),
         }
+    }
+
+    /// The plugins of `files` loaded, each that loads; one that fails leaves its decision point
+    /// on the built-in policy (watching its file: fixed, it is loaded by the next reload) and
+    /// is returned with its world and why, for an alert. What an agent and the simulator start
+    /// with: a broken plugin file must not keep HA from running.
+    pub fn load_or_builtin(runtime: &Arc<Runtime>, files: PluginFiles<'_>) -> (Self, Vec<(&'static str, LoadError)>) {
+        let policies = Self::builtin(runtime);
+        let mut failed = Vec::new();
+        if let Some(path) = files.isolation
+            && let Err(e) = policies.isolation.swap_to(path)
+        {
+            failed.push((Isolation::WORLD, e));
+        }
+        if let Some(path) = files.placement
+            && let Err(e) = policies.placement.swap_to(path)
+        {
+            failed.push((Placement::WORLD, e));
+        }
+        if let Some(path) = files.restart_order
+            && let Err(e) = policies.restart_order.swap_to(path)
+        {
+            failed.push((RestartOrder::WORLD, e));
+        }
+        (policies, failed)
     }
 
     /// The plugins of `files` loaded; the first that fails to load is the error.

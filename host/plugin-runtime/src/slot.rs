@@ -103,11 +103,14 @@ impl<W: PolicyWorld> PluginSlot<W> {
                 Ok(info)
             }
             Err(error) => {
-                // Remember the stamp anyway, so a broken file is reported once, not every poll.
-                if let Some((watched, stamp)) = &mut *self.path.lock().unwrap_or_else(|p| p.into_inner())
-                    && watched == path
-                {
-                    *stamp = seen;
+                // Remember the stamp anyway, so a broken file is reported once, not every poll;
+                // a slot that watched no file yet watches this one (a plugin that failed to load
+                // at start is loaded when its file is fixed).
+                let mut watched = self.path.lock().unwrap_or_else(|p| p.into_inner());
+                match &mut *watched {
+                    Some((watching, stamp)) if watching == path => *stamp = seen,
+                    Some(_) => {}
+                    None => *watched = Some((path.to_path_buf(), seen)),
                 }
                 self.stats.failed_reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(world = W::WORLD, "{error}; the previous policy stays in force");

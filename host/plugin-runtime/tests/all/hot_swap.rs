@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use halo_plugin_runtime::{DecidedBy, Placement, PluginSlot};
+use halo_plugin_runtime::{DecidedBy, Placement, PluginFiles, PluginPolicies, PluginSlot};
 
 use crate::{placement_input, plugin, runtime};
 
@@ -42,6 +42,30 @@ fn replacing_the_file_swaps_the_policy_and_a_broken_file_keeps_the_old_one() {
     assert_eq!(slot.decide(&input).answer, first_fit.answer);
     assert!(slot.reload_if_changed().is_none(), "a broken file is reported once");
     assert_eq!(slot.stats().failed_reloads, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_plugin_that_fails_to_load_at_start_leaves_the_built_in_policy_until_its_file_is_fixed() {
+    let dir = std::env::temp_dir().join(format!("halo-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let broken = dir.join("placement.wasm");
+    std::fs::write(&broken, b"not a plugin").expect("write");
+    let restart = plugin("default:restart_order");
+    let files = PluginFiles { isolation: None, placement: Some(&broken), restart_order: Some(&restart) };
+    let (policies, failed) = PluginPolicies::load_or_builtin(&runtime(), files);
+    let worlds: Vec<&str> = failed.iter().map(|(w, _)| *w).collect();
+    assert_eq!(worlds, ["placement-engine"], "only the broken one fails: {failed:?}");
+    assert!(failed[0].1.to_string().contains("not a WebAssembly file"), "{}", failed[0].1);
+    let input = placement_input();
+    assert_eq!(policies.placement.decide(&input).decided_by, DecidedBy::BuiltIn { failure: None });
+    assert!(policies.restart_order.info().is_some(), "the good plugin is in force");
+    assert!(policies.placement.reload_if_changed().is_none(), "the broken file is reported once");
+    // Fixed: the next poll loads it.
+    install(&plugin("default:placement"), &broken);
+    let info = policies.placement.reload_if_changed().expect("changed").expect("loads now");
+    assert!(info.world.ends_with("placement-engine"), "{}", info.world);
+    assert_eq!(policies.placement.decide(&input).decided_by, DecidedBy::Plugin("placement.wasm".into()));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,6 +1,7 @@
 //! The sandbox every plugin call runs in: one wasmtime `Engine` with the CPU budget (fuel
-//! or epoch deadline) compiled in, the pooling allocator, a memory cap per call, and the
-//! per-call store state (the `log` import, capped).
+//! or epoch deadline) compiled in, a wall-clock ceiling on every call whichever budget (an
+//! epoch deadline: fuel does not count time in host calls), the pooling allocator, a memory
+//! cap per call, and the per-call store state (the `log` import, capped).
 //!
 //! A plugin gets no WASI capability: WASI imports are defined as traps, so a plugin that
 //! tries to read a clock, a file or randomness stops at once and the built-in policy
@@ -24,8 +25,14 @@ use crate::error::{FailureKind, RuntimeError};
 /// about N ms, and the cut-off falls on the same instruction on every machine (replayable).
 pub const FUEL_PER_MS: u64 = 10_000_000;
 
-/// Length of one epoch tick when the budget is an epoch deadline.
+/// Length of one epoch tick (the wall-clock deadline of every call is counted in ticks).
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// With a fuel budget, a call also stops this long after its budget in wall-clock time: fuel
+/// counts only the plugin's own instructions, not the time spent in host calls (copying a
+/// log message, lifting an argument) or lost to a slow or busy machine. Part of the agent's
+/// decision margin (`[plugins] cpu-budget-ms` + 100 ms must fit the fence timeout).
+pub const WALL_SLACK_MS: u64 = 50;
 
 /// Bytes of a pooled linear memory (and table) kept mapped between calls. With the Linux
 /// `PAGEMAP_SCAN` ioctl (kernel 6.7+) only the pages a call dirtied are reset to their initial
@@ -54,6 +61,15 @@ impl CpuBudget {
     pub fn millis(self) -> u64 {
         match self {
             CpuBudget::Fuel { millis } | CpuBudget::Epoch { millis } => millis,
+        }
+    }
+
+    /// The wall-clock time after which a call is stopped, whichever budget: the epoch
+    /// budget itself, or a fuel budget plus [`WALL_SLACK_MS`].
+    pub fn wall_ceiling_millis(self) -> u64 {
+        match self {
+            CpuBudget::Fuel { millis } => millis.saturating_add(WALL_SLACK_MS),
+            CpuBudget::Epoch { millis } => millis,
         }
     }
 }
@@ -109,10 +125,11 @@ impl Sandbox {
         }
         let mut config = Config::new();
         config.wasm_component_model(true);
-        match limits.cpu {
-            CpuBudget::Fuel { .. } => config.consume_fuel(true),
-            CpuBudget::Epoch { .. } => config.epoch_interruption(true),
-        };
+        // Every call has a wall-clock deadline (epochs); a fuel budget counts instructions too.
+        config.epoch_interruption(true);
+        if let CpuBudget::Fuel { .. } = limits.cpu {
+            config.consume_fuel(true);
+        }
         let slots = limits.concurrent_calls.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
@@ -128,13 +145,10 @@ impl Sandbox {
             .pagemap_scan(Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Config(format!("wasmtime engine: {e:#}")))?;
-        let ticker = match limits.cpu {
-            CpuBudget::Epoch { .. } => Some(
-                spawn_ticker(engine.clone())
-                    .map_err(|e| RuntimeError::Config(format!("cannot start the plugin epoch thread: {e}")))?,
-            ),
-            CpuBudget::Fuel { .. } => None,
-        };
+        let ticker = Some(
+            spawn_ticker(engine.clone())
+                .map_err(|e| RuntimeError::Config(format!("cannot start the plugin epoch thread: {e}")))?,
+        );
         Ok(Self { engine, limits, ticker })
     }
 
@@ -159,14 +173,12 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
-        match self.limits.cpu {
-            CpuBudget::Fuel { millis } => store.set_fuel(millis.saturating_mul(FUEL_PER_MS))?,
-            CpuBudget::Epoch { millis } => {
-                let tick = EPOCH_TICK.as_millis() as u64;
-                store.set_epoch_deadline(millis.div_ceil(tick));
-                store.epoch_deadline_trap();
-            }
+        if let CpuBudget::Fuel { millis } = self.limits.cpu {
+            store.set_fuel(millis.saturating_mul(FUEL_PER_MS))?;
         }
+        let tick = EPOCH_TICK.as_millis() as u64;
+        store.set_epoch_deadline(self.limits.cpu.wall_ceiling_millis().div_ceil(tick));
+        store.epoch_deadline_trap();
         Ok(store)
     }
 
@@ -174,6 +186,14 @@ impl Sandbox {
     pub fn classify(&self, state: &CallState, error: &wasmtime::Error) -> (FailureKind, String) {
         let trap = error.downcast_ref::<Trap>();
         match trap {
+            Some(Trap::Interrupt) if matches!(self.limits.cpu, CpuBudget::Fuel { .. }) => (
+                FailureKind::Timeout,
+                format!(
+                    "ran past its wall-clock ceiling of {} ms (CPU budget {}, plus time in host calls such as `log`)",
+                    self.limits.cpu.wall_ceiling_millis(),
+                    self.limits.cpu
+                ),
+            ),
             Some(Trap::OutOfFuel) | Some(Trap::Interrupt) => {
                 (FailureKind::Timeout, format!("used up its CPU budget of {}", self.limits.cpu))
             }

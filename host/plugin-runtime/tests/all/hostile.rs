@@ -144,6 +144,17 @@ fn a_log_flood_is_capped_and_the_answer_still_checked() {
 }
 
 #[test]
+fn an_endless_log_loop_is_stopped_by_the_wall_clock_ceiling() {
+    // Fuel counts the plugin's own instructions only: 1 MiB copied by the host per call costs
+    // it almost none. The wall-clock ceiling (budget + 50 ms) stops it all the same.
+    let started = std::time::Instant::now();
+    falls_back::<Placement>("log_forever", &placement_input(), FailureKind::Timeout, "wall-clock ceiling of 100 ms");
+    let took = started.elapsed();
+    println!("figure: two calls of an endless 1 MiB log loop stopped after {took:?}");
+    assert!(took < std::time::Duration::from_secs(2), "stopped near its ceiling: {took:?}");
+}
+
+#[test]
 fn no_state_survives_from_one_decision_to_the_next() {
     // The pool keeps dirtied pages resident and resets them (PAGEMAP_SCAN); a plugin that
     // counts its calls in a static must still see every call as its first.

@@ -208,11 +208,17 @@ where
     }
 }
 
+/// The largest input file `halo plugin run|bench` reads.
+const MAX_INPUT_BYTES: u64 = 256 << 20;
+
 fn read_input<W: PolicyWorld>(path: &Path) -> anyhow::Result<W::Input>
 where
     W::Input: DeserializeOwned,
 {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    // A regular file, read with a bound (a FIFO or /dev/zero is refused at once).
+    let bytes = halo_plugin_runtime::read_bounded(path, MAX_INPUT_BYTES)
+        .with_context(|| format!("cannot read input {} (at most {MAX_INPUT_BYTES} bytes)", path.display()))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("input {} is not UTF-8 text", path.display()))?;
     let input: W::Input = serde_json::from_str(&text)
         .with_context(|| format!("input {} is not a valid {} input", path.display(), W::WORLD))?;
     W::check_input(&input).with_context(|| format!("input {}", path.display()))?;

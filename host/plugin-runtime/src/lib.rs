@@ -25,7 +25,9 @@ pub mod world;
 
 pub use error::{FailureKind, LoadError, PluginFailure, RuntimeError};
 pub use policies::{PluginFiles, PluginPolicies};
-pub use runtime::{CONTRACT_VERSION, CompiledPlugin, DecidedBy, Decision, LoadedPlugin, PluginInfo, Runtime};
+pub use runtime::{
+    CONTRACT_VERSION, CompiledPlugin, DecidedBy, Decision, LoadedPlugin, PluginInfo, ReadError, Runtime, read_bounded,
+};
 pub use sandbox::{CpuBudget, SandboxLimits};
 pub use slot::{PluginSlot, StatsSnapshot};
 pub use world::{Isolation, Placement, PolicyWorld, RestartOrder};

@@ -21,6 +21,45 @@ pub const CONTRACT_VERSION: &str = "0.1.1";
 /// Largest plugin file accepted.
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
+/// Longest failure detail kept (characters): it may quote the plugin's text.
+pub const MAX_FAILURE_DETAIL: usize = 600;
+
+/// Why [`read_bounded`] read nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// It could not be opened or read, or is not a regular file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// It is larger than allowed (its size, or at least that).
+    #[error("{0} bytes, more than allowed")]
+    TooLarge(u64),
+}
+
+/// Reads a regular file of at most `max` bytes. Opened without blocking and checked on the
+/// open descriptor, so a FIFO, a device (`/dev/zero`) or a directory is refused at once
+/// instead of blocking or reading without end, even if the path is swapped meanwhile.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits()).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a directory)",
+        )));
+    }
+    if meta.len() > max {
+        return Err(ReadError::TooLarge(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(ReadError::TooLarge(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// What is known about a loaded plugin (shown by `halo plugin check`).
 #[derive(Debug, Clone)]
 pub struct PluginInfo {
@@ -141,14 +180,17 @@ impl Runtime {
     pub fn compile(&self, path: &Path) -> Result<CompiledPlugin, LoadError> {
         let started = Instant::now();
         let read_err = |source| LoadError::Read { path: path.to_path_buf(), source };
-        let size = std::fs::metadata(path).map_err(read_err)?.len();
-        if size > MAX_PLUGIN_BYTES {
-            return Err(LoadError::NotAComponent {
-                path: path.to_path_buf(),
-                reason: format!("{size} bytes, more than the {MAX_PLUGIN_BYTES} allowed"),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
+        let bytes = match read_bounded(path, MAX_PLUGIN_BYTES) {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge(size)) => {
+                return Err(LoadError::NotAComponent {
+                    path: path.to_path_buf(),
+                    reason: format!("{size} bytes, more than the {MAX_PLUGIN_BYTES} allowed"),
+                });
+            }
+            Err(ReadError::Io(e)) => return Err(read_err(e)),
+        };
+        let size = bytes.len() as u64;
         if bytes.starts_with(b"\x7fELF") || !bytes.starts_with(b"\0asm") {
             return Err(LoadError::NotAComponent {
                 path: path.to_path_buf(),
@@ -216,11 +258,13 @@ impl Runtime {
 
     /// Runs `plugin` once on `input` and validates the answer; no fallback.
     pub fn call<W: PolicyWorld>(&self, plugin: &LoadedPlugin<W>, input: &W::Input) -> Result<W::Answer, PluginFailure> {
+        // The detail may quote the plugin's own text (an error answer, names in an invalid
+        // answer): at most a prefix, on one line, reaches a log, an event, the API or a terminal.
         let fail = |kind, detail: String| PluginFailure {
             plugin: plugin.info.name.to_string(),
             world: W::WORLD,
             kind,
-            detail,
+            detail: crate::sandbox::one_clean_line(&detail, MAX_FAILURE_DETAIL),
         };
         let mut store = self
             .sandbox

@@ -292,6 +292,21 @@ impl ResourceLimiter for CallState {
 /// Longest log line kept from a plugin.
 const MAX_LOG_LINE: usize = 1024;
 
+/// At most `max` characters of a plugin's text on one line: control characters (newlines,
+/// carriage returns, terminal escapes) are written as escapes, so a plugin can neither forge a
+/// log line nor drive an operator's terminal.
+pub fn one_clean_line(text: &str, max: usize) -> String {
+    let mut line = String::with_capacity(text.len().min(max));
+    for c in text.chars().take(max) {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
 impl log::Host for CallState {
     fn log(&mut self, level: log::Level, message: String) {
         if self.log_lines_left == 0 {
@@ -299,7 +314,7 @@ impl log::Host for CallState {
             return;
         }
         self.log_lines_left -= 1;
-        let message: String = message.chars().take(MAX_LOG_LINE).collect();
+        let message = one_clean_line(&message, MAX_LOG_LINE);
         let plugin = &*self.plugin;
         match level {
             log::Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -307,5 +322,19 @@ impl log::Host for CallState {
             log::Level::Warn => tracing::warn!(plugin, "{message}"),
             log::Level::Error => tracing::error!(plugin, "{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_clean_line;
+
+    #[test]
+    fn plugin_text_stays_on_one_line_without_terminal_escapes() {
+        let forged = "placed\n2026-12-03T00:00:00Z ERROR halo: host-1 fences itself\r\u{1b}[2J";
+        let clean = one_clean_line(forged, 1024);
+        assert!(!clean.chars().any(char::is_control), "{clean:?}");
+        assert!(clean.starts_with("placed\\n2026") && clean.contains("\\u{1b}[2J"), "{clean}");
+        assert_eq!(one_clean_line("héllo wörld", 5), "héllo", "cut by characters, not bytes");
     }
 }

@@ -17,6 +17,10 @@ where
     assert_eq!(failure.kind, kind, "{name}: {failure}");
     assert!(failure.detail.contains(detail), "{name}: `{}` should mention `{detail}`", failure.detail);
     assert!(failure.to_string().contains(name), "the message names the plugin: {failure}");
+    // What reaches logs, events and terminals: a bounded prefix on one line.
+    let detail = &failure.detail;
+    assert!(detail.chars().count() <= halo_plugin_runtime::runtime::MAX_FAILURE_DETAIL, "{name}: {}", detail.len());
+    assert!(!detail.chars().any(char::is_control), "{name}: {detail:?}");
     let (expected, _) = W::fallback(input);
     assert_eq!(decision.answer, expected, "{name}: the built-in policy's answer is used");
     assert_eq!(W::validate(input, &decision.answer), Ok(()));

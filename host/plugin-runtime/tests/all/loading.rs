@@ -182,3 +182,32 @@ fn the_aot_cache_is_used_and_a_foreign_cwasm_is_never_loaded() {
     assert!(refused.to_string().contains("writable by group or others"), "{refused}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_fifo_a_device_or_a_directory_is_refused_at_once_not_read() {
+    let dir = std::env::temp_dir().join(format!("halo-special-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let fifo = dir.join("plugin.wasm");
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let rt = runtime();
+    for path in [fifo.as_path(), std::path::Path::new("/dev/zero"), dir.as_path()] {
+        let started = std::time::Instant::now();
+        let err = match rt.load::<Placement>(path) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => e,
+        };
+        assert!(matches!(err, LoadError::Read { .. }), "{}: {err}", path.display());
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{}: refused at once", path.display());
+    }
+    // The bound holds for a regular file too.
+    let big = dir.join("big.wasm");
+    std::fs::write(&big, vec![0u8; 4096]).expect("write");
+    assert!(matches!(
+        halo_plugin_runtime::read_bounded(&big, 1024),
+        Err(halo_plugin_runtime::ReadError::TooLarge(4096))
+    ));
+    assert_eq!(halo_plugin_runtime::read_bounded(&big, 4096).expect("fits").len(), 4096);
+    let _ = std::fs::remove_dir_all(&dir);
+}

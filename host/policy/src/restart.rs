@@ -173,8 +173,8 @@ pub enum InvalidRestartPlan {
         /// That VM's wave.
         dependency_wave: usize,
     },
-    /// A reported cycle that is not one.
-    #[error("reports a dependency cycle [{}] that does not exist", .0.join(", "))]
+    /// A reported cycle that is not one (or not a simple one: a VM named twice).
+    #[error("reports a dependency cycle [{}] that does not exist (or names a VM twice)", some_names(.0))]
     NoSuchCycle(Vec<String>),
     /// More entries than VMs.
     #[error("has {entries} entries for {vms} VMs")]
@@ -186,8 +186,18 @@ pub enum InvalidRestartPlan {
     },
 }
 
+/// At most the first eight of a plugin's names, for a message (an answer may name millions).
+fn some_names(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text: String = names.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", … ({} in all)", names.len()));
+    }
+    text
+}
+
 /// Checks a restart answer: every VM in exactly one wave, each after its dependencies; a
-/// reported cycle must really be one.
+/// reported cycle must really be one, and a simple one (each VM once).
 pub fn validate_restart(
     input: &RestartInput,
     answer: &Result<Vec<Wave>, RestartError>,
@@ -199,7 +209,9 @@ pub fn validate_restart(
         Err(RestartError::DependencyCycle(cycle)) => {
             let indices: Option<Vec<usize>> = cycle.iter().map(|name| graph.index_of(name)).collect();
             let real = indices.is_some_and(|ix| {
-                !ix.is_empty() && (0..ix.len()).all(|k| graph.deps(ix[k]).contains(&ix[(k + 1) % ix.len()]))
+                let simple = ix.len() <= input.vms.len()
+                    && ix.iter().collect::<std::collections::BTreeSet<_>>().len() == ix.len();
+                !ix.is_empty() && simple && (0..ix.len()).all(|k| graph.deps(ix[k]).contains(&ix[(k + 1) % ix.len()]))
             });
             if real { Ok(()) } else { Err(InvalidRestartPlan::NoSuchCycle(cycle.clone())) }
         }
@@ -337,6 +349,24 @@ mod tests {
         assert!(matches!(check(vec![vec!["db"], vec!["ghost"]]), Err(InvalidRestartPlan::UnknownVm(_))));
         let false_cycle = Err(RestartError::DependencyCycle(vec!["db".into(), "app".into()]));
         assert!(matches!(validate_restart(&input, &false_cycle), Err(InvalidRestartPlan::NoSuchCycle(_))));
+    }
+
+    #[test]
+    fn a_real_cycle_repeated_is_refused_and_quoted_briefly() {
+        let input = RestartInput {
+            vms: vec![
+                vm("a", Restart, 0, None, &["b"]),
+                vm("b", Restart, 0, None, &["a"]),
+                vm("c", Restart, 0, None, &[]),
+            ],
+            settings: vec![],
+        };
+        let once = Err(RestartError::DependencyCycle(vec!["a".into(), "b".into()]));
+        assert_eq!(validate_restart(&input, &once), Ok(()));
+        let repeated: Vec<String> = ["a", "b"].iter().cycle().take(2_000_000).map(|s| s.to_string()).collect();
+        let err = validate_restart(&input, &Err(RestartError::DependencyCycle(repeated))).expect_err("refused");
+        let message = err.to_string();
+        assert!(message.len() < 200 && message.contains("2000000 in all"), "{message}");
     }
 
     proptest! {

@@ -167,6 +167,8 @@ impl Sandbox {
         let state = CallState {
             plugin,
             memory_cap: self.limits.memory_bytes,
+            memory_used: 0,
+            table_elements: 0,
             memory_refused: false,
             log_lines_left: self.limits.log_lines_per_call,
             log_dropped: 0,
@@ -263,6 +265,10 @@ fn root_message(error: &wasmtime::Error) -> String {
 pub struct CallState {
     plugin: Arc<str>,
     memory_cap: usize,
+    /// Bytes of every linear memory of the call together (the cap is for all of them).
+    memory_used: usize,
+    /// Elements of every table of the call together.
+    table_elements: usize,
     memory_refused: bool,
     log_lines_left: u32,
     log_dropped: u32,
@@ -276,18 +282,31 @@ impl CallState {
 }
 
 impl ResourceLimiter for CallState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
+    /// The cap counts all of a call's memories together: a component with two memories gets
+    /// no more than one with one.
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_used.saturating_sub(current).saturating_add(desired);
+        if total > self.memory_cap {
             self.memory_refused = true;
             return Ok(false);
         }
+        self.memory_used = total;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+    /// At most [`MAX_TABLE_ELEMENTS`] elements in all of a call's tables together.
+    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements.saturating_sub(current).saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 }
+
+/// Table elements a call may have in all its tables together.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// Longest log line kept from a plugin.
 const MAX_LOG_LINE: usize = 1024;
@@ -327,7 +346,36 @@ impl log::Host for CallState {
 
 #[cfg(test)]
 mod tests {
-    use super::one_clean_line;
+    use std::sync::Arc;
+
+    use wasmtime::ResourceLimiter;
+
+    use super::{CallState, one_clean_line};
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_a_call_together() {
+        let mib = 1 << 20;
+        let mut state = CallState {
+            plugin: Arc::from("two-memories.wasm"),
+            memory_cap: 64 * mib,
+            memory_used: 0,
+            table_elements: 0,
+            memory_refused: false,
+            log_lines_left: 0,
+            log_dropped: 0,
+        };
+        // Two memories of 40 MiB each: the second is refused, though each alone fits.
+        assert!(state.memory_growing(0, 40 * mib, None).expect("answer"));
+        assert!(!state.memory_growing(0, 40 * mib, None).expect("answer"));
+        assert!(state.memory_refused);
+        // The first growing further within the cap is fine; what the second holds counts.
+        assert!(state.memory_growing(40 * mib, 60 * mib, None).expect("answer"));
+        assert!(state.memory_growing(0, 4 * mib, None).expect("answer"));
+        assert!(!state.memory_growing(4 * mib, 5 * mib, None).expect("answer"));
+        // Tables likewise.
+        assert!(state.table_growing(0, 60_000, None).expect("answer"));
+        assert!(!state.table_growing(0, 60_000, None).expect("answer"));
+    }
 
     #[test]
     fn plugin_text_stays_on_one_line_without_terminal_escapes() {

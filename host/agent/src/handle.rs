@@ -86,33 +86,18 @@ pub enum NotTaken {
 
 /// How to reach the agent loop, and what it published. Cheap to clone.
 #[derive(Clone)]
+/// (Built by the agent loop, which owns the other ends.)
 pub struct AgentHandle {
-    me: String,
-    control: mpsc::Sender<Control>,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    events: Arc<EventLog>,
-    catalog_refresh: Arc<tokio::sync::Notify>,
-    datastores: Vec<Arc<Datastore>>,
-    liveness: Arc<LivenessStats>,
-}
-
-/// What an [`AgentHandle`] is made of (the agent loop builds it).
-pub(crate) struct HandleParts {
-    pub me: String,
-    pub control: mpsc::Sender<Control>,
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    pub events: Arc<EventLog>,
-    pub catalog_refresh: Arc<tokio::sync::Notify>,
-    pub datastores: Vec<Arc<Datastore>>,
-    pub liveness: Arc<LivenessStats>,
+    pub(crate) me: String,
+    pub(crate) control: mpsc::Sender<Control>,
+    pub(crate) snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) events: Arc<EventLog>,
+    pub(crate) catalog_refresh: Arc<tokio::sync::Notify>,
+    pub(crate) datastores: Vec<Arc<Datastore>>,
+    pub(crate) liveness: Arc<LivenessStats>,
 }
 
 impl AgentHandle {
-    pub(crate) fn new(parts: HandleParts) -> Self {
-        let HandleParts { me, control, snapshot, events, catalog_refresh, datastores, liveness } = parts;
-        AgentHandle { me, control, snapshot, events, catalog_refresh, datastores, liveness }
-    }
-
     /// This host.
     pub fn me(&self) -> &str {
         &self.me
@@ -183,7 +168,7 @@ mod tests {
         let status = halo_core::Node::new("h1", config(), 0).status();
         let snapshot = Arc::new(Snapshot { status, plugins: vec![], config: Arc::new(config()) });
         let (_tx, snapshot) = watch::channel(snapshot);
-        let parts = HandleParts {
+        let handle = AgentHandle {
             me: "h1".into(),
             control,
             snapshot,
@@ -192,7 +177,7 @@ mod tests {
             datastores: vec![],
             liveness: Arc::default(),
         };
-        (AgentHandle::new(parts), rx)
+        (handle, rx)
     }
 
     fn config() -> ClusterConfig {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 use crate::events::{EventLog, LoggedEvent};
-use crate::handle::{AgentHandle, Control, HandleParts, PluginStatus, ReloadOutcome, Snapshot};
+use crate::handle::{AgentHandle, Control, PluginStatus, ReloadOutcome, Snapshot};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -275,19 +275,6 @@ pub async fn start(
             restart_order: config.plugins.restart_order.as_deref(),
         },
     );
-    for (world, why) in failed {
-        let message = format!("{world}: the plugin did not load, the built-in policy decides until it does: {why}");
-        tracing::error!(host = %me, "ALERT {message}");
-        let event = Event {
-            at: 0,
-            node: me.clone(),
-            severity: Severity::Alert,
-            kind: EventKind::PluginLoadFailed,
-            message,
-            trace: None,
-        };
-        let _: LoggedEvent = events.record(event);
-    }
     let policies = Arc::new(policies);
     let mut decide = AgentPolicies(Arc::clone(&policies));
     let reloading = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -326,6 +313,11 @@ pub async fn start(
         events: Arc::clone(&events),
         capture: None,
     };
+    for (world, why) in failed {
+        let message = format!("{world}: the plugin did not load, the built-in policy decides until it does: {why}");
+        let kind = EventKind::PluginLoadFailed;
+        drivers.record(Event { at: 0, node: me.clone(), severity: Severity::Alert, kind, message, trace: None });
+    }
 
     // This host's libvirt: what runs now, then its lifecycle events.
     let known: Arc<RwLock<BTreeSet<String>>> =
@@ -357,7 +349,7 @@ pub async fn start(
         let plugins = plugin_status(&published);
         snapshot_tx.send_replace(Arc::new(Snapshot { status: node.status(), plugins, config: Arc::clone(config) }));
     };
-    let handle = AgentHandle::new(HandleParts {
+    let handle = AgentHandle {
         me: me.clone(),
         events,
         control,
@@ -365,7 +357,7 @@ pub async fn start(
         datastores: stores,
         liveness: liveness.stats_handle(),
         snapshot: snapshot_rx,
-    });
+    };
     let host_watchdog = match &config.watchdog.device {
         Some(device) => Some(
             crate::watchdog::HostWatchdog::open(device)

@@ -322,22 +322,24 @@ fn plugin_commands_fail_with_one_clear_line_and_a_non_zero_exit() {
     let placement = example_input("placement");
     let bad_input = std::env::temp_dir().join(format!("halo-cli-bad-input-{}.json", std::process::id()));
     std::fs::write(&bad_input, r#"{ "reason": "failover", "vms": 5, "hosts": [] }"#).expect("write");
-    let cases: Vec<(Vec<String>, Option<i32>, &str)> = vec![
+    let cases: Vec<(Vec<String>, Option<i32>, &[&str])> = vec![
         // Not a component at all.
-        (vec!["check".into(), path(&placement).into()], Some(1), "not a valid WebAssembly component"),
+        (vec!["check".into(), path(&placement).into()], Some(1), &["not a valid WebAssembly component"]),
         // Built against a contract this agent does not speak.
-        (vec!["check".into(), path(&hostile("contract_v0_2")).into()], Some(1), "this agent speaks 0.1.1"),
+        (vec!["check".into(), path(&hostile("contract_v0_2")).into()], Some(1), &["this agent speaks 0.1.1"]),
         // An answer that names a host not in the input: exit 3, the reason and the fallback.
         (
             vec!["run".into(), path(&hostile("unknown_host")).into(), "--input".into(), path(&placement).into()],
             Some(3),
-            "invalid-answer — puts VM `sql-1` on unknown host `no-such-host`",
+            &["invalid-answer — puts VM `sql-1` on unknown host `no-such-host`"],
         ),
         // A plugin that never returns is stopped by its CPU budget.
         (
             vec!["run".into(), path(&hostile("infinite_loop")).into(), "--input".into(), path(&placement).into()],
             Some(3),
-            "timeout — used up its CPU budget of 50 ms of fuel",
+            // Which limit stops it first depends on how busy the machine is: the fuel budget, or
+            // the wall-clock ceiling a preempted call reaches first. Both name the budget.
+            &["timeout — ", "50 ms of fuel"],
         ),
         // Input that is not the world's JSON.
         (
@@ -348,13 +350,13 @@ fn plugin_commands_fail_with_one_clear_line_and_a_non_zero_exit() {
                 path(&bad_input).into(),
             ],
             Some(1),
-            "is not a valid placement-engine input",
+            &["is not a valid placement-engine input"],
         ),
         // A failing plugin is reported, not benchmarked.
         (
             vec!["bench".into(), path(&hostile("unknown_host")).into(), "--input".into(), path(&placement).into()],
             Some(1),
-            "unknown host `no-such-host`",
+            &["unknown host `no-such-host`"],
         ),
     ];
     for (args, code, says) in cases {
@@ -363,7 +365,9 @@ fn plugin_commands_fail_with_one_clear_line_and_a_non_zero_exit() {
         let out = halo(&full);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), code, "{args:?}: {stderr}");
-        assert!(stderr.contains(says), "{args:?}: expected `{says}` in: {stderr}");
+        for says in says {
+            assert!(stderr.contains(says), "{args:?}: expected `{says}` in: {stderr}");
+        }
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     let _ = std::fs::remove_file(&bad_input);

@@ -260,11 +260,14 @@ fn bench<W: PolicyWorld>(
         bail!("{failure}");
     }
     let mut samples: Vec<Duration> = Vec::new();
+    let mut usage = Vec::new();
     let started = Instant::now();
     while (samples.len() as u64) < iterations.max(1) && started.elapsed() < limit {
         let t = Instant::now();
-        runtime.call(plugin, input).map_err(|f| anyhow::anyhow!("{f}"))?;
+        let (answer, used) = runtime.call_measured(plugin, input);
+        answer.map_err(|f| anyhow::anyhow!("{f}"))?;
         samples.push(t.elapsed());
+        usage.push(used);
     }
     let total = started.elapsed();
     samples.sort();
@@ -279,6 +282,27 @@ fn bench<W: PolicyWorld>(
         pct(0.99),
         samples[samples.len() - 1]
     );
+    // Host calls (`log`) are charged against the budget like the plugin's own instructions.
+    let n = usage.len().max(1) as u64;
+    let host_calls = usage.iter().map(|u| u.host.calls).sum::<u64>() / n;
+    let host_time = usage.iter().map(|u| u.host.time).sum::<Duration>() / n as u32;
+    let host_fuel = usage.iter().map(|u| u.host.fuel).sum::<u64>() / n;
+    let dropped = usage.iter().map(|u| u64::from(u.log_dropped)).sum::<u64>() / n;
+    outln!(
+        "host calls:    {host_calls} per call (log; {dropped} over the line allowance), host time {host_time:?} per call, charged {host_fuel} units of fuel"
+    );
+    let budget = runtime.limits().cpu;
+    match usage.iter().map(|u| u.fuel).collect::<Option<Vec<u64>>>() {
+        Some(fuel) => {
+            let mean = fuel.iter().sum::<u64>() / n;
+            let granted = budget.millis().saturating_mul(halo_plugin_runtime::sandbox::FUEL_PER_MS);
+            outln!(
+                "budget used:   {mean} units of fuel per call, host calls included ({:.1} % of {budget})",
+                mean as f64 * 100.0 / granted.max(1) as f64
+            );
+        }
+        None => outln!("budget used:   {budget}; host time counts against the deadline"),
+    }
     outln!("(each call: fresh store and instance, input converted, answer validated)");
     Ok(ExitCode::SUCCESS)
 }

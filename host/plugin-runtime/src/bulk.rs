@@ -207,7 +207,9 @@ impl From<CompactPlacementFields> for CompactPlacementAbi {
 }
 
 fn unplaced(list: Vec<wit_compact::CompactUnplaced>) -> Vec<policy::compact::CompactUnplaced> {
-    list.into_iter().map(|u| policy::compact::CompactUnplaced { vm: u.vm, reason: u.reason }).collect()
+    list.into_iter()
+        .map(|u| policy::compact::CompactUnplaced { vm: u.vm, reason: crate::convert::reason(u.reason) })
+        .collect()
 }
 
 // SAFETY: the ABI, the flat form and the type check are exactly the derived type's.

@@ -59,6 +59,19 @@ pub fn isolation_input(input: &policy::IsolationInput) -> wit::IsolationInput {
     }
 }
 
+/// Longest reason kept from a plugin's answer, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// A reason from a plugin's answer as halo keeps it: at most [`MAX_REASON_CHARS`] characters
+/// on one line, control characters escaped (it reaches logs, events, the API and terminals).
+pub fn reason(text: String) -> String {
+    if text.len() <= MAX_REASON_CHARS && !text.chars().any(char::is_control) {
+        text
+    } else {
+        crate::sandbox::one_clean_line(&text, MAX_REASON_CHARS)
+    }
+}
+
 /// The isolation answer in policy form.
 pub fn isolation_answer(answer: Vec<wit::VmIsolationDecision>) -> Vec<policy::VmIsolationDecision> {
     answer
@@ -186,7 +199,11 @@ pub fn placement_input(input: &policy::PlacementInput) -> PlacementInputRef<'_> 
 pub fn placement_answer(answer: wit::Placement) -> policy::Placement {
     policy::Placement {
         assignments: answer.assignments.into_iter().map(|a| policy::Assignment { vm: a.vm, host: a.host }).collect(),
-        unplaced: answer.unplaced.into_iter().map(|u| policy::UnplacedVm { vm: u.vm, reason: u.reason }).collect(),
+        unplaced: answer
+            .unplaced
+            .into_iter()
+            .map(|u| policy::UnplacedVm { vm: u.vm, reason: reason(u.reason) })
+            .collect(),
     }
 }
 

@@ -23,11 +23,13 @@ pub mod sandbox;
 pub mod slot;
 pub mod world;
 
+pub use convert::MAX_REASON_CHARS;
 pub use error::{FailureKind, LoadError, PluginFailure, RuntimeError};
 pub use policies::{PluginFiles, PluginPolicies};
 pub use runtime::{
-    CONTRACT_VERSION, CompiledPlugin, DecidedBy, Decision, LoadedPlugin, PluginInfo, ReadError, Runtime, read_bounded,
+    CONTRACT_VERSION, CallUsage, CompiledPlugin, DecidedBy, Decision, LoadedPlugin, PluginInfo, ReadError, Runtime,
+    read_bounded,
 };
-pub use sandbox::{CpuBudget, SandboxLimits};
+pub use sandbox::{CpuBudget, HostUse, SandboxLimits};
 pub use slot::{PluginSlot, StatsSnapshot};
 pub use world::{Isolation, Placement, PolicyWorld, RestartOrder};

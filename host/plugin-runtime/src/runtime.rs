@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 
-use crate::bindings;
 use crate::cache::AotCache;
 use crate::error::{FailureKind, LoadError, PluginFailure, RuntimeError};
-use crate::sandbox::{CallState, Sandbox, SandboxLimits};
+use crate::sandbox::{CallState, HostUse, Sandbox, SandboxLimits, log_import};
 use crate::world::{PolicyWorld, Rejected};
 
 /// The contract version this agent speaks (`wit/0.1.1`; plugins built against 0.1.0 load too).
@@ -152,6 +151,17 @@ impl<A> Decision<A> {
     }
 }
 
+/// What one plugin call used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallUsage {
+    /// Fuel used in all, the host calls' charge included (none under an epoch budget).
+    pub fuel: Option<u64>,
+    /// The calls the plugin made into halo, their time and their charge.
+    pub host: HostUse,
+    /// Log lines dropped over the per-call allowance.
+    pub log_dropped: u32,
+}
+
 /// The plugin runtime: the sandbox and the AOT cache.
 pub struct Runtime {
     sandbox: Sandbox,
@@ -224,15 +234,15 @@ impl Runtime {
         let instantiate_err =
             |e: wasmtime::Error| LoadError::Instantiate { path: path.to_path_buf(), reason: format!("{e:#}") };
         let mut linker: Linker<CallState> = Linker::new(engine);
-        bindings::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(instantiate_err)?;
-        // A plugin built against an older compatible contract imports `log` under its own
-        // version (`halo:policy/log@0.1.0`): define it under that exact name too, or the trap
-        // stubs below would take the name (they match exactly, before any version matching).
-        for import in imports.iter().filter(|i| i.starts_with("halo:policy/log@")) {
-            if !is_own_log(import) {
-                add_log_as(&mut linker, import).map_err(instantiate_err)?;
-            }
+        // `log` under the contract version this agent speaks and under the exact version a
+        // plugin built against an older compatible contract imports (`halo:policy/log@0.1.0`):
+        // the trap stubs below would otherwise take that name (they match exactly, before any
+        // version matching).
+        let own = format!("halo:policy/log@{CONTRACT_VERSION}");
+        let mut logs = vec![own.as_str()];
+        logs.extend(imports.iter().map(String::as_str).filter(|i| i.starts_with("halo:policy/log@") && *i != own));
+        for import in logs {
+            linker.instance(import).and_then(|mut i| i.func_wrap("log", log_import)).map_err(instantiate_err)?;
         }
         linker.define_unknown_imports_as_traps(&component).map_err(instantiate_err)?;
         let pre = W::prepare(linker.instantiate_pre(&component).map_err(instantiate_err)?, &export)
@@ -258,6 +268,15 @@ impl Runtime {
 
     /// Runs `plugin` once on `input` and validates the answer; no fallback.
     pub fn call<W: PolicyWorld>(&self, plugin: &LoadedPlugin<W>, input: &W::Input) -> Result<W::Answer, PluginFailure> {
+        self.call_measured(plugin, input).0
+    }
+
+    /// [`Runtime::call`], and what the call used (fuel, host calls, host time).
+    pub fn call_measured<W: PolicyWorld>(
+        &self,
+        plugin: &LoadedPlugin<W>,
+        input: &W::Input,
+    ) -> (Result<W::Answer, PluginFailure>, CallUsage) {
         // The detail may quote the plugin's own text (an error answer, names in an invalid
         // answer): at most a prefix, on one line, reaches a log, an event, the API or a terminal.
         let fail = |kind, detail: String| PluginFailure {
@@ -266,23 +285,31 @@ impl Runtime {
             kind,
             detail: crate::sandbox::one_clean_line(&detail, MAX_FAILURE_DETAIL),
         };
-        let mut store = self
-            .sandbox
-            .store(plugin.info.name.clone())
-            .map_err(|e| fail(FailureKind::Instantiate, format!("{e:#}")))?;
+        let mut store = match self.sandbox.store(plugin.info.name.clone()) {
+            Ok(store) => store,
+            Err(e) => return (Err(fail(FailureKind::Instantiate, format!("{e:#}"))), CallUsage::default()),
+        };
+        let fuel_before = store.get_fuel().ok();
         let outcome = W::call(&plugin.pre, &mut store, input);
-        if store.data().log_dropped() > 0 {
-            tracing::warn!(plugin = %plugin.info.name, dropped = store.data().log_dropped(), "plugin log lines dropped (over the per-call allowance)");
+        let state = store.data();
+        let usage = CallUsage {
+            fuel: fuel_before.zip(store.get_fuel().ok()).map(|(before, after)| before.saturating_sub(after)),
+            host: state.host_use(),
+            log_dropped: state.log_dropped(),
+        };
+        if usage.log_dropped > 0 {
+            tracing::warn!(plugin = %plugin.info.name, dropped = usage.log_dropped, "plugin log lines dropped (over the per-call allowance)");
         }
-        match outcome {
+        let result = match outcome {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(Rejected::Invalid(why))) => Err(fail(FailureKind::InvalidAnswer, why)),
-            Ok(Err(Rejected::Refused(reason))) => Err(fail(FailureKind::Refused, reason.chars().take(1000).collect())),
+            Ok(Err(Rejected::Refused(reason))) => Err(fail(FailureKind::Refused, reason)),
             Err(error) => {
-                let (kind, detail) = self.sandbox.classify(store.data(), &error);
+                let (kind, detail) = self.sandbox.classify(state, &error);
                 Err(fail(kind, detail))
             }
-        }
+        };
+        (result, usage)
     }
 
     /// One decision: the plugin's validated answer, or the built-in policy's with the reason.
@@ -307,23 +334,6 @@ impl Runtime {
         let (answer, settings_problems) = W::fallback(input);
         Decision { answer, decided_by: DecidedBy::BuiltIn { failure }, settings_problems, elapsed: started.elapsed() }
     }
-}
-
-/// Whether `import` is the `log` of the contract version this agent speaks (the generated
-/// bindings define that one).
-fn is_own_log(import: &str) -> bool {
-    import == format!("halo:policy/log@{CONTRACT_VERSION}")
-}
-
-/// Defines the `log` interface under the instance name `import` (another compatible version).
-fn add_log_as(linker: &mut Linker<CallState>, import: &str) -> wasmtime::Result<()> {
-    linker.instance(import)?.func_wrap(
-        "log",
-        |mut store: wasmtime::StoreContextMut<'_, CallState>, (level, message): (bindings::log::Level, String)| {
-            bindings::log::Host::log(store.data_mut(), level, message);
-            Ok(())
-        },
-    )
 }
 
 /// Finds one of the world's interfaces among the exports and checks its version.

@@ -1,7 +1,7 @@
 //! The sandbox every plugin call runs in: one wasmtime `Engine` with the CPU budget (fuel
 //! or epoch deadline) compiled in, a wall-clock ceiling on every call whichever budget (an
 //! epoch deadline: fuel does not count time in host calls), the pooling allocator, a memory
-//! cap per call, and the per-call store state (the `log` import, capped).
+//! cap per call, and the per-call store state (the `log` import, capped and charged).
 //!
 //! A plugin gets no WASI capability: WASI imports are defined as traps, so a plugin that
 //! tries to read a clock, a file or randomness stops at once and the built-in policy
@@ -11,10 +11,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use wasmtime::component::WasmStr;
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreContextMut, Trap,
 };
 
 use crate::bindings::log;
@@ -33,6 +35,21 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// log message, lifting an argument) or lost to a slow or busy machine. Part of the agent's
 /// decision margin (`[plugins] cpu-budget-ms` + 100 ms must fit the fence timeout).
 pub const WALL_SLACK_MS: u64 = 50;
+
+/// Fuel charged for every call a plugin makes into halo (`log`), whatever it carries: the
+/// host's own work (crossing the boundary, the line allowance, a log record) is not counted
+/// by wasmtime's fuel, so it is charged here. 5,000 units are 0.5 µs of budget; a call that
+/// is dropped (over the line allowance) costs about 0.17 µs in all here, boundary included
+/// (`halo plugin bench` of the hostile `log_flood`: 20,000 calls in 3.4 ms).
+pub const HOST_CALL_FUEL: u64 = 5_000;
+
+/// Fuel charged per byte of a plugin's text the host reads (a log message that is kept is
+/// validated whole, though at most [`MAX_LOG_LINE`] characters of it are kept).
+pub const HOST_BYTE_FUEL: u64 = 4;
+
+/// Most bytes a plugin may hand to halo in one go: its whole answer, or one log message.
+/// wasmtime checks the length before it copies anything; more traps the call.
+pub const MAX_TRANSFER_BYTES: usize = 16 << 20;
 
 /// Bytes of a pooled linear memory (and table) kept mapped between calls. With the Linux
 /// `PAGEMAP_SCAN` ioctl (kernel 6.7+) only the pages a call dirtied are reset to their initial
@@ -172,12 +189,14 @@ impl Sandbox {
             memory_refused: false,
             log_lines_left: self.limits.log_lines_per_call,
             log_dropped: 0,
+            host: HostUse::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
         if let CpuBudget::Fuel { millis } = self.limits.cpu {
             store.set_fuel(millis.saturating_mul(FUEL_PER_MS))?;
         }
+        store.set_hostcall_fuel(MAX_TRANSFER_BYTES);
         let tick = EPOCH_TICK.as_millis() as u64;
         store.set_epoch_deadline(self.limits.cpu.wall_ceiling_millis().div_ceil(tick));
         store.epoch_deadline_trap();
@@ -199,6 +218,13 @@ impl Sandbox {
             Some(Trap::OutOfFuel) | Some(Trap::Interrupt) => {
                 (FailureKind::Timeout, format!("used up its CPU budget of {}", self.limits.cpu))
             }
+            _ if root_message(error).contains("fuel allocated for hostcalls has been exhausted") => (
+                FailureKind::Trap,
+                format!(
+                    "handed halo more than {} MiB at once (its answer, or one log message); that is the limit per answer",
+                    MAX_TRANSFER_BYTES >> 20
+                ),
+            ),
             _ if state.memory_refused => (
                 FailureKind::MemoryExhausted,
                 format!("asked for more than its memory cap of {} MiB", state.memory_cap >> 20),
@@ -272,12 +298,29 @@ pub struct CallState {
     memory_refused: bool,
     log_lines_left: u32,
     log_dropped: u32,
+    host: HostUse,
+}
+
+/// What a call's host calls cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostUse {
+    /// Calls the plugin made into halo.
+    pub calls: u64,
+    /// Time halo spent in them (measured).
+    pub time: Duration,
+    /// Fuel charged for them ([`HOST_CALL_FUEL`] per call, [`HOST_BYTE_FUEL`] per byte read).
+    pub fuel: u64,
 }
 
 impl CallState {
     /// Log lines the plugin wrote past its per-call allowance.
     pub fn log_dropped(&self) -> u32 {
         self.log_dropped
+    }
+
+    /// What the call's host calls cost so far.
+    pub fn host_use(&self) -> HostUse {
+        self.host
     }
 }
 
@@ -311,37 +354,66 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Longest log line kept from a plugin.
 const MAX_LOG_LINE: usize = 1024;
 
-/// At most `max` characters of a plugin's text on one line: control characters (newlines,
+/// At most `max` characters of a plugin's text on one line (escapes included): control characters (newlines,
 /// carriage returns, terminal escapes) are written as escapes, so a plugin can neither forge a
 /// log line nor drive an operator's terminal.
 pub fn one_clean_line(text: &str, max: usize) -> String {
     let mut line = String::with_capacity(text.len().min(max));
-    for c in text.chars().take(max) {
-        if c.is_control() {
-            line.extend(c.escape_default());
-        } else {
-            line.push(c);
+    let mut kept = 0;
+    for c in text.chars() {
+        let escaped = c.is_control().then(|| c.escape_default());
+        let width = escaped.clone().map_or(1, Iterator::count);
+        if kept + width > max {
+            break;
+        }
+        kept += width;
+        match escaped {
+            Some(escape) => line.extend(escape),
+            None => line.push(c),
         }
     }
     line
 }
 
-impl log::Host for CallState {
-    fn log(&mut self, level: log::Level, message: String) {
-        if self.log_lines_left == 0 {
-            self.log_dropped = self.log_dropped.saturating_add(1);
-            return;
-        }
-        self.log_lines_left -= 1;
-        let message = one_clean_line(&message, MAX_LOG_LINE);
-        let plugin = &*self.plugin;
+/// The `log` import, under any compatible contract version. The message arrives as a
+/// [`WasmStr`], a view into the plugin's memory: nothing is copied, a line past the allowance
+/// is not even read, and at most [`MAX_LOG_LINE`] characters of a kept one reach the log.
+/// Every call is charged fuel ([`HOST_CALL_FUEL`], plus [`HOST_BYTE_FUEL`] per byte read), so
+/// time spent in the host counts against the call's budget like the plugin's own.
+pub fn log_import(
+    mut store: StoreContextMut<'_, CallState>,
+    (level, message): (log::Level, WasmStr),
+) -> wasmtime::Result<()> {
+    let started = Instant::now();
+    let mut read = 0_u64;
+    if store.data().log_lines_left == 0 {
+        store.data_mut().log_dropped = store.data().log_dropped.saturating_add(1);
+    } else {
+        let line = {
+            let text = message.to_str(&store)?;
+            read = text.len() as u64;
+            one_clean_line(&text, MAX_LOG_LINE)
+        };
+        let state = store.data_mut();
+        state.log_lines_left -= 1;
+        let plugin = &*state.plugin;
         match level {
-            log::Level::Debug => tracing::debug!(plugin, "{message}"),
-            log::Level::Info => tracing::info!(plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, "{message}"),
-            log::Level::Error => tracing::error!(plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, "{line}"),
+            log::Level::Info => tracing::info!(plugin, "{line}"),
+            log::Level::Warn => tracing::warn!(plugin, "{line}"),
+            log::Level::Error => tracing::error!(plugin, "{line}"),
         }
     }
+    let charge = HOST_CALL_FUEL.saturating_add(read.saturating_mul(HOST_BYTE_FUEL));
+    // Without fuel (an epoch budget) the wall-clock deadline covers host time by itself.
+    if let Ok(left) = store.get_fuel() {
+        store.set_fuel(left.saturating_sub(charge))?;
+    }
+    let host = &mut store.data_mut().host;
+    host.calls += 1;
+    host.fuel = host.fuel.saturating_add(charge);
+    host.time += started.elapsed();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -363,6 +435,7 @@ mod tests {
             memory_refused: false,
             log_lines_left: 0,
             log_dropped: 0,
+            host: super::HostUse::default(),
         };
         // Two memories of 40 MiB each: the second is refused, though each alone fits.
         assert!(state.memory_growing(0, 40 * mib, None).expect("answer"));
@@ -384,5 +457,7 @@ mod tests {
         assert!(!clean.chars().any(char::is_control), "{clean:?}");
         assert!(clean.starts_with("placed\\n2026") && clean.contains("\\u{1b}[2J"), "{clean}");
         assert_eq!(one_clean_line("héllo wörld", 5), "héllo", "cut by characters, not bytes");
+        assert_eq!(one_clean_line("a\nb", 3), "a\\n", "the escapes count towards the bound");
+        assert_eq!(one_clean_line("a\nb", 2), "a", "an escape is never cut in half");
     }
 }

@@ -300,6 +300,29 @@ fn plugin_check_run_and_bench_on_the_default_plugins() {
         assert!(per_second > 0.0, "{stdout}");
         assert!(stdout.contains("p50") && stdout.contains("p99"), "{stdout}");
     }
+    // A plugin that logs at every step: its host calls, their time and their charge are shown,
+    // and the charge is part of the budget used.
+    let flood = plugin_dir().join("examples/log_flood.wasm");
+    let placement = example_input("placement");
+    let out = halo(&["plugin", "bench", path(&flood), "--input", path(&placement), "--iterations", "5"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "bench log_flood: {}", text(&out.stderr));
+    let line = |prefix: &str| {
+        stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` in:\n{stdout}"))
+    };
+    assert!(line("host calls:").contains("20000 per call (log; 19936 over the line allowance), host time"), "{stdout}");
+    let charged: u64 = line("host calls:")
+        .split("charged ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no charge in:\n{stdout}"));
+    let used: u64 = line("budget used:")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fuel used in:\n{stdout}"));
+    assert!(charged > 0 && used > charged, "the host calls' charge is counted in the budget: {stdout}");
     // The placement example: web-2 cannot join web-1's group on the one host left for it, and
     // no host carries the GPU job's label; each says why.
     let answer = halo(&[

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use halo_core::config::{HaSettings, PolicySettings, Timeouts};
 use halo_core::{ClusterConfig, HostSpec, VmSpec};
-use halo_plugin_runtime::{CpuBudget, SandboxLimits};
+use halo_plugin_runtime::{CompileLimits, CpuBudget, SandboxLimits};
 use serde::Deserialize;
 
 /// What a decision may not use of the fence timeout: conversion, validation and the step
@@ -234,6 +234,11 @@ pub struct PluginEntry {
     /// write it): a plugin loads in well under a millisecond instead of ≈ 150 ms of compiling.
     /// None: compile at every load.
     pub cache_dir: Option<PathBuf>,
+    /// Wall-clock limit of compiling one plugin, in seconds (1 … 3600, default 60). Plugins
+    /// compile in a child process; one that overruns is refused and the previous policy stays.
+    pub compile_timeout_s: u64,
+    /// Memory limit of compiling one plugin, in MiB (256 … 65536, default 2048).
+    pub compile_memory_mib: u64,
 }
 
 /// How a plugin call's CPU budget is enforced.
@@ -250,6 +255,7 @@ pub enum BudgetKind {
 impl Default for PluginEntry {
     fn default() -> Self {
         let limits = SandboxLimits::default();
+        let compile = CompileLimits::default();
         Self {
             isolation: None,
             placement: None,
@@ -258,6 +264,8 @@ impl Default for PluginEntry {
             cpu_budget: BudgetKind::Fuel,
             memory_mib: (limits.memory_bytes >> 20) as u64,
             cache_dir: None,
+            compile_timeout_s: compile.deadline.as_secs(),
+            compile_memory_mib: compile.memory_bytes >> 20,
         }
     }
 }
@@ -271,6 +279,14 @@ impl PluginEntry {
             BudgetKind::Epoch => CpuBudget::Epoch { millis },
         };
         SandboxLimits { cpu, memory_bytes: (self.memory_mib as usize) << 20, ..SandboxLimits::default() }
+    }
+
+    /// The time and memory one plugin compile may take.
+    pub fn compile_limits(&self) -> CompileLimits {
+        CompileLimits {
+            deadline: std::time::Duration::from_secs(self.compile_timeout_s),
+            memory_bytes: self.compile_memory_mib << 20,
+        }
     }
 }
 
@@ -459,6 +475,18 @@ impl AgentConfig {
             && !dir.is_absolute()
         {
             problems.push(format!("plugins.cache-dir: {} must be an absolute path", dir.display()));
+        }
+        if !(1..=3600).contains(&self.plugins.compile_timeout_s) {
+            problems.push(format!(
+                "plugins.compile-timeout-s: {} must be between 1 and 3600 (default 60)",
+                self.plugins.compile_timeout_s
+            ));
+        }
+        if !(256..=65_536).contains(&self.plugins.compile_memory_mib) {
+            problems.push(format!(
+                "plugins.compile-memory-mib: {} must be between 256 and 65536 (default 2048)",
+                self.plugins.compile_memory_mib
+            ));
         }
         if !(1..=4096).contains(&self.plugins.memory_mib) {
             problems.push(format!(
@@ -669,11 +697,20 @@ priority = "restart"
         let config = AgentConfig::parse(GOOD, "halo.toml").expect("valid");
         assert_eq!(config.plugins.limits(), SandboxLimits::default(), "50 ms of fuel, 64 MiB");
         let tuned = format!("{GOOD}\n[plugins]\ncpu-budget-ms = 400\ncpu-budget = \"epoch\"\nmemory-mib = 256\n");
-        let limits = AgentConfig::parse(&tuned, "halo.toml").expect("valid").plugins.limits();
+        let plugins = AgentConfig::parse(&tuned, "halo.toml").expect("valid").plugins;
+        assert_eq!(plugins.compile_limits(), CompileLimits::default(), "60 s and 2 GiB to compile");
+        let limits = plugins.limits();
         assert_eq!(limits.cpu, CpuBudget::Epoch { millis: 400 });
         assert_eq!(limits.memory_bytes, 256 << 20);
-        let bad = format!("{GOOD}\n[plugins]\ncpu-budget-ms = 0\nmemory-mib = 8192\ncache-dir = \"cache\"\n");
+        let bad = format!(
+            "{GOOD}\n[plugins]\ncpu-budget-ms = 0\nmemory-mib = 8192\ncache-dir = \"cache\"\ncompile-timeout-s = 0\ncompile-memory-mib = 100\n"
+        );
         let text = AgentConfig::parse(&bad, "halo.toml").expect_err("out of range").to_string();
+        assert!(text.contains("plugins.compile-timeout-s: 0 must be between 1 and 3600 (default 60)"), "{text}");
+        assert!(
+            text.contains("plugins.compile-memory-mib: 100 must be between 256 and 65536 (default 2048)"),
+            "{text}"
+        );
         assert!(text.contains("plugins.cpu-budget-ms: 0 must be between 1 and 10000"), "{text}");
         assert!(text.contains("plugins.memory-mib: 8192 must be between 1 and 4096"), "{text}");
         assert!(text.contains("plugins.cache-dir: cache must be an absolute path"), "{text}");

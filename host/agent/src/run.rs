@@ -20,7 +20,8 @@ use halo_libvirt::{
     held_by_halo,
 };
 use halo_net::{ClusterKey, Membership, NetworkEndpoints, Pinger, TransportConfig};
-use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime};
+use halo_plugin_runtime::compile::HALO_WORKER_ARGS;
+use halo_plugin_runtime::{ChildCompiler, CompilePlace, PluginFiles, PluginPolicies, Runtime};
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
@@ -260,9 +261,14 @@ pub async fn start(
     let events = EventLog::new(config.alerts.event_log.clone(), webhook);
     // The plugins are compiled before the liveness path starts (later swaps compile on a
     // blocking thread, never on the agent loop).
+    // Plugins compile in a child process of the agent's own executable (`halo`), under the
+    // configured time and memory: a compile bomb is stopped there, never in the agent.
+    let compiler = ChildCompiler::this_executable(&HALO_WORKER_ARGS, config.plugins.compile_limits())
+        .map_err(|e| StartError::Plugins(format!("cannot find the agent's executable to compile plugins with: {e}")))?;
     let plugin_runtime = Arc::new(
         Runtime::new(config.plugins.limits(), config.plugins.cache_dir.as_deref())
-            .map_err(|e| StartError::Plugins(e.to_string()))?,
+            .map_err(|e| StartError::Plugins(e.to_string()))?
+            .compile_at(CompilePlace::Child(compiler)),
     );
     // A plugin that does not load leaves its decision point on the built-in policy, with an
     // alert: a broken file must not keep HA from running on this host. Fixed, it is loaded by

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use halo_plugin_runtime::{
-    CompiledPlugin, CpuBudget, Isolation, LoadedPlugin, Placement, PluginInfo, PolicyWorld, RestartOrder, Runtime,
-    SandboxLimits,
+    ChildCompiler, CompileLimits, CompilePlace, CompiledPlugin, CpuBudget, Isolation, LoadedPlugin, Placement,
+    PluginInfo, PolicyWorld, RestartOrder, Runtime, SandboxLimits,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -63,6 +63,12 @@ pub enum PluginCommand {
         #[command(flatten)]
         api: crate::ops::ApiArgs,
     },
+    /// Internal: the compile worker halo starts to compile a plugin under time and memory limits.
+    #[command(hide = true)]
+    CompileWorker {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Options shared by the plugin subcommands.
@@ -83,6 +89,12 @@ pub struct Opts {
     /// Cache compiled plugins in this directory (AOT).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Wall-clock limit of compiling the plugin, in seconds (it compiles in a child process).
+    #[arg(long, default_value_t = 60)]
+    compile_timeout_s: u64,
+    /// Memory limit of compiling the plugin, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    compile_memory_mib: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -111,15 +123,41 @@ impl Opts {
             BudgetKind::Fuel => CpuBudget::Fuel { millis },
             BudgetKind::Epoch => CpuBudget::Epoch { millis },
         };
+        if !(1..=3600).contains(&self.compile_timeout_s) {
+            bail!("--compile-timeout-s must be between 1 and 3600, not {}", self.compile_timeout_s);
+        }
+        if !(256..=65_536).contains(&self.compile_memory_mib) {
+            bail!("--compile-memory-mib must be between 256 and 65536, not {}", self.compile_memory_mib);
+        }
         let limits = SandboxLimits { cpu, memory_bytes: self.memory_mib << 20, ..SandboxLimits::default() };
-        Ok(Runtime::new(limits, self.cache_dir.as_deref())?)
+        let compile = CompileLimits {
+            deadline: Duration::from_secs(self.compile_timeout_s),
+            memory_bytes: self.compile_memory_mib << 20,
+        };
+        Ok(Runtime::new(limits, self.cache_dir.as_deref())?.compile_at(child_compiler(compile)?))
     }
+}
+
+/// Plugins are compiled in a child process of this same executable, under `limits`.
+pub fn child_compiler(limits: CompileLimits) -> anyhow::Result<CompilePlace> {
+    let child = ChildCompiler::this_executable(&halo_plugin_runtime::compile::HALO_WORKER_ARGS, limits)
+        .context("cannot find this executable to compile plugins in a child process")?;
+    Ok(CompilePlace::Child(child))
 }
 
 /// Runs a plugin subcommand.
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     let (file, opts) = match &command {
         PluginCommand::Reload { api } => return crate::ops::reload(api),
+        PluginCommand::CompileWorker { args } => {
+            return Ok(match halo_plugin_runtime::compile_worker(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(why) => {
+                    eprintln!("{why}");
+                    ExitCode::from(1)
+                }
+            });
+        }
         PluginCommand::Check { file, opts }
         | PluginCommand::Run { file, opts, .. }
         | PluginCommand::Bench { file, opts, .. } => (file.clone(), opts.clone()),
@@ -171,7 +209,9 @@ where
     W::Answer: Serialize,
 {
     match command {
-        PluginCommand::Reload { .. } => unreachable!("handled before the plugin is loaded"),
+        PluginCommand::Reload { .. } | PluginCommand::CompileWorker { .. } => {
+            unreachable!("handled before the plugin is loaded")
+        }
         PluginCommand::Check { .. } => {
             let plugin = runtime.prepare::<W>(compiled)?;
             print_info(plugin.info(), runtime);
@@ -234,6 +274,7 @@ fn print_info(info: &PluginInfo, runtime: &Runtime) {
     outln!("exports:    {}", info.exports.join(", "));
     outln!("wasi:       {} imports, all denied (calling one traps)", info.denied_imports.len());
     outln!("size:       {} bytes", info.size);
+    outln!("code:       {}", info.complexity);
     outln!("sha256:     {}", info.sha256);
     outln!(
         "load time:  {:.1} ms{}",

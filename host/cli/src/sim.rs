@@ -136,7 +136,8 @@ fn load_plugins(dir: &Path) -> anyhow::Result<PluginPolicies> {
             bail!("{} is missing (build the default plugins with `cargo xtask plugins`)", dir.join(file).display());
         }
     }
-    let runtime = Arc::new(Runtime::new(SandboxLimits::default(), None)?);
+    let compile = crate::plugin::child_compiler(halo_plugin_runtime::CompileLimits::default())?;
+    let runtime = Arc::new(Runtime::new(SandboxLimits::default(), None)?.compile_at(compile));
     let files = PluginFiles {
         isolation: Some(&dir.join(PLUGIN_FILES[0])),
         placement: Some(&dir.join(PLUGIN_FILES[1])),

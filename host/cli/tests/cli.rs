@@ -395,3 +395,52 @@ fn plugin_commands_fail_with_one_clear_line_and_a_non_zero_exit() {
     }
     let _ = std::fs::remove_file(&bad_input);
 }
+
+/// Issue 15: code that is pathological for the compiler is refused, each time with one line
+/// naming the figure and the limit, and never costs the process that asked more than the
+/// limits: past a structural limit before any compile; slow or memory-hungry code in the
+/// compile worker (a child process), stopped at its deadline or its memory.
+#[test]
+fn compile_bombs_are_refused_within_their_limits() {
+    let dir = std::env::temp_dir().join(format!("halo-cli-bombs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let salt = std::process::id() as i32;
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>, &str)> = vec![
+        (
+            "nested-50000.wasm",
+            halo_lab::compile_bomb::nested_blocks(50_000),
+            vec![],
+            "refused: its deepest nesting of blocks is 50000, more than the 1000 allowed (refused before compiling)",
+        ),
+        (
+            "slow.wasm",
+            // 200 functions of loops 900 deep: within every structural limit, ≈ 30 s to compile.
+            halo_lab::compile_bomb::nested_loops(200, 900, salt),
+            vec!["--compile-timeout-s", "2"],
+            "compile refused: took longer than its compile deadline of 2 s; it was stopped",
+        ),
+        (
+            "calls.wasm",
+            // 95,000 call sites: within the limits, ≈ 300 MB to compile.
+            halo_lab::compile_bomb::many_calls(95_000),
+            vec!["--compile-memory-mib", "256"],
+            "compile memory of 256 MiB",
+        ),
+    ];
+    for (name, bytes, options, says) in cases {
+        let file = dir.join(name);
+        std::fs::write(&file, bytes).expect("write");
+        let mut args = vec!["plugin", "check", path(&file)];
+        args.extend(options);
+        let started = std::time::Instant::now();
+        let out = halo(&args);
+        let took = started.elapsed();
+        let stderr = text(&out.stderr);
+        println!("figure: {name} refused after {took:?}: {}", stderr.trim());
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(says), "{name}: expected `{says}` in: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: one line: {stderr}");
+        assert!(took < std::time::Duration::from_secs(20), "{name}: {took:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

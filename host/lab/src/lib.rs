@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compile_bomb;
 mod guest;
 pub mod slow_plugin;
 pub mod watchdog;

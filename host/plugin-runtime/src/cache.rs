@@ -59,12 +59,14 @@ impl AotCache {
 
     /// The component for `bytes`: from the cache when present and valid, otherwise
     /// compiled and stored. Returns whether it came from the cache.
+    /// `precompile` makes the artifact when the cache has none (in a child process, for the
+    /// agent).
     pub fn load(
         &self,
         engine: &Engine,
         bytes: &[u8],
         sha256: &str,
-        path: &Path,
+        precompile: impl FnOnce(&[u8]) -> Result<Vec<u8>, LoadError>,
     ) -> Result<(Component, bool), LoadError> {
         let artifact = self.artifact(engine, sha256);
         if artifact.is_file() {
@@ -76,15 +78,13 @@ impl AotCache {
                 }
             }
         }
-        let compiled = engine
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::NotAComponent { path: path.to_path_buf(), reason: format!("{e:#}") })?;
+        let compiled = precompile(bytes)?;
         if let Err(e) = self.store(&artifact, &compiled) {
             tracing::warn!(dir = %self.dir.display(), "cannot write the plugin cache: {e}");
         }
-        let component = deserialize(engine, &artifact).or_else(|_| {
-            Component::new(engine, bytes)
-                .map_err(|e| LoadError::NotAComponent { path: path.to_path_buf(), reason: format!("{e:#}") })
+        let component = deserialize(engine, &artifact).map_err(|e| LoadError::Cache {
+            dir: self.dir.clone(),
+            reason: format!("the artifact just written does not load: {e:#}"),
         })?;
         Ok((component, false))
     }

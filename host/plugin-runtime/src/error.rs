@@ -22,6 +22,23 @@ pub enum LoadError {
         /// wasmtime's reason.
         reason: String,
     },
+    /// The code is past a structural limit (nesting, function size, …), checked before any
+    /// compile is spent on it.
+    #[error("plugin {path}: refused: {reason}")]
+    TooComplex {
+        /// The file.
+        path: PathBuf,
+        /// The figure and the limit.
+        reason: String,
+    },
+    /// Compiling it overran its time or memory, or the compiler process failed.
+    #[error("plugin {path}: compile refused: {reason}")]
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// What overran, with the limit.
+        reason: String,
+    },
     /// The component exports another world than the one asked for.
     #[error("plugin {path}: {found}; a {expected} plugin must export {interfaces}")]
     WrongWorld {

@@ -7,6 +7,7 @@
 //! - [`runtime`]: load-time checks (world, contract version, imports) and one decision.
 //! - [`slot`]: the plugin in force per world, hot-swapped atomically.
 //! - [`cache`]: AOT-compiled plugins, only ever the agent's own artifacts.
+//! - [`compile`]: the structural check before compiling, and compiling in a limited child.
 //! - [`world`]: the three worlds behind one trait.
 //! - [`policies`]: the core's decision points answered by the three slots.
 
@@ -15,6 +16,7 @@
 mod bindings;
 mod bulk;
 pub mod cache;
+pub mod compile;
 mod convert;
 pub mod error;
 pub mod policies;
@@ -23,6 +25,7 @@ pub mod sandbox;
 pub mod slot;
 pub mod world;
 
+pub use compile::{ChildCompiler, CodeLimits, CompileLimits, CompilePlace, Complexity, compile_worker};
 pub use convert::MAX_REASON_CHARS;
 pub use error::{FailureKind, LoadError, PluginFailure, RuntimeError};
 pub use policies::{PluginFiles, PluginPolicies};

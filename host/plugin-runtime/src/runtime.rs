@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
 use crate::cache::AotCache;
+use crate::compile::{self, ChildFailure, CodeLimits, CompilePlace, Complexity};
 use crate::error::{FailureKind, LoadError, PluginFailure, RuntimeError};
 use crate::sandbox::{CallState, HostUse, Sandbox, SandboxLimits, log_import};
 use crate::world::{PolicyWorld, Rejected};
@@ -82,6 +83,8 @@ pub struct PluginInfo {
     pub load_time: Duration,
     /// Whether the compiled code came from the AOT cache.
     pub from_cache: bool,
+    /// Its code's structure, as measured before compiling.
+    pub complexity: Complexity,
 }
 
 /// A plugin file read and compiled, not yet checked against a world.
@@ -93,6 +96,7 @@ pub struct CompiledPlugin {
     exports: Vec<String>,
     imports: Vec<String>,
     from_cache: bool,
+    complexity: Complexity,
     started: Instant,
 }
 
@@ -162,10 +166,12 @@ pub struct CallUsage {
     pub log_dropped: u32,
 }
 
-/// The plugin runtime: the sandbox and the AOT cache.
+/// The plugin runtime: the sandbox, the AOT cache and where plugins are compiled.
 pub struct Runtime {
     sandbox: Sandbox,
     cache: Option<AotCache>,
+    place: CompilePlace,
+    code_limits: CodeLimits,
 }
 
 impl Runtime {
@@ -173,7 +179,24 @@ impl Runtime {
     pub fn new(limits: SandboxLimits, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
         let sandbox = Sandbox::new(limits)?;
         let cache = cache_dir.map(AotCache::open).transpose().map_err(|e| RuntimeError::Config(e.to_string()))?;
-        Ok(Self { sandbox, cache })
+        Ok(Self { sandbox, cache, place: CompilePlace::InProcess, code_limits: CodeLimits::default() })
+    }
+
+    /// Compiles plugins at `place` (the agent: a child process under time and memory limits).
+    pub fn compile_at(mut self, place: CompilePlace) -> Self {
+        self.place = place;
+        self
+    }
+
+    /// Refuses, before compiling, code past `limits` (default: [`CodeLimits::default`]).
+    pub fn code_limits(mut self, limits: CodeLimits) -> Self {
+        self.code_limits = limits;
+        self
+    }
+
+    /// Where plugins are compiled.
+    pub fn compile_place(&self) -> &CompilePlace {
+        &self.place
     }
 
     /// The limits every call runs under.
@@ -209,23 +232,58 @@ impl Runtime {
         }
         let sha256 = hex(&Sha256::digest(&bytes));
         let engine = self.sandbox.engine();
-        let (component, from_cache) = match &self.cache {
-            Some(cache) => cache.load(engine, &bytes, &sha256, path)?,
-            None => (
-                Component::new(engine, &bytes)
-                    .map_err(|e| LoadError::NotAComponent { path: path.to_path_buf(), reason: format!("{e:#}") })?,
-                false,
-            ),
+        // Structure first: pathological code is refused before any compile is spent on it.
+        let complexity = compile::measure(&bytes, &self.code_limits)
+            .map_err(|reason| LoadError::NotAComponent { path: path.to_path_buf(), reason })?;
+        complexity
+            .check(&self.code_limits)
+            .map_err(|reason| LoadError::TooComplex { path: path.to_path_buf(), reason })?;
+        let not_a_component = |reason: String| LoadError::NotAComponent { path: path.to_path_buf(), reason };
+        let precompile = |bytes: &[u8]| -> Result<Vec<u8>, LoadError> {
+            match &self.place {
+                CompilePlace::InProcess => {
+                    engine.precompile_component(bytes).map_err(|e| not_a_component(format!("{e:#}")))
+                }
+                CompilePlace::Child(child) => {
+                    compile::in_child(child, self.sandbox.limits(), bytes).map_err(|failure| match failure {
+                        ChildFailure::Limit(reason) => LoadError::Compile { path: path.to_path_buf(), reason },
+                        ChildFailure::Invalid(reason) => not_a_component(reason),
+                    })
+                }
+            }
+        };
+        let (component, from_cache) = match (&self.cache, &self.place) {
+            (Some(cache), _) => cache.load(engine, &bytes, &sha256, precompile)?,
+            (None, CompilePlace::InProcess) => {
+                (Component::new(engine, &bytes).map_err(|e| not_a_component(format!("{e:#}")))?, false)
+            }
+            (None, CompilePlace::Child(_)) => {
+                let artifact = precompile(&bytes)?;
+                let component = compile::load_artifact(engine, &artifact)
+                    .map_err(|e| not_a_component(format!("the compiled artifact does not load: {e:#}")))?;
+                (component, false)
+            }
         };
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
         let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_string()).collect();
-        Ok(CompiledPlugin { path: path.to_path_buf(), component, sha256, size, exports, imports, from_cache, started })
+        Ok(CompiledPlugin {
+            path: path.to_path_buf(),
+            component,
+            sha256,
+            size,
+            exports,
+            imports,
+            from_cache,
+            complexity,
+            started,
+        })
     }
 
     /// Checks a compiled plugin against world `W` and prepares it for calls.
     pub fn prepare<W: PolicyWorld>(&self, compiled: CompiledPlugin) -> Result<LoadedPlugin<W>, LoadError> {
-        let CompiledPlugin { path, component, sha256, size, exports, imports, from_cache, started } = compiled;
+        let CompiledPlugin { path, component, sha256, size, exports, imports, from_cache, complexity, started } =
+            compiled;
         let path = path.as_path();
         let engine = self.sandbox.engine();
         let export = check_export::<W>(path, &exports)?;
@@ -262,6 +320,7 @@ impl Runtime {
             denied_imports,
             load_time: started.elapsed(),
             from_cache,
+            complexity,
         };
         Ok(LoadedPlugin { info, pre })
     }

@@ -124,6 +124,20 @@ impl Default for SandboxLimits {
     }
 }
 
+/// Every engine setting that changes compiled code, for `limits`. The compile worker builds
+/// its engine from this too (without the pooling allocator, which changes no code), so what it
+/// compiles loads in the agent's engine.
+pub fn engine_config(limits: &SandboxLimits) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    // Every call has a wall-clock deadline (epochs); a fuel budget counts instructions too.
+    config.epoch_interruption(true);
+    if let CpuBudget::Fuel { .. } = limits.cpu {
+        config.consume_fuel(true);
+    }
+    config
+}
+
 /// The engine and, for epoch budgets, the thread that ticks it.
 pub struct Sandbox {
     engine: Engine,
@@ -140,13 +154,7 @@ impl Sandbox {
         if limits.memory_bytes < (1 << 20) {
             return Err(RuntimeError::Config("the memory cap per call must be at least 1 MiB".into()));
         }
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        // Every call has a wall-clock deadline (epochs); a fuel budget counts instructions too.
-        config.epoch_interruption(true);
-        if let CpuBudget::Fuel { .. } = limits.cpu {
-            config.consume_fuel(true);
-        }
+        let mut config = engine_config(&limits);
         let slots = limits.concurrent_calls.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)

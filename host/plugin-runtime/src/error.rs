@@ -75,6 +75,19 @@ pub enum LoadError {
         /// The import.
         import: String,
     },
+    /// The names match the contract the plugin claims, its types do not (it was built
+    /// against an edited copy of the contract).
+    #[error(
+        "plugin {path} claims contract {claims} but its types differ from it: {reason}; rebuild it against wit/{claims} unchanged"
+    )]
+    WrongTypes {
+        /// The file.
+        path: PathBuf,
+        /// The contract version it claims.
+        claims: String,
+        /// wasmtime's comparison.
+        reason: String,
+    },
     /// Linking or a trial instantiation failed (mismatched types, start function trapped).
     #[error("plugin {path}: cannot be instantiated: {reason}")]
     Instantiate {

@@ -289,8 +289,17 @@ impl Runtime {
         let export = check_export::<W>(path, &exports)?;
         let denied_imports = check_imports(path, &imports)?;
 
-        let instantiate_err =
-            |e: wasmtime::Error| LoadError::Instantiate { path: path.to_path_buf(), reason: format!("{e:#}") };
+        // A type that differs from the contract the plugin claims (a changed record, another
+        // enum case) is named as such: the plugin was built against an edited contract.
+        let instantiate_err = |e: wasmtime::Error| {
+            let reason = crate::sandbox::one_clean_line(&format!("{e:#}"), MAX_FAILURE_DETAIL);
+            if reason.contains("type mismatch") {
+                let claims = export.rsplit('@').next().unwrap_or(CONTRACT_VERSION).to_string();
+                LoadError::WrongTypes { path: path.to_path_buf(), claims, reason }
+            } else {
+                LoadError::Instantiate { path: path.to_path_buf(), reason }
+            }
+        };
         let mut linker: Linker<CallState> = Linker::new(engine);
         // `log` under the contract version this agent speaks and under the exact version a
         // plugin built against an older compatible contract imports (`halo:policy/log@0.1.0`):

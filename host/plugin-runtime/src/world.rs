@@ -139,7 +139,8 @@ impl PolicyWorld for Placement {
 
     fn prepare(pre: InstancePre<CallState>, export: &str) -> wasmtime::Result<Self::Pre> {
         let compact = is_compact(export);
-        // The generated bindings check every export's type once, here.
+        // The generated bindings find the exports; their types are checked by
+        // `instantiate_only`, which every load runs.
         if compact {
             bindings::compact::CompactPlacementEnginePre::new(pre.clone())?;
         } else {
@@ -158,8 +159,26 @@ impl PolicyWorld for Placement {
         if is_compact(export) { "compact-placement-engine" } else { Self::WORLD }
     }
 
+    /// Also checks `place` against the exact types a call uses (every record, field, case
+    /// and list of its input and answer): a plugin built against a changed copy of the
+    /// contract that claims the right version is refused here, not at every call.
     fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
-        pre.pre.instantiate(store).map(drop)
+        let instance = pre.pre.instantiate(&mut *store)?;
+        if pre.compact {
+            instance
+                .get_typed_func::<(&convert::CompactInputRef<'_>,), (Result<bulk::CompactPlacementAbi, String>,)>(
+                    &mut *store,
+                    &pre.place,
+                )
+                .map(drop)
+        } else {
+            instance
+                .get_typed_func::<(&convert::PlacementInputRef<'_>,), (Result<bindings::wit::Placement, String>,)>(
+                    &mut *store,
+                    &pre.place,
+                )
+                .map(drop)
+        }
     }
 
     fn call(

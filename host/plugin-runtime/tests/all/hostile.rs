@@ -210,3 +210,65 @@ fn no_state_survives_from_one_decision_to_the_next() {
         assert_eq!(decision.decided_by, DecidedBy::Plugin("remembers.wasm".into()), "call {call}");
     }
 }
+
+#[test]
+fn two_memories_share_one_memory_cap() {
+    // A component that instantiates one core module twice; each instance has its own linear
+    // memory and grows it by 40 MiB when it starts (trapping if the grow is refused): each
+    // alone fits the 64 MiB cap, both together do not. Instantiated in a call's store, as
+    // every decision is. (The pooling allocator already refuses a module with two memories.)
+    use wasm_encoder::{
+        BlockType, CodeSection, Component, Function, FunctionSection, InstanceSection, Instruction, MemorySection,
+        MemoryType, Module, ModuleSection, StartSection, TypeSection,
+    };
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    let mut functions = FunctionSection::new();
+    functions.function(0);
+    let mut memories = MemorySection::new();
+    memories.memory(MemoryType { minimum: 1, maximum: None, memory64: false, shared: false, page_size_log2: None });
+    let mut body = Function::new([]);
+    body.instruction(&Instruction::I32Const(640)); // 40 MiB of 64 KiB pages
+    body.instruction(&Instruction::MemoryGrow(0));
+    body.instruction(&Instruction::I32Const(-1));
+    body.instruction(&Instruction::I32Eq);
+    body.instruction(&Instruction::If(BlockType::Empty));
+    body.instruction(&Instruction::Unreachable);
+    body.instruction(&Instruction::End);
+    body.instruction(&Instruction::End);
+    let mut code = CodeSection::new();
+    code.function(&body);
+    let mut module = Module::new();
+    module
+        .section(&types)
+        .section(&functions)
+        .section(&memories)
+        .section(&StartSection { function_index: 0 })
+        .section(&code);
+    let mut instances = InstanceSection::new();
+    for _ in 0..2 {
+        instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    }
+    let mut component = Component::new();
+    component.section(&ModuleSection(&module)).section(&instances);
+    let bytes = component.finish();
+
+    let sandbox =
+        halo_plugin_runtime::sandbox::Sandbox::new(halo_plugin_runtime::SandboxLimits::default()).expect("sandbox");
+    let component = wasmtime::component::Component::new(sandbox.engine(), &bytes).expect("compiles");
+    let linker = wasmtime::component::Linker::new(sandbox.engine());
+    let mut store = sandbox.store("two-memories.wasm".into()).expect("store");
+    let error = linker.instantiate(&mut store, &component).err().expect("the second grow is refused");
+    let (kind, detail) = sandbox.classify(store.data(), &error);
+    assert_eq!(kind, FailureKind::MemoryExhausted, "{detail}");
+    assert!(detail.contains("memory cap of 64 MiB"), "{detail}");
+    // One memory of 40 MiB alone is fine: the same module with the cap raised to 128 MiB.
+    let roomy = halo_plugin_runtime::sandbox::Sandbox::new(halo_plugin_runtime::SandboxLimits {
+        memory_bytes: 128 << 20,
+        ..Default::default()
+    })
+    .expect("sandbox");
+    let component = wasmtime::component::Component::new(roomy.engine(), &bytes).expect("compiles");
+    let mut store = roomy.store("two-memories.wasm".into()).expect("store");
+    assert!(wasmtime::component::Linker::new(roomy.engine()).instantiate(&mut store, &component).is_ok());
+}

@@ -136,6 +136,42 @@ fn a_plugin_of_another_contract_version_is_refused() {
 }
 
 #[test]
+fn a_plugin_whose_types_differ_from_the_contract_it_claims_is_refused_at_load() {
+    // Names and version right, a record with a third field: refused at load (it used to load
+    // and then fail every call).
+    let err = runtime().load::<Placement>(&plugin("hostile:changed_record")).err().expect("changed record");
+    assert!(matches!(err, LoadError::WrongTypes { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("claims contract 0.1.1 but its types differ from it"), "{text}");
+    assert!(text.contains("expected record of 2 fields, found 3 fields"), "{text}");
+    // An import of another type (the log level with a fifth case).
+    let err = runtime().load::<RestartOrder>(&plugin("hostile:changed_log")).err().expect("changed import");
+    assert!(matches!(err, LoadError::WrongTypes { .. }), "{err}");
+    assert!(err.to_string().contains("expected enum of 4 names, found 5 names"), "{err}");
+    // Hot-swapped in, it is refused and the plugin in force stays.
+    let slot =
+        halo_plugin_runtime::PluginSlot::<Placement>::load(runtime(), &plugin("default:placement")).expect("loads");
+    assert!(slot.swap_to(&plugin("hostile:changed_record")).is_err());
+    assert_eq!(slot.info().map(|i| i.name.to_string()), Some("halo_plugin_placement.wasm".to_string()));
+    let decision = slot.decide(&placement_input());
+    assert!(decision.failure().is_none(), "{:?}", decision.decided_by);
+}
+
+#[test]
+fn the_structural_check_refuses_before_compiling_and_names_the_figure() {
+    let started = std::time::Instant::now();
+    let loaded = runtime().load::<Placement>(&plugin("default:placement")).map(drop);
+    assert!(loaded.is_ok(), "within the default limits: {loaded:?}");
+    let limits = halo_plugin_runtime::CodeLimits { nesting: 10, ..Default::default() };
+    let strict = Runtime::new(SandboxLimits::default(), None).expect("runtime").code_limits(limits);
+    let err = strict.load::<Placement>(&plugin("default:placement")).err().expect("past the limit");
+    assert!(matches!(err, LoadError::TooComplex { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("its deepest nesting of blocks is") && text.contains("more than the 10 allowed"), "{text}");
+    println!("figure: load and refusal took {:?}", started.elapsed());
+}
+
+#[test]
 fn files_that_are_not_components_are_refused() {
     let dir = std::env::temp_dir().join(format!("halo-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp dir");

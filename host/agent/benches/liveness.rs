@@ -1,11 +1,16 @@
 //! The liveness path under load (issue 14): heartbeats of one host, sent by its liveness path on
 //! real UDP (loopback) and timed where a peer receives them, while
 //!
-//! - the "agent loop" calls the placement plugin back to back, each call running to its CPU
-//!   budget of 1.9 s (the hostile `infinite_loop` plugin; fuel), publishing a heartbeat and a
-//!   step after each, exactly as the agent loop does, and
-//! - every 3 s a new 20 MB component (slow to compile, `halo_lab::slow_plugin`) replaces the
-//!   plugin file and is compiled on a blocking thread, as the agent's reload does.
+//! - the "agent loop" calls hostile placement plugins back to back, in turn (issue 15's
+//!   classes: an endless loop, endless `log` calls of 1 MiB and of 1 byte, a 20 MiB log
+//!   message, an 18 MiB answer, a 1 GiB allocation), each call running to its CPU budget of
+//!   1.9 s or its limit, publishing a heartbeat and a step after each, exactly as the agent
+//!   loop does, and
+//! - every 3 s a new component replaces the plugin file and is compiled as the agent's reload
+//!   does (on a blocking thread, in halo's compile worker when `target/release/halo` is
+//!   built): in turn a 20 MB component slow to compile (`halo_lab::slow_plugin`), blocks
+//!   nested 50,000 deep (refused before compiling) and 200 functions of loops nested 900 deep
+//!   (stopped at a 5 s compile deadline).
 //!
 //! Both cores are busy the whole time. Goal: p99 of the interval between heartbeats at the
 //! peer ≤ 1.5 × the configured 250 ms. Prints the figures; `cargo xtask bench` runs it.
@@ -21,7 +26,10 @@ use std::time::{Duration, Instant};
 use halo_agent::liveness::{Liveness, LivenessConfig};
 use halo_core::Heartbeat;
 use halo_net::{ClusterKey, HeartbeatTransport, Membership, NetworkEndpoints, TransportConfig};
-use halo_plugin_runtime::{CpuBudget, Placement, PluginSlot, Runtime, SandboxLimits};
+use halo_plugin_runtime::compile::HALO_WORKER_ARGS;
+use halo_plugin_runtime::{
+    ChildCompiler, CompileLimits, CompilePlace, CpuBudget, Placement, PluginSlot, Runtime, SandboxLimits,
+};
 
 const INTERVAL: Duration = Duration::from_millis(250);
 const LOAD: Duration = Duration::from_secs(40);
@@ -92,8 +100,31 @@ fn main() {
     std::fs::copy(&hostile, &plugin_file).expect("the plugin file");
 
     let limits = SandboxLimits { cpu: CpuBudget::Fuel { millis: BUDGET_MS }, ..SandboxLimits::default() };
-    let runtime = Arc::new(Runtime::new(limits, None).expect("runtime"));
+    let halo = root().join("target/release/halo");
+    let place = if halo.is_file() {
+        println!("compiling in halo's compile worker ({}), deadline 5 s", halo.display());
+        CompilePlace::Child(ChildCompiler {
+            program: halo,
+            args: HALO_WORKER_ARGS.iter().map(Into::into).collect(),
+            limits: CompileLimits { deadline: Duration::from_secs(5), ..CompileLimits::default() },
+        })
+    } else {
+        println!("target/release/halo is not built: compiling in this process (no compile deadline)");
+        CompilePlace::InProcess
+    };
+    let runtime = Arc::new(Runtime::new(limits, None).expect("runtime").compile_at(place));
     let slot = Arc::new(PluginSlot::<Placement>::load(Arc::clone(&runtime), &plugin_file).expect("the plugin loads"));
+    // The hostile plugins the loop takes turns with (the slot above is the one hot-swapped).
+    let hostile_slots: Vec<PluginSlot<Placement>> =
+        ["log_forever", "log_tiny_forever", "log_huge_message", "huge_reasons", "huge_allocation"]
+            .iter()
+            .map(|name| {
+                let file = root().join(format!("target/wasm32-wasip2/plugin/examples/{name}.wasm"));
+                PluginSlot::<Placement>::load(Arc::clone(&runtime), &file).expect("a hostile plugin loads")
+            })
+            .collect();
+    let mut huge = input.clone();
+    huge.settings = vec![halo_policy::Setting::new("mode", "huge")];
 
     let addresses: BTreeMap<&str, SocketAddr> = ["host-1", "host-2"]
         .into_iter()
@@ -136,9 +167,13 @@ fn main() {
             let mut longest = Duration::ZERO;
             while !stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
-                let decision = slot.decide(&input);
+                let turn = seq as usize % (hostile_slots.len() + 1);
+                let decision = match turn.checked_sub(1).map(|i| &hostile_slots[i]) {
+                    None => slot.decide(&input),
+                    Some(hostile) => hostile.decide(&huge),
+                };
                 longest = longest.max(started.elapsed());
-                assert!(decision.failure().is_some(), "the endless plugin is stopped by its budget");
+                assert!(decision.failure().is_some(), "every hostile plugin is stopped, the built-in policy answers");
                 seq += 1;
                 liveness.publish(|s| s.heartbeat = Some(body(seq)));
                 liveness.progressed();
@@ -163,14 +198,18 @@ fn main() {
                 next = Instant::now() + SWAP_EVERY;
                 salt += 1;
                 let fresh = plugin_file.with_extension("new");
-                std::fs::write(&fresh, halo_lab::slow_plugin::component(COMPONENT_BYTES, COMPONENT_CODE, salt))
-                    .expect("write");
+                let component = match salt % 3 {
+                    1 => halo_lab::slow_plugin::component(COMPONENT_BYTES, COMPONENT_CODE, salt),
+                    2 => halo_lab::compile_bomb::nested_blocks(50_000),
+                    _ => halo_lab::compile_bomb::nested_loops(200, 900, salt as i32),
+                };
+                std::fs::write(&fresh, component).expect("write");
                 std::fs::rename(&fresh, &plugin_file).expect("replace the plugin file");
                 let (slot, compiling, compiles) = (Arc::clone(&slot), Arc::clone(&compiling), Arc::clone(&compiles));
                 std::thread::spawn(move || {
                     let started = Instant::now();
                     let refused = matches!(slot.reload_if_changed(), Some(Err(_)));
-                    assert!(refused, "a component that is not a placement plugin is refused (after its compile)");
+                    assert!(refused, "a component that is not a placement plugin, or a compile bomb, is refused");
                     compiles.lock().expect("compiles").push(started.elapsed());
                     compiling.store(false, Ordering::SeqCst);
                 });
@@ -215,12 +254,11 @@ fn main() {
         if p99 <= goal { "met" } else { "NOT met" }
     );
     println!(
-        "  meanwhile: {} placement decisions to their {BUDGET_MS} ms budget (longest {:.2} s), {} heartbeats re-sent while the loop was busy, {} compiles of a {} MiB component (each {:?}), watchdog starved {} time(s)",
+        "  meanwhile: {} placement decisions to their {BUDGET_MS} ms budget (longest {:.2} s), {} heartbeats re-sent while the loop was busy, {} compiles or refusals (20 MiB component, nesting bomb, slow bomb in turn: {:?}), watchdog starved {} time(s)",
         decisions.load(Ordering::Relaxed),
         longest_decision.as_secs_f64(),
         stats.keepalives.load(Ordering::Relaxed),
         compiles.len(),
-        COMPONENT_BYTES >> 20,
         compiles.iter().map(|d| format!("{:.1} s", d.as_secs_f64())).collect::<Vec<_>>(),
         stats.starved.load(Ordering::Relaxed),
     );

@@ -953,7 +953,8 @@ fn metrics(cluster: &Cluster, h: usize, prefix: &str) -> BTreeMap<String, f64> {
 /// Issue 14 (d): the placement plugin's file is replaced by a 20 MB component that takes
 /// seconds to compile, and while every agent compiles it a host crashes. The failover completes
 /// as usual, no agent's heartbeats are ever later than two intervals, the refused component
-/// leaves the old plugin in force.
+/// leaves the old plugin in force. Then a compile bomb is swapped in: stopped at the compile
+/// deadline in each agent's compile worker, heartbeats unaffected.
 #[test]
 fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failover() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
@@ -968,7 +969,7 @@ fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failo
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("placement.wasm");
     std::fs::copy(&source, &file).expect("the placement plugin");
-    let extra = format!("\n[plugins]\nplacement = \"{}\"\n", file.display());
+    let extra = format!("\n[plugins]\nplacement = \"{}\"\ncompile-timeout-s = 10\n", file.display());
     let Some(cluster) = Cluster::up(test, 's', &extra) else {
         return;
     };
@@ -991,6 +992,24 @@ fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failo
         assert!(Instant::now() < deadline, "the slow component was never refused\n{}", cluster.logs());
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Issue 15: then a compile bomb (400 functions of loops nested 900 deep: within every
+    // structural limit, about a minute of compile). Each agent's compile worker is stopped at
+    // the 10 s deadline; the agents' heartbeats never notice.
+    let bomb = dir.join("placement.bomb");
+    std::fs::write(&bomb, halo_lab::compile_bomb::nested_loops(400, 900, 11)).expect("the bomb");
+    std::fs::rename(&bomb, &file).expect("replace the plugin file");
+    let swapped = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stopped = |h: usize| {
+        std::fs::read_to_string(cluster.lab.dir().join(format!("agent-{h}.log")))
+            .unwrap_or_default()
+            .contains("compile refused: took longer than its compile deadline of 10 s")
+    };
+    while !(stopped(1) && stopped(3)) {
+        assert!(Instant::now() < deadline, "the compile bomb was never stopped\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("figure: compile bomb refused by the surviving agents {:?} after the swap", swapped.elapsed());
     for h in [1, 3] {
         let live = metrics(&cluster, h, "halo_liveness");
         println!("host-{h}: {live:?}");

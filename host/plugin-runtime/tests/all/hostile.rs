@@ -258,7 +258,7 @@ fn two_memories_share_one_memory_cap() {
     let component = wasmtime::component::Component::new(sandbox.engine(), &bytes).expect("compiles");
     let linker = wasmtime::component::Linker::new(sandbox.engine());
     let mut store = sandbox.store("two-memories.wasm".into()).expect("store");
-    let error = linker.instantiate(&mut store, &component).err().expect("the second grow is refused");
+    let Err(error) = linker.instantiate(&mut store, &component) else { panic!("the second grow must be refused") };
     let (kind, detail) = sandbox.classify(store.data(), &error);
     assert_eq!(kind, FailureKind::MemoryExhausted, "{detail}");
     assert!(detail.contains("memory cap of 64 MiB"), "{detail}");

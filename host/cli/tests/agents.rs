@@ -950,6 +950,15 @@ fn metrics(cluster: &Cluster, h: usize, prefix: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The placement plugin's entry of `/api/v1/plugins` on host `h`.
+fn placement_plugin(cluster: &Cluster, h: usize) -> serde_json::Value {
+    let (code, body) = cluster.api(h, "GET", "/api/v1/plugins", Some(&cluster.token()), None);
+    assert_eq!(code, 200, "{body}");
+    let all: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let list = all.get("plugins").unwrap_or(&all).as_array().cloned().unwrap_or_default();
+    list.into_iter().find(|p| p["world"] == "placement-engine").unwrap_or_else(|| panic!("no placement in {body}"))
+}
+
 /// Issue 14 (d): the placement plugin's file is replaced by a 20 MB component that takes
 /// seconds to compile, and while every agent compiles it a host crashes. The failover completes
 /// as usual, no agent's heartbeats are ever later than two intervals, the refused component
@@ -974,6 +983,9 @@ fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failo
         return;
     };
     let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let in_force: BTreeMap<usize, serde_json::Value> =
+        [1, 3].into_iter().map(|h| (h, placement_plugin(&cluster, h)["sha256"].clone())).collect();
+    assert!(in_force.values().all(|sha| sha.as_str().is_some_and(|s| s.len() == 64)), "{in_force:?}");
     let fresh = dir.join("placement.new");
     std::fs::write(&fresh, halo_lab::slow_plugin::component(20 << 20, 256 << 10, 7)).expect("the slow component");
     std::fs::rename(&fresh, &file).expect("replace the plugin file");
@@ -1010,6 +1022,13 @@ fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failo
         std::thread::sleep(Duration::from_millis(500));
     }
     println!("figure: compile bomb refused by the surviving agents {:?} after the swap", swapped.elapsed());
+    // The plugin in force is still the one from before the swaps (same SHA-256), and the
+    // refusals were counted.
+    for h in [1, 3] {
+        let placement = placement_plugin(&cluster, h);
+        assert_eq!(placement["sha256"], in_force[&h], "host-{h}: {placement}");
+        assert!(placement["failed-reloads"].as_u64().unwrap_or(0) >= 2, "host-{h}: {placement}");
+    }
     for h in [1, 3] {
         let live = metrics(&cluster, h, "halo_liveness");
         println!("host-{h}: {live:?}");

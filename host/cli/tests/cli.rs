@@ -444,3 +444,28 @@ fn compile_bombs_are_refused_within_their_limits() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 15: a placement plugin that calls `log` for ever used to keep `halo demo --plugins`
+/// from ever finishing. Every host call is charged to the budget now: each decision ends at its
+/// budget, the built-in policy places, the demo finishes and says so.
+#[test]
+fn the_demo_finishes_with_a_placement_plugin_that_logs_for_ever() {
+    let dir = std::env::temp_dir().join(format!("halo-cli-demo-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for file in ["halo_plugin_isolation.wasm", "halo_plugin_restart_order.wasm"] {
+        std::fs::copy(plugin_dir().join(file), dir.join(file)).expect("copy");
+    }
+    std::fs::copy(plugin_dir().join("examples/log_tiny_forever.wasm"), dir.join("halo_plugin_placement.wasm"))
+        .expect("copy");
+    let started = std::time::Instant::now();
+    let out = halo(&["demo", "--plugins", path(&dir)]);
+    let took = started.elapsed();
+    let stdout = text(&out.stdout);
+    println!("figure: the demo with an endless logging placement plugin took {took:?}");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let decisions = stdout.lines().find(|l| l.starts_with("plugin decisions:")).expect("the decisions line");
+    let placement = decisions.split("placement ").nth(1).and_then(|rest| rest.split(';').next()).unwrap_or_default();
+    assert!(placement.contains(" 0 answered by the plugin"), "the built-in policy placed every time: {decisions}");
+    assert!(stdout.contains("every invariant held"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

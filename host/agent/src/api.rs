@@ -825,6 +825,20 @@ async fn metrics(State(api): Ctx) -> Response {
             format!("halo_vms{{protected=\"false\",running=\"false\"}} {}", count(false, false)),
         ]
     });
+    push(
+        "halo_vm_copies",
+        "gauge",
+        "Hosts reporting each protected VM running: 1 normally, 0 when down, more when a copy was started outside halo.",
+        status
+            .vms
+            .iter()
+            .filter(|v| v.protected)
+            .map(|v| {
+                let copies = if v.copies.is_empty() { usize::from(v.host.is_some()) } else { v.copies.len() };
+                format!("halo_vm_copies{{vm=\"{}\"}} {copies}", esc(&v.name))
+            })
+            .collect(),
+    );
     let counts = api.agent.events().counts();
     let restarts: u64 = counts
         .iter()

@@ -131,6 +131,9 @@ impl HypervisorDriver for AgentDrivers {
     fn resume_vm(&mut self, vm: &str) {
         self.hypervisor.resume_vm(vm);
     }
+    fn pause_copy(&mut self, host: &str, vm: &str) {
+        self.hypervisor.pause_copy(host, vm);
+    }
 }
 
 impl EventSink for AgentDrivers {

@@ -181,8 +181,11 @@ fn vm_table(vms: &[Value]) {
         &["vm", "host", "priority", "order", "depends-on", "restart"],
         vms.iter()
             .map(|v| {
+                let copies: Vec<&str> = list(v, "copies").iter().filter_map(Value::as_str).collect();
                 let host = match text(v, "state").as_str() {
                     "running" => text(v, "host"),
+                    // A copy started outside halo: every host that runs one.
+                    _ if copies.len() > 1 => format!("TWICE: {}", copies.join(" + ")),
                     state => state.to_string(),
                 };
                 let restart = v

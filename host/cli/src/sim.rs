@@ -39,7 +39,7 @@ pub struct SimArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "crash,agent,isolate,partition,link,oneway,loss,datastore,dscut,vmcrash,pause,freeze,maint,migrate,stop,priority,haoff"
+        default_value = "crash,agent,isolate,partition,link,oneway,loss,datastore,dscut,vmcrash,pause,freeze,maint,migrate,stop,priority,haoff,outside"
     )]
     faults: Vec<String>,
     /// Simulate hosts without a watchdog: a paused agent or a frozen host is never reset and

@@ -158,6 +158,21 @@ pub struct HaSettings {
     pub restart_window_ms: Millis,
     /// Fence also when a quorum of peers is unreachable even if a datastore is reachable.
     pub quorum_fencing: bool,
+    /// What the master does with a protected VM it finds running on more than one host
+    /// (started outside halo): always an alert; by default the copy halo does not keep is
+    /// paused.
+    pub on_duplicate: OnDuplicate,
+}
+
+/// What the master does with the extra copies of a protected VM running on two hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDuplicate {
+    /// Pause every copy but the one halo keeps (not destroyed: an operator inspects it).
+    #[default]
+    Pause,
+    /// Only raise the alert.
+    Alert,
 }
 
 impl Default for HaSettings {
@@ -171,6 +186,7 @@ impl Default for HaSettings {
             restart_limit: 3,
             restart_window_ms: 600_000,
             quorum_fencing: false,
+            on_duplicate: OnDuplicate::Pause,
         }
     }
 }

@@ -52,6 +52,9 @@ pub trait HypervisorDriver {
     fn pause_vm(&mut self, vm: &str);
     /// Lets a paused `vm` on this host run again (no answer, as for a pause).
     fn resume_vm(&mut self, vm: &str);
+    /// Pauses the copy of `vm` on `host` (no answer: the host's next reports and the alert
+    /// tell; a failure is logged and alerted by the driver).
+    fn pause_copy(&mut self, host: &str, vm: &str);
 }
 
 /// Where events go: the event log, alerts.
@@ -78,6 +81,7 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::MigrateVm { vm, from, to } => drivers.migrate_vm(&vm, &from, &to),
         Action::PauseVm { vm } => drivers.pause_vm(&vm),
         Action::ResumeVm { vm } => drivers.resume_vm(&vm),
+        Action::PauseCopy { host, vm } => drivers.pause_copy(&host, &vm),
         Action::CheckClaim { vm, generation } => drivers.check_claim(&vm, generation),
         Action::Record(event) => drivers.record(event),
     }
@@ -132,6 +136,9 @@ mod tests {
         fn resume_vm(&mut self, vm: &str) {
             self.0.push(format!("resume {vm}"));
         }
+        fn pause_copy(&mut self, host: &str, vm: &str) {
+            self.0.push(format!("pause {vm} on {host}"));
+        }
     }
     impl EventSink for Calls {
         fn record(&mut self, event: Event) {
@@ -150,6 +157,7 @@ mod tests {
             Action::MigrateVm { vm: "web".into(), from: "h1".into(), to: "h3".into() },
             Action::PauseVm { vm: "web".into() },
             Action::ResumeVm { vm: "web".into() },
+            Action::PauseCopy { host: "h3".into(), vm: "web".into() },
             Action::CheckClaim { vm: "web".into(), generation: 3 },
             Action::Ping { target: PingTarget::IsolationAddress("10.0.0.1".into()) },
             Action::WriteDatastore {
@@ -179,6 +187,7 @@ mod tests {
                 "migrate web h1->h3",
                 "pause web",
                 "resume web",
+                "pause web on h3",
                 "check claim web@3",
                 "ping IsolationAddress(\"10.0.0.1\")",
                 "write ds1 7",

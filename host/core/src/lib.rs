@@ -22,8 +22,8 @@ pub mod settings;
 pub mod wire;
 
 pub use classify::{Signals, Trace, Verdict};
-pub use config::{ClusterConfig, ConfigErrors, HaSettings, HostSpec, Timeouts, VmSpec};
-pub use node::{Action, Command, Event, EventKind, Input, Node, Severity, StopReason, VmState};
+pub use config::{ClusterConfig, ConfigErrors, HaSettings, HostSpec, OnDuplicate, Timeouts, VmSpec};
+pub use node::{Action, Command, Duplicate, Event, EventKind, Input, Node, Severity, StopReason, VmState};
 pub use policies::{BuiltinPolicies, Policies, PolicyOutcome};
 pub use wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, VmReport};
 

@@ -172,6 +172,18 @@ impl HypervisorDriver for Hypervisors {
         self.on_this_host(vm, "resume", Hypervisor::release);
     }
 
+    /// A plain libvirt suspend, without halo's hold mark: the copy stays paused for the
+    /// operator to inspect; no agent settles or resumes it.
+    fn pause_copy(&mut self, host: &str, vm: &str) {
+        let (config, host, vm) = (Arc::clone(&self.config), host.to_string(), vm.to_string());
+        self.runtime.spawn_blocking(move || {
+            match Self::connect(&config, &host).and_then(|hv| hv.pause(&vm).map_err(|e| e.to_string())) {
+                Ok(()) => tracing::warn!(vm, host, "paused the copy halo does not keep"),
+                Err(e) => tracing::error!(vm, host, "ALERT could not pause the copy on {host}: {e}"),
+            }
+        });
+    }
+
     fn migrate_vm(&mut self, vm: &str, from: &str, to: &str) {
         let (config, inputs) = (Arc::clone(&self.config), self.inputs.clone());
         let (vm, from, to) = (vm.to_string(), from.to_string(), to.to_string());

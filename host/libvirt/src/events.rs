@@ -213,7 +213,14 @@ unsafe extern "C" fn free_sender(opaque: *mut c_void) {
 
 fn map_event(domain: String, event: u32, detail: u32) -> Option<LifecycleEvent> {
     Some(match event {
+        // The destination of a live migration starts the domain paused, before its memory
+        // has arrived: it runs there only once the migration completes and it resumes. Until
+        // then the source runs it (a copy on two hosts is what `exclusivity` looks for).
+        sys::VIR_DOMAIN_EVENT_STARTED if detail == sys::VIR_DOMAIN_EVENT_STARTED_MIGRATED => return None,
         sys::VIR_DOMAIN_EVENT_STARTED => LifecycleEvent::Started { domain },
+        sys::VIR_DOMAIN_EVENT_RESUMED if detail == sys::VIR_DOMAIN_EVENT_RESUMED_MIGRATED => {
+            LifecycleEvent::Started { domain }
+        }
         sys::VIR_DOMAIN_EVENT_STOPPED => {
             let how = match detail {
                 sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => StopKind::Shutdown,
@@ -252,6 +259,13 @@ mod tests {
     fn libvirt_events_map_to_halo_events() {
         let d = || "vm".to_string();
         assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_STARTED, 0), Some(LifecycleEvent::Started { domain: d() }));
+        // A migration's destination: running once it arrived, not when it began.
+        assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_STARTED, sys::VIR_DOMAIN_EVENT_STARTED_MIGRATED), None);
+        assert_eq!(
+            map_event(d(), sys::VIR_DOMAIN_EVENT_RESUMED, sys::VIR_DOMAIN_EVENT_RESUMED_MIGRATED),
+            Some(LifecycleEvent::Started { domain: d() })
+        );
+        assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_RESUMED, 0), None, "an ordinary resume is no start");
         assert_eq!(
             map_event(d(), sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_FAILED),
             Some(LifecycleEvent::Stopped { domain: d(), how: StopKind::Failed })

@@ -1,7 +1,7 @@
 //! libvirt's lifecycle events as the VM states the core takes. A stop halo asked for is
-//! reported by the driver itself; here only what happened without halo: a start (with the
+//! reported by the driver itself; here what happened as libvirt saw it: a start (with the
 //! generation in the domain's metadata), a crash, QEMU dying, a shutdown the guest started,
-//! a migration away. Pure: the caller reads the generation of a started domain.
+//! a migration away, a stop by someone else (the core tells halo's own from it). Pure: the caller reads the generation of a started domain.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,9 +52,10 @@ impl LifecycleStates {
                     StopKind::Crashed | StopKind::Failed => VmState::Crashed,
                     StopKind::Shutdown if by_guest => VmState::GuestShutdown,
                     StopKind::Migrated => VmState::MigratedAway,
-                    // Destroyed, saved, a shutdown the host asked for: halo's driver reports
-                    // its own; someone else's is not a failure to act on.
-                    _ => return None,
+                    // Destroyed, saved, a shutdown the host asked for: not a failure to act
+                    // on. halo's driver reports its own stops itself (the core knows them);
+                    // someone else's means the VM no longer runs here.
+                    StopKind::Destroyed | StopKind::Shutdown | StopKind::Other => VmState::StoppedOutside,
                 };
                 (domain, state)
             }
@@ -97,15 +98,17 @@ mod tests {
         let by_guest = LifecycleEvent::ShuttingDown { domain: "db".into(), by_guest: true };
         assert_eq!(states.map(by_guest, |_| 1), None);
         assert_eq!(states.map(stopped("db", StopKind::Shutdown), |_| 1).map(|c| c.state), Some(VmState::GuestShutdown));
-        // The next shutdown, asked by the host (halo or an operator): nothing for the core.
+        // The next shutdown, asked by the host (halo or an operator): a stop from outside
+        // the guest, never a restart.
+        let outside = Some(VmState::StoppedOutside);
         let _ = states.map(started("db"), |_| 2);
         let by_host = LifecycleEvent::ShuttingDown { domain: "db".into(), by_guest: false };
         assert_eq!(states.map(by_host, |_| 1), None);
-        assert_eq!(states.map(stopped("db", StopKind::Shutdown), |_| 1), None);
+        assert_eq!(states.map(stopped("db", StopKind::Shutdown), |_| 1).map(|c| c.state), outside);
         // A guest shutdown begun before a restart does not make a later host shutdown a guest's.
         let _ = states.map(LifecycleEvent::ShuttingDown { domain: "db".into(), by_guest: true }, |_| 1);
         let _ = states.map(started("db"), |_| 3);
-        assert_eq!(states.map(stopped("db", StopKind::Shutdown), |_| 1), None);
+        assert_eq!(states.map(stopped("db", StopKind::Shutdown), |_| 1).map(|c| c.state), outside);
     }
 
     #[test]
@@ -114,8 +117,8 @@ mod tests {
         let state = |states: &mut LifecycleStates, how| states.map(stopped("db", how), |_| 1).map(|c| c.state);
         assert_eq!(state(&mut states, StopKind::Migrated), Some(VmState::MigratedAway));
         assert_eq!(state(&mut states, StopKind::Crashed), Some(VmState::Crashed));
-        assert_eq!(state(&mut states, StopKind::Destroyed), None);
-        assert_eq!(state(&mut states, StopKind::Other), None);
+        assert_eq!(state(&mut states, StopKind::Destroyed), Some(VmState::StoppedOutside));
+        assert_eq!(state(&mut states, StopKind::Other), Some(VmState::StoppedOutside));
         assert_eq!(states.map(LifecycleEvent::ConnectionClosed { reason: 2 }, |_| 1), None);
     }
 }

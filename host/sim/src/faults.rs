@@ -56,6 +56,10 @@ pub enum FaultKind {
     /// The operator switches HA off for the cluster (a run-time change, like `Priority`); on
     /// again after the duration.
     HaOff,
+    /// A copy of a running protected VM is started on `host` outside halo (`virsh create` of
+    /// its XML, the same generation). halo must notice and pause it (not the copy it started);
+    /// after the duration the operator destroys the extra copy.
+    StartOutside { vm: String, host: String },
 }
 
 impl FaultKind {
@@ -79,6 +83,7 @@ impl FaultKind {
             FaultKind::OperatorStop { .. } => "stop",
             FaultKind::Priority { .. } => "priority",
             FaultKind::HaOff => "haoff",
+            FaultKind::StartOutside { .. } => "outside",
         }
     }
 
@@ -88,7 +93,7 @@ impl FaultKind {
     }
 
     /// Every family name.
-    pub const FAMILIES: [&'static str; 17] = [
+    pub const FAMILIES: [&'static str; 18] = [
         "crash",
         "agent",
         "isolate",
@@ -106,6 +111,7 @@ impl FaultKind {
         "stop",
         "priority",
         "haoff",
+        "outside",
     ];
 
     /// The stall families: drawn on a generator of their own, after the others, so that every
@@ -116,6 +122,9 @@ impl FaultKind {
     /// The operator's actions: drawn on a generator of their own too (after the stalls), for
     /// the same reason.
     pub const OPERATIONS: [&'static str; 5] = ["maint", "migrate", "stop", "priority", "haoff"];
+
+    /// Starts outside halo: drawn on a generator of their own too (after the operators').
+    pub const OUTSIDE: [&'static str; 1] = ["outside"];
 }
 
 impl std::fmt::Display for FaultKind {
@@ -145,6 +154,7 @@ impl std::fmt::Display for FaultKind {
                 write!(f, "the operator sets {vm}'s restart priority to {}", priority_name(*priority))
             }
             FaultKind::HaOff => write!(f, "the operator switches HA off"),
+            FaultKind::StartOutside { vm, host } => write!(f, "a copy of {vm} is started on {host} outside halo"),
         }
     }
 }
@@ -190,11 +200,15 @@ impl Schedule {
         let mut faults = Vec::new();
         let stall_families: Vec<&str> = families.iter().copied().filter(|f| FaultKind::STALLS.contains(f)).collect();
         let operations: Vec<&str> = families.iter().copied().filter(|f| FaultKind::OPERATIONS.contains(f)).collect();
+        let outside = families.contains(&"outside");
         let families: Vec<&str> = families
             .iter()
             .copied()
-            .filter(|f| !FaultKind::STALLS.contains(f) && !FaultKind::OPERATIONS.contains(f))
+            .filter(|f| {
+                !FaultKind::STALLS.contains(f) && !FaultKind::OPERATIONS.contains(f) && !FaultKind::OUTSIDE.contains(f)
+            })
             .collect();
+        let mut starts = Rng::new(rng.clone().next_u64() ^ 0x0075_1DE0_0075_1DE0);
         let mut stalls = Rng::new(rng.clone().next_u64() ^ 0x57A1_1ED0_57A1_1ED0);
         let mut ops = Rng::new(rng.clone().next_u64() ^ 0x0BE2_A70E_0BE2_A70E);
         let count = rng.between(1, 4);
@@ -274,6 +288,13 @@ impl Schedule {
                 faults.push(Fault { at, duration, kind });
             }
         }
+        // Copies started outside halo: one in four schedules, lasting long enough to be seen.
+        if outside && starts.chance(25) {
+            let at = starts.between(5_000, window.max(5_000));
+            let duration = starts.between(8_000, 30_000);
+            let kind = FaultKind::StartOutside { vm: pick(&mut starts, vms), host: pick(&mut starts, hosts) };
+            faults.push(Fault { at, duration, kind });
+        }
         faults.sort_by_key(|f| f.at);
         Self { faults }
     }
@@ -291,7 +312,8 @@ pub struct FaultParseError {
 
 const FAULT_SYNTAX: &str = "crash:HOST, agent:HOST, isolate:HOST, isolate-all:HOST, partition:HOST+HOST..., \
 link:HOST:NET, oneway:NET:FROM:TO, loss:NET:PERCENT, datastore:DS, dscut:HOST:DS, vmcrash:VM, pause:HOST, \
-freeze:HOST; the operator's: maint:HOST, migrate:VM:HOST, stop:VM, priority:VM:PRIORITY, haoff";
+freeze:HOST; the operator's: maint:HOST, migrate:VM:HOST, stop:VM, priority:VM:PRIORITY, haoff; \
+outside:VM:HOST (a copy started outside halo)";
 
 /// `10s`, `1500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<Millis> {
@@ -388,6 +410,7 @@ impl std::str::FromStr for Fault {
                 FaultKind::Priority { vm: arg(0), priority }
             }
             "haoff" => want(0).map(|()| FaultKind::HaOff)?,
+            "outside" => want(2).map(|()| FaultKind::StartOutside { vm: arg(0), host: arg(1) })?,
             other => return Err(fail(&format!("unknown kind `{other}`"))),
         };
         Ok(Fault { at, duration, kind })
@@ -417,9 +440,9 @@ impl Fault {
             | FaultKind::AgentPause { host }
             | FaultKind::HostFreeze { host }
             | FaultKind::Maintenance { host } => check(host, hosts, "host"),
-            FaultKind::Migrate { vm, to } => {
+            FaultKind::Migrate { vm, to: host } | FaultKind::StartOutside { vm, host } => {
                 check(vm, vms, "VM");
-                check(to, hosts, "host");
+                check(host, hosts, "host");
             }
             FaultKind::OperatorStop { vm } | FaultKind::Priority { vm, .. } => check(vm, vms, "VM"),
             FaultKind::HaOff => {}

@@ -320,6 +320,9 @@ pub struct Sim<'p> {
     steps: u64,
     plans: Vec<PlanSnapshot>,
     operator: Operator,
+    /// Copies of protected VMs started outside halo: VM → (the copy's host, the host of the
+    /// copy halo started, when).
+    outside: BTreeMap<String, (usize, usize, Millis)>,
 }
 
 impl<'p> Sim<'p> {
@@ -374,6 +377,7 @@ impl<'p> Sim<'p> {
             steps: 0,
             plans: Vec::new(),
             operator: Operator::default(),
+            outside: BTreeMap::new(),
         };
         // VMs start where they belong, generation 1; hosts with room only.
         let mut free: Vec<u64> = sim.config.hosts.iter().map(|h| h.memory_mib).collect();
@@ -874,6 +878,13 @@ impl<'p> Sim<'p> {
                 }
                 self.change_config();
             }
+            FaultKind::StartOutside { vm, host: name } => {
+                if start {
+                    self.start_outside(&vm, &name);
+                } else {
+                    self.end_outside(&vm);
+                }
+            }
             FaultKind::VmCrash { vm } => {
                 if let Some(h) = self.hosts.iter().position(|x| x.vms.contains_key(&vm)) {
                     let generation = self.hosts[h].vms.remove(&vm).unwrap_or(1);
@@ -882,6 +893,51 @@ impl<'p> Sim<'p> {
                     self.deliver(h, 200, Input::VmState { vm, generation, state: VmState::Crashed });
                 }
             }
+        }
+    }
+
+    /// A copy of `vm` (running on exactly one host) is started on `name` (or the next host up
+    /// when that is where it runs) by someone else: the same generation, as from its XML.
+    fn start_outside(&mut self, vm: &str, name: &str) {
+        let running: Vec<usize> = (0..self.hosts.len()).filter(|&h| self.hosts[h].executes(vm)).collect();
+        let ([legit], Some(&asked)) = (running.as_slice(), self.index.get(name)) else {
+            self.note(Severity::Info, TimelineKind::FaultHealed, format!("{vm} does not run on one host: no copy"));
+            return;
+        };
+        let usable = |x: &SimHost| x.up && !x.frozen && !x.vms.contains_key(vm);
+        let n = self.hosts.len();
+        let Some(h) = (0..n).map(|k| (asked + k) % n).find(|&h| h != *legit && usable(&self.hosts[h])) else {
+            return;
+        };
+        let generation = self.hosts[*legit].vms.get(vm).copied().unwrap_or(1);
+        self.hosts[h].vms.insert(vm.to_string(), generation);
+        self.outside.insert(vm.to_string(), (h, *legit, self.now));
+        // Its agent hears of it from libvirt, as of any start.
+        self.deliver(h, 0, Input::VmState { vm: vm.to_string(), generation, state: VmState::Running });
+    }
+
+    /// The end of an outside start: halo must have noticed it (an alert since it began) if
+    /// both copies still run; then the operator destroys the extra copy.
+    fn end_outside(&mut self, vm: &str) {
+        let Some((h, legit, since)) = self.outside.remove(vm) else { return };
+        let both = self.hosts[h].executes(vm) && self.hosts[legit].executes(vm);
+        let alerted = self.timeline.iter().any(|e| {
+            e.at >= since
+                && e.kind == TimelineKind::Event(EventKind::VmDuplicate)
+                && e.message.starts_with(&format!("{vm} runs on"))
+        });
+        // Only protected VMs are halo's business (their protection as configured now).
+        let protected = self.config.vm(vm).is_some_and(|spec| spec.protected());
+        if both && !alerted && protected {
+            let (copy, other) = (self.hosts[h].name.clone(), self.hosts[legit].name.clone());
+            self.violation(format!(
+                "the copy of {vm} started outside halo on {copy} ran beside {other}'s for {} ms unnoticed",
+                self.now - since
+            ));
+        }
+        if let Some(generation) = self.hosts[h].vms.remove(vm) {
+            self.hosts[h].paused.remove(vm);
+            self.deliver(h, 0, Input::VmState { vm: vm.to_string(), generation, state: VmState::StoppedOutside });
         }
     }
 
@@ -1133,6 +1189,30 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
         let host = &mut self.sim.hosts[self.h];
         if host.vms.contains_key(vm) {
             host.paused.insert(vm.to_string());
+        }
+    }
+
+    fn pause_copy(&mut self, host: &str, vm: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let Some(&to) = s.index.get(host) else { return };
+        // Reached like a start: over a path, carried out by the host's libvirt (no agent needed).
+        if (to != h && !s.any_path(h, to)) || !s.hosts[to].up {
+            return;
+        }
+        // halo keeps the copy it started: pausing that one while the outside copy runs on
+        // stops a healthy VM and leaves the intruder.
+        if let Some(&(copy, legit, _)) = s.outside.get(vm)
+            && to == legit
+            && s.hosts[copy].executes(vm)
+            && s.hosts[legit].vms.get(vm) == s.hosts[copy].vms.get(vm)
+        {
+            let (kept, paused) = (s.hosts[copy].name.clone(), s.hosts[legit].name.clone());
+            s.violation(format!(
+                "halo paused its own copy of {vm} on {paused} and kept the one started outside on {kept}"
+            ));
+        }
+        if s.hosts[to].vms.contains_key(vm) {
+            s.hosts[to].paused.insert(vm.to_string());
         }
     }
 

@@ -120,6 +120,11 @@ event_kinds! {
     VmLost => "vm-lost",
     /// A VM was stopped (by halo or on request).
     VmStopped => "vm-stopped",
+    // Exclusivity.
+    /// A protected VM runs on more than one host.
+    VmDuplicate => "vm-duplicate",
+    /// A protected VM runs on one host again.
+    VmDuplicateResolved => "vm-duplicate-resolved",
     // Maintenance and migration.
     /// A host entered maintenance.
     MaintenanceEntered => "maintenance-entered",

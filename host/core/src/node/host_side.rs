@@ -272,6 +272,7 @@ impl Node {
         self.note_generation(vm, generation);
         match state {
             VmState::Running => {
+                self.stopping.remove(vm);
                 self.local_vms.insert(vm.to_string(), generation);
                 self.stopped.retain(|r| r.vm != vm);
                 // Started again (by the operator, with libvirt): protected again.
@@ -290,7 +291,20 @@ impl Node {
                 }
             }
             VmState::Held => self.found_held(vm, generation),
+            VmState::StoppedOutside => {
+                // halo's own stops are reported by its driver (with the reason); this is
+                // someone else's: not restarted, no longer here.
+                if !self.stopping.contains(vm) && self.local_vms.remove(vm).is_some() {
+                    self.record(
+                        Severity::Warning,
+                        EventKind::VmStopped,
+                        format!("{vm} was stopped on {} outside halo (not restarted)", self.name),
+                        None,
+                    );
+                }
+            }
             VmState::StoppedByHalo(StopReason::Operator) => {
+                self.stopping.remove(vm);
                 self.local_vms.remove(vm);
                 self.operator_stopped.insert(vm.to_string());
                 self.record(
@@ -301,6 +315,7 @@ impl Node {
                 );
             }
             VmState::StoppedByHalo(reason) => {
+                self.stopping.remove(vm);
                 // The record carries the generation this host ran: a lower one would be taken
                 // for an old stop and never restarted.
                 let generation = self.local_vms.remove(vm).map_or(generation, |ran| ran.max(generation));

@@ -93,10 +93,14 @@ pub struct MasterState {
     plan_due: Millis,
     suppressed: Option<String>,
     evacuating: BTreeSet<String>,
-    migrating: BTreeSet<String>,
+    pub(super) migrating: BTreeSet<String>,
     /// VMs that just left a host by live migration (from, when): a heartbeat of that host sent
     /// before it saw them leave must not move them again.
-    moved: BTreeMap<String, (String, Millis)>,
+    pub(super) moved: BTreeMap<String, (String, Millis)>,
+    /// When this master first saw each (VM, host) reported running (`exclusivity`).
+    pub(super) first_seen: BTreeMap<(String, String), Millis>,
+    /// Protected VMs found running on more than one host (`exclusivity`).
+    pub(super) duplicates: BTreeMap<String, super::exclusivity::Duplicate>,
 }
 
 impl MasterState {
@@ -111,6 +115,8 @@ impl MasterState {
             evacuating: BTreeSet::new(),
             migrating: BTreeSet::new(),
             moved: BTreeMap::new(),
+            first_seen: BTreeMap::new(),
+            duplicates: BTreeMap::new(),
         }
     }
 }
@@ -234,6 +240,8 @@ impl Node {
 
     pub(super) fn master_step(&mut self, policies: &mut dyn Policies) {
         self.classify_peers();
+        // Always, HA on or off (off: alerts only).
+        self.check_exclusivity();
         if !self.ha_enabled {
             return;
         }
@@ -317,13 +325,18 @@ impl Node {
             lost.push((vm.clone(), host.clone(), *generation, "it vanished when its host restarted"));
         }
         // Running now: reported by hosts we hear. A silent host's last list is stale; its
-        // stop record (or the claim) is what counts for it.
+        // stop record (or the claim) is what counts for it. A copy this master paused (a
+        // duplicate started outside halo) does not run: when halo's own copy is lost, the VM
+        // is restarted (simulator seed 10130, conservative timeouts).
+        let paused_copy = |vm: &str, host: &str| {
+            self.master.as_ref().is_some_and(|m| m.duplicates.get(vm).is_some_and(|d| d.paused.contains(host)))
+        };
         let running: BTreeSet<&str> = self
             .peers
-            .values()
-            .filter(|p| p.verdict.is_none_or(|v| v == Verdict::Running))
-            .flat_map(|p| p.vms.iter().map(|r| r.vm.as_str()))
-            .chain(self.local_vms.keys().map(String::as_str))
+            .iter()
+            .filter(|(_, p)| p.verdict.is_none_or(|v| v == Verdict::Running))
+            .flat_map(|(host, p)| p.vms.iter().filter(move |r| !paused_copy(&r.vm, host)).map(|r| r.vm.as_str()))
+            .chain(self.local_vms.keys().filter(|vm| !paused_copy(vm, &self.name)).map(String::as_str))
             .collect();
         let mut new = Vec::new();
         for (vm, from, generation, why) in lost {
@@ -543,11 +556,23 @@ impl Node {
                 }
             }
         }
+        // A host that holds another copy of a VM (one this master paused: started outside
+        // halo) can take no start or migration of it: libvirt refuses a second domain of the
+        // same name (simulator seed 10403: a maintenance moved a VM onto its paused copy).
+        let copies = self.running_copies();
         PlacementInput {
             reason,
             vms: vms
                 .iter()
-                .filter_map(|(vm, avoid)| self.config.vm(vm).map(|s| capacity::to_place(s, avoid)))
+                .filter_map(|(vm, avoid)| {
+                    let mut place = capacity::to_place(self.config.vm(vm)?, avoid);
+                    for host in copies.get(vm).into_iter().flat_map(|h| h.keys()) {
+                        if !place.avoid_hosts.contains(host) {
+                            place.avoid_hosts.push(host.clone());
+                        }
+                    }
+                    Some(place)
+                })
                 .collect(),
             hosts: usage
                 .iter()
@@ -961,6 +986,17 @@ impl Node {
         if master.migrating.contains(vm) {
             return refuse(self, "it is being migrated already".into());
         }
+        if let Some(copies) = self.running_copies().get(vm).filter(|c| c.len() > 1) {
+            let hosts: Vec<&String> = copies.keys().collect();
+            return refuse(
+                self,
+                format!(
+                    "it runs on {} hosts ({}): a copy was started outside halo; settle that first",
+                    hosts.len(),
+                    hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
         let Some(from) = self.reported_locations().get(vm).cloned() else {
             return refuse(self, "it runs on no host this master hears".into());
         };
@@ -1058,6 +1094,12 @@ impl Node {
         match result {
             Ok(()) => {
                 master.moved.insert(vm.to_string(), (from.to_string(), now));
+                // halo's copy of a duplicated VM moved: the copy kept moves with it.
+                if let Some(duplicate) = master.duplicates.get_mut(vm)
+                    && duplicate.kept.as_deref() == Some(from)
+                {
+                    duplicate.kept = Some(to.to_string());
+                }
                 // Our view moves with it now; the next heartbeats confirm.
                 let generation =
                     self.peers.get(from).and_then(|p| p.vms.iter().find(|r| r.vm == vm)).map(|r| r.generation);

@@ -17,10 +17,12 @@
 //!   isolation, fencing and operator requests, `MigrateVm` only for maintenance.
 
 mod event_kind;
+mod exclusivity;
 mod host_side;
 mod master;
 
 pub use event_kind::{EventKind, UnknownEventKind};
+pub use exclusivity::{Admission, ClaimsSeen, Duplicate, StartRequest};
 pub use host_side::{has_quorum, must_fence};
 mod resume;
 mod status;
@@ -64,6 +66,9 @@ pub enum VmState {
     StoppedByHalo(StopReason),
     /// It left this host by live migration.
     MigratedAway,
+    /// Someone else stopped it (destroyed, saved, shut down by the host, not by the guest):
+    /// not a failure to act on, not restarted; it no longer runs here.
+    StoppedOutside,
     /// It is here, paused by a hold an earlier agent of this host began after a gap and did
     /// not settle (the agent found halo's mark on the paused domain when it started): settled
     /// as any hold (core `resume`), never taken for running or left paused.
@@ -301,6 +306,14 @@ pub enum Action {
         /// VM.
         vm: String,
     },
+    /// Pause a copy of a VM on another host (or this one): a protected VM found running on
+    /// two hosts, the copy halo does not keep (libvirt suspend, reached like a start).
+    PauseCopy {
+        /// The host of the copy.
+        host: String,
+        /// VM.
+        vm: String,
+    },
     /// Let a paused VM on this host run again.
     ResumeVm {
         /// VM.
@@ -412,6 +425,9 @@ pub struct Node {
     resumed_at: Option<Millis>,
     /// Protected VMs paused after a long gap, until their claim is confirmed.
     held: BTreeMap<String, resume::Hold>,
+    /// VMs this node asked its driver to stop and whose stop it has not heard of yet: libvirt
+    /// reports halo's own power-off as a stop from outside too.
+    stopping: BTreeSet<String>,
 }
 
 /// How often heartbeats alone trigger the whole-cluster evaluation (election, isolation,
@@ -456,6 +472,7 @@ impl Node {
             next_evaluation: now,
             resumed_at: None,
             held: BTreeMap::new(),
+            stopping: BTreeSet::new(),
         }
     }
 
@@ -560,6 +577,11 @@ impl Node {
             Input::ClaimChecked { vm, generation, holder } => self.on_claim_checked(&vm, generation, holder),
         }
         self.step(policies, evaluate);
+        for action in &self.out {
+            if let Action::StopVm { vm, .. } = action {
+                self.stopping.insert(vm.clone());
+            }
+        }
         std::mem::take(&mut self.out)
     }
 

@@ -74,7 +74,8 @@ pub struct HostStatus {
 pub struct VmStatus {
     /// Name.
     pub name: String,
-    /// `running`, `restarting` (the master is on it), `stopped by operator`, `down` (a
+    /// `running`, `running on more than one host` (see `copies`), `restarting` (the master
+    /// is on it), `stopped by operator`, `down` (a
     /// protected VM running nowhere this node hears of, no restart under way) or
     /// `not running` (unprotected).
     pub state: String,
@@ -100,6 +101,9 @@ pub struct VmStatus {
     pub operator_stopped: bool,
     /// A restart in progress (master only).
     pub restart: Option<Restart>,
+    /// Every host that reports it running, when that is more than one (a copy started
+    /// outside halo; `exclusivity`); empty otherwise.
+    pub copies: Vec<String>,
 }
 
 /// The answer to "what if these hosts failed now".
@@ -177,8 +181,22 @@ impl Node {
         // A host lists the VMs that run there now: a failed host's last report names VMs that
         // were restarted elsewhere since, and a VM reported by two hosts (mid-migration) is
         // listed once.
+        // A protected VM running on more than one host (a copy started outside halo) is listed
+        // on every host that reports it.
+        let copies: std::collections::BTreeMap<String, Vec<String>> = self
+            .running_copies()
+            .into_iter()
+            .filter(|(_, hosts)| hosts.len() > 1)
+            .map(|(vm, hosts)| (vm, hosts.into_keys().collect()))
+            .collect();
         for host in hosts.iter_mut() {
             host.vms = where_runs.iter().filter(|(_, (h, _))| *h == host.name).map(|(vm, _)| vm.clone()).collect();
+            for (vm, on) in &copies {
+                if on.contains(&host.name) && !host.vms.contains(vm) {
+                    host.vms.push(vm.clone());
+                }
+            }
+            host.vms.sort();
             if matches!(host.state.as_str(), "failed") {
                 host.vms.clear();
             }
@@ -193,7 +211,9 @@ impl Node {
                 let at = where_runs.get(&spec.name);
                 let restart = self.master.as_ref().and_then(|m| m.restarts.get(&spec.name).cloned());
                 let stopped = operator_stopped.contains(&spec.name);
+                let on = copies.get(&spec.name).cloned().unwrap_or_default();
                 let state = match (at, &restart) {
+                    (Some(_), _) if on.len() > 1 => "running on more than one host",
                     (Some(_), _) => "running",
                     (None, Some(_)) => "restarting",
                     (None, None) if stopped => "stopped by operator",
@@ -214,6 +234,7 @@ impl Node {
                     vcpus: spec.vcpus,
                     operator_stopped: stopped,
                     restart,
+                    copies: on,
                 }
             })
             .collect();

@@ -164,6 +164,7 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         fn migrate_vm(&mut self, _: &str, _: &str, _: &str) {}
         fn pause_vm(&mut self, _: &str) {}
         fn resume_vm(&mut self, _: &str) {}
+        fn pause_copy(&mut self, _: &str, _: &str) {}
     }
     impl halo_core::drivers::EventSink for Only<'_> {
         fn record(&mut self, _: halo_core::Event) {}

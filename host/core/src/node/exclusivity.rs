@@ -1,0 +1,479 @@
+//! Exclusivity: a protected VM runs on one host.
+//!
+//! halo never starts a VM twice itself (every start is under a claim won on a datastore), but
+//! the claim binds only halo: an operator's `virsh create`, a script, libvirt-guests at boot
+//! can start a second copy. Every host reports the protected VMs running on it in its
+//! heartbeats; the master compares them on every evaluation. A protected VM reported by two
+//! hosts is an alert at once, naming every copy. Then, by default (`[ha] on-duplicate =
+//! "pause"`), every copy but the one halo keeps is paused — suspended, not destroyed, so an
+//! operator can inspect it.
+//!
+//! **Which copy halo keeps:** the newest generation (a restart claims the next one, so an
+//! older copy is one the cluster already replaced); among copies of the same generation, the
+//! one this master saw first (a copy that appears beside a running one was started outside
+//! halo). When neither tells — a new master that found both at once — halo pauses nothing and
+//! the alert says so: pausing the wrong copy would stop a healthy VM.
+//!
+//! Not duplicates: a VM in a live migration this master ordered (both ends report it until
+//! it completes), the stale report of a host a VM just left, and hosts the master no longer
+//! hears (their last list is stale; their VMs are the failover's business).
+//!
+//! Proved by the tests below and the simulator's `outside` fault (a copy started beside a
+//! running VM must be paused within a heartbeat interval plus the reporting delay).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Action, EventKind, Node, Severity};
+use crate::Millis;
+use crate::classify::Verdict;
+use crate::config::OnDuplicate;
+
+/// A protected VM found running on more than one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Duplicate {
+    /// The VM.
+    pub vm: String,
+    /// Every host reporting it running, with the generation it runs there.
+    pub copies: BTreeMap<String, u64>,
+    /// The copy halo keeps (`None`: it cannot tell which one it started; nothing is paused).
+    pub kept: Option<String>,
+    /// The copies this master paused.
+    pub paused: BTreeSet<String>,
+    /// When this master found it.
+    pub since: Millis,
+}
+
+impl Node {
+    /// Where each protected VM is reported running now, by the hosts this node hears and
+    /// itself, with the generation on each host.
+    pub(super) fn running_copies(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let just_left = |vm: &str, host: &str| {
+            self.master.as_ref().is_some_and(|m| m.moved.get(vm).is_some_and(|(from, _)| from == host))
+        };
+        let protected = |vm: &str| self.config.vm(vm).is_some_and(|s| s.protected());
+        let mut copies: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (host, peer) in &self.peers {
+            if peer.verdict.is_some_and(|v| v != Verdict::Running) {
+                continue;
+            }
+            for report in peer.vms.iter().filter(|r| protected(&r.vm) && !just_left(&r.vm, host)) {
+                copies.entry(report.vm.clone()).or_default().insert(host.clone(), report.generation);
+            }
+        }
+        for (vm, generation) in self.local_vms.iter().filter(|(vm, _)| protected(vm)) {
+            copies.entry(vm.clone()).or_default().insert(self.name.clone(), *generation);
+        }
+        copies
+    }
+
+    /// The protected VMs the master found running on more than one host.
+    pub fn duplicates(&self) -> Vec<Duplicate> {
+        self.master.as_ref().map(|m| m.duplicates.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Finds protected VMs running on more than one host: alerts, and pauses the copies halo
+    /// does not keep (module docs).
+    pub(super) fn check_exclusivity(&mut self) {
+        let (now, on_duplicate, acting) = (self.now, self.config.ha.on_duplicate, self.ha_enabled);
+        let copies = self.running_copies();
+        let Some(master) = self.master.as_mut() else { return };
+        for (vm, hosts) in &copies {
+            for host in hosts.keys() {
+                master.first_seen.entry((vm.clone(), host.clone())).or_insert(now);
+            }
+        }
+        master.first_seen.retain(|(vm, host), _| copies.get(vm).is_some_and(|h| h.contains_key(host)));
+        let mut events: Vec<(Severity, EventKind, String)> = Vec::new();
+        let mut pauses: Vec<(String, String)> = Vec::new();
+        // Over when at most one copy is left and it is not one this master paused: a paused
+        // copy left alone (halo's own copy was lost with its host) is no running VM, and the
+        // failover must know it (`find_lost_vms`; simulator seed 10130).
+        let over: Vec<String> = master
+            .duplicates
+            .iter()
+            .filter(|(vm, d)| {
+                let left = copies.get(*vm);
+                left.is_none_or(|h| h.len() < 2 && !h.keys().any(|host| d.paused.contains(host)))
+            })
+            .map(|(vm, _)| vm.clone())
+            .collect();
+        for vm in over {
+            master.duplicates.remove(&vm);
+            let now_on = copies.get(&vm).and_then(|h| h.keys().next().cloned());
+            events.push((
+                Severity::Info,
+                EventKind::VmDuplicateResolved,
+                match now_on {
+                    Some(host) => format!("{vm} runs on one host again: {host}"),
+                    None => format!("{vm} no longer runs on more than one host (on none now)"),
+                },
+            ));
+        }
+        for (vm, hosts) in copies.iter().filter(|(vm, h)| h.len() > 1 && !master.migrating.contains(*vm)) {
+            let known = master.duplicates.get(vm);
+            if known.is_some_and(|d| d.copies == *hosts) {
+                continue;
+            }
+            let mut paused = known.map(|d| d.paused.clone()).unwrap_or_default();
+            paused.retain(|h| hosts.contains_key(h));
+            // A copy this master paused is never the one kept (simulator seed 10403: halo's
+            // copy moved by a maintenance was taken for the newcomer beside the paused one).
+            let kept = known
+                .and_then(|d| d.kept.clone())
+                .filter(|k| hosts.contains_key(k))
+                .or_else(|| keeper(vm, hosts, &master.first_seen, &paused));
+            let pause: Vec<String> = match (&kept, on_duplicate, acting) {
+                (Some(kept), OnDuplicate::Pause, true) => {
+                    hosts.keys().filter(|h| *h != kept && !paused.contains(*h)).cloned().collect()
+                }
+                _ => Vec::new(),
+            };
+            let first = |host: &str| master.first_seen.get(&(vm.clone(), host.to_string())).copied().unwrap_or(now);
+            let described: Vec<String> = hosts
+                .iter()
+                .map(|(host, generation)| {
+                    let age = now.saturating_sub(first(host)) as f64 / 1000.0;
+                    format!("{host} (generation {generation}, seen running for {age:.1} s)")
+                })
+                .collect();
+            let verdict = match (&kept, on_duplicate, acting) {
+                (None, _, _) => "halo cannot tell which copy it started (it found them at once): it pauses none; \
+                                 pause or destroy the extra copy by hand"
+                    .to_string(),
+                (Some(kept), OnDuplicate::Alert, _) => {
+                    format!("halo's copy is the one on {kept}; [ha] on-duplicate = \"alert\": nothing paused")
+                }
+                (Some(kept), OnDuplicate::Pause, false) => {
+                    format!("halo's copy is the one on {kept}; HA is off: nothing paused")
+                }
+                (Some(kept), OnDuplicate::Pause, true) => format!(
+                    "halo keeps the copy on {kept} ({}) and pauses the one(s) on {} (suspended, not destroyed: inspect, \
+                     then `virsh destroy` it there)",
+                    why_kept(kept, hosts),
+                    hosts.keys().filter(|h| *h != kept).cloned().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            events.push((
+                Severity::Alert,
+                EventKind::VmDuplicate,
+                format!(
+                    "{vm} runs on {} hosts: {}; a copy was started outside halo (libvirt does not say by whom); {verdict}",
+                    hosts.len(),
+                    described.join(" and ")
+                ),
+            ));
+            for host in &pause {
+                pauses.push((host.clone(), vm.clone()));
+            }
+            paused.extend(pause);
+            let since = known.map_or(now, |d| d.since);
+            master
+                .duplicates
+                .insert(vm.clone(), Duplicate { vm: vm.clone(), copies: hosts.clone(), kept, paused, since });
+        }
+        for (host, vm) in pauses {
+            self.out.push(Action::PauseCopy { host, vm });
+        }
+        for (severity, kind, message) in events {
+            self.record(severity, kind, message, None);
+        }
+    }
+}
+
+/// What libvirt's `qemu` hook asks before a domain starts on this host (`halo hook`): may it?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StartRequest {
+    /// The domain.
+    pub vm: String,
+    /// The generation in its definition (halo's metadata; 1 without).
+    pub generation: u64,
+}
+
+/// The answer: admitted, or refused with a reason an operator reads in `virsh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Admission {
+    /// Whether the start may go ahead.
+    pub admit: bool,
+    /// Why (for a refusal: what to do instead).
+    pub reason: String,
+}
+
+/// The claims on the datastore that bear on a start: of the definition's generation and the
+/// next one (`Err`: the datastore could not say).
+pub type ClaimsSeen = Result<(Option<crate::wire::Claim>, Option<crate::wire::Claim>), String>;
+
+impl Node {
+    /// Whether `request`'s domain may start on this host (the `qemu` hook's question): an
+    /// unprotected VM always; a protected one only when no host this node hears runs it, no
+    /// newer generation was claimed, and its generation's claim (if any) names this host.
+    /// Live migrations are the hook's own business (they move the one copy).
+    pub fn admit_start(&self, request: &StartRequest, claims: ClaimsSeen) -> Admission {
+        let vm = &request.vm;
+        let admit = |reason: String| Admission { admit: true, reason };
+        let refuse = |reason: String| Admission {
+            admit: false,
+            reason: format!("halo refuses to start {vm} on {}: {reason}", self.name),
+        };
+        if !self.config.vm(vm).is_some_and(|s| s.protected()) {
+            return admit(format!("{vm} is not protected by halo"));
+        }
+        // Hosts heard within the last two heartbeat intervals: a failed host's last report is
+        // stale (the master waited the dead-time before restarting its VMs).
+        let recent = 2 * self.config.timeouts.heartbeat_interval_ms;
+        let elsewhere: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.heard_directly_at.is_some_and(|at| self.now.saturating_sub(at) <= recent))
+            .filter(|(_, p)| p.vms.iter().any(|r| r.vm == *vm))
+            .map(|(h, _)| h.clone())
+            .collect();
+        if !elsewhere.is_empty() {
+            return refuse(format!(
+                "it runs on {}; a protected VM runs on one host (use `halo vm migrate` to move it)",
+                elsewhere.join(", ")
+            ));
+        }
+        let (this, next) = match claims {
+            Ok(claims) => claims,
+            Err(why) => {
+                return refuse(format!(
+                    "its claims cannot be read ({why}); start it with `halo vm start` when the datastore answers"
+                ));
+            }
+        };
+        let generation = request.generation;
+        if let Some(newer) = next {
+            return refuse(format!(
+                "generation {} of it was claimed for {}; this definition (generation {generation}) is stale",
+                newer.generation, newer.host
+            ));
+        }
+        match this {
+            Some(claim) if claim.host != self.name => refuse(format!(
+                "its claim (generation {generation}) is held by {}; start it with `halo vm start`",
+                claim.host
+            )),
+            Some(_) => admit(format!("{} holds the claim of generation {generation}", self.name)),
+            None => admit(format!("generation {generation} was never claimed and no host runs it")),
+        }
+    }
+}
+
+/// The copy halo keeps, never one it paused: the newest generation, then the copy seen
+/// first; `None` if that leaves more than one.
+fn keeper(
+    vm: &str,
+    hosts: &BTreeMap<String, u64>,
+    first_seen: &BTreeMap<(String, String), Millis>,
+    paused: &BTreeSet<String>,
+) -> Option<String> {
+    let hosts: BTreeMap<&String, u64> =
+        hosts.iter().filter(|(h, _)| !paused.contains(*h)).map(|(h, g)| (h, *g)).collect();
+    let newest = hosts.values().copied().max()?;
+    let candidates: Vec<&String> = hosts.iter().filter(|(_, g)| **g == newest).map(|(h, _)| *h).collect();
+    if let [only] = candidates.as_slice() {
+        return Some((*only).clone());
+    }
+    let seen = |host: &String| first_seen.get(&(vm.to_string(), host.clone())).copied().unwrap_or(Millis::MAX);
+    let earliest = candidates.iter().map(|h| seen(h)).min()?;
+    let firsts: Vec<&&String> = candidates.iter().filter(|h| seen(h) == earliest).collect();
+    match firsts.as_slice() {
+        [only] => Some((**only).clone()),
+        _ => None,
+    }
+}
+
+/// Why `kept` is the copy kept, for the alert.
+fn why_kept(kept: &str, hosts: &BTreeMap<String, u64>) -> &'static str {
+    let newest = hosts.get(kept).copied().unwrap_or(0);
+    if hosts.iter().all(|(h, g)| h == kept || *g < newest) { "the newest generation" } else { "it ran first" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::beat_with;
+    use super::super::{Action, Input, Node, VmState};
+    use super::*;
+    use crate::config::tests::cluster;
+    use crate::policies::BuiltinPolicies;
+    use crate::wire::VmReport;
+
+    fn on(vms: &[(&str, u64)]) -> Vec<VmReport> {
+        vms.iter().map(|(vm, generation)| VmReport { vm: vm.to_string(), generation: *generation }).collect()
+    }
+
+    /// Runs host-1 from `from` to `to` (100 ms steps), host-2 and host-3 reporting what
+    /// `vms(host, now)` says; returns every action.
+    fn run(
+        node: &mut Node,
+        p: &mut BuiltinPolicies,
+        from: Millis,
+        to: Millis,
+        vms: impl Fn(&str, Millis) -> Vec<VmReport>,
+    ) -> Vec<Action> {
+        let mut all = Vec::new();
+        for now in (from..to).step_by(100) {
+            let seq = now / 100 + 1;
+            for peer in ["host-2", "host-3"] {
+                all.extend(node.handle(now, beat_with(peer, seq, &[("host-1", seq)], vms(peer, now)), p));
+            }
+            all.extend(node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, p));
+            all.extend(node.handle(now, Input::Tick, p));
+        }
+        all
+    }
+
+    /// host-1 master of three hosts, vm-1 running on host-2 (5 s).
+    fn master_with_vm_on_host_2(config: crate::ClusterConfig) -> (Node, BuiltinPolicies) {
+        let mut node = Node::new("host-1", config, 0);
+        let mut p = BuiltinPolicies;
+        run(&mut node, &mut p, 0, 5_000, |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] });
+        assert!(node.is_master());
+        (node, p)
+    }
+
+    fn pauses(actions: &[Action]) -> Vec<(String, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::PauseCopy { host, vm } => Some((host.clone(), vm.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(actions: &[Action], kind: EventKind) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(e) if e.kind == kind => Some(e.message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_copy_started_beside_a_running_vm_is_paused_and_alerted_once() {
+        let (mut node, mut p) = master_with_vm_on_host_2(cluster(3, 1));
+        // host-3 starts reporting vm-1 too (the same generation: its XML was copied).
+        let all = run(&mut node, &mut p, 5_000, 8_000, |_, _| on(&[("vm-1", 1)]));
+        assert_eq!(pauses(&all), vec![("host-3".to_string(), "vm-1".to_string())], "only the newcomer, once");
+        let alert = events(&all, EventKind::VmDuplicate);
+        assert_eq!(alert.len(), 1, "{alert:?}");
+        assert!(alert[0].contains("vm-1 runs on 2 hosts: host-2") && alert[0].contains("host-3"), "{}", alert[0]);
+        assert!(
+            alert[0].contains("keeps the copy on host-2 (it ran first) and pauses the one(s) on host-3"),
+            "{}",
+            alert[0]
+        );
+        let duplicates = node.duplicates();
+        assert_eq!(duplicates.len(), 1);
+        assert_eq!(duplicates[0].kept.as_deref(), Some("host-2"));
+        assert_eq!(duplicates[0].paused.iter().cloned().collect::<Vec<_>>(), vec!["host-3".to_string()]);
+        // The operator destroys the paused copy: host-3 reports it no more.
+        let after =
+            run(&mut node, &mut p, 8_000, 9_000, |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] });
+        assert_eq!(events(&after, EventKind::VmDuplicateResolved), vec!["vm-1 runs on one host again: host-2"]);
+        assert!(node.duplicates().is_empty());
+        assert!(pauses(&after).is_empty());
+    }
+
+    #[test]
+    fn the_newest_generation_is_kept_wherever_it_appeared() {
+        let (mut node, mut p) = master_with_vm_on_host_2(cluster(3, 1));
+        let all = run(&mut node, &mut p, 5_000, 6_000, |h, _| on(&[("vm-1", if h == "host-3" { 2 } else { 1 })]));
+        assert_eq!(pauses(&all), vec![("host-2".to_string(), "vm-1".to_string())]);
+        assert!(events(&all, EventKind::VmDuplicate)[0].contains("(the newest generation)"));
+    }
+
+    #[test]
+    fn copies_found_at_once_are_alerted_and_none_is_paused() {
+        // A master that finds both copies in the same evaluation cannot tell which is its own.
+        let mut node = Node::new("host-1", cluster(3, 1), 0);
+        let mut p = BuiltinPolicies;
+        let all = run(&mut node, &mut p, 0, 6_000, |_, _| on(&[("vm-1", 1)]));
+        assert!(node.is_master());
+        assert!(pauses(&all).is_empty(), "{:?}", pauses(&all));
+        let alert = events(&all, EventKind::VmDuplicate);
+        assert_eq!(alert.len(), 1, "{alert:?}");
+        assert!(alert[0].contains("cannot tell which copy it started"), "{}", alert[0]);
+    }
+
+    #[test]
+    fn alert_only_pauses_nothing_and_a_copy_on_the_master_counts() {
+        let mut config = cluster(3, 1);
+        config.ha.on_duplicate = OnDuplicate::Alert;
+        let (mut node, mut p) = master_with_vm_on_host_2(config);
+        // The copy appears on the master's own host.
+        let running = Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running };
+        let mut all = node.handle(5_000, running, &mut p);
+        all.extend(run(
+            &mut node,
+            &mut p,
+            5_000,
+            6_000,
+            |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] },
+        ));
+        assert!(pauses(&all).is_empty());
+        let alert = events(&all, EventKind::VmDuplicate);
+        assert!(alert.len() == 1 && alert[0].contains("on-duplicate = \"alert\": nothing paused"), "{alert:?}");
+        assert!(alert[0].contains("host-1") && alert[0].contains("host-2"), "{}", alert[0]);
+    }
+
+    #[test]
+    fn the_hook_admits_only_a_start_halo_can_stand_behind() {
+        // host-1; vm-1 runs on host-2; vm-2 runs nowhere.
+        let mut node = Node::new("host-1", cluster(3, 2), 0);
+        let mut p = BuiltinPolicies;
+        run(&mut node, &mut p, 0, 2_000, |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] });
+        let ask = |vm: &str, generation| StartRequest { vm: vm.into(), generation };
+        let claim = |generation, host: &str| crate::wire::Claim {
+            vm: "vm-2".into(),
+            generation,
+            master: "host-3".into(),
+            epoch: 1,
+            host: host.into(),
+        };
+        let running = node.admit_start(&ask("vm-1", 1), Ok((None, None)));
+        assert!(!running.admit && running.reason.contains("it runs on host-2"), "{running:?}");
+        assert!(running.reason.starts_with("halo refuses to start vm-1 on host-1"), "{running:?}");
+        assert!(node.admit_start(&ask("scratch", 1), Err("down".into())).admit, "an unprotected VM always starts");
+        assert!(node.admit_start(&ask("vm-2", 1), Ok((None, None))).admit, "never claimed, runs nowhere");
+        let held = node.admit_start(&ask("vm-2", 2), Ok((Some(claim(2, "host-3")), None)));
+        assert!(!held.admit && held.reason.contains("is held by host-3"), "{held:?}");
+        assert!(node.admit_start(&ask("vm-2", 2), Ok((Some(claim(2, "host-1")), None))).admit, "halo's own restart");
+        let stale = node.admit_start(&ask("vm-2", 2), Ok((Some(claim(2, "host-1")), Some(claim(3, "host-3")))));
+        assert!(!stale.admit && stale.reason.contains("generation 3 of it was claimed for host-3"), "{stale:?}");
+        let unknown = node.admit_start(&ask("vm-2", 1), Err("datastore ds1 timed out".into()));
+        assert!(!unknown.admit && unknown.reason.contains("cannot be read (datastore ds1 timed out)"), "{unknown:?}");
+        // Once host-2 no longer reports it, it may start here.
+        run(&mut node, &mut p, 2_000, 6_000, |_, _| vec![]);
+        assert!(node.admit_start(&ask("vm-1", 1), Ok((None, None))).admit);
+    }
+
+    #[test]
+    fn a_vm_stopped_outside_halo_leaves_the_host_but_halos_own_stop_is_not_taken_for_one() {
+        let mut node = Node::new("host-1", cluster(3, 1), 0);
+        let mut p = BuiltinPolicies;
+        let running = || Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running };
+        let outside = || Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::StoppedOutside };
+        node.handle(0, running(), &mut p);
+        let stopped = node.handle(100, outside(), &mut p);
+        assert_eq!(
+            events(&stopped, EventKind::VmStopped),
+            vec!["vm-1 was stopped on host-1 outside halo (not restarted)"]
+        );
+        assert!(!node.status().vms[0].state.starts_with("running"), "{:?}", node.status().vms[0]);
+        // halo's own stop (the operator's, through halo) is reported by the driver; libvirt's
+        // destroy event for it says nothing more.
+        node.handle(200, running(), &mut p);
+        let stop = node.handle(300, Input::Command(super::super::Command::StopVm("vm-1".into())), &mut p);
+        assert!(stop.iter().any(|a| matches!(a, Action::StopVm { .. })), "{stop:?}");
+        assert!(events(&node.handle(400, outside(), &mut p), EventKind::VmStopped).is_empty());
+    }
+}

@@ -1038,3 +1038,59 @@ fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failo
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 16 (b): `vm-2`, running on host-2 under halo, is started on host-3 from its XML by
+/// someone else (as `virsh create` would; no hook refuses it here). The master alerts at
+/// once, naming both hosts, and pauses host-3's copy (not halo's); host-2's copy never
+/// stops. The operator destroys the paused copy; halo says it runs on one host again.
+#[test]
+fn a_copy_started_outside_halo_is_alerted_and_paused_at_once() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "a_copy_started_outside_halo_is_alerted_and_paused_at_once";
+    let Some(cluster) = Cluster::up(test, 'o', "") else {
+        return;
+    };
+    let placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let xml = cluster.hv[&2].xml("vm-2").expect("vm-2's XML on host-2");
+    cluster.hv[&3].define(&xml).expect("define on host-3");
+    let started = Instant::now();
+    cluster.hv[&3].start("vm-2").expect("start the copy on host-3");
+    let mut paused_after = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        assert_eq!(
+            cluster.hv[&2].state("vm-2").ok().flatten(),
+            Some(DomainState::Running),
+            "halo's copy keeps running\n{}",
+            cluster.logs()
+        );
+        if cluster.hv[&3].state("vm-2").ok().flatten() == Some(DomainState::Paused) {
+            paused_after = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let paused_after =
+        paused_after.unwrap_or_else(|| panic!("the copy on host-3 was never paused\n{}", cluster.logs()));
+    println!("figure: a copy started outside halo ran {paused_after:?} before the master paused it");
+    let logs = cluster.logs();
+    let alert = logs
+        .lines()
+        .find(|l| l.contains("vm-2 runs on 2 hosts"))
+        .unwrap_or_else(|| panic!("no vm-duplicate alert\n{logs}"));
+    assert!(alert.contains("ALERT") && alert.contains("host-2") && alert.contains("host-3"), "{alert}");
+    assert!(alert.contains("keeps the copy on host-2") && alert.contains("pauses the one(s) on host-3"), "{alert}");
+    // Every status shows both copies; the metric counts them.
+    let (code, body) = cluster.api(1, "GET", "/api/v1/vms", Some(&cluster.token()), None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"copies\":[\"host-2\",\"host-3\"]"), "{body}");
+    assert_eq!(metrics(&cluster, 1, "halo_vm_copies").get("halo_vm_copies{vm=\"vm-2\"}"), Some(&2.0));
+    // The operator inspects and destroys the paused copy.
+    cluster.hv[&3].power_off("vm-2").expect("destroy the copy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.logs().contains("vm-2 runs on one host again: host-2") {
+        assert!(Instant::now() < deadline, "never resolved\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.holds(&placement, Duration::from_secs(3), "after the copy was destroyed");
+    assert!(!cluster.logs().contains("restarted on"), "nothing was restarted\n{}", cluster.logs());
+}

@@ -102,6 +102,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/ha", post(ha))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/plugins/reload", post(reload))
+        .route("/api/v1/admission", post(admission))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), auth));
     Router::new()
@@ -667,6 +668,20 @@ async fn ha(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ok(json!({ "ha-enabled": request.enabled, "datastore-failures": failures }))
+}
+
+/// The libvirt `qemu` hook's question (`halo hook`): may this domain start on this host?
+/// Always this host's own answer (never forwarded): it knows what runs where, and reads the
+/// claims.
+async fn admission(State(api): Ctx, bytes: Bytes) -> Reply {
+    let request: halo_core::node::StartRequest = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    match api.agent.admit_start(request).await {
+        Ok(admission) => ok(json!(admission)),
+        Err(e) => not_taken(e),
+    }
 }
 
 async fn plugins(State(api): Ctx) -> Reply {

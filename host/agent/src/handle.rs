@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use halo_core::capacity::AdmissionVerdict;
-use halo_core::node::{ClusterStatus, WhatIf};
+use halo_core::node::{Admission, ClaimsSeen, ClusterStatus, StartRequest, WhatIf};
 use halo_core::{ClusterConfig, Command, Event, VmSpec};
 use halo_datastore::Datastore;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -64,6 +64,8 @@ pub(crate) enum Control {
     WhatIf(Vec<String>, oneshot::Sender<Option<WhatIf>>),
     /// The admission check for protecting a VM running on a host (master only).
     Admit(Box<VmSpec>, Option<String>, oneshot::Sender<Option<AdmissionVerdict>>),
+    /// May a domain start on this host (the libvirt `qemu` hook); the claims read before.
+    AdmitStart(Box<StartRequest>, ClaimsSeen, oneshot::Sender<Admission>),
     /// Reload every plugin file now; answered per decision point.
     ReloadPlugins(oneshot::Sender<Vec<ReloadOutcome>>),
     /// Plugin files were reloaded off the loop (the outcome, to be recorded as events).
@@ -143,6 +145,19 @@ impl AgentHandle {
         self.ask(|tx| Control::Admit(Box::new(spec), host, tx)).await
     }
 
+    /// Whether a domain may start on this host (the libvirt `qemu` hook's question, asked by
+    /// `halo hook`): for a protected VM its claims are read first, off the loop and bounded by
+    /// the datastore timeout; then the loop decides (`Node::admit_start`).
+    pub async fn admit_start(&self, request: StartRequest) -> Result<Admission, NotTaken> {
+        let protected = self.snapshot().config.vm(&request.vm).is_some_and(|s| s.protected());
+        let claims = if protected {
+            read_claims(&self.datastores, &request.vm, request.generation).await
+        } else {
+            Ok((None, None))
+        };
+        self.ask(|tx| Control::AdmitStart(Box::new(request), claims, tx)).await
+    }
+
     /// Reloads every plugin file now (compiled off the loop); answers per decision point.
     pub async fn reload_plugins(&self) -> Result<Vec<ReloadOutcome>, NotTaken> {
         self.ask(Control::ReloadPlugins).await
@@ -157,6 +172,26 @@ impl AgentHandle {
         // Dropped unanswered only when the loop ends.
         rx.await.map_err(|_| NotTaken::Stopping)
     }
+}
+
+/// The claims of `vm` for `generation` and the next one, from whichever datastore holds them
+/// (a claim is created on one). A datastore that cannot answer makes the answer unknown,
+/// unless a newer claim was found anyway (the start is refused then in any case).
+async fn read_claims(stores: &[Arc<Datastore>], vm: &str, generation: u64) -> ClaimsSeen {
+    let (mut this, mut next, mut problems) = (None, None, Vec::new());
+    for store in stores {
+        for (g, slot) in [(generation, &mut this), (generation + 1, &mut next)] {
+            match store.read_claim(vm, g).await {
+                Ok(Some(claim)) => *slot = Some(claim),
+                Ok(None) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+    }
+    if next.is_none() && !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok((this, next))
 }
 
 #[cfg(test)]

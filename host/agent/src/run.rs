@@ -534,6 +534,18 @@ fn handle_control(
         Control::WhatIf(failed, reply) => {
             let _ = reply.send(node.what_if(&failed, policies));
         }
+        Control::AdmitStart(request, claims, reply) => {
+            let admission = node.admit_start(&request, claims);
+            let severity = if admission.admit { Severity::Info } else { Severity::Alert };
+            let kind = if admission.admit { EventKind::VmStartAdmitted } else { EventKind::VmStartRefused };
+            // Every start of a protected VM the hook asked about, and every refusal, is on record.
+            if !admission.admit || node.config().vm(&request.vm).is_some_and(|s| s.protected()) {
+                let message = format!("libvirt hook: {}", admission.reason);
+                let node = node.name().to_string();
+                drivers.record(Event { at: now, node, severity, kind, message, trace: None });
+            }
+            let _ = reply.send(admission);
+        }
         Control::Admit(spec, host, reply) => {
             let _ = reply.send(node.admit(&spec, host.as_deref(), policies));
         }

@@ -19,6 +19,7 @@ macro_rules! outln {
 }
 
 mod agent;
+mod hook;
 mod lab;
 mod ops;
 mod plugin;
@@ -66,6 +67,8 @@ enum Command {
     Events(ops::EventsArgs),
     /// HA on or off for the whole cluster.
     Ha(ops::HaArgs),
+    /// libvirt's qemu hook: refuses to start a protected VM that halo's claims do not allow on this host.
+    Hook(hook::HookArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => ops::plan(args),
         Command::Events(args) => ops::events(args),
         Command::Ha(args) => ops::ha(args),
+        Command::Hook(args) => hook::run(args),
     };
     match result {
         Ok(code) => code,

@@ -59,6 +59,9 @@ impl Cluster {
             halo_lab::skip_for_test(test, &e.to_string());
             return None;
         }
+        // Every host's libvirtd calls halo's hook before a domain starts (issue 16), as
+        // `halo hook --install` sets up a real host: every lab test runs with it.
+        lab.use_hook(Path::new(env!("CARGO_BIN_EXE_halo"))).expect("the hook");
         for h in 1..=3 {
             lab.libvirt_start(h).expect("libvirtd");
         }
@@ -1040,7 +1043,7 @@ fn a_slow_plugin_compile_during_a_host_crash_delays_neither_heartbeats_nor_failo
 }
 
 /// Issue 16 (b): `vm-2`, running on host-2 under halo, is started on host-3 from its XML by
-/// someone else (as `virsh create` would; no hook refuses it here). The master alerts at
+/// someone else (as `virsh create` would), host-3's hook taken away. The master alerts at
 /// once, naming both hosts, and pauses host-3's copy (not halo's); host-2's copy never
 /// stops. The operator destroys the paused copy; halo says it runs on one host again.
 #[test]
@@ -1050,6 +1053,8 @@ fn a_copy_started_outside_halo_is_alerted_and_paused_at_once() {
     let Some(cluster) = Cluster::up(test, 'o', "") else {
         return;
     };
+    // host-3 without the hook (taken away: libvirtd runs what the file holds).
+    std::fs::write(cluster.lab.hook_script(3), "#!/bin/sh\nexit 0\n").expect("no hook on host-3");
     let placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
     let xml = cluster.hv[&2].xml("vm-2").expect("vm-2's XML on host-2");
     cluster.hv[&3].define(&xml).expect("define on host-3");
@@ -1093,4 +1098,44 @@ fn a_copy_started_outside_halo_is_alerted_and_paused_at_once() {
     }
     cluster.holds(&placement, Duration::from_secs(3), "after the copy was destroyed");
     assert!(!cluster.logs().contains("restarted on"), "nothing was restarted\n{}", cluster.logs());
+}
+
+/// Issue 16 (a, c): with halo's hook in libvirt, a second start of a protected VM is refused
+/// by libvirt itself with a message naming halo and the host that runs it; an unprotected VM
+/// always starts; with the host's agent down, a protected VM is still refused (it carries
+/// halo's metadata) and an unprotected one starts.
+#[test]
+fn the_libvirt_hook_refuses_a_second_start_and_never_an_unprotected_vm() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "the_libvirt_hook_refuses_a_second_start_and_never_an_unprotected_vm";
+    let Some(mut cluster) = Cluster::up(test, 'k', "") else {
+        return;
+    };
+    let placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let xml = cluster.hv[&2].xml("vm-2").expect("vm-2's XML on host-2");
+    cluster.hv[&3].define(&xml).expect("define on host-3");
+    let asked = Instant::now();
+    let refused = cluster.hv[&3].start("vm-2").expect_err("the hook refuses it");
+    let took = asked.elapsed();
+    let message = refused.to_string();
+    println!("figure: the hook refused a second start of vm-2 in {took:?}: {message}");
+    assert!(message.contains("halo refuses to start vm-2 on host-3: it runs on host-2"), "{message}");
+    assert_eq!(cluster.hv[&3].state("vm-2").ok().flatten(), Some(DomainState::ShutOff), "nothing started");
+    assert!(cluster.logs().contains("vm-start-refused"), "{}", cluster.logs());
+    cluster.holds(&placement, Duration::from_secs(1), "after the refusal");
+    // An unprotected VM starts wherever libvirt is asked.
+    let scratch = cluster.lab.tiny_guest_xml("scratch", 64).expect("xml");
+    cluster.hv[&3].define(&scratch).expect("define scratch");
+    cluster.hv[&3].start("scratch").expect("an unprotected VM starts");
+    cluster.hv[&3].power_off("scratch").expect("stop scratch");
+    // host-3's agent down: the protected VM is still refused, the unprotected one starts.
+    if let Some(mut agent) = cluster.agents.remove(&3) {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    let refused = cluster.hv[&3].start("vm-2").expect_err("refused without the agent too").to_string();
+    assert!(refused.contains("halo refuses to start vm-2: this host's halo agent does not answer"), "{refused}");
+    cluster.hv[&3].start("scratch").expect("an unprotected VM starts without the agent");
+    cluster.hv[&3].power_off("scratch").expect("stop scratch");
+    assert_eq!(cluster.runners("vm-2", &[1, 2, 3]), vec![2], "vm-2 ran only on host-2 throughout");
 }

@@ -618,6 +618,23 @@ impl Lab {
             ),
         )
         .map_err(io)?;
+        // halo's libvirt hook, when the lab uses one (`use_hook`): libvirtd looks for hooks when
+        // it starts, so it is written before.
+        if let Ok(halo) = std::fs::read_to_string(self.dir().join("hook-program")) {
+            let hooks = dir.join("etc/hooks");
+            std::fs::create_dir_all(&hooks).map_err(io)?;
+            let config = self.dir().join(format!("halo-{host}.toml"));
+            let script = format!(
+                "#!/bin/sh\n# halo's qemu hook (lab host-{host}).\nexec '{}' hook --config '{}' qemu \"$@\"\n",
+                halo.trim(),
+                config.display()
+            );
+            std::fs::write(hooks.join("qemu"), script).map_err(io)?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(hooks.join("qemu"), std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        } else {
+            let _ = std::fs::remove_file(dir.join("etc/hooks/qemu"));
+        }
         // Seed QEMU's capabilities cache: the first start takes 0.5 s instead of 1.3 s.
         let _ = copy_dir("/var/cache/libvirt/qemu", &dir.join("cache/qemu"));
         for target in
@@ -669,6 +686,22 @@ impl Lab {
     fn host_uuid(&self, host: usize) -> String {
         let [a, b, c] = self.spec.subnet;
         format!("6861{a:02x}{b:02x}-{c:02x}00-4000-8000-{host:012x}")
+    }
+
+    /// Every libvirtd started from now on calls `halo hook` (the executable `halo`) before a
+    /// domain starts, as `halo hook --install` sets a real host up, with the host's agent
+    /// config (`<lab>/halo-N.toml`; until an agent is started there is none, and the hook
+    /// admits every start).
+    pub fn use_hook(&self, halo: &std::path::Path) -> Result<(), LabError> {
+        let path = self.dir().join("hook-program");
+        std::fs::write(&path, halo.display().to_string())
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Host `host`'s hook script, to change or take away while its libvirtd runs (libvirtd
+    /// runs whatever the file holds when it calls it).
+    pub fn hook_script(&self, host: usize) -> std::path::PathBuf {
+        self.host_dir(host).join("etc/hooks/qemu")
     }
 
     /// A host crash (power loss): every process of host `host` is killed (libvirtd, QEMU, an

@@ -125,6 +125,10 @@ event_kinds! {
     VmDuplicate => "vm-duplicate",
     /// A protected VM runs on one host again.
     VmDuplicateResolved => "vm-duplicate-resolved",
+    /// libvirt's hook asked whether a protected VM may start here: yes.
+    VmStartAdmitted => "vm-start-admitted",
+    /// libvirt's hook asked whether a VM may start here: no (the reason says why).
+    VmStartRefused => "vm-start-refused",
     // Maintenance and migration.
     /// A host entered maintenance.
     MaintenanceEntered => "maintenance-entered",

@@ -95,6 +95,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/vms/{vm}/unprotect", post(unprotect))
         .route("/api/v1/vms/{vm}/stop", post(stop))
         .route("/api/v1/vms/{vm}/migrate", post(migrate))
+        .route("/api/v1/vms/{vm}/start", post(start))
         .route("/api/v1/hosts/{host}/maintenance", post(maintenance))
         .route("/api/v1/plan", get(plan))
         .route("/api/v1/events", get(events))
@@ -514,6 +515,26 @@ async fn migrate(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, by
             forward(&api, &m, &Method::POST, &format!("/api/v1/vms/{vm}/migrate"), Some(bytes.to_vec())).await
         }
         Ok(None) => command(&api, Command::MigrateVm { vm, to: request.host }).await,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    #[serde(default)]
+    on: Option<String>,
+}
+
+/// `halo vm start`: the master starts a protected VM that runs nowhere, under a new claim.
+async fn start(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
+    let request: StartBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), &format!("start {vm}")) {
+        Err(e) => e,
+        Ok(Some(m)) => forward(&api, &m, &Method::POST, &format!("/api/v1/vms/{vm}/start"), Some(bytes.to_vec())).await,
+        Ok(None) => command(&api, Command::StartVm { vm, on: request.on }).await,
     }
 }
 

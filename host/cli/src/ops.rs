@@ -249,6 +249,17 @@ pub enum VmCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Start a protected VM that runs nowhere, under a new claim (libvirt's hook refuses a
+    /// start halo did not claim).
+    Start {
+        /// The VM.
+        vm: String,
+        /// The host (default: where the placement policy puts it).
+        #[arg(long)]
+        on: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Stop a VM through halo: powered off, not restarted.
     Stop {
         /// The VM.
@@ -320,6 +331,10 @@ pub fn vm(command: VmCommand) -> anyhow::Result<ExitCode> {
                 outln!("  - {}", p.as_str().unwrap_or_default());
             }
             return Ok(ExitCode::FAILURE);
+        }
+        VmCommand::Start { vm, on, api } => {
+            api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/start"), Some(json!({ "on": on })))?;
+            outln!("{vm}: the master starts it under a new claim (see halo events)");
         }
         VmCommand::Stop { vm, api } => {
             api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/stop"), Some(json!({})))?;

@@ -1123,6 +1123,50 @@ fn the_libvirt_hook_refuses_a_second_start_and_never_an_unprotected_vm() {
     assert_eq!(cluster.hv[&3].state("vm-2").ok().flatten(), Some(DomainState::ShutOff), "nothing started");
     assert!(cluster.logs().contains("vm-start-refused"), "{}", cluster.logs());
     cluster.holds(&placement, Duration::from_secs(1), "after the refusal");
+    // `halo vm start`: vm-4, stopped through halo on host-3, is started again by halo on
+    // host-1 under a new claim (the hook there admits it: the claim names host-1).
+    let token = cluster.token();
+    let (code, body) = cluster.api(1, "POST", "/api/v1/vms/vm-4/stop", Some(&token), Some("{}"));
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.runners("vm-4", &[1, 2, 3]).is_empty() {
+        assert!(Instant::now() < deadline, "vm-4 never stopped\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Until the master has heard host-3's next heartbeat, vm-4 still runs there for it.
+    let stopped = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).ok().is_some_and(|v| {
+            v.as_array()
+                .or_else(|| v.get("vms").and_then(|x| x.as_array()))
+                .is_some_and(|vms| vms.iter().any(|vm| vm["name"] == "vm-4" && vm["state"] == "stopped by operator"))
+        })
+    };
+    while !stopped(&cluster.api(1, "GET", "/api/v1/vms", Some(&token), None).1) {
+        assert!(Instant::now() < deadline, "the master never saw vm-4 stopped\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let asked = Instant::now();
+    let (code, body) = cluster.api(1, "POST", "/api/v1/vms/vm-4/start", Some(&token), Some(r#"{"on":"host-1"}"#));
+    assert_eq!(code, 200, "{body}");
+    while cluster.runners("vm-4", &[1, 2, 3]) != vec![1] {
+        assert!(asked.elapsed() < Duration::from_secs(15), "vm-4 never started on host-1\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("figure: halo vm start: vm-4 running on host-1 {:?} after the request", asked.elapsed());
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("vm-4 started on host-1 by the operator's request")
+            || logs.contains("vm-4 runs on host-1 (started at the operator's request by this master)"),
+        "{logs}"
+    );
+    // A second start of it elsewhere, from its old definition on host-3: refused.
+    let stale = cluster.hv[&3].start("vm-4").expect_err("refused").to_string();
+    // (It runs on host-1, and generation 2 was claimed for host-1: either reason refuses it.)
+    assert!(
+        stale.contains("halo refuses to start vm-4 on host-3: it runs on host-1")
+            || stale.contains("halo refuses to start vm-4 on host-3: generation 2 of it was claimed for host-1"),
+        "{stale}"
+    );
     // An unprotected VM starts wherever libvirt is asked.
     let scratch = cluster.lab.tiny_guest_xml("scratch", 64).expect("xml");
     cluster.hv[&3].define(&scratch).expect("define scratch");
@@ -1138,4 +1182,5 @@ fn the_libvirt_hook_refuses_a_second_start_and_never_an_unprotected_vm() {
     cluster.hv[&3].start("scratch").expect("an unprotected VM starts without the agent");
     cluster.hv[&3].power_off("scratch").expect("stop scratch");
     assert_eq!(cluster.runners("vm-2", &[1, 2, 3]), vec![2], "vm-2 ran only on host-2 throughout");
+    assert_eq!(cluster.runners("vm-4", &[1, 2, 3]), vec![1], "vm-4 runs once, on host-1");
 }

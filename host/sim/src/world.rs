@@ -967,6 +967,9 @@ impl<'p> Sim<'p> {
             Command::StopVm(vm) => {
                 self.operator.stopped.insert(vm.clone());
             }
+            Command::StartVm { vm, .. } => {
+                self.operator.stopped.remove(vm);
+            }
             Command::SetHaEnabled(_) | Command::SetHostHaDisabled(_) => {}
         }
         self.feed(h, Input::Command(command));

@@ -125,6 +125,9 @@ event_kinds! {
     VmDuplicate => "vm-duplicate",
     /// A protected VM runs on one host again.
     VmDuplicateResolved => "vm-duplicate-resolved",
+    /// The operator asked halo to start a protected VM (`halo vm start`): a restart under a
+    /// new claim is queued.
+    VmStartRequested => "vm-start-requested",
     /// libvirt's hook asked whether a protected VM may start here: yes.
     VmStartAdmitted => "vm-start-admitted",
     /// libvirt's hook asked whether a VM may start here: no (the reason says why).

@@ -323,6 +323,7 @@ mod tests {
                 all.extend(node.handle(now, beat_with(peer, seq, &[("host-1", seq)], vms(peer, now)), p));
             }
             all.extend(node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, p));
+            all.extend(node.handle(now, Input::DatastoreRead { datastore: "ds1".into(), records: Ok(vec![]) }, p));
             all.extend(node.handle(now, Input::Tick, p));
         }
         all
@@ -454,6 +455,54 @@ mod tests {
         // Once host-2 no longer reports it, it may start here.
         run(&mut node, &mut p, 2_000, 6_000, |_, _| vec![]);
         assert!(node.admit_start(&ask("vm-1", 1), Ok((None, None))).admit);
+    }
+
+    #[test]
+    fn the_operator_starts_a_protected_vm_under_a_new_claim() {
+        // vm-1 runs on host-2; vm-2 runs nowhere.
+        let mut node = Node::new("host-1", cluster(3, 2), 0);
+        let mut p = BuiltinPolicies;
+        run(&mut node, &mut p, 0, 5_000, |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] });
+        assert!(node.is_master());
+        let start = |vm: &str, on: Option<&str>| {
+            Input::Command(super::super::Command::StartVm { vm: vm.into(), on: on.map(str::to_string) })
+        };
+        let refused = node.handle(5_000, start("vm-1", None), &mut p);
+        assert_eq!(events(&refused, EventKind::CommandRefused), vec!["start vm-1: it runs on host-2 already"]);
+        let refused = node.handle(5_000, start("nope", None), &mut p);
+        assert_eq!(
+            events(&refused, EventKind::CommandRefused),
+            vec!["start nope: no VM named nope in the configuration"]
+        );
+        let mut all = node.handle(5_000, start("vm-2", Some("host-3")), &mut p);
+        assert_eq!(events(&all, EventKind::VmStartRequested).len(), 1, "{all:?}");
+        all.extend(run(
+            &mut node,
+            &mut p,
+            5_000,
+            5_500,
+            |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] },
+        ));
+        let claim = all
+            .iter()
+            .find_map(|a| match a {
+                Action::Claim { claim, .. } => Some(claim.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("a claim: {all:?}"));
+        assert_eq!((claim.vm.as_str(), claim.generation, claim.host.as_str()), ("vm-2", 2, "host-3"));
+        let won = Input::ClaimResult { claim, outcome: crate::wire::ClaimOutcome::Won };
+        let started = node.handle(5_500, won, &mut p);
+        assert!(
+            started
+                .iter()
+                .any(|a| matches!(a, Action::StartVm { host, vm, generation: 2 } if host == "host-3" && vm == "vm-2")),
+            "{started:?}"
+        );
+        let done = Input::StartResult { vm: "vm-2".into(), host: "host-3".into(), generation: 2, result: Ok(()) };
+        let done = node.handle(5_600, done, &mut p);
+        let told = events(&done, EventKind::VmRestarted);
+        assert!(told.len() == 1 && told[0].starts_with("vm-2 started on host-3 by the operator's request"), "{told:?}");
     }
 
     #[test]

@@ -428,6 +428,7 @@ impl Node {
             Command::EnterMaintenance(host) => self.enter_maintenance(&host, policies),
             Command::ExitMaintenance(host) => self.exit_maintenance(&host),
             Command::MigrateVm { vm, to } => self.migrate_one(&vm, &to),
+            Command::StartVm { vm, on } => self.start_one(&vm, on.as_deref()),
         }
     }
 }

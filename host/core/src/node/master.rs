@@ -59,7 +59,7 @@ pub enum RestartState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Restart {
-    /// The host it was lost from.
+    /// The host it was lost from (empty: started by the operator, `halo vm start`).
     pub from: String,
     /// The generation it ran under there; the restart claims the next.
     pub generation: u64,
@@ -443,7 +443,8 @@ impl Node {
                 // Running under the claimed generation or a later one: done, whoever started
                 // it (another master, or our own start whose result was lost).
                 let by = if matches!(r.state, RestartState::ClaimedElsewhere { .. }) { "another master" } else { "this master" };
-                events.push((Severity::Info, EventKind::VmRestarted, format!("{vm} runs on {on} (restarted by {by})")));
+                let what = if r.from.is_empty() { "started at the operator's request" } else { "restarted" };
+                events.push((Severity::Info, EventKind::VmRestarted, format!("{vm} runs on {on} ({what} by {by})")));
                 return false;
             }
             if matches!(r.state, RestartState::Claiming { .. }) {
@@ -819,10 +820,17 @@ impl Node {
                 self.record(
                     Severity::Info,
                     EventKind::VmRestarted,
-                    format!(
-                        "{vm} restarted on {host} (from {from}, {:.1}s after it was found lost)",
-                        lost_for as f64 / 1000.0
-                    ),
+                    if from.is_empty() {
+                        format!(
+                            "{vm} started on {host} by the operator's request ({:.1}s after it)",
+                            lost_for as f64 / 1000.0
+                        )
+                    } else {
+                        format!(
+                            "{vm} restarted on {host} (from {from}, {:.1}s after it was found lost)",
+                            lost_for as f64 / 1000.0
+                        )
+                    },
                     None,
                 );
             }
@@ -1020,6 +1028,67 @@ impl Node {
         master.migrating.insert(vm.to_string());
         self.record(Severity::Info, EventKind::MigrationStarted, format!("{vm}: live migration {from} → {to}"), None);
         self.out.push(Action::MigrateVm { vm: vm.to_string(), from, to: to.to_string() });
+    }
+
+    /// `halo vm start`: a protected VM that runs nowhere is started under a claim for its
+    /// next generation, like a restart (on `on`, or where the placement policy puts it).
+    pub(super) fn start_one(&mut self, vm: &str, on: Option<&str>) {
+        let refuse = |node: &mut Self, why: String| {
+            node.record(Severity::Warning, EventKind::CommandRefused, format!("start {vm}: {why}"), None)
+        };
+        let Some(master) = self.master.as_ref() else {
+            let master = self.master_view.as_ref().map_or("nobody yet".to_string(), |(m, _)| m.clone());
+            return refuse(self, format!("ask the master ({master})"));
+        };
+        if master.restarts.contains_key(vm) {
+            return refuse(self, "a restart of it is under way".into());
+        }
+        let Some(spec) = self.config.vm(vm) else {
+            return refuse(self, format!("no VM named {vm} in the configuration"));
+        };
+        if !spec.protected() {
+            return refuse(self, "it is not protected: start it with libvirt (virsh start)".into());
+        }
+        if let Some(hosts) = self.running_copies().get(vm) {
+            let hosts: Vec<&str> = hosts.keys().map(String::as_str).collect();
+            return refuse(self, format!("it runs on {} already", hosts.join(", ")));
+        }
+        if let Some(host) = on {
+            if self.config.host(host).is_none() {
+                return refuse(self, format!("no host named {host}"));
+            }
+            if self.maintenance.contains(host) {
+                return refuse(self, format!("{host} is in maintenance"));
+            }
+            if !self.heard_lately(host) {
+                return refuse(self, format!("{host} has not been heard in the last few heartbeats"));
+            }
+        }
+        let generation = self.generations.get(vm).copied().unwrap_or(1);
+        let now = self.now;
+        let Some(master) = self.master.as_mut() else { return };
+        master.restarts.insert(
+            vm.to_string(),
+            Restart {
+                from: String::new(),
+                generation,
+                since: now,
+                attempts: 0,
+                state: RestartState::Waiting { not_before: now },
+                pinned: on.map(str::to_string),
+                waiting_reported: false,
+            },
+        );
+        self.record(
+            Severity::Info,
+            EventKind::VmStartRequested,
+            format!(
+                "{vm}: started by the operator, under a claim for generation {} ({})",
+                generation + 1,
+                on.map_or("where the placement policy puts it".to_string(), |h| format!("on {h}"))
+            ),
+            None,
+        );
     }
 
     /// Whether `host` is this node, or was heard directly and acknowledged this node within

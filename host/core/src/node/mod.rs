@@ -106,6 +106,14 @@ pub enum Command {
         /// The target host.
         to: String,
     },
+    /// Start a protected VM that runs nowhere, under a new claim (to the master): the way to
+    /// start one by hand, since libvirt's hook refuses an unclaimed start.
+    StartVm {
+        /// The VM.
+        vm: String,
+        /// The host to start it on (none: where the placement policy puts it).
+        on: Option<String>,
+    },
 }
 
 /// An input to a node.
@@ -762,6 +770,11 @@ impl Node {
         peer.vms = hb.vms;
         peer.stopped = hb.stopped;
         peer.operator_stopped = hb.operator_stopped;
+        // A VM this host's operator stopped runs again elsewhere (`halo vm start`): protected
+        // again, as when it is started here.
+        for report in &peer.vms {
+            self.operator_stopped.remove(&report.vm);
+        }
         // Acks tell us who the sender hears: third-party liveness evidence.
         for (host, seq) in hb.acks.into_iter().filter(|_| !duplicate) {
             if host == self.name {

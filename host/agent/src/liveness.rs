@@ -79,6 +79,10 @@ pub struct NodeState {
     pub hosts: usize,
     /// Quorum fencing is on.
     pub quorum_fencing: bool,
+    /// Send the latest heartbeat now, outside the fixed rate (once): the VMs running here
+    /// changed, and the master compares every host's list (a copy started outside halo is
+    /// paused that much sooner). The fixed-rate schedule is not moved.
+    pub send_now: bool,
 }
 
 /// Figures of the liveness path (for `/metrics`, tests and the benchmark).
@@ -379,13 +383,17 @@ async fn run(
         last_tick = now;
 
         // Heartbeats: the core's latest, under our own number, with what we heard ourselves.
-        if now >= next_heartbeat
+        let urgent = std::mem::take(&mut shared.state.lock().unwrap_or_else(|p| p.into_inner()).send_now);
+        if (now >= next_heartbeat || urgent)
             && let Some(mut heartbeat) = latest(&shared.state, |s| s.heartbeat.clone())
         {
-            // At a fixed rate (not "now + interval": that would drift by the tick each round).
-            next_heartbeat += config.heartbeat_interval;
-            if next_heartbeat <= now {
-                next_heartbeat = now + config.heartbeat_interval;
+            // At a fixed rate (not "now + interval": that would drift by the tick each round);
+            // an urgent one in between leaves the rate alone.
+            if now >= next_heartbeat {
+                next_heartbeat += config.heartbeat_interval;
+                if next_heartbeat <= now {
+                    next_heartbeat = now + config.heartbeat_interval;
+                }
             }
             let fresh = heartbeat.seq != last_body;
             last_body = heartbeat.seq;

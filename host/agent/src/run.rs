@@ -88,8 +88,13 @@ struct AgentDrivers {
 
 impl HeartbeatSender for AgentDrivers {
     fn send_heartbeat(&mut self, _network: &str, heartbeat: &Heartbeat) {
-        // The same heartbeat on every network: the liveness path sends it on each.
-        self.liveness.publish(|state| state.heartbeat = Some(heartbeat.clone()));
+        // The same heartbeat on every network: the liveness path sends it on each; at once,
+        // outside its rate, when the VMs running here changed (the master compares them).
+        self.liveness.publish(|state| {
+            let changed = state.heartbeat.as_ref().is_some_and(|before| before.vms != heartbeat.vms);
+            state.send_now |= changed;
+            state.heartbeat = Some(heartbeat.clone());
+        });
     }
 }
 

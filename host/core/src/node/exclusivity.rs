@@ -458,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn an_older_heartbeat_arriving_late_does_not_undo_a_newer_one() {
+        let mut node = Node::new("host-1", cluster(3, 1), 0);
+        let mut p = BuiltinPolicies;
+        node.handle(100, beat_with("host-2", 10, &[], on(&[("vm-1", 1)])), &mut p);
+        // Heartbeat 9 (sent before vm-1 arrived) on the other network, after 10.
+        node.handle(110, beat_with("host-2", 9, &[], vec![]), &mut p);
+        assert_eq!(node.running_copies().get("vm-1").map(|h| h.len()), Some(1), "host-2 still runs vm-1");
+        node.handle(120, beat_with("host-2", 11, &[], vec![]), &mut p);
+        assert!(!node.running_copies().contains_key("vm-1"), "a newer heartbeat still counts");
+    }
+
+    #[test]
     fn the_operator_starts_a_protected_vm_under_a_new_claim() {
         // vm-1 runs on host-2; vm-2 runs nowhere.
         let mut node = Node::new("host-1", cluster(3, 2), 0);

@@ -273,7 +273,11 @@ impl Node {
         match state {
             VmState::Running => {
                 self.stopping.remove(vm);
-                self.local_vms.insert(vm.to_string(), generation);
+                // A VM that arrived is told to the others at once (the master compares every
+                // host's list: a copy started outside halo is found a heartbeat sooner).
+                if self.local_vms.insert(vm.to_string(), generation) != Some(generation) {
+                    self.next_heartbeat = self.now;
+                }
                 self.stopped.retain(|r| r.vm != vm);
                 // Started again (by the operator, with libvirt): protected again.
                 self.operator_stopped.remove(vm);

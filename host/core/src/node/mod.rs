@@ -728,6 +728,13 @@ impl Node {
         };
         peer.networks.insert(network.to_string(), now);
         peer.heard_directly_at = Some(now);
+        // An older heartbeat of the same incarnation arriving after a newer one (another
+        // network, or an extra heartbeat sent at once when the peer's VMs changed): proof the
+        // peer and that network live, but what it says is out of date — it must not undo what
+        // the newer one said (a copy started outside halo vanished from the lab's status).
+        if peer.incarnation == Some(hb.incarnation) && hb.seq < peer.direct_seq {
+            return;
+        }
         let previous_direct = std::mem::replace(&mut peer.direct_seq, hb.seq);
         // The same heartbeat again, on another network: its acks were taken already.
         let duplicate = peer.incarnation == Some(hb.incarnation) && hb.seq == previous_direct;

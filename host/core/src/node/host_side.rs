@@ -323,6 +323,30 @@ impl Node {
                 // The record carries the generation this host ran: a lower one would be taken
                 // for an old stop and never restarted.
                 let generation = self.local_vms.remove(vm).map_or(generation, |ran| ran.max(generation));
+                // A copy another host runs too, of the same generation or a newer one, was not
+                // halo's only copy (one started outside halo beside it): its stop proves nothing
+                // about the VM, and must not make a master restart it while the other copy
+                // runs (simulator seed 10616, conservative timeouts: a fenced host's outside
+                // copy was recorded as stopped, and the VM restarted beside host-2's).
+                let elsewhere: Vec<String> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.vms.iter().any(|r| r.vm == vm && r.generation >= generation))
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                if !elsewhere.is_empty() {
+                    self.record(
+                        Severity::Warning,
+                        EventKind::VmStopped,
+                        format!(
+                            "{vm} stopped on {} ({reason:?}); a copy of it runs on {} too: not recorded for a restart",
+                            self.name,
+                            elsewhere.join(", ")
+                        ),
+                        None,
+                    );
+                    return;
+                }
                 self.stopped.push(VmReport { vm: vm.to_string(), generation });
                 let why = if reason == StopReason::Fence { "fencing" } else { "isolation response" };
                 self.record(

@@ -555,9 +555,14 @@ impl Fencer {
                 };
                 for vm in vms {
                     let generation = hv.xml(&vm).ok().as_deref().and_then(halo_libvirt::generation_of).unwrap_or(0);
+                    let paused = hv.state(&vm).ok().flatten() == Some(halo_libvirt::DomainState::Paused);
                     match hv.power_off(&vm) {
                         Ok(()) => {
-                            let state = VmState::StoppedByHalo(StopReason::Fence);
+                            let state = if paused {
+                                VmState::StoppedWhilePaused(StopReason::Fence)
+                            } else {
+                                VmState::StoppedByHalo(StopReason::Fence)
+                            };
                             // The loop learns the stop when it has room; it also sees the VM
                             // gone from libvirt's events.
                             if let Err(e) = inputs.try_send(Input::VmState { vm, generation, state }) {

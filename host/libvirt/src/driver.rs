@@ -146,17 +146,24 @@ impl HypervisorDriver for Hypervisors {
             let stopped = (|| {
                 let hv = Self::connect(&config, &config.me)?;
                 let generation = hv.xml(&vm).ok().as_deref().and_then(generation_of).unwrap_or(0);
+                let paused = hv.state(&vm).ok().flatten() == Some(crate::DomainState::Paused);
                 if grace_secs == 0 {
                     hv.power_off(&vm).map_err(|e| e.to_string())?;
                 } else {
                     hv.shutdown(&vm, Duration::from_secs(u64::from(grace_secs))).map_err(|e| e.to_string())?;
                 }
-                Ok::<u64, String>(generation)
+                Ok::<(u64, bool), String>((generation, paused))
             })();
             match stopped {
-                Ok(generation) => {
-                    let _ =
-                        inputs.blocking_send(Input::VmState { vm, generation, state: VmState::StoppedByHalo(reason) });
+                Ok((generation, paused)) => {
+                    // A paused copy (the core knows whether it holds it, or the master paused it
+                    // as one started outside halo) is told apart.
+                    let state = if paused && reason != StopReason::Operator {
+                        VmState::StoppedWhilePaused(reason)
+                    } else {
+                        VmState::StoppedByHalo(reason)
+                    };
+                    let _ = inputs.blocking_send(Input::VmState { vm, generation, state });
                 }
                 // Not stopped: nothing is reported, so nothing is restarted elsewhere.
                 Err(e) => tracing::error!(vm, "could not stop the VM ({reason:?}): {e}"),

@@ -473,14 +473,19 @@ impl<'p> Sim<'p> {
             }
             Ev::VmUp { host, boot, vm, generation, reply } => self.vm_up(host, boot, vm, generation, reply),
             Ev::VmDown { host, vm, reason } => {
-                self.hosts[host].paused.remove(&vm);
+                let was_paused = self.hosts[host].paused.remove(&vm);
                 if let Some(generation) = self.hosts[host].vms.remove(&vm) {
                     let elsewhere = self.hosts.iter().any(|other| other.executes(&vm));
                     if matches!(reason, StopReason::Isolation | StopReason::Fence) && !elsewhere {
                         self.stopped_by_host.insert(vm.clone());
                         self.lost_at.entry(vm.clone()).or_insert(self.now);
                     }
-                    self.deliver(host, 0, Input::VmState { vm, generation, state: VmState::StoppedByHalo(reason) });
+                    let state = if was_paused && reason != StopReason::Operator {
+                        VmState::StoppedWhilePaused(reason)
+                    } else {
+                        VmState::StoppedByHalo(reason)
+                    };
+                    self.deliver(host, 0, Input::VmState { vm, generation, state });
                 }
             }
             Ev::Migrated { vm, from, to, master } => {

@@ -318,35 +318,29 @@ impl Node {
                     None,
                 );
             }
-            VmState::StoppedByHalo(reason) => {
+            VmState::StoppedWhilePaused(reason) if !self.held.contains_key(vm) => {
+                // A paused copy this host does not hold is one the master paused as started
+                // outside halo: its stop proves nothing about the VM, whose own copy runs
+                // elsewhere (simulator seed 10616, conservative: a fenced host's outside copy
+                // was recorded as stopped and the VM restarted beside the running one). halo's
+                // own copy, running, is recorded as always (seed 363).
+                self.stopping.remove(vm);
+                self.local_vms.remove(vm);
+                self.record(
+                    Severity::Warning,
+                    EventKind::VmStopped,
+                    format!(
+                        "{vm} stopped on {} ({reason:?}): the paused copy started outside halo; not recorded for a restart",
+                        self.name
+                    ),
+                    None,
+                );
+            }
+            VmState::StoppedByHalo(reason) | VmState::StoppedWhilePaused(reason) => {
                 self.stopping.remove(vm);
                 // The record carries the generation this host ran: a lower one would be taken
                 // for an old stop and never restarted.
                 let generation = self.local_vms.remove(vm).map_or(generation, |ran| ran.max(generation));
-                // A copy another host runs too, of the same generation or a newer one, was not
-                // halo's only copy (one started outside halo beside it): its stop proves nothing
-                // about the VM, and must not make a master restart it while the other copy
-                // runs (simulator seed 10616, conservative timeouts: a fenced host's outside
-                // copy was recorded as stopped, and the VM restarted beside host-2's).
-                let elsewhere: Vec<String> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.vms.iter().any(|r| r.vm == vm && r.generation >= generation))
-                    .map(|(h, _)| h.clone())
-                    .collect();
-                if !elsewhere.is_empty() {
-                    self.record(
-                        Severity::Warning,
-                        EventKind::VmStopped,
-                        format!(
-                            "{vm} stopped on {} ({reason:?}); a copy of it runs on {} too: not recorded for a restart",
-                            self.name,
-                            elsewhere.join(", ")
-                        ),
-                        None,
-                    );
-                    return;
-                }
                 self.stopped.push(VmReport { vm: vm.to_string(), generation });
                 let why = if reason == StopReason::Fence { "fencing" } else { "isolation response" };
                 self.record(

@@ -66,6 +66,10 @@ pub enum VmState {
     StoppedByHalo(StopReason),
     /// It left this host by live migration.
     MigratedAway,
+    /// halo stopped it while it was paused and not held by this host (a copy the master
+    /// paused as one started outside halo): stopped like `StoppedByHalo`, but never recorded
+    /// for a restart — halo's own copy runs elsewhere.
+    StoppedWhilePaused(StopReason),
     /// Someone else stopped it (destroyed, saved, shut down by the host, not by the guest):
     /// not a failure to act on, not restarted; it no longer runs here.
     StoppedOutside,

@@ -116,7 +116,7 @@ fn admit(config_path: &Path, domain: &str, xml: &str) -> Result<(), String> {
         // No (readable) halo.toml: halo does not run here.
         return Ok(());
     };
-    let asked = ask_agent(&config, domain, generation.unwrap_or(1));
+    let asked = ask_agent(&config, config_path, domain, generation.unwrap_or(1));
     match asked {
         Ok(answer) if answer.get("admit").and_then(Value::as_bool) == Some(true) => Ok(()),
         Ok(answer) => Err(answer.get("reason").and_then(Value::as_str).unwrap_or("halo refuses the start").to_string()),
@@ -136,20 +136,13 @@ fn admit(config_path: &Path, domain: &str, xml: &str) -> Result<(), String> {
     }
 }
 
-fn ask_agent(config: &halo_agent::AgentConfig, domain: &str, generation: u64) -> anyhow::Result<Value> {
-    let api = config.api.clone().context("no [api] in the config")?;
-    let mut listen = api.listen;
-    if listen.ip().is_unspecified() {
-        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let token = std::fs::read_to_string(&api.token_file)
-        .with_context(|| format!("token file {}", api.token_file.display()))?
-        .trim()
-        .to_string();
+fn ask_agent(config: &halo_agent::AgentConfig, path: &Path, domain: &str, generation: u64) -> anyhow::Result<Value> {
+    let (address, token_file) = crate::ops::api_endpoint(config, path)?;
+    let token = crate::ops::read_token(&token_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let body = json!({ "vm": domain, "generation": generation }).to_string().into_bytes();
     let response = runtime.block_on(halo_agent::client::request(
-        &listen.to_string(),
+        &address,
         "POST",
         "/api/v1/admission",
         Some(&token),

@@ -5,7 +5,7 @@
 //! migration) show their progress until done, unless `--no-wait`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -41,27 +41,31 @@ impl ApiArgs {
             _ => {
                 let config = halo_agent::AgentConfig::load(&self.config)
                     .with_context(|| "give --api and --token-file, or a config with [api]".to_string())?;
-                let api = config
-                    .api
-                    .clone()
-                    .with_context(|| format!("{}: no [api] section: the agent serves no API", self.config.display()))?;
-                let mut listen = api.listen;
-                if listen.ip().is_unspecified() {
-                    listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                (
-                    self.api.clone().unwrap_or_else(|| listen.to_string()),
-                    self.token_file.clone().unwrap_or(api.token_file),
-                )
+                let (listen, token_file) = api_endpoint(&config, &self.config)?;
+                (self.api.clone().unwrap_or(listen), self.token_file.clone().unwrap_or(token_file))
             }
         };
-        let token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("token file {}", token_file.display()))?
-            .trim()
-            .to_string();
+        let token = read_token(&token_file)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(Agent { address, token, runtime })
     }
+}
+
+/// Where this host's agent answers (`[api] listen`, an unspecified address as localhost) and
+/// its token file, from its config (read from `path`).
+pub(crate) fn api_endpoint(config: &halo_agent::AgentConfig, path: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let api =
+        config.api.clone().with_context(|| format!("{}: no [api] section: the agent serves no API", path.display()))?;
+    let mut listen = api.listen;
+    if listen.ip().is_unspecified() {
+        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok((listen.to_string(), api.token_file))
+}
+
+/// The API token in `path`.
+pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?.trim().to_string())
 }
 
 impl Agent {

@@ -74,6 +74,48 @@ pub struct AgentConfig {
     /// The liveness path: real-time priority, locked memory.
     #[serde(default)]
     pub liveness: LivenessEntry,
+    /// VM leases on shared storage (sanlock): none by default.
+    #[serde(default)]
+    pub leases: LeasesEntry,
+}
+
+/// VM leases on shared storage (`[leases]`): with `kind = "sanlock"`, libvirt's sanlock lock
+/// manager takes a lease per protected VM before QEMU runs, so no tool can start it twice; a
+/// restart after a host failure waits until that host's leases expired (8 × io-timeout-s + 60
+/// s after its last renewal). docs/operator.md, "VM leases".
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct LeasesEntry {
+    /// `none` (default) or `sanlock`.
+    pub kind: LeaseKind,
+    /// The lease directory, mounted at this path on every host (NFS, a cluster file system).
+    pub dir: Option<PathBuf>,
+    /// This host's sanlock host id (1 … 2000), different on every host sharing `dir`.
+    pub host_id: Option<u16>,
+    /// sanlock's io timeout in seconds (1 … 60, default 10, sanlock's own): a host's leases
+    /// expire 8 × this + 60 s after its last renewal.
+    pub io_timeout_s: u32,
+    /// The lockspace's name (default: the cluster's name).
+    pub lockspace: Option<String>,
+    /// The sanlock daemon's run directory (default `/run/sanlock`).
+    pub sanlock_run_dir: Option<PathBuf>,
+}
+
+impl Default for LeasesEntry {
+    fn default() -> Self {
+        Self { kind: LeaseKind::None, dir: None, host_id: None, io_timeout_s: 10, lockspace: None, sanlock_run_dir: None }
+    }
+}
+
+/// Which VM leases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaseKind {
+    /// None: exclusivity rests on halo's claims, the libvirt hook and detection.
+    #[default]
+    None,
+    /// sanlock leases through libvirt's sanlock lock manager.
+    Sanlock,
 }
 
 /// The liveness path (heartbeats, datastore heartbeats, watchdog, fence watch on a thread of
@@ -542,10 +584,40 @@ impl AgentConfig {
         {
             problems.push(format!("alerts.webhook-url: {why}"));
         }
+        if self.leases.kind == LeaseKind::Sanlock {
+            if self.leases.dir.is_none() {
+                problems.push("leases.dir: missing; the lease directory every host mounts at the same path".into());
+            }
+            if self.leases.host_id.is_none() {
+                problems.push("leases.host-id: missing; this host's sanlock host id (1 … 2000), different on every host".into());
+            }
+            if let Some(leases) = self.sanlock_leases()
+                && let Err(why) = leases.check()
+            {
+                problems.push(format!("leases: {why}"));
+            }
+        } else if self.leases != (LeasesEntry { kind: self.leases.kind, ..LeasesEntry::default() }) {
+            problems.push("leases: settings without `kind = \"sanlock\"` would be ignored; add it or remove them".into());
+        }
         if let Err(errors) = self.cluster().validate() {
             problems.extend(errors.0);
         }
         problems
+    }
+
+    /// The sanlock leases this host takes, when `[leases] kind = "sanlock"` and its settings
+    /// hold (the loader reports them otherwise).
+    pub fn sanlock_leases(&self) -> Option<halo_libvirt::SanlockLeases> {
+        if self.leases.kind != LeaseKind::Sanlock {
+            return None;
+        }
+        Some(halo_libvirt::SanlockLeases {
+            dir: self.leases.dir.clone()?,
+            lockspace: self.leases.lockspace.clone().unwrap_or_else(|| self.cluster.clone()),
+            host_id: self.leases.host_id?,
+            io_timeout_s: self.leases.io_timeout_s,
+            run_dir: self.leases.sanlock_run_dir.clone(),
+        })
     }
 
     /// The URI another host's libvirtd reaches `host` at for a migration: its own

@@ -47,6 +47,11 @@ enum LabCommand {
         /// it for the fence timeout is reset (its processes killed, its links down).
         #[arg(long, requires = "agents")]
         no_watchdog: bool,
+        /// VM leases on shared storage: each host's libvirtd takes a sanlock lease per VM
+        /// (a sanlock daemon per host, the leases in `<lab>/leases`), and agents say
+        /// `[leases] kind = "sanlock"` (io timeout 1 s: a dead host's leases free after 68 s).
+        #[arg(long, conflicts_with = "no_libvirt")]
+        sanlock: bool,
     },
     /// Run one host's lab watchdog until the lab goes down (started by `up --agents`).
     #[command(hide = true)]
@@ -194,9 +199,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 target.reset();
             }
         }
-        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms, no_watchdog } => {
+        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms, no_watchdog, sanlock } => {
             let lab = Lab::up(LabSpec::new(name, hosts))?.keep();
             eprintln!("lab `{name}`: {hosts} host(s) up");
+            if sanlock {
+                lab.use_sanlock()?;
+                eprintln!("sanlock VM leases in {}", lab.leases_dir().display());
+            }
             if !no_nfs {
                 let exports: Vec<&str> = exports.iter().map(String::as_str).collect();
                 lab.nfs_start(&exports)?;
@@ -284,17 +293,47 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
 
 /// Tiny protected VMs spread over the hosts, and an agent on every host (with a lab watchdog
 /// each, unless `watchdog` is false).
+/// Host `host`'s sanlock leases as its agent's config says them ([`Lab::agent_config`]: the
+/// cluster `lab`, host id N, io timeout 1 s).
+pub fn lab_leases(lab: &Lab, host: usize) -> halo_libvirt::SanlockLeases {
+    halo_libvirt::SanlockLeases {
+        dir: lab.leases_dir(),
+        lockspace: "lab".into(),
+        host_id: u16::try_from(host).unwrap_or(u16::MAX),
+        io_timeout_s: 1,
+        run_dir: Some(lab.sanlock_run_dir(host)),
+    }
+}
+
 fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::Result<()> {
     if vms > 50 {
         bail!("--vms: at most 50 in the lab");
     }
     let names: Vec<String> = (1..=vms).map(|i| format!("vm-{i}")).collect();
+    // With leases, every host joins the lockspace first (as its agent would, ≈ 3 s, all at
+    // once) and each VM starts with its lease, as halo starts them.
+    let leases = if lab.uses_sanlock() {
+        let leases: Vec<_> = (1..=hosts).map(|h| lab_leases(lab, h)).collect();
+        std::thread::scope(|scope| {
+            let joins: Vec<_> = leases.iter().map(|l| scope.spawn(move || l.join())).collect();
+            joins.into_iter().try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("join panicked"))?.map(drop).map_err(anyhow::Error::from))
+        })?;
+        eprintln!("every host joined the sanlock lockspace");
+        leases
+    } else {
+        Vec::new()
+    };
     for (i, name) in names.iter().enumerate() {
         let host = 1 + i % hosts;
         let xml = lab.tiny_guest_xml(name, 64)?;
         lab.protect(name, &xml)?;
         let hv = halo_libvirt::Hypervisor::connect_with_timeout(&lab.libvirt_uri(host), Duration::from_secs(10))?;
-        hv.define(&halo_libvirt::with_generation(&xml, 1))?;
+        let mut xml = halo_libvirt::with_generation(&xml, 1);
+        if let Some(leases) = leases.get(host - 1) {
+            leases.ensure_lease(name)?;
+            xml = leases.with_lease(&xml, name);
+        }
+        hv.define(&xml)?;
         hv.start(name)?;
     }
     let halo = std::env::current_exe().context("cannot find the halo binary")?;

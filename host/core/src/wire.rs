@@ -83,6 +83,31 @@ pub struct Claim {
     pub host: String,
 }
 
+/// Why a start did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartError {
+    /// The VM's storage lease (sanlock) is held by another host: the VM may still run there,
+    /// or that host died and its lease has not expired yet. Nothing was started; trying again
+    /// later is right and is not a failure of the target host.
+    LeaseHeld(String),
+    /// Any other failure.
+    Failed(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::LeaseHeld(why) | Self::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for StartError {
+    fn from(why: String) -> Self {
+        Self::Failed(why)
+    }
+}
+
 /// The result of an attempt to create a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClaimOutcome {

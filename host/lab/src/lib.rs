@@ -618,6 +618,24 @@ impl Lab {
             ),
         )
         .map_err(io)?;
+        // sanlock VM leases, when the lab uses them (`use_sanlock`): libvirt's sanlock lock
+        // manager, talking to this host's own sanlock daemon (its run directory per host).
+        let sanlock = self.uses_sanlock();
+        if sanlock {
+            let mut qemu = std::fs::read_to_string(dir.join("etc/qemu.conf")).map_err(io)?;
+            qemu.push_str("lock_manager = \"sanlock\"\n");
+            std::fs::write(dir.join("etc/qemu.conf"), qemu).map_err(io)?;
+            std::fs::write(
+                dir.join("etc/qemu-sanlock.conf"),
+                "auto_disk_leases = 0\nrequire_lease_for_disks = 0\nuser = \"root\"\ngroup = \"root\"\n",
+            )
+            .map_err(io)?;
+            let run = self.sanlock_run_dir(host);
+            std::fs::create_dir_all(&run).map_err(io)?;
+            for stale in ["sanlock.sock", "sanlock.pid"] {
+                let _ = std::fs::remove_file(run.join(stale));
+            }
+        }
         // halo's libvirt hook, when the lab uses one (`use_hook`): libvirtd looks for hooks when
         // it starts, so it is written before.
         if let Ok(halo) = std::fs::read_to_string(self.dir().join("hook-program")) {
@@ -643,8 +661,20 @@ impl Lab {
             std::fs::create_dir_all(target).map_err(|e| LabError::Invalid(format!("{target}: {e}")))?;
         }
         let d = dir.display();
+        // sanlock's daemon in the foreground (its log in the host's directory), without wdmd
+        // (the lab has no watchdog device) and unprivileged (no rlimits raised: a container
+        // may not); libvirtd is started once its socket answers, with the same run directory.
+        let sanlock_start = if sanlock {
+            let run = self.sanlock_run_dir(host);
+            let run = run.display();
+            format!(
+                "SANLOCK_PRIVILEGED=0 SANLOCK_RUN_DIR={run} sanlock daemon -D -w 0 -U root -G root -h 0 -l 0 -e host-{host} >{d}/sanlock.log 2>&1 & i=0; while [ ! -S {run}/sanlock.sock ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; export SANLOCK_RUN_DIR={run}; "
+            )
+        } else {
+            String::new()
+        };
         let script = format!(
-            "hostname host-{host} && mount --bind {d}/etc /etc/libvirt && mount --bind {d}/run /run/libvirt && mount --bind {d}/lib /var/lib/libvirt && mount --bind {d}/cache /var/cache/libvirt && mount --bind {d}/log /var/log/libvirt && mount --bind {d}/local {LOCAL_IMAGES} && exec tini -s -- libvirtd --listen --pid-file /run/libvirt/libvirtd.pid"
+            "{sanlock_start}hostname host-{host} && mount --bind {d}/etc /etc/libvirt && mount --bind {d}/run /run/libvirt && mount --bind {d}/lib /var/lib/libvirt && mount --bind {d}/cache /var/cache/libvirt && mount --bind {d}/log /var/log/libvirt && mount --bind {d}/local {LOCAL_IMAGES} && exec tini -s -- libvirtd --listen --pid-file /run/libvirt/libvirtd.pid"
         );
         let log = std::fs::File::create(dir.join("libvirtd.out")).map_err(io)?;
         let ns = self.netns(host);
@@ -696,6 +726,40 @@ impl Lab {
         let path = self.dir().join("hook-program");
         std::fs::write(&path, halo.display().to_string())
             .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Every libvirtd started from now on takes sanlock VM leases (libvirt's sanlock lock
+    /// manager, `lock_manager = "sanlock"`), each host with a sanlock daemon of its own
+    /// (started with its libvirtd, ended with its host); the lease directory is
+    /// [`Lab::leases_dir`], shared by every host as a lease directory on NFS would be. Agent
+    /// configs made from now on say `[leases] kind = "sanlock"`, host id N for host-N, an io
+    /// timeout of 1 s (leases of a dead host free after 68 s).
+    pub fn use_sanlock(&self) -> Result<(), LabError> {
+        if which("sanlock").is_none() {
+            return Err(LabError::Unavailable("sanlock is missing (apt-get install sanlock libvirt-sanlock)".into()));
+        }
+        if !std::path::Path::new("/usr/lib/libvirt/libvirt_sanlock_helper").exists() {
+            return Err(LabError::Unavailable("libvirt's sanlock lock manager is missing (apt-get install libvirt-sanlock)".into()));
+        }
+        let path = self.dir().join("sanlock");
+        std::fs::write(&path, "on\n").map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        let leases = self.leases_dir();
+        std::fs::create_dir_all(&leases).map_err(|e| LabError::Invalid(format!("{}: {e}", leases.display())))
+    }
+
+    /// Whether libvirtd started from now on takes sanlock leases ([`Lab::use_sanlock`]).
+    pub fn uses_sanlock(&self) -> bool {
+        self.dir().join("sanlock").exists()
+    }
+
+    /// The lease directory every host sees (sanlock's lockspace and one lease per VM).
+    pub fn leases_dir(&self) -> PathBuf {
+        self.dir().join("leases")
+    }
+
+    /// Host `host`'s sanlock run directory (its daemon's socket; `SANLOCK_RUN_DIR`).
+    pub fn sanlock_run_dir(&self, host: usize) -> PathBuf {
+        self.host_dir(host).join("sanlock-run")
     }
 
     /// Host `host`'s hook script, to change or take away while its libvirtd runs (libvirtd
@@ -833,6 +897,13 @@ impl Lab {
             "\n[alerts]\nevent-log = \"{}\"\n",
             self.dir().join(format!("events-{host}.jsonl")).display()
         ));
+        if self.uses_sanlock() {
+            toml.push_str(&format!(
+                "\n[leases]\nkind = \"sanlock\"\ndir = \"{}\"\nhost-id = {host}\nio-timeout-s = 1\nsanlock-run-dir = \"{}\"\n",
+                self.leases_dir().display(),
+                self.sanlock_run_dir(host).display()
+            ));
+        }
         toml.push_str("\n[timeouts]\n");
         for line in timeouts {
             toml.push_str(line);

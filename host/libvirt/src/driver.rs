@@ -74,6 +74,9 @@ pub struct HypervisorConfig {
     pub connect_timeout: Duration,
     /// A migration is aborted after this.
     pub migration_deadline: Duration,
+    /// VM leases on shared storage (sanlock), when the site uses them: every VM halo starts
+    /// carries its lease.
+    pub leases: Option<crate::SanlockLeases>,
 }
 
 /// The hypervisor driver of one agent.
@@ -129,9 +132,13 @@ impl HypervisorDriver for Hypervisors {
             let result = (|| {
                 let xml = xml.ok_or_else(|| format!("{vm} has no definition in the protected-VM list"))?;
                 let hv = Self::connect(&config, &host)?;
-                let xml = with_generation(&xml, generation);
+                let mut xml = with_generation(&xml, generation);
+                if let Some(leases) = &config.leases {
+                    leases.ensure_lease(&vm).map_err(|e| format!("{vm}'s lease: {e}"))?;
+                    xml = leases.with_lease(&xml, &vm);
+                }
                 hv.define(&xml).map_err(|e| e.to_string())?;
-                hv.start(&vm).map_err(|e| e.to_string())
+                hv.start(&vm).map_err(|e| crate::leases::start_error(e.to_string()))
             })();
             if result.is_ok() && host == config.me {
                 let _ = inputs.blocking_send(Input::VmState { vm: vm.clone(), generation, state: VmState::Running });

@@ -13,6 +13,7 @@
 
 pub mod driver;
 pub mod events;
+pub mod leases;
 pub mod states;
 
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ const METADATA_ELEMENT: i32 = 2;
 
 pub use driver::{HypervisorConfig, Hypervisors, generation_of, held_by_halo, with_generation};
 pub use events::{LifecycleEvent, Subscription};
+pub use leases::{LeaseError, SanlockLeases};
 pub use states::{LifecycleStates, StateChange};
 
 /// What went wrong, with what and on which domain.

@@ -114,6 +114,12 @@ event_kinds! {
     NoCapacity => "no-capacity",
     /// A VM failed to start on this host.
     StartFailed => "start-failed",
+    /// A restart waits for the VM's storage lease (sanlock) another host holds.
+    LeaseWait => "lease-wait",
+    /// This host joined the cluster's sanlock lockspace (VM leases can be taken here).
+    LeasesJoined => "leases-joined",
+    /// VM leases are configured but this host cannot take them (the reason says why).
+    LeasesUnavailable => "leases-unavailable",
     /// A VM keeps crashing: not restarted again for now.
     CrashLoop => "crash-loop",
     /// A protected VM is gone and cannot be restarted.

@@ -19,7 +19,7 @@ use crate::Millis;
 use crate::capacity::{self, FailoverPlan, HostUsage, Locations, Usage};
 use crate::classify::{DatastoreSignal, PingSignal, Signals, Verdict};
 use crate::policies::{Policies, PolicyOutcome};
-use crate::wire::{Claim, ClaimOutcome, DatastoreRecord};
+use crate::wire::{Claim, ClaimOutcome, DatastoreRecord, StartError};
 
 /// Where one restart stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +77,9 @@ pub struct Restart {
     /// Whether the operator was told this restart waits (alert once).
     #[serde(default)]
     pub waiting_reported: bool,
+    /// Whether the operator was told this restart waits for a storage lease (once).
+    #[serde(default)]
+    pub lease_wait_reported: bool,
 }
 
 /// The master's own state, rebuilt from heartbeats and datastore records on takeover.
@@ -376,6 +379,7 @@ impl Node {
                     state: RestartState::Waiting { not_before: now },
                     pinned: None,
                     waiting_reported: false,
+                    lease_wait_reported: false,
                 },
             );
         }
@@ -797,7 +801,7 @@ impl Node {
         }
     }
 
-    pub(super) fn on_start(&mut self, vm: &str, host: &str, generation: u64, result: Result<(), String>) {
+    pub(super) fn on_start(&mut self, vm: &str, host: &str, generation: u64, result: Result<(), StartError>) {
         let now = self.now;
         let t = self.config.timeouts;
         let Some(master) = self.master.as_mut() else { return };
@@ -834,7 +838,24 @@ impl Node {
                     None,
                 );
             }
-            Err(why) => {
+            Err(StartError::LeaseHeld(why)) => {
+                // The storage lease refused the start: another host holds it (its copy may still
+                // run, or it died and the lease has not expired). Not the target's failure and
+                // not an attempt: tried again at the base interval, best-effort VMs too, until
+                // the lease is free or the VM is seen running.
+                let Some(r) = master.restarts.get_mut(vm) else { return };
+                r.generation = generation;
+                r.attempts = r.attempts.saturating_sub(1);
+                r.state = RestartState::Waiting { not_before: now + t.retry_backoff_ms };
+                if !std::mem::replace(&mut r.lease_wait_reported, true) {
+                    let message = format!(
+                        "{vm}: its storage lease is held by another host ({why}); waiting for the lease to be released or to expire, trying every {:.0}s",
+                        t.retry_backoff_ms as f64 / 1000.0
+                    );
+                    self.record(Severity::Warning, EventKind::LeaseWait, message, None);
+                }
+            }
+            Err(StartError::Failed(why)) => {
                 let restart = self.config.vm(vm).is_some_and(|s| s.priority == RestartPriority::Restart);
                 let Some(r) = master.restarts.get_mut(vm) else { return };
                 // The claim for `generation` is spent; the next attempt claims the one after.
@@ -1077,6 +1098,7 @@ impl Node {
                 state: RestartState::Waiting { not_before: now },
                 pinned: on.map(str::to_string),
                 waiting_reported: false,
+                lease_wait_reported: false,
             },
         );
         self.record(

@@ -178,7 +178,7 @@ pub enum Input {
         /// Generation started.
         generation: u64,
         /// Done, or why not.
-        result: Result<(), String>,
+        result: Result<(), crate::wire::StartError>,
     },
     /// A live migration finished.
     MigrateResult {

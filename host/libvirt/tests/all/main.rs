@@ -316,6 +316,7 @@ fn the_core_hypervisor_driver_starts_elsewhere_stops_and_migrates_with_the_gener
         shared_storage: vec![],
         connect_timeout: Duration::from_secs(10),
         migration_deadline: DEADLINE,
+        leases: None,
     };
     let catalog = std::sync::Arc::new(std::sync::Mutex::new(
         [("t-drv".to_string(), lab.tiny_guest_xml("t-drv", 64).expect("xml"))].into_iter().collect(),
@@ -365,10 +366,10 @@ fn the_core_hypervisor_driver_starts_elsewhere_stops_and_migrates_with_the_gener
     // What cannot be done is an answer, not silence.
     master.start_vm("host-9", "t-drv", 5);
     assert!(
-        matches!(next(), Input::StartResult { result: Err(e), .. } if e.contains("no libvirt URI for host host-9"))
+        matches!(next(), Input::StartResult { result: Err(e), .. } if e.to_string().contains("no libvirt URI for host host-9"))
     );
     master.start_vm("host-2", "unknown-vm", 1);
-    assert!(matches!(next(), Input::StartResult { result: Err(e), .. } if e.contains("no definition")));
+    assert!(matches!(next(), Input::StartResult { result: Err(e), .. } if e.to_string().contains("no definition")));
 }
 
 #[test]

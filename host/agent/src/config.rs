@@ -103,7 +103,14 @@ pub struct LeasesEntry {
 
 impl Default for LeasesEntry {
     fn default() -> Self {
-        Self { kind: LeaseKind::None, dir: None, host_id: None, io_timeout_s: 10, lockspace: None, sanlock_run_dir: None }
+        Self {
+            kind: LeaseKind::None,
+            dir: None,
+            host_id: None,
+            io_timeout_s: 10,
+            lockspace: None,
+            sanlock_run_dir: None,
+        }
     }
 }
 
@@ -589,7 +596,9 @@ impl AgentConfig {
                 problems.push("leases.dir: missing; the lease directory every host mounts at the same path".into());
             }
             if self.leases.host_id.is_none() {
-                problems.push("leases.host-id: missing; this host's sanlock host id (1 … 2000), different on every host".into());
+                problems.push(
+                    "leases.host-id: missing; this host's sanlock host id (1 … 2000), different on every host".into(),
+                );
             }
             if let Some(leases) = self.sanlock_leases()
                 && let Err(why) = leases.check()
@@ -597,7 +606,8 @@ impl AgentConfig {
                 problems.push(format!("leases: {why}"));
             }
         } else if self.leases != (LeasesEntry { kind: self.leases.kind, ..LeasesEntry::default() }) {
-            problems.push("leases: settings without `kind = \"sanlock\"` would be ignored; add it or remove them".into());
+            problems
+                .push("leases: settings without `kind = \"sanlock\"` would be ignored; add it or remove them".into());
         }
         if let Err(errors) = self.cluster().validate() {
             problems.extend(errors.0);

@@ -835,6 +835,49 @@ fn forward_lifecycle(
     }
 }
 
+/// Joins the cluster's sanlock lockspace on a thread of its own (seconds; up to a lease expiry
+/// when this host id was held by this host before it crashed): until then this host's libvirt
+/// refuses to start a VM with a lease, and the master places it elsewhere or tries again. A
+/// failure is an alert, tried again every 10 s.
+fn join_lockspace(leases: halo_libvirt::SanlockLeases, events: Arc<EventLog>, me: String) {
+    let spawned = std::thread::Builder::new().name("sanlock-join".into()).spawn(move || {
+        let started = std::time::Instant::now();
+        let mut alerted = false;
+        loop {
+            let (severity, kind, message) = match leases.join() {
+                Ok(joined) => (
+                    Severity::Info,
+                    EventKind::LeasesJoined,
+                    format!(
+                        "joined the sanlock lockspace {} as host id {}{} ({:.1}s); VM leases in {}, free {} s after a host's last renewal",
+                        leases.lockspace,
+                        leases.host_id,
+                        if joined == halo_libvirt::leases::Joined::Already { ", joined before" } else { "" },
+                        started.elapsed().as_secs_f64(),
+                        leases.dir.display(),
+                        leases.expiry_s()
+                    ),
+                ),
+                Err(e) => {
+                    let message = format!("VM leases: this host cannot join the sanlock lockspace ({e}); VMs with a lease cannot start here until it does; trying again every 10 s");
+                    if !std::mem::replace(&mut alerted, true) {
+                        events.record(Event { at: 0, node: me.clone(), severity: Severity::Alert, kind: EventKind::LeasesUnavailable, message: message.clone(), trace: None });
+                    }
+                    tracing::error!(host = %me, "ALERT {message}");
+                    std::thread::sleep(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            tracing::info!(host = %me, kind = %kind, "{message}");
+            let _: LoggedEvent = events.record(Event { at: 0, node: me.clone(), severity, kind, message, trace: None });
+            return;
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("ALERT cannot start the sanlock-join thread: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -906,48 +949,5 @@ mod tests {
         // An unreachable datastore is an error, not the VMs known from before.
         std::fs::remove_dir_all(&dir).expect("remove the datastore");
         assert!(known.refresh(&store, due + 3).await.is_err());
-    }
-}
-
-/// Joins the cluster's sanlock lockspace on a thread of its own (seconds; up to a lease expiry
-/// when this host id was held by this host before it crashed): until then this host's libvirt
-/// refuses to start a VM with a lease, and the master places it elsewhere or tries again. A
-/// failure is an alert, tried again every 10 s.
-fn join_lockspace(leases: halo_libvirt::SanlockLeases, events: Arc<EventLog>, me: String) {
-    let spawned = std::thread::Builder::new().name("sanlock-join".into()).spawn(move || {
-        let started = std::time::Instant::now();
-        let mut alerted = false;
-        loop {
-            let (severity, kind, message) = match leases.join() {
-                Ok(joined) => (
-                    Severity::Info,
-                    EventKind::LeasesJoined,
-                    format!(
-                        "joined the sanlock lockspace {} as host id {}{} ({:.1}s); VM leases in {}, free {} s after a host's last renewal",
-                        leases.lockspace,
-                        leases.host_id,
-                        if joined == halo_libvirt::leases::Joined::Already { ", joined before" } else { "" },
-                        started.elapsed().as_secs_f64(),
-                        leases.dir.display(),
-                        leases.expiry_s()
-                    ),
-                ),
-                Err(e) => {
-                    let message = format!("VM leases: this host cannot join the sanlock lockspace ({e}); VMs with a lease cannot start here until it does; trying again every 10 s");
-                    if !std::mem::replace(&mut alerted, true) {
-                        events.record(Event { at: 0, node: me.clone(), severity: Severity::Alert, kind: EventKind::LeasesUnavailable, message: message.clone(), trace: None });
-                    }
-                    tracing::error!(host = %me, "ALERT {message}");
-                    std::thread::sleep(Duration::from_secs(10));
-                    continue;
-                }
-            };
-            tracing::info!(host = %me, kind = %kind, "{message}");
-            let _: LoggedEvent = events.record(Event { at: 0, node: me.clone(), severity, kind, message, trace: None });
-            return;
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("ALERT cannot start the sanlock-join thread: {e}");
     }
 }

@@ -316,7 +316,9 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
         let leases: Vec<_> = (1..=hosts).map(|h| lab_leases(lab, h)).collect();
         std::thread::scope(|scope| {
             let joins: Vec<_> = leases.iter().map(|l| scope.spawn(move || l.join())).collect();
-            joins.into_iter().try_for_each(|j| j.join().map_err(|_| anyhow::anyhow!("join panicked"))?.map(drop).map_err(anyhow::Error::from))
+            joins.into_iter().try_for_each(|j| {
+                j.join().map_err(|_| anyhow::anyhow!("join panicked"))?.map(drop).map_err(anyhow::Error::from)
+            })
         })?;
         eprintln!("every host joined the sanlock lockspace");
         leases

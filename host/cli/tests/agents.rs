@@ -51,6 +51,12 @@ impl Cluster {
 
     /// [`Cluster::up`], each host with a lab watchdog of `watchdog` (`[watchdog] device`).
     fn up_with(test: &str, tag: char, extra: &str, watchdog: Option<Duration>) -> Option<Self> {
+        Self::up_full(test, tag, extra, watchdog, false)
+    }
+
+    /// `sanlock`: every host takes sanlock VM leases (`Lab::use_sanlock`); the VMs start with
+    /// theirs, as halo starts them.
+    fn up_full(test: &str, tag: char, extra: &str, watchdog: Option<Duration>, sanlock: bool) -> Option<Self> {
         if !halo_lab::for_test(test) {
             return None;
         }
@@ -62,6 +68,9 @@ impl Cluster {
         // Every host's libvirtd calls halo's hook before a domain starts (issue 16), as
         // `halo hook --install` sets up a real host: every lab test runs with it.
         lab.use_hook(Path::new(env!("CARGO_BIN_EXE_halo"))).expect("the hook");
+        if sanlock {
+            lab.use_sanlock().expect("sanlock (cargo xtask setup installs it)");
+        }
         for h in 1..=3 {
             lab.libvirt_start(h).expect("libvirtd");
         }
@@ -70,10 +79,39 @@ impl Cluster {
                 (h, Hypervisor::connect_with_timeout(&lab.libvirt_uri(h), Duration::from_secs(10)).expect("libvirt"))
             })
             .collect();
+        // With leases every host joins the lockspace first (as its agent does at start).
+        let leases: BTreeMap<usize, halo_libvirt::SanlockLeases> = if sanlock {
+            let leases: BTreeMap<usize, halo_libvirt::SanlockLeases> = (1..=3)
+                .map(|h| {
+                    let leases = halo_libvirt::SanlockLeases {
+                        dir: lab.leases_dir(),
+                        lockspace: "lab".into(),
+                        host_id: h as u16,
+                        io_timeout_s: 1,
+                        run_dir: Some(lab.sanlock_run_dir(h)),
+                    };
+                    (h, leases)
+                })
+                .collect();
+            std::thread::scope(|scope| {
+                let joins: Vec<_> = leases.values().map(|l| scope.spawn(move || l.join())).collect();
+                for join in joins {
+                    join.join().expect("join thread").expect("every host joins the lockspace");
+                }
+            });
+            leases
+        } else {
+            BTreeMap::new()
+        };
         for (vm, host) in VMS {
             let xml = lab.tiny_guest_xml(vm, 64).expect("xml");
             lab.protect(vm, &xml).expect("protected list");
-            hv[&host].define(&with_generation(&xml, 1)).expect("define");
+            let mut xml = with_generation(&xml, 1);
+            if let Some(leases) = leases.get(&host) {
+                leases.ensure_lease(vm).expect("lease file");
+                xml = leases.with_lease(&xml, vm);
+            }
+            hv[&host].define(&xml).expect("define");
             hv[&host].start(vm).expect("start");
         }
         let mut watchdogs = BTreeMap::new();
@@ -144,9 +182,21 @@ impl Cluster {
         started: Instant,
         scenario: &str,
     ) -> BTreeMap<&'static str, Duration> {
+        self.recovers_within(placement, faulted, observe, started, Duration::from_secs(40), scenario)
+    }
+
+    fn recovers_within(
+        &self,
+        placement: &mut BTreeMap<&'static str, usize>,
+        faulted: usize,
+        observe: &[usize],
+        started: Instant,
+        limit: Duration,
+        scenario: &str,
+    ) -> BTreeMap<&'static str, Duration> {
         let victims: Vec<&'static str> = placement.iter().filter(|(_, h)| **h == faulted).map(|(vm, _)| *vm).collect();
         let mut back = BTreeMap::new();
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + limit;
         while back.len() < victims.len() && Instant::now() < deadline {
             for (vm, host) in placement.iter_mut() {
                 let runners = self.runners(vm, observe);
@@ -1197,4 +1247,69 @@ fn the_libvirt_hook_refuses_a_second_start_and_never_an_unprotected_vm() {
     cluster.hv[&3].power_off("scratch").expect("stop scratch");
     assert_eq!(cluster.runners("vm-2", &[1, 2, 3]), vec![2], "vm-2 ran only on host-2 throughout");
     assert_eq!(cluster.runners("vm-4", &[1, 2, 3]), vec![1], "vm-4 runs once, on host-1");
+}
+
+/// Issue 16 (e): with sanlock VM leases, a second start of a running protected VM on another
+/// host is refused by libvirt itself (the hook there taken away: the lease alone refuses it),
+/// a live migration moves the lease with the VM, and a host crash still fails over — once the
+/// dead host's leases expired (68 s after its last renewal with the lab's 1 s io timeout), never
+/// two copies meanwhile.
+#[test]
+fn with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fails_over() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fails_over";
+    let Some(cluster) = Cluster::up_full(test, 'l', "", None, true) else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.logs().matches("joined the sanlock lockspace lab").count() < 3 {
+        assert!(Instant::now() < deadline, "every agent joins the lockspace\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // vm-2's live XML, started on host-3 with halo's hook taken away there.
+    std::fs::write(cluster.lab.hook_script(3), "#!/bin/sh\nexit 0\n").expect("hook off on host-3");
+    let xml = cluster.hv[&2].xml("vm-2").expect("vm-2's XML on host-2");
+    assert!(xml.contains("<lockspace>lab</lockspace>"), "vm-2 runs with its lease: {xml}");
+    cluster.hv[&3].define(&xml).expect("define on host-3");
+    let asked = Instant::now();
+    let refused = cluster.hv[&3].start("vm-2").expect_err("the lease refuses it").to_string();
+    println!("figure: sanlock refused a second start of vm-2 in {:?}: {refused}", asked.elapsed());
+    assert!(halo_libvirt::leases::lease_held(&refused), "{refused}");
+    assert_eq!(cluster.hv[&3].state("vm-2").ok().flatten(), Some(DomainState::ShutOff), "nothing started");
+    cluster.holds(&placement, Duration::from_secs(1), "after the refusal");
+    // A live migration through halo carries the lease: vm-4 from host-3 to host-1; then a
+    // start of it on host-3 again is refused by the lease host-1 holds now.
+    let token = cluster.token();
+    let (code, body) = cluster.api(1, "POST", "/api/v1/vms/vm-4/migrate", Some(&token), Some(r#"{"host":"host-1"}"#));
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.runners("vm-4", &[1, 2, 3]) != vec![1] {
+        assert!(Instant::now() < deadline, "vm-4 never moved to host-1\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    placement.insert("vm-4", 1);
+    // (Until the migration has ended on the source, vm-4 is still active there, paused.)
+    while matches!(cluster.hv[&3].state("vm-4"), Ok(Some(s)) if s != DomainState::ShutOff) {
+        assert!(Instant::now() < deadline, "vm-4 never left host-3\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let xml = cluster.hv[&1].xml("vm-4").expect("vm-4's XML on host-1");
+    cluster.hv[&3].define(&xml).expect("define vm-4 on host-3 again");
+    let moved = cluster.hv[&3].start("vm-4").expect_err("its lease moved with it").to_string();
+    assert!(halo_libvirt::leases::lease_held(&moved), "{moved}");
+    // host-2 crashes with vm-2 and vm-3: they run elsewhere once its leases expired.
+    let crashed = Instant::now();
+    cluster.lab.kill_host(2).expect("crash host-2");
+    let back = cluster.recovers_within(&mut placement, 2, &[1, 3], crashed, Duration::from_secs(150), "sanlock crash");
+    for (vm, after) in &back {
+        println!(
+            "figure: with sanlock leases (io timeout 1 s) {vm} ran again {:.1} s after host-2 crashed",
+            after.as_secs_f64()
+        );
+        assert!(*after >= Duration::from_secs(60), "{vm} cannot start before host-2's lease expired: {after:?}");
+    }
+    let logs = cluster.logs();
+    assert!(logs.contains("lease-wait"), "the wait for the lease is told: {logs}");
+    cluster.holds(&placement, Duration::from_secs(2), "after the failover");
 }

@@ -739,7 +739,9 @@ impl Lab {
             return Err(LabError::Unavailable("sanlock is missing (apt-get install sanlock libvirt-sanlock)".into()));
         }
         if !std::path::Path::new("/usr/lib/libvirt/libvirt_sanlock_helper").exists() {
-            return Err(LabError::Unavailable("libvirt's sanlock lock manager is missing (apt-get install libvirt-sanlock)".into()));
+            return Err(LabError::Unavailable(
+                "libvirt's sanlock lock manager is missing (apt-get install libvirt-sanlock)".into(),
+            ));
         }
         let path = self.dir().join("sanlock");
         std::fs::write(&path, "on\n").map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;

@@ -135,7 +135,14 @@ impl SanlockLeases {
     pub fn join(&self) -> Result<Joined, LeaseError> {
         let path = self.lockspace_path();
         self.make_once(&path, |tmp| {
-            vec!["direct".into(), "init".into(), "-o".into(), self.io_timeout_s.to_string(), "-s".into(), format!("{}:0:{}:0", self.lockspace, tmp.display())]
+            vec![
+                "direct".into(),
+                "init".into(),
+                "-o".into(),
+                self.io_timeout_s.to_string(),
+                "-s".into(),
+                format!("{}:0:{}:0", self.lockspace, tmp.display()),
+            ]
         })?;
         let spec = format!("{}:{}:{}:0", self.lockspace, self.host_id, path.display());
         let out = self.sanlock(
@@ -157,7 +164,12 @@ impl SanlockLeases {
     pub fn ensure_lease(&self, vm: &str) -> Result<PathBuf, LeaseError> {
         let path = self.lease_path(vm);
         self.make_once(&path, |tmp| {
-            vec!["direct".into(), "init".into(), "-r".into(), format!("{}:{}:{}:0", self.lockspace, lease_key(vm), tmp.display())]
+            vec![
+                "direct".into(),
+                "init".into(),
+                "-r".into(),
+                format!("{}:{}:{}:0", self.lockspace, lease_key(vm), tmp.display()),
+            ]
         })?;
         Ok(path)
     }
@@ -176,9 +188,15 @@ impl SanlockLeases {
         if path.exists() {
             return Ok(());
         }
-        let file_err = |p: &Path, e: std::io::Error| LeaseError::File { path: p.display().to_string(), message: e.to_string() };
+        let file_err =
+            |p: &Path, e: std::io::Error| LeaseError::File { path: p.display().to_string(), message: e.to_string() };
         let tmp = path.with_extension(format!("tmp-{}-{}", self.host_id, std::process::id()));
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(|e| file_err(&tmp, e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| file_err(&tmp, e))?;
         let made = file.set_len(AREA).map_err(|e| file_err(&tmp, e)).and_then(|()| {
             let args = init(&tmp);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -234,7 +252,9 @@ pub fn lease_key(vm: &str) -> String {
 /// is held by another host"), as opposed to any other failure.
 pub fn lease_held(message: &str) -> bool {
     message.contains("held by another host")
-        || ["-243", "-244", "-245", "-247"].iter().any(|code| message.contains(&format!("Failed to acquire lock: error {code}")))
+        || ["-243", "-244", "-245", "-247"]
+            .iter()
+            .any(|code| message.contains(&format!("Failed to acquire lock: error {code}")))
 }
 
 /// A start's failure, typed for the core.
@@ -295,7 +315,13 @@ mod tests {
     use super::*;
 
     fn leases() -> SanlockLeases {
-        SanlockLeases { dir: "/srv/leases".into(), lockspace: "halo".into(), host_id: 3, io_timeout_s: 10, run_dir: None }
+        SanlockLeases {
+            dir: "/srv/leases".into(),
+            lockspace: "halo".into(),
+            host_id: 3,
+            io_timeout_s: 10,
+            run_dir: None,
+        }
     }
 
     #[test]
@@ -306,7 +332,10 @@ mod tests {
             "<lease><lockspace>halo</lockspace><key>vm-1</key><target path='/srv/leases/vm-1.lease' offset='0'/></lease></devices>"
         ));
         assert_eq!(leases().with_lease(&once, "vm-1"), once, "a second pass changes nothing");
-        let other = once.replace("</devices>", "<lease><lockspace>site</lockspace><key>k</key><target path='/x'/></lease></devices>");
+        let other = once.replace(
+            "</devices>",
+            "<lease><lockspace>site</lockspace><key>k</key><target path='/x'/></lease></devices>",
+        );
         let again = leases().with_lease(&other, "vm-1");
         assert_eq!(again.matches("<lease>").count(), 2, "another lockspace's lease is kept: {again}");
         let bare = leases().with_lease("<domain><name>v</name></domain>", "v");
@@ -327,7 +356,9 @@ mod tests {
 
     #[test]
     fn a_held_lease_is_told_apart_from_other_failures() {
-        assert!(lease_held("libvirt qemu+tcp://10.0.0.3/system: start of vm-2: internal error: Failed to acquire lock: error -243"));
+        assert!(lease_held(
+            "libvirt qemu+tcp://10.0.0.3/system: start of vm-2: internal error: Failed to acquire lock: error -243"
+        ));
         assert!(lease_held("Failed to acquire lock: Lease is held by another host"));
         assert!(!lease_held("Failed to acquire lock: No space left on device"));
         assert!(!lease_held("Failed to acquire lock: error -2"));
@@ -337,9 +368,9 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         assert!(leases().check().is_ok());
-        assert!(SanlockLeases { host_id: 0, ..leases() }.check().unwrap_err().contains("host-id 0"));
+        assert!(SanlockLeases { host_id: 0, ..leases() }.check().expect_err("host id 0").contains("host-id 0"));
         assert!(SanlockLeases { host_id: 2001, ..leases() }.check().is_err());
-        assert!(SanlockLeases { dir: "leases".into(), ..leases() }.check().unwrap_err().contains("absolute"));
+        assert!(SanlockLeases { dir: "leases".into(), ..leases() }.check().expect_err("relative").contains("absolute"));
         assert!(SanlockLeases { io_timeout_s: 0, ..leases() }.check().is_err());
         assert!(SanlockLeases { lockspace: "a b".into(), ..leases() }.check().is_err());
         assert_eq!(SanlockLeases { io_timeout_s: 1, ..leases() }.expiry_s(), 68);

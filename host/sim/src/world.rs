@@ -712,7 +712,16 @@ impl<'p> Sim<'p> {
             && self.hosts[master].agent_epoch == epoch
             && self.any_path(host, master)
         {
-            self.deliver(master, 2, Input::StartResult { vm, host: host_name, generation, result: result.map_err(halo_core::StartError::Failed) });
+            self.deliver(
+                master,
+                2,
+                Input::StartResult {
+                    vm,
+                    host: host_name,
+                    generation,
+                    result: result.map_err(halo_core::StartError::Failed),
+                },
+            );
         }
     }
 

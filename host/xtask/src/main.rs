@@ -78,9 +78,10 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 
 /// Debian packages: the libvirt driver builds against libvirt-dev; the lab tests run real
 /// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, tini as each lab host's reaper, and
-/// Chromium to test the status page headless.
+/// Chromium to test the status page headless, sanlock with libvirt's sanlock lock manager for
+/// the VM-lease lab test.
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 15] = [
+const PACKAGES: [(&str, &str); 17] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
@@ -96,6 +97,8 @@ const PACKAGES: [(&str, &str); 15] = [
     ("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so", "nfs-ganesha-vfs"),
     ("/usr/sbin/rpcbind", "rpcbind"),
     ("/usr/bin/chromium", "chromium"),
+    ("/usr/sbin/sanlock", "sanlock"),
+    ("/usr/lib/libvirt/libvirt_sanlock_helper", "libvirt-sanlock"),
 ];
 
 /// Installs the missing Debian packages (as root; otherwise says what to install) and the

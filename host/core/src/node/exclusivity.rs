@@ -518,6 +518,83 @@ mod tests {
     }
 
     #[test]
+    fn a_start_refused_for_a_held_storage_lease_is_tried_again_at_the_base_interval() {
+        let mut node = Node::new("host-1", cluster(3, 2), 0);
+        let mut p = BuiltinPolicies;
+        let reports = |h: &str, _: u64| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] };
+        run(&mut node, &mut p, 0, 5_000, reports);
+        let start = Input::Command(super::super::Command::StartVm { vm: "vm-2".into(), on: Some("host-3".into()) });
+        let mut all = node.handle(5_000, start, &mut p);
+        let claim_of = |actions: &[Action]| {
+            actions.iter().find_map(|a| match a {
+                Action::Claim { claim, .. } => Some(claim.clone()),
+                _ => None,
+            })
+        };
+        let (mut now, mut waits, mut generations) = (5_000, Vec::new(), Vec::new());
+        // Six refusals in a row (a dead host's lease takes minutes to expire): each is tried
+        // again at the base interval, never given up, the operator told once.
+        for _ in 0..6 {
+            let mut claim = claim_of(&all);
+            while claim.is_none() {
+                now += 100;
+                assert!(now < 60_000, "no new claim");
+                all = run(&mut node, &mut p, now - 100, now, reports);
+                claim = claim_of(&all);
+            }
+            let claim = claim.unwrap_or_else(|| unreachable!());
+            generations.push((claim.generation, now));
+            let won = node.handle(
+                now,
+                Input::ClaimResult { claim: claim.clone(), outcome: crate::wire::ClaimOutcome::Won },
+                &mut p,
+            );
+            assert!(won.iter().any(|a| matches!(a, Action::StartVm { .. })), "{won:?}");
+            let held =
+                crate::wire::StartError::LeaseHeld("Failed to acquire lock: Lease is held by another host".into());
+            let refused = Input::StartResult {
+                vm: "vm-2".into(),
+                host: claim.host,
+                generation: claim.generation,
+                result: Err(held),
+            };
+            let out = node.handle(now, refused, &mut p);
+            waits.extend(events(&out, EventKind::LeaseWait));
+            assert!(events(&out, EventKind::StartFailed).is_empty(), "a held lease is not a failed start: {out:?}");
+            all = Vec::new();
+        }
+        assert_eq!(waits.len(), 1, "told once: {waits:?}");
+        assert!(waits[0].contains("vm-2: its storage lease is held by another host"), "{waits:?}");
+        let gaps: Vec<u64> = generations.windows(2).map(|w| w[1].1 - w[0].1).collect();
+        let base = node.config.timeouts.retry_backoff_ms;
+        assert!(gaps.iter().all(|&g| g >= base && g <= base + 600), "no growing backoff: {gaps:?} (base {base})");
+        assert!(
+            generations.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+            "each try claims the next generation: {generations:?}"
+        );
+        // The same failure for any other reason backs off.
+        let mut claim = None;
+        while claim.is_none() {
+            now += 100;
+            claim = claim_of(&run(&mut node, &mut p, now - 100, now, reports));
+        }
+        let claim = claim.unwrap_or_else(|| unreachable!());
+        node.handle(now, Input::ClaimResult { claim: claim.clone(), outcome: crate::wire::ClaimOutcome::Won }, &mut p);
+        let failed = crate::wire::StartError::Failed("no such emulator".into());
+        let out = node.handle(
+            now,
+            Input::StartResult {
+                vm: "vm-2".into(),
+                host: claim.host,
+                generation: claim.generation,
+                result: Err(failed),
+            },
+            &mut p,
+        );
+        assert_eq!(events(&out, EventKind::StartFailed).len(), 1, "{out:?}");
+    }
+
+    #[test]
     fn a_vm_stopped_outside_halo_leaves_the_host_but_halos_own_stop_is_not_taken_for_one() {
         let mut node = Node::new("host-1", cluster(3, 1), 0);
         let mut p = BuiltinPolicies;

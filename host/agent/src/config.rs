@@ -897,4 +897,24 @@ mod example {
         assert!(problems.iter().any(|p| p.starts_with("liveness.realtime-priority")), "{problems:?}");
         let _ = std::fs::remove_file(&token);
     }
+
+    #[test]
+    fn leases_are_checked_with_their_key_paths() {
+        let (text, token) = example("c");
+        assert!(AgentConfig::parse(&text, "halo.toml").expect("valid").sanlock_leases().is_none(), "off by default");
+        let with = |table: &str| AgentConfig::parse(&format!("{text}\n[leases]\n{table}\n"), "halo.toml");
+        let errors = |table: &str| with(table).map(|_| ()).expect_err("refused").to_string();
+        let missing = errors("kind = \"sanlock\"");
+        assert!(missing.contains("leases.dir: missing") && missing.contains("leases.host-id: missing"), "{missing}");
+        let bad = errors("kind = \"sanlock\"\ndir = \"leases\"\nhost-id = 2001\nio-timeout-s = 0");
+        assert!(bad.contains("absolute"), "{bad}");
+        let ignored = errors("dir = \"/srv/leases\"");
+        assert!(ignored.contains("kind = \"sanlock\""), "{ignored}");
+        assert!(errors("kind = \"flock\"").contains("flock"), "an unknown kind is named");
+        let config = with("kind = \"sanlock\"\ndir = \"/srv/leases\"\nhost-id = 7").expect("valid");
+        let leases = config.sanlock_leases().expect("sanlock");
+        assert_eq!((leases.host_id, leases.io_timeout_s, leases.lockspace.as_str()), (7, 10, config.cluster.as_str()));
+        assert_eq!(leases.expiry_s(), 140);
+        let _ = std::fs::remove_file(&token);
+    }
 }

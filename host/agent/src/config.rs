@@ -202,6 +202,11 @@ pub struct HostEntry {
     /// Its agent's API (default: its address on the first network, the port of `api.listen`).
     #[serde(default)]
     pub api_address: Option<std::net::SocketAddr>,
+    /// Its fence devices, tried in this order (levels: its BMC, then a PDU): a master powers it
+    /// off through them once it has been silent for the detection time, and restarts its VMs
+    /// as soon as one confirms it is off. None: it is proved dead by the dead-time alone.
+    #[serde(default)]
+    pub fence: Vec<crate::fence::FenceDevice>,
 }
 
 /// One datastore: a mounted directory or an NFSv3 export.
@@ -398,6 +403,7 @@ impl AgentConfig {
                     memory_mib: h.memory_mib,
                     vcpus: h.vcpus,
                     labels: h.labels.clone(),
+                    fenceable: !h.fence.is_empty(),
                 })
                 .collect(),
             networks: self.networks.clone(),
@@ -590,6 +596,13 @@ impl AgentConfig {
             && let Err(why) = crate::client::parse_http_url(url)
         {
             problems.push(format!("alerts.webhook-url: {why}"));
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
+            for (j, device) in host.fence.iter().enumerate() {
+                if let Err(why) = device.check() {
+                    problems.push(format!("hosts[{i}].fence[{j}]: {why}"));
+                }
+            }
         }
         if self.leases.kind == LeaseKind::Sanlock {
             if self.leases.dir.is_none() {

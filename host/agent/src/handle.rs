@@ -217,7 +217,13 @@ mod tests {
 
     fn config() -> ClusterConfig {
         ClusterConfig {
-            hosts: vec![halo_core::HostSpec { name: "h1".into(), memory_mib: 1024, vcpus: 2, labels: vec![] }],
+            hosts: vec![halo_core::HostSpec {
+                name: "h1".into(),
+                memory_mib: 1024,
+                vcpus: 2,
+                labels: vec![],
+                fenceable: false,
+            }],
             networks: vec!["A".into()],
             datastores: vec![],
             isolation_addresses: vec![],

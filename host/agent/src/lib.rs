@@ -11,6 +11,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod events;
+pub mod fence;
 pub mod handle;
 pub mod liveness;
 pub mod run;

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
+use halo_core::drivers::{
+    DatastoreDriver, EventSink, FenceDriver, HeartbeatSender, HypervisorDriver, PingDriver, carry_out,
+};
 use halo_core::node::PingTarget;
 use halo_core::{
     Claim, ClusterConfig, DatastoreRecord, Event, EventKind, Heartbeat, Input, Node, Severity, StopReason, VmState,
@@ -84,6 +86,30 @@ struct AgentDrivers {
     events: Arc<EventLog>,
     /// Events recorded while an operator command is handled (its answer).
     capture: Option<Vec<Event>>,
+    /// Every host's fence devices (from halo.toml), and where fence results go.
+    fence_devices: Arc<BTreeMap<String, Vec<crate::fence::FenceDevice>>>,
+    inputs: mpsc::Sender<Input>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl FenceDriver for AgentDrivers {
+    /// On a blocking thread: the agents' calls take up to their timeouts each.
+    fn fence_host(&mut self, host: &str) {
+        let (devices, inputs, host) = (Arc::clone(&self.fence_devices), self.inputs.clone(), host.to_string());
+        self.runtime.spawn_blocking(move || {
+            let started = Instant::now();
+            let result = crate::fence::fence(devices.get(&host).map(Vec::as_slice).unwrap_or_default());
+            match &result {
+                Ok(device) => {
+                    tracing::warn!(host, "fenced: {device} confirms off ({:.2}s)", started.elapsed().as_secs_f64())
+                }
+                Err(why) => {
+                    tracing::error!(host, "ALERT fencing failed ({:.2}s): {why}", started.elapsed().as_secs_f64())
+                }
+            }
+            let _ = inputs.blocking_send(Input::FenceResult { host, result });
+        });
+    }
 }
 
 impl HeartbeatSender for AgentDrivers {
@@ -327,6 +353,9 @@ pub async fn start(
         host: me.clone(),
         events: Arc::clone(&events),
         capture: None,
+        fence_devices: Arc::new(config.hosts.iter().map(|h| (h.name.clone(), h.fence.clone())).collect()),
+        inputs: inputs.clone(),
+        runtime: runtime.clone(),
     };
     for (world, why) in failed {
         let message = format!("{world}: the plugin did not load, the built-in policy decides until it does: {why}");

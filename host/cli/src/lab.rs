@@ -52,6 +52,11 @@ enum LabCommand {
         /// `[leases] kind = "sanlock"` (io timeout 1 s: a dead host's leases free after 68 s).
         #[arg(long, conflicts_with = "no_libvirt")]
         sanlock: bool,
+        /// A BMC per host: a Redfish service on the lab's power network P (`.193`, port
+        /// 8440+N, user `admin`, password in `<lab>/bmc/password`); with `--agents` each host's
+        /// config names its BMC as a `fence_redfish` fence device.
+        #[arg(long)]
+        bmc: bool,
     },
     /// Run one host's lab watchdog until the lab goes down (started by `up --agents`).
     #[command(hide = true)]
@@ -199,7 +204,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 target.reset();
             }
         }
-        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms, no_watchdog, sanlock } => {
+        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms, no_watchdog, sanlock, bmc } => {
             let lab = Lab::up(LabSpec::new(name, hosts))?.keep();
             eprintln!("lab `{name}`: {hosts} host(s) up");
             if sanlock {
@@ -216,6 +221,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                     lab.libvirt_start(host)?;
                 }
                 eprintln!("libvirtd up on every host");
+            }
+            if bmc {
+                lab.start_bmcs(&std::env::current_exe().context("cannot find the halo binary")?)?;
+                eprintln!(
+                    "a BMC per host at {} (Redfish, ports {}+N)",
+                    lab.bmc_address(),
+                    halo_lab::bmc::BMC_PORT_BASE
+                );
             }
             if agents {
                 start_agents(&lab, hosts, vms, !no_watchdog)?;

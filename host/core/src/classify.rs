@@ -132,6 +132,17 @@ impl Signals {
         self.datastore_age().is_some_and(|age| age < self.dead_time_ms)
     }
 
+    /// Silent on every network for `ms` (the sequence has not advanced, directly or through an
+    /// ack).
+    pub fn silent_for(&self, ms: Millis) -> bool {
+        self.age(self.seq_advanced_at).is_none_or(|age| age >= ms)
+    }
+
+    /// No datastore counter of it advanced for `ms`.
+    pub fn datastore_silent_for(&self, ms: Millis) -> bool {
+        self.datastore_age().is_none_or(|age| age >= ms)
+    }
+
     /// Silent on every network and every datastore for the dead-time less the ping timeout:
     /// time to ping, so the answer is in when the dead-time ends. Heard more recently than
     /// that, an earlier ping's result no longer counts.

@@ -22,6 +22,11 @@ pub struct HostSpec {
     /// Labels VMs may require.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The host has fence devices (its BMC, a PDU): a master may power it off once it has
+    /// been silent on every network and datastore for the detection time, and restart its
+    /// VMs as soon as the device confirms it is off (`fence`).
+    #[serde(default)]
+    pub fenceable: bool,
 }
 
 /// One VM halo knows about.
@@ -83,6 +88,12 @@ pub struct Timeouts {
     pub ping_timeout_ms: Millis,
     /// A start that has not reported back after this long counts as failed.
     pub start_timeout_ms: Millis,
+    /// A host with fence devices silent this long on every network and every datastore is
+    /// powered off through them; once a device confirms it is off its VMs are restarted at
+    /// once, without waiting out the dead-time. Such a host, when it reaches no quorum and no
+    /// datastore for this long less a heartbeat interval, pauses its protected VMs (so a
+    /// device that says "off" wrongly never lets a VM run twice).
+    pub detection_time_ms: Millis,
     /// First retry delay for a `restart` VM that could not be placed or started; doubles.
     pub retry_backoff_ms: Millis,
     /// Upper bound of the retry delay.
@@ -102,6 +113,7 @@ impl Timeouts {
         fence_timeout_ms: 9_000,
         ping_timeout_ms: 1_000,
         start_timeout_ms: 30_000,
+        detection_time_ms: 4_000,
         retry_backoff_ms: 2_000,
         retry_backoff_max_ms: 60_000,
     };
@@ -121,6 +133,7 @@ impl Default for Timeouts {
             fence_timeout_ms: 2_000,
             ping_timeout_ms: 500,
             start_timeout_ms: 30_000,
+            detection_time_ms: 1_000,
             retry_backoff_ms: 2_000,
             retry_backoff_max_ms: 60_000,
         }
@@ -269,6 +282,14 @@ impl ClusterConfig {
                 t.dead_time_ms
             ));
         }
+        if t.detection_time_ms < 2 * t.heartbeat_interval_ms || t.detection_time_ms >= t.fence_timeout_ms {
+            problems.push(format!(
+                "timeouts.detection-time-ms: {} ms must be at least two heartbeat intervals ({} ms) and shorter than timeouts.fence-timeout-ms ({} ms)",
+                t.detection_time_ms,
+                2 * t.heartbeat_interval_ms,
+                t.fence_timeout_ms
+            ));
+        }
         if t.isolation_time_ms >= t.fence_timeout_ms {
             problems.push(format!(
                 "timeouts.isolation-time-ms: {} ms must be shorter than timeouts.fence-timeout-ms ({} ms)",
@@ -345,7 +366,13 @@ pub(crate) mod tests {
     pub(crate) fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
         ClusterConfig {
             hosts: (1..=hosts)
-                .map(|i| HostSpec { name: format!("host-{i}"), memory_mib: 16_384, vcpus: 16, labels: vec![] })
+                .map(|i| HostSpec {
+                    name: format!("host-{i}"),
+                    memory_mib: 16_384,
+                    vcpus: 16,
+                    labels: vec![],
+                    fenceable: false,
+                })
                 .collect(),
             networks: vec!["A".into(), "B".into()],
             datastores: vec!["ds1".into()],

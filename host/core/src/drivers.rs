@@ -57,6 +57,13 @@ pub trait HypervisorDriver {
     fn pause_copy(&mut self, host: &str, vm: &str);
 }
 
+/// Fence devices (a host's BMC, a PDU): power a host off and confirm it is off.
+pub trait FenceDriver {
+    /// Powers `host` off through its devices in order until one confirms it is off; answers
+    /// `Input::FenceResult`.
+    fn fence_host(&mut self, host: &str);
+}
+
 /// Where events go: the event log, alerts.
 pub trait EventSink {
     /// Records an event (and raises it when it is an alert).
@@ -64,9 +71,9 @@ pub trait EventSink {
 }
 
 /// Every driver a node needs.
-pub trait Drivers: HeartbeatSender + DatastoreDriver + PingDriver + HypervisorDriver + EventSink {}
+pub trait Drivers: HeartbeatSender + DatastoreDriver + PingDriver + HypervisorDriver + FenceDriver + EventSink {}
 
-impl<T: HeartbeatSender + DatastoreDriver + PingDriver + HypervisorDriver + EventSink> Drivers for T {}
+impl<T: HeartbeatSender + DatastoreDriver + PingDriver + HypervisorDriver + FenceDriver + EventSink> Drivers for T {}
 
 /// Hands one action to the driver that carries it out.
 pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
@@ -83,6 +90,7 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::ResumeVm { vm } => drivers.resume_vm(&vm),
         Action::PauseCopy { host, vm } => drivers.pause_copy(&host, &vm),
         Action::CheckClaim { vm, generation } => drivers.check_claim(&vm, generation),
+        Action::FenceHost { host } => drivers.fence_host(&host),
         Action::Record(event) => drivers.record(event),
     }
 }
@@ -113,6 +121,11 @@ mod tests {
         }
         fn check_claim(&mut self, vm: &str, generation: u64) {
             self.0.push(format!("check claim {vm}@{generation}"));
+        }
+    }
+    impl FenceDriver for Calls {
+        fn fence_host(&mut self, host: &str) {
+            self.0.push(format!("fence {host}"));
         }
     }
     impl PingDriver for Calls {

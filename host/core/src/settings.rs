@@ -189,7 +189,13 @@ mod tests {
     fn cluster(vms: Vec<VmSpec>) -> ClusterConfig {
         let mut c = ClusterConfig {
             hosts: (1..=3)
-                .map(|i| HostSpec { name: format!("host-{i}"), memory_mib: 8192, vcpus: 8, labels: vec![] })
+                .map(|i| HostSpec {
+                    name: format!("host-{i}"),
+                    memory_mib: 8192,
+                    vcpus: 8,
+                    labels: vec![],
+                    fenceable: false,
+                })
                 .collect(),
             networks: vec!["A".into()],
             datastores: vec!["ds1".into()],

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bmc;
 pub mod compile_bomb;
 mod guest;
 pub mod slow_plugin;
@@ -210,7 +211,7 @@ impl Lab {
                 ip(&["-n", &ns, "link", "set", &inner, "up"])?;
             }
         }
-        Ok(())
+        self.build_power_network()
     }
 
     /// The switch namespace (bridges and gateways).

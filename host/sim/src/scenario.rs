@@ -11,7 +11,13 @@ use crate::{Millis, Rng, Schedule};
 pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
     ClusterConfig {
         hosts: (1..=hosts)
-            .map(|i| HostSpec { name: format!("host-{i}"), memory_mib: 32_768, vcpus: 32, labels: vec![] })
+            .map(|i| HostSpec {
+                name: format!("host-{i}"),
+                memory_mib: 32_768,
+                vcpus: 32,
+                labels: vec![],
+                fenceable: false,
+            })
             .collect(),
         networks: vec!["A".into(), "B".into()],
         datastores: vec!["ds1".into()],
@@ -82,7 +88,13 @@ pub fn demo_cluster() -> ClusterConfig {
     };
     ClusterConfig {
         hosts: (1..=4)
-            .map(|i| HostSpec { name: format!("host-{i}"), memory_mib: 16_384, vcpus: 16, labels: vec![] })
+            .map(|i| HostSpec {
+                name: format!("host-{i}"),
+                memory_mib: 16_384,
+                vcpus: 16,
+                labels: vec![],
+                fenceable: false,
+            })
             .collect(),
         networks: vec!["A".into(), "B".into()],
         datastores: vec!["ds1".into()],

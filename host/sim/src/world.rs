@@ -4,7 +4,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use halo_core::capacity::FailoverPlan;
-use halo_core::drivers::{DatastoreDriver, EventSink, HeartbeatSender, HypervisorDriver, PingDriver, carry_out};
+use halo_core::drivers::{
+    DatastoreDriver, EventSink, FenceDriver, HeartbeatSender, HypervisorDriver, PingDriver, carry_out,
+};
 use halo_core::node::PingTarget;
 use halo_core::{
     Action, Claim, ClaimOutcome, ClusterConfig, Command, DatastoreRecord, Event, EventKind, Heartbeat, Input, Millis,
@@ -1146,6 +1148,15 @@ impl DatastoreDriver for HostDrivers<'_, '_> {
         }
         let latency = s.opts.datastore_latency;
         s.deliver(h, latency, Input::ClaimChecked { vm: vm.to_string(), generation, holder });
+    }
+}
+
+impl FenceDriver for HostDrivers<'_, '_> {
+    /// The simulated hosts have no fence devices (none is fenceable): nothing is powered off.
+    fn fence_host(&mut self, host: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let result = Err(format!("{host} has no fence device in the simulator"));
+        s.deliver(h, 100, Input::FenceResult { host: host.to_string(), result });
     }
 }
 

@@ -114,6 +114,14 @@ event_kinds! {
     NoCapacity => "no-capacity",
     /// A VM failed to start on this host.
     StartFailed => "start-failed",
+    /// A silent host is being powered off through its fence devices.
+    FenceRequested => "fence-requested",
+    /// A fence device confirmed a host is off: its VMs restart without the dead-time.
+    HostFencedOff => "host-fenced",
+    /// Fencing a host failed or was not allowed: it is judged by the dead-time.
+    FenceFailed => "fence-failed",
+    /// A device said a host is off but the host still writes its datastore heartbeat.
+    FenceContradicted => "fence-contradicted",
     /// A restart waits for the VM's storage lease (sanlock) another host holds.
     LeaseWait => "lease-wait",
     /// This host joined the cluster's sanlock lockspace (VM leases can be taken here).

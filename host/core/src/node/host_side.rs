@@ -11,6 +11,7 @@ use halo_policy::{
 };
 
 use super::{Action, Command, EventKind, Isolation, Node, PingTarget, Severity, StopReason, VmState};
+use crate::Millis;
 use crate::policies::Policies;
 use crate::wire::VmReport;
 
@@ -230,6 +231,15 @@ impl Node {
             .filter(|p| p.ack_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window))
             .count();
         let hosts = self.config.hosts.len();
+        if !starting {
+            // Fenceable: cut off for the detection time less an interval, hold (`fence`).
+            let hold = t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms);
+            let recent = |at: &Millis| self.now.saturating_sub(*at) < hold;
+            let reached_recently =
+                self.peers.values().filter(|p| p.ack_advanced_at.as_ref().is_some_and(recent)).count();
+            let datastore_recently = self.ds_write_ok_at.values().any(recent);
+            self.hold_when_cut_off(has_quorum(reached_recently, hosts), datastore_recently);
+        }
         let must_fence = !starting && must_fence(reached, hosts, datastore_ok, self.config.ha.quorum_fencing);
         if must_fence && !self.fenced {
             self.fenced = true;

@@ -209,6 +209,15 @@ impl Node {
             }
             let Some(signals) = (if stale_ping { self.signals(&name) } else { Some(signals) }) else { continue };
             let (verdict, ping_now) = signals.classify();
+            // A device confirmed it off and the datastores agree: failed now (`fence`). Heard
+            // again since (it booted), fencing is over.
+            let fenced = if signals.silent_for(t.detection_time_ms) {
+                self.fenced_verdict(&name)
+            } else {
+                self.fence_heard(&name);
+                None
+            };
+            let verdict = fenced.unwrap_or(verdict);
             let Some(peer) = self.peers.get_mut(&name) else { continue };
             if !signals.nearly_dead() {
                 peer.ping = PingSignal::NotAsked;
@@ -243,6 +252,7 @@ impl Node {
 
     pub(super) fn master_step(&mut self, policies: &mut dyn Policies) {
         self.classify_peers();
+        self.watch_fence_triggers();
         // Always, HA on or off (off: alerts only).
         self.check_exclusivity();
         if !self.ha_enabled {

@@ -18,6 +18,7 @@
 
 mod event_kind;
 mod exclusivity;
+mod fence;
 mod host_side;
 mod master;
 
@@ -207,6 +208,13 @@ pub enum Input {
         /// The last sequence number sent.
         seq: u64,
     },
+    /// A fence finished (`Action::FenceHost`).
+    FenceResult {
+        /// The host.
+        host: String,
+        /// The device that confirmed the host is off, or why none did.
+        result: Result<String, String>,
+    },
     /// A claim was looked up (`Action::CheckClaim`).
     ClaimChecked {
         /// VM.
@@ -318,6 +326,11 @@ pub enum Action {
         /// VM.
         vm: String,
     },
+    /// Power a host off through its fence devices (master); answers `Input::FenceResult`.
+    FenceHost {
+        /// The host.
+        host: String,
+    },
     /// Pause a copy of a VM on another host (or this one): a protected VM found running on
     /// two hosts, the copy halo does not keep (libvirt suspend, reached like a start).
     PauseCopy {
@@ -385,6 +398,8 @@ struct Peer {
     ping: PingSignal,
     ping_at: Millis,
     verdict: Option<Verdict>,
+    /// Fencing it (master).
+    fence: fence::Fence,
 }
 
 /// The isolation state of this host.
@@ -437,6 +452,8 @@ pub struct Node {
     resumed_at: Option<Millis>,
     /// Protected VMs paused after a long gap, until their claim is confirmed.
     held: BTreeMap<String, resume::Hold>,
+    /// Hosts the operator was told the blast-radius limit kept from being fenced.
+    fence_limit_told: BTreeSet<String>,
     /// VMs this node asked its driver to stop and whose stop it has not heard of yet: libvirt
     /// reports halo's own power-off as a stop from outside too.
     stopping: BTreeSet<String>,
@@ -484,6 +501,7 @@ impl Node {
             next_evaluation: now,
             resumed_at: None,
             held: BTreeMap::new(),
+            fence_limit_told: BTreeSet::new(),
             stopping: BTreeSet::new(),
         }
     }
@@ -587,6 +605,7 @@ impl Node {
             Input::ConfigChanged(config) => self.on_config(*config),
             Input::Resumed { gap_ms } => self.on_resumed(gap_ms),
             Input::ClaimChecked { vm, generation, holder } => self.on_claim_checked(&vm, generation, holder),
+            Input::FenceResult { host, result } => self.on_fence_result(&host, result),
         }
         self.step(policies, evaluate);
         for action in &self.out {

@@ -134,8 +134,14 @@ impl Node {
             ),
             None,
         );
-        let next_check = self.now + t.fence_timeout_ms;
-        for (vm, generation) in to_hold {
+        self.hold(to_hold);
+    }
+
+    /// Pauses `vms` (with the generation each runs) and holds them until settled: no claim
+    /// lookup before a fence timeout from now.
+    pub(super) fn hold(&mut self, vms: Vec<(String, u64)>) {
+        let next_check = self.now + self.config.timeouts.fence_timeout_ms;
+        for (vm, generation) in vms {
             self.out.push(Action::PauseVm { vm: vm.clone() });
             self.held.insert(vm, Hold { generation, checking: false, next_check, told: false });
         }

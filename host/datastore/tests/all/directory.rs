@@ -166,6 +166,9 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         fn resume_vm(&mut self, _: &str) {}
         fn pause_copy(&mut self, _: &str, _: &str) {}
     }
+    impl halo_core::drivers::FenceDriver for Only<'_> {
+        fn fence_host(&mut self, _: &str) {}
+    }
     impl halo_core::drivers::EventSink for Only<'_> {
         fn record(&mut self, _: halo_core::Event) {}
     }

@@ -1,0 +1,399 @@
+//! Power fencing (issue 17): a second, positive proof that a host is dead — its BMC or PDU
+//! says it is **off** — so its VMs restart without waiting out the dead-time.
+//!
+//! - **Who and when.** Only a master that may restart at all (not isolated or fenced itself,
+//!   its partition at least half the hosts) fences, never more hosts at once than the
+//!   blast-radius limit allows, and only a host with fence devices (`HostSpec::fenceable`)
+//!   that has been silent on every network **and** every datastore for the detection time
+//!   (`Timeouts::detection_time_ms`, 1 s). A host alive on storage is in another partition and
+//!   is never fenced (as without fencing: its VMs are not restarted).
+//! - **The proof.** Once a device confirms the host is off (`Input::FenceResult`), the host
+//!   counts as failed — its VMs are claimed and restarted at once — if the datastores agree:
+//!   read since the fence was asked for, its counter has not advanced since. A counter that
+//!   advances after "off" means the device lied (or powered off something else): an alert,
+//!   and the host is judged by the dead-time path as before. A fence that fails or is not
+//!   confirmed falls back to the dead-time path too, with an alert.
+//! - **A device that lies about a host cut off from everything** cannot be caught by the
+//!   datastores (the host cannot write). Such a host has paused its protected VMs by then: a
+//!   fenceable host that reaches no quorum and no datastore for the detection time less a
+//!   heartbeat interval holds them (libvirt suspend, as after a stall), so the copy the master
+//!   starts never runs beside a running one; at the fence timeout it fences itself as before,
+//!   and if contact comes back first each held VM runs again once no newer claim exists.
+
+use super::{Action, EventKind, Node, Severity, Verdict};
+use crate::Millis;
+
+/// Where a master is with fencing a peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) enum Fence {
+    /// Not fenced.
+    #[default]
+    None,
+    /// Asked the devices to power it off.
+    Asked {
+        /// When.
+        at: Millis,
+    },
+    /// A device confirmed it is off.
+    Confirmed {
+        /// When it was asked.
+        asked: Millis,
+        /// When the device confirmed.
+        at: Millis,
+        /// Which device.
+        device: String,
+    },
+    /// Not fenced (failed, unconfirmed, contradicted by the datastores): judged by the
+    /// dead-time until it is heard again.
+    GaveUp,
+}
+
+impl Node {
+    /// The master: fences every fenceable peer silent on every network and datastore for the
+    /// detection time, within the limits.
+    pub(super) fn watch_fence_triggers(&mut self) {
+        let t = self.config.timeouts;
+        let hosts = self.config.hosts.len();
+        if !self.may_fence() {
+            return;
+        }
+        let busy = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.verdict == Some(Verdict::Failed) || matches!(p.fence, Fence::Asked { .. } | Fence::Confirmed { .. })
+            })
+            .count();
+        let mut allowed = (self.config.ha.blast_radius_percent as usize * hosts / 100).saturating_sub(busy);
+        let candidates: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(name, p)| p.fence == Fence::None && self.config.host(name).is_some_and(|h| h.fenceable))
+            .filter(|(name, _)| {
+                self.signals(name).is_some_and(|s| {
+                    s.datastores_readable
+                        && s.silent_for(t.detection_time_ms)
+                        && s.datastore_silent_for(t.detection_time_ms)
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in candidates {
+            if allowed == 0 {
+                if self.fence_limit_told.insert(name.clone()) {
+                    self.record(
+                        Severity::Alert,
+                        EventKind::FenceFailed,
+                        format!(
+                            "{name}: not fenced — more hosts are silent at once than the blast-radius limit of {}% allows; judged by the dead-time",
+                            self.config.ha.blast_radius_percent
+                        ),
+                        None,
+                    );
+                }
+                continue;
+            }
+            allowed -= 1;
+            if let Some(peer) = self.peers.get_mut(&name) {
+                peer.fence = Fence::Asked { at: self.now };
+            }
+            let trace = self.signals(&name).map(|s| s.trace());
+            self.record(
+                Severity::Warning,
+                EventKind::FenceRequested,
+                format!(
+                    "{name}: silent on every network and datastore for {:.1}s: powering it off through its fence devices",
+                    t.detection_time_ms as f64 / 1000.0
+                ),
+                trace,
+            );
+            self.out.push(Action::FenceHost { host: name });
+        }
+    }
+
+    /// Whether this master may fence: as for restarting (not isolated or fenced itself, its
+    /// partition holds at least half the hosts).
+    fn may_fence(&self) -> bool {
+        if self.master.is_none() || !self.ha_enabled || self.isolated() || self.fenced {
+            return false;
+        }
+        let accounted = 1 + self.peers.values().filter(|p| p.verdict == Some(Verdict::Running)).count();
+        2 * accounted >= self.config.hosts.len()
+    }
+
+    /// A fence finished: `Ok(device)` confirmed off, `Err(why)` not.
+    pub(super) fn on_fence_result(&mut self, host: &str, result: Result<String, String>) {
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(host) else { return };
+        let Fence::Asked { at: asked } = peer.fence else { return };
+        match result {
+            Ok(device) => {
+                peer.fence = Fence::Confirmed { asked, at: now, device: device.clone() };
+                self.record(
+                    Severity::Alert,
+                    EventKind::HostFencedOff,
+                    format!(
+                        "{host}: powered off — {device} confirms it is off ({:.2}s); its VMs are restarted once the datastores agree",
+                        now.saturating_sub(asked) as f64 / 1000.0
+                    ),
+                    None,
+                );
+            }
+            Err(why) => {
+                peer.fence = Fence::GaveUp;
+                self.record(
+                    Severity::Alert,
+                    EventKind::FenceFailed,
+                    format!("{host}: fencing failed ({why}); judged by the dead-time instead (no ping answer, silent on every datastore)"),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The verdict on a peer a device confirmed off: failed once a datastore read since the
+    /// fence was asked shows its counter still; contradicted (the device lied) when the counter
+    /// advanced since.
+    pub(super) fn fenced_verdict(&mut self, name: &str) -> Option<Verdict> {
+        let peer = self.peers.get(name)?;
+        let Fence::Confirmed { asked, device, .. } = peer.fence.clone() else { return None };
+        let signals = self.signals(name)?;
+        if !signals.silent_for(self.config.timeouts.detection_time_ms) {
+            return None;
+        }
+        let advanced_since = signals.datastores.iter().any(|d| d.advanced_at.is_some_and(|at| at > asked));
+        if advanced_since {
+            if let Some(peer) = self.peers.get_mut(name) {
+                peer.fence = Fence::GaveUp;
+            }
+            self.record(
+                Severity::Alert,
+                EventKind::FenceContradicted,
+                format!(
+                    "{name}: {device} said it is off, but it still writes its datastore heartbeat: not restarted on the device's word; check the device (it may power off another machine)"
+                ),
+                Some(signals.trace()),
+            );
+            return None;
+        }
+        let read_since = self.ds_read_ok_at.is_some_and(|at| at > asked);
+        read_since.then_some(Verdict::Failed)
+    }
+
+    /// A peer heard again: whatever fencing said of it is over.
+    pub(super) fn fence_heard(&mut self, name: &str) {
+        if let Some(peer) = self.peers.get_mut(name)
+            && peer.fence != Fence::None
+        {
+            peer.fence = Fence::None;
+            self.fence_limit_told.remove(name);
+        }
+    }
+
+    /// This host (fenceable, HA on): cut off from every quorum and datastore for the detection
+    /// time less a heartbeat interval, it holds its protected VMs — a device that wrongly says
+    /// it is off must not let the master's copy run beside them.
+    pub(super) fn hold_when_cut_off(&mut self, reached_quorum: bool, datastore_ok: bool) {
+        if reached_quorum || datastore_ok || self.fenced || !self.config.host(&self.name).is_some_and(|h| h.fenceable) {
+            return;
+        }
+        let t = self.config.timeouts;
+        let to_hold: Vec<(String, u64)> = self
+            .local_vms
+            .iter()
+            .filter(|(vm, _)| !self.held.contains_key(*vm))
+            .filter(|(vm, _)| self.config.vm(vm).is_some_and(|s| s.protected()))
+            .map(|(vm, g)| (vm.clone(), *g))
+            .collect();
+        if to_hold.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = to_hold.iter().map(|(vm, _)| vm.as_str()).collect();
+        self.record(
+            Severity::Alert,
+            EventKind::VmsHeld,
+            format!(
+                "{}: {} paused — cut off from every peer and datastore for {:.2}s, the master may fence this host and restart them; each runs again once no newer claim exists, or is powered off",
+                self.name,
+                names.join(", "),
+                t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms) as f64 / 1000.0
+            ),
+            None,
+        );
+        self.hold(to_hold);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::beat_with;
+    use super::super::{Input, PingTarget};
+    use super::*;
+    use crate::config::tests::cluster;
+    use crate::policies::BuiltinPolicies;
+    use crate::wire::{ClaimOutcome, DatastoreRecord, VmReport};
+
+    /// host-1 (master) hears host-2 (running vm-1, fenceable) and host-3 until 5 s (conservative
+    /// timeouts: a heartbeat and a datastore read a second, detection 4 s, dead-time 12 s). After
+    /// that host-2's datastore counter advances when `ds(now)`; a fence is answered by `fence`
+    /// at once. Returns every action with its time until `until`.
+    fn crash(
+        until: u64,
+        fenceable: bool,
+        ds: impl Fn(u64) -> bool,
+        fence: impl Fn() -> Result<String, String>,
+    ) -> Vec<(u64, Action)> {
+        let mut config = cluster(3, 2);
+        config.hosts[1].fenceable = fenceable;
+        let mut node = Node::new("host-1", config, 0);
+        let mut p = BuiltinPolicies;
+        let (cut, mut counter, mut all) = (5_000, 0, Vec::new());
+        for now in (0..until).step_by(100) {
+            let mut inputs = vec![Input::Tick];
+            if now % 1000 == 0 {
+                let seq = now / 1000 + 1;
+                inputs.push(beat_with("host-3", seq, &[("host-1", seq)], vec![]));
+                if now < cut {
+                    inputs.push(beat_with(
+                        "host-2",
+                        seq,
+                        &[("host-1", seq)],
+                        vec![VmReport { vm: "vm-1".into(), generation: 1 }],
+                    ));
+                }
+                inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+                if now < cut || ds(now) {
+                    counter += 1;
+                }
+                let records = vec![
+                    DatastoreRecord { host: "host-2".into(), counter, isolated: false, stopped: vec![] },
+                    DatastoreRecord { host: "host-3".into(), counter: now, isolated: false, stopped: vec![] },
+                ];
+                inputs.push(Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) });
+            }
+            let mut queue: std::collections::VecDeque<Input> = inputs.into();
+            let mut handled = 0;
+            while let Some(input) = queue.pop_front() {
+                handled += 1;
+                assert!(handled < 1_000, "a loop at {now}: {:?}", &all[all.len().saturating_sub(8)..]);
+                for action in node.handle(now, input, &mut p) {
+                    match &action {
+                        Action::Ping { target: PingTarget::Host(h) } => {
+                            queue.push_back(Input::PingResult { target: PingTarget::Host(h.clone()), answered: false });
+                        }
+                        Action::Claim { claim, .. } => {
+                            queue.push_back(Input::ClaimResult { claim: claim.clone(), outcome: ClaimOutcome::Won });
+                        }
+                        Action::FenceHost { host } => {
+                            queue.push_back(Input::FenceResult { host: host.clone(), result: fence() });
+                        }
+                        _ => {}
+                    }
+                    all.push((now, action));
+                }
+            }
+        }
+        all
+    }
+
+    fn first(all: &[(u64, Action)], what: impl Fn(&Action) -> bool) -> Option<u64> {
+        all.iter().find(|(_, a)| what(a)).map(|(at, _)| *at)
+    }
+
+    fn kinds(all: &[(u64, Action)]) -> Vec<EventKind> {
+        all.iter()
+            .filter_map(|(_, a)| match a {
+                Action::Record(e) => Some(e.kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn claimed(a: &Action) -> bool {
+        matches!(a, Action::Claim { claim, .. } if claim.vm == "vm-1")
+    }
+
+    #[test]
+    fn a_confirmed_fence_restarts_at_once_instead_of_after_the_dead_time() {
+        let t = cluster(3, 2).timeouts;
+        let fenced = crash(30_000, true, |_| false, || Ok("fence_redfish 10.0.0.9".into()));
+        let asked = first(&fenced, |a| matches!(a, Action::FenceHost { host } if host == "host-2")).expect("fenced");
+        // Last heard at 4 s: silent on the network and the datastore for the detection time.
+        assert_eq!(asked, 4_000 + t.detection_time_ms, "{fenced:?}");
+        let restart = first(&fenced, claimed).expect("restarted");
+        assert!(restart <= asked + 1_000, "claimed at the next datastore read after the fence: {restart}");
+        assert!(kinds(&fenced).contains(&EventKind::HostFencedOff), "{:?}", kinds(&fenced));
+        // Without a device: the dead-time.
+        let plain = crash(30_000, false, |_| false, || unreachable!("not fenceable"));
+        let dead_time = first(&plain, claimed).expect("restarted");
+        assert!(dead_time >= 4_000 + t.dead_time_ms, "{dead_time}");
+        assert!(first(&plain, |a| matches!(a, Action::FenceHost { .. })).is_none());
+        println!("restart claimed {restart} ms with a fence, {dead_time} ms without (crash at 4-5 s)");
+    }
+
+    #[test]
+    fn a_failed_fence_falls_back_to_the_dead_time() {
+        let t = cluster(3, 2).timeouts;
+        let all = crash(30_000, true, |_| false, || Err("fence_redfish: connection timed out".into()));
+        assert!(kinds(&all).contains(&EventKind::FenceFailed), "{:?}", kinds(&all));
+        assert!(first(&all, claimed).expect("restarted") >= 4_000 + t.dead_time_ms);
+        assert_eq!(all.iter().filter(|(_, a)| matches!(a, Action::FenceHost { .. })).count(), 1, "asked once");
+    }
+
+    #[test]
+    fn a_host_alive_on_storage_is_never_fenced_and_a_device_contradicted_by_the_datastore_restarts_nothing() {
+        // Alive on storage (another partition): never fenced, never restarted.
+        let partition = crash(30_000, true, |_| true, || Ok("lying".into()));
+        assert!(first(&partition, |a| matches!(a, Action::FenceHost { .. })).is_none());
+        assert!(first(&partition, claimed).is_none());
+        // Silent on storage until fenced, then writing again: the device said "off" wrongly.
+        let t = cluster(3, 2).timeouts;
+        let lied = crash(30_000, true, |now| now > 4_000 + t.detection_time_ms, || Ok("lying".into()));
+        assert!(first(&lied, |a| matches!(a, Action::FenceHost { .. })).is_some());
+        assert!(kinds(&lied).contains(&EventKind::FenceContradicted), "{:?}", kinds(&lied));
+        assert!(first(&lied, claimed).is_none(), "nothing restarted on a contradicted device's word");
+    }
+
+    #[test]
+    fn a_fenceable_host_cut_off_from_everything_holds_its_vms_before_it_could_be_fenced() {
+        for fenceable in [true, false] {
+            let mut config = cluster(3, 2);
+            config.hosts[0].fenceable = fenceable;
+            let t = config.timeouts;
+            let mut node = Node::new("host-1", config, 0);
+            let mut p = BuiltinPolicies;
+            node.handle(
+                0,
+                Input::VmState { vm: "vm-1".into(), generation: 1, state: super::super::VmState::Running },
+                &mut p,
+            );
+            let mut now = 0;
+            while now < 10_000 {
+                now += 500;
+                for peer in ["host-2", "host-3"] {
+                    node.handle(now, beat_with(peer, now / 500, &[("host-1", now / 1000)], vec![]), &mut p);
+                }
+                node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut p);
+            }
+            let cut = now;
+            let mut all = Vec::new();
+            while now < cut + t.fence_timeout_ms + 200 {
+                now += 100;
+                all.extend(node.handle(now, Input::Tick, &mut p).into_iter().map(|a| (now, a)));
+            }
+            let paused = first(&all, |a| matches!(a, Action::PauseVm { vm } if vm == "vm-1"));
+            let stopped = first(&all, |a| matches!(a, Action::StopVm { vm, .. } if vm == "vm-1")).expect("fences");
+            if fenceable {
+                let paused = paused.expect("held");
+                assert!(
+                    paused - cut <= t.detection_time_ms - t.heartbeat_interval_ms + 100,
+                    "held {} ms after the cut",
+                    paused - cut
+                );
+                assert!(paused < stopped, "held before it fences itself");
+            } else {
+                assert!(paused.is_none(), "a host without fence devices only fences: {all:?}");
+            }
+        }
+    }
+}

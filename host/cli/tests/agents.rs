@@ -54,9 +54,25 @@ impl Cluster {
         Self::up_full(test, tag, extra, watchdog, false)
     }
 
+    /// With a lab BMC per host, each the host's fence device (`fence_redfish`).
+    fn up_fenced(test: &str, tag: char) -> Option<Self> {
+        Self::up_parts(test, tag, "", None, false, true)
+    }
+
     /// `sanlock`: every host takes sanlock VM leases (`Lab::use_sanlock`); the VMs start with
     /// theirs, as halo starts them.
     fn up_full(test: &str, tag: char, extra: &str, watchdog: Option<Duration>, sanlock: bool) -> Option<Self> {
+        Self::up_parts(test, tag, extra, watchdog, sanlock, false)
+    }
+
+    fn up_parts(
+        test: &str,
+        tag: char,
+        extra: &str,
+        watchdog: Option<Duration>,
+        sanlock: bool,
+        bmc: bool,
+    ) -> Option<Self> {
         if !halo_lab::for_test(test) {
             return None;
         }
@@ -70,6 +86,9 @@ impl Cluster {
         lab.use_hook(Path::new(env!("CARGO_BIN_EXE_halo"))).expect("the hook");
         if sanlock {
             lab.use_sanlock().expect("sanlock (cargo xtask setup installs it)");
+        }
+        if bmc {
+            lab.start_bmcs(Path::new(env!("CARGO_BIN_EXE_halo"))).expect("the lab BMCs");
         }
         for h in 1..=3 {
             lab.libvirt_start(h).expect("libvirtd");
@@ -1312,4 +1331,106 @@ fn with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fa
     let logs = cluster.logs();
     assert!(logs.contains("lease-wait"), "the wait for the lease is told: {logs}");
     cluster.holds(&placement, Duration::from_secs(2), "after the failover");
+}
+
+/// Issue 17: with a lab BMC per host as its fence device (Debian's `fence_redfish` against the
+/// lab's Redfish service), a host that loses power is powered off through its BMC once silent
+/// for the detection time (1 s) and its VMs restart as soon as the BMC confirms it is off —
+/// without waiting out the dead-time (3 s).
+#[test]
+fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_the_dead_time() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_the_dead_time";
+    let Some(cluster) = Cluster::up_fenced(test, 'f') else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let crashed = Instant::now();
+    cluster.lab.kill_host(2).expect("host-2 loses power");
+    let back = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "fenced crash");
+    for (vm, after) in &back {
+        println!("figure: with BMC fencing {vm} ran again {:.2} s after host-2 lost power", after.as_secs_f64());
+    }
+    let logs = cluster.logs();
+    for line in logs.lines().filter(|l| ["fence", "host-2: failed", "restarted on"].iter().any(|k| l.contains(k))) {
+        println!("timeline: {line}");
+    }
+    assert!(logs.contains("host-2: powered off — fence_redfish"), "the BMC confirmed it: {logs}");
+    assert!(!logs.contains("fence-failed"), "{logs}");
+    // (The host lost power: its BMC says Off at once, so fence_redfish sends no reset.)
+    cluster.holds(&placement, Duration::from_secs(2), "after the fenced failover");
+}
+
+/// Issue 17: a BMC that does not answer (it lost power with its host) leaves the dead-time
+/// path: the VMs restart as without fencing, and an alert says the fence failed.
+#[test]
+fn with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts";
+    let Some(cluster) = Cluster::up_fenced(test, 'u') else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    cluster.lab.bmc_reachable(2, false).expect("BMC of host-2 unreachable");
+    let crashed = Instant::now();
+    cluster.lab.kill_host(2).expect("host-2 loses power");
+    let back = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "crash, BMC unreachable");
+    for (vm, after) in &back {
+        println!(
+            "figure: BMC unreachable: {vm} ran again {:.2} s after host-2 crashed (dead-time path)",
+            after.as_secs_f64()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.logs().contains("fencing failed") {
+        assert!(Instant::now() < deadline, "the failed fence is an alert\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!cluster.logs().contains("host-2: powered off"), "{}", cluster.logs());
+    cluster.holds(&placement, Duration::from_secs(1), "after the failover");
+}
+
+/// Issue 17: a BMC that says "off" while its host runs on, cut off from every network and
+/// the storage: the VM is restarted on the device's word, but never runs twice — the host
+/// paused or stopped its copy first (it holds its VMs when cut off, and fences itself at the
+/// fence timeout); healed, it powers its paused copy off (a newer claim exists).
+#[test]
+fn a_lying_bmc_never_makes_a_vm_run_twice() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "a_lying_bmc_never_makes_a_vm_run_twice";
+    let Some(cluster) = Cluster::up_fenced(test, 'y') else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    cluster.lab.set_bmc_mode(3, halo_lab::bmc::BmcMode::Lying).expect("a lying BMC");
+    let cut = Instant::now();
+    for network in ["A", "B", "M"] {
+        cluster.lab.set_link(3, network, false).expect("cut host-3");
+    }
+    // Observed on all three hosts (host-3's libvirt through its socket): never two running.
+    let back = cluster.recovers_within(&mut placement, 3, &[1, 2, 3], cut, Duration::from_secs(40), "lying BMC");
+    for (vm, after) in &back {
+        println!(
+            "figure: lying BMC, host-3 cut off: {vm} ran again elsewhere {:.2} s after the cut",
+            after.as_secs_f64()
+        );
+    }
+    let logs = cluster.logs();
+    for line in logs.lines().filter(|l| {
+        ["fence", "host-3: failed", "restarted on", "paused", "fences itself"].iter().any(|k| l.contains(k))
+    }) {
+        println!("timeline: {line}");
+    }
+    assert!(logs.contains("host-3: powered off — fence_redfish"), "the device said off: {logs}");
+    // (Its BMC said Off when asked for the status, so fence_redfish sent no reset at all.)
+    assert!(cluster.lab.pids_of(3, "libvirtd").is_ok_and(|p| !p.is_empty()), "host-3 still runs");
+    // Healed: host-3's old copy of vm-4 never runs again.
+    for network in ["A", "B", "M"] {
+        cluster.lab.set_link(3, network, true).expect("heal host-3");
+    }
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(cluster.runners("vm-4", &[1, 2, 3]), vec![placement["vm-4"]], "vm-4 runs once\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -874,6 +874,7 @@ impl Lab {
             self.gateway("A")?,
             self.gateway("B")?
         );
+        let bmcs = self.bmc_dir().join("ready").exists();
         for h in 1..=self.hosts() {
             toml.push_str(&format!(
                 "\n[[hosts]]\nname = \"host-{h}\"\nmemory-mib = 2048\nvcpus = 8\naddresses = {{ A = \"{}\", B = \"{}\" }}\nlibvirt-uri = \"{}\"\n",
@@ -881,6 +882,16 @@ impl Lab {
                 self.address(h, "B")?,
                 self.libvirt_tcp_uri(h)?
             ));
+            // The lab's BMCs (`start_bmcs`): each host's as its fence device, through Debian's
+            // fence_redfish.
+            if bmcs {
+                toml.push_str(&format!(
+                    "\n[[hosts.fence]]\nagent = \"fence_redfish\"\npassword-file = \"{}\"\ntimeout-s = 10\noptions = {{ ip = \"{}\", ipport = \"{}\", username = \"admin\", ssl_insecure = \"1\", systems_uri = \"/redfish/v1/Systems/host-{h}\" }}\n",
+                    self.bmc_password_file().display(),
+                    self.bmc_address(),
+                    self.bmc_port(h)
+                ));
+            }
         }
         toml.push_str(&format!(
             "\n[[datastores]]\nname = \"ds1\"\nnfs = {{ server = \"{}\", export = \"/ds1\", mount-port = {MOUNT_PORT}, nfs-port = {NFS_PORT} }}\n",

@@ -71,9 +71,11 @@ impl Node {
             .filter(|(name, p)| p.fence == Fence::None && self.config.host(name).is_some_and(|h| h.fenceable))
             .filter(|(name, _)| {
                 self.signals(name).is_some_and(|s| {
+                    // (A counter is seen to advance up to a read interval after it was
+                    // written: its silence is counted from then.)
                     s.datastores_readable
                         && s.silent_for(t.detection_time_ms)
-                        && s.datastore_silent_for(t.detection_time_ms)
+                        && s.datastore_silent_for(t.detection_time_ms.saturating_sub(t.datastore_interval_ms))
                 })
             })
             .map(|(name, _)| name.clone())
@@ -318,7 +320,8 @@ mod tests {
         let t = cluster(3, 2).timeouts;
         let fenced = crash(30_000, true, |_| false, || Ok("fence_redfish 10.0.0.9".into()));
         let asked = first(&fenced, |a| matches!(a, Action::FenceHost { host } if host == "host-2")).expect("fenced");
-        // Last heard at 4 s: silent on the network and the datastore for the detection time.
+        // Last heard at 4 s: silent on the network for the detection time (and the datastore
+        // for it less a read interval).
         assert_eq!(asked, 4_000 + t.detection_time_ms, "{fenced:?}");
         let restart = first(&fenced, claimed).expect("restarted");
         assert!(restart <= asked + 1_000, "claimed at the next datastore read after the fence: {restart}");

@@ -88,6 +88,8 @@ struct AgentDrivers {
     capture: Option<Vec<Event>>,
     /// Every host's fence devices (from halo.toml), and where fence results go.
     fence_devices: Arc<BTreeMap<String, Vec<crate::fence::FenceDevice>>>,
+    /// Fences under way, each with the flag that calls it off.
+    fencing: Arc<Mutex<BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>>>,
     inputs: mpsc::Sender<Input>,
     runtime: tokio::runtime::Handle,
 }
@@ -96,12 +98,19 @@ impl FenceDriver for AgentDrivers {
     /// On a blocking thread: the agents' calls take up to their timeouts each.
     fn fence_host(&mut self, host: &str) {
         let (devices, inputs, host) = (Arc::clone(&self.fence_devices), self.inputs.clone(), host.to_string());
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fencing = Arc::clone(&self.fencing);
+        fencing.lock().unwrap_or_else(|p| p.into_inner()).insert(host.clone(), Arc::clone(&cancelled));
         self.runtime.spawn_blocking(move || {
             let started = Instant::now();
-            let result = crate::fence::fence(devices.get(&host).map(Vec::as_slice).unwrap_or_default());
+            let result = crate::fence::fence(devices.get(&host).map(Vec::as_slice).unwrap_or_default(), &cancelled);
+            fencing.lock().unwrap_or_else(|p| p.into_inner()).remove(&host);
             match &result {
                 Ok(device) => {
                     tracing::warn!(host, "fenced: {device} confirms off ({:.2}s)", started.elapsed().as_secs_f64())
+                }
+                Err(why) if cancelled.load(std::sync::atomic::Ordering::Relaxed) => {
+                    tracing::warn!(host, "fence called off ({:.2}s): {why}", started.elapsed().as_secs_f64())
                 }
                 Err(why) => {
                     tracing::error!(host, "ALERT fencing failed ({:.2}s): {why}", started.elapsed().as_secs_f64())
@@ -109,6 +118,12 @@ impl FenceDriver for AgentDrivers {
             }
             let _ = inputs.blocking_send(Input::FenceResult { host, result });
         });
+    }
+
+    fn cancel_fence(&mut self, host: &str) {
+        if let Some(flag) = self.fencing.lock().unwrap_or_else(|p| p.into_inner()).get(host) {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -354,6 +369,7 @@ pub async fn start(
         events: Arc::clone(&events),
         capture: None,
         fence_devices: Arc::new(config.hosts.iter().map(|h| (h.name.clone(), h.fence.clone())).collect()),
+        fencing: Arc::new(Mutex::new(BTreeMap::new())),
         inputs: inputs.clone(),
         runtime: runtime.clone(),
     };

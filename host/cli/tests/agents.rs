@@ -444,6 +444,43 @@ impl Cluster {
         (answer.status, String::from_utf8_lossy(&answer.body).to_string())
     }
 
+    /// Live-migrates `vm` to `host` through the API and waits until it runs there only.
+    fn move_vm(&self, token: &str, vm: &str, host: usize) {
+        let body = format!("{{\"host\": \"host-{host}\"}}");
+        let (code, answer) = self.api(1, "POST", &format!("/api/v1/vms/{vm}/migrate"), Some(token), Some(&body));
+        assert_eq!(code, 200, "{answer}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.active(vm, &[1, 2, 3]) != (vec![host], vec![host]) {
+            assert!(Instant::now() < deadline, "{vm} did not reach host-{host}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// One benchmark crash: vm-2 and vm-3 moved to host-2 first, then host-2 loses power;
+    /// how long each took to run elsewhere. host-2 boots again with a fresh agent.
+    fn crash_host_2(&mut self, token: &str) -> BTreeMap<&'static str, Duration> {
+        for vm in ["vm-2", "vm-3"] {
+            if self.runners(vm, &[1, 2, 3]) != vec![2] {
+                self.move_vm(token, vm, 2);
+            }
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        let mut placement: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for (vm, _) in VMS {
+            placement.insert(vm, self.runners(vm, &[1, 2, 3]).first().copied().expect("runs"));
+        }
+        let crashed = Instant::now();
+        self.lab.kill_host(2).expect("crash");
+        let took = self.recovers(&mut placement, 2, &[1, 3], crashed, "benchmark crash");
+        self.lab.boot_host(2).expect("boot");
+        let fresh =
+            Hypervisor::connect_with_timeout(&self.lab.libvirt_uri(2), Duration::from_secs(10)).expect("libvirt");
+        self.hv.insert(2, fresh);
+        self.start_agent(2);
+        std::thread::sleep(Duration::from_secs(4));
+        took
+    }
+
     fn token(&self) -> String {
         self.lab.api_token().expect("token").1
     }
@@ -726,41 +763,14 @@ fn bench_failover_and_live_migration() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let Some(mut cluster) = Cluster::up("bench_failover_and_live_migration", 'b', "") else { return };
     let token = cluster.token();
-    let move_to = |cluster: &Cluster, vm: &str, host: usize| {
-        let body = format!("{{\"host\": \"host-{host}\"}}");
-        let (code, answer) = cluster.api(1, "POST", &format!("/api/v1/vms/{vm}/migrate"), Some(&token), Some(&body));
-        assert_eq!(code, 200, "{answer}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while cluster.active(vm, &[1, 2, 3]) != (vec![host], vec![host]) {
-            assert!(Instant::now() < deadline, "{vm} did not reach host-{host}\n{}", cluster.logs());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let move_to = |cluster: &Cluster, vm: &str, host: usize| cluster.move_vm(&token, vm, host);
 
     // Failover: vm-2 and vm-3 run on host-2 (VMS); 5 crashes of host-2.
     let mut samples = Vec::new();
     for run in 1..=5 {
-        for vm in ["vm-2", "vm-3"] {
-            if cluster.runners(vm, &[1, 2, 3]) != vec![2] {
-                move_to(&cluster, vm, 2);
-            }
-        }
-        std::thread::sleep(Duration::from_secs(3));
-        let mut placement: BTreeMap<&'static str, usize> = BTreeMap::new();
-        for (vm, _) in VMS {
-            placement.insert(vm, cluster.runners(vm, &[1, 2, 3]).first().copied().expect("runs"));
-        }
-        let crashed = Instant::now();
-        cluster.lab.kill_host(2).expect("crash");
-        let took = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "benchmark crash");
+        let took = cluster.crash_host_2(&token);
         println!("run {run}: host crash -> VMs running elsewhere: {took:?}");
         samples.extend(took.values().map(Duration::as_secs_f64));
-        cluster.lab.boot_host(2).expect("boot");
-        let fresh =
-            Hypervisor::connect_with_timeout(&cluster.lab.libvirt_uri(2), Duration::from_secs(10)).expect("libvirt");
-        cluster.hv.insert(2, fresh);
-        cluster.start_agent(2);
-        std::thread::sleep(Duration::from_secs(4));
     }
     let (median, p95) = median_p95(samples.clone());
     println!(
@@ -1433,4 +1443,41 @@ fn a_lying_bmc_never_makes_a_vm_run_twice() {
         assert_eq!(cluster.runners("vm-4", &[1, 2, 3]), vec![placement["vm-4"]], "vm-4 runs once\n{}", cluster.logs());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Issue 17's benchmark: host crash → protected VMs running elsewhere, lab with a BMC per
+/// host, 10 crashes fenced through `fence_redfish` alternating with 10 whose BMC does not
+/// answer (today's dead-time path), in the same run; the fence call's share is read from the
+/// agent's log.
+#[test]
+#[ignore = "benchmark: cargo xtask bench (or cargo test --release -p halo-cli --test agents -- --ignored --nocapture)"]
+fn bench_fenced_failover_beside_the_dead_time_path() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut cluster) = Cluster::up_fenced("bench_fenced_failover_beside_the_dead_time_path", 'g') else { return };
+    let token = cluster.token();
+    let (mut fenced, mut dead_time) = (Vec::new(), Vec::new());
+    for run in 1..=10 {
+        for with_fence in [true, false] {
+            cluster.lab.bmc_reachable(2, with_fence).expect("BMC reachability");
+            let took = cluster.crash_host_2(&token);
+            println!("run {run} ({}): {took:?}", if with_fence { "fenced" } else { "dead-time" });
+            let samples = if with_fence { &mut fenced } else { &mut dead_time };
+            samples.extend(took.values().map(Duration::as_secs_f64));
+        }
+    }
+    cluster.lab.bmc_reachable(2, true).expect("BMC reachable");
+    let fence_calls: Vec<f64> = cluster
+        .logs()
+        .lines()
+        .filter_map(|l| l.split("confirms off (").nth(1)?.split("s)").next()?.parse().ok())
+        .collect();
+    let (fm, fp) = median_p95(fenced.clone());
+    let (dm, dp) = median_p95(dead_time.clone());
+    let (cm, cp) = median_p95(fence_calls.clone());
+    println!(
+        "figure: host crash -> protected VM running elsewhere, default timeouts: with BMC fencing median {fm:.2} s, p95 {fp:.2} s ({} samples); dead-time path (BMC unreachable) median {dm:.2} s, p95 {dp:.2} s ({} samples); the fence call (fence_redfish off against the lab BMC) median {cm:.2} s, p95 {cp:.2} s ({} calls)",
+        fenced.len(),
+        dead_time.len(),
+        fence_calls.len()
+    );
 }

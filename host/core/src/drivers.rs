@@ -62,6 +62,8 @@ pub trait FenceDriver {
     /// Powers `host` off through its devices in order until one confirms it is off; answers
     /// `Input::FenceResult`.
     fn fence_host(&mut self, host: &str);
+    /// Calls off a fence of `host` under way (its agents are killed); no answer.
+    fn cancel_fence(&mut self, host: &str);
 }
 
 /// Where events go: the event log, alerts.
@@ -91,6 +93,7 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::PauseCopy { host, vm } => drivers.pause_copy(&host, &vm),
         Action::CheckClaim { vm, generation } => drivers.check_claim(&vm, generation),
         Action::FenceHost { host } => drivers.fence_host(&host),
+        Action::CancelFence { host } => drivers.cancel_fence(&host),
         Action::Record(event) => drivers.record(event),
     }
 }
@@ -126,6 +129,9 @@ mod tests {
     impl FenceDriver for Calls {
         fn fence_host(&mut self, host: &str) {
             self.0.push(format!("fence {host}"));
+        }
+        fn cancel_fence(&mut self, host: &str) {
+            self.0.push(format!("cancel fence {host}"));
         }
     }
     impl PingDriver for Calls {

@@ -1158,6 +1158,8 @@ impl FenceDriver for HostDrivers<'_, '_> {
         let result = Err(format!("{host} has no fence device in the simulator"));
         s.deliver(h, 100, Input::FenceResult { host: host.to_string(), result });
     }
+
+    fn cancel_fence(&mut self, _host: &str) {}
 }
 
 impl PingDriver for HostDrivers<'_, '_> {

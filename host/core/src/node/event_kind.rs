@@ -120,6 +120,8 @@ event_kinds! {
     HostFencedOff => "host-fenced",
     /// Fencing a host failed or was not allowed: it is judged by the dead-time.
     FenceFailed => "fence-failed",
+    /// A host was heard again while being fenced: the fence is called off.
+    FenceCancelled => "fence-cancelled",
     /// A device said a host is off but the host still writes its datastore heartbeat.
     FenceContradicted => "fence-contradicted",
     /// A restart waits for the VM's storage lease (sanlock) another host holds.

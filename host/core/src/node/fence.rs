@@ -183,12 +183,24 @@ impl Node {
     }
 
     /// A peer heard again: whatever fencing said of it is over.
+    /// A fence still under way is called off: a device that answers late (a BMC unreachable
+    /// until now) must not power off a host that came back.
     pub(super) fn fence_heard(&mut self, name: &str) {
-        if let Some(peer) = self.peers.get_mut(name)
-            && peer.fence != Fence::None
-        {
-            peer.fence = Fence::None;
-            self.fence_limit_told.remove(name);
+        let Some(peer) = self.peers.get_mut(name) else { return };
+        if peer.fence == Fence::None {
+            return;
+        }
+        let asked = matches!(peer.fence, Fence::Asked { .. });
+        peer.fence = Fence::None;
+        self.fence_limit_told.remove(name);
+        if asked {
+            self.record(
+                Severity::Warning,
+                EventKind::FenceCancelled,
+                format!("{name}: heard again while being fenced: the fence is called off"),
+                None,
+            );
+            self.out.push(Action::CancelFence { host: name.to_string() });
         }
     }
 
@@ -355,6 +367,51 @@ mod tests {
         assert!(first(&lied, |a| matches!(a, Action::FenceHost { .. })).is_some());
         assert!(kinds(&lied).contains(&EventKind::FenceContradicted), "{:?}", kinds(&lied));
         assert!(first(&lied, claimed).is_none(), "nothing restarted on a contradicted device's word");
+    }
+
+    #[test]
+    fn a_host_heard_again_while_being_fenced_calls_the_fence_off_and_a_late_answer_is_ignored() {
+        let mut config = cluster(3, 2);
+        config.hosts[1].fenceable = true;
+        let t = config.timeouts;
+        let mut node = Node::new("host-1", config, 0);
+        let mut p = BuiltinPolicies;
+        let mut counter = 0;
+        let mut all = Vec::new();
+        for now in (0..20_000).step_by(100) {
+            let mut inputs = vec![Input::Tick];
+            if now % 1000 == 0 {
+                let seq = now / 1000 + 1;
+                inputs.push(beat_with("host-3", seq, &[("host-1", seq)], vec![]));
+                // Silent from 5 s to 11 s (a BMC that hangs meanwhile), then heard again.
+                if !(5_000..11_000).contains(&now) {
+                    counter += 1;
+                    let vms = vec![VmReport { vm: "vm-1".into(), generation: 1 }];
+                    inputs.push(beat_with("host-2", seq, &[("host-1", seq)], vms));
+                }
+                inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+                let records = vec![
+                    DatastoreRecord { host: "host-2".into(), counter, isolated: false, stopped: vec![] },
+                    DatastoreRecord { host: "host-3".into(), counter: now, isolated: false, stopped: vec![] },
+                ];
+                inputs.push(Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) });
+            }
+            if now == 12_000 {
+                // The device answers at last: too late.
+                inputs.push(Input::FenceResult { host: "host-2".into(), result: Ok("slow-bmc".into()) });
+            }
+            for input in inputs {
+                all.extend(node.handle(now, input, &mut p).into_iter().map(|a| (now, a)));
+            }
+        }
+        let asked = first(&all, |a| matches!(a, Action::FenceHost { .. })).expect("fenced");
+        assert_eq!(asked, 4_000 + t.detection_time_ms);
+        let cancelled =
+            first(&all, |a| matches!(a, Action::CancelFence { host } if host == "host-2")).expect("called off");
+        assert_eq!(cancelled, 11_000, "called off when heard again");
+        assert!(kinds(&all).contains(&EventKind::FenceCancelled));
+        assert!(!kinds(&all).contains(&EventKind::HostFencedOff), "the late answer is ignored");
+        assert!(first(&all, claimed).is_none(), "nothing restarted: {:?}", kinds(&all));
     }
 
     #[test]

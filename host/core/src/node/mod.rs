@@ -331,6 +331,11 @@ pub enum Action {
         /// The host.
         host: String,
     },
+    /// Call off a fence under way (the host was heard again); its result, if any, is ignored.
+    CancelFence {
+        /// The host.
+        host: String,
+    },
     /// Pause a copy of a VM on another host (or this one): a protected VM found running on
     /// two hosts, the copy halo does not keep (libvirt suspend, reached like a start).
     PauseCopy {

@@ -235,7 +235,7 @@ fn explicit_or_random(args: &SimArgs, seed: u64, families: &[&str]) -> anyhow::R
         }
     }
     faults.sort_by_key(|f| f.at);
-    Ok((config, Schedule { faults }))
+    Ok((config, Schedule { faults, ..Schedule::default() }))
 }
 
 fn one(args: &SimArgs, seed: u64, families: &[&str], policies: &mut dyn Policies) -> anyhow::Result<ExitCode> {
@@ -417,7 +417,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         (60_000, "after host-2's VMs were restarted (host-2 back, empty)".to_string()),
         (170_000, "at the end".to_string()),
     ];
-    let schedule = Schedule { faults: script.iter().map(|(f, _)| f.clone()).collect() };
+    let schedule = Schedule { faults: script.iter().map(|(f, _)| f.clone()).collect(), ..Schedule::default() };
     let mut builtin = BuiltinPolicies;
     let policies: &mut dyn Policies = match plugins.as_mut() {
         Some(p) => p,

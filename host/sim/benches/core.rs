@@ -143,9 +143,13 @@ fn failover_latency(runs: u64) {
         let victim = format!("host-{}", 1 + rng.below(hosts as u64));
         let at = 10_000 + rng.below(5_000);
         let fault = Fault { at, duration: 1_000_000, kind: FaultKind::HostCrash { host: victim } };
-        let outcome =
-            Sim::new(config, Schedule { faults: vec![fault] }, SimOptions::new(seed, 60_000), &mut BuiltinPolicies)
-                .run();
+        let outcome = Sim::new(
+            config,
+            Schedule { faults: vec![fault], ..Schedule::default() },
+            SimOptions::new(seed, 60_000),
+            &mut BuiltinPolicies,
+        )
+        .run();
         if !outcome.clean() {
             unclean += 1;
         }

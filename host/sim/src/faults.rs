@@ -1,6 +1,7 @@
 //! Faults and the schedules of them a seed produces.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 use crate::Rng;
 use halo_core::Millis;
@@ -93,7 +94,7 @@ impl FaultKind {
     }
 
     /// Every family name.
-    pub const FAMILIES: [&'static str; 18] = [
+    pub const FAMILIES: [&'static str; 19] = [
         "crash",
         "agent",
         "isolate",
@@ -112,7 +113,12 @@ impl FaultKind {
         "priority",
         "haoff",
         "outside",
+        "fence",
     ];
+
+    /// Not faults but equipment: fence devices on every host (`Schedule::draw_fence_devices`),
+    /// drawn on a generator of their own, so that every seed's faults stay what they were.
+    pub const DEVICES: [&'static str; 1] = ["fence"];
 
     /// The stall families: drawn on a generator of their own, after the others, so that every
     /// seed's schedule of the other families stays what it was before they existed (the seeds
@@ -178,11 +184,62 @@ pub struct Fault {
     pub kind: FaultKind,
 }
 
+/// How a simulated host's fence device behaves when the master asks it to power the host off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceDevice {
+    /// Powers the host off and confirms, 0.3 s after it is asked.
+    Confirms,
+    /// Powers it off and confirms after 5 s.
+    Slow,
+    /// Does not answer: fails after 1 s.
+    Fails,
+    /// Says "off" after 0.3 s and does nothing.
+    Lies,
+}
+
+impl FenceDevice {
+    /// Its name in schedules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirms => "confirms",
+            Self::Slow => "slow",
+            Self::Fails => "fails",
+            Self::Lies => "lies",
+        }
+    }
+}
+
 /// The faults of one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Schedule {
     /// In time order.
     pub faults: Vec<Fault>,
+    /// Hosts with a fence device, and how it behaves (none: every host is proved dead by the
+    /// dead-time alone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fence_devices: BTreeMap<String, FenceDevice>,
+}
+
+impl Schedule {
+    /// Fence devices for one schedule in two, drawn on a generator of their own (`seed`), so the
+    /// faults of a seed stay what they were: every host gets one, each confirming (most),
+    /// slow, failing or lying.
+    pub fn draw_fence_devices(&mut self, seed: u64, hosts: &[String]) {
+        let mut rng = Rng::new(seed ^ 0x000F_E4CE);
+        if rng.below(2) == 0 {
+            return;
+        }
+        for host in hosts {
+            let device = match rng.below(10) {
+                0..=5 => FenceDevice::Confirms,
+                6 => FenceDevice::Slow,
+                7 => FenceDevice::Fails,
+                _ => FenceDevice::Lies,
+            };
+            self.fence_devices.insert(host.clone(), device);
+        }
+    }
 }
 
 impl Schedule {
@@ -205,7 +262,10 @@ impl Schedule {
             .iter()
             .copied()
             .filter(|f| {
-                !FaultKind::STALLS.contains(f) && !FaultKind::OPERATIONS.contains(f) && !FaultKind::OUTSIDE.contains(f)
+                !FaultKind::STALLS.contains(f)
+                    && !FaultKind::OPERATIONS.contains(f)
+                    && !FaultKind::OUTSIDE.contains(f)
+                    && !FaultKind::DEVICES.contains(f)
             })
             .collect();
         let mut starts = Rng::new(rng.clone().next_u64() ^ 0x0075_1DE0_0075_1DE0);
@@ -296,7 +356,7 @@ impl Schedule {
             faults.push(Fault { at, duration, kind });
         }
         faults.sort_by_key(|f| f.at);
-        Self { faults }
+        Self { faults, fence_devices: BTreeMap::new() }
     }
 }
 

@@ -13,7 +13,7 @@ mod faults;
 pub mod scenario;
 mod world;
 
-pub use faults::{Fault, FaultKind, FaultParseError, Schedule, parse_duration};
+pub use faults::{Fault, FaultKind, FaultParseError, FenceDevice, Schedule, parse_duration};
 pub use halo_core::Millis;
 pub use world::{Outcome, PlanSnapshot, Sim, SimOptions, TimelineEntry, TimelineKind};
 

@@ -65,8 +65,15 @@ pub fn random_case(
     let mut rng = Rng::new(seed);
     let names: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
     let vm_names: Vec<String> = config.vms.iter().map(|v| v.name.clone()).collect();
-    let schedule =
+    let mut schedule =
         Schedule::random(&mut rng, &names, &vm_names, &config.networks, &config.datastores, families, duration);
+    let mut config = config;
+    if families.contains(&"fence") {
+        schedule.draw_fence_devices(seed, &names);
+        for host in &mut config.hosts {
+            host.fenceable = schedule.fence_devices.contains_key(&host.name);
+        }
+    }
     (config, schedule)
 }
 

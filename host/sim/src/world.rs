@@ -15,7 +15,7 @@ use halo_core::{
 use serde::Serialize;
 
 use crate::Rng;
-use crate::faults::{Fault, FaultKind, Schedule};
+use crate::faults::{Fault, FaultKind, FenceDevice, Schedule};
 
 /// Tunables of a run.
 #[derive(Debug, Clone)]
@@ -235,6 +235,13 @@ enum Ev {
     /// Host `h`'s catalog task reads the run-time changes of `version` (stale versions are
     /// skipped: it applies only the newest).
     Apply(usize, u64),
+    /// A fence device finished: it powered `target` off (or not) and answers the master.
+    Fenced {
+        master: (usize, u64),
+        target: usize,
+        power_off: bool,
+        result: Result<String, String>,
+    },
 }
 
 /// What the operator did, as the simulator knows it (its truth, not any node's view): the
@@ -325,6 +332,11 @@ pub struct Sim<'p> {
     /// Copies of protected VMs started outside halo: VM → (the copy's host, the host of the
     /// copy halo started, when).
     outside: BTreeMap<String, (usize, usize, Millis)>,
+    /// Fences the master called off (master, target): the device does nothing more.
+    fence_cancelled: BTreeSet<(usize, usize)>,
+    /// Hosts a lying device said were off (their VMs count as lost for the proof rule: halo
+    /// had a device's word, the one kind of proof a lying device can fake).
+    lied_off: BTreeSet<usize>,
 }
 
 impl<'p> Sim<'p> {
@@ -380,6 +392,8 @@ impl<'p> Sim<'p> {
             plans: Vec::new(),
             operator: Operator::default(),
             outside: BTreeMap::new(),
+            fence_cancelled: BTreeSet::new(),
+            lied_off: BTreeSet::new(),
         };
         // VMs start where they belong, generation 1; hosts with room only.
         let mut free: Vec<u64> = sim.config.hosts.iter().map(|h| h.memory_mib).collect();
@@ -513,11 +527,32 @@ impl<'p> Sim<'p> {
                     self.note(
                         Severity::Info,
                         TimelineKind::HostBooted,
-                        format!("{} booted after the watchdog reset", self.hosts[h].name),
+                        format!("{} booted again (after a watchdog reset or a fence)", self.hosts[h].name),
                     );
                 }
             }
             Ev::PlanSnapshot(label) => self.snapshot_plan(label),
+            Ev::Fenced { master, target, power_off, result } => {
+                if self.fence_cancelled.remove(&(master.0, target)) {
+                    return;
+                }
+                let name = self.hosts[target].name.clone();
+                if power_off && self.hosts[target].up {
+                    self.crash_host(target);
+                    self.note(
+                        Severity::Warning,
+                        TimelineKind::Fault("fenced"),
+                        format!("{name} powered off by its fence device"),
+                    );
+                    let boot = self.hosts[target].boot;
+                    self.push(self.now + 10_000, Ev::Reboot(target, boot));
+                } else if result.is_ok() && !power_off {
+                    self.lied_off.insert(target);
+                }
+                if self.hosts[master.0].agent_epoch == master.1 {
+                    self.deliver(master.0, 0, Input::FenceResult { host: name, result });
+                }
+            }
             Ev::Operate { command, until } => self.operate(command, until),
             Ev::Apply(h, version) => {
                 if version != self.operator.version || !self.hosts[h].up || self.hosts[h].node.is_none() {
@@ -695,7 +730,8 @@ impl<'p> Sim<'p> {
             }
             // Invariant 2: a restart elsewhere needs proof of death or a recorded stop.
             let elsewhere = self.last_host.get(&vm).is_some_and(|&last| last != host);
-            if elsewhere && !self.lost_at.contains_key(&vm) && !self.stopped_by_host.contains(&vm) {
+            let lied = self.last_host.get(&vm).is_some_and(|last| self.lied_off.contains(last));
+            if elsewhere && !self.lost_at.contains_key(&vm) && !self.stopped_by_host.contains(&vm) && !lied {
                 self.violation(format!(
                     "{vm} restarted on {host_name} without its host being dead or having stopped it"
                 ));
@@ -1152,14 +1188,30 @@ impl DatastoreDriver for HostDrivers<'_, '_> {
 }
 
 impl FenceDriver for HostDrivers<'_, '_> {
-    /// The simulated hosts have no fence devices (none is fenceable): nothing is powered off.
+    /// The host's simulated device (`Schedule::fence_devices`): it powers the host off (a
+    /// crash, as a BMC cuts the power) and confirms, slowly or not, fails, or lies. The master
+    /// reaches it whatever its networks (a BMC network of its own).
     fn fence_host(&mut self, host: &str) {
         let (s, h) = (&mut *self.sim, self.h);
-        let result = Err(format!("{host} has no fence device in the simulator"));
-        s.deliver(h, 100, Input::FenceResult { host: host.to_string(), result });
+        let Some(&target) = s.index.get(host) else { return };
+        let device = s.schedule.fence_devices.get(host).copied();
+        let master = (h, s.hosts[h].agent_epoch);
+        let (delay, power_off, result) = match device {
+            None => (100, false, Err(format!("{host} has no fence device in the simulator"))),
+            Some(FenceDevice::Confirms) => (300, true, Ok("sim-bmc".to_string())),
+            Some(FenceDevice::Slow) => (5_000, true, Ok("sim-bmc (slow)".to_string())),
+            Some(FenceDevice::Fails) => (1_000, false, Err("sim-bmc: no answer".to_string())),
+            Some(FenceDevice::Lies) => (300, false, Ok("sim-bmc (lying)".to_string())),
+        };
+        s.push(s.now + delay, Ev::Fenced { master, target, power_off, result });
     }
 
-    fn cancel_fence(&mut self, _host: &str) {}
+    fn cancel_fence(&mut self, host: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        if let Some(&target) = s.index.get(host) {
+            s.fence_cancelled.insert((h, target));
+        }
+    }
 }
 
 impl PingDriver for HostDrivers<'_, '_> {

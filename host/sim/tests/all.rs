@@ -13,7 +13,7 @@ fn run(hosts: usize, vms: usize, faults: Vec<Fault>, seed: u64, duration: u64) -
     config.timeouts = Timeouts::CONSERVATIVE;
     config.validate().expect("valid config");
     let mut policies = BuiltinPolicies;
-    Sim::new(config, Schedule { faults }, SimOptions::new(seed, duration), &mut policies).run()
+    Sim::new(config, Schedule { faults, ..Schedule::default() }, SimOptions::new(seed, duration), &mut policies).run()
 }
 
 fn dump(outcome: &Outcome) -> String {
@@ -57,7 +57,9 @@ fn matrix_failed_host_default_timeouts() {
     let faults = vec![Fault { at: 10_000, duration: 600_000, kind: FaultKind::HostCrash { host: "host-2".into() } }];
     let config = cluster(4, 12);
     assert_eq!(config.timeouts, Timeouts::default());
-    let o = Sim::new(config, Schedule { faults }, SimOptions::new(1, 60_000), &mut BuiltinPolicies).run();
+    let o =
+        Sim::new(config, Schedule { faults, ..Schedule::default() }, SimOptions::new(1, 60_000), &mut BuiltinPolicies)
+            .run();
     assert_clean(&o);
     assert_eq!(kinds(&o, EventKind::VmRestarted), 2, "{}", dump(&o));
     // Dead-time 3 s, then ping, claim and start.
@@ -143,14 +145,19 @@ fn random_run_with(seed: u64, families: &[&str], timeouts: Timeouts) -> Outcome 
 }
 
 /// Seeds that once broke safety, pinned: 235 (quorum counted datastore-only peers), 622
-/// (a restarted agent's start-up grace), 860 (VMs taken for vanished from a first heartbeat).
+/// (a restarted agent's start-up grace), 860 (VMs taken for vanished from a first heartbeat);
+/// with fence devices (issue 17): 10 (an agent paused, a lying device: a host that answers
+/// ping is never fenced), 270 (a partitioned host frozen 1.4 s, a lying device: a fenceable
+/// host holds its VMs after a gap of the detection time), 10092 (conservative timeouts).
 #[test]
 fn seeds_that_once_ran_a_vm_twice_stay_safe() {
     let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
-    for seed in [235, 622, 860] {
+    for seed in [235, 622, 860, 10, 270] {
         let o = random_run(seed, &families);
         assert!(o.violations.is_empty(), "seed {seed}: {:#?}\n{}", o.violations, dump(&o));
     }
+    let o = random_run_with(10_092, &families, Timeouts::CONSERVATIVE);
+    assert!(o.violations.is_empty(), "seed 10092: {:#?}\n{}", o.violations, dump(&o));
 }
 
 /// Random schedules, mixed faults, 3–16 hosts, with the default timeouts. HALO_SIM_SCHEDULES
@@ -238,7 +245,7 @@ fn a_rebooted_host_is_running_again_at_once() {
         let faults = vec![Fault { at: 15_000, duration: 30_000, kind: FaultKind::HostCrash { host: "host-2".into() } }];
         let mut opts = SimOptions::new(seed, 90_000);
         opts.verbose = true;
-        let o = Sim::new(cluster(4, 12), Schedule { faults }, opts, &mut BuiltinPolicies).run();
+        let o = Sim::new(cluster(4, 12), Schedule { faults, ..Schedule::default() }, opts, &mut BuiltinPolicies).run();
         assert_clean(&o);
         let after_boot: Vec<String> = o
             .timeline
@@ -273,6 +280,50 @@ fn matrix_running_host_with_one_network_cut_nothing_happens() {
     }
 }
 
+/// Issue 17: a 3-host cluster, default timeouts, every host with a fence device behaving as
+/// `device`; host-2 suffers `kind` at 10 s.
+fn fence_run(kind: FaultKind, device: halo_sim::FenceDevice) -> Outcome {
+    let mut config = cluster(3, 6);
+    for host in &mut config.hosts {
+        host.fenceable = true;
+    }
+    let faults = vec![Fault { at: 10_000, duration: 20_000, kind }];
+    let fence_devices = config.hosts.iter().map(|h| (h.name.clone(), device)).collect();
+    let mut opts = SimOptions::new(7, 60_000);
+    opts.verbose = true;
+    Sim::new(config, Schedule { faults, fence_devices }, opts, &mut BuiltinPolicies).run()
+}
+
+#[test]
+fn a_confirming_fence_device_restarts_a_crashed_hosts_vms_before_the_dead_time() {
+    let o = fence_run(FaultKind::HostCrash { host: "host-2".into() }, halo_sim::FenceDevice::Confirms);
+    assert_clean(&o);
+    assert_eq!(kinds(&o, EventKind::HostFencedOff), 1, "{}", dump(&o));
+    assert!(!o.failover_latencies.is_empty(), "{}", dump(&o));
+    let dead_time = Timeouts::default().dead_time_ms;
+    assert!(o.failover_latencies.iter().all(|&ms| ms < dead_time), "{:?}\n{}", o.failover_latencies, dump(&o));
+}
+
+#[test]
+fn fence_devices_that_fail_lie_or_are_slow_never_run_a_vm_twice() {
+    use halo_sim::FenceDevice::{Fails, Lies, Slow};
+    for device in [Fails, Lies, Slow] {
+        for kind in [
+            FaultKind::HostCrash { host: "host-2".into() },
+            FaultKind::Isolate { host: "host-2".into(), datastores: true },
+            FaultKind::Isolate { host: "host-2".into(), datastores: false },
+            FaultKind::HostFreeze { host: "host-2".into() },
+        ] {
+            let o = fence_run(kind.clone(), device);
+            assert_clean(&o);
+            if device == Lies && matches!(kind, FaultKind::Isolate { datastores: true, .. }) {
+                // Cut off from everything: it held its VMs before the lie could matter.
+                assert!(kinds(&o, EventKind::VmsHeld) >= 1, "{device:?} {kind:?}\n{}", dump(&o));
+            }
+        }
+    }
+}
+
 /// Issue 14's faults with the default timeouts, on a 3-host cluster of 6 protected VMs.
 fn stall_run(kind: FaultKind, duration: u64, watchdog: bool) -> Outcome {
     let config = cluster(3, 6);
@@ -281,7 +332,7 @@ fn stall_run(kind: FaultKind, duration: u64, watchdog: bool) -> Outcome {
     let mut opts = SimOptions::new(3, 60_000);
     opts.watchdog = watchdog;
     opts.verbose = true;
-    Sim::new(config, Schedule { faults }, opts, &mut BuiltinPolicies).run()
+    Sim::new(config, Schedule { faults, ..Schedule::default() }, opts, &mut BuiltinPolicies).run()
 }
 
 #[test]

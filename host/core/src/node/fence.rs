@@ -5,8 +5,10 @@
 //!   its partition at least half the hosts) fences, never more hosts at once than the
 //!   blast-radius limit allows, and only a host with fence devices (`HostSpec::fenceable`)
 //!   that has been silent on every network **and** every datastore for the detection time
-//!   (`Timeouts::detection_time_ms`, 1 s). A host alive on storage is in another partition and
-//!   is never fenced (as without fencing: its VMs are not restarted).
+//!   (`Timeouts::detection_time_ms`, 1 s) and does not answer ping (pinged early, so the answer
+//!   is in by then). A host alive on storage is in another partition, and one that answers ping
+//!   has a stopped or hung agent (its VMs may run): neither is fenced (as without fencing, their
+//!   VMs are not restarted; a hung host's watchdog resets it).
 //! - **The proof.** Once a device confirms the host is off (`Input::FenceResult`), the host
 //!   counts as failed — its VMs are claimed and restarted at once — if the datastores agree:
 //!   read since the fence was asked for, its counter has not advanced since. A counter that
@@ -22,6 +24,7 @@
 
 use super::{Action, EventKind, Node, Severity, Verdict};
 use crate::Millis;
+use crate::classify::PingSignal;
 
 /// Where a master is with fencing a peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,7 +71,14 @@ impl Node {
         let candidates: Vec<String> = self
             .peers
             .iter()
-            .filter(|(name, p)| p.fence == Fence::None && self.config.host(name).is_some_and(|h| h.fenceable))
+            // Its kernel does not answer ping either: a host whose agent is stopped or hung
+            // (its VMs may run) is never fenced on the fast path — a device that wrongly says
+            // "off" must not restart VMs that run.
+            .filter(|(name, p)| {
+                p.fence == Fence::None
+                    && p.ping == PingSignal::NoAnswer
+                    && self.config.host(name).is_some_and(|h| h.fenceable)
+            })
             .filter(|(name, _)| {
                 self.signals(name).is_some_and(|s| {
                     // (A counter is seen to advance up to a read interval after it was
@@ -370,6 +380,53 @@ mod tests {
     }
 
     #[test]
+    fn a_host_that_answers_ping_is_never_fenced() {
+        // Silent everywhere but its kernel answers: its agent is stopped or hung, its VMs may
+        // run. A device would be asked to power off a running host; a lying one would let the
+        // master restart running VMs. Neither happens; the dead-time path says "agent down".
+        let mut config = cluster(3, 2);
+        config.hosts[1].fenceable = true;
+        let mut node = Node::new("host-1", config, 0);
+        let mut p = BuiltinPolicies;
+        let mut all = Vec::new();
+        for now in (0..30_000).step_by(100) {
+            let mut inputs = vec![Input::Tick];
+            if now % 1000 == 0 {
+                let seq = now / 1000 + 1;
+                inputs.push(beat_with("host-3", seq, &[("host-1", seq)], vec![]));
+                if now < 5_000 {
+                    let vms = vec![VmReport { vm: "vm-1".into(), generation: 1 }];
+                    inputs.push(beat_with("host-2", seq, &[("host-1", seq)], vms));
+                }
+                inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+                let records = vec![
+                    DatastoreRecord {
+                        host: "host-2".into(),
+                        counter: now.min(4_000),
+                        isolated: false,
+                        stopped: vec![],
+                    },
+                    DatastoreRecord { host: "host-3".into(), counter: now, isolated: false, stopped: vec![] },
+                ];
+                inputs.push(Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) });
+            }
+            let mut queue: std::collections::VecDeque<Input> = inputs.into();
+            while let Some(input) = queue.pop_front() {
+                for action in node.handle(now, input, &mut p) {
+                    if let Action::Ping { target } = &action {
+                        queue.push_back(Input::PingResult { target: target.clone(), answered: true });
+                    }
+                    all.push((now, action));
+                }
+            }
+        }
+        assert!(first(&all, |a| matches!(a, Action::Ping { .. })).is_some_and(|at| at < 4_000 + 4_000), "pinged early");
+        assert!(first(&all, |a| matches!(a, Action::FenceHost { .. })).is_none(), "{:?}", kinds(&all));
+        assert!(first(&all, claimed).is_none());
+        assert!(kinds(&all).contains(&EventKind::HostAgentDown), "{:?}", kinds(&all));
+    }
+
+    #[test]
     fn a_host_heard_again_while_being_fenced_calls_the_fence_off_and_a_late_answer_is_ignored() {
         let mut config = cluster(3, 2);
         config.hosts[1].fenceable = true;
@@ -405,7 +462,8 @@ mod tests {
             }
         }
         let asked = first(&all, |a| matches!(a, Action::FenceHost { .. })).expect("fenced");
-        assert_eq!(asked, 4_000 + t.detection_time_ms);
+        // (Its ping is never answered here: "no answer" once the ping timeout passed.)
+        assert!((4_000 + t.detection_time_ms..=4_000 + t.detection_time_ms + 200).contains(&asked), "{asked}");
         let cancelled =
             first(&all, |a| matches!(a, Action::CancelFence { host } if host == "host-2")).expect("called off");
         assert_eq!(cancelled, 11_000, "called off when heard again");

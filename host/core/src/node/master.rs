@@ -209,6 +209,10 @@ impl Node {
             }
             let Some(signals) = (if stale_ping { self.signals(&name) } else { Some(signals) }) else { continue };
             let (verdict, ping_now) = signals.classify();
+            // A host with fence devices is pinged early, so that whether its kernel answers is
+            // known by the detection time (a fence needs no answer: `fence`).
+            let fenceable = self.config.host(&name).is_some_and(|h| h.fenceable);
+            let fence_lead = fenceable && signals.nearly_silent_for(t.detection_time_ms);
             // A device confirmed it off and the datastores agree: failed now (`fence`). Heard
             // again since (it booted), fencing is over.
             let fenced = if signals.silent_for(t.detection_time_ms) {
@@ -219,9 +223,10 @@ impl Node {
             };
             let verdict = fenced.unwrap_or(verdict);
             let Some(peer) = self.peers.get_mut(&name) else { continue };
-            if !signals.nearly_dead() {
+            if !signals.nearly_dead() && !fence_lead {
                 peer.ping = PingSignal::NotAsked;
             }
+            let ping_now = ping_now || (fence_lead && peer.ping == PingSignal::NotAsked);
             if ping_now {
                 peer.ping = PingSignal::Pending;
                 peer.ping_at = self.now;

@@ -97,7 +97,16 @@ impl Node {
         self.next_heartbeat = self.now;
         self.next_datastore = self.now;
         self.next_evaluation = self.now;
-        let hold = gap_ms >= t.hold_gap_ms() && self.ha_enabled && !self.ha_disabled_here;
+        // A host with fence devices may have been fenced and its VMs restarted as soon as the
+        // detection time passed (a device that wrongly said "off"): it holds after a gap that
+        // long less an interval (simulator seed 270).
+        let fenceable = self.config.host(&self.name).is_some_and(|h| h.fenceable);
+        let hold_gap = if fenceable {
+            t.hold_gap_ms().min(t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms))
+        } else {
+            t.hold_gap_ms()
+        };
+        let hold = gap_ms >= hold_gap && self.ha_enabled && !self.ha_disabled_here;
         let to_hold: Vec<(String, u64)> = if hold {
             self.local_vms
                 .iter()

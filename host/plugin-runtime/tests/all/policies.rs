@@ -12,7 +12,13 @@ use crate::{placement_input, plugin, runtime};
 
 fn crash_host_2(policies: &mut dyn Policies) -> Outcome {
     let fault: Fault = "crash:host-2@15s/600s".parse().expect("valid fault");
-    Sim::new(demo_cluster(), Schedule { faults: vec![fault] }, SimOptions::new(11, 60_000), policies).run()
+    Sim::new(
+        demo_cluster(),
+        Schedule { faults: vec![fault], ..Schedule::default() },
+        SimOptions::new(11, 60_000),
+        policies,
+    )
+    .run()
 }
 
 fn kinds(outcome: &Outcome, kind: EventKind) -> usize {

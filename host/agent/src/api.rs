@@ -97,6 +97,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/vms/{vm}/migrate", post(migrate))
         .route("/api/v1/vms/{vm}/start", post(start))
         .route("/api/v1/hosts/{host}/maintenance", post(maintenance))
+        .route("/api/v1/hosts/{host}/fence", post(fence))
         .route("/api/v1/plan", get(plan))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
@@ -564,6 +565,30 @@ async fn maintenance(State(api): Ctx, headers: HeaderMap, Path(host): Path<Strin
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FenceBody {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn fence(State(api): Ctx, headers: HeaderMap, Path(host): Path<String>, bytes: Bytes) -> Reply {
+    let request: FenceBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    if !api.config.hosts.iter().any(|h| h.name == host) {
+        return error(StatusCode::NOT_FOUND, format!("no host named {host}"));
+    }
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), &format!("fencing {host}")) {
+        Err(e) => e,
+        Ok(Some(m)) => {
+            forward(&api, &m, &Method::POST, &format!("/api/v1/hosts/{host}/fence"), Some(bytes.to_vec())).await
+        }
+        Ok(None) => command(&api, Command::FenceHost { host, force: request.force }).await,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PlanQuery {
     #[serde(default)]
     fail: Option<String>,
@@ -872,6 +897,25 @@ async fn metrics(State(api): Ctx) -> Response {
             .map(|v| {
                 let copies = if v.copies.is_empty() { usize::from(v.host.is_some()) } else { v.copies.len() };
                 format!("halo_vm_copies{{vm=\"{}\"}} {copies}", esc(&v.name))
+            })
+            .collect(),
+    );
+    push(
+        "halo_fence_device_up",
+        "gauge",
+        "Whether each host's fence device answered its last status check (master only; 0: fencing that host would fail).",
+        status
+            .hosts
+            .iter()
+            .flat_map(|h| {
+                h.fence.iter().map(move |d| {
+                    format!(
+                        "halo_fence_device_up{{host=\"{}\",device=\"{}\"}} {}",
+                        esc(&h.name),
+                        esc(&d.device),
+                        u8::from(d.ok)
+                    )
+                })
             })
             .collect(),
     );

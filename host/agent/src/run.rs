@@ -120,6 +120,27 @@ impl FenceDriver for AgentDrivers {
         });
     }
 
+    /// On a blocking thread: every device's `status`, in order.
+    fn monitor_fence(&mut self, host: &str) {
+        let (devices, inputs, host) = (Arc::clone(&self.fence_devices), self.inputs.clone(), host.to_string());
+        self.runtime.spawn_blocking(move || {
+            let devices: Vec<(String, Result<String, String>)> = devices
+                .get(&host)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|device| {
+                    let answer = device.status().map(|power| match power {
+                        crate::fence::Power::On => "on".to_string(),
+                        crate::fence::Power::Off => "off".to_string(),
+                    });
+                    (device.name(), answer)
+                })
+                .collect();
+            let _ = inputs.blocking_send(Input::FenceMonitored { host, devices });
+        });
+    }
+
     fn cancel_fence(&mut self, host: &str) {
         if let Some(flag) = self.fencing.lock().unwrap_or_else(|p| p.into_inner()).get(host) {
             flag.store(true, std::sync::atomic::Ordering::Relaxed);

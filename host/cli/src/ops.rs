@@ -367,10 +367,38 @@ pub enum HostCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Power a host off through its fence devices (the master asks them in order); its VMs
+    /// restart elsewhere once a device confirms it is off. Refused while the host is heard
+    /// (it runs) unless --force.
+    Fence {
+        /// The host.
+        host: String,
+        /// Even though the host is heard: its running VMs stop with it.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Ask a host's fence devices for its power state (`status`, read only) from this
+    /// machine, with the configuration's devices: does fencing work before it is needed?
+    FenceTest {
+        /// The host.
+        host: String,
+        /// The agent's config (its `[[hosts.fence]]`).
+        #[arg(long, default_value = "/etc/halo/halo.toml")]
+        config: PathBuf,
+    },
 }
 
 pub fn host(command: HostCommand) -> anyhow::Result<ExitCode> {
-    let HostCommand::Maintenance { action, host, no_wait, timeout, api } = command;
+    let (action, host, no_wait, timeout, api) = match command {
+        HostCommand::Maintenance { action, host, no_wait, timeout, api } => (action, host, no_wait, timeout, api),
+        HostCommand::Fence { host, force, yes, api } => return fence(&host, force, yes, &api),
+        HostCommand::FenceTest { host, config } => return fence_test(&host, &config),
+    };
     let agent = api.agent()?;
     let enter = action == "enter";
     let since = EventsSeen::now(&agent)?;
@@ -390,6 +418,62 @@ pub fn host(command: HostCommand) -> anyhow::Result<ExitCode> {
         "migration-failed" | "evacuation-blocked" | "maintenance-refused" => Step::Fail,
         _ => Step::Skip,
     })
+}
+
+fn fence(host: &str, force: bool, yes: bool, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    if !yes {
+        use std::io::IsTerminal as _;
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("halo host fence powers {host} off: confirm with --yes (standard input is not a terminal)");
+        }
+        eprint!("Power {host} off through its fence devices? Every VM running there stops. [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            outln!("not fenced");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let agent = api.agent()?;
+    let since = EventsSeen::now(&agent)?;
+    agent.call("POST", &format!("/api/v1/hosts/{host}/fence"), Some(json!({ "force": force })))?;
+    outln!("{host}: the master powers it off through its fence devices");
+    let (on, off) = (format!("{host}: powered off"), format!("{host}: fencing failed"));
+    follow(&agent, since, Duration::from_secs(120), |event| match event.0.as_str() {
+        "host-fenced" if event.1.starts_with(&on) => Step::Done,
+        "fence-failed" if event.1.starts_with(&off) => Step::Fail,
+        _ => Step::Skip,
+    })
+}
+
+fn fence_test(host: &str, config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = halo_agent::AgentConfig::load(config)?;
+    let entry = config.hosts.iter().find(|h| h.name == host).with_context(|| format!("no host named {host}"))?;
+    if entry.fence.is_empty() {
+        anyhow::bail!("{host} has no fence device in the configuration ([[hosts.fence]])");
+    }
+    let mut ok = true;
+    for (i, device) in entry.fence.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let status = device.status();
+        let took = started.elapsed().as_secs_f64();
+        match status {
+            Ok(power) => outln!(
+                "level {}: {}: {host} is {} ({took:.2} s)",
+                i + 1,
+                device.name(),
+                match power {
+                    halo_agent::fence::Power::On => "on",
+                    halo_agent::fence::Power::Off => "off",
+                }
+            ),
+            Err(why) => {
+                ok = false;
+                outln!("level {}: {}: FAILED ({took:.2} s): {why}", i + 1, device.name());
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `halo migrate VM HOST`.

@@ -138,6 +138,14 @@ impl Signals {
         self.age(self.seq_advanced_at).is_none_or(|age| age >= ms)
     }
 
+    /// It fell silent on the networks and on the datastores at about the same time (within
+    /// `margin`), as a host that died does; a host whose datastore counter went on for longer
+    /// was alive in another partition when its network fell silent.
+    pub fn silent_together(&self, margin: Millis) -> bool {
+        let (Some(net), Some(ds)) = (self.age(self.seq_advanced_at), self.datastore_age()) else { return true };
+        net.saturating_sub(ds) <= margin
+    }
+
     /// No datastore counter of it advanced for `ms`.
     pub fn datastore_silent_for(&self, ms: Millis) -> bool {
         self.datastore_age().is_none_or(|age| age >= ms)

@@ -94,6 +94,9 @@ pub struct Timeouts {
     /// datastore for this long less a heartbeat interval, pauses its protected VMs (so a
     /// device that says "off" wrongly never lets a VM run twice).
     pub detection_time_ms: Millis,
+    /// How often the master asks every fence device for its host's power state (`status`): a
+    /// device that fails it raises an alert before it is needed.
+    pub fence_monitor_interval_ms: Millis,
     /// First retry delay for a `restart` VM that could not be placed or started; doubles.
     pub retry_backoff_ms: Millis,
     /// Upper bound of the retry delay.
@@ -114,6 +117,7 @@ impl Timeouts {
         ping_timeout_ms: 1_000,
         start_timeout_ms: 30_000,
         detection_time_ms: 4_000,
+        fence_monitor_interval_ms: 60_000,
         retry_backoff_ms: 2_000,
         retry_backoff_max_ms: 60_000,
     };
@@ -134,6 +138,7 @@ impl Default for Timeouts {
             ping_timeout_ms: 500,
             start_timeout_ms: 30_000,
             detection_time_ms: 1_000,
+            fence_monitor_interval_ms: 60_000,
             retry_backoff_ms: 2_000,
             retry_backoff_max_ms: 60_000,
         }
@@ -267,6 +272,7 @@ impl ClusterConfig {
             ("timeouts.ping-timeout-ms", t.ping_timeout_ms),
             ("timeouts.start-timeout-ms", t.start_timeout_ms),
             ("timeouts.retry-backoff-ms", t.retry_backoff_ms),
+            ("timeouts.fence-monitor-interval-ms", t.fence_monitor_interval_ms),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be more than 0"));

@@ -64,6 +64,8 @@ pub trait FenceDriver {
     fn fence_host(&mut self, host: &str);
     /// Calls off a fence of `host` under way (its agents are killed); no answer.
     fn cancel_fence(&mut self, host: &str);
+    /// Asks `host`'s devices for its power state; answers `Input::FenceMonitored`.
+    fn monitor_fence(&mut self, host: &str);
 }
 
 /// Where events go: the event log, alerts.
@@ -94,6 +96,7 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::CheckClaim { vm, generation } => drivers.check_claim(&vm, generation),
         Action::FenceHost { host } => drivers.fence_host(&host),
         Action::CancelFence { host } => drivers.cancel_fence(&host),
+        Action::MonitorFence { host } => drivers.monitor_fence(&host),
         Action::Record(event) => drivers.record(event),
     }
 }
@@ -132,6 +135,9 @@ mod tests {
         }
         fn cancel_fence(&mut self, host: &str) {
             self.0.push(format!("cancel fence {host}"));
+        }
+        fn monitor_fence(&mut self, host: &str) {
+            self.0.push(format!("monitor fence {host}"));
         }
     }
     impl PingDriver for Calls {

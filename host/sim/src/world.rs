@@ -1022,7 +1022,7 @@ impl<'p> Sim<'p> {
             Command::StartVm { vm, .. } => {
                 self.operator.stopped.remove(vm);
             }
-            Command::SetHaEnabled(_) | Command::SetHostHaDisabled(_) => {}
+            Command::SetHaEnabled(_) | Command::SetHostHaDisabled(_) | Command::FenceHost { .. } => {}
         }
         self.feed(h, Input::Command(command));
         self.operator.migrating = None;
@@ -1211,6 +1211,19 @@ impl FenceDriver for HostDrivers<'_, '_> {
         if let Some(&target) = s.index.get(host) {
             s.fence_cancelled.insert((h, target));
         }
+    }
+
+    fn monitor_fence(&mut self, host: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let Some(&target) = s.index.get(host) else { return };
+        let answer = match s.schedule.fence_devices.get(host) {
+            None => return,
+            Some(FenceDevice::Fails) => Err("sim-bmc: no answer".to_string()),
+            Some(FenceDevice::Lies) => Ok("off".to_string()),
+            Some(_) => Ok(if s.hosts[target].up { "on" } else { "off" }.to_string()),
+        };
+        let devices = vec![("sim-bmc".to_string(), answer)];
+        s.deliver(h, 300, Input::FenceMonitored { host: host.to_string(), devices });
     }
 }
 

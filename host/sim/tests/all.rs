@@ -148,11 +148,13 @@ fn random_run_with(seed: u64, families: &[&str], timeouts: Timeouts) -> Outcome 
 /// (a restarted agent's start-up grace), 860 (VMs taken for vanished from a first heartbeat);
 /// with fence devices (issue 17): 10 (an agent paused, a lying device: a host that answers
 /// ping is never fenced), 270 (a partitioned host frozen 1.4 s, a lying device: a fenceable
-/// host holds its VMs after a gap of the detection time), 10092 (conservative timeouts).
+/// host holds its VMs after a gap of the detection time), 417 (a partitioned host's agent
+/// paused, a lying device: only a host silent on network and storage together is fenced),
+/// 10092 (conservative timeouts).
 #[test]
 fn seeds_that_once_ran_a_vm_twice_stay_safe() {
     let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
-    for seed in [235, 622, 860, 10, 270] {
+    for seed in [235, 622, 860, 10, 270, 417] {
         let o = random_run(seed, &families);
         assert!(o.violations.is_empty(), "seed {seed}: {:#?}\n{}", o.violations, dump(&o));
     }

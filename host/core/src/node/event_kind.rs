@@ -120,6 +120,10 @@ event_kinds! {
     HostFencedOff => "host-fenced",
     /// Fencing a host failed or was not allowed: it is judged by the dead-time.
     FenceFailed => "fence-failed",
+    /// A fence device did not answer its status: fencing that host would fail.
+    FenceDeviceFailed => "fence-device-failed",
+    /// A fence device answers its status again.
+    FenceDeviceOk => "fence-device-ok",
     /// A host was heard again while being fenced: the fence is called off.
     FenceCancelled => "fence-cancelled",
     /// A device said a host is off but the host still writes its datastore heartbeat.

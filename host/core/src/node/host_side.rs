@@ -461,6 +461,7 @@ impl Node {
             Command::ExitMaintenance(host) => self.exit_maintenance(&host),
             Command::MigrateVm { vm, to } => self.migrate_one(&vm, &to),
             Command::StartVm { vm, on } => self.start_one(&vm, on.as_deref()),
+            Command::FenceHost { host, force } => self.fence_on_request(&host, force),
         }
     }
 }

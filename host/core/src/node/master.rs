@@ -258,6 +258,7 @@ impl Node {
     pub(super) fn master_step(&mut self, policies: &mut dyn Policies) {
         self.classify_peers();
         self.watch_fence_triggers();
+        self.monitor_fences();
         // Always, HA on or off (off: alerts only).
         self.check_exclusivity();
         if !self.ha_enabled {

@@ -19,6 +19,7 @@
 mod event_kind;
 mod exclusivity;
 mod fence;
+pub use fence::DeviceAnswers;
 mod host_side;
 mod master;
 
@@ -39,7 +40,7 @@ use crate::policies::Policies;
 use crate::wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, VmReport};
 
 pub use master::{MasterState, Restart, RestartState};
-pub use status::{ClusterStatus, HostStatus, VmStatus, WhatIf};
+pub use status::{ClusterStatus, FenceDeviceHealth, HostStatus, VmStatus, WhatIf};
 
 /// Why halo stopped a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +119,15 @@ pub enum Command {
         vm: String,
         /// The host to start it on (none: where the placement policy puts it).
         on: Option<String>,
+    },
+    /// Power a host off through its fence devices (to the master): refused while it is heard
+    /// unless `force`. Once a device confirms it is off and the datastores agree, its VMs are
+    /// restarted as for any failed host.
+    FenceHost {
+        /// The host.
+        host: String,
+        /// Even though it is heard (it runs): its VMs stop with it and restart elsewhere.
+        force: bool,
     },
 }
 
@@ -207,6 +217,14 @@ pub enum Input {
     KeptAlive {
         /// The last sequence number sent.
         seq: u64,
+    },
+    /// A host's fence devices answered `status` (`Action::MonitorFence`): per device, in
+    /// order, its name and the power state it reports (`on`/`off`) or why it failed.
+    FenceMonitored {
+        /// The host.
+        host: String,
+        /// Per device.
+        devices: fence::DeviceAnswers,
     },
     /// A fence finished (`Action::FenceHost`).
     FenceResult {
@@ -328,6 +346,12 @@ pub enum Action {
     },
     /// Power a host off through its fence devices (master); answers `Input::FenceResult`.
     FenceHost {
+        /// The host.
+        host: String,
+    },
+    /// Ask a host's fence devices for its power state (read only); answers
+    /// `Input::FenceMonitored`.
+    MonitorFence {
         /// The host.
         host: String,
     },
@@ -459,6 +483,10 @@ pub struct Node {
     held: BTreeMap<String, resume::Hold>,
     /// Hosts the operator was told the blast-radius limit kept from being fenced.
     fence_limit_told: BTreeSet<String>,
+    /// The last answer of every host's fence devices to `status` (master).
+    fence_health: BTreeMap<String, fence::DeviceAnswers>,
+    /// When the master next asks them.
+    fence_monitor_due: Millis,
     /// VMs this node asked its driver to stop and whose stop it has not heard of yet: libvirt
     /// reports halo's own power-off as a stop from outside too.
     stopping: BTreeSet<String>,
@@ -507,6 +535,8 @@ impl Node {
             resumed_at: None,
             held: BTreeMap::new(),
             fence_limit_told: BTreeSet::new(),
+            fence_health: BTreeMap::new(),
+            fence_monitor_due: 0,
             stopping: BTreeSet::new(),
         }
     }
@@ -611,6 +641,7 @@ impl Node {
             Input::Resumed { gap_ms } => self.on_resumed(gap_ms),
             Input::ClaimChecked { vm, generation, holder } => self.on_claim_checked(&vm, generation, holder),
             Input::FenceResult { host, result } => self.on_fence_result(&host, result),
+            Input::FenceMonitored { host, devices } => self.on_fence_monitored(&host, devices),
         }
         self.step(policies, evaluate);
         for action in &self.out {

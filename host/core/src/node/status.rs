@@ -66,6 +66,22 @@ pub struct HostStatus {
     pub signals: Option<Signals>,
     /// VMs it reports running.
     pub vms: Vec<String>,
+    /// Its fence devices as the master last asked them (master only; none: no device, or not
+    /// asked yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fence: Vec<FenceDeviceHealth>,
+}
+
+/// One fence device's last answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FenceDeviceHealth {
+    /// The device (its agent and address).
+    pub device: String,
+    /// Whether it answered.
+    pub ok: bool,
+    /// The power state it reported (`on`/`off`), or why it failed.
+    pub detail: String,
 }
 
 /// One VM.
@@ -143,6 +159,7 @@ impl Node {
                     trace: None,
                     signals: None,
                     vms: self.local_vms.keys().cloned().collect(),
+                    fence: Vec::new(),
                 });
                 continue;
             }
@@ -176,6 +193,22 @@ impl Node {
                 trace: signals.as_ref().map(Signals::trace),
                 signals,
                 vms: Vec::new(), // filled below: where each VM runs now
+                fence: self
+                    .fence_health
+                    .get(name)
+                    .map(|devices| {
+                        devices
+                            .iter()
+                            .map(|(device, result)| FenceDeviceHealth {
+                                device: device.clone(),
+                                ok: result.is_ok(),
+                                detail: match result {
+                                    Ok(power) | Err(power) => power.clone(),
+                                },
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         // A host lists the VMs that run there now: a failed host's last report names VMs that

@@ -169,6 +169,7 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
     impl halo_core::drivers::FenceDriver for Only<'_> {
         fn fence_host(&mut self, _: &str) {}
         fn cancel_fence(&mut self, _: &str) {}
+        fn monitor_fence(&mut self, _: &str) {}
     }
     impl halo_core::drivers::EventSink for Only<'_> {
         fn record(&mut self, _: halo_core::Event) {}

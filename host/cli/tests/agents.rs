@@ -58,13 +58,13 @@ impl Cluster {
 
     /// With a lab BMC per host, each the host's fence device (`fence_redfish`).
     fn up_fenced(test: &str, tag: char) -> Option<Self> {
-        Self::up_parts(test, tag, "", None, false, true)
+        Self::up_parts(test, tag, "", None, false, true, &[])
     }
 
     /// `sanlock`: every host takes sanlock VM leases (`Lab::use_sanlock`); the VMs start with
     /// theirs, as halo starts them.
     fn up_full(test: &str, tag: char, extra: &str, watchdog: Option<Duration>, sanlock: bool) -> Option<Self> {
-        Self::up_parts(test, tag, extra, watchdog, sanlock, false)
+        Self::up_parts(test, tag, extra, watchdog, sanlock, false, &[])
     }
 
     fn up_parts(
@@ -74,6 +74,7 @@ impl Cluster {
         watchdog: Option<Duration>,
         sanlock: bool,
         bmc: bool,
+        timeouts: &[&str],
     ) -> Option<Self> {
         if !halo_lab::for_test(test) {
             return None;
@@ -141,8 +142,8 @@ impl Cluster {
                 watchdogs.insert(h, lab.start_watchdog(h, timeout).expect("lab watchdog"));
             }
         }
-        let mut cluster =
-            Self { lab, hv, agents: BTreeMap::new(), extra: extra.to_string(), watchdogs, timeouts: Vec::new() };
+        let timeouts = timeouts.iter().map(|t| t.to_string()).collect();
+        let mut cluster = Self { lab, hv, agents: BTreeMap::new(), extra: extra.to_string(), watchdogs, timeouts };
         for h in 1..=3 {
             cluster.start_agent(h);
         }
@@ -1394,6 +1395,11 @@ fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_th
     assert!(!logs.contains("fence-failed"), "{logs}");
     // (The host lost power: its BMC says Off at once, so fence_redfish sends no reset.)
     cluster.holds(&placement, Duration::from_secs(2), "after the fenced failover");
+    // The operator: host-3 runs (it is heard), so `halo host fence` refuses it unless forced.
+    let refused = cluster.cli(1, &["host", "fence", "host-3", "--yes"]);
+    assert!(!refused.ok && refused.out.contains("host-3 is heard (it runs)"), "{}", refused.out);
+    let unconfirmed = cluster.cli(1, &["host", "fence", "host-3"]);
+    assert!(!unconfirmed.ok && unconfirmed.out.contains("--yes"), "{}", unconfirmed.out);
 }
 
 /// Issue 17: a BMC that does not answer (it lost power with its host) leaves the dead-time
@@ -1402,11 +1408,26 @@ fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_th
 fn with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let test = "with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts";
-    let Some(cluster) = Cluster::up_fenced(test, 'u') else {
+    let Some(cluster) = Cluster::up_parts(test, 'u', "", None, false, true, &["fence-monitor-interval-ms = 2000"])
+    else {
         return;
     };
     let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let healthy = cluster.cli(1, &["host", "fence-test", "host-2"]);
+    assert!(healthy.ok && healthy.out.contains("host-2 is on"), "{}", healthy.out);
     cluster.lab.bmc_reachable(2, false).expect("BMC of host-2 unreachable");
+    // The device fails its status: an alert before it is needed, and the operator sees it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.logs().contains("kind=fence-device-failed") && !cluster.logs().contains("fence-device-failed") {
+        assert!(Instant::now() < deadline, "the monitor alerts\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cluster.logs().contains("host-2: fence device fence_redfish"), "{}", cluster.logs());
+    let down = cluster.cli(1, &["host", "fence-test", "host-2"]);
+    assert!(!down.ok && down.out.contains("FAILED"), "{}", down.out);
+    let metrics = metrics(&cluster, 1, "halo_fence_device_up");
+    let host2 = metrics.iter().find(|(k, _)| k.contains("host=\"host-2\"")).map(|(_, v)| *v);
+    assert_eq!(host2, Some(0.0), "the master's /metrics: {metrics:?}");
     let crashed = Instant::now();
     cluster.lab.kill_host(2).expect("host-2 loses power");
     let back = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "crash, BMC unreachable");

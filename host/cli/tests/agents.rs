@@ -1054,7 +1054,7 @@ fn metrics(cluster: &Cluster, h: usize, prefix: &str) -> BTreeMap<String, f64> {
     assert_eq!(code, 200, "{body}");
     body.lines()
         .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
         .collect()
 }
 

@@ -212,7 +212,10 @@ impl Node {
             // A host with fence devices is pinged early, so that whether its kernel answers is
             // known by the detection time (a fence needs no answer: `fence`).
             let fenceable = self.config.host(&name).is_some_and(|h| h.fenceable);
-            let fence_lead = fenceable && signals.nearly_silent_for(t.detection_time_ms);
+            // (On network silence alone: datastore counters are seen a read interval late.)
+            let fence_lead = fenceable
+                && signals.datastores_readable
+                && signals.silent_for(t.detection_time_ms.saturating_sub(t.ping_timeout_ms));
             // A device confirmed it off and the datastores agree: failed now (`fence`). Heard
             // again since (it booted), fencing is over.
             let fenced = if signals.silent_for(t.detection_time_ms) {

@@ -79,9 +79,10 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 /// Debian packages: the libvirt driver builds against libvirt-dev; the lab tests run real
 /// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, tini as each lab host's reaper, and
 /// Chromium to test the status page headless, sanlock with libvirt's sanlock lock manager for
-/// the VM-lease lab test.
+/// the VM-lease lab test, the fence agents (`fence_redfish` against the lab BMC, which needs
+/// `openssl` for its certificate and Debian's `python3`, a dependency of the fence agents).
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 17] = [
+const PACKAGES: [(&str, &str); 19] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
@@ -99,6 +100,8 @@ const PACKAGES: [(&str, &str); 17] = [
     ("/usr/bin/chromium", "chromium"),
     ("/usr/sbin/sanlock", "sanlock"),
     ("/usr/lib/libvirt/libvirt_sanlock_helper", "libvirt-sanlock"),
+    ("/usr/sbin/fence_redfish", "fence-agents"),
+    ("/usr/bin/openssl", "openssl"),
 ];
 
 /// Installs the missing Debian packages (as root; otherwise says what to install) and the

@@ -174,6 +174,9 @@ impl DatastoreDriver for AgentDrivers {
     fn check_claim(&mut self, vm: &str, generation: u64) {
         self.datastores.check_claim(vm, generation);
     }
+    fn record_fence(&mut self, record: &halo_core::FenceRecord) {
+        self.datastores.record_fence(record);
+    }
 }
 
 impl PingDriver for AgentDrivers {

@@ -1393,6 +1393,12 @@ fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_th
     }
     assert!(logs.contains("host-2: powered off — fence_redfish"), "the BMC confirmed it: {logs}");
     assert!(!logs.contains("fence-failed"), "{logs}");
+    // The fence record on the datastore (as the NFS server serves it).
+    let record = std::fs::read_to_string(cluster.lab.dir().join("exports/ds1/.halo/lab/fences/host-2.json"))
+        .expect("a fence record on ds1");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("JSON");
+    assert_eq!((record["outcome"].as_str(), record["master"].as_str()), (Some("off"), Some("host-1")), "{record}");
+    assert!(record["device"].as_str().is_some_and(|d| d.starts_with("fence_redfish")), "{record}");
     // (The host lost power: its BMC says Off at once, so fence_redfish sends no reset.)
     cluster.holds(&placement, Duration::from_secs(2), "after the fenced failover");
     // The operator: host-3 runs (it is heard), so `halo host fence` refuses it unless forced.

@@ -30,6 +30,8 @@ pub trait DatastoreDriver {
     fn claim(&mut self, datastore: &str, claim: &Claim);
     /// Looks a claim up on every datastore; answers `Input::ClaimChecked`.
     fn check_claim(&mut self, vm: &str, generation: u64);
+    /// Keeps a fence's record on every datastore (no answer).
+    fn record_fence(&mut self, record: &crate::wire::FenceRecord);
 }
 
 /// Pings; answers `Input::PingResult`.
@@ -97,6 +99,7 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::FenceHost { host } => drivers.fence_host(&host),
         Action::CancelFence { host } => drivers.cancel_fence(&host),
         Action::MonitorFence { host } => drivers.monitor_fence(&host),
+        Action::RecordFence { record } => drivers.record_fence(&record),
         Action::Record(event) => drivers.record(event),
     }
 }
@@ -127,6 +130,9 @@ mod tests {
         }
         fn check_claim(&mut self, vm: &str, generation: u64) {
             self.0.push(format!("check claim {vm}@{generation}"));
+        }
+        fn record_fence(&mut self, record: &crate::wire::FenceRecord) {
+            self.0.push(format!("fence record {}", record.host));
         }
     }
     impl FenceDriver for Calls {

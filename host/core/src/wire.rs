@@ -67,6 +67,27 @@ pub struct DatastoreRecord {
     pub stopped: Vec<VmReport>,
 }
 
+/// What became of a fence, kept on every datastore (`fences/<host>.json`, the latest per
+/// host): who asked, which device answered, the outcome, how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FenceRecord {
+    /// The host fenced.
+    pub host: String,
+    /// The master that asked.
+    pub master: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Asked by the operator (`halo host fence`), or by the master's failure detection.
+    pub by_operator: bool,
+    /// The device that confirmed the host is off, when one did.
+    pub device: Option<String>,
+    /// `off`, or why fencing failed.
+    pub outcome: String,
+    /// From the request to the answer, in milliseconds.
+    pub took_ms: u64,
+}
+
 /// A claim on a VM: created atomically on a datastore before a restart, so that no two
 /// masters start one VM (the key is the VM and the new generation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

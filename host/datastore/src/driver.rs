@@ -56,6 +56,17 @@ impl DatastoreDriver for Datastores {
         });
     }
 
+    fn record_fence(&mut self, record: &halo_core::FenceRecord) {
+        for (name, store) in &self.stores {
+            let (name, store, record) = (name.clone(), Arc::clone(store), record.clone());
+            self.runtime.spawn(async move {
+                if let Err(e) = store.put_fence_record(&record).await {
+                    tracing::warn!(datastore = %name, host = %record.host, "could not keep the fence record: {e}");
+                }
+            });
+        }
+    }
+
     fn read_records(&mut self, datastore: &str) {
         let (inputs, name) = (self.inputs.clone(), datastore.to_string());
         let store = match self.store(datastore) {

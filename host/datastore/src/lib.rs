@@ -291,7 +291,7 @@ impl Datastore {
     /// Creates the layout if missing.
     pub async fn ensure_layout(&self) -> Result<(), DatastoreError> {
         self.bounded("create the layout", async {
-            for dir in ["", "hosts", "claims", "isolation", "vms"] {
+            for dir in ["", "hosts", "claims", "isolation", "vms", "fences"] {
                 self.store.ensure_dir(dir).await?;
             }
             Ok(())
@@ -538,6 +538,33 @@ impl Datastore {
             WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         self.bounded("change the catalog stamp", self.store.write_atomic(CATALOG_STAMP, stamp.into_bytes())).await
+    }
+
+    /// Keeps what became of a fence of `record.host` (the latest per host, whole, atomically),
+    /// with the wall-clock time it was written.
+    pub async fn put_fence_record(&self, record: &halo_core::FenceRecord) -> Result<(), DatastoreError> {
+        let path = format!("fences/{}.json", encode_name(&record.host));
+        let written = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut value = serde_json::to_value(record).unwrap_or(serde_json::Value::Null);
+        if let Some(map) = value.as_object_mut() {
+            map.insert("written-at-unix-ms".into(), serde_json::json!(written.as_millis() as u64));
+        }
+        let bytes = serde_json::to_vec_pretty(&value).unwrap_or_default();
+        // (A datastore laid out by an older agent has no `fences` yet.)
+        self.bounded("store a fence record", async {
+            self.store.ensure_dir("fences").await?;
+            self.store.write_atomic(&path, bytes).await
+        })
+        .await
+    }
+
+    /// The latest fence record of `host`, if any.
+    pub async fn fence_record(&self, host: &str) -> Result<Option<halo_core::FenceRecord>, DatastoreError> {
+        let path = format!("fences/{}.json", encode_name(host));
+        match self.bounded_or_absent("read a fence record", self.store.read(&path)).await? {
+            Some(bytes) => self.parse(&path, &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Stores the cluster's run-time settings (whole, atomically).

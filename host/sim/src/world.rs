@@ -291,6 +291,7 @@ impl SimHost {
 struct Store {
     records: BTreeMap<String, halo_core::DatastoreRecord>,
     claims: BTreeMap<(String, u64), halo_core::Claim>,
+    fences: BTreeMap<String, halo_core::FenceRecord>,
     down: bool,
     cut: BTreeSet<String>,
 }
@@ -1166,6 +1167,17 @@ impl DatastoreDriver for HostDrivers<'_, '_> {
         };
         let latency = s.opts.datastore_latency;
         s.deliver(h, latency, Input::ClaimResult { claim: claim.clone(), outcome });
+    }
+
+    /// Kept on every reachable datastore (nothing reads it in the simulator).
+    fn record_fence(&mut self, record: &halo_core::FenceRecord) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let reachable: Vec<String> = s.stores.keys().filter(|d| s.store_reachable(d, h)).cloned().collect();
+        for name in reachable {
+            if let Some(store) = s.stores.get_mut(&name) {
+                store.fences.insert(record.host.clone(), record.clone());
+            }
+        }
     }
 
     fn check_claim(&mut self, vm: &str, generation: u64) {

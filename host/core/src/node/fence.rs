@@ -185,11 +185,27 @@ impl Node {
         2 * accounted >= self.config.hosts.len()
     }
 
-    /// A fence finished: `Ok(device)` confirmed off, `Err(why)` not.
+    /// A fence finished: `Ok(device)` confirmed off, `Err(why)` not. Its record goes to every
+    /// datastore.
     pub(super) fn on_fence_result(&mut self, host: &str, result: Result<String, String>) {
         let now = self.now;
+        let epoch = self.master.as_ref().map_or(0, |m| m.epoch);
         let Some(peer) = self.peers.get_mut(host) else { return };
-        let Fence::Asked { at: asked, .. } = peer.fence else { return };
+        let Fence::Asked { at: asked, by_operator } = peer.fence else { return };
+        let record = crate::wire::FenceRecord {
+            host: host.to_string(),
+            master: self.name.clone(),
+            epoch,
+            by_operator,
+            device: result.as_ref().ok().cloned(),
+            outcome: match &result {
+                Ok(_) => "off".to_string(),
+                Err(why) => why.clone(),
+            },
+            took_ms: now.saturating_sub(asked),
+        };
+        self.out.push(Action::RecordFence { record });
+        let Some(peer) = self.peers.get_mut(host) else { return };
         match result {
             Ok(device) => {
                 peer.fence = Fence::Confirmed { asked, at: now, device: device.clone() };
@@ -443,6 +459,16 @@ mod tests {
         let restart = first(&fenced, claimed).expect("restarted");
         assert!(restart <= asked + 1_000, "claimed at the next datastore read after the fence: {restart}");
         assert!(kinds(&fenced).contains(&EventKind::HostFencedOff), "{:?}", kinds(&fenced));
+        let record = fenced.iter().find_map(|(_, a)| match a {
+            Action::RecordFence { record } => Some(record.clone()),
+            _ => None,
+        });
+        let record = record.expect("a fence record for the datastores");
+        assert_eq!(
+            (record.host.as_str(), record.master.as_str(), record.outcome.as_str()),
+            ("host-2", "host-1", "off")
+        );
+        assert_eq!(record.device.as_deref(), Some("fence_redfish 10.0.0.9"));
         // Without a device: the dead-time.
         let plain = crash(30_000, false, |_| false, || unreachable!("not fenceable"));
         let dead_time = first(&plain, claimed).expect("restarted");
@@ -456,6 +482,10 @@ mod tests {
         let t = cluster(3, 2).timeouts;
         let all = crash(30_000, true, |_| false, || Err("fence_redfish: connection timed out".into()));
         assert!(kinds(&all).contains(&EventKind::FenceFailed), "{:?}", kinds(&all));
+        assert!(
+            all.iter().any(|(_, a)| matches!(a, Action::RecordFence { record } if record.device.is_none() && record.outcome.contains("timed out"))),
+            "the failure is recorded too"
+        );
         assert!(first(&all, claimed).expect("restarted") >= 4_000 + t.dead_time_ms);
         assert_eq!(all.iter().filter(|(_, a)| matches!(a, Action::FenceHost { .. })).count(), 1, "asked once");
     }

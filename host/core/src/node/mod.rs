@@ -349,6 +349,11 @@ pub enum Action {
         /// The host.
         host: String,
     },
+    /// Keep what became of a fence on every datastore (no answer; a failed write is logged).
+    RecordFence {
+        /// The record.
+        record: crate::wire::FenceRecord,
+    },
     /// Ask a host's fence devices for its power state (read only); answers
     /// `Input::FenceMonitored`.
     MonitorFence {

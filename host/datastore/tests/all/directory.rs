@@ -27,9 +27,12 @@ fn a_directory_datastore_keeps_heartbeats_claims_and_records() {
         behaves_like_a_datastore(&ds).await;
     });
     // The documented layout.
-    for path in
-        [".halo/prod/hosts/host-1.json", ".halo/prod/claims/web-1@2.json", ".halo/prod/isolation/host-3/db@4.json"]
-    {
+    for path in [
+        ".halo/prod/hosts/host-1.json",
+        ".halo/prod/claims/web-1@2.json",
+        ".halo/prod/isolation/host-3/db@4.json",
+        ".halo/prod/fences/host-2.json",
+    ] {
         assert!(dir.join(path).is_file(), "{path}");
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -153,6 +156,9 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         }
         fn check_claim(&mut self, vm: &str, generation: u64) {
             self.0.check_claim(vm, generation)
+        }
+        fn record_fence(&mut self, record: &halo_core::FenceRecord) {
+            self.0.record_fence(record)
         }
     }
     impl halo_core::drivers::PingDriver for Only<'_> {

@@ -38,6 +38,24 @@ pub async fn behaves_like_a_datastore(ds: &Datastore) {
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(records, vec![record("host-1", 5), record("host/2 with odd name", 9)]);
 
+    // A fence record: the latest per host, read back whole.
+    assert_eq!(ds.fence_record("host-2").await.expect("read"), None);
+    for (device, outcome) in
+        [(None, "fence_redfish: no answer within 10 s (killed)"), (Some("fence_redfish 10.0.0.9"), "off")]
+    {
+        let fence = halo_core::FenceRecord {
+            host: "host-2".into(),
+            master: "host-1".into(),
+            epoch: 3,
+            by_operator: false,
+            device: device.map(String::from),
+            outcome: outcome.into(),
+            took_ms: 250,
+        };
+        ds.put_fence_record(&fence).await.expect("write");
+        assert_eq!(ds.fence_record("host-2").await.expect("read"), Some(fence));
+    }
+
     // A claim: the first wins, the second loses to the first's holder.
     let first = claim("web-1", 2, "host-1");
     assert_eq!(ds.claim(&first).await, ClaimOutcome::Won);

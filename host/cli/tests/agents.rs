@@ -1546,3 +1546,42 @@ fn bench_fenced_failover_beside_the_dead_time_path() {
         fence_calls.len()
     );
 }
+
+/// Issue 17: two of the three hosts lose power at once. The blast radius (50 % of 3 hosts: one
+/// at a time) lets the master fence one of them; the other is named in an alert and left to the
+/// dead-time, where "2 of 3 hosts look failed at once" keeps the master from restarting its VMs
+/// (it could be the one cut off). Never a VM twice.
+#[test]
+fn with_bmc_fencing_two_of_three_hosts_silent_at_once_respect_the_blast_radius() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "with_bmc_fencing_two_of_three_hosts_silent_at_once_respect_the_blast_radius";
+    let Some(cluster) = Cluster::up_fenced(test, 'r') else {
+        return;
+    };
+    let master_logs = || std::fs::read_to_string(cluster.lab.dir().join("agent-1.log")).unwrap_or_default();
+    assert!(master_logs().contains("host-1 is master"), "host-1 leads\n{}", cluster.logs());
+    cluster.lab.kill_host(2).expect("host-2 loses power");
+    cluster.lab.kill_host(3).expect("host-3 loses power");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !master_logs().contains("look failed at once") {
+        assert!(Instant::now() < deadline, "the master restarts nothing more\n{}", master_logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let logs = master_logs();
+    assert_eq!(logs.matches("powering it off through its fence devices").count(), 1, "one fence: {logs}");
+    assert!(logs.contains("not fenced — more hosts are silent at once than the blast-radius limit"), "{logs}");
+    // The fenced host's VMs run on host-1 (it is off: its BMC said so), the other's do not.
+    let fenced = if logs.contains("host-2: powered off") { ["vm-2", "vm-3"] } else { ["vm-4", "vm-4"] };
+    for vm in fenced {
+        assert_eq!(cluster.runners(vm, &[1]), vec![1], "{vm} restarted after its host was fenced\n{logs}");
+    }
+    let left: &[&str] = if fenced[0] == "vm-2" { &["vm-4"] } else { &["vm-2", "vm-3"] };
+    for vm in left {
+        assert!(
+            cluster.runners(vm, &[1]).is_empty(),
+            "{vm} of the host left to the dead-time is not restarted\n{logs}"
+        );
+    }
+    assert_eq!(cluster.runners("vm-1", &[1]), vec![1], "vm-1 runs on");
+}

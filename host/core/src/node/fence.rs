@@ -175,8 +175,10 @@ impl Node {
         }
     }
 
-    /// Whether this master may fence: as for restarting (not isolated or fenced itself, its
-    /// partition holds at least half the hosts).
+    /// Whether this master may fence: not isolated or fenced itself, and its partition — the
+    /// peers whose verdict is still "running", which at the detection time includes those just
+    /// fallen silent — at least half the hosts. (What keeps a master cut off from the others
+    /// from fencing them is the datastore: it sees them alive there.)
     fn may_fence(&self) -> bool {
         if self.master.is_none() || !self.ha_enabled || self.isolated() || self.fenced {
             return false;
@@ -475,6 +477,63 @@ mod tests {
         assert!(dead_time >= 4_000 + t.dead_time_ms, "{dead_time}");
         assert!(first(&plain, |a| matches!(a, Action::FenceHost { .. })).is_none());
         println!("restart claimed {restart} ms with a fence, {dead_time} ms without (crash at 4-5 s)");
+    }
+
+    #[test]
+    fn never_more_hosts_are_fenced_at_once_than_the_blast_radius_allows() {
+        // Six hosts, three of them crash at once: the master's partition (3 of 6) may restart,
+        // the blast radius (34 %) lets it fence two; the third is left to the dead-time.
+        let mut config = cluster(6, 6);
+        config.ha.blast_radius_percent = 34;
+        for host in &mut config.hosts {
+            host.fenceable = true;
+        }
+        let mut node = Node::new("host-1", config, 0);
+        let mut p = BuiltinPolicies;
+        let mut all = Vec::new();
+        for now in (0..12_000).step_by(100) {
+            let mut inputs = vec![Input::Tick];
+            if now % 1000 == 0 {
+                let seq = now / 1000 + 1;
+                let alive: &[&str] = if now < 5_000 {
+                    &["host-2", "host-3", "host-4", "host-5", "host-6"]
+                } else {
+                    &["host-2", "host-3"]
+                };
+                for peer in alive {
+                    inputs.push(beat_with(peer, seq, &[("host-1", seq)], vec![]));
+                }
+                inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+                let records = ["host-2", "host-3", "host-4", "host-5", "host-6"]
+                    .map(|h| DatastoreRecord {
+                        host: h.into(),
+                        counter: if alive.contains(&h) { now } else { 4_000 },
+                        isolated: false,
+                        stopped: vec![],
+                    })
+                    .to_vec();
+                inputs.push(Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) });
+            }
+            let mut queue: std::collections::VecDeque<Input> = inputs.into();
+            while let Some(input) = queue.pop_front() {
+                for action in node.handle(now, input, &mut p) {
+                    if let Action::Ping { target } = &action {
+                        queue.push_back(Input::PingResult { target: target.clone(), answered: false });
+                    }
+                    all.push((now, action));
+                }
+            }
+        }
+        let fenced: Vec<&str> = all
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::FenceHost { host } => Some(host.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fenced.len(), 2, "{fenced:?}");
+        let told = all.iter().any(|(_, a)| matches!(a, Action::Record(e) if e.kind == EventKind::FenceFailed && e.message.contains("blast-radius")));
+        assert!(told, "{:?}", kinds(&all));
     }
 
     #[test]

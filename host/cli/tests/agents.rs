@@ -1585,3 +1585,34 @@ fn with_bmc_fencing_two_of_three_hosts_silent_at_once_respect_the_blast_radius()
     }
     assert_eq!(cluster.runners("vm-1", &[1]), vec![1], "vm-1 runs on");
 }
+
+/// Issue 17: a slow BMC (every answer after 5 s): the fast path waits for it, the dead-time
+/// path does not — the VMs restart by the dead-time, and the fence confirms later (harmless:
+/// the host is off either way).
+#[test]
+fn with_a_slow_bmc_the_dead_time_path_restarts_first() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "with_a_slow_bmc_the_dead_time_path_restarts_first";
+    let Some(cluster) = Cluster::up_fenced(test, 's') else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    cluster.lab.set_bmc_mode(2, halo_lab::bmc::BmcMode::Slow).expect("a slow BMC");
+    let crashed = Instant::now();
+    cluster.lab.kill_host(2).expect("host-2 loses power");
+    let back = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "crash, slow BMC");
+    for (vm, after) in &back {
+        println!("figure: slow BMC: {vm} ran again {:.2} s after host-2 crashed", after.as_secs_f64());
+        assert!(*after < Duration::from_secs(5), "the dead-time path does not wait for the BMC: {after:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.logs().contains("host-2: powered off") && !cluster.logs().contains("fencing failed") {
+        assert!(Instant::now() < deadline, "the fence ends\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = cluster.logs();
+    let fence_line =
+        logs.lines().find(|l| l.contains("confirms off (") || l.contains("fencing failed")).unwrap_or_default();
+    println!("figure: slow BMC: {fence_line}");
+    cluster.holds(&placement, Duration::from_secs(1), "after the failover");
+}

@@ -1364,8 +1364,14 @@ fn with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fa
         );
         assert!(*after >= Duration::from_secs(60), "{vm} cannot start before host-2's lease expired: {after:?}");
     }
+    // Either libvirt refused the start at once (the lease is held: `lease-wait`, tried again
+    // every 2 s) or its start waited inside sanlock until the lease expired (the master's start
+    // timeout then claims the next generation for the same host): both seen on this machine.
     let logs = cluster.logs();
-    assert!(logs.contains("lease-wait"), "the wait for the lease is told: {logs}");
+    assert!(
+        logs.contains("lease-wait") || logs.contains("has not run generation"),
+        "the wait for the lease shows: {logs}"
+    );
     cluster.holds(&placement, Duration::from_secs(2), "after the failover");
 }
 

@@ -335,29 +335,12 @@ impl Node {
             return;
         }
         let t = self.config.timeouts;
-        let to_hold: Vec<(String, u64)> = self
-            .local_vms
-            .iter()
-            .filter(|(vm, _)| !self.held.contains_key(*vm))
-            .filter(|(vm, _)| self.config.vm(vm).is_some_and(|s| s.protected()))
-            .map(|(vm, g)| (vm.clone(), *g))
-            .collect();
-        if to_hold.is_empty() {
-            return;
-        }
-        let names: Vec<&str> = to_hold.iter().map(|(vm, _)| vm.as_str()).collect();
-        self.record(
-            Severity::Alert,
-            EventKind::VmsHeld,
-            format!(
-                "{}: {} paused — cut off from every peer and datastore for {:.2}s, the master may fence this host and restart them; each runs again once no newer claim exists, or is powered off",
-                self.name,
-                names.join(", "),
-                t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms) as f64 / 1000.0
-            ),
-            None,
+        let to_hold = self.unheld_protected_vms();
+        let why = format!(
+            "cut off from every peer and datastore for {:.2}s, the master may fence this host and restart them",
+            t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms) as f64 / 1000.0
         );
-        self.hold(to_hold);
+        self.hold_with_alert(to_hold, &why);
     }
 }
 

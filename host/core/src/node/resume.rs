@@ -107,16 +107,7 @@ impl Node {
             t.hold_gap_ms()
         };
         let hold = gap_ms >= hold_gap && self.ha_enabled && !self.ha_disabled_here;
-        let to_hold: Vec<(String, u64)> = if hold {
-            self.local_vms
-                .iter()
-                .filter(|(vm, _)| !self.held.contains_key(*vm))
-                .filter(|(vm, _)| self.config.vm(vm).is_some_and(|s| s.protected()))
-                .map(|(vm, g)| (vm.clone(), *g))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let to_hold = if hold { self.unheld_protected_vms() } else { Vec::new() };
         self.record(
             Severity::Warning,
             EventKind::Resumed,
@@ -128,22 +119,39 @@ impl Node {
             ),
             None,
         );
-        if to_hold.is_empty() {
+        self.hold_with_alert(
+            to_hold,
+            &format!("the cluster may have restarted them during the {:.1}s gap", gap_ms as f64 / 1000.0),
+        );
+    }
+
+    /// The protected VMs running here that are not held yet, with their generations.
+    pub(super) fn unheld_protected_vms(&self) -> Vec<(String, u64)> {
+        self.local_vms
+            .iter()
+            .filter(|(vm, _)| !self.held.contains_key(*vm))
+            .filter(|(vm, _)| self.config.vm(vm).is_some_and(|s| s.protected()))
+            .map(|(vm, g)| (vm.clone(), *g))
+            .collect()
+    }
+
+    /// Holds `vms` (see [`Node::hold`]) with the alert `vms-held` saying `why`.
+    pub(super) fn hold_with_alert(&mut self, vms: Vec<(String, u64)>, why: &str) {
+        if vms.is_empty() {
             return;
         }
-        let names: Vec<&str> = to_hold.iter().map(|(vm, _)| vm.as_str()).collect();
+        let names: Vec<&str> = vms.iter().map(|(vm, _)| vm.as_str()).collect();
         self.record(
             Severity::Alert,
             EventKind::VmsHeld,
             format!(
-                "{}: {} paused — the cluster may have restarted them during the {:.1}s gap; each runs again once no newer claim exists, or is powered off",
+                "{}: {} paused — {why}; each runs again once no newer claim exists, or is powered off",
                 self.name,
-                names.join(", "),
-                gap_ms as f64 / 1000.0
+                names.join(", ")
             ),
             None,
         );
-        self.hold(to_hold);
+        self.hold(vms);
     }
 
     /// Pauses `vms` (with the generation each runs) and holds them until settled: no claim

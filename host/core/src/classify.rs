@@ -155,13 +155,7 @@ impl Signals {
     /// time to ping, so the answer is in when the dead-time ends. Heard more recently than
     /// that, an earlier ping's result no longer counts.
     pub fn nearly_dead(&self) -> bool {
-        self.nearly_silent_for(self.dead_time_ms)
-    }
-
-    /// Silent on every network and every datastore for `ms` less the ping timeout: a ping
-    /// sent now is answered (or not) by the time the silence reaches `ms`.
-    pub fn nearly_silent_for(&self, ms: Millis) -> bool {
-        let lead = ms.saturating_sub(self.ping_timeout_ms);
+        let lead = self.dead_time_ms.saturating_sub(self.ping_timeout_ms);
         self.datastores_readable
             && self.age(self.seq_advanced_at).is_none_or(|age| age >= lead)
             && self.datastore_age().is_none_or(|age| age >= lead)

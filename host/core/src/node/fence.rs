@@ -47,8 +47,6 @@ pub(super) enum Fence {
     Confirmed {
         /// When it was asked.
         asked: Millis,
-        /// When the device confirmed.
-        at: Millis,
         /// Which device.
         device: String,
     },
@@ -210,7 +208,7 @@ impl Node {
         let Some(peer) = self.peers.get_mut(host) else { return };
         match result {
             Ok(device) => {
-                peer.fence = Fence::Confirmed { asked, at: now, device: device.clone() };
+                peer.fence = Fence::Confirmed { asked, device: device.clone() };
                 self.record(
                     Severity::Alert,
                     EventKind::HostFencedOff,
@@ -238,7 +236,7 @@ impl Node {
     /// advanced since.
     pub(super) fn fenced_verdict(&mut self, name: &str) -> Option<Verdict> {
         let peer = self.peers.get(name)?;
-        let Fence::Confirmed { asked, device, .. } = peer.fence.clone() else { return None };
+        let Fence::Confirmed { asked, device } = peer.fence.clone() else { return None };
         let signals = self.signals(name)?;
         if !signals.silent_for(self.config.timeouts.detection_time_ms) {
             return None;

@@ -137,7 +137,7 @@ impl Default for Timeouts {
             fence_timeout_ms: 2_000,
             ping_timeout_ms: 500,
             start_timeout_ms: 30_000,
-            detection_time_ms: 1_000,
+            detection_time_ms: 750,
             fence_monitor_interval_ms: 60_000,
             retry_backoff_ms: 2_000,
             retry_backoff_max_ms: 60_000,

@@ -102,7 +102,9 @@ impl DatastoreDriver for Datastores {
             }
         };
         self.runtime.spawn(async move {
+            let began = std::time::Instant::now();
             let outcome = store.claim(&claim).await;
+            tracing::debug!("claim {}@{}: {:.3}s", claim.vm, claim.generation, began.elapsed().as_secs_f64());
             let _ = inputs.send(Input::ClaimResult { claim, outcome }).await;
         });
     }

@@ -131,14 +131,24 @@ impl HypervisorDriver for Hypervisors {
         self.runtime.spawn_blocking(move || {
             let result = (|| {
                 let xml = xml.ok_or_else(|| format!("{vm} has no definition in the protected-VM list"))?;
+                let began = std::time::Instant::now();
                 let hv = Self::connect(&config, &host)?;
+                let connected = began.elapsed();
                 let mut xml = with_generation(&xml, generation);
                 if let Some(leases) = &config.leases {
                     leases.ensure_lease(&vm).map_err(|e| format!("{vm}'s lease: {e}"))?;
                     xml = leases.with_lease(&xml, &vm);
                 }
                 hv.define(&xml).map_err(|e| e.to_string())?;
-                hv.start(&vm).map_err(|e| crate::leases::start_error(e.to_string()))
+                let defined = began.elapsed();
+                let started = hv.start(&vm).map_err(|e| crate::leases::start_error(e.to_string()));
+                tracing::debug!(
+                    "start {vm} on {host}: connect {:.3}s, define {:.3}s, start {:.3}s",
+                    connected.as_secs_f64(),
+                    (defined - connected).as_secs_f64(),
+                    (began.elapsed() - defined).as_secs_f64()
+                );
+                started
             })();
             if result.is_ok() && host == config.me {
                 let _ = inputs.blocking_send(Input::VmState { vm: vm.clone(), generation, state: VmState::Running });

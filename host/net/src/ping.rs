@@ -32,8 +32,13 @@ pub enum PingError {
 
 static SEQUENCE: AtomicU16 = AtomicU16::new(1);
 
-/// Pings `target` once and waits up to `timeout` for the answer: `Ok(true)` answered,
-/// `Ok(false)` no answer (or the network is unreachable).
+/// Echo requests per ping, spread over its timeout.
+pub const TRIES: u32 = 3;
+
+/// Pings `target` and waits up to `timeout` for an answer: `Ok(true)` answered, `Ok(false)` no
+/// answer (or the network is unreachable). Up to [`TRIES`] echo requests go out, spread over
+/// the timeout (at 0, ⅓ and ⅔ of it), and an answer to any of them counts: one lost packet
+/// never reads as "no answer" (a fence waits for this "no").
 pub async fn ping(target: IpAddr, timeout: Duration) -> Result<bool, PingError> {
     tokio::task::spawn_blocking(move || ping_blocking(target, timeout))
         .await
@@ -48,30 +53,48 @@ pub fn ping_blocking(target: IpAddr, timeout: Duration) -> Result<bool, PingErro
         Err(_) => (Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)).map_err(PingError::Socket)?, false),
     };
     let id = (std::process::id() as u16) ^ 0x4841;
-    let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    let request = echo_request(id, seq);
     let to = SocketAddr::new(IpAddr::V4(v4), 0);
     // Connected: the kernel hands us only packets from the address pinged.
-    let sent = socket.connect(&to.into()).and_then(|()| socket.send(&request));
-    if let Err(error) = sent {
+    if let Err(error) = socket.connect(&to.into()) {
         return match error.raw_os_error() {
-            // The network is not there: that is an answer ("no").
             Some(errno) if is_unreachable(errno) => Ok(false),
             _ => Err(PingError::Send(target, error)),
         };
     }
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut sent: Vec<u16> = Vec::new();
     let mut buf = [0u8; 1500];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(false);
+        // The next request is due at `tries × timeout / TRIES`.
+        let tries = sent.len() as u32;
+        let next_due = (tries < TRIES).then(|| started + timeout * tries / TRIES);
+        if next_due.is_some_and(|due| Instant::now() >= due) {
+            let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = socket.send(&echo_request(id, seq)) {
+                return match error.raw_os_error() {
+                    // The network is not there: that is an answer ("no").
+                    Some(errno) if is_unreachable(errno) => Ok(false),
+                    _ => Err(PingError::Send(target, error)),
+                };
+            }
+            sent.push(seq);
+            continue;
         }
-        socket.set_read_timeout(Some(left)).map_err(PingError::Socket)?;
+        let wake = next_due.map_or(deadline, |due| due.min(deadline));
+        let left = wake.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            continue;
+        }
+        // (At least 1 ms: a timeout that rounds to 0 µs would mean "wait for ever".)
+        socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(PingError::Socket)?;
         let len = match (&socket).read(&mut buf) {
             Ok(len) => len,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Ok(false);
+                continue;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if e.raw_os_error().is_some_and(is_unreachable) => return Ok(false),
@@ -92,7 +115,7 @@ pub fn ping_blocking(target: IpAddr, timeout: Duration) -> Result<bool, PingErro
         if icmp.len() >= 8 && icmp[0] == 0 && icmp[1] == 0 {
             let got_id = u16::from_be_bytes([icmp[4], icmp[5]]);
             let got_seq = u16::from_be_bytes([icmp[6], icmp[7]]);
-            if got_seq == seq && (!raw || got_id == id) {
+            if sent.contains(&got_seq) && (!raw || got_id == id) {
                 return Ok(true);
             }
         }

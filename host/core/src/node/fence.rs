@@ -5,7 +5,7 @@
 //!   its partition at least half the hosts) fences, never more hosts at once than the
 //!   blast-radius limit allows, and only a host with fence devices (`HostSpec::fenceable`)
 //!   that has been silent on every network **and** every datastore for the detection time
-//!   (`Timeouts::detection_time_ms`, 1 s) and does not answer ping (pinged early, so the answer
+//!   (`Timeouts::detection_time_ms`, 750 ms: three heartbeat intervals) and does not answer ping (pinged early, so the answer
 //!   is in by then). A host alive on storage is in another partition, and one that answers ping
 //!   has a stopped or hung agent (its VMs may run): neither is fenced (as without fencing, their
 //!   VMs are not restarted; a hung host's watchdog resets it).
@@ -122,7 +122,7 @@ impl Node {
                 Severity::Warning,
                 EventKind::FenceRequested,
                 format!(
-                    "{name}: silent on every network and datastore for {:.1}s: powering it off through its fence devices",
+                    "{name}: silent on every network and datastore for {:.2}s: powering it off through its fence devices",
                     t.detection_time_ms as f64 / 1000.0
                 ),
                 trace,

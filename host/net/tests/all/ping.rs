@@ -64,3 +64,37 @@ fn the_core_ping_driver_answers_with_inputs() {
     pinger.ping(&PingTarget::Host("host-2".into()));
     assert_eq!(next(), Input::PingResult { target: PingTarget::Host("host-2".into()), answered: false });
 }
+
+/// A ping is several echo requests spread over its timeout: with the peer's firewall dropping
+/// the first two of every three, the third is answered — one or two lost packets never read as
+/// "no answer" (the master's fence waits for that "no").
+#[test]
+fn a_ping_survives_lost_echo_requests() {
+    let Some(lab) = crate::lab("pinglost", 2) else { return };
+    let peer = IpAddr::V4(lab.address(2, "A").expect("address"));
+    let iptables = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.netns(2), "iptables"])
+            .args(args)
+            .status()
+            .expect("iptables runs");
+        assert!(status.success(), "iptables {args:?}");
+    };
+    let echo = ["-p", "icmp", "--icmp-type", "echo-request"];
+    // Every third request passes (the third, sixth, …), the others are dropped.
+    let nth = ["-m", "statistic", "--mode", "nth", "--every", "3", "--packet", "2", "-j", "ACCEPT"];
+    iptables(&[&["-A", "INPUT"], &echo[..], &nth[..]].concat());
+    iptables(&[&["-A", "INPUT"], &echo[..], &["-j", "DROP"]].concat());
+    let timeout = Duration::from_millis(600);
+    let started = Instant::now();
+    let answered = lab.enter(1, move || ping_blocking(peer, timeout)).expect("enter");
+    let took = started.elapsed();
+    assert!(answered.expect("ping works"), "the third request is answered");
+    assert!(took >= timeout * 2 / 3, "answered only after the third request went out: {took:?}");
+    // Every request dropped: no answer, after the whole timeout.
+    iptables(&["-D", "INPUT", "1"]);
+    let started = Instant::now();
+    let silent = lab.enter(1, move || ping_blocking(peer, timeout)).expect("enter");
+    assert!(!silent.expect("ping works"), "nothing answered");
+    assert!(started.elapsed() >= timeout, "waited the whole timeout: {:?}", started.elapsed());
+}

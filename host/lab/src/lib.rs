@@ -771,16 +771,18 @@ impl Lab {
         self.host_dir(host).join("etc/hooks/qemu")
     }
 
-    /// A host crash (power loss): every process of host `host` is killed (libvirtd, QEMU, an
-    /// agent) and its links go down, so its kernel stops answering pings too. Its files stay;
-    /// [`Lab::boot_host`] brings it back, empty.
+    /// A host crash (power loss): its links go down, so nothing of it is heard and its kernel
+    /// stops answering pings, then every process of host `host` is killed (libvirtd, QEMU, an
+    /// agent). Links first, as power loss silences everything at once: killed first, the
+    /// processes take 0.1–0.3 s to go while the kernel still answers pings, and a ping answered
+    /// then is a host whose agent died before it. Its files stay; [`Lab::boot_host`] brings it
+    /// back, empty.
     pub fn kill_host(&self, host: usize) -> Result<(), LabError> {
         self.check_host(host)?;
-        kill_all_in(&self.netns(host))?;
         for network in NETWORKS {
             self.set_link(host, network, false)?;
         }
-        Ok(())
+        kill_all_in(&self.netns(host))
     }
 
     /// Freezes (`frozen = true`: SIGSTOP) or thaws (SIGCONT) every process of host `host` —

@@ -361,6 +361,17 @@ mod tests {
         ds: impl Fn(u64) -> bool,
         fence: impl Fn() -> Result<String, String>,
     ) -> Vec<(u64, Action)> {
+        crash_answering(until, fenceable, ds, fence, |_| false)
+    }
+
+    /// [`crash`], host-2 answering a ping sent at `now` when `answers(now)`.
+    fn crash_answering(
+        until: u64,
+        fenceable: bool,
+        ds: impl Fn(u64) -> bool,
+        fence: impl Fn() -> Result<String, String>,
+        answers: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, Action)> {
         let mut config = cluster(3, 2);
         config.hosts[1].fenceable = fenceable;
         let mut node = Node::new("host-1", config, 0);
@@ -397,7 +408,8 @@ mod tests {
                 for action in node.handle(now, input, &mut p) {
                     match &action {
                         Action::Ping { target: PingTarget::Host(h) } => {
-                            queue.push_back(Input::PingResult { target: PingTarget::Host(h.clone()), answered: false });
+                            let answered = answers(now);
+                            queue.push_back(Input::PingResult { target: PingTarget::Host(h.clone()), answered });
                         }
                         Action::Claim { claim, .. } => {
                             queue.push_back(Input::ClaimResult { claim: claim.clone(), outcome: ClaimOutcome::Won });
@@ -458,6 +470,29 @@ mod tests {
         assert!(dead_time >= 4_000 + t.dead_time_ms, "{dead_time}");
         assert!(first(&plain, |a| matches!(a, Action::FenceHost { .. })).is_none());
         println!("restart claimed {restart} ms with a fence, {dead_time} ms without (crash at 4-5 s)");
+    }
+
+    #[test]
+    fn a_host_whose_agent_died_just_before_it_is_fenced_once_its_ping_goes_unanswered() {
+        // host-2's agent is silent from 5 s; its kernel answers pings until 7.5 s (it dies
+        // then). The early ping (at 7 s) is answered; an answer is good for a ping timeout
+        // only while the host stays silent, so it is asked again and the fence follows the
+        // first unanswered ping — not the answer going stale after half the dead-time.
+        let t = cluster(3, 2).timeouts;
+        let dies = 7_500;
+        let all = crash_answering(30_000, true, |_| false, || Ok("fence_redfish".into()), |now| now < dies);
+        let asked = first(&all, |a| matches!(a, Action::FenceHost { host } if host == "host-2")).expect("fenced");
+        assert!(asked > dies, "not while it answers: {asked}");
+        assert!(asked <= dies + 2 * t.ping_timeout_ms, "fenced after one unanswered ping: {asked}");
+        assert!(first(&all, claimed).is_some_and(|at| at < 4_000 + t.dead_time_ms), "before the dead-time");
+        // An agent that stays down (the kernel answers on): never fenced, pinged on, and its
+        // verdict does not flap.
+        let down = crash_answering(30_000, true, |_| false, || Ok("fence_redfish".into()), |_| true);
+        assert!(first(&down, |a| matches!(a, Action::FenceHost { .. })).is_none());
+        let pings = down.iter().filter(|(_, a)| matches!(a, Action::Ping { .. })).count();
+        assert!(pings >= 10, "asked again and again while silent: {pings}");
+        let agent_down = kinds(&down).iter().filter(|k| **k == EventKind::HostAgentDown).count();
+        assert_eq!(agent_down, 1, "{:?}", kinds(&down));
     }
 
     #[test]

@@ -145,10 +145,11 @@ impl Node {
 
     pub(super) fn on_host_ping(&mut self, host: &str, answered: bool) {
         if let Some(peer) = self.peers.get_mut(host)
-            && peer.ping == PingSignal::Pending
+            && (peer.ping == PingSignal::Pending || peer.ping_refresh)
         {
             peer.ping = if answered { PingSignal::Answered } else { PingSignal::NoAnswer };
             peer.ping_at = self.now;
+            peer.ping_refresh = false;
         }
     }
 
@@ -228,11 +229,21 @@ impl Node {
             let Some(peer) = self.peers.get_mut(&name) else { continue };
             if !signals.nearly_dead() && !fence_lead {
                 peer.ping = PingSignal::NotAsked;
+                peer.ping_refresh = false;
             }
             let ping_now = ping_now || (fence_lead && peer.ping == PingSignal::NotAsked);
             if ping_now {
                 peer.ping = PingSignal::Pending;
                 peer.ping_at = self.now;
+                self.out.push(Action::Ping { target: super::PingTarget::Host(name.clone()) });
+            } else if fence_lead
+                && peer.ping == PingSignal::Answered
+                && !peer.ping_refresh
+                && self.now.saturating_sub(peer.ping_at) >= t.ping_timeout_ms
+            {
+                // Still silent after answering: is it still there? (Its verdict stays until
+                // the new answer: no flapping for a host whose agent is down.)
+                peer.ping_refresh = true;
                 self.out.push(Action::Ping { target: super::PingTarget::Host(name.clone()) });
             }
             let before = peer.verdict.replace(verdict);

@@ -431,6 +431,10 @@ struct Peer {
     /// The master's ping of it since it fell silent.
     ping: PingSignal,
     ping_at: Millis,
+    /// An answer is being confirmed (a fenceable host still silent: an answer is good for a
+    /// ping timeout only, so a host whose agent died just before it does is fenced without
+    /// waiting for the answer to go stale); the result replaces the answer.
+    ping_refresh: bool,
     verdict: Option<Verdict>,
     /// Fencing it (master).
     fence: fence::Fence,

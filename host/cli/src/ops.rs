@@ -157,7 +157,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     outln!();
     table(
-        &["host", "state", "vms", "notes"],
+        &["host", "state", "vms", "fence devices", "notes"],
         list(&s, "hosts")
             .iter()
             .map(|h| {
@@ -171,13 +171,40 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 if h.get("ha-disabled").and_then(Value::as_bool) == Some(true) {
                     notes.push("HA disabled".into());
                 }
-                vec![text(h, "name"), text(h, "state"), list(h, "vms").len().to_string(), notes.join(", ")]
+                vec![
+                    text(h, "name"),
+                    text(h, "state"),
+                    list(h, "vms").len().to_string(),
+                    fence_health(h),
+                    notes.join(", "),
+                ]
             })
             .collect(),
     );
     outln!();
     vm_table(list(&s, "vms"));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A host's fence devices as the master last asked them: `-` when it has none (or this node
+/// is not the master, which alone asks them), else each device `ok (on)` or `FAILED: why`.
+fn fence_health(host: &Value) -> String {
+    let devices = list(host, "fence");
+    if devices.is_empty() {
+        return "-".into();
+    }
+    devices
+        .iter()
+        .map(|d| {
+            let (device, detail) = (text(d, "device"), text(d, "detail"));
+            if d.get("ok").and_then(Value::as_bool) == Some(true) {
+                format!("{device}: ok ({detail})")
+            } else {
+                format!("{device}: FAILED: {detail}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn vm_table(vms: &[Value]) {

@@ -508,6 +508,34 @@ impl Cluster {
         took
     }
 
+    /// The status page as host `h`'s agent serves it, rendered by headless Chromium inside
+    /// the lab (its script fills the tables): the DOM.
+    fn status_page(&self, h: usize, token: &str) -> String {
+        let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {c}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        let chromium = chromium.expect("chromium (cargo xtask setup installs it)");
+        let url = format!("http://{}/#token={token}", self.lab.api_address(h).expect("address"));
+        let profile = self.lab.dir().join(format!("chromium-profile-{h}"));
+        let output = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.lab.netns(h), chromium])
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--virtual-time-budget=8000"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--dump-dom", &url])
+            .output()
+            .expect("chromium runs");
+        let dom = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            dom.contains("<div id=\"error\"></div>"),
+            "the page reads the API:\n{dom}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        dom
+    }
+
     fn token(&self) -> String {
         self.lab.api_token().expect("token").1
     }
@@ -725,30 +753,8 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     assert!(!run.out.contains("plugin-failed"), "{}", run.out);
 
     // The status page, in headless Chromium inside the lab: its script fills the tables.
-    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {c}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let Some(chromium) = chromium else {
-        panic!("{test}: chromium is missing (cargo xtask setup installs it)");
-    };
-    let url = format!("http://{}/#token={token}", cluster.lab.api_address(2).expect("address"));
-    let profile = cluster.lab.dir().join("chromium-profile");
-    let output = std::process::Command::new("ip")
-        .args(["netns", "exec", &cluster.lab.netns(2), chromium])
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--virtual-time-budget=8000"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--dump-dom", &url])
-        .output()
-        .expect("chromium runs");
-    let dom = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        dom.contains("<td>host-1 (master)</td>"),
-        "status page:\n{dom}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let dom = cluster.status_page(2, &token);
+    assert!(dom.contains("<td>host-1 (master)</td>"), "status page:\n{dom}");
     assert!(dom.contains("<td class=\"bad\">failed</td>"), "host-3 shown failed:\n{dom}");
     assert!(dom.contains("<td>vm-4</td>") && dom.contains("host-failed"), "VMs and events shown:\n{dom}");
     assert!(dom.contains("<div id=\"error\"></div>"), "no error on the page:\n{dom}");
@@ -1445,6 +1451,16 @@ fn with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts() {
     let metrics = metrics(&cluster, 1, "halo_fence_device_up");
     let host2 = metrics.iter().find(|(k, _)| k.contains("host=\"host-2\"")).map(|(_, v)| *v);
     assert_eq!(host2, Some(0.0), "the master's /metrics: {metrics:?}");
+    let host3 = metrics.iter().find(|(k, _)| k.contains("host=\"host-3\"")).map(|(_, v)| *v);
+    assert_eq!(host3, Some(1.0), "host-3's BMC answers: {metrics:?}");
+    // `halo status` and the status page (both from the master) show the failing device.
+    let status = cluster.cli(1, &["status"]);
+    let line = |host: &str| status.out.lines().find(|l| l.starts_with(host)).unwrap_or_default().to_string();
+    assert!(line("host-2").contains("fence_redfish") && line("host-2").contains("FAILED"), "{}", status.out);
+    assert!(line("host-3").contains("fence_redfish") && line("host-3").contains("ok (on)"), "{}", status.out);
+    let dom = cluster.status_page(1, &cluster.token());
+    let failed = dom.find("<td>host-2</td>").and_then(|at| dom[at..].split("</tr>").next()).unwrap_or_default();
+    assert!(failed.contains("<td class=\"bad\">fence_redfish") && failed.contains("FAILED"), "status page: {dom}");
     let crashed = Instant::now();
     cluster.lab.kill_host(2).expect("host-2 loses power");
     let back = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "crash, BMC unreachable");

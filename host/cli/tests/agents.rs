@@ -1390,7 +1390,7 @@ fn with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fa
 fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_the_dead_time() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let test = "with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_the_dead_time";
-    let Some(cluster) = Cluster::up_fenced(test, 'f') else {
+    let Some(mut cluster) = Cluster::up_fenced(test, 'f') else {
         return;
     };
     let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
@@ -1423,6 +1423,41 @@ fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_th
     assert!(!refused.ok && refused.out.contains("host-3 is heard (it runs)"), "{}", refused.out);
     let unconfirmed = cluster.cli(1, &["host", "fence", "host-3"]);
     assert!(!unconfirmed.ok && unconfirmed.out.contains("--yes"), "{}", unconfirmed.out);
+
+    // host-2 boots again (three hosts), then the operator forces host-3 off although it runs:
+    // its BMC powers it off, and its VM restarts elsewhere — once, after the device confirmed.
+    cluster.lab.boot_host(2).expect("boot");
+    let fresh =
+        Hypervisor::connect_with_timeout(&cluster.lab.libvirt_uri(2), Duration::from_secs(10)).expect("libvirt");
+    cluster.hv.insert(2, fresh);
+    cluster.start_agent(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = cluster.cli(1, &["status"]);
+        if status.out.lines().any(|l| l.starts_with("host-2") && l.contains("running")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host-2 back: {}", status.out);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let forced_at = Instant::now();
+    let forced = cluster.cli(1, &["host", "fence", "host-3", "--force", "--yes"]);
+    assert!(forced.ok && forced.out.contains("host-3: the master powers it off"), "{}", forced.out);
+    let back = cluster.recovers(&mut placement, 3, &[1, 2], forced_at, "forced fence");
+    for (vm, after) in &back {
+        println!(
+            "figure: forced fence of host-3: {vm} ran again {:.2} s after `halo host fence --force`",
+            after.as_secs_f64()
+        );
+    }
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("host-3: powered off through its fence devices at the operator's request (forced: it was heard)"),
+        "{logs}"
+    );
+    assert!(logs.contains("host-3: powered off — fence_redfish"), "{logs}");
+    assert!(cluster.lab.pids_of(3, "libvirtd").is_ok_and(|p| p.is_empty()), "the BMC powered host-3 off");
+    cluster.holds(&placement, Duration::from_secs(2), "after the forced fence");
 }
 
 /// Issue 17: a BMC that does not answer (it lost power with its host) leaves the dead-time

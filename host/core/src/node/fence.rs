@@ -209,6 +209,12 @@ impl Node {
         match result {
             Ok(device) => {
                 peer.fence = Fence::Confirmed { asked, device: device.clone() };
+                // What the status shows of the device is its answer now, not the last monitor's.
+                if let Some(answers) = self.fence_health.get_mut(host) {
+                    for (_, answer) in answers.iter_mut().filter(|(name, _)| *name == device) {
+                        *answer = Ok("off".to_string());
+                    }
+                }
                 self.record(
                     Severity::Alert,
                     EventKind::HostFencedOff,
@@ -636,6 +642,17 @@ mod tests {
         let host2 = status.hosts.iter().find(|h| h.name == "host-2").expect("host-2");
         assert_eq!(host2.fence.len(), 1);
         assert!(host2.fence[0].ok && host2.fence[0].detail == "on", "{:?}", host2.fence);
+        // The operator powers host-2 off (forced: it is heard); the status shows the device's
+        // confirmation, not the last monitor's "on".
+        let now = 4 * t.fence_monitor_interval_ms;
+        let command = crate::node::Command::FenceHost { host: "host-2".into(), force: true };
+        let asked = node.handle(now, Input::Command(command), &mut p);
+        assert!(asked.iter().any(|a| matches!(a, Action::FenceHost { host } if host == "host-2")), "{asked:?}");
+        let result = Ok("fence_redfish 10.0.0.9".to_string());
+        node.handle(now + 200, Input::FenceResult { host: "host-2".into(), result }, &mut p);
+        let status = node.status();
+        let host2 = status.hosts.iter().find(|h| h.name == "host-2").expect("host-2");
+        assert!(host2.fence[0].ok && host2.fence[0].detail == "off", "{:?}", host2.fence);
     }
 
     #[test]

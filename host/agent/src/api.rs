@@ -502,7 +502,9 @@ async fn stop(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MigrateBody {
-    host: String,
+    /// None: to the cluster (the placement policy chooses).
+    #[serde(default)]
+    host: Option<String>,
 }
 
 async fn migrate(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {

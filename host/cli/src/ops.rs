@@ -503,13 +503,14 @@ fn fence_test(host: &str, config: &std::path::Path) -> anyhow::Result<ExitCode> 
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// `halo migrate VM HOST`.
+/// `halo migrate VM [HOST]`.
 #[derive(Args)]
 pub struct MigrateArgs {
     /// The VM.
     vm: String,
-    /// The target host.
-    host: String,
+    /// The target host; without it, to the cluster: the placement policy chooses (the host it
+    /// runs on excluded).
+    host: Option<String>,
     /// Return once the master started it.
     #[arg(long)]
     no_wait: bool,
@@ -524,14 +525,24 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let agent = args.api.agent()?;
     let since = EventsSeen::now(&agent)?;
     agent.call("POST", &format!("/api/v1/vms/{}/migrate", args.vm), Some(json!({ "host": args.host })))?;
-    outln!("{}: live migration to {} started", args.vm, args.host);
+    let target = args.host.as_deref().unwrap_or("the cluster");
+    outln!("{}: live migration to {target} asked", args.vm);
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let (vm, to) = (args.vm.clone(), format!(" to {}", args.host));
+    let vm = args.vm.clone();
+    let to = args.host.as_ref().map(|h| format!(" to {h}"));
+    let refused = format!("migrate {vm} to ");
     follow(&agent, since, Duration::from_secs(args.timeout), |event| match event.0.as_str() {
-        "vm-migrated" if event.1.starts_with(&format!("{vm} ")) && event.1.ends_with(&to) => Step::Done,
+        // Where it goes (the placement policy's choice, without a host).
+        "migration-started" if event.1.starts_with(&format!("{vm}: ")) => Step::Show,
+        "vm-migrated"
+            if event.1.starts_with(&format!("{vm} ")) && to.as_ref().is_none_or(|to| event.1.ends_with(to)) =>
+        {
+            Step::Done
+        }
         "migration-failed" if event.1.starts_with(&format!("{vm}:")) => Step::Fail,
+        "command-refused" if event.1.starts_with(&refused) => Step::Fail,
         _ => Step::Skip,
     })
 }

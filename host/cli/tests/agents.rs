@@ -703,6 +703,14 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     let run = cluster.while_live(&["vm-1"], 2, &["migrate", "vm-1", "host-3"]);
     assert!(run.ok && run.out.contains("migrated live from host-1 to host-3"), "{}", run.out);
     assert_eq!(cluster.runners("vm-1", &[1, 2, 3]), vec![3]);
+    // To the cluster (issue 18): the placement policy chooses, never the host it runs on; then
+    // back, for what follows.
+    let run = cluster.while_live(&["vm-1"], 2, &["migrate", "vm-1"]);
+    assert!(run.ok && run.out.contains("vm-1: live migration host-3 → host-"), "{}", run.out);
+    let chosen = cluster.runners("vm-1", &[1, 2, 3]);
+    assert!(chosen.len() == 1 && chosen[0] != 3, "moved by the policy's choice: {chosen:?}\n{}", run.out);
+    let run = cluster.while_live(&["vm-1"], 2, &["migrate", "vm-1", "host-3"]);
+    assert!(run.ok && cluster.runners("vm-1", &[1, 2, 3]) == vec![3], "{}", run.out);
 
     // Scenario 7: maintenance of host-2 live-migrates vm-2 and vm-3 away; exit brings it back.
     let run = cluster.while_live(&["vm-2", "vm-3"], 1, &["host", "maintenance", "enter", "host-2"]);

@@ -896,6 +896,10 @@ impl<'p> Sim<'p> {
             }
             FaultKind::Migrate { vm, to } => {
                 if start {
+                    // Drawn to the host it runs on already: the operator migrates it "to the
+                    // cluster" instead (the placement policy chooses).
+                    let there = self.hosts.iter().any(|h| h.name == to && h.vms.contains_key(&vm));
+                    let to = (!there).then_some(to);
                     self.operate(Command::MigrateVm { vm, to }, self.now + duration);
                 }
             }

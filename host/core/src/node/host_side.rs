@@ -459,7 +459,7 @@ impl Node {
             }
             Command::EnterMaintenance(host) => self.enter_maintenance(&host, policies),
             Command::ExitMaintenance(host) => self.exit_maintenance(&host),
-            Command::MigrateVm { vm, to } => self.migrate_one(&vm, &to),
+            Command::MigrateVm { vm, to } => self.migrate_one(&vm, to.as_deref(), policies),
             Command::StartVm { vm, on } => self.start_one(&vm, on.as_deref()),
             Command::FenceHost { host, force } => self.fence_on_request(&host, force),
         }

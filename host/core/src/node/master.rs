@@ -1034,9 +1034,10 @@ impl Node {
     /// The operator moves one VM live to `to` (master only). Refused, with the reason as a
     /// `command-refused` event, when the VM is not known to run anywhere, is moving already, or
     /// the target is not a live host outside maintenance.
-    pub(super) fn migrate_one(&mut self, vm: &str, to: &str) {
+    pub(super) fn migrate_one(&mut self, vm: &str, to: Option<&str>, policies: &mut dyn Policies) {
+        let target = to.map_or_else(|| "the cluster".to_string(), str::to_string);
         let refuse = |node: &mut Self, why: String| {
-            node.record(Severity::Warning, EventKind::CommandRefused, format!("migrate {vm} to {to}: {why}"), None)
+            node.record(Severity::Warning, EventKind::CommandRefused, format!("migrate {vm} to {target}: {why}"), None)
         };
         let Some(master) = self.master.as_ref() else {
             let master = self.master_view.as_ref().map_or("nobody yet".to_string(), |(m, _)| m.clone());
@@ -1059,6 +1060,39 @@ impl Node {
         let Some(from) = self.reported_locations().get(vm).cloned() else {
             return refuse(self, "it runs on no host this master hears".into());
         };
+        let to = match to {
+            Some(to) => to.to_string(),
+            // To the cluster: the placement policy chooses among the hosts in contact now.
+            None => {
+                let input = self.placement_input(PlacementReason::Balance, &[(vm.to_string(), from.clone())]);
+                let outcome = policies.placement(&input);
+                if let Some(reason) = outcome.fallback_reason {
+                    self.record(
+                        Severity::Alert,
+                        EventKind::PluginFailed,
+                        format!("placement plugin failed, built-in policy decided: {reason}"),
+                        None,
+                    );
+                }
+                match outcome.answer.assignments.into_iter().find(|a| a.vm == vm) {
+                    Some(a) if a.host != from && self.heard_lately(&a.host) => a.host,
+                    Some(a) if a.host == from => {
+                        return refuse(self, "the placement policy keeps it where it is".into());
+                    }
+                    Some(a) => {
+                        return refuse(self, format!("the placement policy chose {}, not in contact now", a.host));
+                    }
+                    None => {
+                        let why = outcome.answer.unplaced.into_iter().find(|u| u.vm == vm).map(|u| u.reason);
+                        return refuse(
+                            self,
+                            format!("no host can take it ({})", why.unwrap_or_else(|| "not placed".into())),
+                        );
+                    }
+                }
+            }
+        };
+        let to = to.as_str();
         if from == to {
             return refuse(self, format!("it runs on {to} already"));
         }
@@ -1471,7 +1505,7 @@ mod tests {
         let mut p = BuiltinPolicies;
         let vm1 = || vec![VmReport { vm: "vm-1".into(), generation: 1 }, VmReport { vm: "vm-2".into(), generation: 1 }];
         let mut asked = |node: &mut Node, now: u64, vm: &str| {
-            let command = Input::Command(Command::MigrateVm { vm: vm.into(), to: "host-3".into() });
+            let command = Input::Command(Command::MigrateVm { vm: vm.into(), to: Some("host-3".into()) });
             node.handle(now, command, &mut p)
         };
         let mut p2 = BuiltinPolicies;
@@ -1502,6 +1536,53 @@ mod tests {
         // Silent for 3.5 s, more than three heartbeat intervals (1 s each here), less than the
         // dead-time (12 s): its verdict still says running.
         assert!(!moved(&outcome[1]) && refused, "host-3 silent: refused {:?}", outcome[1]);
+    }
+
+    #[test]
+    fn a_vm_migrated_to_the_cluster_goes_where_the_placement_policy_puts_it() {
+        // host-1 is master and runs vm-3; host-2 runs vm-1 and vm-2; host-3 is empty. vm-1 "to
+        // the cluster" goes to a host in contact other than host-2; with every other host in
+        // maintenance it is refused with the policy's reason.
+        let mut node = Node::new("host-1", cluster(3, 3), 0);
+        let mut p = BuiltinPolicies;
+        let on2 = || vec![VmReport { vm: "vm-1".into(), generation: 1 }, VmReport { vm: "vm-2".into(), generation: 1 }];
+        let mut asked = Vec::new();
+        for now in (0..6_000).step_by(250) {
+            let seq = now / 250 + 1;
+            let mut inputs = vec![
+                Input::Tick,
+                beat_with("host-2", seq, &[("host-1", seq)], on2()),
+                beat_with("host-3", seq, &[("host-1", seq)], vec![]),
+                Input::DatastoreWritten { datastore: "ds1".into(), ok: true },
+            ];
+            if now == 4_000 {
+                inputs.push(Input::Command(Command::MigrateVm { vm: "vm-1".into(), to: None }));
+            }
+            if now == 5_000 {
+                inputs.push(Input::Command(Command::EnterMaintenance("host-3".into())));
+                inputs.push(Input::Command(Command::EnterMaintenance("host-1".into())));
+            }
+            if now == 5_500 {
+                inputs.push(Input::Command(Command::MigrateVm { vm: "vm-2".into(), to: None }));
+            }
+            for input in inputs {
+                let command = matches!(input, Input::Command(Command::MigrateVm { .. }));
+                let actions = node.handle(now, input, &mut p);
+                if command {
+                    asked.push(actions);
+                }
+            }
+        }
+        assert!(node.is_master());
+        let to = asked[0].iter().find_map(|a| match a {
+            Action::MigrateVm { vm, from, to } if vm == "vm-1" && from == "host-2" => Some(to.clone()),
+            _ => None,
+        });
+        assert!(to.as_deref().is_some_and(|to| to != "host-2"), "moved off host-2: {:?}", asked[0]);
+        let refused = asked[1].iter().any(|a| {
+            matches!(a, Action::Record(e) if e.kind == EventKind::CommandRefused && e.message.starts_with("migrate vm-2 to the cluster: no host can take it"))
+        });
+        assert!(refused, "nowhere to go: {:?}", asked[1]);
     }
 
     fn starts(actions: &[Action]) -> Vec<(String, String, u64)> {

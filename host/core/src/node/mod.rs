@@ -105,12 +105,13 @@ pub enum Command {
     /// Emergency disable of HA on this host: no fencing, no isolation response, and the
     /// master does not restart its VMs.
     SetHostHaDisabled(bool),
-    /// Live-migrate one VM to a host (to the master).
+    /// Live-migrate one VM (to the master).
     MigrateVm {
         /// The VM.
         vm: String,
-        /// The target host.
-        to: String,
+        /// The target host; none: "to the cluster", where the placement policy puts it (as
+        /// for an evacuation, the host it runs on excluded).
+        to: Option<String>,
     },
     /// Start a protected VM that runs nowhere, under a new claim (to the master): the way to
     /// start one by hand, since libvirt's hook refuses an unclaimed start.

@@ -62,6 +62,9 @@ pub struct AgentConfig {
     /// The VMs halo knows.
     #[serde(default)]
     pub vms: Vec<VmSpec>,
+    /// Placement rules (`[[rules]]`: VM–host, VMs together or apart; `must` or `should`).
+    #[serde(default)]
+    pub rules: Vec<halo_core::rules::Rule>,
     /// The HTTP API, the status page and `/metrics` (absent: not served).
     #[serde(default)]
     pub api: Option<ApiEntry>,
@@ -207,6 +210,9 @@ pub struct HostEntry {
     /// as soon as one confirms it is off. None: it is proved dead by the dead-time alone.
     #[serde(default)]
     pub fence: Vec<crate::fence::FenceDevice>,
+    /// A reserved failover host: kept free of VMs, used first at failover.
+    #[serde(default)]
+    pub reserved: bool,
 }
 
 /// One datastore: a mounted directory or an NFSv3 export.
@@ -404,6 +410,7 @@ impl AgentConfig {
                     vcpus: h.vcpus,
                     labels: h.labels.clone(),
                     fenceable: !h.fence.is_empty(),
+                    reserved: h.reserved,
                 })
                 .collect(),
             networks: self.networks.clone(),
@@ -413,6 +420,7 @@ impl AgentConfig {
             timeouts: self.timeouts,
             ha: self.ha.clone(),
             policy: self.policy.clone(),
+            rules: self.rules.clone(),
         }
     }
 

@@ -223,6 +223,7 @@ mod tests {
                 vcpus: 2,
                 labels: vec![],
                 fenceable: false,
+                reserved: false,
             }],
             networks: vec!["A".into()],
             datastores: vec![],
@@ -231,6 +232,7 @@ mod tests {
             timeouts: Default::default(),
             ha: Default::default(),
             policy: Default::default(),
+            rules: Vec::new(),
         }
     }
 

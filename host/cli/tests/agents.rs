@@ -34,6 +34,9 @@ struct Cluster {
     watchdogs: BTreeMap<usize, halo_lab::watchdog::LabWatchdog>,
     /// `[timeouts]` lines of the agents' configs (none: the defaults).
     timeouts: Vec<String>,
+    /// Replacements made in every agent's halo.toml (what, by what), for keys inside tables
+    /// the lab writes (e.g. `reserved = true` in a `[[hosts]]` entry).
+    edits: Vec<(String, String)>,
 }
 
 impl Drop for Cluster {
@@ -143,7 +146,8 @@ impl Cluster {
             }
         }
         let timeouts = timeouts.iter().map(|t| t.to_string()).collect();
-        let mut cluster = Self { lab, hv, agents: BTreeMap::new(), extra: extra.to_string(), watchdogs, timeouts };
+        let mut cluster =
+            Self { lab, hv, agents: BTreeMap::new(), extra: extra.to_string(), watchdogs, timeouts, edits: Vec::new() };
         for h in 1..=3 {
             cluster.start_agent(h);
         }
@@ -162,6 +166,10 @@ impl Cluster {
         let mut config = self.lab.agent_config(h, &vms, &timeouts).expect("config");
         // Extra tables (e.g. [plugins]) after the last one of the file.
         config.push_str(&self.extra);
+        for (what, by) in &self.edits {
+            assert!(config.contains(what.as_str()), "`{what}` is in the config:\n{config}");
+            config = config.replace(what.as_str(), by);
+        }
         if let Some(watchdog) = self.watchdogs.get(&h) {
             config.push_str(&format!("\n[watchdog]\ndevice = \"{}\"\n", watchdog.device().display()));
         }
@@ -1388,6 +1396,74 @@ fn with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fa
         "the wait for the lease shows: {logs}"
     );
     cluster.holds(&placement, Duration::from_secs(2), "after the failover");
+}
+
+/// Issue 18: placement rules and a reserved failover host at a failover. host-3 is reserved
+/// (vm-4 moved off it first); vm-3 must stay apart from vm-1 and must run on host-1 or host-2;
+/// vm-2 should run on host-2. host-2 crashes: vm-2 goes to the reserved host (its *should*
+/// broken, reported: host-2 is gone), and vm-3 stays down — host-1 runs vm-1, host-3 is not
+/// among its hosts — with the rules named, rather than break a *must*.
+#[test]
+fn placement_rules_and_a_reserved_host_decide_where_a_failover_goes() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "placement_rules_and_a_reserved_host_decide_where_a_failover_goes";
+    let rules = r#"
+[[rules]]
+name = "db-apart"
+kind = "apart"
+strength = "must"
+vms = ["vm-3", "vm-1"]
+
+[[rules]]
+name = "db-hosts"
+kind = "vm-host"
+strength = "must"
+vms = ["vm-3"]
+hosts = ["host-1", "host-2"]
+
+[[rules]]
+name = "web-home"
+kind = "vm-host"
+strength = "should"
+vms = ["vm-2"]
+hosts = ["host-2"]
+"#;
+    let Some(mut cluster) = Cluster::up(test, 'p', rules) else {
+        return;
+    };
+    let token = cluster.token();
+    cluster.move_vm(&token, "vm-4", 1);
+    cluster
+        .edits
+        .push(("name = \"host-3\"\nmemory-mib".into(), "name = \"host-3\"\nreserved = true\nmemory-mib".into()));
+    cluster.restart_agents_with(&[]);
+    let (_, status) = cluster.api(1, "GET", "/api/v1/status", Some(&token), None);
+    assert!(status.contains("\"vm-4\""), "{status}");
+    let crashed = Instant::now();
+    cluster.lab.kill_host(2).expect("host-2 crashes");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.runners("vm-2", &[1, 3]) != vec![3] {
+        assert!(Instant::now() < deadline, "vm-2 restarted on the reserved host-3\n{}", cluster.logs());
+        assert!(cluster.runners("vm-2", &[1]).is_empty(), "not on host-1\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("figure: vm-2 ran on the reserved host {:.2} s after host-2 crashed", crashed.elapsed().as_secs_f64());
+    // vm-3 has no host that keeps its rules: it stays down, and the alert names them.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert!(cluster.runners("vm-3", &[1, 3]).is_empty(), "vm-3 never breaks a must rule\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = cluster.logs();
+    let alert = logs.lines().find(|l| l.contains("vm-3: no host can take it")).unwrap_or_default();
+    assert!(alert.contains("rule db-apart (must apart: vm-3, vm-1)"), "{logs}");
+    assert!(alert.contains("rule db-hosts (must on host-1, host-2: vm-3)"), "{alert}");
+    assert!(
+        logs.contains("vm-2 goes to host-3 against rule web-home (should on host-2: vm-2): nothing else fits"),
+        "{logs}"
+    );
+    assert_eq!(cluster.runners("vm-1", &[1, 3]), vec![1]);
+    assert_eq!(cluster.runners("vm-4", &[1, 3]), vec![1]);
 }
 
 /// Issue 17: with a lab BMC per host as its fence device (Debian's `fence_redfish` against the

@@ -31,7 +31,7 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, vm: &VmSpec) {
+    pub(crate) fn add(&mut self, vm: &VmSpec) {
         match vm.priority {
             RestartPriority::Restart => self.restart_mib += vm.memory_mib,
             RestartPriority::BestEffort => self.best_effort_mib += vm.memory_mib,
@@ -137,7 +137,13 @@ pub fn failover_plan(
             let unplaced = input.vms.iter().map(|v| (v.name.clone(), "no host left".to_string())).collect();
             return (false, vec![], unplaced);
         }
-        let answer = policies.placement(&input).answer;
+        // Under the placement rules, from where the VMs of the surviving hosts run.
+        let running: Locations = locations
+            .iter()
+            .filter(|(_, h)| !failed.contains(h.as_str()))
+            .map(|(v, h)| (v.clone(), h.clone()))
+            .collect();
+        let answer = crate::rules::place(config, &input, &running, policies).outcome.answer;
         let assigned = answer.assignments.into_iter().map(|a| (a.vm, a.host)).collect();
         let unplaced: Vec<(String, String)> = answer.unplaced.into_iter().map(|u| (u.vm, u.reason)).collect();
         (unplaced.is_empty(), assigned, unplaced)

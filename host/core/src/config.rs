@@ -27,6 +27,10 @@ pub struct HostSpec {
     /// VMs as soon as the device confirms it is off (`fence`).
     #[serde(default)]
     pub fenceable: bool,
+    /// A reserved failover host: kept free of VMs (no evacuation, migration or operator start
+    /// goes there) and used first at failover (`rules`).
+    #[serde(default)]
+    pub reserved: bool,
 }
 
 /// One VM halo knows about.
@@ -244,6 +248,9 @@ pub struct ClusterConfig {
     /// Policy settings.
     #[serde(default)]
     pub policy: PolicySettings,
+    /// Placement rules (`rules`).
+    #[serde(default)]
+    pub rules: Vec<crate::rules::Rule>,
 }
 
 /// Every problem of a config, each with its key's path.
@@ -340,6 +347,7 @@ impl ClusterConfig {
                 }
             }
         }
+        problems.extend(crate::rules::problems(self));
         if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }
     }
 
@@ -378,6 +386,7 @@ pub(crate) mod tests {
                     vcpus: 16,
                     labels: vec![],
                     fenceable: false,
+                    reserved: false,
                 })
                 .collect(),
             networks: vec!["A".into(), "B".into()],
@@ -399,6 +408,7 @@ pub(crate) mod tests {
             timeouts: Timeouts::CONSERVATIVE,
             ha: HaSettings::default(),
             policy: PolicySettings::default(),
+            rules: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod drivers;
 pub mod node;
 pub mod policies;
+pub mod rules;
 pub mod settings;
 pub mod wire;
 

@@ -195,6 +195,7 @@ mod tests {
                     vcpus: 8,
                     labels: vec![],
                     fenceable: false,
+                    reserved: false,
                 })
                 .collect(),
             networks: vec!["A".into()],
@@ -204,6 +205,7 @@ mod tests {
             timeouts: Default::default(),
             ha: Default::default(),
             policy: Default::default(),
+            rules: Vec::new(),
         };
         c.ha.enabled = true;
         c

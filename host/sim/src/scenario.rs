@@ -17,6 +17,7 @@ pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
                 vcpus: 32,
                 labels: vec![],
                 fenceable: false,
+                reserved: false,
             })
             .collect(),
         networks: vec!["A".into(), "B".into()],
@@ -44,6 +45,7 @@ pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
         timeouts: Timeouts::default(),
         ha: HaSettings::default(),
         policy: PolicySettings::default(),
+        rules: Vec::new(),
     }
 }
 
@@ -101,6 +103,7 @@ pub fn demo_cluster() -> ClusterConfig {
                 vcpus: 16,
                 labels: vec![],
                 fenceable: false,
+                reserved: false,
             })
             .collect(),
         networks: vec!["A".into(), "B".into()],
@@ -124,5 +127,6 @@ pub fn demo_cluster() -> ClusterConfig {
         timeouts: Timeouts::default(),
         ha: HaSettings::default(),
         policy: PolicySettings::default(),
+        rules: Vec::new(),
     }
 }

@@ -112,6 +112,8 @@ event_kinds! {
     RestartOrderError => "restart-order-error",
     /// No host has room for a VM.
     NoCapacity => "no-capacity",
+    /// A *should* placement rule was broken because nothing else fit (`rules`).
+    RuleBroken => "rule-broken",
     /// A VM failed to start on this host.
     StartFailed => "start-failed",
     /// A silent host is being powered off through its fence devices.

@@ -618,6 +618,50 @@ impl Node {
         }
     }
 
+    /// Where every VM runs or is being started now, as placement rules see it.
+    fn placed_now(&self) -> BTreeMap<String, String> {
+        let mut at = self.reported_locations();
+        if let Some(master) = &self.master {
+            for (vm, r) in &master.restarts {
+                if let RestartState::Claiming { host, .. } | RestartState::Starting { host, .. } = &r.state {
+                    at.insert(vm.clone(), host.clone());
+                }
+            }
+        }
+        at
+    }
+
+    /// Places `vms` (each with the host it leaves) for `reason` under the rules and reserved
+    /// hosts (`rules::place`); a *should* rule broken because nothing else fit is an event.
+    pub(super) fn place(
+        &mut self,
+        reason: PlacementReason,
+        vms: &[(String, String)],
+        policies: &mut dyn Policies,
+    ) -> PolicyOutcome<halo_policy::Placement> {
+        let input = self.placement_input(reason, vms);
+        self.place_input(&input, policies)
+    }
+
+    /// [`Node::place`] of a ready input.
+    pub(super) fn place_input(
+        &mut self,
+        input: &halo_policy::PlacementInput,
+        policies: &mut dyn Policies,
+    ) -> PolicyOutcome<halo_policy::Placement> {
+        let placed = crate::rules::place(&self.config, input, &self.placed_now(), policies);
+        for (vm, rule) in placed.broken {
+            let host = placed.outcome.answer.assignments.iter().find(|a| a.vm == vm).map_or("?", |a| a.host.as_str());
+            self.record(
+                Severity::Warning,
+                EventKind::RuleBroken,
+                format!("{vm} goes to {host} against {rule}: nothing else fits"),
+                None,
+            );
+        }
+        placed.outcome
+    }
+
     /// Starts the next wave when nothing is in flight.
     fn dispatch(&mut self, policies: &mut dyn Policies) {
         let now = self.now;
@@ -706,12 +750,19 @@ impl Node {
         if pinned.is_empty() && to_place.is_empty() {
             return;
         }
-        let mut outcome = if to_place.is_empty() {
-            PolicyOutcome::plain(halo_policy::Placement { assignments: vec![], unplaced: vec![] })
-        } else {
-            let input = self.placement_input(PlacementReason::Failover, &to_place);
-            policies.placement(&input)
-        };
+        // A failover's VMs may go to reserved hosts first; an operator's start (no `from`)
+        // may not.
+        let (failover, started): (Vec<_>, Vec<_>) = to_place.into_iter().partition(|(_, from)| !from.is_empty());
+        let mut outcome = PolicyOutcome::plain(halo_policy::Placement { assignments: vec![], unplaced: vec![] });
+        for (reason, vms) in [(PlacementReason::Failover, failover), (PlacementReason::Balance, started)] {
+            if vms.is_empty() {
+                continue;
+            }
+            let placed = self.place(reason, &vms, policies);
+            outcome.answer.assignments.extend(placed.answer.assignments);
+            outcome.answer.unplaced.extend(placed.answer.unplaced);
+            outcome.fallback_reason = outcome.fallback_reason.or(placed.fallback_reason);
+        }
         outcome.answer.assignments.extend(pinned);
         if let Some(reason) = outcome.fallback_reason {
             self.record(
@@ -977,7 +1028,7 @@ impl Node {
             locations.iter().filter(|(_, h)| *h == host).map(|(vm, h)| (vm.clone(), h.clone())).collect();
         let moved = {
             let input = self.placement_input(PlacementReason::AdmissionCheck, &evacuees);
-            let answer = policies.placement(&input).answer;
+            let answer = crate::rules::place(&self.config, &input, &locations, policies).outcome.answer;
             let mut moved = locations.clone();
             for a in answer.assignments {
                 moved.insert(a.vm, a.host);
@@ -1064,8 +1115,7 @@ impl Node {
             Some(to) => to.to_string(),
             // To the cluster: the placement policy chooses among the hosts in contact now.
             None => {
-                let input = self.placement_input(PlacementReason::Balance, &[(vm.to_string(), from.clone())]);
-                let outcome = policies.placement(&input);
+                let outcome = self.place(PlacementReason::Balance, &[(vm.to_string(), from.clone())], policies);
                 if let Some(reason) = outcome.fallback_reason {
                     self.record(
                         Severity::Alert,
@@ -1220,8 +1270,7 @@ impl Node {
                 );
                 continue;
             }
-            let input = self.placement_input(PlacementReason::Evacuation, &vms);
-            let outcome = policies.placement(&input);
+            let outcome = self.place(PlacementReason::Evacuation, &vms, policies);
             // Only to a host in contact now; the others wait for the next round.
             let in_contact: Vec<_> =
                 outcome.answer.assignments.into_iter().filter(|a| self.heard_lately(&a.host)).collect();

@@ -311,7 +311,7 @@ impl Node {
         }
         let mut input = self.placement_input(PlacementReason::Failover, &evacuees);
         input.hosts.retain(|h| !failed_set.contains(&h.name));
-        let answer = policies.placement(&input).answer;
+        let answer = crate::rules::place(&self.config, &input, &locations, policies).outcome.answer;
         Some(WhatIf {
             failed: failed.to_vec(),
             placed: answer.assignments.into_iter().map(|a| (a.vm, a.host)).collect(),

@@ -921,6 +921,47 @@ async fn metrics(State(api): Ctx) -> Response {
             })
             .collect(),
     );
+    // Load, as the master last read it from every host's libvirt (master only).
+    let loaded: Vec<(&str, &halo_core::node::HostLoadStatus)> =
+        status.hosts.iter().filter_map(|h| Some((h.name.as_str(), h.load.as_ref()?))).collect();
+    push(
+        "halo_host_free_memory_mib",
+        "gauge",
+        "Free memory of each host, MiB, from its libvirt (master only).",
+        loaded
+            .iter()
+            .map(|(h, l)| format!("halo_host_free_memory_mib{{host=\"{}\"}} {}", esc(h), l.load.free_memory_mib))
+            .collect(),
+    );
+    push(
+        "halo_host_cpu_percent",
+        "gauge",
+        "CPU use of each host's running VMs together, percent of the host (master only).",
+        loaded
+            .iter()
+            .filter_map(|(h, l)| Some(format!("halo_host_cpu_percent{{host=\"{}\"}} {}", esc(h), l.load.cpu_percent?)))
+            .collect(),
+    );
+    let vm_loads: Vec<(&str, &halo_core::VmLoad)> =
+        status.vms.iter().filter_map(|v| Some((v.name.as_str(), v.load.as_ref()?))).collect();
+    push(
+        "halo_vm_cpu_percent",
+        "gauge",
+        "CPU use of each running VM over the last reading interval, percent of one thread (master only).",
+        vm_loads
+            .iter()
+            .filter_map(|(vm, l)| Some(format!("halo_vm_cpu_percent{{vm=\"{}\"}} {}", esc(vm), l.cpu_percent?)))
+            .collect(),
+    );
+    push(
+        "halo_vm_memory_used_mib",
+        "gauge",
+        "Memory each running VM uses, MiB (its QEMU's resident memory; master only).",
+        vm_loads
+            .iter()
+            .map(|(vm, l)| format!("halo_vm_memory_used_mib{{vm=\"{}\"}} {}", esc(vm), l.memory_mib))
+            .collect(),
+    );
     let counts = api.agent.events().counts();
     let restarts: u64 = counts
         .iter()

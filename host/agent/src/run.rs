@@ -204,6 +204,9 @@ impl HypervisorDriver for AgentDrivers {
     fn pause_copy(&mut self, host: &str, vm: &str) {
         self.hypervisor.pause_copy(host, vm);
     }
+    fn read_load(&mut self, host: &str) {
+        self.hypervisor.read_load(host);
+    }
 }
 
 impl EventSink for AgentDrivers {

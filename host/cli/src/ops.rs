@@ -157,7 +157,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     outln!();
     table(
-        &["host", "state", "vms", "fence devices", "notes"],
+        &["host", "state", "vms", "load", "fence devices", "notes"],
         list(&s, "hosts")
             .iter()
             .map(|h| {
@@ -175,6 +175,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     text(h, "name"),
                     text(h, "state"),
                     list(h, "vms").len().to_string(),
+                    host_load(h),
                     fence_health(h),
                     notes.join(", "),
                 ]
@@ -207,9 +208,24 @@ fn fence_health(host: &Value) -> String {
         .join("; ")
 }
 
+/// A host's load as the master last read it: `cpu 3 %, 12000 MiB free`; `-` without a reading
+/// (not the master, or not read yet).
+fn host_load(host: &Value) -> String {
+    let Some(load) = host.get("load").filter(|l| l.is_object()) else { return "-".into() };
+    let cpu = load.get("cpu-percent").and_then(Value::as_u64).map_or("cpu ?".to_string(), |c| format!("cpu {c} %"));
+    format!("{cpu}, {} MiB free", text(load, "free-memory-mib"))
+}
+
+/// A VM's load: `25 %, 700 MiB`.
+fn vm_load(vm: &Value) -> String {
+    let Some(load) = vm.get("load").filter(|l| l.is_object()) else { return "-".into() };
+    let cpu = load.get("cpu-percent").and_then(Value::as_u64).map_or("?".to_string(), |c| format!("{c} %"));
+    format!("{cpu}, {} MiB", text(load, "memory-mib"))
+}
+
 fn vm_table(vms: &[Value]) {
     table(
-        &["vm", "host", "priority", "order", "depends-on", "restart"],
+        &["vm", "host", "priority", "order", "depends-on", "restart", "load"],
         vms.iter()
             .map(|v| {
                 let copies: Vec<&str> = list(v, "copies").iter().filter_map(Value::as_str).collect();
@@ -227,7 +243,15 @@ fn vm_table(vms: &[Value]) {
                         other => other.as_str().unwrap_or("").to_string(),
                     })
                     .unwrap_or_default();
-                vec![text(v, "name"), host, text(v, "priority"), text(v, "order"), text(v, "depends-on"), restart]
+                vec![
+                    text(v, "name"),
+                    host,
+                    text(v, "priority"),
+                    text(v, "order"),
+                    text(v, "depends-on"),
+                    restart,
+                    vm_load(v),
+                ]
             })
             .collect(),
     );

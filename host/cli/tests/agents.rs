@@ -768,6 +768,28 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     assert!(run.out.contains("host-failed") && run.out.contains("why: host-3:"), "{}", run.out);
     assert!(!run.out.contains("plugin-failed"), "{}", run.out);
 
+    // Load (issue 18): the master reads every host in contact from its libvirt every 10 s (a
+    // VM restarted since the last reading shows its load from the next one).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = cluster.api(1, "GET", "/api/v1/status", Some(&token), None);
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        for host in ["host-1", "host-2"] {
+            let entry = status["hosts"].as_array().and_then(|a| a.iter().find(|h| h["name"] == host)).expect("host");
+            assert!(entry["load"]["free-memory-mib"].as_u64().is_some_and(|m| m > 0), "{host}'s load: {body}");
+        }
+        let vm1 = status["vms"].as_array().and_then(|a| a.iter().find(|v| v["name"] == "vm-1")).expect("vm-1");
+        if vm1["load"]["memory-mib"].as_u64().is_some_and(|m| m > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vm-1's load: {body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!self::metrics(&cluster, 1, "halo_vm_memory_used_mib").is_empty(), "load in /metrics");
+    assert!(!self::metrics(&cluster, 1, "halo_host_free_memory_mib").is_empty(), "load in /metrics");
+    let run = cluster.cli(1, &["status"]);
+    assert!(run.out.contains("MiB free"), "{}", run.out);
+
     // The status page, in headless Chromium inside the lab: its script fills the tables.
     let dom = cluster.status_page(2, &token);
     assert!(dom.contains("<td>host-1 (master)</td>"), "status page:\n{dom}");

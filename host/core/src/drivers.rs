@@ -57,6 +57,8 @@ pub trait HypervisorDriver {
     /// Pauses the copy of `vm` on `host` (no answer: the host's next reports and the alert
     /// tell; a failure is logged and alerted by the driver).
     fn pause_copy(&mut self, host: &str, vm: &str);
+    /// Reads `host`'s load from its libvirt; answers `Input::LoadRead`.
+    fn read_load(&mut self, host: &str);
 }
 
 /// Fence devices (a host's BMC, a PDU): power a host off and confirm it is off.
@@ -99,6 +101,7 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::FenceHost { host } => drivers.fence_host(&host),
         Action::CancelFence { host } => drivers.cancel_fence(&host),
         Action::MonitorFence { host } => drivers.monitor_fence(&host),
+        Action::ReadLoad { host } => drivers.read_load(&host),
         Action::RecordFence { record } => drivers.record_fence(&record),
         Action::Record(event) => drivers.record(event),
     }
@@ -169,6 +172,9 @@ mod tests {
         }
         fn pause_copy(&mut self, host: &str, vm: &str) {
             self.0.push(format!("pause {vm} on {host}"));
+        }
+        fn read_load(&mut self, host: &str) {
+            self.0.push(format!("load of {host}"));
         }
     }
     impl EventSink for Calls {

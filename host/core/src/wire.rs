@@ -67,6 +67,38 @@ pub struct DatastoreRecord {
     pub stopped: Vec<VmReport>,
 }
 
+/// A host's load as the master last read it from the host's libvirt (`Action::ReadLoad`):
+/// what balancing and the operator need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HostLoad {
+    /// The host's memory, MiB (libvirt's node info).
+    pub memory_mib: u64,
+    /// Its free memory, MiB.
+    pub free_memory_mib: u64,
+    /// Its CPU threads.
+    pub cpus: u32,
+    /// CPU use of its running VMs together, percent of the host (100: every thread busy);
+    /// `None` until two readings make a rate.
+    pub cpu_percent: Option<u32>,
+    /// Each running VM.
+    pub vms: Vec<VmLoad>,
+}
+
+/// One running VM's load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VmLoad {
+    /// The VM.
+    pub vm: String,
+    /// CPU use over the last reading interval, percent of one thread (a VM with two busy
+    /// vCPUs: 200); `None` until two readings make a rate.
+    pub cpu_percent: Option<u32>,
+    /// Memory in use, MiB (its QEMU's resident memory; its balloon size where that is not
+    /// reported).
+    pub memory_mib: u64,
+}
+
 /// What became of a fence, kept on every datastore (`fences/<host>.json`, the latest per
 /// host): who asked, which device answered, the outcome, how long it took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -85,6 +85,8 @@ pub struct Hypervisors {
     catalog: Arc<Mutex<BTreeMap<String, String>>>,
     inputs: Sender<Input>,
     runtime: Handle,
+    /// Per host: its last load reading, for rates.
+    meters: Arc<Mutex<BTreeMap<String, crate::LoadMeter>>>,
 }
 
 impl Hypervisors {
@@ -96,7 +98,7 @@ impl Hypervisors {
         inputs: Sender<Input>,
         runtime: Handle,
     ) -> Self {
-        Self { config: Arc::new(config), catalog, inputs, runtime }
+        Self { config: Arc::new(config), catalog, inputs, runtime, meters: Arc::default() }
     }
 
     /// Runs `act` on `vm` of this host's libvirt on a blocking thread; a failure is logged as an
@@ -205,6 +207,22 @@ impl HypervisorDriver for Hypervisors {
                 Ok(()) => tracing::warn!(vm, host, "paused the copy halo does not keep"),
                 Err(e) => tracing::error!(vm, host, "ALERT could not pause the copy on {host}: {e}"),
             }
+        });
+    }
+
+    fn read_load(&mut self, host: &str) {
+        let (config, inputs, meters) = (Arc::clone(&self.config), self.inputs.clone(), Arc::clone(&self.meters));
+        let host = host.to_string();
+        self.runtime.spawn_blocking(move || {
+            let sample = Self::connect(&config, &host).and_then(|hv| hv.load_sample().map_err(|e| e.to_string()));
+            let load = sample.map(|sample| {
+                let mut meters = meters.lock().unwrap_or_else(|p| p.into_inner());
+                meters.entry(host.clone()).or_default().load(&sample, std::time::Instant::now())
+            });
+            if let Err(e) = &load {
+                tracing::debug!(host, "load: {e}");
+            }
+            let _ = inputs.blocking_send(Input::LoadRead { host, load });
         });
     }
 

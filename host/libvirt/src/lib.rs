@@ -16,6 +16,7 @@ pub mod events;
 pub mod leases;
 pub mod states;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
@@ -114,6 +115,71 @@ pub struct DomainStatus {
     pub state: DomainState,
     /// Whether it is defined persistently.
     pub persistent: bool,
+}
+
+/// A raw load reading of a host ([`Hypervisor::load_sample`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSample {
+    /// The host's memory, KiB.
+    pub memory_kib: u64,
+    /// Its free memory, bytes.
+    pub free_bytes: u64,
+    /// Its CPU threads.
+    pub cpus: u32,
+    /// Its running domains.
+    pub vms: Vec<DomainLoad>,
+}
+
+/// One running domain in a [`LoadSample`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainLoad {
+    /// Its name.
+    pub name: String,
+    /// CPU time used since it started, ns.
+    pub cpu_time_ns: u64,
+    /// Memory in use, KiB.
+    pub memory_kib: u64,
+}
+
+/// Turns a host's successive [`LoadSample`]s into a [`halo_core::HostLoad`]: CPU use is the
+/// CPU time a domain used between two readings over the time between them.
+#[derive(Debug, Default)]
+pub struct LoadMeter {
+    last: Option<(std::time::Instant, BTreeMap<String, u64>)>,
+}
+
+impl LoadMeter {
+    /// The load from `sample`, read at `at`.
+    pub fn load(&mut self, sample: &LoadSample, at: std::time::Instant) -> halo_core::HostLoad {
+        let elapsed_ns = self.last.as_ref().map(|(then, _)| at.saturating_duration_since(*then).as_nanos() as u64);
+        let percent = |name: &str, now_ns: u64| -> Option<u32> {
+            let (_, before) = self.last.as_ref()?;
+            let used = now_ns.checked_sub(*before.get(name)?)?;
+            let elapsed = elapsed_ns.filter(|e| *e > 0)?;
+            Some(u32::try_from(used.saturating_mul(100) / elapsed).unwrap_or(u32::MAX))
+        };
+        let vms: Vec<halo_core::VmLoad> = sample
+            .vms
+            .iter()
+            .map(|d| halo_core::VmLoad {
+                vm: d.name.clone(),
+                cpu_percent: percent(&d.name, d.cpu_time_ns),
+                memory_mib: d.memory_kib / 1024,
+            })
+            .collect();
+        let cpu_percent = (self.last.is_some() && sample.cpus > 0).then(|| {
+            let sum: u64 = vms.iter().filter_map(|v| v.cpu_percent).map(u64::from).sum();
+            u32::try_from(sum / u64::from(sample.cpus)).unwrap_or(u32::MAX)
+        });
+        self.last = Some((at, sample.vms.iter().map(|d| (d.name.clone(), d.cpu_time_ns)).collect()));
+        halo_core::HostLoad {
+            memory_mib: sample.memory_kib / 1024,
+            free_memory_mib: sample.free_bytes / (1024 * 1024),
+            cpus: sample.cpus,
+            cpu_percent,
+            vms,
+        }
+    }
 }
 
 /// How a VM moves to another host.
@@ -225,6 +291,31 @@ impl Hypervisor {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// What the host and its running domains use now: a raw reading, turned into rates by
+    /// [`LoadMeter`].
+    pub fn load_sample(&self) -> Result<LoadSample, LibvirtError> {
+        let node = self.conn.get_node_info().map_err(|e| self.fail("read the node info", None, &e))?;
+        let free = self.conn.get_free_memory().map_err(|e| self.fail("read the free memory", None, &e))?;
+        let running = self
+            .conn
+            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_RUNNING)
+            .map_err(|e| self.fail("list domains", None, &e))?;
+        let mut vms = Vec::with_capacity(running.len());
+        for d in running {
+            let Ok(name) = d.get_name() else { continue };
+            // A domain that stopped between the list and the read is skipped.
+            let Ok(info) = d.get_info() else { continue };
+            // Resident memory of its QEMU where libvirt reports it (KiB), else the balloon.
+            let rss = d
+                .memory_stats(0)
+                .ok()
+                .and_then(|stats| stats.iter().find(|s| s.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS).map(|s| s.val));
+            vms.push(DomainLoad { name, cpu_time_ns: info.cpu_time, memory_kib: rss.unwrap_or(info.memory) });
+        }
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(LoadSample { memory_kib: node.memory, free_bytes: free, cpus: node.cpus, vms })
     }
 
     /// A domain's state, or `None` when the host does not know it.

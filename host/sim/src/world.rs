@@ -1243,6 +1243,38 @@ impl FenceDriver for HostDrivers<'_, '_> {
     }
 }
 
+impl HostDrivers<'_, '_> {
+    /// `Action::ReadLoad`: the host's libvirt, reached like a start, answers with its VMs'
+    /// configured memory (no CPU use is simulated).
+    fn load_of(&mut self, host: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let Some(&to) = s.index.get(host) else { return };
+        let load = if (to == h || s.any_path(h, to)) && s.hosts[to].up && !s.hosts[to].frozen {
+            let memory_mib = s.config.hosts[to].memory_mib;
+            let vms: Vec<halo_core::VmLoad> = s.hosts[to]
+                .vms
+                .keys()
+                .map(|vm| halo_core::VmLoad {
+                    vm: vm.clone(),
+                    cpu_percent: Some(0),
+                    memory_mib: s.config.vm(vm).map_or(0, |v| v.memory_mib),
+                })
+                .collect();
+            let used: u64 = vms.iter().map(|v| v.memory_mib).sum();
+            Ok(halo_core::HostLoad {
+                memory_mib,
+                free_memory_mib: memory_mib.saturating_sub(used),
+                cpus: s.config.hosts[to].vcpus,
+                cpu_percent: Some(0),
+                vms,
+            })
+        } else {
+            Err(format!("{host}: libvirt unreachable"))
+        };
+        s.deliver(h, 50, Input::LoadRead { host: host.to_string(), load });
+    }
+}
+
 impl PingDriver for HostDrivers<'_, '_> {
     fn ping(&mut self, target: &PingTarget) {
         let (s, h) = (&mut *self.sim, self.h);
@@ -1325,6 +1357,10 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
         if s.hosts[to].vms.contains_key(vm) {
             s.hosts[to].paused.insert(vm.to_string());
         }
+    }
+
+    fn read_load(&mut self, host: &str) {
+        self.load_of(host);
     }
 
     fn resume_vm(&mut self, vm: &str) {

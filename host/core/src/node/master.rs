@@ -269,10 +269,36 @@ impl Node {
         }
     }
 
+    /// Every [`super::LOAD_INTERVAL_MS`] the master reads the load of every host in contact
+    /// (itself included) from its libvirt; a host out of contact keeps its last reading.
+    fn read_load(&mut self) {
+        if self.now < self.load_due {
+            return;
+        }
+        self.load_due = self.now + super::LOAD_INTERVAL_MS;
+        let hosts: Vec<String> =
+            self.config.hosts.iter().map(|h| h.name.clone()).filter(|h| self.heard_lately(h)).collect();
+        for host in hosts {
+            self.out.push(Action::ReadLoad { host });
+        }
+    }
+
+    /// A host's load was read (or could not be: the last reading stays, the failure is logged
+    /// by the driver).
+    pub(super) fn on_load(&mut self, host: &str, load: Result<crate::wire::HostLoad, String>) {
+        if self.master.is_none() || self.config.host(host).is_none() {
+            return;
+        }
+        if let Ok(load) = load {
+            self.load.insert(host.to_string(), (self.now, load));
+        }
+    }
+
     pub(super) fn master_step(&mut self, policies: &mut dyn Policies) {
         self.classify_peers();
         self.watch_fence_triggers();
         self.monitor_fences();
+        self.read_load();
         // Always, HA on or off (off: alerts only).
         self.check_exclusivity();
         if !self.ha_enabled {
@@ -1632,6 +1658,56 @@ mod tests {
             matches!(a, Action::Record(e) if e.kind == EventKind::CommandRefused && e.message.starts_with("migrate vm-2 to the cluster: no host can take it"))
         });
         assert!(refused, "nowhere to go: {:?}", asked[1]);
+    }
+
+    #[test]
+    fn the_master_reads_every_host_s_load_and_shows_it() {
+        // host-1 is master; host-2 runs vm-1; host-3 falls silent at 15 s.
+        let mut node = Node::new("host-1", cluster(3, 2), 0);
+        let mut p = BuiltinPolicies;
+        let mut reads = Vec::new();
+        for now in (0..32_000).step_by(250) {
+            let seq = now / 250 + 1;
+            let mut inputs = vec![
+                Input::Tick,
+                beat_with("host-2", seq, &[("host-1", seq)], vec![VmReport { vm: "vm-1".into(), generation: 1 }]),
+                Input::DatastoreWritten { datastore: "ds1".into(), ok: true },
+            ];
+            if now < 15_000 {
+                inputs.push(beat_with("host-3", seq, &[("host-1", seq)], vec![]));
+            }
+            for input in inputs {
+                for action in node.handle(now, input, &mut p) {
+                    if let Action::ReadLoad { host } = action {
+                        reads.push((now, host));
+                    }
+                }
+            }
+            if now == 20_000 {
+                let load = crate::wire::HostLoad {
+                    memory_mib: 16_384,
+                    free_memory_mib: 12_000,
+                    cpus: 8,
+                    cpu_percent: Some(3),
+                    vms: vec![crate::wire::VmLoad { vm: "vm-1".into(), cpu_percent: Some(25), memory_mib: 700 }],
+                };
+                let _ = node.handle(now, Input::LoadRead { host: "host-2".into(), load: Ok(load) }, &mut p);
+                let _ = node.handle(now, Input::LoadRead { host: "host-3".into(), load: Err("down".into()) }, &mut p);
+            }
+        }
+        assert!(node.is_master());
+        let at = |t: u64| reads.iter().filter(|(now, _)| *now == t).map(|(_, h)| h.as_str()).collect::<Vec<_>>();
+        let first = reads.first().map(|(t, _)| *t).expect("reads");
+        assert_eq!(at(first), vec!["host-1", "host-2", "host-3"], "{reads:?}");
+        let later: Vec<&str> = reads.iter().filter(|(t, _)| *t > 20_000).map(|(_, h)| h.as_str()).collect();
+        assert!(!later.is_empty() && !later.contains(&"host-3"), "a silent host is not read: {reads:?}");
+        let status = node.status();
+        let host2 = status.hosts.iter().find(|h| h.name == "host-2").expect("host-2");
+        let load = host2.load.as_ref().expect("host-2's load");
+        assert_eq!((load.load.free_memory_mib, load.age_ms), (12_000, 31_750 - 20_000));
+        let vm1 = status.vms.iter().find(|v| v.name == "vm-1").expect("vm-1");
+        assert_eq!(vm1.load.as_ref().and_then(|l| l.cpu_percent), Some(25));
+        assert!(status.hosts.iter().find(|h| h.name == "host-3").is_some_and(|h| h.load.is_none()));
     }
 
     fn starts(actions: &[Action]) -> Vec<(String, String, u64)> {

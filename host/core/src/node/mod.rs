@@ -40,7 +40,7 @@ use crate::policies::Policies;
 use crate::wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, VmReport};
 
 pub use master::{MasterState, Restart, RestartState};
-pub use status::{ClusterStatus, FenceDeviceHealth, HostStatus, VmStatus, WhatIf};
+pub use status::{ClusterStatus, FenceDeviceHealth, HostLoadStatus, HostStatus, VmStatus, WhatIf};
 
 /// Why halo stopped a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +219,13 @@ pub enum Input {
         /// The last sequence number sent.
         seq: u64,
     },
+    /// A host's load, read from its libvirt (`Action::ReadLoad`), or why it could not be.
+    LoadRead {
+        /// The host.
+        host: String,
+        /// What was read.
+        load: Result<crate::wire::HostLoad, String>,
+    },
     /// A host's fence devices answered `status` (`Action::MonitorFence`): per device, in
     /// order, its name and the power state it reports (`on`/`off`) or why it failed.
     FenceMonitored {
@@ -354,6 +361,12 @@ pub enum Action {
     RecordFence {
         /// The record.
         record: crate::wire::FenceRecord,
+    },
+    /// Read a host's load from its libvirt (master, every [`LOAD_INTERVAL_MS`]); answers
+    /// `Input::LoadRead`.
+    ReadLoad {
+        /// The host.
+        host: String,
     },
     /// Ask a host's fence devices for its power state (read only); answers
     /// `Input::FenceMonitored`.
@@ -497,10 +510,17 @@ pub struct Node {
     fence_health: BTreeMap<String, fence::DeviceAnswers>,
     /// When the master next asks them.
     fence_monitor_due: Millis,
+    /// Every host's load as the master last read it, and when (master).
+    load: BTreeMap<String, (Millis, crate::wire::HostLoad)>,
+    /// When the master next reads the hosts' load.
+    load_due: Millis,
     /// VMs this node asked its driver to stop and whose stop it has not heard of yet: libvirt
     /// reports halo's own power-off as a stop from outside too.
     stopping: BTreeSet<String>,
 }
+
+/// How often the master reads every host's load from its libvirt (`Action::ReadLoad`).
+pub const LOAD_INTERVAL_MS: Millis = 10_000;
 
 /// How often heartbeats alone trigger the whole-cluster evaluation (election, isolation,
 /// fencing, classification, restarts). Drivers tick every 100 ms anyway; a verdict is at most
@@ -547,6 +567,8 @@ impl Node {
             fence_limit_told: BTreeSet::new(),
             fence_health: BTreeMap::new(),
             fence_monitor_due: 0,
+            load: BTreeMap::new(),
+            load_due: 0,
             stopping: BTreeSet::new(),
         }
     }
@@ -652,6 +674,7 @@ impl Node {
             Input::ClaimChecked { vm, generation, holder } => self.on_claim_checked(&vm, generation, holder),
             Input::FenceResult { host, result } => self.on_fence_result(&host, result),
             Input::FenceMonitored { host, devices } => self.on_fence_monitored(&host, devices),
+            Input::LoadRead { host, load } => self.on_load(&host, load),
         }
         self.step(policies, evaluate);
         for action in &self.out {

@@ -70,6 +70,21 @@ pub struct HostStatus {
     /// asked yet).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fence: Vec<FenceDeviceHealth>,
+    /// Its load as the master last read it from its libvirt, and how old that reading is, ms
+    /// (master only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<HostLoadStatus>,
+}
+
+/// A host's load reading (`HostStatus::load`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HostLoadStatus {
+    /// How old the reading is, ms.
+    pub age_ms: Millis,
+    /// What was read.
+    #[serde(flatten)]
+    pub load: crate::wire::HostLoad,
 }
 
 /// One fence device's last answer to `status`.
@@ -120,6 +135,9 @@ pub struct VmStatus {
     /// Every host that reports it running, when that is more than one (a copy started
     /// outside halo; `exclusivity`); empty otherwise.
     pub copies: Vec<String>,
+    /// Its load where it runs, as the master last read it (master only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<crate::wire::VmLoad>,
 }
 
 /// The answer to "what if these hosts failed now".
@@ -160,6 +178,7 @@ impl Node {
                     signals: None,
                     vms: self.local_vms.keys().cloned().collect(),
                     fence: Vec::new(),
+                    load: self.load_status(name),
                 });
                 continue;
             }
@@ -209,6 +228,7 @@ impl Node {
                             .collect()
                     })
                     .unwrap_or_default(),
+                load: self.load_status(name),
             });
         }
         // A host lists the VMs that run there now: a failed host's last report names VMs that
@@ -268,6 +288,9 @@ impl Node {
                     operator_stopped: stopped,
                     restart,
                     copies: on,
+                    load: at.and_then(|(h, _)| {
+                        self.load.get(h).and_then(|(_, l)| l.vms.iter().find(|v| v.vm == spec.name).cloned())
+                    }),
                 }
             })
             .collect();
@@ -348,6 +371,15 @@ impl Node {
             policies,
         );
         Some(verdict)
+    }
+}
+
+impl Node {
+    /// `host`'s last load reading and its age (master only).
+    fn load_status(&self, host: &str) -> Option<HostLoadStatus> {
+        self.master.as_ref()?;
+        let (at, load) = self.load.get(host)?;
+        Some(HostLoadStatus { age_ms: self.now.saturating_sub(*at), load: load.clone() })
     }
 }
 

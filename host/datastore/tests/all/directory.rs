@@ -171,6 +171,7 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         fn pause_vm(&mut self, _: &str) {}
         fn resume_vm(&mut self, _: &str) {}
         fn pause_copy(&mut self, _: &str, _: &str) {}
+        fn read_load(&mut self, _: &str) {}
     }
     impl halo_core::drivers::FenceDriver for Only<'_> {
         fn fence_host(&mut self, _: &str) {}

@@ -427,3 +427,51 @@ fn a_linux_guest_answers_its_agent_and_a_shutdown_inside_it_is_reported_as_the_g
     println!("figure: guest-shutdown asked -> the guest's own shutdown reported after {took:?}");
     assert_eq!(hv.state("t-linux").expect("state"), Some(DomainState::ShutOff));
 }
+
+/// Issue 18: a host's load read from libvirt — its memory, each running guest's memory and,
+/// from the second reading on, CPU use as a rate: a guest whose CPU spins (`jmp $` at the reset
+/// vector) shows about one thread busy, one that halts about none.
+#[test]
+fn the_load_of_a_host_and_its_guests_is_read_with_cpu_rates() {
+    let Some(lab) = lab("load", 1) else { return };
+    let hv = connect(&lab, 1);
+    let idle = lab.tiny_guest_xml("t-idle", 64).expect("xml");
+    let rom = lab.hlt_rom().expect("rom");
+    let spin_rom = lab.dir().join("spin.rom");
+    let mut bytes = vec![0xF4u8; 65_536];
+    bytes[0xFFF0..0xFFF2].copy_from_slice(&[0xEB, 0xFE]);
+    std::fs::write(&spin_rom, bytes).expect("spin rom");
+    let spin = idle.replace("t-idle", "t-spin").replace(&rom.display().to_string(), &spin_rom.display().to_string());
+    for (name, xml) in [("t-idle", &idle), ("t-spin", &spin)] {
+        hv.define(xml).expect("define");
+        hv.start(name).expect("start");
+    }
+    let mut meter = halo_libvirt::LoadMeter::default();
+    let first = meter.load(&hv.load_sample().expect("sample"), Instant::now());
+    assert_eq!(first.cpu_percent, None, "no rate from one reading");
+    assert!(
+        first.memory_mib > 0 && first.free_memory_mib > 0 && first.free_memory_mib <= first.memory_mib,
+        "{first:?}"
+    );
+    let names: Vec<&str> = first.vms.iter().map(|v| v.vm.as_str()).collect();
+    assert_eq!(names, vec!["t-idle", "t-spin"]);
+    assert!(first.vms.iter().all(|v| v.memory_mib > 0 && v.cpu_percent.is_none()), "{first:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let second = meter.load(&hv.load_sample().expect("sample"), Instant::now());
+    let cpu = |vm: &str| second.vms.iter().find(|v| v.vm == vm).and_then(|v| v.cpu_percent).expect("a rate");
+    println!(
+        "figure: spinning guest {} %, halted guest {} %, host {:?} % of {} threads, {} of {} MiB free",
+        cpu("t-spin"),
+        cpu("t-idle"),
+        second.cpu_percent,
+        second.cpus,
+        second.free_memory_mib,
+        second.memory_mib
+    );
+    assert!((50..=130).contains(&cpu("t-spin")), "one vCPU spinning: {second:?}");
+    assert!(cpu("t-idle") < 20, "halted: {second:?}");
+    assert!(second.cpu_percent.is_some());
+    for name in ["t-idle", "t-spin"] {
+        hv.power_off(name).expect("power off");
+    }
+}

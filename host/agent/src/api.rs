@@ -99,6 +99,8 @@ fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/hosts/{host}/maintenance", post(maintenance))
         .route("/api/v1/hosts/{host}/fence", post(fence))
         .route("/api/v1/plan", get(plan))
+        .route("/api/v1/balance", get(balance_plan))
+        .route("/api/v1/balance/apply", post(balance_apply))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/ha", post(ha))
@@ -621,6 +623,32 @@ async fn plan(State(api): Ctx, headers: HeaderMap, Query(q): Query<PlanQuery>) -
             };
             ok(json!({ "plan": plan, "what-if": what_if }))
         }
+    }
+}
+
+/// What balancing would move now, and why (the master's answer).
+async fn balance_plan(State(api): Ctx, headers: HeaderMap) -> Reply {
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), "the balancing plan") {
+        Err(e) => e,
+        Ok(Some(m)) => forward(&api, &m, &Method::GET, "/api/v1/balance", None).await,
+        Ok(None) => match api.agent.balance_plan().await {
+            Ok(Some(proposal)) => ok(json!({ "mode": api.config.balance.mode, "proposal": proposal })),
+            Ok(None) => error(StatusCode::SERVICE_UNAVAILABLE, "this agent is no longer the master; ask again"),
+            Err(e) => not_taken(e),
+        },
+    }
+}
+
+/// `halo balance apply`: the master carries out a proposal now; watch `balance-move` and
+/// `balance-done` in the events.
+async fn balance_apply(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
+    if let Err(e) = body::<EmptyBody>(&bytes) {
+        return e;
+    }
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), "balancing") {
+        Err(e) => e,
+        Ok(Some(m)) => forward(&api, &m, &Method::POST, "/api/v1/balance/apply", Some(bytes.to_vec())).await,
+        Ok(None) => command(&api, Command::BalanceApply).await,
     }
 }
 

@@ -65,6 +65,9 @@ pub struct AgentConfig {
     /// Placement rules (`[[rules]]`: VM–host, VMs together or apart; `must` or `should`).
     #[serde(default)]
     pub rules: Vec<halo_core::rules::Rule>,
+    /// Balancing (`[balance]`: mode, threshold, limits).
+    #[serde(default)]
+    pub balance: halo_core::balance::BalanceSettings,
     /// The HTTP API, the status page and `/metrics` (absent: not served).
     #[serde(default)]
     pub api: Option<ApiEntry>,
@@ -421,6 +424,7 @@ impl AgentConfig {
             ha: self.ha.clone(),
             policy: self.policy.clone(),
             rules: self.rules.clone(),
+            balance: self.balance,
         }
     }
 

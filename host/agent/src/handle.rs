@@ -62,6 +62,8 @@ pub(crate) enum Control {
     Command(Command, oneshot::Sender<Vec<Event>>),
     /// "What if these hosts failed" (master only).
     WhatIf(Vec<String>, oneshot::Sender<Option<WhatIf>>),
+    /// What balancing would move now (master only).
+    BalancePlan(oneshot::Sender<Option<halo_core::balance::Proposal>>),
     /// The admission check for protecting a VM running on a host (master only).
     Admit(Box<VmSpec>, Option<String>, oneshot::Sender<Option<AdmissionVerdict>>),
     /// May a domain start on this host (the libvirt `qemu` hook); the claims read before.
@@ -138,6 +140,11 @@ impl AgentHandle {
     /// "What if these hosts failed now" (`None`: this agent is not the master).
     pub async fn what_if(&self, failed: Vec<String>) -> Result<Option<WhatIf>, NotTaken> {
         self.ask(|tx| Control::WhatIf(failed, tx)).await
+    }
+
+    /// What balancing would move now (`None`: this agent is not the master).
+    pub async fn balance_plan(&self) -> Result<Option<halo_core::balance::Proposal>, NotTaken> {
+        self.ask(Control::BalancePlan).await
     }
 
     /// The admission check for protecting `spec` on `host` (`None`: not the master).
@@ -233,6 +240,7 @@ mod tests {
             ha: Default::default(),
             policy: Default::default(),
             rules: Vec::new(),
+            balance: Default::default(),
         }
     }
 

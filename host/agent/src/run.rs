@@ -615,6 +615,9 @@ fn handle_control(
         Control::WhatIf(failed, reply) => {
             let _ = reply.send(node.what_if(&failed, policies));
         }
+        Control::BalancePlan(reply) => {
+            let _ = reply.send(node.balance_proposal(policies));
+        }
         Control::AdmitStart(request, claims, reply) => {
             let admission = node.admit_start(&request, claims);
             let severity = if admission.admit { Severity::Info } else { Severity::Alert };

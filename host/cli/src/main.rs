@@ -67,6 +67,9 @@ enum Command {
     Events(ops::EventsArgs),
     /// HA on or off for the whole cluster.
     Ha(ops::HaArgs),
+    /// Balancing: what would move and why (plan), or move it now (apply).
+    #[command(subcommand)]
+    Balance(ops::BalanceCommand),
     /// libvirt's qemu hook: refuses to start a protected VM that halo's claims do not allow on this host.
     Hook(hook::HookArgs),
 }
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => ops::plan(args),
         Command::Events(args) => ops::events(args),
         Command::Ha(args) => ops::ha(args),
+        Command::Balance(command) => ops::balance(command),
         Command::Hook(args) => hook::run(args),
     };
     match result {

@@ -787,6 +787,77 @@ pub fn ha(args: HaArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `halo balance …`.
+#[derive(Subcommand)]
+pub enum BalanceCommand {
+    /// What balancing would move now, and why (the master's proposal; nothing moves).
+    Plan {
+        /// The proposal as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Move it now (live migrations, a few at a time), following until the round is done.
+    Apply {
+        /// Return once the master started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up following after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub fn balance(command: BalanceCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BalanceCommand::Plan { json, api } => {
+            let answer = api.agent()?.call("GET", "/api/v1/balance", None)?;
+            if json {
+                return print_json(&answer);
+            }
+            let p = answer.get("proposal").cloned().unwrap_or_default();
+            let number = |key: &str| p.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+            outln!(
+                "mode {}; imbalance {:.1} points (threshold {:.0}){}",
+                text(&answer, "mode"),
+                number("imbalance"),
+                number("threshold"),
+                if list(&p, "moves").is_empty() {
+                    "; nothing to move".to_string()
+                } else {
+                    format!("; after these moves {:.1}", number("imbalance-after"))
+                }
+            );
+            let rows: Vec<Vec<String>> = list(&p, "moves")
+                .iter()
+                .map(|m| vec![text(m, "vm"), text(m, "from"), text(m, "to"), text(m, "reason")])
+                .collect();
+            if !rows.is_empty() {
+                table(&["vm", "from", "to", "why"], rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BalanceCommand::Apply { no_wait, timeout, api } => {
+            let agent = api.agent()?;
+            let since = EventsSeen::now(&agent)?;
+            agent.call("POST", "/api/v1/balance/apply", Some(json!({})))?;
+            outln!("balancing asked of the master");
+            if no_wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            follow(&agent, since, Duration::from_secs(timeout), |event| match event.0.as_str() {
+                "balance-started" | "balance-move" | "vm-migrated" => Step::Show,
+                "balance-done" => Step::Done,
+                "migration-failed" => Step::Show,
+                _ => Step::Skip,
+            })
+        }
+    }
+}
+
 /// `halo plugin reload`.
 pub fn reload(api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let agent = api.agent()?;

@@ -108,6 +108,14 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
+    /// A fenceable host silent this long (the detection time less one heartbeat interval) is
+    /// powered off: the fence call overlaps the last interval of the detection time, after
+    /// which its VMs restart if a device confirmed it off. A host cut off from everything holds
+    /// its VMs at the same point — before any restart can come.
+    pub fn fence_after_ms(&self) -> Millis {
+        self.detection_time_ms.saturating_sub(self.heartbeat_interval_ms)
+    }
+
     /// One heartbeat a second, a 12 s dead-time: for clusters whose management network or
     /// datastores have pauses of seconds (the defaults before decision 0005). The unit tests
     /// and the simulator's matrix use it: they feed heartbeats once a second.
@@ -141,7 +149,7 @@ impl Default for Timeouts {
             fence_timeout_ms: 2_000,
             ping_timeout_ms: 500,
             start_timeout_ms: 30_000,
-            detection_time_ms: 750,
+            detection_time_ms: 1_000,
             fence_monitor_interval_ms: 60_000,
             retry_backoff_ms: 2_000,
             retry_backoff_max_ms: 60_000,
@@ -251,6 +259,9 @@ pub struct ClusterConfig {
     /// Placement rules (`rules`).
     #[serde(default)]
     pub rules: Vec<crate::rules::Rule>,
+    /// Balancing (`balance`).
+    #[serde(default)]
+    pub balance: crate::balance::BalanceSettings,
 }
 
 /// Every problem of a config, each with its key's path.
@@ -295,11 +306,11 @@ impl ClusterConfig {
                 t.dead_time_ms
             ));
         }
-        if t.detection_time_ms < 2 * t.heartbeat_interval_ms || t.detection_time_ms >= t.fence_timeout_ms {
+        if t.detection_time_ms < 3 * t.heartbeat_interval_ms || t.detection_time_ms >= t.fence_timeout_ms {
             problems.push(format!(
-                "timeouts.detection-time-ms: {} ms must be at least two heartbeat intervals ({} ms) and shorter than timeouts.fence-timeout-ms ({} ms)",
+                "timeouts.detection-time-ms: {} ms must be at least three heartbeat intervals ({} ms) and shorter than timeouts.fence-timeout-ms ({} ms)",
                 t.detection_time_ms,
-                2 * t.heartbeat_interval_ms,
+                3 * t.heartbeat_interval_ms,
                 t.fence_timeout_ms
             ));
         }
@@ -348,6 +359,7 @@ impl ClusterConfig {
             }
         }
         problems.extend(crate::rules::problems(self));
+        problems.extend(self.balance.problems());
         if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems)) }
     }
 
@@ -409,6 +421,7 @@ pub(crate) mod tests {
             ha: HaSettings::default(),
             policy: PolicySettings::default(),
             rules: Vec::new(),
+            balance: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod capacity;
 pub mod classify;
 pub mod config;

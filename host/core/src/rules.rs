@@ -123,6 +123,11 @@ impl Rule {
     }
 }
 
+/// Whether `vm` on `host` keeps `rule`, the other VMs being where `at` says.
+pub fn kept_by(rule: &Rule, vm: &str, host: &str, at: &BTreeMap<String, String>) -> bool {
+    rule.kept(vm, host, at, &[host.to_string()])
+}
+
 /// Problems of a config's rules and reserved hosts, each with its key path (for
 /// [`ClusterConfig::validate`]).
 pub fn problems(config: &ClusterConfig) -> Vec<String> {

@@ -206,6 +206,7 @@ mod tests {
             ha: Default::default(),
             policy: Default::default(),
             rules: Vec::new(),
+            balance: Default::default(),
         };
         c.ha.enabled = true;
         c

@@ -46,6 +46,7 @@ pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
         ha: HaSettings::default(),
         policy: PolicySettings::default(),
         rules: Vec::new(),
+        balance: Default::default(),
     }
 }
 
@@ -128,5 +129,6 @@ pub fn demo_cluster() -> ClusterConfig {
         ha: HaSettings::default(),
         policy: PolicySettings::default(),
         rules: Vec::new(),
+        balance: Default::default(),
     }
 }

@@ -1027,7 +1027,10 @@ impl<'p> Sim<'p> {
             Command::StartVm { vm, .. } => {
                 self.operator.stopped.remove(vm);
             }
-            Command::SetHaEnabled(_) | Command::SetHostHaDisabled(_) | Command::FenceHost { .. } => {}
+            Command::SetHaEnabled(_)
+            | Command::SetHostHaDisabled(_)
+            | Command::FenceHost { .. }
+            | Command::BalanceApply => {}
         }
         self.feed(h, Input::Command(command));
         self.operator.migrating = None;

@@ -114,6 +114,14 @@ event_kinds! {
     NoCapacity => "no-capacity",
     /// A *should* placement rule was broken because nothing else fit (`rules`).
     RuleBroken => "rule-broken",
+    /// A balancing round started: its moves (`balance`).
+    BalanceStarted => "balance-started",
+    /// One balancing move (a live migration) started, or was dropped.
+    BalanceMove => "balance-move",
+    /// A balancing round ended, or found nothing to move.
+    BalanceDone => "balance-done",
+    /// `propose` mode: the cluster is out of balance; what `halo balance apply` would do.
+    BalanceProposed => "balance-proposed",
     /// A VM failed to start on this host.
     StartFailed => "start-failed",
     /// A silent host is being powered off through its fence devices.

@@ -5,7 +5,7 @@
 //!   its partition at least half the hosts) fences, never more hosts at once than the
 //!   blast-radius limit allows, and only a host with fence devices (`HostSpec::fenceable`)
 //!   that has been silent on every network **and** every datastore for the detection time
-//!   (`Timeouts::detection_time_ms`, 750 ms: three heartbeat intervals) and does not answer ping (pinged early, so the answer
+//!   (`Timeouts::fence_after_ms`: the detection time, 1 s, less a heartbeat interval) and does not answer ping (pinged early, so the answer
 //!   is in by then). A host alive on storage is in another partition, and one that answers ping
 //!   has a stopped or hung agent (its VMs may run): neither is fenced (as without fencing, their
 //!   VMs are not restarted; a hung host's watchdog resets it).
@@ -91,8 +91,8 @@ impl Node {
                     // writes stopped later (its agent stalled) is left to the dead-time
                     // (simulator seed 417).
                     s.datastores_readable
-                        && s.silent_for(t.detection_time_ms)
-                        && s.datastore_silent_for(t.detection_time_ms.saturating_sub(t.datastore_interval_ms))
+                        && s.silent_for(t.fence_after_ms())
+                        && s.datastore_silent_for(t.fence_after_ms().saturating_sub(t.datastore_interval_ms))
                         && s.silent_together(2 * t.datastore_interval_ms + t.heartbeat_interval_ms)
                 })
             })
@@ -123,7 +123,7 @@ impl Node {
                 EventKind::FenceRequested,
                 format!(
                     "{name}: silent on every network and datastore for {:.2}s: powering it off through its fence devices",
-                    t.detection_time_ms as f64 / 1000.0
+                    t.fence_after_ms() as f64 / 1000.0
                 ),
                 trace,
             );
@@ -342,7 +342,7 @@ impl Node {
         let to_hold = self.unheld_protected_vms();
         let why = format!(
             "cut off from every peer and datastore for {:.2}s, the master may fence this host and restart them",
-            t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms) as f64 / 1000.0
+            t.fence_after_ms() as f64 / 1000.0
         );
         self.hold_with_alert(to_hold, &why);
     }
@@ -456,7 +456,7 @@ mod tests {
         let asked = first(&fenced, |a| matches!(a, Action::FenceHost { host } if host == "host-2")).expect("fenced");
         // Last heard at 4 s: silent on the network for the detection time (and the datastore
         // for it less a read interval).
-        assert_eq!(asked, 4_000 + t.detection_time_ms, "{fenced:?}");
+        assert_eq!(asked, 4_000 + t.fence_after_ms(), "{fenced:?}");
         let restart = first(&fenced, claimed).expect("restarted");
         assert!(restart <= asked + 1_000, "claimed at the next datastore read after the fence: {restart}");
         assert!(kinds(&fenced).contains(&EventKind::HostFencedOff), "{:?}", kinds(&fenced));
@@ -579,7 +579,7 @@ mod tests {
         assert!(first(&partition, claimed).is_none());
         // Silent on storage until fenced, then writing again: the device said "off" wrongly.
         let t = cluster(3, 2).timeouts;
-        let lied = crash(30_000, true, |now| now > 4_000 + t.detection_time_ms, || Ok("lying".into()));
+        let lied = crash(30_000, true, |now| now > 4_000 + t.fence_after_ms(), || Ok("lying".into()));
         assert!(first(&lied, |a| matches!(a, Action::FenceHost { .. })).is_some());
         assert!(kinds(&lied).contains(&EventKind::FenceContradicted), "{:?}", kinds(&lied));
         assert!(first(&lied, claimed).is_none(), "nothing restarted on a contradicted device's word");
@@ -739,7 +739,7 @@ mod tests {
         }
         let asked = first(&all, |a| matches!(a, Action::FenceHost { .. })).expect("fenced");
         // (Its ping is never answered here: "no answer" once the ping timeout passed.)
-        assert!((4_000 + t.detection_time_ms..=4_000 + t.detection_time_ms + 200).contains(&asked), "{asked}");
+        assert!((4_000 + t.fence_after_ms()..=4_000 + t.fence_after_ms() + 200).contains(&asked), "{asked}");
         let cancelled =
             first(&all, |a| matches!(a, Action::CancelFence { host } if host == "host-2")).expect("called off");
         assert_eq!(cancelled, 11_000, "called off when heard again");

@@ -233,7 +233,7 @@ impl Node {
         let hosts = self.config.hosts.len();
         if !starting {
             // Fenceable: cut off for the detection time less an interval, hold (`fence`).
-            let hold = t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms);
+            let hold = t.fence_after_ms();
             let recent = |at: &Millis| self.now.saturating_sub(*at) < hold;
             let reached_recently =
                 self.peers.values().filter(|p| p.ack_advanced_at.as_ref().is_some_and(recent)).count();
@@ -462,6 +462,7 @@ impl Node {
             Command::MigrateVm { vm, to } => self.migrate_one(&vm, to.as_deref(), policies),
             Command::StartVm { vm, on } => self.start_one(&vm, on.as_deref()),
             Command::FenceHost { host, force } => self.fence_on_request(&host, force),
+            Command::BalanceApply => self.balance_apply(policies),
         }
     }
 }

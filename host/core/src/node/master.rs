@@ -95,7 +95,7 @@ pub struct MasterState {
     pub plan: Option<FailoverPlan>,
     plan_due: Millis,
     suppressed: Option<String>,
-    evacuating: BTreeSet<String>,
+    pub(super) evacuating: BTreeSet<String>,
     pub(super) migrating: BTreeSet<String>,
     /// VMs that just left a host by live migration (from, when): a heartbeat of that host sent
     /// before it saw them leave must not move them again.
@@ -216,10 +216,10 @@ impl Node {
             // (On network silence alone: datastore counters are seen a read interval late.)
             let fence_lead = fenceable
                 && signals.datastores_readable
-                && signals.silent_for(t.detection_time_ms.saturating_sub(t.ping_timeout_ms));
+                && signals.silent_for(t.fence_after_ms().saturating_sub(t.ping_timeout_ms));
             // A device confirmed it off and the datastores agree: failed now (`fence`). Heard
             // again since (it booted), fencing is over.
-            let fenced = if signals.silent_for(t.detection_time_ms) {
+            let fenced = if signals.silent_for(t.fence_after_ms()) {
                 self.fenced_verdict(&name)
             } else {
                 self.fence_heard(&name);
@@ -310,6 +310,7 @@ impl Node {
         self.watch_restarts();
         self.dispatch(policies);
         self.continue_evacuations(policies);
+        self.continue_balancing(policies);
         let due = self.master.as_ref().is_some_and(|m| self.now >= m.plan_due);
         if due {
             self.refresh_plan(policies);

@@ -16,6 +16,7 @@
 //! - no running VM is ever stopped or moved to make room: the core emits `StopVm` only for
 //!   isolation, fencing and operator requests, `MigrateVm` only for maintenance.
 
+mod balance;
 mod event_kind;
 mod exclusivity;
 mod fence;
@@ -113,6 +114,8 @@ pub enum Command {
         /// for an evacuation, the host it runs on excluded).
         to: Option<String>,
     },
+    /// Carry out a balancing proposal now (to the master): `halo balance apply`.
+    BalanceApply,
     /// Start a protected VM that runs nowhere, under a new claim (to the master): the way to
     /// start one by hand, since libvirt's hook refuses an unclaimed start.
     StartVm {
@@ -514,6 +517,8 @@ pub struct Node {
     load: BTreeMap<String, (Millis, crate::wire::HostLoad)>,
     /// When the master next reads the hosts' load.
     load_due: Millis,
+    /// Balancing (master).
+    balancing: balance::Balancing,
     /// VMs this node asked its driver to stop and whose stop it has not heard of yet: libvirt
     /// reports halo's own power-off as a stop from outside too.
     stopping: BTreeSet<String>,
@@ -569,6 +574,7 @@ impl Node {
             fence_monitor_due: 0,
             load: BTreeMap::new(),
             load_due: 0,
+            balancing: balance::Balancing::default(),
             stopping: BTreeSet::new(),
         }
     }

@@ -45,6 +45,9 @@ pub(super) struct Hold {
     next_check: Millis,
     /// A failed lookup was reported already.
     told: bool,
+    /// No newer claim exists; the claim of its own generation is being looked up (a copy whose
+    /// generation was claimed for another host is not halo's: it is never resumed).
+    own: bool,
 }
 
 impl Timeouts {
@@ -101,11 +104,7 @@ impl Node {
         // detection time passed (a device that wrongly said "off"): it holds after a gap that
         // long less an interval (simulator seed 270).
         let fenceable = self.config.host(&self.name).is_some_and(|h| h.fenceable);
-        let hold_gap = if fenceable {
-            t.hold_gap_ms().min(t.detection_time_ms.saturating_sub(t.heartbeat_interval_ms))
-        } else {
-            t.hold_gap_ms()
-        };
+        let hold_gap = if fenceable { t.hold_gap_ms().min(t.fence_after_ms()) } else { t.hold_gap_ms() };
         let hold = gap_ms >= hold_gap && self.ha_enabled && !self.ha_disabled_here;
         let to_hold = if hold { self.unheld_protected_vms() } else { Vec::new() };
         self.record(
@@ -160,7 +159,7 @@ impl Node {
         let next_check = self.now + self.config.timeouts.fence_timeout_ms;
         for (vm, generation) in vms {
             self.out.push(Action::PauseVm { vm: vm.clone() });
-            self.held.insert(vm, Hold { generation, checking: false, next_check, told: false });
+            self.held.insert(vm, Hold { generation, checking: false, next_check, told: false, own: false });
         }
     }
 
@@ -171,7 +170,7 @@ impl Node {
         self.local_vms.insert(vm.to_string(), generation);
         self.stopped.retain(|r| r.vm != vm);
         let next_check = self.now + self.config.timeouts.fence_timeout_ms;
-        self.held.insert(vm.to_string(), Hold { generation, checking: false, next_check, told: false });
+        self.held.insert(vm.to_string(), Hold { generation, checking: false, next_check, told: false, own: false });
         self.record(
             Severity::Warning,
             EventKind::VmHeld,
@@ -222,9 +221,60 @@ impl Node {
         }
     }
 
+    /// The claim of a held VM's own generation: a copy of a generation claimed for another
+    /// host was started outside halo (and paused by the master as such): it stays paused;
+    /// otherwise it runs again.
+    fn on_own_claim_checked(&mut self, vm: &str, holder: Result<Option<Claim>, String>) {
+        let Some(hold) = self.held.get_mut(vm) else { return };
+        hold.checking = false;
+        hold.own = false;
+        match holder {
+            Ok(Some(claim)) if claim.host != self.name => {
+                self.held.remove(vm);
+                self.record(
+                    Severity::Alert,
+                    EventKind::VmHeld,
+                    format!(
+                        "{vm} stays paused on {}: its generation {} was claimed for {} — this copy was not started by halo here (inspect it, then `virsh destroy` it)",
+                        self.name, claim.generation, claim.host
+                    ),
+                    None,
+                );
+            }
+            Ok(_) => {
+                self.held.remove(vm);
+                self.out.push(Action::ResumeVm { vm: vm.to_string() });
+                self.record(
+                    Severity::Info,
+                    EventKind::VmResumed,
+                    format!("{vm} runs again on {}: no newer claim exists", self.name),
+                    None,
+                );
+            }
+            Err(why) => {
+                hold.next_check = self.now + self.config.timeouts.retry_backoff_ms;
+                let first = !std::mem::replace(&mut hold.told, true);
+                if first {
+                    self.record(
+                        Severity::Warning,
+                        EventKind::VmHeld,
+                        format!("{vm} stays paused on {}: its claim cannot be looked up ({why}); retrying", self.name),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
     pub(super) fn on_claim_checked(&mut self, vm: &str, generation: u64, holder: Result<Option<Claim>, String>) {
         let Some(hold) = self.held.get_mut(vm) else { return };
-        if generation != hold.generation + 1 || !hold.checking {
+        if !hold.checking {
+            return;
+        }
+        if hold.own && generation == hold.generation {
+            return self.on_own_claim_checked(vm, holder);
+        }
+        if generation != hold.generation + 1 || hold.own {
             return;
         }
         hold.checking = false;
@@ -240,14 +290,11 @@ impl Node {
                 );
             }
             Ok(None) => {
-                self.held.remove(vm);
-                self.out.push(Action::ResumeVm { vm: vm.to_string() });
-                self.record(
-                    Severity::Info,
-                    EventKind::VmResumed,
-                    format!("{vm} runs again on {}: no newer claim exists", self.name),
-                    None,
-                );
+                // No newer claim: is this copy the one its own generation was claimed for?
+                hold.checking = true;
+                hold.own = true;
+                let own = hold.generation;
+                self.out.push(Action::CheckClaim { vm: vm.to_string(), generation: own });
             }
             Err(why) => {
                 hold.next_check = self.now + self.config.timeouts.retry_backoff_ms;
@@ -384,7 +431,11 @@ mod tests {
         }
         let mut resumed_now = Vec::new();
         for vm in &vms {
+            // No newer claim; then its own generation's claim: none (it was never restarted).
             let answer = Input::ClaimChecked { vm: vm.clone(), generation: 2, holder: Ok(None) };
+            let own = kinds(&node.handle(now, answer, &mut p));
+            assert_eq!(own, vec![format!("check {vm}@1")], "its own generation next");
+            let answer = Input::ClaimChecked { vm: vm.clone(), generation: 1, holder: Ok(None) };
             resumed_now.extend(kinds(&node.handle(now, answer, &mut p)));
         }
         for vm in &vms {
@@ -442,36 +493,50 @@ mod tests {
     fn a_vm_an_earlier_agent_held_is_settled_not_taken_for_running() {
         // A fresh agent on host-3 finds vm-1 paused with halo's hold mark (its predecessor
         // paused it after a gap and died before settling it): held again, looked up after the
-        // fence timeout once the master hears this host, and resumed when no newer claim exists.
-        let (mut node, _) = running_node(2_000);
-        let mut p = BuiltinPolicies;
-        let seen = kinds(&node.handle(
-            2_000,
-            Input::VmState { vm: "vm-9".into(), generation: 4, state: VmState::Held },
-            &mut p,
-        ));
-        assert!(seen.contains(&"vm-held".to_string()), "{seen:?}");
-        assert_eq!(node.held_vms().get("vm-9"), Some(&4));
-        assert_eq!(node.local_vms().get("vm-9"), Some(&4), "it is here (paused)");
-        let (mut now, mut sent, mut all) = (2_000, 0, Vec::new());
-        while now <= 2_000 + node.config().timeouts.fence_timeout_ms + 500 {
-            for a in node.handle(now, Input::Tick, &mut p) {
-                if let Action::SendHeartbeat { heartbeat, .. } = &a {
-                    sent = heartbeat.seq;
+        // fence timeout once the master hears this host, and resumed when no newer claim exists
+        // and its own generation was claimed for this host — not when it was claimed for
+        // another (a copy started outside halo, which the master paused).
+        let settled = |own_host: &str| {
+            let (mut node, _) = running_node(2_000);
+            let mut p = BuiltinPolicies;
+            let seen = kinds(&node.handle(
+                2_000,
+                Input::VmState { vm: "vm-9".into(), generation: 4, state: VmState::Held },
+                &mut p,
+            ));
+            assert!(seen.contains(&"vm-held".to_string()), "{seen:?}");
+            assert_eq!(node.held_vms().get("vm-9"), Some(&4));
+            assert_eq!(node.local_vms().get("vm-9"), Some(&4), "it is here (paused)");
+            let (mut now, mut sent, mut all) = (2_000, 0, Vec::new());
+            while now <= 2_000 + node.config().timeouts.fence_timeout_ms + 500 {
+                for a in node.handle(now, Input::Tick, &mut p) {
+                    if let Action::SendHeartbeat { heartbeat, .. } = &a {
+                        sent = heartbeat.seq;
+                    }
+                    all.push(a);
                 }
-                all.push(a);
+                node.handle(now + 10, master_beat(100 + now / 100, sent), &mut p);
+                node.handle(now + 10, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut p);
+                now += 100;
             }
-            node.handle(now + 10, master_beat(100 + now / 100, sent), &mut p);
-            node.handle(now + 10, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut p);
-            now += 100;
-        }
-        let checks: Vec<String> = kinds(&all).into_iter().filter(|k| k.starts_with("check")).collect();
-        assert_eq!(checks, vec!["check vm-9@5".to_string()], "one lookup, of the next generation");
-        assert!(!kinds(&all).iter().any(|k| k.starts_with("resume") || k.starts_with("stop")), "{:?}", kinds(&all));
-        let answer = Input::ClaimChecked { vm: "vm-9".into(), generation: 5, holder: Ok(None) };
-        let seen = kinds(&node.handle(now, answer, &mut p));
-        assert!(seen.contains(&"resume vm-9".to_string()), "{seen:?}");
-        assert!(node.held_vms().is_empty());
+            let checks: Vec<String> = kinds(&all).into_iter().filter(|k| k.starts_with("check")).collect();
+            assert_eq!(checks, vec!["check vm-9@5".to_string()], "one lookup, of the next generation");
+            assert!(!kinds(&all).iter().any(|k| k.starts_with("resume") || k.starts_with("stop")), "{:?}", kinds(&all));
+            let answer = Input::ClaimChecked { vm: "vm-9".into(), generation: 5, holder: Ok(None) };
+            let seen = kinds(&node.handle(now, answer, &mut p));
+            assert_eq!(seen, vec!["check vm-9@4".to_string()], "then its own generation's claim");
+            let claim =
+                Claim { vm: "vm-9".into(), generation: 4, master: "host-1".into(), epoch: 1, host: own_host.into() };
+            let answer = Input::ClaimChecked { vm: "vm-9".into(), generation: 4, holder: Ok(Some(claim)) };
+            let seen = kinds(&node.handle(now, answer, &mut p));
+            assert!(node.held_vms().is_empty());
+            seen
+        };
+        let seen = settled("host-3");
+        assert!(seen.contains(&"resume vm-9".to_string()), "claimed for this host: {seen:?}");
+        let seen = settled("host-1");
+        assert!(!seen.iter().any(|k| k.starts_with("resume") || k.starts_with("stop")), "{seen:?}");
+        assert!(seen.contains(&"vm-held".to_string()), "stays paused, said so: {seen:?}");
     }
 
     #[test]

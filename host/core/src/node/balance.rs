@@ -1,0 +1,333 @@
+//! The master balances (issue 18): `halo balance plan` asks for a proposal
+//! (`crate::balance::propose`), `halo balance apply` carries one out, and in `auto` mode the
+//! master looks every interval. Moves are live migrations, at most `max-concurrent` at once,
+//! each re-checked when it starts (the VM still where it was, the target in contact). Nothing
+//! moves while a failover, a maintenance or a fence is under way; a proposal that would lower
+//! the failover plan's tolerance below its target is cut until it does not.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::fence::Fence;
+use super::{Action, EventKind, Node, Severity, Verdict};
+use crate::balance::{BalanceHost, BalanceMode, BalanceVm, Move, Proposal};
+use crate::policies::Policies;
+
+/// What the master keeps of balancing.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Balancing {
+    /// Moves still to start, in order.
+    queue: VecDeque<Move>,
+    /// Moves started and not finished (VM → move).
+    running: BTreeMap<String, Move>,
+    /// When each VM was last moved by balancing.
+    moved_at: BTreeMap<String, crate::Millis>,
+    /// `auto`/`propose`: when the master looks next.
+    next_look: crate::Millis,
+    /// `propose`: the imbalance was told (not again until it falls below the threshold).
+    told: bool,
+}
+
+impl Node {
+    /// What balancing would move now (master only; `None` elsewhere). Nothing is changed.
+    pub fn balance_proposal(&self, policies: &mut dyn Policies) -> Option<Proposal> {
+        let master = self.master.as_ref()?;
+        let settings = self.config.balance;
+        let window = settings.window_ms;
+        let hosts: Vec<BalanceHost> = self
+            .config
+            .hosts
+            .iter()
+            .map(|h| {
+                let alive =
+                    h.name == self.name || self.peers.get(&h.name).is_some_and(|p| p.verdict == Some(Verdict::Running));
+                BalanceHost {
+                    name: h.name.clone(),
+                    memory_mib: h.memory_mib,
+                    vcpus: h.vcpus,
+                    threads: self.load.get(&h.name).map_or(0, |(_, l)| l.cpus),
+                    takes: alive && self.heard_lately(&h.name) && !h.reserved && !self.maintenance.contains(&h.name),
+                }
+            })
+            .collect();
+        let cpu: BTreeMap<&str, u32> = self
+            .load
+            .values()
+            .flat_map(|(_, l)| l.vms.iter().filter_map(|v| Some((v.vm.as_str(), v.cpu_percent?))))
+            .collect();
+        let copies = self.running_copies();
+        let vms: Vec<BalanceVm> = self
+            .reported_locations()
+            .into_iter()
+            .filter_map(|(vm, host)| {
+                let spec = self.config.vm(&vm)?;
+                let busy = master.migrating.contains(&vm)
+                    || master.restarts.contains_key(&vm)
+                    || copies.get(&vm).is_some_and(|c| c.len() > 1)
+                    || self.balancing.moved_at.get(&vm).is_some_and(|at| self.now.saturating_sub(*at) < window);
+                Some(BalanceVm {
+                    cpu_percent: cpu.get(vm.as_str()).copied().unwrap_or(0),
+                    memory_mib: spec.memory_mib,
+                    vcpus: spec.vcpus,
+                    movable: !busy,
+                    name: vm,
+                    host,
+                })
+            })
+            .collect();
+        let mut proposal = crate::balance::propose(
+            &hosts,
+            &vms,
+            &self.config.rules,
+            &settings,
+            self.config.ha.vcpu_overcommit_percent,
+        );
+        // The failover plan must keep its target: cut the proposal until it does.
+        let target = self.config.ha.host_failures_to_tolerate;
+        let before = master.plan.as_ref().map_or(0, |p| p.tolerates);
+        if !proposal.moves.is_empty() && before >= target {
+            let usage = self.host_usage(halo_policy::PlacementReason::AdmissionCheck);
+            let available = usage.iter().map(|u| u.host.clone()).filter(|h| !self.maintenance.contains(h)).collect();
+            while !proposal.moves.is_empty() {
+                let mut locations = self.reported_locations();
+                for m in &proposal.moves {
+                    locations.insert(m.vm.clone(), m.to.clone());
+                }
+                let plan =
+                    crate::capacity::failover_plan(&self.config, &locations, &available, &self.maintenance, policies);
+                if plan.tolerates >= target {
+                    break;
+                }
+                proposal.moves.pop();
+                proposal.imbalance_after = proposal.moves.last().map_or(proposal.imbalance, |m| m.imbalance_after);
+            }
+        }
+        Some(proposal)
+    }
+
+    /// `halo balance apply`: the moves of a proposal now, whatever the mode.
+    pub(super) fn balance_apply(&mut self, policies: &mut dyn Policies) {
+        if self.master.is_none() {
+            let master = self.master_view.as_ref().map_or("nobody yet".to_string(), |(m, _)| m.clone());
+            return self.record(
+                Severity::Warning,
+                EventKind::CommandRefused,
+                format!("balance: ask the master ({master})"),
+                None,
+            );
+        }
+        if !self.balancing.queue.is_empty() || !self.balancing.running.is_empty() {
+            return self.record(
+                Severity::Warning,
+                EventKind::CommandRefused,
+                "balance: a round is under way".into(),
+                None,
+            );
+        }
+        self.start_round(policies, "the operator asked");
+        if !self.balancing.queue.is_empty() {
+            // The round's end is said (`continue_balancing`).
+            self.balancing.next_look = u64::MAX;
+        }
+    }
+
+    fn start_round(&mut self, policies: &mut dyn Policies, why: &str) {
+        let Some(proposal) = self.balance_proposal(policies) else { return };
+        if proposal.moves.is_empty() {
+            self.record(
+                Severity::Info,
+                EventKind::BalanceDone,
+                format!(
+                    "balanced: nothing to move ({why}; imbalance {:.1} points, threshold {:.0})",
+                    proposal.imbalance, proposal.threshold
+                ),
+                None,
+            );
+            return;
+        }
+        let moves: Vec<String> = proposal.moves.iter().map(|m| format!("{} {} → {}", m.vm, m.from, m.to)).collect();
+        self.record(
+            Severity::Info,
+            EventKind::BalanceStarted,
+            format!(
+                "balancing ({why}): imbalance {:.1} → {:.1} points by {} move(s): {}",
+                proposal.imbalance,
+                proposal.imbalance_after,
+                moves.len(),
+                moves.join(", ")
+            ),
+            None,
+        );
+        self.balancing.queue = proposal.moves.into();
+    }
+
+    /// Why balancing waits now, if it does: a failover, a maintenance or a fence under way.
+    fn balance_paused(&self) -> Option<&'static str> {
+        let master = self.master.as_ref()?;
+        if !master.restarts.is_empty() {
+            return Some("a failover is under way");
+        }
+        if !master.evacuating.is_empty() {
+            return Some("a maintenance is under way");
+        }
+        if self.peers.values().any(|p| matches!(p.fence, Fence::Asked { .. } | Fence::Confirmed { .. })) {
+            return Some("a fence is under way");
+        }
+        None
+    }
+
+    /// Every master step: finished moves noted, new ones started, `auto`/`propose` looks.
+    pub(super) fn continue_balancing(&mut self, policies: &mut dyn Policies) {
+        let Some(master) = self.master.as_ref() else { return };
+        // Moves that ended (the migration's outcome is its own event).
+        let ended: Vec<String> =
+            self.balancing.running.keys().filter(|vm| !master.migrating.contains(*vm)).cloned().collect();
+        for vm in ended {
+            self.balancing.running.remove(&vm);
+            self.balancing.moved_at.insert(vm, self.now);
+        }
+        if self.balance_paused().is_some() {
+            return;
+        }
+        let settings = self.config.balance;
+        let mut started = Vec::new();
+        while self.balancing.running.len() + started.len() < settings.max_concurrent as usize {
+            let Some(m) = self.balancing.queue.pop_front() else { break };
+            let now_at = self.reported_locations().get(&m.vm).cloned();
+            let in_flight = self.master.as_ref().is_some_and(|ms| ms.migrating.contains(&m.vm));
+            if now_at.as_deref() != Some(m.from.as_str()) || in_flight || !self.heard_lately(&m.to) {
+                self.record(
+                    Severity::Info,
+                    EventKind::BalanceMove,
+                    format!("{}: move to {} dropped (it moved, or {} is out of contact)", m.vm, m.to, m.to),
+                    None,
+                );
+                continue;
+            }
+            started.push(m);
+        }
+        for m in started {
+            if let Some(master) = self.master.as_mut() {
+                master.migrating.insert(m.vm.clone());
+            }
+            self.record(
+                Severity::Info,
+                EventKind::BalanceMove,
+                format!("{}: live migration {} → {} (balance: {})", m.vm, m.from, m.to, m.reason),
+                None,
+            );
+            self.out.push(Action::MigrateVm { vm: m.vm.clone(), from: m.from.clone(), to: m.to.clone() });
+            self.balancing.running.insert(m.vm.clone(), m);
+        }
+        let round_over = self.balancing.queue.is_empty() && self.balancing.running.is_empty();
+        if round_over && self.balancing.next_look == u64::MAX {
+            // (A round ended: said once.)
+            self.balancing.next_look = self.now + settings.interval_ms;
+            self.record(Severity::Info, EventKind::BalanceDone, "balancing round done".into(), None);
+        }
+        if !round_over || settings.mode == BalanceMode::Off || self.now < self.balancing.next_look {
+            return;
+        }
+        self.balancing.next_look = self.now + settings.interval_ms;
+        let Some(proposal) = self.balance_proposal(policies) else { return };
+        let over = proposal.imbalance >= proposal.threshold && !proposal.moves.is_empty();
+        match settings.mode {
+            BalanceMode::Auto if over => {
+                self.start_round(policies, "auto");
+                if !self.balancing.queue.is_empty() {
+                    self.balancing.next_look = u64::MAX;
+                }
+            }
+            BalanceMode::Propose if over && !self.balancing.told => {
+                self.balancing.told = true;
+                let moves: Vec<String> =
+                    proposal.moves.iter().map(|m| format!("{} {} → {}", m.vm, m.from, m.to)).collect();
+                self.record(
+                    Severity::Warning,
+                    EventKind::BalanceProposed,
+                    format!(
+                        "the cluster is out of balance (imbalance {:.1} points, threshold {:.0}): `halo balance apply` would move {}",
+                        proposal.imbalance,
+                        proposal.threshold,
+                        moves.join(", ")
+                    ),
+                    None,
+                );
+            }
+            _ if !over => self.balancing.told = false,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::beat_with;
+    use super::super::{Command, Input};
+    use super::*;
+    use crate::config::tests::cluster;
+    use crate::policies::BuiltinPolicies;
+    use crate::wire::VmReport;
+
+    #[test]
+    fn every_vm_on_one_host_is_spread_two_migrations_at_a_time() {
+        // host-1 is master; all six VMs run on host-2; host-3 is empty.
+        let mut node = Node::new("host-1", cluster(3, 6), 0);
+        let mut p = BuiltinPolicies;
+        let mut at: BTreeMap<String, String> = (1..=6).map(|i| (format!("vm-{i}"), "host-2".to_string())).collect();
+        let report = |at: &BTreeMap<String, String>, host: &str| -> Vec<VmReport> {
+            at.iter().filter(|(_, h)| *h == host).map(|(vm, _)| VmReport { vm: vm.clone(), generation: 1 }).collect()
+        };
+        let mut all = Vec::new();
+        let mut in_flight: Vec<(String, String, String)> = Vec::new();
+        for now in (0..60_000).step_by(250) {
+            let seq = now / 250 + 1;
+            let mut inputs = vec![
+                Input::Tick,
+                beat_with("host-2", seq, &[("host-1", seq)], report(&at, "host-2")),
+                beat_with("host-3", seq, &[("host-1", seq)], report(&at, "host-3")),
+                Input::DatastoreWritten { datastore: "ds1".into(), ok: true },
+            ];
+            for i in 1..=6 {
+                let vm = format!("vm-{i}");
+                if at[&vm] == "host-1" {
+                    inputs.push(Input::VmState { vm, generation: 1, state: super::super::VmState::Running });
+                }
+            }
+            if now == 5_000 {
+                inputs.push(Input::Command(Command::BalanceApply));
+            }
+            // Migrations finish a second after they start.
+            if now % 1000 == 0 {
+                for (vm, from, to) in in_flight.drain(..) {
+                    at.insert(vm.clone(), to.clone());
+                    inputs.push(Input::MigrateResult { vm, from, to, result: Ok(()) });
+                }
+            }
+            for input in inputs {
+                for action in node.handle(now, input, &mut p) {
+                    if let Action::MigrateVm { vm, from, to } = &action {
+                        assert!(in_flight.len() < 2, "at most two at once: {in_flight:?} + {vm}");
+                        in_flight.push((vm.clone(), from.clone(), to.clone()));
+                    }
+                    all.push((now, action));
+                }
+            }
+        }
+        assert!(node.is_master());
+        let per_host = |h: &str| at.values().filter(|x| *x == h).count();
+        assert_eq!((per_host("host-1"), per_host("host-2"), per_host("host-3")), (2, 2, 2), "{at:?}");
+        let kinds: Vec<EventKind> = all
+            .iter()
+            .filter_map(|(_, a)| match a {
+                Action::Record(e) if e.kind.as_str().starts_with("balance") => Some(e.kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds.first(), Some(&EventKind::BalanceStarted), "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|k| **k == EventKind::BalanceMove).count(), 4, "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&EventKind::BalanceDone), "{kinds:?}");
+        // Balanced now: another apply moves nothing.
+        let again = node.handle(60_000, Input::Command(Command::BalanceApply), &mut p);
+        assert!(again.iter().all(|a| !matches!(a, Action::MigrateVm { .. })), "{again:?}");
+    }
+}

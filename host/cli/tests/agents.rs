@@ -502,7 +502,10 @@ impl Cluster {
         std::thread::sleep(Duration::from_secs(3));
         let mut placement: BTreeMap<&'static str, usize> = BTreeMap::new();
         for (vm, _) in VMS {
-            placement.insert(vm, self.runners(vm, &[1, 2, 3]).first().copied().expect("runs"));
+            let Some(host) = self.runners(vm, &[1, 2, 3]).first().copied() else {
+                panic!("{vm} runs nowhere before the crash\n{}", self.logs());
+            };
+            placement.insert(vm, host);
         }
         let crashed = Instant::now();
         self.lab.kill_host(2).expect("crash");

@@ -270,8 +270,31 @@ mod tests {
 
     #[test]
     fn every_vm_on_one_host_is_spread_two_migrations_at_a_time() {
-        // host-1 is master; all six VMs run on host-2; host-3 is empty.
-        let mut node = Node::new("host-1", cluster(3, 6), 0);
+        let (kinds, _) = spread(None);
+        assert_eq!(kinds.first(), Some(&EventKind::BalanceStarted), "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|k| **k == EventKind::BalanceMove).count(), 4, "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&EventKind::BalanceDone), "{kinds:?}");
+    }
+
+    #[test]
+    fn in_auto_mode_the_master_balances_by_itself_and_in_propose_mode_it_says_so() {
+        let (kinds, _) = spread(Some(BalanceMode::Auto));
+        assert_eq!(kinds.iter().filter(|k| **k == EventKind::BalanceMove).count(), 4, "{kinds:?}");
+        let (kinds, at) = spread(Some(BalanceMode::Propose));
+        assert_eq!(kinds, vec![EventKind::BalanceProposed], "said once, nothing moved");
+        assert!(at.values().all(|h| h == "host-2"), "{at:?}");
+    }
+
+    /// host-1 is master; all six VMs run on host-2; host-3 is empty. With `mode` the master
+    /// looks by itself (every 5 s); without, the operator applies at 5 s. Returns the
+    /// balancing events and where the VMs run after a minute.
+    fn spread(mode: Option<BalanceMode>) -> (Vec<EventKind>, BTreeMap<String, String>) {
+        let mut config = cluster(3, 6);
+        if let Some(mode) = mode {
+            config.balance.mode = mode;
+            config.balance.interval_ms = 5_000;
+        }
+        let mut node = Node::new("host-1", config, 0);
         let mut p = BuiltinPolicies;
         let mut at: BTreeMap<String, String> = (1..=6).map(|i| (format!("vm-{i}"), "host-2".to_string())).collect();
         let report = |at: &BTreeMap<String, String>, host: &str| -> Vec<VmReport> {
@@ -293,7 +316,7 @@ mod tests {
                     inputs.push(Input::VmState { vm, generation: 1, state: super::super::VmState::Running });
                 }
             }
-            if now == 5_000 {
+            if now == 5_000 && mode.is_none() {
                 inputs.push(Input::Command(Command::BalanceApply));
             }
             // Migrations finish a second after they start.
@@ -314,8 +337,6 @@ mod tests {
             }
         }
         assert!(node.is_master());
-        let per_host = |h: &str| at.values().filter(|x| *x == h).count();
-        assert_eq!((per_host("host-1"), per_host("host-2"), per_host("host-3")), (2, 2, 2), "{at:?}");
         let kinds: Vec<EventKind> = all
             .iter()
             .filter_map(|(_, a)| match a {
@@ -323,11 +344,13 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(kinds.first(), Some(&EventKind::BalanceStarted), "{kinds:?}");
-        assert_eq!(kinds.iter().filter(|k| **k == EventKind::BalanceMove).count(), 4, "{kinds:?}");
-        assert_eq!(kinds.last(), Some(&EventKind::BalanceDone), "{kinds:?}");
-        // Balanced now: another apply moves nothing.
-        let again = node.handle(60_000, Input::Command(Command::BalanceApply), &mut p);
-        assert!(again.iter().all(|a| !matches!(a, Action::MigrateVm { .. })), "{again:?}");
+        if mode != Some(BalanceMode::Propose) {
+            let per_host = |h: &str| at.values().filter(|x| *x == h).count();
+            assert_eq!((per_host("host-1"), per_host("host-2"), per_host("host-3")), (2, 2, 2), "{at:?}");
+            // Balanced now: another apply moves nothing.
+            let again = node.handle(60_000, Input::Command(Command::BalanceApply), &mut p);
+            assert!(again.iter().all(|a| !matches!(a, Action::MigrateVm { .. })), "{again:?}");
+        }
+        (kinds, at)
     }
 }

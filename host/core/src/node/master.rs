@@ -677,6 +677,14 @@ impl Node {
         policies: &mut dyn Policies,
     ) -> PolicyOutcome<halo_policy::Placement> {
         let placed = crate::rules::place(&self.config, input, &self.placed_now(), policies);
+        if let Some(reason) = &placed.outcome.fallback_reason {
+            self.record(
+                Severity::Alert,
+                EventKind::PluginFailed,
+                format!("placement plugin failed, built-in policy decided: {reason}"),
+                None,
+            );
+        }
         for (vm, rule) in placed.broken {
             let host = placed.outcome.answer.assignments.iter().find(|a| a.vm == vm).map_or("?", |a| a.host.as_str());
             self.record(
@@ -780,36 +788,26 @@ impl Node {
         // A failover's VMs may go to reserved hosts first; an operator's start (no `from`)
         // may not.
         let (failover, started): (Vec<_>, Vec<_>) = to_place.into_iter().partition(|(_, from)| !from.is_empty());
-        let mut outcome = PolicyOutcome::plain(halo_policy::Placement { assignments: vec![], unplaced: vec![] });
+        let mut placement = halo_policy::Placement::default();
         for (reason, vms) in [(PlacementReason::Failover, failover), (PlacementReason::Balance, started)] {
             if vms.is_empty() {
                 continue;
             }
             let placed = self.place(reason, &vms, policies);
-            outcome.answer.assignments.extend(placed.answer.assignments);
-            outcome.answer.unplaced.extend(placed.answer.unplaced);
-            outcome.fallback_reason = outcome.fallback_reason.or(placed.fallback_reason);
+            placement.assignments.extend(placed.answer.assignments);
+            placement.unplaced.extend(placed.answer.unplaced);
         }
-        outcome.answer.assignments.extend(pinned);
-        if let Some(reason) = outcome.fallback_reason {
-            self.record(
-                Severity::Alert,
-                EventKind::PluginFailed,
-                format!("placement plugin failed, built-in policy decided: {reason}"),
-                None,
-            );
-        }
+        placement.assignments.extend(pinned);
         let epoch = self.master.as_ref().map_or(0, |m| m.epoch);
         let t = self.config.timeouts;
         let mut claims = Vec::new();
         let mut records = Vec::new();
-        if !outcome.answer.assignments.is_empty() {
-            let placed: Vec<String> =
-                outcome.answer.assignments.iter().map(|a| format!("{} → {}", a.vm, a.host)).collect();
+        if !placement.assignments.is_empty() {
+            let placed: Vec<String> = placement.assignments.iter().map(|a| format!("{} → {}", a.vm, a.host)).collect();
             records.push((Severity::Info, EventKind::RestartWave, format!("restart wave: {}", placed.join(", "))));
         }
         let Some(master) = self.master.as_mut() else { return };
-        for assignment in outcome.answer.assignments {
+        for assignment in placement.assignments {
             let Some(r) = master.restarts.get_mut(&assignment.vm) else { continue };
             r.attempts += 1;
             r.state = RestartState::Claiming { host: assignment.host.clone(), since: now };
@@ -821,7 +819,7 @@ impl Node {
                 host: assignment.host,
             });
         }
-        for unplaced in outcome.answer.unplaced {
+        for unplaced in placement.unplaced {
             let Some(r) = master.restarts.get_mut(&unplaced.vm) else { continue };
             r.attempts += 1;
             if priority(&unplaced.vm) == RestartPriority::Restart {
@@ -1143,14 +1141,6 @@ impl Node {
             // To the cluster: the placement policy chooses among the hosts in contact now.
             None => {
                 let outcome = self.place(PlacementReason::Balance, &[(vm.to_string(), from.clone())], policies);
-                if let Some(reason) = outcome.fallback_reason {
-                    self.record(
-                        Severity::Alert,
-                        EventKind::PluginFailed,
-                        format!("placement plugin failed, built-in policy decided: {reason}"),
-                        None,
-                    );
-                }
                 match outcome.answer.assignments.into_iter().find(|a| a.vm == vm) {
                     Some(a) if a.host != from && self.heard_lately(&a.host) => a.host,
                     Some(a) if a.host == from => {

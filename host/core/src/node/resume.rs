@@ -251,18 +251,23 @@ impl Node {
                     None,
                 );
             }
-            Err(why) => {
-                hold.next_check = self.now + self.config.timeouts.retry_backoff_ms;
-                let first = !std::mem::replace(&mut hold.told, true);
-                if first {
-                    self.record(
-                        Severity::Warning,
-                        EventKind::VmHeld,
-                        format!("{vm} stays paused on {}: its claim cannot be looked up ({why}); retrying", self.name),
-                        None,
-                    );
-                }
-            }
+            Err(why) => self.lookup_failed(vm, &why),
+        }
+    }
+
+    /// A held VM's claim could not be looked up: it stays paused, asked again after the retry
+    /// backoff; said once.
+    fn lookup_failed(&mut self, vm: &str, why: &str) {
+        let (now, backoff) = (self.now, self.config.timeouts.retry_backoff_ms);
+        let Some(hold) = self.held.get_mut(vm) else { return };
+        hold.next_check = now + backoff;
+        if !std::mem::replace(&mut hold.told, true) {
+            self.record(
+                Severity::Warning,
+                EventKind::VmHeld,
+                format!("{vm} stays paused on {}: its claim cannot be looked up ({why}); retrying", self.name),
+                None,
+            );
         }
     }
 
@@ -296,18 +301,7 @@ impl Node {
                 let own = hold.generation;
                 self.out.push(Action::CheckClaim { vm: vm.to_string(), generation: own });
             }
-            Err(why) => {
-                hold.next_check = self.now + self.config.timeouts.retry_backoff_ms;
-                let first = !std::mem::replace(&mut hold.told, true);
-                if first {
-                    self.record(
-                        Severity::Warning,
-                        EventKind::VmHeld,
-                        format!("{vm} stays paused on {}: its claim cannot be looked up ({why}); retrying", self.name),
-                        None,
-                    );
-                }
-            }
+            Err(why) => self.lookup_failed(vm, &why),
         }
     }
 

@@ -72,19 +72,35 @@ fn the_core_ping_driver_answers_with_inputs() {
 fn a_ping_survives_lost_echo_requests() {
     let Some(lab) = crate::lab("pinglost", 2) else { return };
     let peer = IpAddr::V4(lab.address(2, "A").expect("address"));
-    let iptables = |args: &[&str]| {
+    // The peer's firewall (nftables, which the lab uses anyway): every third echo request
+    // passes (the third, sixth, …), the others are dropped.
+    let nft = |args: &[&str]| {
         let status = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.netns(2), "iptables"])
+            .args(["netns", "exec", &lab.netns(2), "nft"])
             .args(args)
             .status()
-            .expect("iptables runs");
-        assert!(status.success(), "iptables {args:?}");
+            .expect("nft runs");
+        assert!(status.success(), "nft {args:?}");
     };
-    let echo = ["-p", "icmp", "--icmp-type", "echo-request"];
-    // Every third request passes (the third, sixth, …), the others are dropped.
-    let nth = ["-m", "statistic", "--mode", "nth", "--every", "3", "--packet", "2", "-j", "ACCEPT"];
-    iptables(&[&["-A", "INPUT"], &echo[..], &nth[..]].concat());
-    iptables(&[&["-A", "INPUT"], &echo[..], &["-j", "DROP"]].concat());
+    nft(&["add", "table", "inet", "halo_ping"]);
+    nft(&["add", "chain", "inet", "halo_ping", "input", "{ type filter hook input priority 0; }"]);
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "halo_ping",
+        "input",
+        "icmp",
+        "type",
+        "echo-request",
+        "numgen",
+        "inc",
+        "mod",
+        "3",
+        "!=",
+        "2",
+        "drop",
+    ]);
     let timeout = Duration::from_millis(600);
     let started = Instant::now();
     let answered = lab.enter(1, move || ping_blocking(peer, timeout)).expect("enter");
@@ -92,7 +108,8 @@ fn a_ping_survives_lost_echo_requests() {
     assert!(answered.expect("ping works"), "the third request is answered");
     assert!(took >= timeout * 2 / 3, "answered only after the third request went out: {took:?}");
     // Every request dropped: no answer, after the whole timeout.
-    iptables(&["-D", "INPUT", "1"]);
+    nft(&["flush", "chain", "inet", "halo_ping", "input"]);
+    nft(&["add", "rule", "inet", "halo_ping", "input", "icmp", "type", "echo-request", "drop"]);
     let started = Instant::now();
     let silent = lab.enter(1, move || ping_blocking(peer, timeout)).expect("enter");
     assert!(!silent.expect("ping works"), "nothing answered");

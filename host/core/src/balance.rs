@@ -149,6 +149,9 @@ pub struct Proposal {
     pub moves: Vec<Move>,
 }
 
+/// A candidate move's shares, before and after: memory of its two hosts, then CPU.
+type Shares = [(f64, f64); 4];
+
 /// Each move is sought from the three most loaded hosts to the this many least loaded.
 const TARGETS: usize = 16;
 
@@ -243,7 +246,7 @@ pub fn propose(
         order.sort_by(|&a, &b| load(b).total_cmp(&load(a)));
         // (score: how much the sum of squared deviations drops; pair gain: how much the gap
         // between the two hosts narrows, in percentage points, which must pay the cost.)
-        let mut best: Option<(f64, usize, usize, usize)> = None;
+        let mut best: Option<(f64, usize, usize, usize, Shares)> = None;
         for &from in order.iter().take(3) {
             for &v in &on[from] {
                 let vm = &vms[v];
@@ -267,31 +270,20 @@ pub fn propose(
                     let score =
                         (mf * mf + mt * mt - mf2 * mf2 - mt2 * mt2) + (cf * cf + ct * ct - cf2 * cf2 - ct2 * ct2);
                     if best.is_none_or(|(s, ..)| score > s + 1e-9) && keeps_rules(rules, vm, &takers[to].name, &at) {
-                        best = Some((score, v, from, to));
+                        best = Some((score, v, from, to, [(mf, mf2), (mt, mt2), (cf, cf2), (ct, ct2)]));
                     }
                 }
             }
         }
-        let Some((_, v, from, to)) = best else { break };
+        let Some((_, v, from, to, [mem_from, mem_to, cpu_from, cpu_to])) = best else { break };
         let vm = &vms[v];
         let reason = format!(
             "{} memory {:.0} %, CPU {:.0} % → {} memory {:.0} %, CPU {:.0} %",
-            takers[from].name,
-            mem_share(from, mem[from]),
-            cpu_share(from, cpu[from]),
-            takers[to].name,
-            mem_share(to, mem[to]),
-            cpu_share(to, cpu[to])
+            takers[from].name, mem_from.0, cpu_from.0, takers[to].name, mem_to.0, cpu_to.0
         );
         let (m, c) = (vm.memory_mib, u64::from(vm.cpu_percent));
-        mem_spread = mem_spread.with([
-            (mem_share(from, mem[from]), mem_share(from, mem[from] - m)),
-            (mem_share(to, mem[to]), mem_share(to, mem[to] + m)),
-        ]);
-        cpu_spread = cpu_spread.with([
-            (cpu_share(from, cpu[from]), cpu_share(from, cpu[from] - c)),
-            (cpu_share(to, cpu[to]), cpu_share(to, cpu[to] + c)),
-        ]);
+        mem_spread = mem_spread.with([mem_from, mem_to]);
+        cpu_spread = cpu_spread.with([cpu_from, cpu_to]);
         mem[from] -= m;
         mem[to] += m;
         cpu[from] -= c;

@@ -25,6 +25,8 @@ pub(super) struct Balancing {
     next_look: crate::Millis,
     /// `propose`: the imbalance was told (not again until it falls below the threshold).
     told: bool,
+    /// A round was started and its end is not said yet.
+    in_round: bool,
 }
 
 impl Node {
@@ -124,10 +126,6 @@ impl Node {
             );
         }
         self.start_round(policies, "the operator asked");
-        if !self.balancing.queue.is_empty() {
-            // The round's end is said (`continue_balancing`).
-            self.balancing.next_look = u64::MAX;
-        }
     }
 
     fn start_round(&mut self, policies: &mut dyn Policies, why: &str) {
@@ -158,6 +156,7 @@ impl Node {
             None,
         );
         self.balancing.queue = proposal.moves.into();
+        self.balancing.in_round = true;
     }
 
     /// Why balancing waits now, if it does: a failover, a maintenance or a fence under way.
@@ -219,8 +218,7 @@ impl Node {
             self.balancing.running.insert(m.vm.clone(), m);
         }
         let round_over = self.balancing.queue.is_empty() && self.balancing.running.is_empty();
-        if round_over && self.balancing.next_look == u64::MAX {
-            // (A round ended: said once.)
+        if round_over && std::mem::take(&mut self.balancing.in_round) {
             self.balancing.next_look = self.now + settings.interval_ms;
             self.record(Severity::Info, EventKind::BalanceDone, "balancing round done".into(), None);
         }
@@ -231,12 +229,7 @@ impl Node {
         let Some(proposal) = self.balance_proposal(policies) else { return };
         let over = proposal.imbalance >= proposal.threshold && !proposal.moves.is_empty();
         match settings.mode {
-            BalanceMode::Auto if over => {
-                self.start_round(policies, "auto");
-                if !self.balancing.queue.is_empty() {
-                    self.balancing.next_look = u64::MAX;
-                }
-            }
+            BalanceMode::Auto if over => self.start_round(policies, "auto"),
             BalanceMode::Propose if over && !self.balancing.told => {
                 self.balancing.told = true;
                 let moves: Vec<String> =

@@ -286,6 +286,8 @@ pub struct PluginEntry {
     pub placement: Option<PathBuf>,
     /// The restart-policy plugin.
     pub restart_order: Option<PathBuf>,
+    /// The balancing-policy plugin.
+    pub balancing: Option<PathBuf>,
     /// CPU budget per call in milliseconds (1 … 10000).
     pub cpu_budget_ms: u64,
     /// How the budget is enforced: `fuel` (deterministic: the same input stops at the same
@@ -323,6 +325,7 @@ impl Default for PluginEntry {
             isolation: None,
             placement: None,
             restart_order: None,
+            balancing: None,
             cpu_budget_ms: limits.cpu.millis(),
             cpu_budget: BudgetKind::Fuel,
             memory_mib: (limits.memory_bytes >> 20) as u64,
@@ -565,6 +568,7 @@ impl AgentConfig {
             ("plugins.isolation", &self.plugins.isolation),
             ("plugins.placement", &self.plugins.placement),
             ("plugins.restart-order", &self.plugins.restart_order),
+            ("plugins.balancing", &self.plugins.balancing),
         ] {
             if let Some(path) = path
                 && !path.is_file()

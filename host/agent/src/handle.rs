@@ -19,7 +19,7 @@ use crate::liveness::LivenessStats;
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct PluginStatus {
-    /// `isolation-policy`, `placement-engine`, `restart-policy`.
+    /// `isolation-policy`, `placement-engine`, `restart-policy`, `balancing-policy`.
     pub world: String,
     /// The plugin file in force (`None`: the built-in policy).
     pub file: Option<String>,

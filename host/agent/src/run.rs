@@ -72,6 +72,13 @@ impl halo_core::Policies for AgentPolicies {
     ) -> halo_core::PolicyOutcome<Result<Vec<halo_policy::Wave>, halo_policy::RestartError>> {
         (&*self.0).restart_order(input)
     }
+
+    fn balance(
+        &mut self,
+        input: &halo_policy::balance::BalanceInput,
+    ) -> halo_core::PolicyOutcome<Vec<halo_policy::balance::BalanceMove>> {
+        (&*self.0).balance(input)
+    }
 }
 
 /// Every driver of this agent, behind the core's traits.
@@ -356,6 +363,7 @@ pub async fn start(
             isolation: config.plugins.isolation.as_deref(),
             placement: config.plugins.placement.as_deref(),
             restart_order: config.plugins.restart_order.as_deref(),
+            balancing: config.plugins.balancing.as_deref(),
         },
     );
     let policies = Arc::new(policies);
@@ -693,6 +701,7 @@ fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<ReloadOu
         one("isolation-policy", &policies.isolation, only_changed),
         one("placement-engine", &policies.placement, only_changed),
         one("restart-policy", &policies.restart_order, only_changed),
+        one("balancing-policy", &policies.balancing, only_changed),
     ]
     .into_iter()
     .flatten()
@@ -734,6 +743,7 @@ fn plugin_status(policies: &PluginPolicies) -> Vec<PluginStatus> {
         one("isolation-policy", &policies.isolation),
         one("placement-engine", &policies.placement),
         one("restart-policy", &policies.restart_order),
+        one("balancing-policy", &policies.balancing),
     ]
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use halo_plugin_runtime::{
-    ChildCompiler, CompileLimits, CompilePlace, CompiledPlugin, CpuBudget, Isolation, LoadedPlugin, Placement,
-    PluginInfo, PolicyWorld, RestartOrder, Runtime, SandboxLimits,
+    Balancing, ChildCompiler, CompileLimits, CompilePlace, CompiledPlugin, CpuBudget, Isolation, LoadedPlugin,
+    Placement, PluginInfo, PolicyWorld, RestartOrder, Runtime, SandboxLimits,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -105,6 +105,8 @@ enum World {
     Placement,
     #[value(name = "restart-policy")]
     Restart,
+    #[value(name = "balancing-policy")]
+    Balancing,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -173,6 +175,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
         World::Isolation => run_world::<Isolation>(&runtime, compiled, command),
         World::Placement => run_world::<Placement>(&runtime, compiled, command),
         World::Restart => run_world::<RestartOrder>(&runtime, compiled, command),
+        World::Balancing => run_world::<Balancing>(&runtime, compiled, command),
     }
 }
 
@@ -185,6 +188,7 @@ fn detect_world(compiled: &CompiledPlugin, file: &Path) -> anyhow::Result<World>
         (World::Isolation, Isolation::INTERFACES),
         (World::Placement, Placement::INTERFACES),
         (World::Restart, RestartOrder::INTERFACES),
+        (World::Balancing, Balancing::INTERFACES),
     ];
     let known: Vec<String> =
         worlds.iter().flat_map(|(_, interfaces)| interfaces.iter().map(|i| format!("halo:policy/{i}"))).collect();

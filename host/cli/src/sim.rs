@@ -106,8 +106,12 @@ fn parse_millis(text: &str) -> Result<Millis, String> {
         .ok_or_else(|| format!("`{text}` is not a positive time like 200s, 5m or 1500ms"))
 }
 
-const PLUGIN_FILES: [&str; 3] =
-    ["halo_plugin_isolation.wasm", "halo_plugin_placement.wasm", "halo_plugin_restart_order.wasm"];
+const PLUGIN_FILES: [&str; 4] = [
+    "halo_plugin_isolation.wasm",
+    "halo_plugin_placement.wasm",
+    "halo_plugin_restart_order.wasm",
+    "halo_plugin_balancing.wasm",
+];
 
 /// The default plugins' directory: the given one, else the build tree next to this binary
 /// (`target/release/halo` → `target/wasm32-wasip2/plugin`), else the installed one.
@@ -142,6 +146,7 @@ fn load_plugins(dir: &Path) -> anyhow::Result<PluginPolicies> {
         isolation: Some(&dir.join(PLUGIN_FILES[0])),
         placement: Some(&dir.join(PLUGIN_FILES[1])),
         restart_order: Some(&dir.join(PLUGIN_FILES[2])),
+        balancing: Some(&dir.join(PLUGIN_FILES[3])),
     };
     // As in the agent: a plugin that does not load leaves the built-in policy in its place.
     let (policies, failed) = PluginPolicies::load_or_builtin(&runtime, files);
@@ -399,10 +404,11 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Some(p) => {
             let name = |info: Option<halo_plugin_runtime::PluginInfo>| info.map_or("?".into(), |i| i.name);
             format!(
-                "plugins loaded through the plugin runtime (sandboxed WebAssembly): isolation {}, placement {}, restart order {}",
+                "plugins loaded through the plugin runtime (sandboxed WebAssembly): isolation {}, placement {}, restart order {}, balancing {}",
                 name(p.isolation.info()),
                 name(p.placement.info()),
-                name(p.restart_order.info())
+                name(p.restart_order.info()),
+                name(p.balancing.info())
             )
         }
         None => "the built-in policies (native; --builtin)".to_string(),
@@ -431,6 +437,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             ("isolation", p.isolation.stats().into()),
             ("placement", p.placement.stats().into()),
             ("restart-order", p.restart_order.stats().into()),
+            ("balancing", p.balancing.stats().into()),
         ]
     });
     if args.json {

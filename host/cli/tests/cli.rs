@@ -41,8 +41,10 @@ fn the_demo_runs_the_scripted_cluster_on_the_default_plugins() {
     // Act 1: host-2's dns-1, web-1 and batch; act 2: host-3's dns-2 and db-replica; act 3: none.
     assert_eq!(count("vm-restarted"), 5, "{timeline:#?}");
     assert!(count("isolated") >= 1 && count("host-failed") >= 1 && count("host-partitioned") >= 2);
+    // `propose` mode: after act 1 host-1 carries host-2's VMs, and the balancing plugin says so.
+    assert!(count("balance-proposed") >= 1, "{timeline:#?}");
     let calls = report["plugin_calls"].as_array().expect("plugin calls");
-    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.len(), 4, "isolation, placement, restart order, balancing: {calls:?}");
     for call in calls {
         assert!(call[1]["calls"].as_u64() > Some(0), "{call}");
         assert_eq!(call[1]["fallbacks"].as_u64(), Some(0), "{call}");
@@ -267,6 +269,7 @@ fn plugin_check_run_and_bench_on_the_default_plugins() {
         ("halo_plugin_placement.wasm", "compact-placement-engine", "placement"),
         ("halo_plugin_isolation.wasm", "isolation-policy", "isolation"),
         ("halo_plugin_restart_order.wasm", "restart-policy", "restart"),
+        ("halo_plugin_balancing.wasm", "balancing-policy", "balancing"),
     ] {
         let plugin = dir.join(file);
         let input = example_input(input);
@@ -278,7 +281,7 @@ fn plugin_check_run_and_bench_on_the_default_plugins() {
         {
             assert!(stdout.contains(&line), "check {file}: no `{line}` in:\n{stdout}");
         }
-        assert!(stdout.contains("(this agent speaks 0.1.1)"), "{stdout}");
+        assert!(stdout.contains("(this agent speaks 0.1.2)"), "{stdout}");
         // run: the validated answer as JSON, the same as the built-in policy's.
         let answer = halo(&["plugin", "run", path(&plugin), "--input", path(&input)]);
         assert!(answer.status.success(), "run {file}: {}", text(&answer.stderr));
@@ -349,7 +352,7 @@ fn plugin_commands_fail_with_one_clear_line_and_a_non_zero_exit() {
         // Not a component at all.
         (vec!["check".into(), path(&placement).into()], Some(1), &["not a valid WebAssembly component"]),
         // Built against a contract this agent does not speak.
-        (vec!["check".into(), path(&hostile("contract_v0_2")).into()], Some(1), &["this agent speaks 0.1.1"]),
+        (vec!["check".into(), path(&hostile("contract_v0_2")).into()], Some(1), &["this agent speaks 0.1.2"]),
         // An answer that names a host not in the input: exit 3, the reason and the fallback.
         (
             vec!["run".into(), path(&hostile("unknown_host")).into(), "--input".into(), path(&placement).into()],
@@ -452,7 +455,7 @@ fn compile_bombs_are_refused_within_their_limits() {
 fn the_demo_finishes_with_a_placement_plugin_that_logs_for_ever() {
     let dir = std::env::temp_dir().join(format!("halo-cli-demo-hostile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    for file in ["halo_plugin_isolation.wasm", "halo_plugin_restart_order.wasm"] {
+    for file in ["halo_plugin_isolation.wasm", "halo_plugin_restart_order.wasm", "halo_plugin_balancing.wasm"] {
         std::fs::copy(plugin_dir().join(file), dir.join(file)).expect("copy");
     }
     std::fs::copy(plugin_dir().join("examples/log_tiny_forever.wasm"), dir.join("halo_plugin_placement.wasm"))

@@ -231,6 +231,8 @@ pub struct PolicySettings {
     pub placement: Vec<Setting>,
     /// For the restart policy.
     pub restart: Vec<Setting>,
+    /// For the balancing policy.
+    pub balance: Vec<Setting>,
 }
 
 /// The whole cluster as every node knows it.

@@ -1,10 +1,11 @@
-//! The three decision points a site may plug its own policy into, as the core sees them.
+//! The four decision points a site may plug its own policy into, as the core sees them.
 //!
 //! The agent and the demo implement [`Policies`] with the plugin runtime (a plugin's answer
 //! is validated there and replaced by the built-in policy when it fails); the simulator and
 //! the unit tests use [`BuiltinPolicies`], the same default policies compiled natively. An
 //! answer that comes from a fallback carries the reason, and the core raises an alert.
 
+use halo_policy::balance::{BalanceInput, BalanceMove};
 use halo_policy::{IsolationInput, Placement, PlacementInput, RestartError, RestartInput, VmIsolationDecision, Wave};
 
 /// A policy's answer and, when the plugin failed and the built-in policy answered instead,
@@ -33,6 +34,8 @@ pub trait Policies {
     fn placement(&mut self, input: &PlacementInput) -> PolicyOutcome<Placement>;
     /// In which waves VMs restart.
     fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>>;
+    /// Which live migrations would balance the hosts.
+    fn balance(&mut self, input: &BalanceInput) -> PolicyOutcome<Vec<BalanceMove>>;
 }
 
 /// The built-in default policies, native.
@@ -50,5 +53,9 @@ impl Policies for BuiltinPolicies {
 
     fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>> {
         PolicyOutcome::plain(halo_policy::restart::plan_restart_fallback(input))
+    }
+
+    fn balance(&mut self, input: &BalanceInput) -> PolicyOutcome<Vec<BalanceMove>> {
+        PolicyOutcome::plain(halo_policy::balance::propose(input))
     }
 }

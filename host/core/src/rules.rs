@@ -26,48 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ClusterConfig;
 use crate::policies::{Policies, PolicyOutcome};
 
-/// What a rule binds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RuleKind {
-    /// The VMs run on the rule's hosts.
-    VmHost,
-    /// The VMs run on one host.
-    Together,
-    /// No two of the VMs run on one host.
-    Apart,
-}
-
-impl RuleKind {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuleKind::VmHost => "vm-host",
-            RuleKind::Together => "together",
-            RuleKind::Apart => "apart",
-        }
-    }
-}
-
-/// How hard a rule binds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strength {
-    /// Never broken: a VM stays down rather.
-    Must,
-    /// Broken only when nothing else fits, and reported.
-    Should,
-}
-
-impl Strength {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strength::Must => "must",
-            Strength::Should => "should",
-        }
-    }
-}
+pub use halo_policy::balance::{RuleKind, Strength};
 
 /// One placement rule (`[[rules]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,11 +80,6 @@ impl Rule {
     fn kept(&self, vm: &str, host: &str, at: &BTreeMap<String, String>, candidates: &[String]) -> bool {
         self.avoid(vm, at, candidates).is_none_or(|avoid| !avoid.contains(host))
     }
-}
-
-/// Whether `vm` on `host` keeps `rule`, the other VMs being where `at` says.
-pub fn kept_by(rule: &Rule, vm: &str, host: &str, at: &BTreeMap<String, String>) -> bool {
-    rule.kept(vm, host, at, &[host.to_string()])
 }
 
 /// Problems of a config's rules and reserved hosts, each with its key path (for

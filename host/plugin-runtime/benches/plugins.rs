@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halo_plugin_runtime::{CpuBudget, LoadedPlugin, Placement, RestartOrder, Runtime, SandboxLimits};
+use halo_plugin_runtime::{
+    Balancing, CpuBudget, LoadedPlugin, Placement, PluginFiles, PluginPolicies, RestartOrder, Runtime, SandboxLimits,
+};
 use halo_policy::compact::CompactInput;
 use halo_policy::{
     CandidateHost, PlacementInput, PlacementReason, RestartInput, RestartPriority, VmToPlace, VmToRestart,
@@ -75,6 +77,104 @@ fn big_placement(vms: usize, hosts: usize) -> PlacementInput {
     PlacementInput { reason: PlacementReason::Failover, vms, hosts, vcpu_overcommit_percent: 400, settings: vec![] }
 }
 
+fn balancing(rounds: usize, middle: &dyn Fn(&[f64]) -> f64) {
+    use halo_core::balance::{BalanceHost, BalanceSettings, BalanceVm, ProposalContext};
+    use halo_core::{BuiltinPolicies, Policies};
+    let input = halo_policy::balance::skewed_input(1000, 10_000);
+    let hosts: Vec<BalanceHost> = input
+        .hosts
+        .iter()
+        .zip(&input.host_names)
+        .map(|(h, name)| BalanceHost {
+            name: name.clone(),
+            memory_mib: h.memory_mib,
+            vcpus: h.vcpus,
+            threads: h.threads,
+            takes: h.takes,
+        })
+        .collect();
+    let vms: Vec<BalanceVm> = input
+        .vms
+        .iter()
+        .zip(&input.vm_names)
+        .map(|(v, name)| BalanceVm {
+            name: name.clone(),
+            host: input.host_names[v.host as usize].clone(),
+            memory_mib: v.memory_mib,
+            vcpus: v.vcpus,
+            cpu_percent: v.cpu_percent,
+            movable: v.movable,
+        })
+        .collect();
+    let settings = BalanceSettings::default();
+    let context =
+        ProposalContext { rules: &[], settings: &settings, vcpu_overcommit_percent: 400, plugin_settings: &[] };
+    let runtime = Arc::new(
+        Runtime::new(SandboxLimits { cpu: CpuBudget::Fuel { millis: 2000 }, ..SandboxLimits::default() }, None)
+            .expect("runtime"),
+    );
+    let files = PluginFiles { balancing: Some(&plugin("halo_plugin_balancing.wasm")), ..PluginFiles::default() };
+    let mut plugins = PluginPolicies::load(&runtime, files).expect("the balancing plugin loads");
+    let native_proposal = halo_core::balance::propose(&hosts, &vms, context, &mut BuiltinPolicies);
+    let plugin_proposal = halo_core::balance::propose(&hosts, &vms, context, &mut plugins);
+    assert_eq!(native_proposal, plugin_proposal, "the plugin and the built-in policy must agree");
+    assert!(plugins.balance(&input).fallback_reason.is_none(), "the plugin answered");
+    let refuser = runtime.load::<Balancing>(&plugin("examples/balance_bad_moves.wasm")).expect("load");
+    let plugin = runtime.load::<Balancing>(&plugin("halo_plugin_balancing.wasm")).expect("load");
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let (mut native_whole, mut wasm_whole, mut native_call, mut wasm_call) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        native_whole.push(time(&mut || {
+            std::hint::black_box(halo_core::balance::propose(&hosts, &vms, context, &mut BuiltinPolicies));
+        }));
+        wasm_whole.push(time(&mut || {
+            std::hint::black_box(halo_core::balance::propose(&hosts, &vms, context, &mut plugins));
+        }));
+        native_call.push(time(&mut || {
+            std::hint::black_box(halo_policy::balance::propose(&input));
+        }));
+        wasm_call.push(time(&mut || {
+            std::hint::black_box(runtime.call(&plugin, &input).expect("call"));
+        }));
+    }
+    // The input crossing alone: a plugin that refuses right after lifting its input.
+    let crossing = median(15, || {
+        let _ = std::hint::black_box(runtime.call(&refuser, &input));
+    });
+    let moves = halo_policy::balance::propose(&input);
+    let validation = median(15, || {
+        halo_policy::balance::validate_moves(&input, &moves).expect("the built-in answer is valid");
+    });
+    let ratio = |w: &[f64], n: &[f64]| middle(&w.iter().zip(n).map(|(w, n)| w / n).collect::<Vec<_>>());
+    println!(
+        "\nbalancing proposal, 1,000 hosts × 10,000 VMs, {} moves (median of {rounds} rounds taken in turn)",
+        native_proposal.moves.len()
+    );
+    println!("  as the master asks (names included):");
+    println!("    native (built-in)      : {:>7.2} ms", middle(&native_whole) * 1e3);
+    println!(
+        "    plugin, fuel 2 s budget: {:>7.2} ms  ({:.2}x native, memory cap 64 MiB)",
+        middle(&wasm_whole) * 1e3,
+        ratio(&wasm_whole, &native_whole)
+    );
+    println!("  the policy call alone (positions):");
+    println!("    native (built-in)      : {:>7.2} ms", middle(&native_call) * 1e3);
+    println!(
+        "    plugin, fuel 2 s budget: {:>7.2} ms  ({:.2}x native: crossing, the policy in the sandbox, validation)",
+        middle(&wasm_call) * 1e3,
+        ratio(&wasm_call, &native_call)
+    );
+    println!(
+        "    of which, crossing     : {:>7.2} ms  (instantiate, lower, lift in the guest)",
+        crossing.as_secs_f64() * 1e3
+    );
+    println!("    of which, validation   : {:>7.2} ms  (the host checks every move)", validation.as_secs_f64() * 1e3);
+}
+
 fn main() {
     let restart_wasm = plugin("halo_plugin_restart_order.wasm");
     let placement_wasm = plugin("halo_plugin_placement.wasm");
@@ -129,7 +229,33 @@ fn main() {
         let runtime = Runtime::new(SandboxLimits { cpu, ..SandboxLimits::default() }, None).expect("runtime");
         let plugin = runtime.load::<Placement>(file).expect("load");
         let answer = runtime.call(&plugin, &input).expect("wasm placement");
-        assert_eq!(answer, placed, "the plugin and the built-in policy must agree");
+        if answer != placed {
+            let host = |p: &halo_policy::Placement, vm: &str| {
+                p.assignments.iter().find(|a| a.vm == vm).map(|a| a.host.clone())
+            };
+            let differ: Vec<String> = placed
+                .assignments
+                .iter()
+                .map(|a| a.vm.as_str())
+                .chain(placed.unplaced.iter().map(|u| u.vm.as_str()))
+                .filter(|vm| host(&answer, vm) != host(&placed, vm))
+                .take(5)
+                .map(|vm| format!("{vm}: plugin {:?}, built-in {:?}", host(&answer, vm), host(&placed, vm)))
+                .collect();
+            let reasons: Vec<(String, String)> = answer
+                .unplaced
+                .iter()
+                .zip(&placed.unplaced)
+                .filter(|(a, b)| a != b)
+                .take(2)
+                .map(|(a, b)| (format!("{a:?}"), format!("{b:?}")))
+                .collect();
+            let order = answer.assignments.len() == placed.assignments.len()
+                && answer.assignments.iter().zip(&placed.assignments).any(|(a, b)| a != b);
+            panic!(
+                "{label}: the plugin and the built-in policy disagree: hosts {differ:?}, unplaced {reasons:?}, order differs: {order}"
+            );
+        }
         (label, runtime, plugin)
     })
     .collect();
@@ -208,6 +334,12 @@ fn main() {
         conversions.as_secs_f64() * 1e3,
         conversions.as_secs_f64() / native.as_secs_f64()
     );
+
+    // 2c. Balancing (contract 0.1.2): 1,000 hosts, 10,000 VMs skewed onto a tenth of the hosts,
+    // 8 moves. As the master asks for it (`halo_core::balance::propose`: names to positions,
+    // the policy, the moves named again with the imbalance after each), and the policy call
+    // alone on positions; the builds take turns as above.
+    balancing(ROUNDS, &middle);
 
     // 3. Cold load with and without the AOT cache.
     let dir = std::env::temp_dir().join(format!("halo-bench-cache-{}", std::process::id()));

@@ -5,7 +5,7 @@ use halo_policy as policy;
 
 use wasmtime::component::{ComponentType, Lower};
 
-use crate::bindings::wit;
+use crate::bindings::{wit, wit_balancing};
 use crate::bulk::{CompactHostAbi, CompactHostFields, CompactVmAbi, CompactVmFields};
 
 fn settings(s: &[policy::Setting]) -> Vec<wit::Setting> {
@@ -60,7 +60,7 @@ pub fn isolation_input(input: &policy::IsolationInput) -> wit::IsolationInput {
 }
 
 /// Longest reason kept from a plugin's answer, in characters.
-pub const MAX_REASON_CHARS: usize = 256;
+pub const MAX_REASON_CHARS: usize = 512;
 
 /// A reason from a plugin's answer as halo keeps it: at most [`MAX_REASON_CHARS`] characters
 /// on one line, control characters escaped (it reaches logs, events, the API and terminals).
@@ -317,4 +317,61 @@ pub fn restart_answer(
         wit::RestartError::DependencyCycle(vms) => policy::RestartError::DependencyCycle(vms),
         wit::RestartError::Other(reason) => policy::RestartError::Other(reason),
     })
+}
+
+/// The balancing input in WIT form (contract 0.1.2); the VMs' names stay with the agent.
+pub fn balance_input(input: &policy::balance::BalanceInput) -> wit_balancing::BalanceInput {
+    use policy::balance::{RuleKind, Strength};
+    wit_balancing::BalanceInput {
+        hosts: input
+            .hosts
+            .iter()
+            .map(|h| wit_balancing::BalanceHost {
+                memory_mib: h.memory_mib,
+                vcpus: h.vcpus,
+                threads: h.threads,
+                takes: h.takes,
+            })
+            .collect(),
+        host_names: input.host_names.clone(),
+        vms: input
+            .vms
+            .iter()
+            .map(|v| wit_balancing::BalanceVm {
+                host: v.host,
+                memory_mib: v.memory_mib,
+                vcpus: v.vcpus,
+                cpu_percent: v.cpu_percent,
+                movable: v.movable,
+            })
+            .collect(),
+        rules: input
+            .rules
+            .iter()
+            .map(|r| wit_balancing::BalanceRule {
+                name: r.name.clone(),
+                kind: match r.kind {
+                    RuleKind::VmHost => wit_balancing::RuleKind::VmHost,
+                    RuleKind::Together => wit_balancing::RuleKind::Together,
+                    RuleKind::Apart => wit_balancing::RuleKind::Apart,
+                },
+                strength: match r.strength {
+                    Strength::Must => wit_balancing::RuleStrength::Must,
+                    Strength::Should => wit_balancing::RuleStrength::Should,
+                },
+                vms: r.vms.clone(),
+                hosts: r.hosts.clone(),
+            })
+            .collect(),
+        threshold_percent: input.threshold_percent,
+        cost_percent: input.cost_percent,
+        max_moves: input.max_moves,
+        vcpu_overcommit_percent: input.vcpu_overcommit_percent,
+        settings: settings(&input.settings),
+    }
+}
+
+/// The balancing answer in policy form (reasons made one clean line).
+pub fn balance_answer(answer: Vec<wit_balancing::BalanceMove>) -> Vec<policy::balance::BalanceMove> {
+    answer.into_iter().map(|m| policy::balance::BalanceMove { vm: m.vm, to: m.to, reason: reason(m.reason) }).collect()
 }

@@ -8,8 +8,8 @@
 //! - [`slot`]: the plugin in force per world, hot-swapped atomically.
 //! - [`cache`]: AOT-compiled plugins, only ever the agent's own artifacts.
 //! - [`compile`]: the structural check before compiling, and compiling in a limited child.
-//! - [`world`]: the three worlds behind one trait.
-//! - [`policies`]: the core's decision points answered by the three slots.
+//! - [`world`]: the worlds behind one trait.
+//! - [`policies`]: the core's decision points answered by the slots.
 
 #![deny(unsafe_code)]
 
@@ -35,4 +35,4 @@ pub use runtime::{
 };
 pub use sandbox::{CpuBudget, HostUse, SandboxLimits};
 pub use slot::{PluginSlot, StatsSnapshot};
-pub use world::{Isolation, Placement, PolicyWorld, RestartOrder};
+pub use world::{Balancing, Isolation, Placement, PolicyWorld, RestartOrder};

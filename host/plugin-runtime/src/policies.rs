@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use halo_core::{Policies, PolicyOutcome};
+use halo_policy::balance::{BalanceInput, BalanceMove};
 use halo_policy::{
     IsolationInput, Placement as PlacementAnswer, PlacementInput, RestartError, RestartInput, VmIsolationDecision, Wave,
 };
@@ -16,7 +17,7 @@ use halo_policy::{
 use crate::error::LoadError;
 use crate::runtime::{Decision, Runtime};
 use crate::slot::PluginSlot;
-use crate::world::{Isolation, Placement, PolicyWorld, RestartOrder};
+use crate::world::{Balancing, Isolation, Placement, PolicyWorld, RestartOrder};
 
 /// One slot per decision point; an empty slot means the built-in policy decides.
 pub struct PluginPolicies {
@@ -26,6 +27,8 @@ pub struct PluginPolicies {
     pub placement: PluginSlot<Placement>,
     /// The restart order.
     pub restart_order: PluginSlot<RestartOrder>,
+    /// Balancing.
+    pub balancing: PluginSlot<Balancing>,
 }
 
 /// Which plugin file serves which decision point (none: the built-in policy).
@@ -37,6 +40,8 @@ pub struct PluginFiles<'a> {
     pub placement: Option<&'a Path>,
     /// The restart-policy plugin.
     pub restart_order: Option<&'a Path>,
+    /// The balancing-policy plugin.
+    pub balancing: Option<&'a Path>,
 }
 
 impl PluginPolicies {
@@ -46,6 +51,7 @@ impl PluginPolicies {
             isolation: PluginSlot::builtin(Arc::clone(runtime)),
             placement: PluginSlot::builtin(Arc::clone(runtime)),
             restart_order: PluginSlot::builtin(Arc::clone(runtime)),
+            balancing: PluginSlot::builtin(Arc::clone(runtime)),
         }
     }
 
@@ -71,6 +77,11 @@ impl PluginPolicies {
         {
             failed.push((RestartOrder::WORLD, e));
         }
+        if let Some(path) = files.balancing
+            && let Err(e) = policies.balancing.swap_to(path)
+        {
+            failed.push((Balancing::WORLD, e));
+        }
         (policies, failed)
     }
 
@@ -85,6 +96,9 @@ impl PluginPolicies {
         }
         if let Some(path) = files.restart_order {
             policies.restart_order.swap_to(path)?;
+        }
+        if let Some(path) = files.balancing {
+            policies.balancing.swap_to(path)?;
         }
         Ok(policies)
     }
@@ -109,6 +123,10 @@ impl Policies for &PluginPolicies {
     fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>> {
         outcome(self.restart_order.decide(input))
     }
+
+    fn balance(&mut self, input: &BalanceInput) -> PolicyOutcome<Vec<BalanceMove>> {
+        outcome(self.balancing.decide(input))
+    }
 }
 
 impl Policies for PluginPolicies {
@@ -122,5 +140,9 @@ impl Policies for PluginPolicies {
 
     fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>> {
         (&*self).restart_order(input)
+    }
+
+    fn balance(&mut self, input: &BalanceInput) -> PolicyOutcome<Vec<BalanceMove>> {
+        (&*self).balance(input)
     }
 }

@@ -1,4 +1,4 @@
-//! The three policy worlds as one trait, so loading, calling, validating and falling back
+//! The policy worlds as one trait, so loading, calling, validating and falling back
 //! are written once. Each world names its exported interface, how to call it, how to check
 //! its answer and what the built-in policy answers.
 
@@ -272,5 +272,46 @@ impl PolicyWorld for RestartOrder {
 
     fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>) {
         (policy::restart::plan_restart_fallback(input), Vec::new())
+    }
+}
+
+/// `balancing-policy` (new in 0.1.2): the moves that would balance the hosts.
+pub struct Balancing;
+
+impl PolicyWorld for Balancing {
+    const WORLD: &'static str = "balancing-policy";
+    const INTERFACES: &'static [&'static str] = &["balancing"];
+    type Pre = bindings::balancing::BalancingPolicyPre<CallState>;
+    type Input = policy::balance::BalanceInput;
+    type Answer = Vec<policy::balance::BalanceMove>;
+
+    fn prepare(pre: InstancePre<CallState>, _export: &str) -> wasmtime::Result<Self::Pre> {
+        Self::Pre::new(pre)
+    }
+
+    fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
+        pre.instantiate(store).map(drop)
+    }
+
+    fn call(
+        pre: &Self::Pre,
+        store: &mut Store<CallState>,
+        input: &Self::Input,
+    ) -> wasmtime::Result<CallAnswer<Self::Answer>> {
+        let instance = pre.instantiate(&mut *store)?;
+        let answer = instance.halo_policy_balancing().call_propose(store, &convert::balance_input(input))?;
+        Ok(validated::<Self>(input, answer.map(convert::balance_answer)))
+    }
+
+    fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {
+        policy::balance::check_input(input)
+    }
+
+    fn validate(input: &Self::Input, answer: &Self::Answer) -> Result<(), String> {
+        policy::balance::validate_moves(input, answer).map_err(|e| e.to_string())
+    }
+
+    fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>) {
+        (policy::balance::propose(input), Vec::new())
     }
 }

@@ -19,6 +19,26 @@ pub enum InvalidInput {
     /// An empty name.
     #[error("a {0} has an empty name")]
     EmptyName(&'static str),
+    /// A position that names nothing (a balancing input's VMs, hosts and rules are positions).
+    #[error("{what} names position {position}, but there are {len}")]
+    BadPosition {
+        /// Where the position is (`vms[3].host`).
+        what: String,
+        /// The position.
+        position: u32,
+        /// How many there are.
+        len: usize,
+    },
+    /// A list of names that is not one per entry.
+    #[error("{what} has {names} names for {entries} entries")]
+    NameCount {
+        /// Which list.
+        what: &'static str,
+        /// Names given.
+        names: usize,
+        /// Entries.
+        entries: usize,
+    },
 }
 
 fn unique<'a>(

@@ -1,5 +1,5 @@
 //! halo's policies without I/O: the policy types (a mirror of the WIT contract), the three
-//! default policies (isolation response, placement, restart order) and the validators that
+//! default policies (isolation response, placement, restart order, balancing) and the validators that
 //! every plugin answer passes before the agent acts on it.
 //!
 //! The default plugins in `plugins/` are these very functions compiled to WebAssembly, and
@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod compact;
 pub mod input;
 pub mod isolation;

@@ -129,6 +129,11 @@ pub fn demo_cluster() -> ClusterConfig {
         ha: HaSettings::default(),
         policy: PolicySettings::default(),
         rules: Vec::new(),
-        balance: Default::default(),
+        // The master looks every minute and says when the cluster is out of balance (the demo
+        // shows the balancing plugin's proposal; nothing moves by itself).
+        balance: halo_core::balance::BalanceSettings {
+            mode: halo_core::balance::BalanceMode::Propose,
+            ..Default::default()
+        },
     }
 }

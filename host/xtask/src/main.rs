@@ -146,6 +146,8 @@ fn plugins() -> anyhow::Result<()> {
         "build the default plugins and the example plugin",
         cargo().args(wasm).args([
             "-p",
+            "halo-plugin-balancing",
+            "-p",
             "halo-plugin-isolation",
             "-p",
             "halo-plugin-placement",
@@ -153,6 +155,8 @@ fn plugins() -> anyhow::Result<()> {
             "halo-plugin-restart-order",
             "-p",
             "first-fit-placement",
+            "-p",
+            "memory-leveler-balancing",
         ]),
     )?;
     run("build the hostile test plugins", cargo().args(wasm).args(["-p", "halo-hostile-plugins", "--examples"]))
@@ -161,12 +165,14 @@ fn plugins() -> anyhow::Result<()> {
 /// Crates built only for wasm32-wasip2: their cdylibs do not link natively (export names
 /// such as `halo:policy/placement@0.1.0#place`), so native test runs leave them out. Clippy
 /// still checks them (it does not link).
-const WASM_ONLY: [&str; 5] = [
+const WASM_ONLY: [&str; 7] = [
+    "halo-plugin-balancing",
     "halo-plugin-isolation",
     "halo-plugin-placement",
     "halo-plugin-restart-order",
     "halo-hostile-plugins",
     "first-fit-placement",
+    "memory-leveler-balancing",
 ];
 
 fn test() -> anyhow::Result<()> {

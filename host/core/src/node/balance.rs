@@ -1,5 +1,5 @@
 //! The master balances (issue 18): `halo balance plan` asks for a proposal
-//! (`crate::balance::propose`), `halo balance apply` carries one out, and in `auto` mode the
+//! (`crate::balance::propose`: the balancing plugin or the built-in policy), `halo balance apply` carries one out, and in `auto` mode the
 //! master looks every interval. Moves are live migrations, at most `max-concurrent` at once,
 //! each re-checked when it starts (the VM still where it was, the target in contact). Nothing
 //! moves while a failover, a maintenance or a fence is under way; a proposal that would lower
@@ -76,13 +76,13 @@ impl Node {
                 })
             })
             .collect();
-        let mut proposal = crate::balance::propose(
-            &hosts,
-            &vms,
-            &self.config.rules,
-            &settings,
-            self.config.ha.vcpu_overcommit_percent,
-        );
+        let context = crate::balance::ProposalContext {
+            rules: &self.config.rules,
+            settings: &settings,
+            vcpu_overcommit_percent: self.config.ha.vcpu_overcommit_percent,
+            plugin_settings: &self.config.policy.balance,
+        };
+        let mut proposal = crate::balance::propose(&hosts, &vms, context, policies);
         // The failover plan must keep its target: cut the proposal until it does.
         let target = self.config.ha.host_failures_to_tolerate;
         let before = master.plan.as_ref().map_or(0, |p| p.tolerates);
@@ -125,11 +125,12 @@ impl Node {
                 None,
             );
         }
-        self.start_round(policies, "the operator asked");
+        let Some(proposal) = self.balance_proposal(policies) else { return };
+        self.plugin_failed_alert(&proposal);
+        self.start_round(proposal, "the operator asked");
     }
 
-    fn start_round(&mut self, policies: &mut dyn Policies, why: &str) {
-        let Some(proposal) = self.balance_proposal(policies) else { return };
+    fn start_round(&mut self, proposal: Proposal, why: &str) {
         if proposal.moves.is_empty() {
             self.record(
                 Severity::Info,
@@ -157,6 +158,19 @@ impl Node {
         );
         self.balancing.queue = proposal.moves.into();
         self.balancing.in_round = true;
+    }
+
+    /// The `plugin-failed` alert of a proposal the built-in policy made because the plugin
+    /// failed.
+    fn plugin_failed_alert(&mut self, proposal: &Proposal) {
+        if let Some(reason) = &proposal.plugin_failed {
+            self.record(
+                Severity::Alert,
+                EventKind::PluginFailed,
+                format!("balancing plugin failed, built-in policy decided: {reason}"),
+                None,
+            );
+        }
     }
 
     /// Why balancing waits now, if it does: a failover, a maintenance or a fence under way.
@@ -227,9 +241,10 @@ impl Node {
         }
         self.balancing.next_look = self.now + settings.interval_ms;
         let Some(proposal) = self.balance_proposal(policies) else { return };
+        self.plugin_failed_alert(&proposal);
         let over = proposal.imbalance >= proposal.threshold && !proposal.moves.is_empty();
         match settings.mode {
-            BalanceMode::Auto if over => self.start_round(policies, "auto"),
+            BalanceMode::Auto if over => self.start_round(proposal, "auto"),
             BalanceMode::Propose if over && !self.balancing.told => {
                 self.balancing.told = true;
                 let moves: Vec<String> =

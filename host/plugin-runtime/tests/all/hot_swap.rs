@@ -52,7 +52,8 @@ fn a_plugin_that_fails_to_load_at_start_leaves_the_built_in_policy_until_its_fil
     let broken = dir.join("placement.wasm");
     std::fs::write(&broken, b"not a plugin").expect("write");
     let restart = plugin("default:restart_order");
-    let files = PluginFiles { isolation: None, placement: Some(&broken), restart_order: Some(&restart) };
+    let files =
+        PluginFiles { isolation: None, placement: Some(&broken), restart_order: Some(&restart), balancing: None };
     let (policies, failed) = PluginPolicies::load_or_builtin(&runtime(), files);
     let worlds: Vec<&str> = failed.iter().map(|(w, _)| *w).collect();
     assert_eq!(worlds, ["placement-engine"], "only the broken one fails: {failed:?}");

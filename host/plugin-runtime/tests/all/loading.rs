@@ -37,7 +37,7 @@ fn a_plugin_of_another_world_is_refused_with_its_exports_named() {
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("halo:policy/restart-order@0.1.0"), "{text}");
-    assert!(text.contains("must export halo:policy/placement@0.1.1 or halo:policy/compact-placement@0.1.1"), "{text}");
+    assert!(text.contains("must export halo:policy/placement@0.1.2 or halo:policy/compact-placement@0.1.2"), "{text}");
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn a_plugin_of_another_contract_version_is_refused() {
     assert_eq!(
         err.to_string(),
         format!(
-            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.1; rebuild the plugin against wit/0.1.1",
+            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.2; rebuild the plugin against wit/0.1.2",
             plugin("hostile:contract_v0_2").display()
         )
     );

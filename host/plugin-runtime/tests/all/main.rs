@@ -5,6 +5,7 @@
 
 #![allow(missing_docs)]
 
+mod balancing;
 mod hostile;
 mod hot_swap;
 mod loading;

@@ -32,6 +32,7 @@ fn the_default_plugins_decide_a_failover_in_the_simulator() {
         isolation: Some(&plugin("default:isolation")),
         placement: Some(&plugin("default:placement")),
         restart_order: Some(&plugin("default:restart_order")),
+        balancing: Some(&plugin("default:balancing")),
     };
     let mut policies = PluginPolicies::load(&runtime, files).expect("default plugins load");
     let outcome = crash_host_2(&mut policies);

@@ -1423,16 +1423,25 @@ fn with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fa
     cluster.holds(&placement, Duration::from_secs(2), "after the failover");
 }
 
-/// Issue 18: balancing. Every VM piled on host-1; in `propose` mode the master says the
-/// cluster is out of balance and what `halo balance apply` would move; `apply` moves them by
-/// live migration (two at a time) — no guest ever stops or runs twice — until the hosts are
-/// even, and a second `plan` has nothing to move.
+/// Issue 18: balancing, through the default balancing plugin. Every VM piled on host-1; in
+/// `propose` mode the master says the cluster is out of balance and what `halo balance apply`
+/// would move; `apply` moves them by live migration (two at a time) — no guest ever stops or
+/// runs twice — until the hosts are even, and a second `plan` has nothing to move. Then in
+/// `auto` mode, three times: piled again, spread again by the master alone.
 #[test]
 fn an_unbalanced_cluster_is_balanced_by_live_migration() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let test = "an_unbalanced_cluster_is_balanced_by_live_migration";
-    let extra = "\n[balance]\nmode = \"propose\"\nthreshold-percent = 2\ninterval-ms = 2000\n";
-    let Some(cluster) = Cluster::up(test, 'b', extra) else {
+    let balancing = plugin("halo_plugin_balancing.wasm");
+    if !balancing.is_file() {
+        // Only reached when the lab can run: the plugins are part of `cargo xtask test`.
+        panic!("{test}: build the plugins first (cargo xtask plugins)");
+    }
+    let extra = format!(
+        "\n[balance]\nmode = \"propose\"\nthreshold-percent = 2\ninterval-ms = 2000\n\n[plugins]\nbalancing = \"{}\"\n",
+        balancing.display()
+    );
+    let Some(mut cluster) = Cluster::up(test, 'b', &extra) else {
         return;
     };
     let token = cluster.token();
@@ -1463,6 +1472,57 @@ fn an_unbalanced_cluster_is_balanced_by_live_migration() {
     let again = cluster.cli(1, &["balance", "plan", "--json"]);
     let answer: serde_json::Value = serde_json::from_str(&again.out).expect("JSON");
     assert_eq!(answer["proposal"]["moves"].as_array().map(Vec::len), Some(0), "{}", again.out);
+    let logs = cluster.logs();
+    assert!(!logs.contains("balancing plugin failed"), "the plugin answered every time\n{logs}");
+
+    // `auto`: the master balances by itself, looking every second. Three rounds: with HA off
+    // (the master balances nothing then) every VM is piled onto host-1, HA on, and the master
+    // spreads them again — guests polled all along, never stopped.
+    cluster.edits.push(("mode = \"propose\"".into(), "mode = \"auto\"\nwindow-ms = 0".into()));
+    cluster.edits.push(("interval-ms = 2000".into(), "interval-ms = 1000".into()));
+    cluster.restart_agents_with(&[]);
+    let (mut moves, mut balancing_time) = (0, Duration::ZERO);
+    for round in 1..=3 {
+        let (code, body) = cluster.api(1, "POST", "/api/v1/ha", Some(&token), Some(r#"{"enabled": false}"#));
+        assert_eq!(code, 200, "{body}");
+        std::thread::sleep(Duration::from_secs(1));
+        for vm in vms {
+            if cluster.runners(vm, &[1, 2, 3]) != vec![1] {
+                cluster.move_vm(&token, vm, 1);
+            }
+        }
+        let done_before = cluster.logs().matches("balancing round done").count();
+        let moves_before = cluster.logs().matches("(balance: ").count();
+        let (code, body) = cluster.api(1, "POST", "/api/v1/ha", Some(&token), Some(r#"{"enabled": true}"#));
+        assert_eq!(code, 200, "{body}");
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            for vm in vms {
+                let (active, running) = cluster.active(vm, &[1, 2, 3]);
+                assert!(!active.is_empty(), "round {round}: {vm} stopped\n{}", cluster.logs());
+                assert!(running.len() <= 1, "round {round}: {vm} runs on {running:?} at once\n{}", cluster.logs());
+            }
+            if cluster.logs().matches("balancing round done").count() > done_before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: auto mode balanced nothing\n{}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        balancing_time += started.elapsed();
+        moves += cluster.logs().matches("(balance: ").count() - moves_before;
+        let per_host: Vec<usize> =
+            (1..=3).map(|h| vms.iter().filter(|vm| cluster.runners(vm, &[1, 2, 3]) == vec![h]).count()).collect();
+        assert!(per_host.iter().all(|n| (1..=2).contains(n)), "round {round}: spread {per_host:?}\n{}", cluster.logs());
+    }
+    println!(
+        "figure: auto mode: {moves} live migrations in three rounds, {:.1} s from HA on to round done in all: {:.0} migrations per minute (2 at a time)",
+        balancing_time.as_secs_f64(),
+        moves as f64 * 60.0 / balancing_time.as_secs_f64()
+    );
+    assert!(moves >= 6, "two moves at least per round: {moves}");
+    let logs = cluster.logs();
+    assert!(!logs.contains("balancing plugin failed"), "the plugin answered every time\n{logs}");
 }
 
 /// Issue 18: placement rules and a reserved failover host at a failover. host-3 is reserved

@@ -297,13 +297,51 @@ mod tests {
     /// looks by itself (every 5 s); without, the operator applies at 5 s. Returns the
     /// balancing events and where the VMs run after a minute.
     fn spread(mode: Option<BalanceMode>) -> (Vec<EventKind>, BTreeMap<String, String>) {
+        spread_with(mode, &mut BuiltinPolicies)
+    }
+
+    /// A balancing plugin that fails every time: the built-in policy's answer, with the reason.
+    struct FailingPlugin;
+
+    impl Policies for FailingPlugin {
+        fn isolation(
+            &mut self,
+            input: &halo_policy::IsolationInput,
+        ) -> crate::PolicyOutcome<Vec<halo_policy::VmIsolationDecision>> {
+            BuiltinPolicies.isolation(input)
+        }
+        fn placement(&mut self, input: &halo_policy::PlacementInput) -> crate::PolicyOutcome<halo_policy::Placement> {
+            BuiltinPolicies.placement(input)
+        }
+        fn restart_order(
+            &mut self,
+            input: &halo_policy::RestartInput,
+        ) -> crate::PolicyOutcome<Result<Vec<halo_policy::Wave>, halo_policy::RestartError>> {
+            BuiltinPolicies.restart_order(input)
+        }
+        fn balance(
+            &mut self,
+            input: &halo_policy::balance::BalanceInput,
+        ) -> crate::PolicyOutcome<Vec<halo_policy::balance::BalanceMove>> {
+            let answer = BuiltinPolicies.balance(input).answer;
+            crate::PolicyOutcome { answer, fallback_reason: Some("plugin `x.wasm` trapped".into()) }
+        }
+    }
+
+    #[test]
+    fn a_failing_balancing_plugin_raises_an_alert_and_the_built_in_policy_balances() {
+        let (kinds, _) = spread_with(None, &mut FailingPlugin);
+        assert_eq!(kinds.first(), Some(&EventKind::PluginFailed), "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|k| **k == EventKind::BalanceMove).count(), 4, "{kinds:?}");
+    }
+
+    fn spread_with(mode: Option<BalanceMode>, p: &mut dyn Policies) -> (Vec<EventKind>, BTreeMap<String, String>) {
         let mut config = cluster(3, 6);
         if let Some(mode) = mode {
             config.balance.mode = mode;
             config.balance.interval_ms = 5_000;
         }
         let mut node = Node::new("host-1", config, 0);
-        let mut p = BuiltinPolicies;
         let mut at: BTreeMap<String, String> = (1..=6).map(|i| (format!("vm-{i}"), "host-2".to_string())).collect();
         let report = |at: &BTreeMap<String, String>, host: &str| -> Vec<VmReport> {
             at.iter().filter(|(_, h)| *h == host).map(|(vm, _)| VmReport { vm: vm.clone(), generation: 1 }).collect()
@@ -335,7 +373,7 @@ mod tests {
                 }
             }
             for input in inputs {
-                for action in node.handle(now, input, &mut p) {
+                for action in node.handle(now, input, p) {
                     if let Action::MigrateVm { vm, from, to } = &action {
                         assert!(in_flight.len() < 2, "at most two at once: {in_flight:?} + {vm}");
                         in_flight.push((vm.clone(), from.clone(), to.clone()));
@@ -348,7 +386,9 @@ mod tests {
         let kinds: Vec<EventKind> = all
             .iter()
             .filter_map(|(_, a)| match a {
-                Action::Record(e) if e.kind.as_str().starts_with("balance") => Some(e.kind),
+                Action::Record(e) if e.kind.as_str().starts_with("balance") || e.kind == EventKind::PluginFailed => {
+                    Some(e.kind)
+                }
                 _ => None,
             })
             .collect();
@@ -356,7 +396,7 @@ mod tests {
             let per_host = |h: &str| at.values().filter(|x| *x == h).count();
             assert_eq!((per_host("host-1"), per_host("host-2"), per_host("host-3")), (2, 2, 2), "{at:?}");
             // Balanced now: another apply moves nothing.
-            let again = node.handle(60_000, Input::Command(Command::BalanceApply), &mut p);
+            let again = node.handle(60_000, Input::Command(Command::BalanceApply), p);
             assert!(again.iter().all(|a| !matches!(a, Action::MigrateVm { .. })), "{again:?}");
         }
         (kinds, at)

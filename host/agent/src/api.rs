@@ -95,6 +95,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/vms/{vm}/unprotect", post(unprotect))
         .route("/api/v1/vms/{vm}/stop", post(stop))
         .route("/api/v1/vms/{vm}/migrate", post(migrate))
+        .route("/api/v1/vms/{vm}/storage", post(move_storage))
         .route("/api/v1/vms/{vm}/start", post(start))
         .route("/api/v1/hosts/{host}/maintenance", post(maintenance))
         .route("/api/v1/hosts/{host}/fence", post(fence))
@@ -520,6 +521,27 @@ async fn migrate(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, by
             forward(&api, &m, &Method::POST, &format!("/api/v1/vms/{vm}/migrate"), Some(bytes.to_vec())).await
         }
         Ok(None) => command(&api, Command::MigrateVm { vm, to: request.host }).await,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageBody {
+    /// The target directory.
+    path: String,
+}
+
+async fn move_storage(State(api): Ctx, headers: HeaderMap, Path(vm): Path<String>, bytes: Bytes) -> Reply {
+    let request: StorageBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    match route_to(&api, &headers, master_of(&api).await.as_deref(), &format!("move storage of {vm}")) {
+        Err(e) => e,
+        Ok(Some(m)) => {
+            forward(&api, &m, &Method::POST, &format!("/api/v1/vms/{vm}/storage"), Some(bytes.to_vec())).await
+        }
+        Ok(None) => command(&api, Command::MoveStorage { vm, dir: request.path }).await,
     }
 }
 

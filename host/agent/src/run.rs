@@ -97,6 +97,9 @@ struct AgentDrivers {
     fence_devices: Arc<BTreeMap<String, Vec<crate::fence::FenceDevice>>>,
     /// Fences under way, each with the flag that calls it off.
     fencing: Arc<Mutex<BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>>>,
+    /// The protected VMs' definitions the hypervisor driver starts VMs from (a storage move's
+    /// new definition goes here as soon as a datastore took it).
+    catalog: Arc<Mutex<BTreeMap<String, String>>>,
     inputs: mpsc::Sender<Input>,
     runtime: tokio::runtime::Handle,
 }
@@ -184,6 +187,20 @@ impl DatastoreDriver for AgentDrivers {
     fn record_fence(&mut self, record: &halo_core::FenceRecord) {
         self.datastores.record_fence(record);
     }
+    /// The datastores first, then this agent's catalog (what a restart starts the VM from
+    /// here), before the core hears it is recorded.
+    fn record_definition(&mut self, vm: &str, moved: &[(String, String)]) {
+        let (write, inputs, catalog) =
+            (self.datastores.rewrite_definition(vm, moved), self.inputs.clone(), Arc::clone(&self.catalog));
+        let vm = vm.to_string();
+        self.runtime.spawn(async move {
+            let result = write.await;
+            if let Ok(xml) = &result {
+                catalog.lock().unwrap_or_else(|p| p.into_inner()).insert(vm.clone(), xml.clone());
+            }
+            let _ = inputs.send(Input::DefinitionRecorded { vm, result: result.map(drop) }).await;
+        });
+    }
 }
 
 impl PingDriver for AgentDrivers {
@@ -213,6 +230,12 @@ impl HypervisorDriver for AgentDrivers {
     }
     fn read_load(&mut self, host: &str) {
         self.hypervisor.read_load(host);
+    }
+    fn copy_storage(&mut self, vm: &str, host: &str, dir: &str) {
+        self.hypervisor.copy_storage(vm, host, dir);
+    }
+    fn finish_storage(&mut self, vm: &str, host: &str, pivot: bool) {
+        self.hypervisor.finish_storage(vm, host, pivot);
     }
 }
 
@@ -405,6 +428,7 @@ pub async fn start(
         capture: None,
         fence_devices: Arc::new(config.hosts.iter().map(|h| (h.name.clone(), h.fence.clone())).collect()),
         fencing: Arc::new(Mutex::new(BTreeMap::new())),
+        catalog: Arc::clone(&catalog),
         inputs: inputs.clone(),
         runtime: runtime.clone(),
     };

@@ -534,7 +534,12 @@ pub struct MigrateArgs {
     vm: String,
     /// The target host; without it, to the cluster: the placement policy chooses (the host it
     /// runs on excluded).
+    #[arg(conflicts_with = "storage")]
     host: Option<String>,
+    /// Move the VM's disks instead, while it runs, into this directory (absolute, seen by
+    /// every host; the disks keep their file names). The VM stays on its host.
+    #[arg(long, value_name = "DIR")]
+    storage: Option<String>,
     /// Return once the master started it.
     #[arg(long)]
     no_wait: bool,
@@ -546,6 +551,9 @@ pub struct MigrateArgs {
 }
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.storage {
+        return move_storage(&args, dir);
+    }
     let agent = args.api.agent()?;
     let since = EventsSeen::now(&agent)?;
     agent.call("POST", &format!("/api/v1/vms/{}/migrate", args.vm), Some(json!({ "host": args.host })))?;
@@ -566,6 +574,29 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             Step::Done
         }
         "migration-failed" if event.1.starts_with(&format!("{vm}:")) => Step::Fail,
+        "command-refused" if event.1.starts_with(&refused) => Step::Fail,
+        _ => Step::Skip,
+    })
+}
+
+/// `halo migrate VM --storage DIR`: the copy's progress, then where the VM's disks are.
+fn move_storage(args: &MigrateArgs, dir: &str) -> anyhow::Result<ExitCode> {
+    if !dir.starts_with('/') {
+        anyhow::bail!("--storage {dir}: give an absolute directory that every host sees");
+    }
+    let agent = args.api.agent()?;
+    let since = EventsSeen::now(&agent)?;
+    agent.call("POST", &format!("/api/v1/vms/{}/storage", args.vm), Some(json!({ "path": dir })))?;
+    outln!("{}: moving its disks to {dir} asked (the guest keeps running)", args.vm);
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let vm = args.vm.clone();
+    let refused = format!("move storage of {vm}: ");
+    follow(&agent, since, Duration::from_secs(args.timeout), |event| match event.0.as_str() {
+        "storage-move-started" | "storage-move-progress" if event.1.starts_with(&format!("{vm}: ")) => Step::Show,
+        "storage-moved" if event.1.starts_with(&format!("{vm} ")) => Step::Done,
+        "storage-move-failed" if event.1.starts_with(&format!("{vm}: ")) => Step::Fail,
         "command-refused" if event.1.starts_with(&refused) => Step::Fail,
         _ => Step::Skip,
     })

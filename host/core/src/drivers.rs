@@ -32,6 +32,9 @@ pub trait DatastoreDriver {
     fn check_claim(&mut self, vm: &str, generation: u64);
     /// Keeps a fence's record on every datastore (no answer).
     fn record_fence(&mut self, record: &crate::wire::FenceRecord);
+    /// Records `vm`'s definition with its disks' paths changed (old → new) on every datastore;
+    /// answers `Input::DefinitionRecorded`.
+    fn record_definition(&mut self, vm: &str, moved: &[(String, String)]);
 }
 
 /// Pings; answers `Input::PingResult`.
@@ -59,6 +62,12 @@ pub trait HypervisorDriver {
     fn pause_copy(&mut self, host: &str, vm: &str);
     /// Reads `host`'s load from its libvirt; answers `Input::LoadRead`.
     fn read_load(&mut self, host: &str);
+    /// Mirrors `vm`'s disks on `host` into `dir`, writes synchronous, until in step; answers
+    /// `Input::StorageCopied` (after `Input::StorageProgress` on the way).
+    fn copy_storage(&mut self, vm: &str, host: &str, dir: &str);
+    /// Switches `vm` on `host` to its mirrored copies and keeps the new definition (`pivot`),
+    /// or drops the mirror; answers `Input::StorageFinished`.
+    fn finish_storage(&mut self, vm: &str, host: &str, pivot: bool);
 }
 
 /// Fence devices (a host's BMC, a PDU): power a host off and confirm it is off.
@@ -102,6 +111,9 @@ pub fn carry_out(action: Action, drivers: &mut impl Drivers) {
         Action::CancelFence { host } => drivers.cancel_fence(&host),
         Action::MonitorFence { host } => drivers.monitor_fence(&host),
         Action::ReadLoad { host } => drivers.read_load(&host),
+        Action::CopyStorage { vm, host, dir } => drivers.copy_storage(&vm, &host, &dir),
+        Action::RecordDefinition { vm, moved } => drivers.record_definition(&vm, &moved),
+        Action::FinishStorage { vm, host, pivot } => drivers.finish_storage(&vm, &host, pivot),
         Action::RecordFence { record } => drivers.record_fence(&record),
         Action::Record(event) => drivers.record(event),
     }
@@ -136,6 +148,9 @@ mod tests {
         }
         fn record_fence(&mut self, record: &crate::wire::FenceRecord) {
             self.0.push(format!("fence record {}", record.host));
+        }
+        fn record_definition(&mut self, vm: &str, moved: &[(String, String)]) {
+            self.0.push(format!("definition {vm} {}", moved.len()));
         }
     }
     impl FenceDriver for Calls {
@@ -176,6 +191,12 @@ mod tests {
         fn read_load(&mut self, host: &str) {
             self.0.push(format!("load of {host}"));
         }
+        fn copy_storage(&mut self, vm: &str, host: &str, dir: &str) {
+            self.0.push(format!("copy {vm} on {host} to {dir}"));
+        }
+        fn finish_storage(&mut self, vm: &str, host: &str, pivot: bool) {
+            self.0.push(format!("finish {vm} on {host} pivot {pivot}"));
+        }
     }
     impl EventSink for Calls {
         fn record(&mut self, event: Event) {
@@ -196,6 +217,9 @@ mod tests {
             Action::ResumeVm { vm: "web".into() },
             Action::PauseCopy { host: "h3".into(), vm: "web".into() },
             Action::CheckClaim { vm: "web".into(), generation: 3 },
+            Action::CopyStorage { vm: "web".into(), host: "h1".into(), dir: "/new".into() },
+            Action::RecordDefinition { vm: "web".into(), moved: vec![("/a".into(), "/new/a".into())] },
+            Action::FinishStorage { vm: "web".into(), host: "h1".into(), pivot: true },
             Action::Ping { target: PingTarget::IsolationAddress("10.0.0.1".into()) },
             Action::WriteDatastore {
                 datastore: "ds1".into(),
@@ -226,6 +250,9 @@ mod tests {
                 "resume web",
                 "pause web on h3",
                 "check claim web@3",
+                "copy web on h1 to /new",
+                "definition web 1",
+                "finish web on h1 pivot true",
                 "ping IsolationAddress(\"10.0.0.1\")",
                 "write ds1 7",
                 "event vm-restarted",

@@ -16,6 +16,7 @@ pub mod balance;
 pub mod capacity;
 pub mod classify;
 pub mod config;
+pub mod disks;
 pub mod drivers;
 pub mod node;
 pub mod policies;

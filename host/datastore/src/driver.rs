@@ -31,6 +31,56 @@ impl Datastores {
         self.stores.get(name).cloned()
     }
 
+    /// Rewrites `vm`'s recorded definition with its disks moved (old → new): the newest
+    /// record among the datastores, its revision raised, written back to every datastore.
+    /// The new definition when at least one datastore took it.
+    pub fn rewrite_definition(
+        &self,
+        vm: &str,
+        moved: &[(String, String)],
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send + 'static {
+        let stores: Vec<Arc<Datastore>> = self.stores.values().cloned().collect();
+        let (vm, moved) = (vm.to_string(), moved.to_vec());
+        async move {
+            let mut newest: Option<crate::ProtectedVm> = None;
+            let mut failures = Vec::new();
+            for store in &stores {
+                match store.protected_vms().await {
+                    Ok((records, _)) => {
+                        if let Some(record) = records.into_iter().find(|r| r.name == vm)
+                            && newest.as_ref().is_none_or(|n| record.revision > n.revision)
+                        {
+                            newest = Some(record);
+                        }
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            let Some(mut record) = newest else {
+                return Err(format!("no datastore holds {vm}'s definition {}", failures.join("; ")));
+            };
+            record.domain_xml = halo_core::disks::with_disks_moved(&record.domain_xml, &moved)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            record.revision = now.max(record.revision + 1);
+            let mut written = 0;
+            for store in &stores {
+                match store.put_protected_vm(&record).await {
+                    Ok(()) => written += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            if written == 0 {
+                return Err(format!("no datastore took {vm}'s new definition: {}", failures.join("; ")));
+            }
+            for failure in failures {
+                tracing::warn!(vm, "a datastore missed the new definition: {failure}");
+            }
+            Ok(record.domain_xml)
+        }
+    }
+
     fn store(&self, name: &str) -> Result<Arc<Datastore>, String> {
         self.stores.get(name).cloned().ok_or_else(|| format!("no datastore named {name} is configured"))
     }
@@ -65,6 +115,14 @@ impl DatastoreDriver for Datastores {
                 }
             });
         }
+    }
+
+    fn record_definition(&mut self, vm: &str, moved: &[(String, String)]) {
+        let (inputs, name, write) = (self.inputs.clone(), vm.to_string(), self.rewrite_definition(vm, moved));
+        self.runtime.spawn(async move {
+            let result = write.await.map(drop);
+            let _ = inputs.send(Input::DefinitionRecorded { vm: name, result }).await;
+        });
     }
 
     fn read_records(&mut self, datastore: &str) {

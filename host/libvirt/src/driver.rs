@@ -16,6 +16,9 @@ use tokio::sync::mpsc::Sender;
 
 use crate::{Hypervisor, MigrationKind};
 
+/// The longest a storage move's copy may take before it is dropped.
+pub const STORAGE_COPY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
 /// The XML namespace of halo's domain metadata.
 pub const HALO_XMLNS: &str = "https://halo.invalid/xmlns/vm/1";
 
@@ -223,6 +226,36 @@ impl HypervisorDriver for Hypervisors {
                 tracing::debug!(host, "load: {e}");
             }
             let _ = inputs.blocking_send(Input::LoadRead { host, load });
+        });
+    }
+
+    /// On a blocking thread: mirroring takes as long as the disks take to copy. Progress is
+    /// told at most every two seconds.
+    fn copy_storage(&mut self, vm: &str, host: &str, dir: &str) {
+        let (config, inputs) = (Arc::clone(&self.config), self.inputs.clone());
+        let (vm, host, dir) = (vm.to_string(), host.to_string(), dir.to_string());
+        self.runtime.spawn_blocking(move || {
+            let (mut told, mut last) = (std::time::Instant::now(), 0);
+            let result = Self::connect(&config, &host).and_then(|hv| {
+                let progress = |percent: u32| {
+                    if percent != last && percent < 100 && told.elapsed() >= std::time::Duration::from_secs(2) {
+                        (told, last) = (std::time::Instant::now(), percent);
+                        let _ = inputs.blocking_send(Input::StorageProgress { vm: vm.clone(), percent });
+                    }
+                };
+                hv.mirror_disks(&vm, &dir, progress, STORAGE_COPY_DEADLINE).map_err(|e| e.to_string())
+            });
+            let _ = inputs.blocking_send(Input::StorageCopied { vm, result });
+        });
+    }
+
+    fn finish_storage(&mut self, vm: &str, host: &str, pivot: bool) {
+        let (config, inputs) = (Arc::clone(&self.config), self.inputs.clone());
+        let (vm, host) = (vm.to_string(), host.to_string());
+        self.runtime.spawn_blocking(move || {
+            let result =
+                Self::connect(&config, &host).and_then(|hv| hv.finish_mirrors(&vm, pivot).map_err(|e| e.to_string()));
+            let _ = inputs.blocking_send(Input::StorageFinished { vm, pivot, result });
         });
     }
 

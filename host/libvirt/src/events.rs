@@ -251,6 +251,48 @@ pub(crate) fn abort_job(domain: &virt::domain::Domain) -> bool {
     unsafe { sys::virDomainAbortJob(domain.as_ptr()) == 0 }
 }
 
+/// `virDomainBlockCopy` (no `virt` 0.4 wrapper): starts a copy job of `disk` into the disk
+/// described by `dest_xml`; libvirt's message on failure.
+pub(crate) fn block_copy(
+    domain: &virt::domain::Domain,
+    disk: &str,
+    dest_xml: &str,
+    flags: u32,
+) -> Result<(), virt::error::Error> {
+    let (Ok(disk), Ok(dest)) = (std::ffi::CString::new(disk), std::ffi::CString::new(dest_xml)) else {
+        return Err(virt::error::Error::last_error());
+    };
+    // SAFETY: valid domain pointer for the life of `domain`; both strings are NUL-terminated
+    // and outlive the call; no typed parameters (null, 0).
+    let rc = unsafe {
+        sys::virDomainBlockCopy(domain.as_ptr(), disk.as_ptr(), dest.as_ptr(), std::ptr::null_mut(), 0, flags)
+    };
+    if rc == 0 { Ok(()) } else { Err(virt::error::Error::last_error()) }
+}
+
+/// `virDomainGetBlockJobInfo`: the job on `disk` as (copied, total), or none.
+pub(crate) fn block_job(domain: &virt::domain::Domain, disk: &str) -> Result<Option<(u64, u64)>, virt::error::Error> {
+    let Ok(disk) = std::ffi::CString::new(disk) else { return Err(virt::error::Error::last_error()) };
+    let mut info = sys::virDomainBlockJobInfo { type_: 0, bandwidth: 0, cur: 0, end: 0 };
+    // SAFETY: valid domain pointer; `disk` NUL-terminated; `info` is a live, writable struct
+    // of the type libvirt fills.
+    let rc = unsafe { sys::virDomainGetBlockJobInfo(domain.as_ptr(), disk.as_ptr(), &mut info, 0) };
+    match rc {
+        0 => Ok(None),
+        1 => Ok(Some((info.cur, info.end))),
+        _ => Err(virt::error::Error::last_error()),
+    }
+}
+
+/// `virDomainBlockJobAbort`: ends the job on `disk` (with `VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT`,
+/// switching the guest to the copy).
+pub(crate) fn block_job_abort(domain: &virt::domain::Domain, disk: &str, flags: u32) -> Result<(), virt::error::Error> {
+    let Ok(disk) = std::ffi::CString::new(disk) else { return Err(virt::error::Error::last_error()) };
+    // SAFETY: valid domain pointer; `disk` NUL-terminated and outlives the call.
+    let rc = unsafe { sys::virDomainBlockJobAbort(domain.as_ptr(), disk.as_ptr(), flags) };
+    if rc == 0 { Ok(()) } else { Err(virt::error::Error::last_error()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

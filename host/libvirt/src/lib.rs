@@ -387,6 +387,139 @@ impl Hypervisor {
             .map_err(|e| self.fail("read the definition", Some(name), &e))
     }
 
+    /// Mirrors every file disk of running domain `name` into `dir` (same file names), each
+    /// guest write landing on both copies before it completes (synchronous writes), and
+    /// returns once every copy is in step: the disks' paths, old → new. The guest runs on its
+    /// old disks meanwhile. `progress` hears the percent copied. On any failure, or past
+    /// `deadline`, the mirrors are dropped and the copies removed: nothing changed.
+    pub fn mirror_disks(
+        &self,
+        name: &str,
+        dir: &str,
+        mut progress: impl FnMut(u32),
+        deadline: Duration,
+    ) -> Result<Vec<(String, String)>, LibvirtError> {
+        c_safe("the target directory", dir)?;
+        let d = self.domain(name)?;
+        let live = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
+        let disks = file_disks(&live).map_err(LibvirtError::Invalid)?;
+        if disks.is_empty() {
+            return Err(LibvirtError::Invalid(format!("{name} has no file disk to move")));
+        }
+        let mut moved = Vec::new();
+        for disk in &disks {
+            if disk.mirror.is_some() {
+                return Err(LibvirtError::Invalid(format!("{name}: {} is being copied already", disk.target)));
+            }
+            let file = std::path::Path::new(&disk.source)
+                .file_name()
+                .ok_or_else(|| LibvirtError::Invalid(format!("{name}: disk {} has no file name", disk.source)))?;
+            let dest = std::path::Path::new(dir).join(file).to_string_lossy().to_string();
+            if dest == disk.source {
+                return Err(LibvirtError::Invalid(format!("{name}: {} is in {dir} already", disk.source)));
+            }
+            if std::path::Path::new(&dest).exists() {
+                return Err(LibvirtError::Invalid(format!("{name}: {dest} exists; halo does not overwrite it")));
+            }
+            moved.push((disk.source.clone(), dest));
+        }
+        let flags = sys::VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB | sys::VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES;
+        let mut started: Vec<&str> = Vec::new();
+        let outcome = (|| {
+            for (disk, (_, dest)) in disks.iter().zip(&moved) {
+                let format = disk.format.as_deref().unwrap_or("raw");
+                let xml = format!("<disk type='file'><source file='{dest}'/><driver type='{format}'/></disk>");
+                events::block_copy(&d, &disk.target, &xml, flags)
+                    .map_err(|e| self.fail(&format!("copy {} to {dest}", disk.target), Some(name), &e))?;
+                started.push(&disk.target);
+            }
+            let begun = Instant::now();
+            loop {
+                let (mut copied, mut total) = (0u64, 0u64);
+                for target in &started {
+                    match events::block_job(&d, target).map_err(|e| self.fail("read a copy job", Some(name), &e))? {
+                        Some((cur, end)) => {
+                            copied += cur;
+                            total += end;
+                        }
+                        None => {
+                            return Err(LibvirtError::Invalid(format!("{name}: the copy of {target} ended by itself")));
+                        }
+                    }
+                }
+                progress((copied.min(total) * 100).checked_div(total).map_or(0, |p| p as u32));
+                // In step: libvirt marks each mirror ready (QEMU's job reached the end and
+                // mirrors every write now).
+                let live = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
+                let ready = file_disks(&live).map_err(LibvirtError::Invalid)?;
+                if started.iter().all(|t| ready.iter().any(|x| x.target == *t && x.mirror_ready)) {
+                    return Ok(());
+                }
+                if begun.elapsed() > deadline {
+                    return Err(LibvirtError::Timeout {
+                        uri: self.uri.clone(),
+                        operation: format!("mirroring the disks of {name}"),
+                        millis: deadline.as_millis() as u64,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })();
+        if let Err(e) = outcome {
+            for target in &started {
+                let _ = events::block_job_abort(&d, target, 0);
+            }
+            self.wait_for_no_jobs(&d, &started);
+            for (_, dest) in &moved {
+                let _ = std::fs::remove_file(dest);
+            }
+            return Err(e);
+        }
+        Ok(moved)
+    }
+
+    /// Ends the mirrors of running domain `name`: with `pivot` the guest switches to the
+    /// copies and the persistent definition names them; without, the mirrors are dropped and
+    /// the copies removed (the guest stays on its old disks).
+    pub fn finish_mirrors(&self, name: &str, pivot: bool) -> Result<(), LibvirtError> {
+        let d = self.domain(name)?;
+        let live = d.get_xml_desc(0).map_err(|e| self.fail("read the XML", Some(name), &e))?;
+        let disks = file_disks(&live).map_err(LibvirtError::Invalid)?;
+        let mirrored: Vec<(&FileDisk, &str)> = disks.iter().filter_map(|x| Some((x, x.mirror.as_deref()?))).collect();
+        if mirrored.is_empty() {
+            return Err(LibvirtError::Invalid(format!("{name} has no disk being copied")));
+        }
+        let inactive = self.definition(name)?;
+        let flags = if pivot { sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT } else { 0 };
+        for (disk, _) in &mirrored {
+            events::block_job_abort(&d, &disk.target, flags).map_err(|e| {
+                let what = if pivot { "switch to the copy of" } else { "drop the copy of" };
+                self.fail(&format!("{what} {}", disk.target), Some(name), &e)
+            })?;
+        }
+        let targets: Vec<&str> = mirrored.iter().map(|(x, _)| x.target.as_str()).collect();
+        self.wait_for_no_jobs(&d, &targets);
+        if pivot {
+            let moved: Vec<(String, String)> =
+                mirrored.iter().map(|(x, mirror)| (x.source.clone(), mirror.to_string())).collect();
+            let xml = halo_core::disks::with_disks_moved(&inactive, &moved).map_err(LibvirtError::Invalid)?;
+            self.define(&xml)?;
+        } else {
+            for (_, mirror) in &mirrored {
+                let _ = std::fs::remove_file(mirror);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (up to 30 s) until no block job runs on `targets`.
+    fn wait_for_no_jobs(&self, d: &Domain, targets: &[&str]) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until && targets.iter().any(|t| events::block_job(d, t).ok().flatten().is_some()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Removes a domain's definition (it must be shut off).
     pub fn undefine(&self, name: &str) -> Result<(), LibvirtError> {
         self.domain(name)?.undefine().map_err(|e| self.fail("undefine", Some(name), &e))
@@ -780,6 +913,45 @@ fn mib(value: u64, unit: &str) -> Option<u64> {
         _ => return None,
     };
     Some(value.checked_mul(bytes_per)? >> 20)
+}
+
+/// One file disk of a domain, as its XML says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileDisk {
+    /// The guest's name for it (`vda`).
+    target: String,
+    /// Its image.
+    source: String,
+    /// The image format (`qcow2`, `raw`).
+    format: Option<String>,
+    /// Where a copy job mirrors it, if one does.
+    mirror: Option<String>,
+    /// The mirror is in step.
+    mirror_ready: bool,
+}
+
+/// The file disks (`device='disk'`) of domain XML `xml`.
+fn file_disks(xml: &str) -> Result<Vec<FileDisk>, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("the domain XML does not parse: {e}"))?;
+    fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
+        node.children().find(|c| c.has_tag_name(tag))
+    }
+    Ok(doc
+        .descendants()
+        .filter(|n| n.has_tag_name("disk") && n.parent().is_some_and(|p| p.has_tag_name("devices")))
+        .filter(|n| n.attribute("type") == Some("file") && n.attribute("device").unwrap_or("disk") == "disk")
+        .filter_map(|n| {
+            let source = child(n, "source")?.attribute("file")?.to_string();
+            let target = child(n, "target")?.attribute("dev")?.to_string();
+            let format = child(n, "driver").and_then(|d| d.attribute("type")).map(str::to_string);
+            let mirror = child(n, "mirror");
+            let mirror_file = mirror.and_then(|m| {
+                m.attribute("file").or_else(|| child(m, "source").and_then(|s| s.attribute("file"))).map(str::to_string)
+            });
+            let ready = mirror.and_then(|m| m.attribute("ready")) == Some("yes");
+            Some(FileDisk { target, source, format, mirror: mirror_file, mirror_ready: ready })
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -1030,7 +1030,8 @@ impl<'p> Sim<'p> {
             Command::SetHaEnabled(_)
             | Command::SetHostHaDisabled(_)
             | Command::FenceHost { .. }
-            | Command::BalanceApply => {}
+            | Command::BalanceApply
+            | Command::MoveStorage { .. } => {}
         }
         self.feed(h, Input::Command(command));
         self.operator.migrating = None;
@@ -1185,6 +1186,12 @@ impl DatastoreDriver for HostDrivers<'_, '_> {
                 store.fences.insert(record.host.clone(), record.clone());
             }
         }
+    }
+
+    fn record_definition(&mut self, vm: &str, _moved: &[(String, String)]) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let result = Err("the simulator keeps no definitions".to_string());
+        s.deliver(h, 50, Input::DefinitionRecorded { vm: vm.to_string(), result });
     }
 
     fn check_claim(&mut self, vm: &str, generation: u64) {
@@ -1364,6 +1371,19 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
 
     fn read_load(&mut self, host: &str) {
         self.load_of(host);
+    }
+
+    /// The simulated hosts have no disks: a storage move's copy is refused (its guest runs on).
+    fn copy_storage(&mut self, vm: &str, host: &str, _dir: &str) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let result = Err(format!("{host}: the simulator has no disks to copy"));
+        s.deliver(h, 50, Input::StorageCopied { vm: vm.to_string(), result });
+    }
+
+    fn finish_storage(&mut self, vm: &str, _host: &str, pivot: bool) {
+        let (s, h) = (&mut *self.sim, self.h);
+        let result = Err("the simulator has no disks".to_string());
+        s.deliver(h, 50, Input::StorageFinished { vm: vm.to_string(), pivot, result });
     }
 
     fn resume_vm(&mut self, vm: &str) {

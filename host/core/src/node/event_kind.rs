@@ -122,6 +122,14 @@ event_kinds! {
     BalanceDone => "balance-done",
     /// `propose` mode: the cluster is out of balance; what `halo balance apply` would do.
     BalanceProposed => "balance-proposed",
+    /// A storage move began: the VM's disks are mirrored to another directory.
+    StorageMoveStarted => "storage-move-started",
+    /// How far a storage move's copy is.
+    StorageMoveProgress => "storage-move-progress",
+    /// A VM runs on its moved disks now.
+    StorageMoved => "storage-moved",
+    /// A storage move failed; the VM runs on its old disks.
+    StorageMoveFailed => "storage-move-failed",
     /// A VM failed to start on this host.
     StartFailed => "start-failed",
     /// A silent host is being powered off through its fence devices.

@@ -463,6 +463,7 @@ impl Node {
             Command::StartVm { vm, on } => self.start_one(&vm, on.as_deref()),
             Command::FenceHost { host, force } => self.fence_on_request(&host, force),
             Command::BalanceApply => self.balance_apply(policies),
+            Command::MoveStorage { vm, dir } => self.move_storage(&vm, &dir),
         }
     }
 }

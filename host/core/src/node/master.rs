@@ -97,6 +97,8 @@ pub struct MasterState {
     suppressed: Option<String>,
     pub(super) evacuating: BTreeSet<String>,
     pub(super) migrating: BTreeSet<String>,
+    /// Storage moves under way (VM → move).
+    pub(super) storage: BTreeMap<String, super::storage::StorageMove>,
     /// VMs that just left a host by live migration (from, when): a heartbeat of that host sent
     /// before it saw them leave must not move them again.
     pub(super) moved: BTreeMap<String, (String, Millis)>,
@@ -117,6 +119,7 @@ impl MasterState {
             suppressed: None,
             evacuating: BTreeSet::new(),
             migrating: BTreeSet::new(),
+            storage: BTreeMap::new(),
             moved: BTreeMap::new(),
             first_seen: BTreeMap::new(),
             duplicates: BTreeMap::new(),
@@ -1121,6 +1124,9 @@ impl Node {
         };
         if master.migrating.contains(vm) {
             return refuse(self, "it is being migrated already".into());
+        }
+        if self.storage_moving(vm) {
+            return refuse(self, "its disks are being moved".into());
         }
         if let Some(copies) = self.running_copies().get(vm).filter(|c| c.len() > 1) {
             let hosts: Vec<&String> = copies.keys().collect();

@@ -29,6 +29,7 @@ pub use exclusivity::{Admission, ClaimsSeen, Duplicate, StartRequest};
 pub use host_side::{has_quorum, must_fence};
 mod resume;
 mod status;
+mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,6 +117,14 @@ pub enum Command {
     },
     /// Carry out a balancing proposal now (to the master): `halo balance apply`.
     BalanceApply,
+    /// Move a running VM's disks to another directory every host sees (to the master):
+    /// `halo migrate VM --storage DIR`.
+    MoveStorage {
+        /// The VM.
+        vm: String,
+        /// The target directory (absolute).
+        dir: String,
+    },
     /// Start a protected VM that runs nowhere, under a new claim (to the master): the way to
     /// start one by hand, since libvirt's hook refuses an unclaimed start.
     StartVm {
@@ -194,6 +203,37 @@ pub enum Input {
         generation: u64,
         /// Done, or why not.
         result: Result<(), crate::wire::StartError>,
+    },
+    /// How far a storage move's copy is.
+    StorageProgress {
+        /// VM.
+        vm: String,
+        /// Percent copied.
+        percent: u32,
+    },
+    /// A storage move's mirror is in step (the disks' paths, old → new), or the copy failed
+    /// and was dropped.
+    StorageCopied {
+        /// VM.
+        vm: String,
+        /// The paths, or why not.
+        result: Result<Vec<(String, String)>, String>,
+    },
+    /// A VM's definition was recorded on the datastores (at least one), or on none.
+    DefinitionRecorded {
+        /// VM.
+        vm: String,
+        /// Done, or why not.
+        result: Result<(), String>,
+    },
+    /// A storage move's host switched the guest to the copies (`pivot`) or dropped the mirror.
+    StorageFinished {
+        /// VM.
+        vm: String,
+        /// Switched (or dropped).
+        pivot: bool,
+        /// Done, or why not.
+        result: Result<(), String>,
     },
     /// A live migration finished.
     MigrateResult {
@@ -349,6 +389,34 @@ pub enum Action {
         from: String,
         /// To.
         to: String,
+    },
+    /// Mirror a running VM's disks into `dir` on `host`, writes synchronous, until in step;
+    /// answers `Input::StorageCopied` (and `Input::StorageProgress` on the way).
+    CopyStorage {
+        /// VM.
+        vm: String,
+        /// Where it runs.
+        host: String,
+        /// The target directory.
+        dir: String,
+    },
+    /// Record a VM's definition with its disks' paths changed (old → new) on every datastore;
+    /// answers `Input::DefinitionRecorded`.
+    RecordDefinition {
+        /// VM.
+        vm: String,
+        /// The paths, old → new.
+        moved: Vec<(String, String)>,
+    },
+    /// Switch the guest to its mirrored copies and keep the new definition on the host
+    /// (`pivot`), or drop the mirror; answers `Input::StorageFinished`.
+    FinishStorage {
+        /// VM.
+        vm: String,
+        /// Where it runs.
+        host: String,
+        /// Switch (or drop).
+        pivot: bool,
     },
     /// Pause a VM on this host (libvirt suspend: its guest stops executing, nothing is lost).
     PauseVm {
@@ -674,6 +742,10 @@ impl Node {
             Input::ClaimResult { claim, outcome } => self.on_claim(claim, outcome),
             Input::StartResult { vm, host, generation, result } => self.on_start(&vm, &host, generation, result),
             Input::MigrateResult { vm, from, to, result } => self.on_migrate(&vm, &from, &to, result),
+            Input::StorageProgress { vm, percent } => self.on_storage_progress(&vm, percent),
+            Input::StorageCopied { vm, result } => self.on_storage_copied(&vm, result),
+            Input::DefinitionRecorded { vm, result } => self.on_definition_recorded(&vm, result),
+            Input::StorageFinished { vm, pivot, result } => self.on_storage_finished(&vm, pivot, result),
             Input::Command(command) => self.on_command(command, policies),
             Input::ConfigChanged(config) => self.on_config(*config),
             Input::Resumed { gap_ms } => self.on_resumed(gap_ms),

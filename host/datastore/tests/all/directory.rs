@@ -160,6 +160,9 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         fn record_fence(&mut self, record: &halo_core::FenceRecord) {
             self.0.record_fence(record)
         }
+        fn record_definition(&mut self, vm: &str, moved: &[(String, String)]) {
+            self.0.record_definition(vm, moved)
+        }
     }
     impl halo_core::drivers::PingDriver for Only<'_> {
         fn ping(&mut self, _: &halo_core::node::PingTarget) {}
@@ -172,6 +175,8 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
         fn resume_vm(&mut self, _: &str) {}
         fn pause_copy(&mut self, _: &str, _: &str) {}
         fn read_load(&mut self, _: &str) {}
+        fn copy_storage(&mut self, _: &str, _: &str, _: &str) {}
+        fn finish_storage(&mut self, _: &str, _: &str, _: bool) {}
     }
     impl halo_core::drivers::FenceDriver for Only<'_> {
         fn fence_host(&mut self, _: &str) {}
@@ -192,6 +197,30 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
     drivers.read_records("ds9");
     assert!(
         matches!(next(&mut rx), Input::DatastoreRead { records: Err(e), .. } if e.contains("no datastore named ds9"))
+    );
+    // A storage move's new definition: the disk path rewritten, the revision raised; a VM
+    // the datastores do not hold, or a path its definition does not name, is an error.
+    let store = drivers.get("ds1").expect("ds1");
+    let old = halo_datastore::ProtectedVm {
+        name: "db".into(),
+        domain_xml: "<domain><devices><disk type='file'><source file='/a/db.qcow2'/></disk></devices></domain>".into(),
+        spec: None,
+        revision: 5,
+    };
+    rt.block_on(store.put_protected_vm(&old)).expect("stored");
+    let moved = vec![("/a/db.qcow2".to_string(), "/b/db.qcow2".to_string())];
+    carry_out(Action::RecordDefinition { vm: "db".into(), moved: moved.clone() }, &mut Only(&mut drivers));
+    assert_eq!(next(&mut rx), Input::DefinitionRecorded { vm: "db".into(), result: Ok(()) });
+    let (records, _) = rt.block_on(store.protected_vms()).expect("read");
+    let db = records.iter().find(|r| r.name == "db").expect("db");
+    assert!(db.domain_xml.contains("file='/b/db.qcow2'") && db.revision > 5, "{db:?}");
+    drivers.record_definition("db", &moved);
+    assert!(
+        matches!(next(&mut rx), Input::DefinitionRecorded { result: Err(e), .. } if e.contains("names no disk /a/db.qcow2"))
+    );
+    drivers.record_definition("nope", &moved);
+    assert!(
+        matches!(next(&mut rx), Input::DefinitionRecorded { result: Err(e), .. } if e.contains("no datastore holds nope"))
     );
     let _ = std::fs::remove_dir_all(dir);
 }

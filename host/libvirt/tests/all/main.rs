@@ -475,3 +475,77 @@ fn the_load_of_a_host_and_its_guests_is_read_with_cpu_rates() {
         hv.power_off(name).expect("power off");
     }
 }
+
+/// Issue 18, storage migration while running: a guest's disk is mirrored into another
+/// directory with synchronous writes (the guest runs on), then either switched to the copy —
+/// the live and the persistent definition name it, the data is there — or dropped, leaving
+/// the guest on its old disk and no copy behind.
+#[test]
+fn a_running_guests_disk_moves_to_another_directory_and_a_dropped_copy_leaves_nothing() {
+    let Some(lab) = lab("storage", 1) else { return };
+    let hv = connect(&lab, 1);
+    let image = lab.make_image("t-store", 64).expect("qemu-img");
+    let pattern = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xcd 0 4M"])
+        .arg(&image)
+        .output()
+        .expect("qemu-io");
+    assert!(pattern.status.success(), "{}", String::from_utf8_lossy(&pattern.stderr));
+    let xml = lab.tiny_guest_xml("t-store", 64).expect("xml").replace(
+        "</devices>",
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
+            image.display()
+        ),
+    );
+    hv.define(&xml).expect("define");
+    hv.start("t-store").expect("start");
+    let moved_dir = lab.images_dir().expect("images").join("moved");
+    std::fs::create_dir_all(&moved_dir).expect("dir");
+    let dir = moved_dir.to_string_lossy().into_owned();
+
+    // Dropped: nothing changes, the copy is gone.
+    let mut heard = Vec::new();
+    let moved = hv.mirror_disks("t-store", &dir, |p| heard.push(p), DEADLINE).expect("mirrored");
+    let new = moved_dir.join("t-store.qcow2");
+    assert_eq!(moved, vec![(image.to_string_lossy().into_owned(), new.to_string_lossy().into_owned())]);
+    assert!(hv.xml("t-store").expect("xml").contains("ready='yes'"), "the mirror is in step");
+    hv.finish_mirrors("t-store", false).expect("dropped");
+    assert!(!new.exists(), "the copy is removed");
+    assert!(hv.xml("t-store").expect("xml").contains(&format!("file='{}'", image.display())));
+    assert_eq!(hv.state("t-store").expect("state"), Some(DomainState::Running));
+
+    // Switched: the guest runs on the copy, the persistent definition names it.
+    let started = Instant::now();
+    hv.mirror_disks("t-store", &dir, |_| {}, DEADLINE).expect("mirrored again");
+    let mirrored = started.elapsed();
+    hv.finish_mirrors("t-store", true).expect("switched");
+    println!(
+        "figure: storage move of a 64 MiB qcow2 disk (4 MiB written) of a running guest: mirrored in {mirrored:?}, switched in {:?}",
+        started.elapsed() - mirrored
+    );
+    assert_eq!(hv.state("t-store").expect("state"), Some(DomainState::Running), "never stopped");
+    let live = hv.xml("t-store").expect("xml");
+    assert!(live.contains(&format!("file='{}'", new.display())) && !live.contains("<mirror"), "{live}");
+    let persistent = hv.definition("t-store").expect("definition");
+    assert!(persistent.contains(&format!("file='{}'", new.display())), "{persistent}");
+    hv.power_off("t-store").expect("power off");
+    let read = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "read -P 0xcd 0 4M"])
+        .arg(&new)
+        .output()
+        .expect("qemu-io");
+    let said = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(read.status.success() && !said.contains("Pattern verification failed"), "the copy holds the data: {said}");
+
+    // Refused before anything moves: a target that holds the file already, a guest without a
+    // file disk.
+    hv.start("t-store").expect("start on the moved disk");
+    let e = hv.mirror_disks("t-store", &dir, |_| {}, DEADLINE).expect_err("in that directory already");
+    assert!(e.to_string().contains("is in") && e.to_string().contains("already"), "{e}");
+    hv.define(&lab.tiny_guest_xml("t-nodisk", 64).expect("xml")).expect("define");
+    hv.start("t-nodisk").expect("start");
+    let e = hv.mirror_disks("t-nodisk", &dir, |_| {}, DEADLINE).expect_err("no disk");
+    assert!(e.to_string().contains("has no file disk to move"), "{e}");
+    assert_eq!(heard.last(), Some(&100), "progress is told: {heard:?}");
+}

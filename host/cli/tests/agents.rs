@@ -1889,3 +1889,92 @@ fn with_a_slow_bmc_the_dead_time_path_restarts_first() {
     println!("figure: slow BMC: {fence_line}");
     cluster.holds(&placement, Duration::from_secs(1), "after the failover");
 }
+
+/// Issue 18, storage migration while running: a protected VM with a qcow2 disk (a pattern
+/// written on it) runs on host-2; with the master cut from the datastore the move is aborted
+/// cleanly; then `halo migrate vm-5 --storage DIR` moves the disk into
+/// another directory while the guest runs (libvirt polled: never stopped, never twice); the
+/// host's live and persistent definitions name the new disk, and so does the one halo keeps on
+/// the datastores: when host-2 then crashes, vm-5 is restarted elsewhere from the moved disk,
+/// with the data on it.
+#[test]
+fn a_running_vms_disk_moves_to_another_directory_and_a_failover_starts_it_from_there() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "a_running_vms_disk_moves_to_another_directory_and_a_failover_starts_it_from_there";
+    let Some(cluster) = Cluster::up(test, 's', "") else {
+        return;
+    };
+    let image = cluster.lab.make_image("vm5", 64).expect("qemu-img");
+    // Read-only and shared while the guest holds the image (`-r -U`).
+    let qemu_io = |file: &Path, args: &[&str]| {
+        std::process::Command::new("qemu-io").args(args).args(["-f", "qcow2"]).arg(file).output().expect("qemu-io")
+    };
+    let wrote = qemu_io(&image, &["-c", "write -P 0xcd 0 4M"]);
+    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    let xml = cluster.lab.tiny_guest_xml("vm-5", 64).expect("xml").replace(
+        "</devices>",
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
+            image.display()
+        ),
+    );
+    cluster.hv[&2].define(&xml).expect("define vm-5");
+    cluster.hv[&2].start("vm-5").expect("start vm-5");
+    let run = cluster.cli(1, &["vm", "protect", "vm-5"]);
+    assert!(run.ok && run.out.contains("vm-5 protected"), "{}", run.out);
+
+    let moved = cluster.lab.images_dir().expect("images").join("moved");
+    std::fs::create_dir_all(&moved).expect("dir");
+    let new = moved.join("vm5.qcow2");
+    let bad = cluster.cli(1, &["migrate", "vm-5", "--storage", "relative/dir"]);
+    assert!(!bad.ok && bad.out.contains("give an absolute directory"), "refused before asking: {}", bad.out);
+    // A clean abort: the master (host-1) cannot reach the datastore, so the new definition
+    // cannot be recorded — the mirror is dropped, the copy removed, vm-5 runs on its old disk.
+    cluster.lab.block_storage(1, true).expect("block");
+    let run = cluster.while_live(&["vm-5"], 1, &["migrate", "vm-5", "--storage", &moved.to_string_lossy()]);
+    cluster.lab.block_storage(1, false).expect("unblock");
+    // (The CLI says why on standard error; the event log has it too.)
+    let logs = cluster.logs();
+    assert!(!run.ok, "{}", run.out);
+    let failed =
+        logs.lines().find(|l| l.contains("kind=storage-move-failed") || l.contains("failed, it runs on its old disks"));
+    assert!(
+        failed.is_some_and(
+            |l| l.contains("(the mirror is dropped)") && l.contains("no datastore took the new definition")
+        ),
+        "{logs}"
+    );
+    assert!(!new.exists(), "the copy is removed");
+    assert!(cluster.hv[&2].xml("vm-5").expect("xml").contains(&format!("file='{}'", image.display())));
+    assert_eq!(cluster.runners("vm-5", &[1, 2, 3]), vec![2]);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let run = cluster.while_live(&["vm-5"], 1, &["migrate", "vm-5", "--storage", &moved.to_string_lossy()]);
+    assert!(run.ok && run.out.contains("vm-5 runs on its disks in"), "{}\n{}", run.out, cluster.logs());
+    println!("figure: storage move of vm-5's 64 MiB disk through halo: {:.2} s", started.elapsed().as_secs_f64());
+    assert_eq!(cluster.runners("vm-5", &[1, 2, 3]), vec![2], "still on host-2");
+    let path = format!("file='{}'", new.display());
+    assert!(cluster.hv[&2].xml("vm-5").expect("xml").contains(&path), "the guest runs on the copy");
+    assert!(cluster.hv[&2].definition("vm-5").expect("definition").contains(&path), "host-2 keeps it");
+    // Moved already: a second move to the same directory is refused by the host, and vm-5 runs on.
+    let again = cluster.cli(1, &["migrate", "vm-5", "--storage", &moved.to_string_lossy()]);
+    assert!(!again.ok && again.out.contains("is in") && again.out.contains("already"), "{}", again.out);
+    assert_eq!(cluster.runners("vm-5", &[1, 2, 3]), vec![2]);
+
+    // host-2 crashes: vm-5 is restarted from the definition halo keeps — the moved disk.
+    cluster.lab.kill_host(2).expect("host-2 crashes");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let host = loop {
+        if let [h] = cluster.runners("vm-5", &[1, 3]).as_slice() {
+            break *h;
+        }
+        assert!(Instant::now() < deadline, "vm-5 restarted\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let restarted = cluster.hv[&host].xml("vm-5").expect("xml");
+    assert!(restarted.contains(&path) && !restarted.contains(&format!("file='{}'", image.display())), "{restarted}");
+    let read = qemu_io(&new, &["-r", "-U", "-c", "read -P 0xcd 0 4M"]);
+    let said = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(read.status.success() && !said.contains("Pattern verification failed"), "the data moved: {said}");
+}

@@ -63,7 +63,7 @@ impl Node {
             .filter_map(|(vm, host)| {
                 let spec = self.config.vm(&vm)?;
                 let busy = master.migrating.contains(&vm)
-                    || master.storage.contains_key(&vm)
+                    || self.storage.contains_key(&vm)
                     || master.restarts.contains_key(&vm)
                     || copies.get(&vm).is_some_and(|c| c.len() > 1)
                     || self.balancing.moved_at.get(&vm).is_some_and(|at| self.now.saturating_sub(*at) < window);

@@ -97,8 +97,6 @@ pub struct MasterState {
     suppressed: Option<String>,
     pub(super) evacuating: BTreeSet<String>,
     pub(super) migrating: BTreeSet<String>,
-    /// Storage moves under way (VM → move).
-    pub(super) storage: BTreeMap<String, super::storage::StorageMove>,
     /// VMs that just left a host by live migration (from, when): a heartbeat of that host sent
     /// before it saw them leave must not move them again.
     pub(super) moved: BTreeMap<String, (String, Millis)>,
@@ -119,7 +117,6 @@ impl MasterState {
             suppressed: None,
             evacuating: BTreeSet::new(),
             migrating: BTreeSet::new(),
-            storage: BTreeMap::new(),
             moved: BTreeMap::new(),
             first_seen: BTreeMap::new(),
             duplicates: BTreeMap::new(),

@@ -587,6 +587,10 @@ pub struct Node {
     load_due: Millis,
     /// Balancing (master).
     balancing: balance::Balancing,
+    /// Storage moves this node started as master, carried to their end even if it steps down
+    /// meanwhile (VM → move): a mirror must be switched or dropped by whoever knows where its
+    /// definition was recorded.
+    storage: BTreeMap<String, storage::StorageMove>,
     /// VMs this node asked its driver to stop and whose stop it has not heard of yet: libvirt
     /// reports halo's own power-off as a stop from outside too.
     stopping: BTreeSet<String>,
@@ -643,6 +647,7 @@ impl Node {
             load: BTreeMap::new(),
             load_due: 0,
             balancing: balance::Balancing::default(),
+            storage: BTreeMap::new(),
             stopping: BTreeSet::new(),
         }
     }

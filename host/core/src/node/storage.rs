@@ -11,6 +11,12 @@
 //! record, the old disks (the mirror is abandoned); between record and pivot, either (they
 //! are the same); after, the new. A failure undoes in the same spirit: the old definition is
 //! recorded again *while the mirror is still in step*, and only then is the mirror dropped.
+//!
+//! Only a master starts a move; the node that started it carries it to its end even if it
+//! stops being master meanwhile (cut off from the datastore, say): it alone knows whether the
+//! new definition was recorded, so it alone can tell a switch from a drop. An agent that
+//! restarts mid-way leaves the mirror in step (safe: both copies hold every write) for the
+//! operator to settle (docs/operator.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +74,7 @@ fn dir_problem(dir: &str) -> Option<&'static str> {
 impl Node {
     /// Whether a storage move of `vm` is under way (its VM must not migrate meanwhile).
     pub(super) fn storage_moving(&self, vm: &str) -> bool {
-        self.master.as_ref().is_some_and(|m| m.storage.contains_key(vm))
+        self.storage.contains_key(vm)
     }
 
     /// `halo migrate VM --storage DIR` (master).
@@ -92,19 +98,17 @@ impl Node {
             return refuse(self, format!("it runs on {} hosts; it must run on exactly one", hosts.len()));
         };
         let Some(master) = self.master.as_ref() else { return };
-        if master.migrating.contains(vm) || master.restarts.contains_key(vm) || master.storage.contains_key(vm) {
+        if master.migrating.contains(vm) || master.restarts.contains_key(vm) || self.storage.contains_key(vm) {
             return refuse(self, "it is being migrated, restarted or moved already".into());
         }
         if !self.heard_lately(host) {
             return refuse(self, format!("{host} has not been heard in the last few heartbeats"));
         }
         let host = host.clone();
-        if let Some(master) = self.master.as_mut() {
-            master.storage.insert(
-                vm.to_string(),
-                StorageMove { host: host.clone(), dir: dir.to_string(), step: StorageStep::Copying, moved: Vec::new() },
-            );
-        }
+        self.storage.insert(
+            vm.to_string(),
+            StorageMove { host: host.clone(), dir: dir.to_string(), step: StorageStep::Copying, moved: Vec::new() },
+        );
         self.record(
             Severity::Info,
             EventKind::StorageMoveStarted,
@@ -116,7 +120,7 @@ impl Node {
 
     /// How far the copy is (from the host's driver).
     pub(super) fn on_storage_progress(&mut self, vm: &str, percent: u32) {
-        if self.master.as_ref().and_then(|m| m.storage.get(vm)).is_some_and(|s| s.step == StorageStep::Copying) {
+        if self.storage.get(vm).is_some_and(|s| s.step == StorageStep::Copying) {
             self.record(Severity::Info, EventKind::StorageMoveProgress, format!("{vm}: {percent} % copied"), None);
         }
     }
@@ -124,8 +128,7 @@ impl Node {
     /// The mirror is in step (`Ok`: the disks' paths, old → new), or the copy failed and was
     /// dropped by the host.
     pub(super) fn on_storage_copied(&mut self, vm: &str, result: Result<Vec<(String, String)>, String>) {
-        let Some(master) = self.master.as_mut() else { return };
-        let Some(moving) = master.storage.get_mut(vm).filter(|s| s.step == StorageStep::Copying) else { return };
+        let Some(moving) = self.storage.get_mut(vm).filter(|s| s.step == StorageStep::Copying) else { return };
         match result {
             Ok(moved) => {
                 moving.moved = moved.clone();
@@ -144,7 +147,7 @@ impl Node {
             }
             Err(why) => {
                 let dir = moving.dir.clone();
-                master.storage.remove(vm);
+                self.storage.remove(vm);
                 self.record(
                     Severity::Alert,
                     EventKind::StorageMoveFailed,
@@ -157,8 +160,7 @@ impl Node {
 
     /// The definition was recorded on the datastores (or on none).
     pub(super) fn on_definition_recorded(&mut self, vm: &str, result: Result<(), String>) {
-        let Some(master) = self.master.as_mut() else { return };
-        let Some(moving) = master.storage.get_mut(vm) else { return };
+        let Some(moving) = self.storage.get_mut(vm) else { return };
         let host = moving.host.clone();
         match (moving.step.clone(), result) {
             (StorageStep::Recording, Ok(())) => {
@@ -177,7 +179,7 @@ impl Node {
             (StorageStep::Reverting { why }, Err(again)) => {
                 // The new definition may still be in force somewhere: the mirror stays in step
                 // (both copies hold every write) until the operator settles it.
-                master.storage.remove(vm);
+                self.storage.remove(vm);
                 self.record(
                     Severity::Alert,
                     EventKind::StorageMoveFailed,
@@ -193,13 +195,12 @@ impl Node {
 
     /// The host switched the guest to the copies (`pivot`), or dropped the mirror.
     pub(super) fn on_storage_finished(&mut self, vm: &str, pivot: bool, result: Result<(), String>) {
-        let Some(master) = self.master.as_mut() else { return };
-        let Some(moving) = master.storage.get_mut(vm) else { return };
+        let Some(moving) = self.storage.get_mut(vm) else { return };
         match (moving.step.clone(), pivot, result) {
             (StorageStep::Pivoting, true, Ok(())) => {
                 let dir = moving.dir.clone();
                 let paths: Vec<String> = moving.moved.iter().map(|(_, new)| new.clone()).collect();
-                master.storage.remove(vm);
+                self.storage.remove(vm);
                 self.record(
                     Severity::Info,
                     EventKind::StorageMoved,
@@ -216,7 +217,7 @@ impl Node {
             }
             (StorageStep::Aborting { why }, false, result) => {
                 let dir = moving.dir.clone();
-                master.storage.remove(vm);
+                self.storage.remove(vm);
                 let dropped = match result {
                     Ok(()) => "the mirror is dropped".to_string(),
                     Err(e) => format!("dropping the mirror failed too ({e}); check `virsh blockjob`"),

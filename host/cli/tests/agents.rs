@@ -1427,7 +1427,8 @@ fn with_sanlock_leases_a_second_start_is_refused_by_libvirt_and_a_crash_still_fa
 /// `propose` mode the master says the cluster is out of balance and what `halo balance apply`
 /// would move; `apply` moves them by live migration (two at a time) — no guest ever stops or
 /// runs twice — until the hosts are even, and a second `plan` has nothing to move. Then in
-/// `auto` mode, three times: piled again, spread again by the master alone.
+/// `auto` mode, three times: piled again, spread again by the master alone. A *must* rule
+/// (vm-4 on host-1 or host-3) holds throughout.
 #[test]
 fn an_unbalanced_cluster_is_balanced_by_live_migration() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
@@ -1437,8 +1438,9 @@ fn an_unbalanced_cluster_is_balanced_by_live_migration() {
         // Only reached when the lab can run: the plugins are part of `cargo xtask test`.
         panic!("{test}: build the plugins first (cargo xtask plugins)");
     }
+    // A rule balancing must keep: vm-4 runs on host-1 or host-3, never on host-2.
     let extra = format!(
-        "\n[balance]\nmode = \"propose\"\nthreshold-percent = 2\ninterval-ms = 2000\n\n[plugins]\nbalancing = \"{}\"\n",
+        "\n[balance]\nmode = \"propose\"\nthreshold-percent = 2\ninterval-ms = 2000\n\n[plugins]\nbalancing = \"{}\"\n\n[[rules]]\nname = \"vm4-home\"\nkind = \"vm-host\"\nstrength = \"must\"\nvms = [\"vm-4\"]\nhosts = [\"host-1\", \"host-3\"]\n",
         balancing.display()
     );
     let Some(mut cluster) = Cluster::up(test, 'b', &extra) else {
@@ -1460,6 +1462,7 @@ fn an_unbalanced_cluster_is_balanced_by_live_migration() {
     let started = Instant::now();
     let run = cluster.while_live(&vms, 2, &["balance", "apply"]);
     assert!(run.ok && run.out.contains("balancing round done"), "{}", run.out);
+    assert!(!cluster.runners("vm-4", &[1, 2, 3]).contains(&2), "rule vm4-home kept\n{}", run.out);
     println!(
         "figure: balancing round of {} moves in {:.1} s",
         run.out.matches("migrated live").count(),
@@ -1503,6 +1506,7 @@ fn an_unbalanced_cluster_is_balanced_by_live_migration() {
                 assert!(!active.is_empty(), "round {round}: {vm} stopped\n{}", cluster.logs());
                 assert!(running.len() <= 1, "round {round}: {vm} runs on {running:?} at once\n{}", cluster.logs());
             }
+            assert!(!cluster.active("vm-4", &[2]).0.contains(&2), "round {round}: rule vm4-home broken");
             if cluster.logs().matches("balancing round done").count() > done_before {
                 break;
             }

@@ -94,7 +94,7 @@ impl FaultKind {
     }
 
     /// Every family name.
-    pub const FAMILIES: [&'static str; 19] = [
+    pub const FAMILIES: [&'static str; 20] = [
         "crash",
         "agent",
         "isolate",
@@ -114,11 +114,14 @@ impl FaultKind {
         "haoff",
         "outside",
         "fence",
+        "balance",
     ];
 
-    /// Not faults but equipment: fence devices on every host (`Schedule::draw_fence_devices`),
-    /// drawn on a generator of their own, so that every seed's faults stay what they were.
-    pub const DEVICES: [&'static str; 1] = ["fence"];
+    /// Not faults but equipment and settings: fence devices on every host
+    /// (`Schedule::draw_fence_devices`), balancing in `auto` mode with placement rules and a
+    /// reserved host (`scenario::random_case`), each drawn on a generator of its own, so that
+    /// every seed's faults stay what they were.
+    pub const DEVICES: [&'static str; 2] = ["fence", "balance"];
 
     /// The stall families: drawn on a generator of their own, after the others, so that every
     /// seed's schedule of the other families stays what it was before they existed (the seeds

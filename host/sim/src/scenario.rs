@@ -77,7 +77,61 @@ pub fn random_case(
             host.fenceable = schedule.fence_devices.contains_key(&host.name);
         }
     }
+    if families.contains(&"balance") {
+        draw_balancing(seed, &mut config);
+    }
     (config, schedule)
+}
+
+/// The `balance` family, for one seed in two: the master balances by itself (`auto`, looking
+/// every 5 s) while the faults happen, under two rules — two VMs that must stay apart, one that
+/// should run on one of two hosts — and, with five hosts or more, one reserved failover host.
+/// The VMs start where the simulator puts them (VM i on host i mod n: uneven memory, so
+/// balancing has work), which may already break a rule: halo must not make it worse.
+pub fn draw_balancing(seed: u64, config: &mut ClusterConfig) {
+    use halo_core::balance::{BalanceMode, BalanceSettings};
+    use halo_core::rules::{Rule, RuleKind, Strength};
+    let mut rng = Rng::new(seed ^ 0x00BA_1A4C_E000);
+    if rng.below(2) == 0 || config.vms.len() < 3 {
+        return;
+    }
+    config.balance = BalanceSettings {
+        mode: BalanceMode::Auto,
+        threshold_percent: 5,
+        interval_ms: 5_000,
+        window_ms: 20_000,
+        ..BalanceSettings::default()
+    };
+    let vm = |rng: &mut Rng| config.vms[rng.below(config.vms.len() as u64) as usize].name.clone();
+    let (a, mut b) = (vm(&mut rng), vm(&mut rng));
+    while b == a {
+        b = vm(&mut rng);
+    }
+    let mut c = vm(&mut rng);
+    while c == a || c == b {
+        c = vm(&mut rng);
+    }
+    let host = |rng: &mut Rng| config.hosts[rng.below(config.hosts.len() as u64) as usize].name.clone();
+    let (h1, mut h2) = (host(&mut rng), host(&mut rng));
+    while h2 == h1 {
+        h2 = host(&mut rng);
+    }
+    config.rules = vec![
+        Rule { name: "apart".into(), kind: RuleKind::Apart, strength: Strength::Must, vms: vec![a, b], hosts: vec![] },
+        Rule {
+            name: "home".into(),
+            kind: RuleKind::VmHost,
+            strength: Strength::Should,
+            vms: vec![c],
+            hosts: vec![h1.clone(), h2.clone()],
+        },
+    ];
+    if config.hosts.len() >= 5 {
+        let reserved = host(&mut rng);
+        if let Some(spec) = config.hosts.iter_mut().find(|h| h.name == reserved) {
+            spec.reserved = true;
+        }
+    }
 }
 
 /// The demo's cluster: 4 hosts of 16 GiB, 12 VMs of a small site — infrastructure first

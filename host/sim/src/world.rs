@@ -262,6 +262,9 @@ struct Operator {
     version: u64,
     /// A VM's priority before the operator changed it (by fault index).
     priority_before: BTreeMap<usize, halo_policy::RestartPriority>,
+    /// VMs a master just announced a balancing move of (`balance-move`: "VM: live migration
+    /// …"): the migration that follows is balancing's, which `[balance] mode = "auto"` allows.
+    balancing: BTreeSet<String>,
 }
 
 struct SimHost {
@@ -1328,7 +1331,34 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
         // Invariant 4: HA moves a running VM only off a host the operator put into maintenance
         // (and not taken out since), or when the operator asked for that very migration.
         let asked = s.operator.migrating.as_deref() == Some(vm);
-        if !asked && !s.operator.maintenance.contains(from) {
+        // Balancing moves VMs by itself only in `auto` mode (or at the operator's `apply`), never
+        // onto a reserved failover host, never against a *must* rule.
+        let balancing = s.operator.balancing.remove(vm);
+        if balancing {
+            if s.config.balance.mode != halo_core::balance::BalanceMode::Auto {
+                s.violation(format!("{vm}: a balancing move from {from} to {to} while balancing is not in auto mode"));
+            }
+            if s.config.host(to).is_some_and(|spec| spec.reserved) {
+                s.violation(format!("{vm}: balancing moved it onto {to}, a reserved failover host"));
+            }
+            let partners: Vec<String> = s
+                .config
+                .rules
+                .iter()
+                .filter(|r| {
+                    r.strength == halo_core::rules::Strength::Must
+                        && r.kind == halo_core::rules::RuleKind::Apart
+                        && r.vms.iter().any(|v| v == vm)
+                })
+                .flat_map(|r| r.vms.iter().filter(|v| *v != vm).cloned())
+                .collect();
+            if let Some(partner) = partners.iter().find(|p| s.hosts[t].vms.contains_key(p.as_str())) {
+                s.violation(format!(
+                    "{vm}: balancing moved it onto {to}, where {partner} runs: a must-apart rule broken"
+                ));
+            }
+        }
+        if !asked && !balancing && !s.operator.maintenance.contains(from) {
             s.violation(format!(
                 "{vm} migrated off {from}, which the operator did not put into maintenance: HA must never move \
                  a running VM to make room"
@@ -1401,6 +1431,11 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
 
 impl EventSink for HostDrivers<'_, '_> {
     fn record(&mut self, event: Event) {
+        if event.kind == halo_core::EventKind::BalanceMove
+            && let Some((vm, _)) = event.message.split_once(": live migration ")
+        {
+            self.sim.operator.balancing.insert(vm.to_string());
+        }
         self.sim.record(event);
     }
 }

@@ -27,7 +27,17 @@ pub(super) struct Balancing {
     told: bool,
     /// A round was started and its end is not said yet.
     in_round: bool,
+    /// When balancing last had to wait (a failover, a fence, a host out of contact, …): it
+    /// starts moves again only after the cluster stayed calm for [`SETTLE_DEAD_TIMES`]
+    /// dead-times.
+    unsettled_at: crate::Millis,
 }
+
+/// How long the cluster must stay calm, in dead-times, before balancing moves VMs again: a
+/// failover's restarts, a master's election, a host back from a cut all settle first (the
+/// simulator, seed 131: balancing right after a failover, a returning master took its moves
+/// for VMs started twice).
+pub const SETTLE_DEAD_TIMES: u64 = 4;
 
 impl Node {
     /// What balancing would move now (master only; `None` elsewhere). Nothing is changed.
@@ -174,9 +184,72 @@ impl Node {
         }
     }
 
+    /// Whether `m` may start now, with the moves in flight (`running` and `starting`) counted
+    /// on both their hosts and every copy of a VM on its host: no *must* rule broken at any
+    /// instant of the migrations, and room on the target for everything that is or is
+    /// arriving there.
+    fn allowed_now(&self, m: &Move, starting: &[Move]) -> Result<(), String> {
+        use crate::rules::{RuleKind, Strength};
+        // Every copy counts (a VM started outside halo as well runs on two hosts).
+        let mut at: BTreeMap<String, Vec<String>> =
+            self.reported_locations().into_iter().map(|(vm, host)| (vm, vec![host])).collect();
+        for (vm, copies) in self.running_copies() {
+            let hosts = at.entry(vm).or_default();
+            for host in copies.into_keys() {
+                if !hosts.contains(&host) {
+                    hosts.push(host);
+                }
+            }
+        }
+        let in_flight = self.balancing.running.values().chain(starting);
+        for f in in_flight.clone() {
+            at.entry(f.vm.clone()).or_default().push(f.to.clone());
+        }
+        for rule in self.config.rules.iter().filter(|r| r.strength == Strength::Must && r.vms.contains(&m.vm)) {
+            let others = || rule.vms.iter().filter(|v| **v != m.vm).filter_map(|v| at.get(v)).flatten();
+            let kept = match rule.kind {
+                RuleKind::VmHost => rule.hosts.contains(&m.to),
+                RuleKind::Apart => !others().any(|h| *h == m.to),
+                RuleKind::Together => others().next().is_none() || others().any(|h| *h == m.to),
+            };
+            if !kept {
+                return Err(format!("it would break rule {} while the moves in flight run", rule.name));
+            }
+        }
+        let memory = |vm: &str| self.config.vm(vm).map_or(0, |v| v.memory_mib);
+        let on_target: u64 = at.iter().filter(|(_, hosts)| hosts.contains(&m.to)).map(|(vm, _)| memory(vm)).sum();
+        let room = self.config.host(&m.to).map_or(0, |h| h.memory_mib);
+        if on_target + memory(&m.vm) > room {
+            return Err(format!("{} has no room for it until the moves in flight end", m.to));
+        }
+        Ok(())
+    }
+
     /// Why balancing waits now, if it does: a failover, a maintenance or a fence under way.
     fn balance_paused(&self) -> Option<&'static str> {
         let master = self.master.as_ref()?;
+        // Only a master whose view of the cluster is authoritative moves VMs for balance: a
+        // minority master's migration moves a VM where the majority's master does not see it
+        // (simulator seed 477: a partition's minority master migrated a VM off a host the
+        // majority then declared dead, and the VM was restarted beside itself).
+        if master.suppressed.is_some() {
+            return Some("this master restarts nothing now (isolated, fenced, in a minority or past the blast radius)");
+        }
+        // Every host either heard now or known dead, and the view settled: a master elected a
+        // moment ago (in a partition, say) still holds its peers' old verdicts for up to the
+        // dead-time.
+        let unsettled = self.config.hosts.iter().any(|h| {
+            let verdict = self.peers.get(&h.name).and_then(|p| p.verdict);
+            !self.maintenance.contains(&h.name)
+                && verdict != Some(Verdict::Failed)
+                && !(self.heard_lately(&h.name) && (h.name == self.name || verdict == Some(Verdict::Running)))
+        });
+        if unsettled {
+            return Some("a host is out of contact and not known to be dead");
+        }
+        if self.now.saturating_sub(master.since) < self.config.timeouts.dead_time_ms {
+            return Some("this master was elected less than a dead-time ago");
+        }
         if !master.restarts.is_empty() {
             return Some("a failover is under way");
         }
@@ -200,6 +273,11 @@ impl Node {
             self.balancing.moved_at.insert(vm, self.now);
         }
         if self.balance_paused().is_some() {
+            self.balancing.unsettled_at = self.now;
+            return;
+        }
+        if self.now.saturating_sub(self.balancing.unsettled_at) < SETTLE_DEAD_TIMES * self.config.timeouts.dead_time_ms
+        {
             return;
         }
         let settings = self.config.balance;
@@ -216,6 +294,23 @@ impl Node {
                     None,
                 );
                 continue;
+            }
+            // The proposal is a sequence; migrations run side by side. A move that needs an
+            // earlier one finished (a VM it must stay apart from still leaving the target, the
+            // room it needs not yet free) waits for the moves in flight; with none in flight
+            // it is dropped.
+            if let Err(why) = self.allowed_now(&m, &started) {
+                if self.balancing.running.is_empty() && started.is_empty() {
+                    self.record(
+                        Severity::Info,
+                        EventKind::BalanceMove,
+                        format!("{}: move to {} dropped: {why}", m.vm, m.to),
+                        None,
+                    );
+                    continue;
+                }
+                self.balancing.queue.push_front(m);
+                break;
             }
             started.push(m);
         }
@@ -295,8 +390,9 @@ mod tests {
     }
 
     /// host-1 is master; all six VMs run on host-2; host-3 is empty. With `mode` the master
-    /// looks by itself (every 5 s); without, the operator applies at 5 s. Returns the
-    /// balancing events and where the VMs run after a minute.
+    /// looks by itself (every 5 s); without, the operator applies at 5 s (the moves start once
+    /// the cluster stayed calm for four dead-times of 12 s). Returns the balancing events and
+    /// where the VMs run after two minutes.
     fn spread(mode: Option<BalanceMode>) -> (Vec<EventKind>, BTreeMap<String, String>) {
         spread_with(mode, &mut BuiltinPolicies)
     }
@@ -349,7 +445,7 @@ mod tests {
         };
         let mut all = Vec::new();
         let mut in_flight: Vec<(String, String, String)> = Vec::new();
-        for now in (0..60_000).step_by(250) {
+        for now in (0..120_000).step_by(250) {
             let seq = now / 250 + 1;
             let mut inputs = vec![
                 Input::Tick,
@@ -397,7 +493,7 @@ mod tests {
             let per_host = |h: &str| at.values().filter(|x| *x == h).count();
             assert_eq!((per_host("host-1"), per_host("host-2"), per_host("host-3")), (2, 2, 2), "{at:?}");
             // Balanced now: another apply moves nothing.
-            let again = node.handle(60_000, Input::Command(Command::BalanceApply), p);
+            let again = node.handle(120_000, Input::Command(Command::BalanceApply), p);
             assert!(again.iter().all(|a| !matches!(a, Action::MigrateVm { .. })), "{again:?}");
         }
         (kinds, at)

@@ -11,8 +11,10 @@
 //! **Which copy halo keeps:** the newest generation (a restart claims the next one, so an
 //! older copy is one the cluster already replaced); among copies of the same generation, the
 //! one this master saw first (a copy that appears beside a running one was started outside
-//! halo). When neither tells — a new master that found both at once — halo pauses nothing and
-//! the alert says so: pausing the wrong copy would stop a healthy VM.
+//! halo). When neither tells — a new master that found both at once, or within a dead-time of
+//! its election (the target of a live migration its predecessor ordered looks just like a
+//! copy started beside the source) — halo pauses nothing and the alert says so: pausing the
+//! wrong copy would stop a healthy VM.
 //!
 //! Not duplicates: a VM in a live migration this master ordered (both ends report it until
 //! it completes), the stale report of a host a VM just left, and hosts the master no longer
@@ -78,6 +80,7 @@ impl Node {
     /// does not keep (module docs).
     pub(super) fn check_exclusivity(&mut self) {
         let (now, on_duplicate, acting) = (self.now, self.config.ha.on_duplicate, self.ha_enabled);
+        let settle = self.config.timeouts.dead_time_ms;
         let copies = self.running_copies();
         let Some(master) = self.master.as_mut() else { return };
         for (vm, hosts) in &copies {
@@ -124,7 +127,7 @@ impl Node {
             let kept = known
                 .and_then(|d| d.kept.clone())
                 .filter(|k| hosts.contains_key(k))
-                .or_else(|| keeper(vm, hosts, &master.first_seen, &paused));
+                .or_else(|| keeper(vm, hosts, &master.first_seen, &paused, master.since + settle));
             let pause: Vec<String> = match (&kept, on_duplicate, acting) {
                 (Some(kept), OnDuplicate::Pause, true) => {
                     hosts.keys().filter(|h| *h != kept && !paused.contains(*h)).cloned().collect()
@@ -266,11 +269,17 @@ impl Node {
 
 /// The copy halo keeps, never one it paused: the newest generation, then the copy seen
 /// first; `None` if that leaves more than one.
+/// `settled`: copies this master first saw before then count as seen at once — a master
+/// elected a moment ago cannot tell a copy started outside halo from the target of a live
+/// migration its predecessor ordered, which reports running at the handover (simulator seed
+/// 83: a new master paused a migration's target, the source gone a moment later, and the VM
+/// ran nowhere).
 fn keeper(
     vm: &str,
     hosts: &BTreeMap<String, u64>,
     first_seen: &BTreeMap<(String, String), Millis>,
     paused: &BTreeSet<String>,
+    settled: Millis,
 ) -> Option<String> {
     let hosts: BTreeMap<&String, u64> =
         hosts.iter().filter(|(h, _)| !paused.contains(*h)).map(|(h, g)| (h, *g)).collect();
@@ -279,7 +288,8 @@ fn keeper(
     if let [only] = candidates.as_slice() {
         return Some((*only).clone());
     }
-    let seen = |host: &String| first_seen.get(&(vm.to_string(), host.clone())).copied().unwrap_or(Millis::MAX);
+    let seen =
+        |host: &String| first_seen.get(&(vm.to_string(), host.clone())).copied().unwrap_or(Millis::MAX).max(settled);
     let earliest = candidates.iter().map(|h| seen(h)).min()?;
     let firsts: Vec<&&String> = candidates.iter().filter(|h| seen(h) == earliest).collect();
     match firsts.as_slice() {
@@ -330,10 +340,20 @@ mod tests {
     }
 
     /// host-1 master of three hosts, vm-1 running on host-2 (5 s).
+    /// host-1 master (elected at 3 s), vm-1 on host-2, until 5 s — within a dead-time (12 s
+    /// here) of the election.
     fn master_with_vm_on_host_2(config: crate::ClusterConfig) -> (Node, BuiltinPolicies) {
         let mut node = Node::new("host-1", config, 0);
         let mut p = BuiltinPolicies;
         run(&mut node, &mut p, 0, 5_000, |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] });
+        assert!(node.is_master());
+        (node, p)
+    }
+
+    /// The same, until 16 s: the election a dead-time past.
+    fn settled_master_with_vm_on_host_2(config: crate::ClusterConfig) -> (Node, BuiltinPolicies) {
+        let (mut node, mut p) = master_with_vm_on_host_2(config);
+        run(&mut node, &mut p, 5_000, 16_000, |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] });
         assert!(node.is_master());
         (node, p)
     }
@@ -360,9 +380,10 @@ mod tests {
 
     #[test]
     fn a_copy_started_beside_a_running_vm_is_paused_and_alerted_once() {
-        let (mut node, mut p) = master_with_vm_on_host_2(cluster(3, 1));
+        let (mut node, mut p) = settled_master_with_vm_on_host_2(cluster(3, 1));
         // host-3 starts reporting vm-1 too (the same generation: its XML was copied).
-        let all = run(&mut node, &mut p, 5_000, 8_000, |_, _| on(&[("vm-1", 1)]));
+        let host_2_only = |h: &str, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] };
+        let all = run(&mut node, &mut p, 16_000, 19_000, |_, _| on(&[("vm-1", 1)]));
         assert_eq!(pauses(&all), vec![("host-3".to_string(), "vm-1".to_string())], "only the newcomer, once");
         let alert = events(&all, EventKind::VmDuplicate);
         assert_eq!(alert.len(), 1, "{alert:?}");
@@ -377,8 +398,7 @@ mod tests {
         assert_eq!(duplicates[0].kept.as_deref(), Some("host-2"));
         assert_eq!(duplicates[0].paused.iter().cloned().collect::<Vec<_>>(), vec!["host-3".to_string()]);
         // The operator destroys the paused copy: host-3 reports it no more.
-        let after =
-            run(&mut node, &mut p, 8_000, 9_000, |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] });
+        let after = run(&mut node, &mut p, 19_000, 20_000, host_2_only);
         assert_eq!(events(&after, EventKind::VmDuplicateResolved), vec!["vm-1 runs on one host again: host-2"]);
         assert!(node.duplicates().is_empty());
         assert!(pauses(&after).is_empty());
@@ -386,10 +406,22 @@ mod tests {
 
     #[test]
     fn the_newest_generation_is_kept_wherever_it_appeared() {
-        let (mut node, mut p) = master_with_vm_on_host_2(cluster(3, 1));
-        let all = run(&mut node, &mut p, 5_000, 6_000, |h, _| on(&[("vm-1", if h == "host-3" { 2 } else { 1 })]));
+        let (mut node, mut p) = settled_master_with_vm_on_host_2(cluster(3, 1));
+        let all = run(&mut node, &mut p, 16_000, 17_000, |h, _| on(&[("vm-1", if h == "host-3" { 2 } else { 1 })]));
         assert_eq!(pauses(&all), vec![("host-2".to_string(), "vm-1".to_string())]);
         assert!(events(&all, EventKind::VmDuplicate)[0].contains("(the newest generation)"));
+    }
+
+    #[test]
+    fn a_copy_appearing_just_after_an_election_is_not_paused() {
+        // The target of a live migration the previous master ordered reports running at the
+        // handover, beside its source: a master elected a moment ago cannot tell it from a
+        // copy started outside halo, so it pauses neither (simulator seed 83).
+        let (mut node, mut p) = master_with_vm_on_host_2(cluster(3, 1));
+        let all = run(&mut node, &mut p, 5_000, 8_000, |_, _| on(&[("vm-1", 1)]));
+        assert!(pauses(&all).is_empty(), "{:?}", pauses(&all));
+        let alert = events(&all, EventKind::VmDuplicate);
+        assert!(alert.len() == 1 && alert[0].contains("cannot tell which copy it started"), "{alert:?}");
     }
 
     #[test]
@@ -409,15 +441,15 @@ mod tests {
     fn alert_only_pauses_nothing_and_a_copy_on_the_master_counts() {
         let mut config = cluster(3, 1);
         config.ha.on_duplicate = OnDuplicate::Alert;
-        let (mut node, mut p) = master_with_vm_on_host_2(config);
+        let (mut node, mut p) = settled_master_with_vm_on_host_2(config);
         // The copy appears on the master's own host.
         let running = Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running };
-        let mut all = node.handle(5_000, running, &mut p);
+        let mut all = node.handle(16_000, running, &mut p);
         all.extend(run(
             &mut node,
             &mut p,
-            5_000,
-            6_000,
+            16_000,
+            17_000,
             |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] },
         ));
         assert!(pauses(&all).is_empty());

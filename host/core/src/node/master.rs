@@ -94,7 +94,7 @@ pub struct MasterState {
     /// The last failover plan.
     pub plan: Option<FailoverPlan>,
     plan_due: Millis,
-    suppressed: Option<String>,
+    pub(super) suppressed: Option<String>,
     pub(super) evacuating: BTreeSet<String>,
     pub(super) migrating: BTreeSet<String>,
     /// VMs that just left a host by live migration (from, when): a heartbeat of that host sent
@@ -1122,6 +1122,9 @@ impl Node {
         if master.migrating.contains(vm) {
             return refuse(self, "it is being migrated already".into());
         }
+        if let Some(why) = self.moves_barred() {
+            return refuse(self, format!("not now: {why}"));
+        }
         if self.storage_moving(vm) {
             return refuse(self, "its disks are being moved".into());
         }
@@ -1251,6 +1254,26 @@ impl Node {
     /// the last three heartbeat intervals: a VM is moved live only to a host that is in
     /// contact now (a verdict can still say "running" seconds after a host was cut off;
     /// found by the simulator, conservative timeouts, seed 10068).
+    /// Why this master must not move running VMs now, if it must not: its view is not the
+    /// cluster's — it is isolated, fenced, in a minority or past the blast radius (restarts are
+    /// suppressed), or a host has just gone silent and its state is not known yet (a master in
+    /// the smaller side of a fresh partition still holds its peers' old verdicts). A migration
+    /// then would move a VM where the master that acts on the cluster does not see it
+    /// (simulator seed 477).
+    pub(super) fn moves_barred(&self) -> Option<String> {
+        let master = self.master.as_ref()?;
+        if let Some(why) = &master.suppressed {
+            return Some(why.clone());
+        }
+        let silent = self.config.hosts.iter().find(|h| {
+            let verdict = self.peers.get(&h.name).and_then(|p| p.verdict);
+            !self.maintenance.contains(&h.name)
+                && !self.heard_lately(&h.name)
+                && matches!(verdict, None | Some(Verdict::Running | Verdict::Suspect | Verdict::Unknown))
+        })?;
+        Some(format!("{} has gone silent and its state is not known yet", silent.name))
+    }
+
     pub(super) fn heard_lately(&self, host: &str) -> bool {
         let window = 3 * self.config.timeouts.heartbeat_interval_ms;
         let recent = |at: Option<Millis>| at.is_some_and(|at| self.now.saturating_sub(at) <= window);
@@ -1266,6 +1289,10 @@ impl Node {
         if master.evacuating.is_empty() || !master.migrating.is_empty() {
             return;
         }
+        if self.moves_barred().is_some() {
+            return;
+        }
+        let Some(master) = self.master.as_mut() else { return };
         let evacuating: Vec<String> = master.evacuating.iter().cloned().collect();
         let moved = master.moved.clone();
         for host in evacuating {
@@ -1600,10 +1627,11 @@ mod tests {
         assert!(node.is_master());
         assert!(moved(&outcome[0]), "host-3 in contact: moved {:?}", outcome[0]);
         let refused = outcome[1].iter().any(|a| {
-            matches!(a, Action::Record(e) if e.kind == EventKind::CommandRefused && e.message.contains("not been heard"))
+            matches!(a, Action::Record(e) if e.kind == EventKind::CommandRefused && e.message.contains("host-3 has gone silent"))
         });
         // Silent for 3.5 s, more than three heartbeat intervals (1 s each here), less than the
-        // dead-time (12 s): its verdict still says running.
+        // dead-time (12 s): its verdict still says running, so nothing moves anywhere until its
+        // state is known (the master might be on the smaller side of a fresh partition).
         assert!(!moved(&outcome[1]) && refused, "host-3 silent: refused {:?}", outcome[1]);
     }
 

@@ -334,17 +334,13 @@ pub fn balance_input(input: &policy::balance::BalanceInput) -> wit_balancing::Ba
             })
             .collect(),
         host_names: input.host_names.clone(),
-        vms: input
-            .vms
-            .iter()
-            .map(|v| wit_balancing::BalanceVm {
-                host: v.host,
-                memory_mib: v.memory_mib,
-                vcpus: v.vcpus,
-                cpu_percent: v.cpu_percent,
-                movable: v.movable,
-            })
-            .collect(),
+        vms: wit_balancing::BalanceVms {
+            host: input.vms.iter().map(|v| v.host).collect(),
+            memory_mib: input.vms.iter().map(|v| v.memory_mib).collect(),
+            vcpus: input.vms.iter().map(|v| v.vcpus).collect(),
+            cpu_percent: input.vms.iter().map(|v| v.cpu_percent).collect(),
+            movable: input.vms.iter().map(|v| v.movable).collect(),
+        },
         rules: input
             .rules
             .iter()

@@ -41,15 +41,16 @@ fn from_wit(input: wit::BalanceInput) -> BalanceInput {
             })
             .collect(),
         host_names: input.host_names,
-        vms: input
-            .vms
-            .into_iter()
-            .map(|v| policy::BalanceVm {
-                host: v.host,
-                memory_mib: v.memory_mib,
-                vcpus: v.vcpus,
-                cpu_percent: v.cpu_percent,
-                movable: v.movable,
+        vms: (0..input.vms.host.len())
+            .map(|i| {
+                let get = |list: &[u32]| list.get(i).copied().unwrap_or(0);
+                policy::BalanceVm {
+                    host: input.vms.host[i],
+                    memory_mib: input.vms.memory_mib.get(i).copied().unwrap_or(0),
+                    vcpus: get(&input.vms.vcpus),
+                    cpu_percent: get(&input.vms.cpu_percent),
+                    movable: input.vms.movable.get(i).copied().unwrap_or(false),
+                }
             })
             .collect(),
         vm_names: Vec::new(),

@@ -16,15 +16,15 @@ impl Guest for P {
     fn propose(input: BalanceInput) -> Result<Vec<BalanceMove>, String> {
         let mode = input.settings.iter().find(|s| s.key == "mode").map(|s| s.value.clone()).unwrap_or_default();
         let hosts = input.hosts.len() as u32;
-        let other = |vm: u32| (input.vms[vm as usize].host + 2) % hosts.max(1);
+        let other = |vm: u32| (input.vms.host[vm as usize] + 2) % hosts.max(1);
         Ok(match mode.as_str() {
             "breaks-rule" => {
                 let rule = input.rules.first().ok_or("no rule")?;
                 let (a, b) = (rule.vms[0], rule.vms[1]);
-                vec![to(a, input.vms[b as usize].host)]
+                vec![to(a, input.vms.host[b as usize])]
             }
-            "no-room" => vec![to(input.vms.len() as u32 - 1, 0)],
-            "unknown-vm" => vec![to(input.vms.len() as u32, 0)],
+            "no-room" => vec![to(input.vms.host.len() as u32 - 1, 0)],
+            "unknown-vm" => vec![to(input.vms.host.len() as u32, 0)],
             "twice" => vec![to(0, other(0)), to(0, other(0))],
             "too-many" => (0..=input.max_moves).map(|v| to(v, other(v))).collect(),
             "loops" => {

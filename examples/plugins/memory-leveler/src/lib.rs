@@ -19,19 +19,19 @@ impl Guest for MemoryLeveler {
             Some(s) => s.value.parse::<u64>().map_err(|_| format!("min-vm-mib: `{}` is not a number", s.value))?,
             None => 0,
         };
-        let hosts = &input.hosts;
+        let (hosts, vms) = (&input.hosts, &input.vms);
+        let count = vms.host.len();
         // Memory in use per host, and vCPUs, as the moves so far leave them.
         let mut used = vec![0u64; hosts.len()];
         let mut vcpus = vec![0u64; hosts.len()];
-        for vm in &input.vms {
-            used[vm.host as usize] += vm.memory_mib;
-            vcpus[vm.host as usize] += u64::from(vm.vcpus);
+        for v in 0..count {
+            used[vms.host[v] as usize] += vms.memory_mib[v];
+            vcpus[vms.host[v] as usize] += u64::from(vms.vcpus[v]);
         }
-        let ruled: Vec<bool> =
-            (0..input.vms.len() as u32).map(|vm| input.rules.iter().any(|r| r.vms.contains(&vm))).collect();
+        let ruled: Vec<bool> = (0..count as u32).map(|vm| input.rules.iter().any(|r| r.vms.contains(&vm))).collect();
         let share = |h: usize, used: u64| 100.0 * used as f64 / hosts[h].memory_mib.max(1) as f64;
         let takers: Vec<usize> = (0..hosts.len()).filter(|&h| hosts[h].takes).collect();
-        let mut moved = vec![false; input.vms.len()];
+        let mut moved = vec![false; count];
         let mut moves = Vec::new();
         while moves.len() < input.max_moves as usize {
             let by_share = |a: &&usize, b: &&usize| share(**a, used[**a]).total_cmp(&share(**b, used[**b]));
@@ -44,26 +44,24 @@ impl Guest for MemoryLeveler {
             }
             let limit = u64::from(hosts[empty].vcpus) * u64::from(input.vcpu_overcommit_percent) / 100;
             // The VM whose move leaves the two hosts closest.
-            let best = (0..input.vms.len())
+            let best = (0..count)
                 .filter(|&v| {
-                    let vm = &input.vms[v];
-                    vm.host as usize == full
-                        && vm.movable
+                    vms.host[v] as usize == full
+                        && vms.movable[v]
                         && !moved[v]
                         && !ruled[v]
-                        && vm.memory_mib >= min_vm_mib
-                        && used[empty] + vm.memory_mib <= hosts[empty].memory_mib
-                        && vcpus[empty] + u64::from(vm.vcpus) <= limit
+                        && vms.memory_mib[v] >= min_vm_mib
+                        && used[empty] + vms.memory_mib[v] <= hosts[empty].memory_mib
+                        && vcpus[empty] + u64::from(vms.vcpus[v]) <= limit
                 })
                 .map(|v| {
-                    let m = input.vms[v].memory_mib;
+                    let m = vms.memory_mib[v];
                     let after = (share(full, used[full] - m) - share(empty, used[empty] + m)).abs();
                     (v, gap - after)
                 })
                 .filter(|&(_, gain)| gain >= f64::from(input.cost_percent).max(0.001))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
             let Some((v, gain)) = best else { break };
-            let vm = &input.vms[v];
             let name = |h: usize| input.host_names.get(h).cloned().unwrap_or_else(|| format!("host #{h}"));
             moves.push(BalanceMove {
                 vm: v as u32,
@@ -74,10 +72,10 @@ impl Guest for MemoryLeveler {
                     name(empty)
                 ),
             });
-            used[full] -= vm.memory_mib;
-            used[empty] += vm.memory_mib;
-            vcpus[full] -= u64::from(vm.vcpus);
-            vcpus[empty] += u64::from(vm.vcpus);
+            used[full] -= vms.memory_mib[v];
+            used[empty] += vms.memory_mib[v];
+            vcpus[full] -= u64::from(vms.vcpus[v]);
+            vcpus[empty] += u64::from(vms.vcpus[v]);
             moved[v] = true;
         }
         Ok(moves)

@@ -1926,13 +1926,7 @@ fn a_running_vms_disk_moves_to_another_directory_and_a_failover_starts_it_from_t
     };
     let wrote = qemu_io(&image, &["-c", "write -P 0xcd 0 4M"]);
     assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
-    let xml = cluster.lab.tiny_guest_xml("vm-5", 64).expect("xml").replace(
-        "</devices>",
-        &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
-            image.display()
-        ),
-    );
+    let xml = cluster.lab.tiny_guest_with_disk_xml("vm-5", 64, &image).expect("xml");
     cluster.hv[&2].define(&xml).expect("define vm-5");
     cluster.hv[&2].start("vm-5").expect("start vm-5");
     let run = cluster.cli(1, &["vm", "protect", "vm-5"]);

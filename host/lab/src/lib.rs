@@ -22,7 +22,7 @@ pub mod watchdog;
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The management networks and the migration/storage network, in address order.
@@ -513,6 +513,17 @@ impl Lab {
              <os><type arch='x86_64' machine='pc'>hvm</type><loader readonly='yes' type='rom'>{}</loader></os>\
              <on_crash>destroy</on_crash><devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>",
             rom.display()
+        ))
+    }
+
+    /// [`Self::tiny_guest_xml`] with one qcow2 disk (`vda`, virtio, no host cache) on `image`.
+    pub fn tiny_guest_with_disk_xml(&self, name: &str, memory_mib: u64, image: &Path) -> Result<String, LabError> {
+        Ok(self.tiny_guest_xml(name, memory_mib)?.replace(
+            "</devices>",
+            &format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
+                image.display()
+            ),
         ))
     }
 

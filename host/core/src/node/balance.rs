@@ -426,6 +426,50 @@ mod tests {
     }
 
     #[test]
+    fn a_proposal_is_cut_where_it_would_lower_the_failover_plans_tolerance_below_its_target() {
+        // Hosts of 4096 MiB. host-1 (master) runs `big` (3000 MiB) alone, host-2 is empty,
+        // host-3 runs four VMs of 700 MiB. Even memory would move two of those to host-2 — and
+        // then neither host-2 nor host-3 could take `big` if host-1 failed (2696 MiB free
+        // each): the cluster would tolerate no failure, below the target of one. The proposal
+        // keeps its first move only.
+        let proposal = |target: u32| {
+            let mut config = cluster(3, 5);
+            for host in &mut config.hosts {
+                host.memory_mib = 4096;
+            }
+            config.vms[0].memory_mib = 3000;
+            for vm in &mut config.vms[1..] {
+                vm.memory_mib = 700;
+            }
+            config.ha.host_failures_to_tolerate = target;
+            let mut node = Node::new("host-1", config, 0);
+            let mut p = BuiltinPolicies;
+            let on_3: Vec<VmReport> = (2..=5).map(|i| VmReport { vm: format!("vm-{i}"), generation: 1 }).collect();
+            for now in (0..30_000).step_by(250) {
+                let seq = now / 250 + 1;
+                for input in [
+                    Input::Tick,
+                    beat_with("host-2", seq, &[("host-1", seq)], vec![]),
+                    beat_with("host-3", seq, &[("host-1", seq)], on_3.clone()),
+                    Input::DatastoreWritten { datastore: "ds1".into(), ok: true },
+                    Input::VmState { vm: "vm-1".into(), generation: 1, state: super::super::VmState::Running },
+                ] {
+                    node.handle(now, input, &mut p);
+                }
+            }
+            assert!(node.is_master());
+            node.balance_proposal(&mut p).expect("master")
+        };
+        let free = proposal(0);
+        let moved = |p: &Proposal| p.moves.iter().map(|m| format!("{} → {}", m.vm, m.to)).collect::<Vec<_>>();
+        assert_eq!(moved(&free), vec!["vm-2 → host-2", "vm-3 → host-2"], "{free:?}");
+        // With the target of one: the second move goes (host-2 keeps 3396 MiB free for `big`).
+        let kept = proposal(1);
+        assert_eq!(moved(&kept), vec!["vm-2 → host-2"], "{kept:?}");
+        assert_eq!(kept.imbalance_after, kept.moves[0].imbalance_after);
+    }
+
+    #[test]
     fn a_failing_balancing_plugin_raises_an_alert_and_the_built_in_policy_balances() {
         let (kinds, _) = spread_with(None, &mut FailingPlugin);
         assert_eq!(kinds.first(), Some(&EventKind::PluginFailed), "{kinds:?}");

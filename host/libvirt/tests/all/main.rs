@@ -218,13 +218,7 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     // A guest with its disk on the shared image directory migrates live, disk and all.
     let image = lab.make_image("t-shared", 16).expect("qemu-img");
     let images = lab.images_dir().expect("images");
-    let with_shared_disk = lab.tiny_guest_xml("t-shared", 64).expect("xml").replace(
-        "</devices>",
-        &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
-            image.display()
-        ),
-    );
+    let with_shared_disk = lab.tiny_guest_with_disk_xml("t-shared", 64, &image).expect("xml");
     a.define(&with_shared_disk).expect("define");
     a.start("t-shared").expect("start");
     let shared = [images.to_string_lossy().into_owned()];
@@ -240,13 +234,7 @@ fn a_running_guest_migrates_live_and_a_migration_that_cannot_work_says_why() {
     // of the same size waits there) while the guest runs.
     let local = lab.make_local_image(1, "t-copy", 16).expect("qemu-img");
     lab.make_local_image(2, "t-copy", 16).expect("qemu-img");
-    let with_local_disk = lab.tiny_guest_xml("t-copy", 64).expect("xml").replace(
-        "</devices>",
-        &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
-            local.display()
-        ),
-    );
+    let with_local_disk = lab.tiny_guest_with_disk_xml("t-copy", 64, &local).expect("xml");
     // A pattern on the source disk, to find on the copy.
     let qemu_io = |host: usize, command: &str| {
         let file = lab.local_images_dir(host).join("t-copy.qcow2");
@@ -491,13 +479,7 @@ fn a_running_guests_disk_moves_to_another_directory_and_a_dropped_copy_leaves_no
         .output()
         .expect("qemu-io");
     assert!(pattern.status.success(), "{}", String::from_utf8_lossy(&pattern.stderr));
-    let xml = lab.tiny_guest_xml("t-store", 64).expect("xml").replace(
-        "</devices>",
-        &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/><source file='{}'/><target dev='vda' bus='virtio'/></disk></devices>",
-            image.display()
-        ),
-    );
+    let xml = lab.tiny_guest_with_disk_xml("t-store", 64, &image).expect("xml");
     hv.define(&xml).expect("define");
     hv.start("t-store").expect("start");
     let moved_dir = lab.images_dir().expect("images").join("moved");

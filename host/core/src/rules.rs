@@ -61,24 +61,34 @@ impl Rule {
         if !self.vms.iter().any(|v| v == vm) {
             return None;
         }
-        let others = || self.vms.iter().filter(|v| *v != vm).filter_map(|v| at.get(v));
-        Some(match self.kind {
+        let others = self.vms.iter().filter(|v| *v != vm).filter_map(|v| at.get(v)).collect();
+        Some(self.avoid_beside(others, candidates))
+    }
+
+    /// Hosts of `candidates` a VM of this rule may not go to while the rule's other VMs run on
+    /// `others`.
+    fn avoid_beside(&self, others: BTreeSet<&String>, candidates: &[String]) -> BTreeSet<String> {
+        match self.kind {
             RuleKind::VmHost => candidates.iter().filter(|h| !self.hosts.contains(h)).cloned().collect(),
-            RuleKind::Apart => others().cloned().collect(),
-            RuleKind::Together => {
-                let with: BTreeSet<&String> = others().collect();
-                if with.is_empty() {
-                    BTreeSet::new()
-                } else {
-                    candidates.iter().filter(|h| !with.contains(h)).cloned().collect()
-                }
-            }
-        })
+            RuleKind::Apart => others.into_iter().cloned().collect(),
+            RuleKind::Together if others.is_empty() => BTreeSet::new(),
+            RuleKind::Together => candidates.iter().filter(|h| !others.contains(h)).cloned().collect(),
+        }
     }
 
     /// Whether `vm` on `host` keeps this rule, the others being where `at` says.
     fn kept(&self, vm: &str, host: &str, at: &BTreeMap<String, String>, candidates: &[String]) -> bool {
         self.avoid(vm, at, candidates).is_none_or(|avoid| !avoid.contains(host))
+    }
+
+    /// The same, with a VM counted on every host it is on (`at`: a migration's two ends, every
+    /// copy of a VM started twice).
+    pub(crate) fn kept_everywhere(&self, vm: &str, host: &str, at: &BTreeMap<String, Vec<String>>) -> bool {
+        if !self.vms.iter().any(|v| v == vm) {
+            return true;
+        }
+        let others = self.vms.iter().filter(|v| *v != vm).filter_map(|v| at.get(v)).flatten().collect();
+        !self.avoid_beside(others, &[host.to_string()]).contains(host)
     }
 }
 

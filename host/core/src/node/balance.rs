@@ -189,7 +189,6 @@ impl Node {
     /// instant of the migrations, and room on the target for everything that is or is
     /// arriving there.
     fn allowed_now(&self, m: &Move, starting: &[Move]) -> Result<(), String> {
-        use crate::rules::{RuleKind, Strength};
         // Every copy counts (a VM started outside halo as well runs on two hosts).
         let mut at: BTreeMap<String, Vec<String>> =
             self.reported_locations().into_iter().map(|(vm, host)| (vm, vec![host])).collect();
@@ -205,16 +204,13 @@ impl Node {
         for f in in_flight.clone() {
             at.entry(f.vm.clone()).or_default().push(f.to.clone());
         }
-        for rule in self.config.rules.iter().filter(|r| r.strength == Strength::Must && r.vms.contains(&m.vm)) {
-            let others = || rule.vms.iter().filter(|v| **v != m.vm).filter_map(|v| at.get(v)).flatten();
-            let kept = match rule.kind {
-                RuleKind::VmHost => rule.hosts.contains(&m.to),
-                RuleKind::Apart => !others().any(|h| *h == m.to),
-                RuleKind::Together => others().next().is_none() || others().any(|h| *h == m.to),
-            };
-            if !kept {
-                return Err(format!("it would break rule {} while the moves in flight run", rule.name));
-            }
+        if let Some(rule) = self
+            .config
+            .rules
+            .iter()
+            .find(|r| r.strength == crate::rules::Strength::Must && !r.kept_everywhere(&m.vm, &m.to, &at))
+        {
+            return Err(format!("it would break rule {} while the moves in flight run", rule.name));
         }
         let memory = |vm: &str| self.config.vm(vm).map_or(0, |v| v.memory_mib);
         let on_target: u64 = at.iter().filter(|(_, hosts)| hosts.contains(&m.to)).map(|(vm, _)| memory(vm)).sum();

@@ -358,4 +358,91 @@ fn main() {
     println!("  first load, filling cache: {:>7.2} ms", first.info().load_time.as_secs_f64() * 1e3);
     println!("  from the AOT cache       : {:>7.2} ms", cached.as_secs_f64() * 1e3);
     let _ = std::fs::remove_dir_all(&dir);
+
+    // 4. The same first-fit policy in Rust (halo-plugin-sdk), Python and JavaScript.
+    languages();
+}
+
+/// `vms` VMs on `hosts` hosts, names and rules as a site has them, for the first-fit examples.
+fn first_fit_input(vms: usize, hosts: usize) -> PlacementInput {
+    PlacementInput {
+        reason: PlacementReason::Failover,
+        vms: (0..vms)
+            .map(|i| VmToPlace {
+                name: format!("vm-{i:05}"),
+                memory_mib: 512 + 512 * (i as u64 % 4),
+                vcpus: 1 + (i % 4) as u32,
+                priority: RestartPriority::Restart,
+                required_host_labels: if i % 10 == 0 { vec!["ssd".into()] } else { vec![] },
+                anti_affinity_group: (i % 25 == 0).then(|| format!("group-{}", i % 3)),
+                avoid_hosts: vec![format!("host-{:04}", i % hosts)],
+                datastores: vec!["ds1".into()],
+            })
+            .collect(),
+        hosts: (0..hosts)
+            .map(|i| CandidateHost {
+                name: format!("host-{i:04}"),
+                total_memory_mib: 65_536,
+                free_memory_mib: 24_576,
+                total_vcpus: 32,
+                allocated_vcpus: 8,
+                labels: if i % 2 == 0 { vec!["ssd".into()] } else { vec![] },
+                datastores: vec!["ds1".into()],
+                maintenance: i % 17 == 16,
+                anti_affinity_groups: vec![],
+            })
+            .collect(),
+        vcpu_overcommit_percent: 400,
+        settings: vec![],
+    }
+}
+
+fn languages() {
+    println!(
+        "
+the first-fit example in three languages (examples/plugins/first-fit*), fuel budget 10 s"
+    );
+    let example: PlacementInput = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/inputs/placement.json"),
+        )
+        .expect("example input"),
+    )
+    .expect("example input parses");
+    let big = first_fit_input(1_000, 100);
+    let limits = SandboxLimits { cpu: CpuBudget::Fuel { millis: 10_000 }, ..SandboxLimits::default() };
+    let mut answers = Vec::new();
+    for (language, file) in [
+        ("Rust (SDK)", "first_fit_placement.wasm"),
+        ("Python", "first_fit_py.wasm"),
+        ("JavaScript", "first_fit_js.wasm"),
+    ] {
+        let path = plugin(file);
+        let dir = std::env::temp_dir().join(format!("halo-bench-lang-{}-{file}", std::process::id()));
+        let runtime = Runtime::new(limits, Some(&dir)).expect("runtime");
+        let first = runtime.load::<Placement>(&path).expect("load");
+        let cached = median(5, || {
+            let p = runtime.load::<Placement>(&path).expect("load");
+            assert!(p.info().from_cache);
+        });
+        let small = median(21, || {
+            std::hint::black_box(runtime.call(&first, &example).expect("example decision"));
+        });
+        let large = median(5, || {
+            std::hint::black_box(runtime.call(&first, &big).expect("1,000-VM decision"));
+        });
+        answers.push(runtime.call(&first, &big).expect("1,000-VM decision"));
+        println!(
+            "  {language:<11}: {:>6.1} MB, load {:>8.1} ms compiling ({:>6.2} ms from the AOT cache), decision: example {:>7.3} ms, 1,000 VMs on 100 hosts {:>8.2} ms",
+            first.info().size as f64 / 1e6,
+            first.info().load_time.as_secs_f64() * 1e3,
+            cached.as_secs_f64() * 1e3,
+            small.as_secs_f64() * 1e3,
+            large.as_secs_f64() * 1e3,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "the three languages disagree on the 1,000-VM input");
+    let placed = answers.first().map_or(0, |a| a.assignments.len());
+    println!("  (all three answer alike: {placed} of 1,000 placed)");
 }

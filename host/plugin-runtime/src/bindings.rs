@@ -1,18 +1,18 @@
-//! Host bindings of the policy worlds, generated from `wit/0.1.2` (the contract version this
-//! agent speaks; it only adds to 0.1.1 and 0.1.0, whose plugins link against it unchanged). The `types`
+//! Host bindings of the policy worlds, generated from `wit/0.1.3` (the contract version this
+//! agent speaks; it only adds to 0.1.2, 0.1.1 and 0.1.0, whose plugins link against it unchanged). The `types`
 //! and `log` interfaces are generated once, with the placement world, and shared by the others.
 
 #![allow(missing_docs)]
 
 /// `halo:policy/placement-engine`; also owns the shared `types` and `log` bindings.
 pub mod placement {
-    wasmtime::component::bindgen!({ path: "../../wit/0.1.2", world: "placement-engine" });
+    wasmtime::component::bindgen!({ path: "../../wit/0.1.3", world: "placement-engine" });
 }
 
 /// `halo:policy/isolation-policy`.
 pub mod isolation {
     wasmtime::component::bindgen!({
-        path: "../../wit/0.1.2",
+        path: "../../wit/0.1.3",
         world: "isolation-policy",
         with: {
             "halo:policy/types": crate::bindings::placement::halo::policy::types,
@@ -24,7 +24,7 @@ pub mod isolation {
 /// `halo:policy/restart-policy`.
 pub mod restart {
     wasmtime::component::bindgen!({
-        path: "../../wit/0.1.2",
+        path: "../../wit/0.1.3",
         world: "restart-policy",
         with: {
             "halo:policy/types": crate::bindings::placement::halo::policy::types,
@@ -36,8 +36,21 @@ pub mod restart {
 /// `halo:policy/compact-placement-engine` (new in 0.1.1).
 pub mod compact {
     wasmtime::component::bindgen!({
-        path: "../../wit/0.1.2",
+        path: "../../wit/0.1.3",
         world: "compact-placement-engine",
+        with: {
+            "halo:policy/types": crate::bindings::placement::halo::policy::types,
+            "halo:policy/log": crate::bindings::placement::halo::policy::log,
+        },
+    });
+}
+
+/// `halo:policy/columnar-placement-engine` (new in 0.1.3). The call itself uses the borrowing
+/// types of `convert`; these bindings check the export at load time.
+pub mod columnar {
+    wasmtime::component::bindgen!({
+        path: "../../wit/0.1.3",
+        world: "columnar-placement-engine",
         with: {
             "halo:policy/types": crate::bindings::placement::halo::policy::types,
             "halo:policy/log": crate::bindings::placement::halo::policy::log,
@@ -48,7 +61,7 @@ pub mod compact {
 /// `halo:policy/balancing-policy` (new in 0.1.2).
 pub mod balancing {
     wasmtime::component::bindgen!({
-        path: "../../wit/0.1.2",
+        path: "../../wit/0.1.3",
         world: "balancing-policy",
         with: {
             "halo:policy/types": crate::bindings::placement::halo::policy::types,
@@ -58,6 +71,7 @@ pub mod balancing {
 }
 
 pub use balancing::exports::halo::policy::balancing as wit_balancing;
+pub use columnar::exports::halo::policy::columnar_placement as wit_columnar;
 pub use compact::exports::halo::policy::compact_placement as wit_compact;
 pub use placement::halo::policy::log;
 pub use placement::halo::policy::types as wit;

@@ -3,10 +3,9 @@
 
 use halo_policy as policy;
 
-use wasmtime::component::{ComponentType, Lower};
+use wasmtime::component::{ComponentType, Lift, Lower};
 
-use crate::bindings::{wit, wit_balancing};
-use crate::bulk::{CompactHostAbi, CompactHostFields, CompactVmAbi, CompactVmFields};
+use crate::bindings::{wit, wit_balancing, wit_columnar, wit_compact};
 
 fn settings(s: &[policy::Setting]) -> Vec<wit::Setting> {
     s.iter().map(|s| wit::Setting { key: s.key.clone(), value: s.value.clone() }).collect()
@@ -214,8 +213,8 @@ pub fn placement_answer(answer: wit::Placement) -> policy::Placement {
 #[component(record)]
 pub struct CompactInputRef<'a> {
     reason: wit::PlacementReason,
-    vms: Vec<CompactVmAbi>,
-    hosts: Vec<CompactHostAbi>,
+    vms: Vec<wit_compact::CompactVm>,
+    hosts: Vec<wit_compact::CompactHost>,
     #[component(name = "vm-required-labels")]
     vm_required_labels: RelationRef<'a>,
     #[component(name = "vm-avoid-hosts")]
@@ -255,26 +254,22 @@ pub fn compact_input(input: &policy::compact::CompactInput) -> CompactInputRef<'
         vms: input
             .vms
             .iter()
-            .map(|vm| {
-                CompactVmAbi(CompactVmFields {
-                    memory_mib: vm.memory_mib,
-                    vcpus: vm.vcpus,
-                    priority: priority(vm.priority),
-                    anti_affinity_group: vm.anti_affinity_group,
-                })
+            .map(|vm| wit_compact::CompactVm {
+                memory_mib: vm.memory_mib,
+                vcpus: vm.vcpus,
+                priority: priority(vm.priority),
+                anti_affinity_group: vm.anti_affinity_group,
             })
             .collect(),
         hosts: input
             .hosts
             .iter()
-            .map(|h| {
-                CompactHostAbi(CompactHostFields {
-                    total_memory_mib: h.total_memory_mib,
-                    free_memory_mib: h.free_memory_mib,
-                    total_vcpus: h.total_vcpus,
-                    allocated_vcpus: h.allocated_vcpus,
-                    maintenance: h.maintenance,
-                })
+            .map(|h| wit_compact::CompactHost {
+                total_memory_mib: h.total_memory_mib,
+                free_memory_mib: h.free_memory_mib,
+                total_vcpus: h.total_vcpus,
+                allocated_vcpus: h.allocated_vcpus,
+                maintenance: h.maintenance,
             })
             .collect(),
         vm_required_labels: relation(&input.vm_required_labels),
@@ -289,6 +284,182 @@ pub fn compact_input(input: &policy::compact::CompactInput) -> CompactInputRef<'
         vcpu_overcommit_percent: input.vcpu_overcommit_percent,
         settings: setting_refs(&input.settings),
     }
+}
+
+/// The compact placement answer (contract 0.1.1) in the policy's form.
+pub fn compact_answer(answer: wit_compact::CompactPlacement) -> policy::compact::CompactPlacement {
+    policy::compact::CompactPlacement {
+        assignments: answer
+            .assignments
+            .into_iter()
+            .map(|a| policy::compact::CompactAssignment { vm: a.vm, host: a.host })
+            .collect(),
+        unplaced: compact_unplaced(answer.unplaced),
+    }
+}
+
+fn compact_unplaced(list: Vec<wit_compact::CompactUnplaced>) -> Vec<policy::compact::CompactUnplaced> {
+    list.into_iter().map(|u| policy::compact::CompactUnplaced { vm: u.vm, reason: reason(u.reason) }).collect()
+}
+
+/// The VMs as columns (`vm-columns`, contract 0.1.3).
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct VmColumns {
+    #[component(name = "memory-mib")]
+    memory_mib: Vec<u64>,
+    vcpus: Vec<u32>,
+    priority: Vec<u8>,
+}
+
+/// The hosts as columns (`host-columns`, contract 0.1.3).
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct HostColumns {
+    #[component(name = "total-memory-mib")]
+    total_memory_mib: Vec<u64>,
+    #[component(name = "free-memory-mib")]
+    free_memory_mib: Vec<u64>,
+    #[component(name = "total-vcpus")]
+    total_vcpus: Vec<u32>,
+    #[component(name = "allocated-vcpus")]
+    allocated_vcpus: Vec<u32>,
+    maintenance: Vec<bool>,
+}
+
+/// The columnar placement input as the plugin receives it (`columnar-input`, contract 0.1.3):
+/// every list is a list of numbers, which wasmtime copies in one go; the relations and names
+/// are borrowed from the compact input.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct ColumnarInputRef<'a> {
+    reason: wit::PlacementReason,
+    vms: VmColumns,
+    hosts: HostColumns,
+    #[component(name = "vm-anti-affinity-group")]
+    vm_anti_affinity_group: RelationOwned,
+    #[component(name = "vm-required-labels")]
+    vm_required_labels: RelationRef<'a>,
+    #[component(name = "vm-avoid-hosts")]
+    vm_avoid_hosts: RelationRef<'a>,
+    #[component(name = "vm-datastores")]
+    vm_datastores: RelationRef<'a>,
+    #[component(name = "host-labels")]
+    host_labels: RelationRef<'a>,
+    #[component(name = "host-datastores")]
+    host_datastores: RelationRef<'a>,
+    #[component(name = "host-anti-affinity-groups")]
+    host_anti_affinity_groups: RelationRef<'a>,
+    labels: &'a [String],
+    datastores: &'a [String],
+    #[component(name = "anti-affinity-groups")]
+    anti_affinity_groups: &'a [String],
+    #[component(name = "vcpu-overcommit-percent")]
+    vcpu_overcommit_percent: u32,
+    settings: Vec<SettingRef<'a>>,
+}
+
+/// A relation built for the crossing (the VMs' anti-affinity groups, which the compact input
+/// keeps beside each VM).
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct RelationOwned {
+    starts: Vec<u32>,
+    items: Vec<u32>,
+}
+
+/// A restart priority as the columnar world carries it: the index of its case in the WIT enum.
+fn priority_index(p: policy::RestartPriority) -> u8 {
+    match p {
+        policy::RestartPriority::Restart => 0,
+        policy::RestartPriority::BestEffort => 1,
+        policy::RestartPriority::Unprotected => 2,
+    }
+}
+
+/// The columnar placement input in WIT form, borrowing what it can from `input`.
+pub fn columnar_input(input: &policy::compact::CompactInput) -> ColumnarInputRef<'_> {
+    let vms = &input.vms;
+    let hosts = &input.hosts;
+    let mut groups = policy::compact::Relation::default();
+    for vm in vms {
+        groups.push(vm.anti_affinity_group);
+    }
+    ColumnarInputRef {
+        reason: placement_reason(input.reason),
+        vms: VmColumns {
+            memory_mib: vms.iter().map(|vm| vm.memory_mib).collect(),
+            vcpus: vms.iter().map(|vm| vm.vcpus).collect(),
+            priority: vms.iter().map(|vm| priority_index(vm.priority)).collect(),
+        },
+        hosts: HostColumns {
+            total_memory_mib: hosts.iter().map(|h| h.total_memory_mib).collect(),
+            free_memory_mib: hosts.iter().map(|h| h.free_memory_mib).collect(),
+            total_vcpus: hosts.iter().map(|h| h.total_vcpus).collect(),
+            allocated_vcpus: hosts.iter().map(|h| h.allocated_vcpus).collect(),
+            maintenance: hosts.iter().map(|h| h.maintenance).collect(),
+        },
+        vm_anti_affinity_group: RelationOwned { starts: groups.starts, items: groups.items },
+        vm_required_labels: relation(&input.vm_required_labels),
+        vm_avoid_hosts: relation(&input.vm_avoid_hosts),
+        vm_datastores: relation(&input.vm_datastores),
+        host_labels: relation(&input.host_labels),
+        host_datastores: relation(&input.host_datastores),
+        host_anti_affinity_groups: relation(&input.host_anti_affinity_groups),
+        labels: &input.labels,
+        datastores: &input.datastores,
+        anti_affinity_groups: &input.anti_affinity_groups,
+        vcpu_overcommit_percent: input.vcpu_overcommit_percent,
+        settings: setting_refs(&input.settings),
+    }
+}
+
+/// `columnar-placement` (the plugin's answer, contract 0.1.3), lifted by wasmtime: the two
+/// columns of numbers in one copy each.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct ColumnarAnswer {
+    #[component(name = "assigned-vms")]
+    assigned_vms: Vec<u32>,
+    #[component(name = "assigned-hosts")]
+    assigned_hosts: Vec<u32>,
+    unplaced: Vec<wit_columnar::Unplaced>,
+}
+
+impl ColumnarAnswer {
+    /// An answer as a plugin would give it (for the fuzz target).
+    pub fn new(assigned_vms: Vec<u32>, assigned_hosts: Vec<u32>, unplaced: Vec<(u32, String)>) -> Self {
+        Self {
+            assigned_vms,
+            assigned_hosts,
+            unplaced: unplaced.into_iter().map(|(vm, reason)| wit_columnar::Unplaced { vm, reason }).collect(),
+        }
+    }
+}
+
+/// The columnar answer in the policy's form, or why it is not one (columns of different
+/// lengths).
+pub fn columnar_answer(answer: ColumnarAnswer) -> Result<policy::compact::CompactPlacement, String> {
+    if answer.assigned_vms.len() != answer.assigned_hosts.len() {
+        return Err(format!(
+            "the answer assigns {} VMs to {} hosts: `assigned-vms` and `assigned-hosts` must be equally long",
+            answer.assigned_vms.len(),
+            answer.assigned_hosts.len()
+        ));
+    }
+    Ok(policy::compact::CompactPlacement {
+        assignments: answer
+            .assigned_vms
+            .into_iter()
+            .zip(answer.assigned_hosts)
+            .map(|(vm, host)| policy::compact::CompactAssignment { vm, host })
+            .collect(),
+        unplaced: answer
+            .unplaced
+            .into_iter()
+            .map(|u| policy::compact::CompactUnplaced { vm: u.vm, reason: reason(u.reason) })
+            .collect(),
+    })
 }
 
 /// The restart input in WIT form.

@@ -14,7 +14,6 @@
 #![deny(unsafe_code)]
 
 mod bindings;
-mod bulk;
 pub mod cache;
 pub mod compile;
 mod convert;
@@ -24,6 +23,30 @@ pub mod runtime;
 pub mod sandbox;
 pub mod slot;
 pub mod world;
+
+/// Entry points for the fuzz targets in `host/plugin-runtime/fuzz` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use halo_policy as policy;
+
+    /// What the runtime makes of a columnar plugin's answer to `input`: the columns paired,
+    /// checked in positions, named; or why it is refused.
+    pub fn judge_columnar_answer(
+        input: &policy::PlacementInput,
+        assigned_vms: Vec<u32>,
+        assigned_hosts: Vec<u32>,
+        unplaced: Vec<(u32, String)>,
+    ) -> Result<policy::Placement, String> {
+        let compact = policy::compact::CompactInput::from_named(input);
+        let answer = crate::convert::columnar_answer(crate::convert::ColumnarAnswer::new(
+            assigned_vms,
+            assigned_hosts,
+            unplaced,
+        ))?;
+        policy::placement::validate_compact(input, &compact, &answer).map_err(|e| e.to_string())?;
+        Ok(answer.to_named(input))
+    }
+}
 
 pub use compile::{ChildCompiler, CodeLimits, CompileLimits, CompilePlace, Complexity, compile_worker};
 pub use convert::MAX_REASON_CHARS;

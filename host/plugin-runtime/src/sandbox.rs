@@ -55,8 +55,28 @@ pub const MAX_TRANSFER_BYTES: usize = 16 << 20;
 /// `PAGEMAP_SCAN` ioctl (kernel 6.7+) only the pages a call dirtied are reset to their initial
 /// contents, so the next call neither page-faults them in nor pays an `madvise`; that was
 /// half of a trivial call's cost. Without the ioctl wasmtime falls back to `memset` of this
-/// much memory, which is why it stays small.
+/// much memory, which is why it stays small there ([`keep_resident`]).
 pub const KEEP_RESIDENT: usize = 2 << 20;
+
+/// With `PAGEMAP_SCAN`, a 10,000-VM placement's pages (≈ 5 MiB of columns, records and answer)
+/// all stay resident: the columnar world's guest touches more memory than the 0.1.1 world did,
+/// and re-faulting it cost ≈ 0.05x native (docs/performance.md, session 14).
+pub const KEEP_RESIDENT_WITH_PAGEMAP_SCAN: usize = 8 << 20;
+
+/// What to keep resident on this kernel: [`KEEP_RESIDENT_WITH_PAGEMAP_SCAN`] from Linux 6.7
+/// on, where only dirtied pages are reset; [`KEEP_RESIDENT`] where every call would `memset`
+/// all of it.
+pub fn keep_resident() -> usize {
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    match (numbers.next(), numbers.next()) {
+        (Some(major), Some(minor)) if (major, minor) >= (6, 7) => KEEP_RESIDENT_WITH_PAGEMAP_SCAN,
+        _ => KEEP_RESIDENT,
+    }
+}
+
+/// Core module instances one plugin may have (a Python plugin built by componentize-py has 38).
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 
 /// How a call's CPU time is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,15 +177,18 @@ impl Sandbox {
         let mut config = engine_config(&limits);
         let slots = limits.concurrent_calls.max(1);
         let mut pool = PoolingAllocationConfig::default();
+        // A Rust plugin is 1–3 core instances; a Python one (componentize-py: the interpreter,
+        // libc, its adapters) 38, a JavaScript one 3. Slots for core instances are address
+        // space, not memory, until used.
         pool.total_component_instances(slots)
-            .total_core_instances(slots * 8)
+            .total_core_instances(slots * CORE_INSTANCES_PER_COMPONENT)
             .total_memories(slots * 2)
             .total_tables(slots * 4)
-            .max_core_instances_per_component(16)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
             .max_memories_per_component(2)
             .max_tables_per_component(8)
             .max_memory_size(limits.memory_bytes)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .linear_memory_keep_resident(keep_resident())
             .table_keep_resident(KEEP_RESIDENT)
             .pagemap_scan(Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -8,7 +8,6 @@ use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, InstancePre};
 
 use crate::bindings;
-use crate::bulk;
 use crate::convert;
 use crate::sandbox::CallState;
 
@@ -111,40 +110,62 @@ impl PolicyWorld for Isolation {
     }
 }
 
-/// `placement-engine` or `compact-placement-engine`: the agent's placement decision, taken by
-/// a plugin of either world.
+/// `placement-engine`, `compact-placement-engine` or `columnar-placement-engine`: the
+/// agent's placement decision, taken by a plugin of any of them.
 pub struct Placement;
+
+/// Which placement world a plugin serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlacementShape {
+    /// `placement` (0.1.0): everything named.
+    Named,
+    /// `compact-placement` (0.1.1): positions, VMs and hosts as lists of records.
+    Compact,
+    /// `columnar-placement` (0.1.3): positions, VMs, hosts and assignments as columns.
+    Columnar,
+}
 
 /// The placement world prepared: the bindings' checks done, and the `place` function's index,
 /// which the call uses with the borrowing input types of [`convert`].
 pub struct PlacementPre {
     pre: InstancePre<CallState>,
     place: ComponentExportIndex,
-    compact: bool,
+    shape: PlacementShape,
 }
 
-/// The export of a compact placement plugin.
+/// The exports of a compact and of a columnar placement plugin.
 const COMPACT_INTERFACE: &str = "compact-placement";
+const COLUMNAR_INTERFACE: &str = "columnar-placement";
 
-fn is_compact(export: &str) -> bool {
-    export.starts_with(&format!("halo:policy/{COMPACT_INTERFACE}@"))
+fn shape(export: &str) -> PlacementShape {
+    if export.starts_with(&format!("halo:policy/{COLUMNAR_INTERFACE}@")) {
+        PlacementShape::Columnar
+    } else if export.starts_with(&format!("halo:policy/{COMPACT_INTERFACE}@")) {
+        PlacementShape::Compact
+    } else {
+        PlacementShape::Named
+    }
 }
+
+type NamedPlace<'a> = (Result<bindings::wit::Placement, String>,);
+type CompactPlace = (Result<bindings::wit_compact::CompactPlacement, String>,);
+type ColumnarPlace = (Result<convert::ColumnarAnswer, String>,);
 
 impl PolicyWorld for Placement {
     const WORLD: &'static str = "placement-engine";
-    const INTERFACES: &'static [&'static str] = &["placement", COMPACT_INTERFACE];
+    const INTERFACES: &'static [&'static str] = &["placement", COMPACT_INTERFACE, COLUMNAR_INTERFACE];
     type Pre = PlacementPre;
     type Input = policy::PlacementInput;
     type Answer = policy::Placement;
 
     fn prepare(pre: InstancePre<CallState>, export: &str) -> wasmtime::Result<Self::Pre> {
-        let compact = is_compact(export);
+        let shape = shape(export);
         // The generated bindings find the exports; their types are checked by
         // `instantiate_only`, which every load runs.
-        if compact {
-            bindings::compact::CompactPlacementEnginePre::new(pre.clone())?;
-        } else {
-            bindings::placement::PlacementEnginePre::new(pre.clone())?;
+        match shape {
+            PlacementShape::Named => drop(bindings::placement::PlacementEnginePre::new(pre.clone())?),
+            PlacementShape::Compact => drop(bindings::compact::CompactPlacementEnginePre::new(pre.clone())?),
+            PlacementShape::Columnar => drop(bindings::columnar::ColumnarPlacementEnginePre::new(pre.clone())?),
         }
         let component = pre.component();
         let interface =
@@ -152,11 +173,15 @@ impl PolicyWorld for Placement {
         let place = component
             .get_export_index(Some(&interface), "place")
             .ok_or_else(|| wasmtime::format_err!("no function `place` in the placement export"))?;
-        Ok(PlacementPre { pre, place, compact })
+        Ok(PlacementPre { pre, place, shape })
     }
 
     fn world(export: &str) -> &'static str {
-        if is_compact(export) { "compact-placement-engine" } else { Self::WORLD }
+        match shape(export) {
+            PlacementShape::Named => Self::WORLD,
+            PlacementShape::Compact => "compact-placement-engine",
+            PlacementShape::Columnar => "columnar-placement-engine",
+        }
     }
 
     /// Also checks `place` against the exact types a call uses (every record, field, case
@@ -164,20 +189,17 @@ impl PolicyWorld for Placement {
     /// contract that claims the right version is refused here, not at every call.
     fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
         let instance = pre.pre.instantiate(&mut *store)?;
-        if pre.compact {
-            instance
-                .get_typed_func::<(&convert::CompactInputRef<'_>,), (Result<bulk::CompactPlacementAbi, String>,)>(
-                    &mut *store,
-                    &pre.place,
-                )
-                .map(drop)
-        } else {
-            instance
-                .get_typed_func::<(&convert::PlacementInputRef<'_>,), (Result<bindings::wit::Placement, String>,)>(
-                    &mut *store,
-                    &pre.place,
-                )
-                .map(drop)
+        let place = &pre.place;
+        match pre.shape {
+            PlacementShape::Named => instance
+                .get_typed_func::<(&convert::PlacementInputRef<'_>,), NamedPlace<'_>>(&mut *store, place)
+                .map(drop),
+            PlacementShape::Compact => {
+                instance.get_typed_func::<(&convert::CompactInputRef<'_>,), CompactPlace>(&mut *store, place).map(drop)
+            }
+            PlacementShape::Columnar => instance
+                .get_typed_func::<(&convert::ColumnarInputRef<'_>,), ColumnarPlace>(&mut *store, place)
+                .map(drop),
         }
     }
 
@@ -187,27 +209,33 @@ impl PolicyWorld for Placement {
         input: &Self::Input,
     ) -> wasmtime::Result<CallAnswer<Self::Answer>> {
         let instance = pre.pre.instantiate(&mut *store)?;
-        if !pre.compact {
-            let place = instance
-                .get_typed_func::<(&convert::PlacementInputRef<'_>,), (Result<bindings::wit::Placement, String>,)>(
-                    &mut *store,
-                    &pre.place,
-                )?;
+        let place = &pre.place;
+        if pre.shape == PlacementShape::Named {
+            let place =
+                instance.get_typed_func::<(&convert::PlacementInputRef<'_>,), NamedPlace<'_>>(&mut *store, place)?;
             let (answer,) = place.call(&mut *store, (&convert::placement_input(input),))?;
             return Ok(validated::<Self>(input, answer.map(convert::placement_answer)));
         }
-        // The compact world: positions cross, the answer is checked in positions and only
+        // The compact worlds: positions cross, the answer is checked in positions and only
         // then named (no name lookups, no second validation).
         let compact = policy::compact::CompactInput::from_named(input);
-        let place = instance
-            .get_typed_func::<(&convert::CompactInputRef<'_>,), (Result<bulk::CompactPlacementAbi, String>,)>(
-                &mut *store,
-                &pre.place,
-            )?;
-        let (answer,) = place.call(&mut *store, (&convert::compact_input(&compact),))?;
+        let answer = if pre.shape == PlacementShape::Compact {
+            let place =
+                instance.get_typed_func::<(&convert::CompactInputRef<'_>,), CompactPlace>(&mut *store, place)?;
+            let (answer,) = place.call(&mut *store, (&convert::compact_input(&compact),))?;
+            answer.map(convert::compact_answer).map_err(Rejected::Refused)
+        } else {
+            let place =
+                instance.get_typed_func::<(&convert::ColumnarInputRef<'_>,), ColumnarPlace>(&mut *store, place)?;
+            let (answer,) = place.call(&mut *store, (&convert::columnar_input(&compact),))?;
+            match answer {
+                Ok(answer) => convert::columnar_answer(answer).map_err(Rejected::Invalid),
+                Err(reason) => Err(Rejected::Refused(reason)),
+            }
+        };
         let answer = match answer {
-            Ok(bulk::CompactPlacementAbi(answer)) => answer,
-            Err(reason) => return Ok(Err(Rejected::Refused(reason))),
+            Ok(answer) => answer,
+            Err(rejected) => return Ok(Err(rejected)),
         };
         Ok(match policy::placement::validate_compact(input, &compact, &answer) {
             Ok(()) => Ok(answer.to_named(input)),

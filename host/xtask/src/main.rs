@@ -17,7 +17,8 @@ tasks:
   demo     build the plugins and halo, then run `halo demo` (a simulated cluster on the default plugins)
   test     build the plugins, then run every test of the workspace
   bench    build the plugins, then run the benchmarks (figures for docs/performance.md)
-  plugins  build the default, example and hostile plugins (wasm32-wasip2)
+  plugins  build the default, example and hostile plugins (wasm32-wasip2; Python and JavaScript
+           ones with componentize-py and componentize-js, installed into target/tools)
   setup    install what the build and the lab tests need (apt packages as root, the wasm target)";
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -159,7 +160,112 @@ fn plugins() -> anyhow::Result<()> {
             "memory-leveler-balancing",
         ]),
     )?;
-    run("build the hostile test plugins", cargo().args(wasm).args(["-p", "halo-hostile-plugins", "--examples"]))
+    run("build the hostile test plugins", cargo().args(wasm).args(["-p", "halo-hostile-plugins", "--examples"]))?;
+    language_plugins()
+}
+
+/// The Python and JavaScript toolchains, pinned, installed from PyPI and npm into
+/// `target/tools` (nothing global): componentize-py in a virtual environment, componentize-js
+/// with its engine (StarlingMonkey) under `node_modules`.
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+
+/// WASI features componentize-js leaves out, so the component imports nothing of WASI (halo
+/// grants none): no stdio, randomness, clocks or HTTP. `Date.now()` then reads the time the
+/// component was built, `Math.random()` a fixed sequence.
+const JS_WITHOUT: [&str; 5] = ["stdio", "random", "clocks", "http", "fetch-event"];
+
+/// Python and JavaScript plugins: (language, source directory, module or file, output name).
+const LANGUAGE_PLUGINS: [(&str, &str, &str, &str); 4] = [
+    ("python", "examples/plugins/first-fit-py", "app", "first_fit_py"),
+    ("javascript", "examples/plugins/first-fit-js", "first-fit.js", "first_fit_js"),
+    ("python", "tests/hostile-plugins/py", "hostile", "examples/hostile_py"),
+    ("javascript", "tests/hostile-plugins/js", "hostile.js", "examples/hostile_js"),
+];
+
+/// Installs the Python and JavaScript toolchains when missing and builds the plugins written
+/// in those languages whose sources changed since their last build. Each is a
+/// `placement-engine` component built against `wit/0.1.3`.
+fn language_plugins() -> anyhow::Result<()> {
+    let root = root();
+    let tools = root.join("target/tools");
+    let py = tools.join("py");
+    let componentize_py = py.join("bin/componentize-py");
+    if !componentize_py.exists() {
+        run(
+            "python3 -m venv target/tools/py (Python 3 with venv is needed for Python plugins)",
+            Command::new("python3").arg("-m").arg("venv").arg(&py),
+        )?;
+        run(
+            &format!("pip install {COMPONENTIZE_PY}"),
+            Command::new(py.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]),
+        )?;
+    }
+    let js = tools.join("js");
+    let componentize_js = js.join("node_modules/.bin/componentize-js");
+    if !componentize_js.exists() {
+        run(
+            &format!("npm install {COMPONENTIZE_JS} (Node.js 20 and npm are needed for JavaScript plugins)"),
+            Command::new("npm")
+                .args(["install", "--no-save", "--no-fund", "--no-audit", "--loglevel=error", "--prefix"])
+                .arg(&js)
+                .arg(COMPONENTIZE_JS),
+        )?;
+    }
+    let wit = root.join("wit/0.1.3");
+    let out_dir = root.join("target").join(WASM_TARGET).join("plugin");
+    for (language, dir, entry, name) in LANGUAGE_PLUGINS {
+        let source = root.join(dir);
+        let output = out_dir.join(format!("{name}.wasm"));
+        if is_newer_than_sources(&output, &[&source, &wit]) {
+            continue;
+        }
+        if let Some(parent) = output.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let what = format!("build the {language} plugin {dir}");
+        match language {
+            "python" => run(
+                &what,
+                Command::new(&componentize_py)
+                    .arg("-d")
+                    .arg(&wit)
+                    .args(["-w", "placement-engine", "componentize", entry, "--stub-wasi", "-p"])
+                    .arg(&source)
+                    .arg("-o")
+                    .arg(&output)
+                    .current_dir(&root),
+            )?,
+            _ => run(
+                &what,
+                Command::new(&componentize_js)
+                    .arg(source.join(entry))
+                    .arg("--wit")
+                    .arg(&wit)
+                    .args(["--world-name", "placement-engine", "-d"])
+                    .args(JS_WITHOUT)
+                    .arg("-o")
+                    .arg(&output)
+                    .current_dir(&root),
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// Whether `output` exists and is newer than every file under `sources`.
+fn is_newer_than_sources(output: &Path, sources: &[&Path]) -> bool {
+    fn newest(path: &Path) -> Option<std::time::SystemTime> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.is_dir() {
+            return meta.modified().ok();
+        }
+        std::fs::read_dir(path).ok()?.flatten().filter_map(|entry| newest(&entry.path())).max()
+    }
+    let Some(built) = std::fs::metadata(output).and_then(|m| m.modified()).ok() else {
+        return false;
+    };
+    sources.iter().all(|source| newest(source).is_none_or(|changed| changed < built))
 }
 
 /// Crates built only for wasm32-wasip2: their cdylibs do not link natively (export names

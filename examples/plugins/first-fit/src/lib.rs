@@ -1,23 +1,21 @@
-//! An example of a site's own placement engine, written from the WIT contract alone (no
-//! halo crates): fill hosts in name order, first fit, honouring every rule of the input
-//! (maintenance, avoided hosts, labels, datastores, anti-affinity, memory and vCPUs).
+//! An example of a site's own placement engine, written with `halo-plugin-sdk`: fill hosts in
+//! name order, first fit, honouring every rule of the input (maintenance, avoided hosts,
+//! labels, datastores, anti-affinity, memory and vCPUs). The same policy is written in Python
+//! (`examples/plugins/first-fit-py`) and JavaScript (`examples/plugins/first-fit-js`); the
+//! tests check that all three answer alike.
 //!
 //! Build: `cargo build --release --target wasm32-wasip2 -p first-fit-placement`
 //! Try:   `halo plugin run target/wasm32-wasip2/release/first_fit_placement.wasm --input examples/inputs/placement.json`
 
-wit_bindgen::generate!({ path: "../../../wit/0.1.1", world: "placement-engine" });
-
-use exports::halo::policy::placement::Guest;
-use halo::policy::log::{Level, log};
-use halo::policy::types::{Assignment, Placement, PlacementInput, UnplacedVm};
+use halo_plugin_sdk::policy::{Assignment, Placement, PlacementInput, UnplacedVm};
+use halo_plugin_sdk::{Level, log};
 
 struct FirstFit;
 
-impl Guest for FirstFit {
+impl halo_plugin_sdk::PlacementPolicy for FirstFit {
     fn place(input: PlacementInput) -> Result<Placement, String> {
         let mut hosts: Vec<_> = input.hosts.iter().collect();
         hosts.sort_by(|a, b| a.name.cmp(&b.name));
-        // Room left per host, in the sorted order.
         let mut free: Vec<u64> = hosts.iter().map(|h| h.free_memory_mib).collect();
         let mut vcpus: Vec<u64> = hosts
             .iter()
@@ -58,4 +56,4 @@ impl Guest for FirstFit {
     }
 }
 
-export!(FirstFit);
+halo_plugin_sdk::export_placement!(FirstFit);

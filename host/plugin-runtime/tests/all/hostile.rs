@@ -119,6 +119,17 @@ fn compact_answers_with_bad_positions_are_refused_and_named() {
 }
 
 #[test]
+fn columnar_assignments_of_different_lengths_are_refused() {
+    // Three VMs in `assigned-vms`, two hosts in `assigned-hosts`: no pairing is guessed.
+    falls_back::<Placement>(
+        "columnar_uneven",
+        &placement_input(),
+        FailureKind::InvalidAnswer,
+        "assigns 3 VMs to 2 hosts: `assigned-vms` and `assigned-hosts` must be equally long",
+    );
+}
+
+#[test]
 fn a_million_entries_are_refused_without_harm() {
     // 16 MiB of records: refused by the transfer limit before anything is copied.
     falls_back::<Isolation>("million_entries", &isolation_input(), FailureKind::Trap, "more than 16 MiB");

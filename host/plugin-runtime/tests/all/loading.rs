@@ -10,7 +10,7 @@ use crate::{isolation_input, placement_input, plugin, restart_input, runtime};
 fn default_plugins_load_and_agree_with_the_built_in_policies() {
     let rt = runtime();
     let isolation = rt.load::<Isolation>(&plugin("default:isolation")).expect("isolation plugin");
-    assert_eq!(isolation.info().export, "halo:policy/isolation-response@0.1.0");
+    assert_eq!(isolation.info().export, "halo:policy/isolation-response@0.1.3");
     let input = isolation_input();
     assert_eq!(
         rt.call(&isolation, &input).expect("answer"),
@@ -18,8 +18,8 @@ fn default_plugins_load_and_agree_with_the_built_in_policies() {
     );
 
     let placement = rt.load::<Placement>(&plugin("default:placement")).expect("placement plugin");
-    assert_eq!(placement.info().export, "halo:policy/compact-placement@0.1.1");
-    assert_eq!(placement.info().world, "compact-placement-engine");
+    assert_eq!(placement.info().export, "halo:policy/columnar-placement@0.1.3");
+    assert_eq!(placement.info().world, "columnar-placement-engine");
     let input = placement_input();
     let answer = rt.call(&placement, &input).expect("answer");
     assert_eq!(answer, halo_policy::placement::place_fallback(&input).0);
@@ -36,8 +36,13 @@ fn a_plugin_of_another_world_is_refused_with_its_exports_named() {
     let err = runtime().load::<Placement>(&plugin("default:restart_order")).err().expect("wrong world");
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("halo:policy/restart-order@0.1.0"), "{text}");
-    assert!(text.contains("must export halo:policy/placement@0.1.2 or halo:policy/compact-placement@0.1.2"), "{text}");
+    assert!(text.contains("halo:policy/restart-order@0.1.3"), "{text}");
+    assert!(
+        text.contains(
+            "must export halo:policy/placement@0.1.3 or halo:policy/compact-placement@0.1.3 or halo:policy/columnar-placement@0.1.3"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
@@ -62,14 +67,23 @@ fn a_named_placement_plugin_built_against_0_1_0_still_loads_and_agrees() {
 }
 
 #[test]
-fn the_compact_input_reaches_the_plugin_intact() {
-    // The runtime lowers the compact lists of VMs and hosts with its own bulk code (bulk.rs);
-    // the probe plugin gives back each VM and host as it saw them. Extremes of every field,
+fn the_compact_and_columnar_inputs_reach_the_plugin_intact() {
+    // The probe plugins give back each VM and host as they saw them: the compact world (0.1.1,
+    // lists of records) through wasmtime's derived code, the columnar world (0.1.3) through
+    // wasmtime's lists of numbers and the SDK's conversion back. Extremes of every field,
     // every priority, with and without an anti-affinity group, more VMs than one memory page
-    // holds. Its answer (only unplaced VMs) comes back through the bulk lift.
+    // holds.
     let rt = runtime();
-    let echo = rt.load::<Placement>(&plugin("hostile:compact_echo")).expect("echo plugin");
-    assert_eq!(echo.info().world, "compact-placement-engine");
+    for (probe, world) in
+        [("hostile:compact_echo", "compact-placement-engine"), ("hostile:columnar_echo", "columnar-placement-engine")]
+    {
+        let echo = rt.load::<Placement>(&plugin(probe)).expect("echo plugin");
+        assert_eq!(echo.info().world, world);
+        echo_intact(&rt, &echo, probe);
+    }
+}
+
+fn echo_intact(rt: &Runtime, echo: &halo_plugin_runtime::LoadedPlugin<Placement>, probe: &str) {
     let mut input = placement_input();
     let memories = [0, 1, 4096, u64::from(u32::MAX) + 1, u64::MAX - 1, u64::MAX];
     let vcpus = [0, 1, 7, u32::MAX];
@@ -101,7 +115,7 @@ fn the_compact_input_reaches_the_plugin_intact() {
             anti_affinity_groups: vec![],
         })
         .collect();
-    let answer = rt.call(&echo, &input).expect("echo answer");
+    let answer = rt.call(echo, &input).expect("echo answer");
     assert!(answer.assignments.is_empty());
     assert_eq!(answer.unplaced.len(), input.vms.len());
     let compact = CompactInput::from_named(&input);
@@ -118,7 +132,7 @@ fn the_compact_input_reaches_the_plugin_intact() {
             )
         });
         let sent = format!("{} {} {priority} {:?} | {host}", vm.memory_mib, vm.vcpus, vm.anti_affinity_group);
-        assert_eq!(unplaced.reason, sent, "VM {}", unplaced.vm);
+        assert_eq!(unplaced.reason, sent, "{probe}: VM {}", unplaced.vm);
     }
     assert!(compact.vms.iter().any(|vm| vm.anti_affinity_group == Some(6)), "groups past the first arrive too");
 }
@@ -129,7 +143,7 @@ fn a_plugin_of_another_contract_version_is_refused() {
     assert_eq!(
         err.to_string(),
         format!(
-            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.2; rebuild the plugin against wit/0.1.2",
+            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.3; rebuild the plugin against wit/0.1.3",
             plugin("hostile:contract_v0_2").display()
         )
     );

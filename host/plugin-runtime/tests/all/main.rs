@@ -8,6 +8,7 @@
 mod balancing;
 mod hostile;
 mod hot_swap;
+mod languages;
 mod loading;
 mod policies;
 

@@ -107,6 +107,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/ha", post(ha))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/plugins/reload", post(reload))
+        .route("/api/v1/plugins/promote", post(promote))
         .route("/api/v1/admission", post(admission))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&api), auth));
@@ -820,6 +821,39 @@ async fn reload(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
     Reply(status, json!({ "hosts": hosts }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    world: crate::decisions::DecisionWorld,
+}
+
+async fn promote(State(api): Ctx, headers: HeaderMap, bytes: Bytes) -> Reply {
+    let request = match body::<PromoteBody>(&bytes) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let result = match api.agent.promote(request.world).await {
+        Ok(result) => result,
+        Err(e) => return not_taken(e),
+    };
+    let mut all_ok = result.is_ok();
+    let mut hosts = BTreeMap::new();
+    hosts.insert(
+        api.agent.me().to_string(),
+        json!({ "world": request.world, "ok": result.is_ok(), "detail": result.unwrap_or_else(|e| e) }),
+    );
+    if !headers.contains_key(FORWARDED) {
+        let forwarded = json!({ "world": request.world }).to_string().into_bytes();
+        for host in api.peers.keys().filter(|h| h.as_str() != api.agent.me()) {
+            let answer = forward(&api, host, &Method::POST, "/api/v1/plugins/promote", Some(forwarded.clone())).await;
+            all_ok &= answer.0 == StatusCode::OK;
+            hosts.insert(host.clone(), answer.1.get("hosts").and_then(|h| h.get(host)).cloned().unwrap_or(answer.1));
+        }
+    }
+    let status = if all_ok { StatusCode::OK } else { StatusCode::CONFLICT };
+    Reply(status, json!({ "hosts": hosts }))
+}
+
 /// Prometheus text format.
 async fn metrics(State(api): Ctx) -> Response {
     let snap = match snapshot(&api).await {
@@ -1099,6 +1133,57 @@ async fn metrics(State(api): Ctx) -> Response {
             .iter()
             .map(|p| format!("halo_plugin_decision_seconds_total{{world=\"{}\"}} {:.6}", p.world, p.seconds))
             .collect(),
+    );
+    push(
+        "halo_shadow_decisions_total",
+        "counter",
+        "Real decisions a shadow candidate also answered (never acted on).",
+        plugins
+            .iter()
+            .filter_map(|p| p.shadow.as_ref().map(|s| (p, s)))
+            .map(|(p, s)| format!("halo_shadow_decisions_total{{world=\"{}\"}} {}", p.world, s.count.decisions))
+            .collect(),
+    );
+    push(
+        "halo_shadow_divergences_total",
+        "counter",
+        "Decisions where the shadow candidate would have answered otherwise, by verdict.",
+        plugins
+            .iter()
+            .filter_map(|p| p.shadow.as_ref().map(|s| (p, s)))
+            .flat_map(|(p, s)| {
+                [("different", s.count.different), ("invalid", s.count.invalid), ("failed", s.count.failed)]
+                    .into_iter()
+                    .map(move |(verdict, n)| {
+                        format!("halo_shadow_divergences_total{{world=\"{}\",verdict=\"{verdict}\"}} {n}", p.world)
+                    })
+            })
+            .collect(),
+    );
+    let decisions = api.agent.decision_stats();
+    push(
+        "halo_decisions_recorded_total",
+        "counter",
+        "Policy decisions written to the decision record ([plugins] decisions-dir).",
+        vec![format!(
+            "halo_decisions_recorded_total {}",
+            decisions.recorded.load(std::sync::atomic::Ordering::Relaxed)
+        )],
+    );
+    push(
+        "halo_decisions_dropped_total",
+        "counter",
+        "Policy decisions neither recorded nor shadowed because the recorder was behind.",
+        vec![format!("halo_decisions_dropped_total {}", decisions.dropped.load(std::sync::atomic::Ordering::Relaxed))],
+    );
+    push(
+        "halo_decisions_write_failures_total",
+        "counter",
+        "Decision records that could not be written (disk full, directory gone).",
+        vec![format!(
+            "halo_decisions_write_failures_total {}",
+            decisions.write_failures.load(std::sync::atomic::Ordering::Relaxed)
+        )],
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

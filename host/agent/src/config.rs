@@ -304,6 +304,24 @@ pub struct PluginEntry {
     pub compile_timeout_s: u64,
     /// Memory limit of compiling one plugin, in MiB (256 … 65536, default 2048).
     pub compile_memory_mib: u64,
+    /// Shadow candidates: run beside the policy in force on every real decision, off the
+    /// liveness path and the agent loop, never acted on; their divergences are counted and
+    /// recorded. `halo plugin promote WORLD` puts one in force.
+    pub shadow_isolation: Option<PathBuf>,
+    /// The shadow placement-engine plugin.
+    pub shadow_placement: Option<PathBuf>,
+    /// The shadow restart-policy plugin.
+    pub shadow_restart_order: Option<PathBuf>,
+    /// The shadow balancing-policy plugin.
+    pub shadow_balancing: Option<PathBuf>,
+    /// Where every policy decision is recorded (absolute; created mode 0700) for `halo plugin
+    /// replay`. None: decisions are not recorded.
+    pub decisions_dir: Option<PathBuf>,
+    /// All recorded decisions together, compressed, in MiB (1 … 65536, default 64): the oldest
+    /// go first.
+    pub decisions_max_mib: u64,
+    /// A segment of the record is compressed when it reaches this many MiB (1 … max, default 4).
+    pub decisions_segment_mib: u64,
 }
 
 /// How a plugin call's CPU budget is enforced.
@@ -332,6 +350,13 @@ impl Default for PluginEntry {
             cache_dir: None,
             compile_timeout_s: compile.deadline.as_secs(),
             compile_memory_mib: compile.memory_bytes >> 20,
+            shadow_isolation: None,
+            shadow_placement: None,
+            shadow_restart_order: None,
+            shadow_balancing: None,
+            decisions_dir: None,
+            decisions_max_mib: 64,
+            decisions_segment_mib: 4,
         }
     }
 }
@@ -564,11 +589,32 @@ impl AgentConfig {
                 self.plugins.memory_mib
             ));
         }
+        if let Some(dir) = &self.plugins.decisions_dir
+            && !dir.is_absolute()
+        {
+            problems.push(format!("plugins.decisions-dir: {} must be an absolute path", dir.display()));
+        }
+        if !(1..=65_536).contains(&self.plugins.decisions_max_mib) {
+            problems.push(format!(
+                "plugins.decisions-max-mib: {} must be between 1 and 65536 (default 64)",
+                self.plugins.decisions_max_mib
+            ));
+        }
+        if !(1..=self.plugins.decisions_max_mib.max(1)).contains(&self.plugins.decisions_segment_mib) {
+            problems.push(format!(
+                "plugins.decisions-segment-mib: {} must be between 1 and decisions-max-mib ({}; default 4)",
+                self.plugins.decisions_segment_mib, self.plugins.decisions_max_mib
+            ));
+        }
         for (key, path) in [
             ("plugins.isolation", &self.plugins.isolation),
             ("plugins.placement", &self.plugins.placement),
             ("plugins.restart-order", &self.plugins.restart_order),
             ("plugins.balancing", &self.plugins.balancing),
+            ("plugins.shadow-isolation", &self.plugins.shadow_isolation),
+            ("plugins.shadow-placement", &self.plugins.shadow_placement),
+            ("plugins.shadow-restart-order", &self.plugins.shadow_restart_order),
+            ("plugins.shadow-balancing", &self.plugins.shadow_balancing),
         ] {
             if let Some(path) = path
                 && !path.is_file()

@@ -35,6 +35,10 @@ pub struct LoggedEvent {
     /// The event.
     #[serde(flatten)]
     pub event: Event,
+    /// The policy decisions (ids in this run's decision record) made in the step that caused
+    /// it: `halo plugin replay` and the records name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<u64>,
 }
 
 /// The log.
@@ -92,12 +96,22 @@ impl EventLog {
         })
     }
 
+    /// This agent's run (its start, ms since the Unix epoch).
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
     /// Records one event (and sends it on).
     pub fn record(self: &Arc<Self>, event: Event) -> LoggedEvent {
+        self.record_linked(event, Vec::new())
+    }
+
+    /// Records one event caused by the policy decisions `decisions` (and sends it on).
+    pub fn record_linked(self: &Arc<Self>, event: Event, decisions: Vec<u64>) -> LoggedEvent {
         let logged = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.next_id += 1;
-            let logged = LoggedEvent { id: inner.next_id, run: self.run, unix_ms: unix_ms(), event };
+            let logged = LoggedEvent { id: inner.next_id, run: self.run, unix_ms: unix_ms(), event, decisions };
             *inner.by_kind.entry((logged.event.kind, logged.event.severity)).or_default() += 1;
             inner.recent.push_back(logged.clone());
             while inner.recent.len() > KEPT {

@@ -37,6 +37,24 @@ pub struct PluginStatus {
     pub reloads: u64,
     /// Loads that failed (the old plugin stayed in force).
     pub failed_reloads: u64,
+    /// The shadow candidate beside it, if one is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// A shadow candidate and its tally against the policy in force.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ShadowStatus {
+    /// The candidate's file.
+    pub file: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Its verdicts so far.
+    #[serde(flatten)]
+    pub count: crate::decisions::ShadowCount,
+    /// Different, invalid or failed together.
+    pub divergences: u64,
 }
 
 /// What the agent loop published last: the node's picture, the plugins' counters and the
@@ -70,6 +88,9 @@ pub(crate) enum Control {
     AdmitStart(Box<StartRequest>, ClaimsSeen, oneshot::Sender<Admission>),
     /// Reload every plugin file now; answered per decision point.
     ReloadPlugins(oneshot::Sender<Vec<ReloadOutcome>>),
+    /// Put the shadow candidate of a decision point in force; answered with what is in force
+    /// now or why nothing changed.
+    Promote(crate::decisions::DecisionWorld, oneshot::Sender<Result<String, String>>),
     /// Plugin files were reloaded off the loop (the outcome, to be recorded as events).
     PluginsReloaded(Vec<ReloadOutcome>),
     /// The cluster config merged with the datastores' run-time changes differs from the one
@@ -99,6 +120,7 @@ pub struct AgentHandle {
     pub(crate) catalog_refresh: Arc<tokio::sync::Notify>,
     pub(crate) datastores: Vec<Arc<Datastore>>,
     pub(crate) liveness: Arc<LivenessStats>,
+    pub(crate) decisions: Arc<crate::decisions::DecisionStats>,
 }
 
 impl AgentHandle {
@@ -110,6 +132,11 @@ impl AgentHandle {
     /// What the loop published last (every 100 ms, and after every request it handled).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.snapshot.borrow())
+    }
+
+    /// The decision record's counters.
+    pub fn decision_stats(&self) -> Arc<crate::decisions::DecisionStats> {
+        Arc::clone(&self.decisions)
     }
 
     /// The event log.
@@ -170,6 +197,11 @@ impl AgentHandle {
         self.ask(Control::ReloadPlugins).await
     }
 
+    /// Puts the shadow candidate of `world` in force on this agent.
+    pub async fn promote(&self, world: crate::decisions::DecisionWorld) -> Result<Result<String, String>, NotTaken> {
+        self.ask(|reply| Control::Promote(world, reply)).await
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Control) -> Result<T, NotTaken> {
         let (tx, rx) = oneshot::channel();
         self.control.try_send(make(tx)).map_err(|e| match e {
@@ -218,6 +250,7 @@ mod tests {
             catalog_refresh: Arc::default(),
             datastores: vec![],
             liveness: Arc::default(),
+            decisions: Arc::default(),
         };
         (handle, rx)
     }

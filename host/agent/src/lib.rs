@@ -10,6 +10,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod decisions;
 pub mod events;
 pub mod fence;
 pub mod handle;

@@ -23,7 +23,10 @@ use halo_libvirt::{
 };
 use halo_net::{ClusterKey, Membership, NetworkEndpoints, Pinger, TransportConfig};
 use halo_plugin_runtime::compile::HALO_WORKER_ARGS;
+use halo_plugin_runtime::policies::outcome;
 use halo_plugin_runtime::{ChildCompiler, CompilePlace, PluginFiles, PluginPolicies, Runtime};
+
+use crate::decisions::{DecisionLog, DecisionWorld, RecordSettings, Recorded};
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
@@ -51,33 +54,46 @@ pub enum StartError {
 }
 
 /// The plugin policies the loop decides with: shared with the blocking threads that compile
-/// replaced plugin files (a slot swaps atomically; a decision takes a snapshot).
-struct AgentPolicies(Arc<PluginPolicies>);
+/// replaced plugin files (a slot swaps atomically; a decision takes a snapshot). Every decision
+/// is handed to the decision log (recorded, and judged by a shadow candidate, off the loop).
+struct AgentPolicies {
+    policies: Arc<PluginPolicies>,
+    shadows: Arc<PluginPolicies>,
+    log: Arc<DecisionLog>,
+}
 
 impl halo_core::Policies for AgentPolicies {
     fn isolation(
         &mut self,
         input: &halo_policy::IsolationInput,
     ) -> halo_core::PolicyOutcome<Vec<halo_policy::VmIsolationDecision>> {
-        (&*self.0).isolation(input)
+        let decision = self.policies.isolation.decide(input);
+        self.log.record(&decision, Recorded::Isolation { input: input.clone(), answer: decision.answer.clone() });
+        outcome(decision)
     }
 
     fn placement(&mut self, input: &halo_policy::PlacementInput) -> halo_core::PolicyOutcome<halo_policy::Placement> {
-        (&*self.0).placement(input)
+        let decision = self.policies.placement.decide(input);
+        self.log.record(&decision, Recorded::Placement { input: input.clone(), answer: decision.answer.clone() });
+        outcome(decision)
     }
 
     fn restart_order(
         &mut self,
         input: &halo_policy::RestartInput,
     ) -> halo_core::PolicyOutcome<Result<Vec<halo_policy::Wave>, halo_policy::RestartError>> {
-        (&*self.0).restart_order(input)
+        let decision = self.policies.restart_order.decide(input);
+        self.log.record(&decision, Recorded::RestartOrder { input: input.clone(), answer: decision.answer.clone() });
+        outcome(decision)
     }
 
     fn balance(
         &mut self,
         input: &halo_policy::balance::BalanceInput,
     ) -> halo_core::PolicyOutcome<Vec<halo_policy::balance::BalanceMove>> {
-        (&*self.0).balance(input)
+        let decision = self.policies.balancing.decide(input);
+        self.log.record(&decision, Recorded::Balancing { input: input.clone(), answer: decision.answer.clone() });
+        outcome(decision)
     }
 }
 
@@ -102,6 +118,8 @@ struct AgentDrivers {
     catalog: Arc<Mutex<BTreeMap<String, String>>>,
     inputs: mpsc::Sender<Input>,
     runtime: tokio::runtime::Handle,
+    /// The decisions of the step under way: its events name them.
+    decisions: Arc<DecisionLog>,
 }
 
 impl FenceDriver for AgentDrivers {
@@ -252,7 +270,7 @@ impl EventSink for AgentDrivers {
         if let Some(capture) = self.capture.as_mut() {
             capture.push(event.clone());
         }
-        let _: LoggedEvent = self.events.record(event);
+        let _: LoggedEvent = self.events.record_linked(event, self.decisions.step());
     }
 }
 
@@ -390,7 +408,30 @@ pub async fn start(
         },
     );
     let policies = Arc::new(policies);
-    let mut decide = AgentPolicies(Arc::clone(&policies));
+    // Shadow candidates load like the plugins in force; one that does not load is an alert and
+    // no shadow for that decision point.
+    let (shadows, shadow_failed) = PluginPolicies::load_or_builtin(
+        &plugin_runtime,
+        PluginFiles {
+            isolation: config.plugins.shadow_isolation.as_deref(),
+            placement: config.plugins.shadow_placement.as_deref(),
+            restart_order: config.plugins.shadow_restart_order.as_deref(),
+            balancing: config.plugins.shadow_balancing.as_deref(),
+        },
+    );
+    let shadows = Arc::new(shadows);
+    let record = config.plugins.decisions_dir.clone().map(|dir| RecordSettings {
+        dir,
+        segment_bytes: config.plugins.decisions_segment_mib << 20,
+        max_bytes: config.plugins.decisions_max_mib << 20,
+    });
+    let decision_log = DecisionLog::start(&me, events.run(), record, Arc::clone(&shadows))
+        .map_err(|e| StartError::Plugins(format!("plugins.decisions-dir: cannot record decisions there: {e}")))?;
+    let mut decide = AgentPolicies {
+        policies: Arc::clone(&policies),
+        shadows: Arc::clone(&shadows),
+        log: Arc::clone(&decision_log),
+    };
     let reloading = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if config.liveness.lock_memory {
         crate::liveness::lock_memory();
@@ -431,9 +472,15 @@ pub async fn start(
         catalog: Arc::clone(&catalog),
         inputs: inputs.clone(),
         runtime: runtime.clone(),
+        decisions: Arc::clone(&decision_log),
     };
     for (world, why) in failed {
         let message = format!("{world}: the plugin did not load, the built-in policy decides until it does: {why}");
+        let kind = EventKind::PluginLoadFailed;
+        drivers.record(Event { at: 0, node: me.clone(), severity: Severity::Alert, kind, message, trace: None });
+    }
+    for (world, why) in shadow_failed {
+        let message = format!("{world}: the shadow candidate did not load, nothing runs in its shadow: {why}");
         let kind = EventKind::PluginLoadFailed;
         drivers.record(Event { at: 0, node: me.clone(), severity: Severity::Alert, kind, message, trace: None });
     }
@@ -463,12 +510,13 @@ pub async fn start(
     let mut in_force = Arc::new(node.config().clone());
     let (snapshot_tx, snapshot_rx) = tokio::sync::watch::channel(Arc::new(Snapshot {
         status: node.status(),
-        plugins: plugin_status(&policies),
+        plugins: plugin_status(&policies, &shadows, &decision_log),
         config: Arc::clone(&in_force),
     }));
-    let published = Arc::clone(&policies);
+    let (published, published_shadows, published_log) =
+        (Arc::clone(&policies), Arc::clone(&shadows), Arc::clone(&decision_log));
     let publish_snapshot = move |node: &Node, config: &Arc<ClusterConfig>| {
-        let plugins = plugin_status(&published);
+        let plugins = plugin_status(&published, &published_shadows, &published_log);
         snapshot_tx.send_replace(Arc::new(Snapshot { status: node.status(), plugins, config: Arc::clone(config) }));
     };
     let handle = AgentHandle {
@@ -479,6 +527,7 @@ pub async fn start(
         datastores: stores,
         liveness: liveness.stats_handle(),
         snapshot: snapshot_rx,
+        decisions: Arc::clone(&decision_log.stats),
     };
     let host_watchdog = match &config.watchdog.device {
         Some(device) => Some(
@@ -517,6 +566,7 @@ pub async fn start(
                 }
                 Some(request) = control_rx.recv() => {
                     let now = started.elapsed().as_millis() as u64;
+                    decision_log.take_step();
                     resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
                     let context = ControlContext { known: &known, local_uri: &local_uri, inputs: &inputs, control: &control_back };
                     let applies = matches!(request, Control::Apply(_));
@@ -532,6 +582,7 @@ pub async fn start(
             let is_tick = input == Input::Tick;
             let is_heartbeat = matches!(input, Input::Heartbeat { .. });
             let now = started.elapsed().as_millis() as u64;
+            decision_log.take_step();
             resume_after_gap(&mut node, &mut decide, &mut drivers, &mut last_fed, now);
             for action in node.handle(now, input, &mut decide) {
                 carry_out(action, &mut drivers);
@@ -667,12 +718,18 @@ fn handle_control(
         }
         Control::ReloadPlugins(reply) => {
             // Compiled on a blocking thread; the outcome comes back to be recorded.
-            let (plugins, control) = (Arc::clone(&policies.0), control_back.clone());
+            let (plugins, control) = (Arc::clone(&policies.policies), control_back.clone());
             tokio::task::spawn_blocking(move || {
                 let results = reload_plugins(&plugins, false);
                 let _ = control.blocking_send(Control::PluginsReloaded(results.clone()));
                 let _ = reply.send(results);
             });
+        }
+        Control::Promote(world, reply) => {
+            // The shadow's plugin is already compiled: moving it is instant, the loop may do it.
+            let result = promote(&policies.policies, &policies.shadows, world);
+            plugin_event(drivers, now, node.name(), world_wit(world), result.clone());
+            let _ = reply.send(result);
         }
         Control::PluginsReloaded(results) => {
             for (world, result) in results {
@@ -732,6 +789,37 @@ fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<ReloadOu
     .collect()
 }
 
+/// The WIT world of a decision point (as plugin events and `halo status` name it).
+fn world_wit(world: DecisionWorld) -> &'static str {
+    match world {
+        DecisionWorld::Isolation => "isolation-policy",
+        DecisionWorld::Placement => "placement-engine",
+        DecisionWorld::RestartOrder => "restart-policy",
+        DecisionWorld::Balancing => "balancing-policy",
+    }
+}
+
+/// Puts the shadow candidate of `world` in force (until the agent restarts: `halo.toml` still
+/// names the old file, which the operator changes to keep it).
+fn promote(policies: &PluginPolicies, shadows: &PluginPolicies, world: DecisionWorld) -> Result<String, String> {
+    let info = match world {
+        DecisionWorld::Isolation => policies.isolation.promote_from(&shadows.isolation),
+        DecisionWorld::Placement => policies.placement.promote_from(&shadows.placement),
+        DecisionWorld::RestartOrder => policies.restart_order.promote_from(&shadows.restart_order),
+        DecisionWorld::Balancing => policies.balancing.promote_from(&shadows.balancing),
+    };
+    match info {
+        Some(i) => Ok(format!(
+            "{} ({}), promoted from shadow; set [plugins] {} = \"{}\" in halo.toml to keep it after a restart",
+            i.path.display(),
+            &i.sha256[..12.min(i.sha256.len())],
+            world.name(),
+            i.path.display()
+        )),
+        None => Err(format!("no shadow candidate for {} is loaded ([plugins] shadow-{})", world.name(), world.name())),
+    }
+}
+
 fn plugin_event(drivers: &mut AgentDrivers, now: u64, me: &str, world: &str, result: Result<String, String>) {
     let (severity, kind, message) = match result {
         Ok(what) => (Severity::Info, EventKind::PluginLoaded, format!("{world}: now {what}")),
@@ -744,15 +832,17 @@ fn plugin_event(drivers: &mut AgentDrivers, now: u64, me: &str, world: &str, res
     drivers.record(Event { at: now, node: me.to_string(), severity, kind, message, trace: None });
 }
 
-fn plugin_status(policies: &PluginPolicies) -> Vec<PluginStatus> {
+fn plugin_status(policies: &PluginPolicies, shadows: &PluginPolicies, log: &DecisionLog) -> Vec<PluginStatus> {
     fn one<W: halo_plugin_runtime::PolicyWorld>(
-        world: &str,
+        world: DecisionWorld,
         slot: &halo_plugin_runtime::PluginSlot<W>,
+        shadow: &halo_plugin_runtime::PluginSlot<W>,
+        counts: &BTreeMap<DecisionWorld, crate::decisions::ShadowCount>,
     ) -> PluginStatus {
         let info = slot.info();
         let stats = slot.stats();
         PluginStatus {
-            world: world.to_string(),
+            world: world_wit(world).to_string(),
             file: info.as_ref().map(|i| i.path.display().to_string()),
             sha256: info.map(|i| i.sha256),
             calls: stats.calls,
@@ -761,13 +851,23 @@ fn plugin_status(policies: &PluginPolicies) -> Vec<PluginStatus> {
             seconds: stats.total_time.as_secs_f64(),
             reloads: stats.reloads,
             failed_reloads: stats.failed_reloads,
+            shadow: shadow.info().map(|i| {
+                let count = counts.get(&world).copied().unwrap_or_default();
+                crate::handle::ShadowStatus {
+                    file: i.path.display().to_string(),
+                    sha256: i.sha256,
+                    divergences: count.divergences(),
+                    count,
+                }
+            }),
         }
     }
+    let counts = log.stats.shadow();
     vec![
-        one("isolation-policy", &policies.isolation),
-        one("placement-engine", &policies.placement),
-        one("restart-policy", &policies.restart_order),
-        one("balancing-policy", &policies.balancing),
+        one(DecisionWorld::Isolation, &policies.isolation, &shadows.isolation, &counts),
+        one(DecisionWorld::Placement, &policies.placement, &shadows.placement, &counts),
+        one(DecisionWorld::RestartOrder, &policies.restart_order, &shadows.restart_order, &counts),
+        one(DecisionWorld::Balancing, &policies.balancing, &shadows.balancing, &counts),
     ]
 }
 

@@ -71,6 +71,16 @@ pub(crate) fn read_token(path: &Path) -> anyhow::Result<String> {
 impl Agent {
     /// One request; a non-2xx answer is an error with the API's message.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let (status, value) = self.call_any(method, path, body)?;
+        if !(200..300).contains(&status) {
+            let message = value.get("error").and_then(Value::as_str).unwrap_or("(no message)");
+            bail!("{} (HTTP {})", message, status);
+        }
+        Ok(value)
+    }
+
+    /// One request; the status and the answer, whatever the status.
+    fn call_any(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
         let response = self.runtime.block_on(halo_agent::client::request(
             &self.address,
             method,
@@ -82,11 +92,7 @@ impl Agent {
         ))?;
         let value: Value = serde_json::from_slice(&response.body)
             .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&response.body).trim().to_string() }));
-        if !(200..300).contains(&response.status) {
-            let message = value.get("error").and_then(Value::as_str).unwrap_or("(no message)");
-            bail!("{} (HTTP {})", message, response.status);
-        }
-        Ok(value)
+        Ok((response.status, value))
     }
 }
 
@@ -184,6 +190,23 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     outln!();
     vm_table(list(&s, "vms"));
+    // Shadow candidates run on every agent; the one asked reports its own tally.
+    if let Ok(plugins) = args.api.agent()?.call("GET", "/api/v1/plugins", None) {
+        for p in list(&plugins, "plugins") {
+            if let Some(shadow) = p.get("shadow").filter(|s| !s.is_null()) {
+                outln!(
+                    "shadow {} (on the agent asked): {} — {} decisions, {} divergent ({} different, {} invalid, {} failed)",
+                    text(p, "world"),
+                    text(shadow, "file"),
+                    text(shadow, "decisions"),
+                    text(shadow, "divergences"),
+                    text(shadow, "different"),
+                    text(shadow, "invalid"),
+                    text(shadow, "failed")
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -793,6 +816,17 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         if let Some(trace) = e.get("trace").and_then(Value::as_str) {
             outln!("{:>40}why: {trace}", "");
         }
+        let decisions: Vec<String> =
+            list(e, "decisions").iter().filter_map(Value::as_u64).map(|d| d.to_string()).collect();
+        if !decisions.is_empty() {
+            outln!(
+                "{:>40}policy decision(s) {} of run {} (in {}'s decisions-dir)",
+                "",
+                decisions.join(", "),
+                text(e, "run"),
+                text(e, "node")
+            );
+        }
     }
     let unreachable = list(&answer, "unreachable");
     if !unreachable.is_empty() {
@@ -909,6 +943,29 @@ pub fn reload(api: &ApiArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `halo plugin promote WORLD`.
+pub fn promote(api: &ApiArgs, world: &str) -> anyhow::Result<ExitCode> {
+    let Some(world) = halo_agent::decisions::DecisionWorld::parse(world) else {
+        bail!("unknown decision point `{world}`: one of isolation, placement, restart-order, balancing");
+    };
+    let agent = api.agent()?;
+    // 409 carries the per-host outcome too.
+    let (status, answer) = agent.call_any("POST", "/api/v1/plugins/promote", Some(json!({ "world": world })))?;
+    if answer.get("hosts").is_none() {
+        let message = answer.get("error").and_then(Value::as_str).unwrap_or("(no message)");
+        bail!("{message} (HTTP {status})");
+    }
+    let mut all_ok = (200..300).contains(&status);
+    if let Some(hosts) = answer.get("hosts").and_then(Value::as_object) {
+        for (host, r) in hosts {
+            let ok = r.get("ok").and_then(Value::as_bool) == Some(true);
+            all_ok &= ok;
+            outln!("{host}: {}{}", if ok { "" } else { "NOT PROMOTED: " }, text(r, "detail"));
+        }
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 #[cfg(test)]

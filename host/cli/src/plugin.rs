@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use halo_agent::decisions::{DecisionWorld, Recorded};
+use halo_plugin_runtime::replay::{Differ, Verdict};
 use halo_plugin_runtime::{
     Balancing, ChildCompiler, CompileLimits, CompilePlace, CompiledPlugin, CpuBudget, Isolation, LoadedPlugin,
     Placement, PluginInfo, PolicyWorld, RestartOrder, Runtime, SandboxLimits,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 
 /// Plugin subcommands.
 #[derive(Subcommand)]
@@ -57,6 +60,26 @@ pub enum PluginCommand {
         seconds: f64,
         #[command(flatten)]
         opts: Opts,
+    },
+    /// Run a candidate plugin on recorded decisions (`[plugins] decisions-dir`) and print, per
+    /// decision, same / different (and how) / invalid / failed, then a summary. Exits 1 when any
+    /// answer was invalid or failed.
+    Replay {
+        /// The candidate plugin (.wasm component).
+        file: PathBuf,
+        /// The directory of decision records (an agent's `decisions-dir`, or a copy of it).
+        #[arg(long)]
+        records: PathBuf,
+        #[command(flatten)]
+        opts: Opts,
+    },
+    /// Put the shadow candidate of a decision point in force on the running agents (this
+    /// host's and its peers'), until they restart.
+    Promote {
+        /// The decision point: isolation, placement, restart-order, balancing.
+        world: String,
+        #[command(flatten)]
+        api: crate::ops::ApiArgs,
     },
     /// Make the running agents load their plugin files again now (this host's and its peers').
     Reload {
@@ -151,6 +174,7 @@ pub fn child_compiler(limits: CompileLimits) -> anyhow::Result<CompilePlace> {
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     let (file, opts) = match &command {
         PluginCommand::Reload { api } => return crate::ops::reload(api),
+        PluginCommand::Promote { world, api } => return crate::ops::promote(api, world),
         PluginCommand::CompileWorker { args } => {
             return Ok(match halo_plugin_runtime::compile_worker(args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +185,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
             });
         }
         PluginCommand::Check { file, opts }
+        | PluginCommand::Replay { file, opts, .. }
         | PluginCommand::Run { file, opts, .. }
         | PluginCommand::Bench { file, opts, .. } => (file.clone(), opts.clone()),
     };
@@ -206,16 +231,122 @@ fn detect_world(compiled: &CompiledPlugin, file: &Path) -> anyhow::Result<World>
         })
 }
 
+/// A world's input and acted-on answer in a decision record.
+trait FromRecord: PolicyWorld {
+    /// The decision point's name in records.
+    const RECORDED: DecisionWorld;
+    /// The input and the answer, if `record` is of this world.
+    fn take(record: &Recorded) -> Option<(&Self::Input, &Self::Answer)>;
+}
+
+impl FromRecord for Isolation {
+    const RECORDED: DecisionWorld = DecisionWorld::Isolation;
+    fn take(record: &Recorded) -> Option<(&Self::Input, &Self::Answer)> {
+        match record {
+            Recorded::Isolation { input, answer } => Some((input, answer)),
+            _ => None,
+        }
+    }
+}
+
+impl FromRecord for Placement {
+    const RECORDED: DecisionWorld = DecisionWorld::Placement;
+    fn take(record: &Recorded) -> Option<(&Self::Input, &Self::Answer)> {
+        match record {
+            Recorded::Placement { input, answer } => Some((input, answer)),
+            _ => None,
+        }
+    }
+}
+
+impl FromRecord for RestartOrder {
+    const RECORDED: DecisionWorld = DecisionWorld::RestartOrder;
+    fn take(record: &Recorded) -> Option<(&Self::Input, &Self::Answer)> {
+        match record {
+            Recorded::RestartOrder { input, answer } => Some((input, answer)),
+            _ => None,
+        }
+    }
+}
+
+impl FromRecord for Balancing {
+    const RECORDED: DecisionWorld = DecisionWorld::Balancing;
+    fn take(record: &Recorded) -> Option<(&Self::Input, &Self::Answer)> {
+        match record {
+            Recorded::Balancing { input, answer } => Some((input, answer)),
+            _ => None,
+        }
+    }
+}
+
+/// `halo plugin replay`: the candidate on every recorded decision of its world.
+fn replay<W: FromRecord>(runtime: &Runtime, compiled: CompiledPlugin, records: &Path) -> anyhow::Result<ExitCode>
+where
+    W::Answer: Differ,
+{
+    if !records.is_dir() {
+        bail!("--records {}: not a directory (an agent's [plugins] decisions-dir)", records.display());
+    }
+    let (all, bad) = halo_agent::decisions::read_records(records)
+        .map_err(|e| anyhow::anyhow!("--records {}: {e}", records.display()))?;
+    for b in &bad {
+        eprintln!("warning: {}: not a decision record ({}); skipped", b.place, b.error);
+    }
+    let plugin = runtime.prepare::<W>(compiled)?;
+    let name = plugin.info().name.to_string();
+    let mut tally: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut seen = 0;
+    for record in &all {
+        let Some((input, answer)) = W::take(&record.decision) else { continue };
+        seen += 1;
+        let decision = runtime.decide(Some(&plugin), input);
+        let verdict = Verdict::of(&decision, answer);
+        *tally.entry(verdict.name()).or_default() += 1;
+        let detail = match &verdict {
+            Verdict::Same => String::new(),
+            Verdict::Different(d) | Verdict::Invalid(d) | Verdict::Failed(d) => format!(": {d}"),
+        };
+        outln!(
+            "decision {} of {} (run {}, {} ms, decided by {}): {}{detail}",
+            record.id,
+            record.node,
+            record.run,
+            record.unix_ms,
+            record.decided_by,
+            verdict.name(),
+        );
+    }
+    if seen == 0 {
+        bail!(
+            "no recorded {} decisions in {} ({} records of other decision points); nothing to replay {name} on",
+            W::RECORDED.name(),
+            records.display(),
+            all.len()
+        );
+    }
+    let count = |v: &str| tally.get(v).copied().unwrap_or(0);
+    outln!(
+        "{name} on {seen} recorded {} decision(s): {} same, {} different, {} invalid, {} failed",
+        W::RECORDED.name(),
+        count("same"),
+        count("different"),
+        count("invalid"),
+        count("failed")
+    );
+    Ok(if count("invalid") + count("failed") > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn run_world<W>(runtime: &Runtime, compiled: CompiledPlugin, command: PluginCommand) -> anyhow::Result<ExitCode>
 where
-    W: PolicyWorld,
+    W: PolicyWorld + FromRecord,
     W::Input: DeserializeOwned,
-    W::Answer: Serialize,
+    W::Answer: Serialize + Differ,
 {
     match command {
-        PluginCommand::Reload { .. } | PluginCommand::CompileWorker { .. } => {
+        PluginCommand::Reload { .. } | PluginCommand::Promote { .. } | PluginCommand::CompileWorker { .. } => {
             unreachable!("handled before the plugin is loaded")
         }
+        PluginCommand::Replay { records, .. } => replay::<W>(runtime, compiled, &records),
         PluginCommand::Check { .. } => {
             let plugin = runtime.prepare::<W>(compiled)?;
             print_info(plugin.info(), runtime);

@@ -1987,3 +1987,152 @@ fn a_running_vms_disk_moves_to_another_directory_and_a_failover_starts_it_from_t
     let said = String::from_utf8_lossy(&read.stdout).into_owned();
     assert!(read.status.success() && !said.contains("Pattern verification failed"), "the data moved: {said}");
 }
+
+/// Issue 19: every policy decision is recorded (`[plugins] decisions-dir`): those of a
+/// maintenance and of a failover are replayed through a different placement plugin (`halo
+/// plugin replay`, the differences listed), and the events link to them; that plugin then runs
+/// in shadow mode through a second failover — never acted on, its divergences in `/metrics` and
+/// `halo status` — and `halo plugin promote placement` puts it in force.
+#[test]
+fn decisions_are_recorded_replayed_and_shadowed() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "decisions_are_recorded_replayed_and_shadowed";
+    let records = std::env::temp_dir().join(format!("halo-decisions-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&records);
+    let default_placement = plugin("halo_plugin_placement.wasm");
+    let worst_fit = plugin("examples/worst_fit.wasm");
+    let extra = format!(
+        "\n[plugins]\nplacement = \"{}\"\ndecisions-dir = \"{}\"\ndecisions-segment-mib = 1\n",
+        default_placement.display(),
+        records.display()
+    );
+    let Some(mut cluster) = Cluster::up(test, 'r', &extra) else {
+        return;
+    };
+    let token = cluster.token();
+
+    // A maintenance: host-2's VMs are evacuated (placement decisions, reason evacuation).
+    let run = cluster.cli(1, &["host", "maintenance", "enter", "host-2"]);
+    assert!(run.ok, "{}", run.out);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.runners("vm-2", &[1, 2, 3]).iter().chain(&cluster.runners("vm-3", &[1, 2, 3])).all(|h| *h != 2) {
+        assert!(Instant::now() < deadline, "host-2 was not emptied\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = cluster.cli(1, &["host", "maintenance", "exit", "host-2"]);
+    assert!(run.ok, "{}", run.out);
+
+    // A failover: vm-2 and vm-3 back on host-2, which then crashes.
+    let crashed_unix_ms = halo_agent::events::unix_ms();
+    let took = cluster.crash_host_2(&token);
+    println!("figure: failover with decisions recorded: {took:?}");
+    // The master's events after the crash name the decisions behind them.
+    let (_, body) = cluster.api(1, "GET", "/api/v1/events?limit=500", Some(&token), None);
+    let events: serde_json::Value = serde_json::from_str(&body).expect("events");
+    let linked: Vec<&serde_json::Value> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["unix-ms"].as_u64().unwrap_or(0) >= crashed_unix_ms)
+        .filter(|e| e["decisions"].as_array().is_some_and(|d| !d.is_empty()))
+        .collect();
+    assert!(!linked.is_empty(), "some event after the crash names its policy decisions: {body}");
+    let run = cluster.cli(1, &["events", "--local"]);
+    assert!(run.out.contains("policy decision(s)"), "halo events shows the link:\n{}", run.out);
+
+    // The records: placement decisions of both, read back by the replay.
+    let (recorded, bad) = halo_agent::decisions::read_records(&records).expect("records");
+    assert!(bad.is_empty(), "{bad:?}");
+    let placements: Vec<_> =
+        recorded.iter().filter(|r| matches!(r.decision, halo_agent::decisions::Recorded::Placement { .. })).collect();
+    let reasons: Vec<String> = placements
+        .iter()
+        .filter_map(|r| match &r.decision {
+            halo_agent::decisions::Recorded::Placement { input, .. } => Some(format!("{:?}", input.reason)),
+            _ => None,
+        })
+        .collect();
+    println!("recorded: {} decisions, placements {reasons:?}", recorded.len());
+    assert!(reasons.iter().any(|r| r == "Evacuation"), "the maintenance's placement is recorded: {reasons:?}");
+    assert!(reasons.iter().any(|r| r == "Failover"), "the failover's placement is recorded: {reasons:?}");
+    let linked_ids: Vec<u64> = linked
+        .iter()
+        .flat_map(|e| e["decisions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| d.as_u64())
+        .collect();
+    assert!(
+        recorded.iter().any(|r| r.node == "host-1" && linked_ids.contains(&r.id)),
+        "the linked decisions are in the record: {linked_ids:?}"
+    );
+    let replay = std::process::Command::new(halo())
+        .args(["plugin", "replay"])
+        .arg(&worst_fit)
+        .arg("--records")
+        .arg(&records)
+        .output()
+        .expect("halo plugin replay");
+    let out = String::from_utf8_lossy(&replay.stdout).into_owned();
+    println!("{out}");
+    assert!(replay.status.success(), "a valid candidate: exit 0\n{out}\n{}", String::from_utf8_lossy(&replay.stderr));
+    assert_eq!(out.lines().filter(|l| l.starts_with("decision ")).count(), placements.len(), "{out}");
+    assert!(out.contains(": different: ") && out.contains(" → host-"), "the differences are listed:\n{out}");
+    assert!(out.contains(&format!("worst_fit.wasm on {} recorded placement decision(s):", placements.len())), "{out}");
+    // A candidate that refuses every decision: each is `failed`, the exit code says so.
+    let refuses = std::process::Command::new(halo())
+        .args(["plugin", "replay"])
+        .arg(plugin("examples/refuses.wasm"))
+        .arg("--records")
+        .arg(&records)
+        .output()
+        .expect("halo plugin replay");
+    let out = String::from_utf8_lossy(&refuses.stdout).into_owned();
+    assert_eq!(refuses.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("0 same, 0 different, 0 invalid, {} failed", placements.len())), "{out}");
+
+    // Shadow mode: worst fit beside the default plugin through a second failover.
+    cluster.extra.push_str(&format!("shadow-placement = \"{}\"\n", worst_fit.display()));
+    cluster.restart_agents_with(&[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let crashed_unix_ms = halo_agent::events::unix_ms();
+    let took = cluster.crash_host_2(&token);
+    println!("figure: failover with a shadow candidate: {took:?}");
+    let shadow = metrics(&cluster, 1, "halo_shadow_");
+    println!("{shadow:#?}");
+    let decisions = shadow.get("halo_shadow_decisions_total{world=\"placement-engine\"}").copied().unwrap_or(0.0);
+    let different = shadow
+        .get("halo_shadow_divergences_total{world=\"placement-engine\",verdict=\"different\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(decisions >= 1.0 && different >= 1.0, "the master's shadow judged the failover: {shadow:?}");
+    // Never acted on: where the VMs run is where the policy in force put them.
+    let (recorded, _) = halo_agent::decisions::read_records(&records).expect("records");
+    let shadowed: Vec<_> = recorded.iter().filter(|r| r.unix_ms >= crashed_unix_ms && r.shadow.is_some()).collect();
+    assert!(!shadowed.is_empty(), "the shadow's verdicts are recorded");
+    for r in &shadowed {
+        if let halo_agent::decisions::Recorded::Placement { input, answer } = &r.decision
+            && input.reason == halo_policy::PlacementReason::Failover
+        {
+            for a in &answer.assignments {
+                if let Some(vm) = VMS.iter().map(|(vm, _)| *vm).find(|vm| *vm == a.vm) {
+                    let host: usize = a.host.trim_start_matches("host-").parse().expect("host number");
+                    assert_eq!(cluster.runners(vm, &[1, 3]), vec![host], "{vm} runs where the policy in force put it");
+                }
+            }
+        }
+    }
+    let status = cluster.cli(1, &["status"]);
+    assert!(status.out.contains("shadow placement-engine") && status.out.contains("divergent"), "{}", status.out);
+
+    // Promote: worst fit in force on every agent.
+    let promoted = cluster.cli(1, &["plugin", "promote", "placement"]);
+    assert!(promoted.ok, "{}", promoted.out);
+    for h in 1..=3 {
+        let placement = placement_plugin(&cluster, h);
+        assert!(placement["file"].as_str().unwrap_or("").ends_with("worst_fit.wasm"), "host-{h}: {placement}");
+        assert!(placement.get("shadow").is_none_or(serde_json::Value::is_null), "host-{h}: the shadow slot is empty");
+    }
+    let again = cluster.cli(1, &["plugin", "promote", "placement"]);
+    assert!(!again.ok && again.out.contains("no shadow candidate"), "{}", again.out);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&records);
+}

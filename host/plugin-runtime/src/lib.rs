@@ -19,6 +19,7 @@ pub mod compile;
 mod convert;
 pub mod error;
 pub mod policies;
+pub mod replay;
 pub mod runtime;
 pub mod sandbox;
 pub mod slot;

@@ -104,7 +104,8 @@ impl PluginPolicies {
     }
 }
 
-fn outcome<A>(decision: Decision<A>) -> PolicyOutcome<A> {
+/// A decision as the core takes it: the answer, and the plugin's failure as the fallback's reason.
+pub fn outcome<A>(decision: Decision<A>) -> PolicyOutcome<A> {
     let fallback_reason = decision.failure().map(ToString::to_string);
     PolicyOutcome { answer: decision.answer, fallback_reason }
 }

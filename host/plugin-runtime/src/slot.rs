@@ -135,6 +135,20 @@ impl<W: PolicyWorld> PluginSlot<W> {
         Some(self.swap_to(&path))
     }
 
+    /// Puts the plugin of `shadow` in force here (already compiled and checked: nothing is
+    /// loaded again) and watches its file; `shadow` is emptied. None when `shadow` has no plugin.
+    pub fn promote_from(&self, shadow: &PluginSlot<W>) -> Option<PluginInfo> {
+        let plugin = shadow.plugin()?;
+        let watched = shadow.path.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let info = plugin.info().clone();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(plugin);
+        *self.path.lock().unwrap_or_else(|p| p.into_inner()) = watched;
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        shadow.unload();
+        tracing::info!(plugin = %info.name, world = W::WORLD, sha256 = %info.sha256, "shadow plugin promoted: in force");
+        Some(info)
+    }
+
     /// Goes back to the built-in policy.
     pub fn unload(&self) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;

@@ -1171,6 +1171,12 @@ async fn metrics(State(api): Ctx) -> Response {
         )],
     );
     push(
+        "halo_decisions_repeats_total",
+        "counter",
+        "Policy decisions recorded as a repeat of the unchanged decision before them.",
+        vec![format!("halo_decisions_repeats_total {}", decisions.repeats.load(std::sync::atomic::Ordering::Relaxed))],
+    );
+    push(
         "halo_decisions_dropped_total",
         "counter",
         "Policy decisions neither recorded nor shadowed because the recorder was behind.",

@@ -158,6 +158,23 @@ pub struct DecisionRecord {
     pub shadow: Option<ShadowOutcome>,
 }
 
+/// A decision equal to an earlier one (same world, reason, input, answer and decider), written
+/// as a line that names it instead of the whole input again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RepeatRecord {
+    /// Its own number (events may name it).
+    pub id: u64,
+    /// This agent's run.
+    pub run: u64,
+    /// Host that decided.
+    pub node: String,
+    /// Wall clock, ms since the Unix epoch.
+    pub unix_ms: u64,
+    /// The earlier decision it repeats (same run).
+    pub same_as: u64,
+}
+
 /// Where and how much to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordSettings {
@@ -178,6 +195,9 @@ pub struct DecisionStats {
     pub dropped: AtomicU64,
     /// Records that could not be written (disk full, directory gone).
     pub write_failures: AtomicU64,
+    /// Decisions written as a repeat of the one before (same world, reason, input, answer
+    /// and decider): the failover plan re-checks an unchanged cluster every few seconds.
+    pub repeats: AtomicU64,
     /// Per world: shadow decisions, divergences (different, invalid or failed).
     shadow: Mutex<BTreeMap<DecisionWorld, ShadowCount>>,
 }
@@ -324,6 +344,30 @@ where
     Some(ShadowOutcome { plugin, verdict: Verdict::of(&decision, answer) })
 }
 
+/// What the worker last saw per decision point (and per placement reason): to write repeats
+/// short and not run the shadow again on the same input.
+struct Last {
+    fingerprint: u64,
+    id: u64,
+    shadow: Option<ShadowOutcome>,
+}
+
+fn slot(decision: &Recorded) -> String {
+    match decision {
+        Recorded::Placement { input, .. } => format!("placement/{:?}", input.reason),
+        other => other.world().name().to_string(),
+    }
+}
+
+fn fingerprint(record: &DecisionRecord) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let text =
+        serde_json::to_string(&(&record.decided_by, &record.fallback_reason, &record.decision)).unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn work(
     receiver: &Receiver<DecisionRecord>,
     mut writer: Option<&mut SegmentWriter>,
@@ -331,7 +375,27 @@ fn work(
     stats: &DecisionStats,
 ) {
     use halo_plugin_runtime::{Balancing, Isolation, Placement as PlacementWorld, RestartOrder};
+    let mut last: BTreeMap<String, Last> = BTreeMap::new();
     while let Ok(mut record) = receiver.recv() {
+        let key = slot(&record.decision);
+        let print = fingerprint(&record);
+        // A repeat: the same verdict as before (a plugin is a pure function of its input), one
+        // short line on disk.
+        if let Some(previous) = last.get(&key).filter(|l| l.fingerprint == print) {
+            if let Some(outcome) = &previous.shadow {
+                stats.count(record.decision.world(), &outcome.verdict);
+            }
+            stats.repeats.fetch_add(1, Ordering::Relaxed);
+            let repeat = RepeatRecord {
+                id: record.id,
+                run: record.run,
+                node: record.node.clone(),
+                unix_ms: record.unix_ms,
+                same_as: previous.id,
+            };
+            write(writer.as_deref_mut(), record.id, &repeat, stats);
+            continue;
+        }
         record.shadow = match &record.decision {
             Recorded::Isolation { input, answer } => shadow::<Isolation>(&shadows.isolation, input, answer),
             Recorded::Placement { input, answer } => shadow::<PlacementWorld>(&shadows.placement, input, answer),
@@ -355,16 +419,20 @@ fn work(
                 );
             }
         }
-        if let Some(writer) = writer.as_deref_mut() {
-            match writer.write(&record) {
-                Ok(()) => stats.recorded.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    tracing::warn!("decision record {}: {e}", record.id);
-                    stats.write_failures.fetch_add(1, Ordering::Relaxed)
-                }
-            };
-        }
+        last.insert(key, Last { fingerprint: print, id: record.id, shadow: record.shadow.clone() });
+        write(writer.as_deref_mut(), record.id, &record, stats);
     }
+}
+
+fn write(writer: Option<&mut SegmentWriter>, id: u64, line: &impl Serialize, stats: &DecisionStats) {
+    let Some(writer) = writer else { return };
+    match writer.write(line) {
+        Ok(()) => stats.recorded.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            tracing::warn!("decision record {id}: {e}");
+            stats.write_failures.fetch_add(1, Ordering::Relaxed)
+        }
+    };
 }
 
 /// The current segment and the rotation.
@@ -391,7 +459,7 @@ impl SegmentWriter {
         Ok(Self { settings, prefix: format!("{node}-{run}"), seq: 0, file: None })
     }
 
-    fn write(&mut self, record: &DecisionRecord) -> std::io::Result<()> {
+    fn write(&mut self, record: &impl Serialize) -> std::io::Result<()> {
         let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
         if self.file.is_none() {
             self.seq += 1;
@@ -468,10 +536,21 @@ pub struct BadRecord {
     pub error: String,
 }
 
-/// Every record under `dir` (plain and compressed segments, oldest first), and the lines that
-/// are not records (a torn last line after a crash, a foreign file).
-pub fn read_records(dir: &Path) -> std::io::Result<(Vec<DecisionRecord>, Vec<BadRecord>)> {
+/// What a directory of decision records holds.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Every decision written in full, oldest first (by run, then number).
+    pub records: Vec<DecisionRecord>,
+    /// Decisions written as repeats of an earlier one.
+    pub repeats: Vec<RepeatRecord>,
+    /// Lines that are not records (a torn last line after a crash, a foreign file).
+    pub bad: Vec<BadRecord>,
+}
+
+/// Every record under `dir` (plain and compressed segments).
+pub fn read_records(dir: &Path) -> std::io::Result<Records> {
     let mut records = Vec::new();
+    let mut repeats = Vec::new();
     let mut bad = Vec::new();
     for path in segments(dir)? {
         let file = std::fs::File::open(&path)?;
@@ -486,7 +565,10 @@ pub fn read_records(dir: &Path) -> std::io::Result<(Vec<DecisionRecord>, Vec<Bad
                 Ok(line) if line.trim().is_empty() => {}
                 Ok(line) => match serde_json::from_str::<DecisionRecord>(&line) {
                     Ok(record) => records.push(record),
-                    Err(e) => bad.push(BadRecord { place, error: e.to_string() }),
+                    Err(e) => match serde_json::from_str::<RepeatRecord>(&line) {
+                        Ok(repeat) => repeats.push(repeat),
+                        Err(_) => bad.push(BadRecord { place, error: e.to_string() }),
+                    },
                 },
                 Err(e) => {
                     bad.push(BadRecord { place, error: e.to_string() });
@@ -496,7 +578,7 @@ pub fn read_records(dir: &Path) -> std::io::Result<(Vec<DecisionRecord>, Vec<Bad
         }
     }
     records.sort_by_key(|r| (r.run, r.id));
-    Ok((records, bad))
+    Ok(Records { records, repeats, bad })
 }
 
 #[cfg(test)]
@@ -509,13 +591,18 @@ mod tests {
     use super::{DecisionLog, DecisionWorld, RecordSettings, Recorded, read_records};
 
     fn decision() -> (Decision<Placement>, Recorded) {
+        decision_of(400)
+    }
+
+    /// A decision whose input differs by its overcommit.
+    fn decision_of(overcommit: u32) -> (Decision<Placement>, Recorded) {
         let answer =
             Placement { assignments: vec![Assignment { vm: "a".into(), host: "h1".into() }], unplaced: vec![] };
         let input = PlacementInput {
             reason: PlacementReason::Failover,
             vms: vec![],
             hosts: vec![],
-            vcpu_overcommit_percent: 400,
+            vcpu_overcommit_percent: overcommit,
             settings: vec![],
         };
         let decision = Decision {
@@ -535,8 +622,8 @@ mod tests {
         let settings = RecordSettings { dir: dir.path().join("d"), segment_bytes: 2_000, max_bytes: 3_000 };
         let log = DecisionLog::start("h1", 7, Some(settings.clone()), shadows).expect("start");
         let mut ids = Vec::new();
-        for _ in 0..200 {
-            let (d, r) = decision();
+        for i in 0..200 {
+            let (d, r) = decision_of(i);
             ids.push(log.record(&d, r));
         }
         assert_eq!(log.take_step(), ids, "the loop learns which decisions it just made");
@@ -562,16 +649,43 @@ mod tests {
             .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
             .sum();
         assert!(compressed <= settings.max_bytes, "{compressed} bytes compressed, cap {}", settings.max_bytes);
-        let (records, bad) = read_records(&settings.dir).expect("read");
+        let read = read_records(&settings.dir).expect("read");
+        let (records, bad) = (read.records, read.bad);
         assert!(bad.is_empty(), "{bad:?}");
         assert!(!records.is_empty() && records.len() < 200, "the oldest were removed: {} left", records.len());
         let last = records.last().expect("a record");
         assert_eq!((last.id, last.run, last.node.as_str(), last.decided_by.as_str()), (200, 7, "h1", "built-in"));
         assert_eq!(last.decision.world(), DecisionWorld::Placement);
-        assert_eq!(last.decision, decision().1);
+        assert_eq!(last.decision, decision_of(199).1);
         // A torn line (a crash mid-write) is reported, the rest still read.
         std::fs::write(settings.dir.join("decisions-h2-9-000001.jsonl"), b"{\"id\": 1, \"wor").expect("write");
-        let (again, bad) = read_records(&settings.dir).expect("read");
-        assert_eq!((again.len(), bad.len()), (records.len(), 1));
+        let again = read_records(&settings.dir).expect("read");
+        assert_eq!((again.records.len(), again.bad.len()), (records.len(), 1));
+    }
+
+    #[test]
+    fn an_unchanged_decision_is_written_as_a_repeat_of_the_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runtime = Arc::new(Runtime::new(SandboxLimits::default(), None).expect("runtime"));
+        let shadows = Arc::new(PluginPolicies::builtin(&runtime));
+        let settings = RecordSettings { dir: dir.path().to_path_buf(), segment_bytes: 1 << 20, max_bytes: 1 << 22 };
+        let log = DecisionLog::start("h1", 7, Some(settings), shadows).expect("start");
+        for overcommit in [400, 400, 400, 300, 400] {
+            let (d, r) = decision_of(overcommit);
+            log.record(&d, r);
+        }
+        for _ in 0..200 {
+            if log.stats.recorded.load(std::sync::atomic::Ordering::Relaxed) == 5 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let read = read_records(dir.path()).expect("read");
+        let full: Vec<u64> = read.records.iter().map(|r| r.id).collect();
+        let repeats: Vec<(u64, u64)> = read.repeats.iter().map(|r| (r.id, r.same_as)).collect();
+        // The fifth is 400 again after a 300: a change, written in full.
+        assert_eq!(full, vec![1, 4, 5]);
+        assert_eq!(repeats, vec![(2, 1), (3, 1)]);
+        assert_eq!(log.stats.repeats.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

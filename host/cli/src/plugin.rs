@@ -287,8 +287,9 @@ where
     if !records.is_dir() {
         bail!("--records {}: not a directory (an agent's [plugins] decisions-dir)", records.display());
     }
-    let (all, bad) = halo_agent::decisions::read_records(records)
+    let read = halo_agent::decisions::read_records(records)
         .map_err(|e| anyhow::anyhow!("--records {}: {e}", records.display()))?;
+    let (all, bad) = (read.records, read.bad);
     for b in &bad {
         eprintln!("warning: {}: not a decision record ({}); skipped", b.place, b.error);
     }
@@ -326,12 +327,17 @@ where
     }
     let count = |v: &str| tally.get(v).copied().unwrap_or(0);
     outln!(
-        "{name} on {seen} recorded {} decision(s): {} same, {} different, {} invalid, {} failed",
+        "{name} on {seen} recorded {} decision(s): {} same, {} different, {} invalid, {} failed{}",
         W::RECORDED.name(),
         count("same"),
         count("different"),
         count("invalid"),
-        count("failed")
+        count("failed"),
+        if read.repeats.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} repeats of an unchanged decision not run again)", read.repeats.len())
+        }
     );
     Ok(if count("invalid") + count("failed") > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -590,10 +590,6 @@ mod tests {
 
     use super::{DecisionLog, DecisionWorld, RecordSettings, Recorded, read_records};
 
-    fn decision() -> (Decision<Placement>, Recorded) {
-        decision_of(400)
-    }
-
     /// A decision whose input differs by its overcommit.
     fn decision_of(overcommit: u32) -> (Decision<Placement>, Recorded) {
         let answer =

@@ -943,6 +943,24 @@ async fn metrics(State(api): Ctx) -> Response {
             .collect(),
     );
     push(
+        "halo_host_datastores_reached",
+        "gauge",
+        "Datastores each host wrote within the fence timeout (its own count, or its last heartbeat's); compare halo_datastores_configured.",
+        status
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                Some(format!("halo_host_datastores_reached{{host=\"{}\"}} {}", esc(&h.name), h.datastores_reached?))
+            })
+            .collect(),
+    );
+    push(
+        "halo_datastores_configured",
+        "gauge",
+        "Datastores in the configuration.",
+        vec![format!("halo_datastores_configured {}", status.hosts.first().map_or(0, |h| h.datastores_configured))],
+    );
+    push(
         "halo_heartbeat_age_seconds",
         "gauge",
         "Seconds since a heartbeat arrived from the host on the network (absent: never).",

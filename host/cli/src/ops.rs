@@ -177,6 +177,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 if h.get("ha-disabled").and_then(Value::as_bool) == Some(true) {
                     notes.push("HA disabled".into());
                 }
+                let reached = h.get("datastores-reached").and_then(Value::as_u64);
+                let configured = h.get("datastores-configured").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(reached) = reached.filter(|r| *r < configured) {
+                    notes.push(format!("DATASTORES {reached}/{configured}"));
+                }
                 vec![
                     text(h, "name"),
                     text(h, "state"),

@@ -2148,3 +2148,62 @@ fn decisions_are_recorded_replayed_and_shadowed() {
     let _ = std::fs::remove_dir_all(&records);
     let _ = std::fs::remove_dir_all(&snapshot);
 }
+
+/// Issue 20 (part of 2): one host's storage traffic blocked for 10 s — as a new user tried it,
+/// when nothing said anything. Now: a `datastore-lost` alert from that host at once, `halo
+/// status` notes `DATASTORES 0/1` on it, its return is a `datastore-regained` event; its VMs
+/// keep running where they are, nothing restarts.
+#[test]
+fn a_host_cut_from_its_datastore_alerts_at_once_and_keeps_its_vms() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "a_host_cut_from_its_datastore_alerts_at_once_and_keeps_its_vms";
+    let Some(cluster) = Cluster::up(test, 'k', "") else {
+        return;
+    };
+    let token = cluster.token();
+    let placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let before = qemus(&cluster);
+    let blocked_unix_ms = halo_agent::events::unix_ms();
+    let blocked = Instant::now();
+    cluster.lab.block_storage(2, true).expect("block host-2's storage traffic");
+    let kinds = |cluster: &Cluster| -> Vec<(String, String)> {
+        let (_, body) = cluster.api(1, "GET", "/api/v1/events?limit=500&cluster=true", Some(&token), None);
+        let events: serde_json::Value = serde_json::from_str(&body).expect("events");
+        events["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["unix-ms"].as_u64().unwrap_or(0) >= blocked_unix_ms && e["node"] == "host-2")
+            .map(|e| (e["kind"].as_str().unwrap_or("").to_string(), e["severity"].as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    // The alert, seen through the cluster's events (`cluster=true`: every agent's).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut alerted = None;
+    while blocked.elapsed() < Duration::from_secs(10) {
+        if alerted.is_none() && kinds(&cluster).contains(&("datastore-lost".into(), "alert".into())) {
+            alerted = Some(blocked.elapsed());
+        }
+        for (vm, host) in &placement {
+            assert_eq!(cluster.runners(vm, &[1, 2, 3]), vec![*host], "{vm} stays on host-{host}\n{}", cluster.logs());
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alerted = alerted.unwrap_or_else(|| panic!("no datastore-lost alert from host-2\n{}", cluster.logs()));
+    println!("figure: host-2's storage blocked -> datastore-lost alert after {:.2} s", alerted.as_secs_f64());
+    let status = cluster.cli(1, &["status"]);
+    let line = status.out.lines().find(|l| l.trim_start().starts_with("host-2")).unwrap_or_default().to_string();
+    assert!(line.contains("DATASTORES 0/1"), "halo status shows it:\n{}", status.out);
+    let gauge = metrics(&cluster, 1, "halo_host_datastores_reached");
+    assert_eq!(gauge.get("halo_host_datastores_reached{host=\"host-2\"}"), Some(&0.0), "{gauge:?}");
+    cluster.lab.block_storage(2, false).expect("unblock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kinds(&cluster).contains(&("datastore-regained".into(), "info".into())) {
+        assert!(Instant::now() < deadline, "no datastore-regained event\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.holds(&placement, Duration::from_secs(3), "storage back");
+    assert_eq!(qemus(&cluster), before, "the same QEMU processes: nothing stopped or restarted\n{}", cluster.logs());
+}

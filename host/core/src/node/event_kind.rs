@@ -54,6 +54,10 @@ event_kinds! {
     /// No datastore readable: nothing can be proven about a host.
     HostUnknown => "host-unknown",
     // This host's own view.
+    /// This host cannot write one of its datastores (a failed or hung heartbeat write).
+    DatastoreLost => "datastore-lost",
+    /// This host writes a datastore again after losing it.
+    DatastoreRegained => "datastore-regained",
     /// This host is alone on its networks (isolation check starts).
     Alone => "alone",
     /// This host declared itself isolated.

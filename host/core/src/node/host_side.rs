@@ -520,6 +520,38 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_datastore_is_an_alert_at_once_and_its_return_an_event() {
+        let config = cluster(3, 2);
+        let window = config.timeouts.fence_timeout_ms;
+        let mut node = Node::new("host-1", config, 0);
+        let mut written = |node: &mut Node, now: u64, ok: bool| -> Vec<(EventKind, Severity)> {
+            node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok }, &mut BuiltinPolicies)
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Record(e) if matches!(e.kind, EventKind::DatastoreLost | EventKind::DatastoreRegained) => {
+                        Some((e.kind, e.severity))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(written(&mut node, 500, true).is_empty(), "a good write says nothing");
+        let me = |node: &Node| node.status().hosts.into_iter().find(|h| h.name == "host-1").expect("this host");
+        assert_eq!((me(&node).datastores_reached, me(&node).datastores_configured), (Some(1), 1));
+        // One failed write: an alert at once, once.
+        assert_eq!(written(&mut node, 1_000, false), vec![(EventKind::DatastoreLost, Severity::Alert)]);
+        assert!(written(&mut node, 1_500, false).is_empty(), "not again while it stays lost");
+        // Back: an event.
+        assert_eq!(written(&mut node, 2_000, true), vec![(EventKind::DatastoreRegained, Severity::Info)]);
+        // A write that hangs reports nothing: lost once the fence timeout passes without one.
+        let silent = node.handle(2_000 + window, Input::Tick, &mut BuiltinPolicies);
+        let lost: Vec<&Action> =
+            silent.iter().filter(|a| matches!(a, Action::Record(e) if e.kind == EventKind::DatastoreLost)).collect();
+        assert_eq!(lost.len(), 1, "{silent:?}");
+        assert_eq!(me(&node).datastores_reached, Some(0));
+    }
+
+    #[test]
     fn a_host_with_a_datastore_does_not_fence() {
         let config = cluster(3, 2);
         let mut node = Node::new("host-1", config, 0);

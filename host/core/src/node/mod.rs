@@ -548,6 +548,8 @@ pub struct Node {
     next_datastore: Millis,
     ds_counter: u64,
     ds_write_ok_at: BTreeMap<String, Millis>,
+    /// Datastores this host reported lost (an alert each) and not regained since.
+    ds_lost: BTreeSet<String>,
     ds_read_ok_at: Option<Millis>,
     peers: BTreeMap<String, Peer>,
     local_vms: BTreeMap<String, u64>,
@@ -619,6 +621,7 @@ impl Node {
             next_datastore: now,
             ds_counter: 0,
             ds_write_ok_at: BTreeMap::new(),
+            ds_lost: BTreeSet::new(),
             ds_read_ok_at: None,
             peers,
             local_vms: BTreeMap::new(),
@@ -736,11 +739,7 @@ impl Node {
             Input::Tick => {}
             Input::KeptAlive { .. } => {} // handled above
             Input::Heartbeat { network, heartbeat } => self.on_heartbeat(&network, heartbeat),
-            Input::DatastoreWritten { datastore, ok } => {
-                if ok {
-                    self.ds_write_ok_at.insert(datastore, self.now);
-                }
-            }
+            Input::DatastoreWritten { datastore, ok } => self.on_datastore_written(datastore, ok),
             Input::DatastoreRead { datastore, records } => self.on_datastore_read(&datastore, records),
             Input::PingResult { target, answered } => self.on_ping(target, answered),
             Input::VmState { vm, generation, state } => self.on_vm_state(&vm, generation, state),
@@ -759,6 +758,7 @@ impl Node {
             Input::FenceMonitored { host, devices } => self.on_fence_monitored(&host, devices),
             Input::LoadRead { host, load } => self.on_load(&host, load),
         }
+        self.check_datastore_silence();
         self.step(policies, evaluate);
         for action in &self.out {
             if let Action::StopVm { vm, .. } = action {
@@ -766,6 +766,64 @@ impl Node {
             }
         }
         std::mem::take(&mut self.out)
+    }
+
+    /// A datastore write's outcome. A failed write is an alert at once (the operator learns
+    /// that a host lost its datastore before it matters); the first good write after it an
+    /// event. Neither changes a decision: the failure matrix reads `ds_write_ok_at` as before.
+    fn on_datastore_written(&mut self, datastore: String, ok: bool) {
+        if ok {
+            self.ds_write_ok_at.insert(datastore.clone(), self.now);
+            if self.ds_lost.remove(&datastore) {
+                self.record(
+                    Severity::Info,
+                    EventKind::DatastoreRegained,
+                    format!("{} writes datastore {datastore} again", self.name),
+                    None,
+                );
+            }
+        } else if self.ds_lost.insert(datastore.clone()) {
+            let reached = self.datastores_reachable();
+            self.record(
+                Severity::Alert,
+                EventKind::DatastoreLost,
+                format!(
+                    "{} cannot write its heartbeat record on datastore {datastore} ({reached} of {} datastore(s) still written within the fence timeout)",
+                    self.name,
+                    self.config.datastores.len()
+                ),
+                None,
+            );
+        }
+    }
+
+    /// A datastore written once but not since the fence timeout (a write that hangs reports
+    /// nothing): lost, as if a write had failed.
+    fn check_datastore_silence(&mut self) {
+        let window = self.config.timeouts.fence_timeout_ms;
+        let silent: Vec<String> = self
+            .ds_write_ok_at
+            .iter()
+            .filter(|(d, at)| self.now.saturating_sub(**at) >= window && !self.ds_lost.contains(*d))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for datastore in silent {
+            self.ds_lost.insert(datastore.clone());
+            self.record(
+                Severity::Alert,
+                EventKind::DatastoreLost,
+                format!(
+                    "{} has not written its heartbeat record on datastore {datastore} for {} ms (the fence timeout)",
+                    self.name, window
+                ),
+                None,
+            );
+        }
+    }
+
+    /// How many of the configured datastores this host wrote within the fence timeout.
+    pub(crate) fn datastores_written(&self) -> u32 {
+        self.datastores_reachable()
     }
 
     fn on_config(&mut self, config: ClusterConfig) {

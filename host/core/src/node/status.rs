@@ -70,6 +70,11 @@ pub struct HostStatus {
     /// asked yet).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fence: Vec<FenceDeviceHealth>,
+    /// Datastores it wrote within the fence timeout (its own count, or as its last heartbeat
+    /// said), of `datastores_configured`; none: never heard.
+    pub datastores_reached: Option<u32>,
+    /// Datastores in the configuration.
+    pub datastores_configured: u32,
     /// Its load as the master last read it from its libvirt, and how old that reading is, ms
     /// (master only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,6 +183,8 @@ impl Node {
                     signals: None,
                     vms: self.local_vms.keys().cloned().collect(),
                     fence: Vec::new(),
+                    datastores_reached: Some(self.datastores_written()),
+                    datastores_configured: self.config.datastores.len() as u32,
                     load: self.load_status(name),
                 });
                 continue;
@@ -228,6 +235,8 @@ impl Node {
                             .collect()
                     })
                     .unwrap_or_default(),
+                datastores_reached: peer.heard_directly_at.map(|_| peer.datastores_reachable),
+                datastores_configured: self.config.datastores.len() as u32,
                 load: self.load_status(name),
             });
         }

@@ -524,7 +524,7 @@ mod tests {
         let config = cluster(3, 2);
         let window = config.timeouts.fence_timeout_ms;
         let mut node = Node::new("host-1", config, 0);
-        let mut written = |node: &mut Node, now: u64, ok: bool| -> Vec<(EventKind, Severity)> {
+        let written = |node: &mut Node, now: u64, ok: bool| -> Vec<(EventKind, Severity)> {
             node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok }, &mut BuiltinPolicies)
                 .into_iter()
                 .filter_map(|a| match a {

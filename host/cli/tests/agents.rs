@@ -720,7 +720,17 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     assert!(run.ok && run.out.contains("vm-1: live migration host-3 → host-"), "{}", run.out);
     let chosen = cluster.runners("vm-1", &[1, 2, 3]);
     assert!(chosen.len() == 1 && chosen[0] != 3, "moved by the policy's choice: {chosen:?}\n{}", run.out);
-    let run = cluster.while_live(&["vm-1"], 2, &["migrate", "vm-1", "host-3"]);
+    // Right after a migration the master may still hold a heartbeat its source sent before
+    // the move ("it runs on host-3 already", HTTP 409) for up to a heartbeat or two: asked
+    // again, it goes (a known wart: docs/operator.md, "Migration right after a migration").
+    let mut run = cluster.while_live(&["vm-1"], 2, &["migrate", "vm-1", "host-3"]);
+    for _ in 0..4 {
+        if run.ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        run = cluster.while_live(&["vm-1"], 2, &["migrate", "vm-1", "host-3"]);
+    }
     assert!(run.ok && cluster.runners("vm-1", &[1, 2, 3]) == vec![3], "{}", run.out);
 
     // Scenario 7: maintenance of host-2 live-migrates vm-2 and vm-3 away; exit brings it back.

@@ -57,19 +57,24 @@ impl DecisionWorld {
         }
     }
 
-    /// The world named `text` (its wire name, or the WIT world's name).
+    /// The WIT world of the decision point (as plugin events and `halo status` name it).
+    pub fn wit_world(self) -> &'static str {
+        match self {
+            DecisionWorld::Isolation => "isolation-policy",
+            DecisionWorld::Placement => "placement-engine",
+            DecisionWorld::RestartOrder => "restart-policy",
+            DecisionWorld::Balancing => "balancing-policy",
+        }
+    }
+
+    /// The world named `text` (its wire name, or the WIT world's name; a placement plugin's
+    /// compact and columnar worlds too).
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|w| {
             w.name() == text
-                || matches!(
-                    (w, text),
-                    (DecisionWorld::Isolation, "isolation-policy")
-                        | (DecisionWorld::Placement, "placement-engine")
-                        | (DecisionWorld::Placement, "compact-placement-engine")
-                        | (DecisionWorld::Placement, "columnar-placement-engine")
-                        | (DecisionWorld::RestartOrder, "restart-policy")
-                        | (DecisionWorld::Balancing, "balancing-policy")
-                )
+                || w.wit_world() == text
+                || (*w == DecisionWorld::Placement
+                    && matches!(text, "compact-placement-engine" | "columnar-placement-engine"))
         })
     }
 }

@@ -728,7 +728,7 @@ fn handle_control(
         Control::Promote(world, reply) => {
             // The shadow's plugin is already compiled: moving it is instant, the loop may do it.
             let result = promote(&policies.policies, &policies.shadows, world);
-            plugin_event(drivers, now, node.name(), world_wit(world), result.clone());
+            plugin_event(drivers, now, node.name(), world.wit_world(), result.clone());
             let _ = reply.send(result);
         }
         Control::PluginsReloaded(results) => {
@@ -789,16 +789,6 @@ fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<ReloadOu
     .collect()
 }
 
-/// The WIT world of a decision point (as plugin events and `halo status` name it).
-fn world_wit(world: DecisionWorld) -> &'static str {
-    match world {
-        DecisionWorld::Isolation => "isolation-policy",
-        DecisionWorld::Placement => "placement-engine",
-        DecisionWorld::RestartOrder => "restart-policy",
-        DecisionWorld::Balancing => "balancing-policy",
-    }
-}
-
 /// Puts the shadow candidate of `world` in force (until the agent restarts: `halo.toml` still
 /// names the old file, which the operator changes to keep it).
 fn promote(policies: &PluginPolicies, shadows: &PluginPolicies, world: DecisionWorld) -> Result<String, String> {
@@ -842,7 +832,7 @@ fn plugin_status(policies: &PluginPolicies, shadows: &PluginPolicies, log: &Deci
         let info = slot.info();
         let stats = slot.stats();
         PluginStatus {
-            world: world_wit(world).to_string(),
+            world: world.wit_world().to_string(),
             file: info.as_ref().map(|i| i.path.display().to_string()),
             sha256: info.map(|i| i.sha256),
             calls: stats.calls,

@@ -821,11 +821,6 @@ impl Node {
         }
     }
 
-    /// How many of the configured datastores this host wrote within the fence timeout.
-    pub(crate) fn datastores_written(&self) -> u32 {
-        self.datastores_reachable()
-    }
-
     fn on_config(&mut self, config: ClusterConfig) {
         let names: BTreeSet<String> = config.hosts.iter().map(|h| h.name.clone()).filter(|n| *n != self.name).collect();
         self.peers.retain(|name, _| names.contains(name));

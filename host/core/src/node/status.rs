@@ -183,7 +183,7 @@ impl Node {
                     signals: None,
                     vms: self.local_vms.keys().cloned().collect(),
                     fence: Vec::new(),
-                    datastores_reached: Some(self.datastores_written()),
+                    datastores_reached: Some(self.datastores_reachable()),
                     datastores_configured: self.config.datastores.len() as u32,
                     load: self.load_status(name),
                 });

@@ -64,6 +64,7 @@ fn body(seq: u64) -> Heartbeat {
         incarnation: 1,
         master: None,
         datastores_reachable: 1,
+        datastores_lost: vec![],
         vms: vec![],
         operator_stopped: vec![],
         acks: vec![],

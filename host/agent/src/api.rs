@@ -390,7 +390,12 @@ async fn set_protection(
         Err(e) => return error(StatusCode::BAD_GATEWAY, format!("{vm}: {e}")),
     };
     let found = protectability(&api.config, &xml);
-    let domain = DomainFacts { memory_mib: found.memory_mib, vcpus: found.vcpus, problems: found.problems };
+    let domain = DomainFacts {
+        memory_mib: found.memory_mib,
+        vcpus: found.vcpus,
+        problems: found.problems,
+        datastores: api.config.datastores_of_disks(&xml),
+    };
     let spec = match protection_spec(vm, request, &in_force, &domain, verb == "unprotect") {
         Ok(spec) => spec,
         Err(e @ ProtectError::NotProtectable { .. }) => {

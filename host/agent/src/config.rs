@@ -690,6 +690,28 @@ impl AgentConfig {
         problems
     }
 
+    /// The configured datastores a domain's disks lie on: an NFS disk on a datastore's server
+    /// under its export, a file under a datastore's directory (what storage protection and
+    /// placement take as the VM's datastores).
+    pub fn datastores_of_disks(&self, xml: &str) -> Vec<String> {
+        let mut found: Vec<String> = Vec::new();
+        for disk in halo_libvirt::disk_locations(xml) {
+            let on = self.datastores.iter().find(|d| match (&disk, &d.nfs, &d.directory) {
+                (halo_libvirt::DiskSource::Nfs { server, path }, Some(nfs), _) => {
+                    nfs.server.to_string() == *server && Path::new(path).starts_with(&nfs.export)
+                }
+                (halo_libvirt::DiskSource::Path(path), _, Some(dir)) => Path::new(path).starts_with(dir),
+                _ => false,
+            });
+            if let Some(d) = on
+                && !found.contains(&d.name)
+            {
+                found.push(d.name.clone());
+            }
+        }
+        found
+    }
+
     /// The sanlock leases this host takes, when `[leases] kind = "sanlock"` and its settings
     /// hold (the loader reports them otherwise).
     pub fn sanlock_leases(&self) -> Option<halo_libvirt::SanlockLeases> {
@@ -971,6 +993,27 @@ mod example {
         assert!(problems.iter().any(|p| p.starts_with("datastores[0].timeout-ms")), "{problems:?}");
         assert!(problems.iter().any(|p| p.starts_with("liveness.realtime-priority")), "{problems:?}");
         let _ = std::fs::remove_file(&token);
+    }
+
+    #[test]
+    fn a_domains_disks_name_their_datastores() {
+        let (text, token) = example("disks");
+        let mut config = AgentConfig::parse(&text, "example").expect("valid");
+        let _ = std::fs::remove_file(&token);
+        config.datastores.push(DatastoreEntry {
+            name: "local-dir".into(),
+            directory: Some("/srv/vms".into()),
+            nfs: None,
+            timeout_ms: 2_000,
+        });
+        let xml = "<domain><devices>\
+            <disk type='network'><source protocol='nfs' name='ds1/a/vm.qcow2'><host name='10.213.37.190'/></source></disk>\
+            <disk type='network'><source protocol='nfs' name='ds10/vm.qcow2'><host name='10.213.37.190'/></source></disk>\
+            <disk type='file'><source file='/srv/vms/x.img'/></disk>\
+            <disk type='file'><source file='/srv/vms/y.img'/></disk></devices></domain>";
+        // `ds10` is not under export `/ds1`: paths match by component.
+        assert_eq!(config.datastores_of_disks(xml), ["ds1", "local-dir"]);
+        assert!(config.datastores_of_disks("<domain/>").is_empty());
     }
 
     #[test]

@@ -316,6 +316,7 @@ mod tests {
             depends_on: vec![],
             required_host_labels: vec![],
             anti_affinity_group: None,
+            datastores: vec![],
         }
     }
 }

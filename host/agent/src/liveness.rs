@@ -660,6 +660,7 @@ mod tests {
             incarnation: 7,
             master: None,
             datastores_reachable: 0,
+            datastores_lost: vec![],
             vms: vec![],
             operator_stopped: vec![],
             acks,

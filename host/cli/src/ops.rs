@@ -377,11 +377,18 @@ pub fn vm(command: VmCommand) -> anyhow::Result<ExitCode> {
             }
             let answer = api.agent()?.call("POST", &format!("/api/v1/vms/{vm}/protect"), Some(Value::Object(body)))?;
             let spec = answer.get("vm").cloned().unwrap_or_default();
+            let datastores = list(&spec, "datastores");
             outln!(
-                "{vm} protected: priority {}, order {}, on {}",
+                "{vm} protected: priority {}, order {}, on {}{}",
                 text(&spec, "priority"),
                 text(&spec, "order"),
-                text(&answer, "host")
+                text(&answer, "host"),
+                if datastores.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> = datastores.iter().filter_map(|d| d.as_str()).collect();
+                    format!(", disks on datastore {} (storage protection watches it)", names.join(", "))
+                }
             );
             if let Some(w) = answer.get("warning").and_then(Value::as_str) {
                 outln!("warning: {w}");

@@ -10,7 +10,7 @@
 
 #![allow(missing_docs)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Mutex;
@@ -2216,4 +2216,197 @@ fn a_host_cut_from_its_datastore_alerts_at_once_and_keeps_its_vms() {
     }
     cluster.holds(&placement, Duration::from_secs(3), "storage back");
     assert_eq!(qemus(&cluster), before, "the same QEMU processes: nothing stopped or restarted\n{}", cluster.logs());
+}
+
+/// The storage-protection lab (issue 20): the cluster of [`Cluster::up`] plus `db-1`, a Linux
+/// guest whose disk is on the lab's NFS server through QEMU's own NFS client, started on
+/// host-2 by halo (`halo vm start`); it writes a counter to its disk. Storage grace time 20 s.
+fn storage_cluster(test: &str, tag: char) -> Option<Cluster> {
+    let extra = "\n[policy]\nisolation = [{ key = \"storage-grace-seconds\", value = \"20\" }]\n";
+    let cluster = Cluster::up(test, tag, extra)?;
+    let image = cluster.lab.make_nfs_image("db-1", 16).expect("the image on the NFS export");
+    let xml = cluster.lab.linux_guest_with_nfs_disk_xml("db-1", &image).expect("xml");
+    // As an operator does: define it, protect it (halo finds its disk on datastore ds1), start
+    // it through halo.
+    cluster.hv[&2].define(&xml).expect("define db-1 on host-2");
+    let run = cluster.cli(1, &["vm", "protect", "db-1"]);
+    assert!(run.ok, "halo vm protect db-1: {}\n{}", run.out, cluster.logs());
+    assert!(run.out.contains("disks on datastore ds1"), "halo found db-1's disk on ds1: {}", run.out);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = cluster.cli(1, &["vm", "start", "db-1", "--on", "host-2"]);
+        if run.ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "halo vm start db-1: {}\n{}", run.out, cluster.logs());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // TCG boots the guest in seconds; it counts once its disk answers.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while cluster.lab.guest_counter("db-1").0.len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "db-1 does not count on its NFS disk; console:\n{}\n{}",
+            std::fs::read_to_string(cluster.lab.console_log("db-1")).unwrap_or_default(),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(cluster.runners("db-1", &[1, 2, 3]), vec![2], "db-1 runs on host-2");
+    Some(cluster)
+}
+
+/// The counter never went back and never skipped: every value printed is the one before it plus
+/// one, except at a boot, which starts from what the disk held (at least the last value
+/// printed: each value is on the disk before it is printed).
+fn counter_intact(cluster: &Cluster, vm: &str) -> (u64, usize) {
+    let (values, boots) = cluster.lab.guest_counter(vm);
+    let log = std::fs::read_to_string(cluster.lab.console_log(vm)).unwrap_or_default();
+    let mut last: Option<u64> = None;
+    let mut booted = 0;
+    for line in log.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("halo-counter-boot ").and_then(|n| n.parse::<u64>().ok()) {
+            assert!(last.is_none_or(|l| n >= l), "a boot found {n} on the disk after {last:?} was printed: data lost");
+            last = Some(n);
+            booted += 1;
+        } else if let Some(n) = line.strip_prefix("halo-counter ").and_then(|n| n.parse::<u64>().ok()) {
+            assert_eq!(Some(n), last.map(|l| l + 1).or(Some(n)), "the counter jumped");
+            last = Some(n);
+        }
+    }
+    assert_eq!(booted, boots.len());
+    (values.last().copied().unwrap_or(0), booted)
+}
+
+#[test]
+fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable";
+    let Some(cluster) = storage_cluster(test, 's') else {
+        return;
+    };
+    let token = cluster.token();
+    let since_kinds = |cluster: &Cluster, since: u64| -> Vec<(String, String, String)> {
+        let (_, body) = cluster.api(1, "GET", "/api/v1/events?limit=1000&cluster=true", Some(&token), None);
+        let events: serde_json::Value = serde_json::from_str(&body).expect("events");
+        events["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["unix-ms"].as_u64().unwrap_or(0) >= since)
+            .map(|e| {
+                (
+                    e["node"].as_str().unwrap_or("").to_string(),
+                    e["kind"].as_str().unwrap_or("").to_string(),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let qemu_of = |cluster: &Cluster| cluster.lab.pids_of(2, "db-1").expect("pids");
+    let qemu = qemu_of(&cluster);
+    assert!(!qemu.is_empty(), "db-1's QEMU on host-2");
+
+    // (a) The NFS server stopped for 10 s, shorter than the grace time: the guest's I/O waits
+    // (QEMU's NFS client reconnects), nothing is restarted, the counter goes on.
+    let (before, _) = counter_intact(&cluster, "db-1");
+    let since = halo_agent::events::unix_ms();
+    cluster.lab.nfs_stop().expect("stop the NFS server");
+    let stopped = Instant::now();
+    let mut states = BTreeSet::new();
+    while stopped.elapsed() < Duration::from_secs(10) {
+        let (active, _) = cluster.active("db-1", &[1, 2, 3]);
+        assert_eq!(active, vec![2], "db-1 stays on host-2 alone\n{}", cluster.logs());
+        states.insert(format!("{:?}", cluster.hv[&2].state("db-1").ok().flatten()));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let during = cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0);
+    cluster.lab.nfs_start(&["ds1"]).expect("NFS back");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0) < during + 10 {
+        assert!(Instant::now() < deadline, "db-1 counts again after the outage\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let events = since_kinds(&cluster, since);
+    let has = |kind: &str| events.iter().any(|(node, k, _)| node == "host-2" && k == kind);
+    assert!(has("vm-storage-lost"), "host-2 alerted: {events:#?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !since_kinds(&cluster, since).iter().any(|(n, k, _)| n == "host-2" && k == "vm-storage-regained") {
+        assert!(Instant::now() < deadline, "no vm-storage-regained\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!since_kinds(&cluster, since).iter().any(|(_, k, _)| k == "vm-storage-restart"));
+    assert_eq!(qemu_of(&cluster), qemu, "the same QEMU: nothing restarted");
+    let (after, boots) = counter_intact(&cluster, "db-1");
+    assert!(after > before && boots == 1, "counter {before} -> {after}, {boots} boot(s)");
+    println!("figure: (a) NFS down 10 s: db-1 states seen on host-2 {states:?}; counter {before} -> {during} (during) -> {after}, one boot");
+
+    // (c) The NFS server stopped for 35 s, past the grace time, for every host: no host
+    // reaches it, nothing is restarted, the guest goes on when it is back.
+    let since = halo_agent::events::unix_ms();
+    cluster.lab.nfs_stop().expect("stop the NFS server");
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(35) {
+        let (active, _) = cluster.active("db-1", &[1, 2, 3]);
+        assert_eq!(active, vec![2], "db-1 stays on host-2 alone\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let waiting = since_kinds(&cluster, since);
+    assert!(
+        waiting.iter().any(|(n, k, m)| n == "host-2" && k == "vm-storage-waiting" && m.contains("no other host")),
+        "host-2 says db-1 waits: {waiting:#?}"
+    );
+    let during = cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0);
+    cluster.lab.nfs_start(&["ds1"]).expect("NFS back");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0) < during + 10 {
+        assert!(Instant::now() < deadline, "db-1 counts again after the long outage\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!since_kinds(&cluster, since).iter().any(|(_, k, _)| k == "vm-storage-restart"));
+    assert_eq!(qemu_of(&cluster), qemu, "the same QEMU: nothing restarted");
+    let (after_c, boots) = counter_intact(&cluster, "db-1");
+    assert!(after_c > after && boots == 1, "counter {after} -> {after_c}, {boots} boot(s)");
+    println!("figure: (c) NFS down 35 s for every host: nothing restarted; counter {after} -> {after_c}");
+    std::thread::sleep(Duration::from_secs(3)); // every host writes ds1 again, steadily
+
+    // (b) host-2 alone cut from the storage past the grace time: db-1 is powered off there and
+    // restarted on a host that reaches it, never on two hosts at once.
+    let since = halo_agent::events::unix_ms();
+    let last_on_2 = counter_intact(&cluster, "db-1").0;
+    cluster.lab.block_storage(2, true).expect("block host-2's storage traffic");
+    let blocked = Instant::now();
+    let deadline = blocked + Duration::from_secs(90);
+    let moved_to = loop {
+        let (active, running) = cluster.active("db-1", &[1, 2, 3]);
+        assert!(active.len() <= 1, "db-1 on {active:?} at once\n{}", cluster.logs());
+        if let [h] = running.as_slice()
+            && *h != 2
+        {
+            break *h;
+        }
+        assert!(Instant::now() < deadline, "db-1 not restarted elsewhere\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let restarted = blocked.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (values_before, _) = cluster.lab.guest_counter("db-1");
+    while cluster.lab.guest_counter("db-1").0.len() < values_before.len() + 5 {
+        assert!(Instant::now() < deadline, "db-1 counts on host-{moved_to}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    cluster.lab.block_storage(2, false).expect("unblock");
+    let (after_b, boots) = counter_intact(&cluster, "db-1");
+    assert!(boots == 2 && after_b > last_on_2, "a second boot continued the counter: {last_on_2} -> {after_b}");
+    let events = since_kinds(&cluster, since);
+    assert!(events.iter().any(|(n, k, _)| n == "host-2" && k == "vm-storage-restart"), "{events:#?}");
+    for _ in 0..20 {
+        assert_eq!(cluster.active("db-1", &[1, 2, 3]).0, vec![moved_to], "db-1 once\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "figure: (b) host-2 cut from the storage -> db-1 running on host-{moved_to} after {:.1} s (grace 20 s); counter {last_on_2} -> {after_b}",
+        restarted.as_secs_f64()
+    );
 }

@@ -217,7 +217,7 @@ pub fn to_place(spec: &VmSpec, avoid: &str) -> VmToPlace {
         required_host_labels: spec.required_host_labels.clone(),
         anti_affinity_group: spec.anti_affinity_group.clone(),
         avoid_hosts: vec![avoid.to_string()],
-        datastores: vec![],
+        datastores: spec.datastores.clone(),
     }
 }
 

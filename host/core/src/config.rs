@@ -60,6 +60,10 @@ pub struct VmSpec {
     /// At most one VM of a group per host.
     #[serde(default)]
     pub anti_affinity_group: Option<String>,
+    /// The datastores holding its disks (names of `datastores`): it runs only on a host that
+    /// reaches them, and a host that loses one applies the storage response to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datastores: Vec<String>,
 }
 
 impl VmSpec {
@@ -286,6 +290,15 @@ impl ClusterConfig {
         duplicates("networks", self.networks.iter().map(String::as_str), &mut problems);
         duplicates("datastores", self.datastores.iter().map(String::as_str), &mut problems);
         duplicates("vms", self.vms.iter().map(|v| v.name.as_str()), &mut problems);
+        for vm in &self.vms {
+            for datastore in vm.datastores.iter().filter(|d| !self.datastores.contains(d)) {
+                problems.push(format!(
+                    "vms.{}.datastores: `{datastore}` is not a configured datastore ({})",
+                    vm.name,
+                    if self.datastores.is_empty() { "none is configured".to_string() } else { self.datastores.join(", ") }
+                ));
+            }
+        }
         for (key, value) in [
             ("timeouts.heartbeat-interval-ms", t.heartbeat_interval_ms),
             ("timeouts.datastore-interval-ms", t.datastore_interval_ms),
@@ -417,6 +430,7 @@ pub(crate) mod tests {
                     depends_on: vec![],
                     required_host_labels: vec![],
                     anti_affinity_group: None,
+                    datastores: vec![],
                 })
                 .collect(),
             timeouts: Timeouts::CONSERVATIVE,

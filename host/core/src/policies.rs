@@ -6,7 +6,10 @@
 //! answer that comes from a fallback carries the reason, and the core raises an alert.
 
 use halo_policy::balance::{BalanceInput, BalanceMove};
-use halo_policy::{IsolationInput, Placement, PlacementInput, RestartError, RestartInput, VmIsolationDecision, Wave};
+use halo_policy::{
+    IsolationInput, Placement, PlacementInput, RestartError, RestartInput, StorageInput, VmIsolationDecision,
+    VmStorageDecision, Wave,
+};
 
 /// A policy's answer and, when the plugin failed and the built-in policy answered instead,
 /// why (for the alert).
@@ -36,6 +39,12 @@ pub trait Policies {
     fn restart_order(&mut self, input: &RestartInput) -> PolicyOutcome<Result<Vec<Wave>, RestartError>>;
     /// Which live migrations would balance the hosts.
     fn balance(&mut self, input: &BalanceInput) -> PolicyOutcome<Vec<BalanceMove>>;
+    /// What a host does with VMs whose datastore it lost (the isolation policy's storage
+    /// decision). By default the built-in one: an isolation plugin of a contract before 0.1.4
+    /// has none.
+    fn storage(&mut self, input: &StorageInput) -> PolicyOutcome<Vec<VmStorageDecision>> {
+        PolicyOutcome::plain(halo_policy::isolation::decide_storage_fallback(input).0)
+    }
 }
 
 /// The built-in default policies, native.

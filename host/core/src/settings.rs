@@ -33,6 +33,8 @@ pub struct ProtectRequest {
     pub required_host_labels: Option<Vec<String>>,
     /// At most one VM of this group per host.
     pub anti_affinity_group: Option<String>,
+    /// The datastores holding its disks (default: those its domain's disks are found on).
+    pub datastores: Option<Vec<String>>,
 }
 
 impl ProtectRequest {
@@ -52,6 +54,9 @@ pub struct DomainFacts {
     pub vcpus: u32,
     /// Why the domain cannot be restarted on another host (empty: it can).
     pub problems: Vec<String>,
+    /// The configured datastores its disks are on (found by the agent from the disks' NFS
+    /// server and export).
+    pub datastores: Vec<String>,
 }
 
 /// Why a protect request was refused.
@@ -107,6 +112,10 @@ pub fn protection_spec(
             .or(existing.map(|v| v.required_host_labels.clone()))
             .unwrap_or_default(),
         anti_affinity_group: request.anti_affinity_group.or(existing.and_then(|v| v.anti_affinity_group.clone())),
+        datastores: request
+            .datastores
+            .or_else(|| existing.map(|v| v.datastores.clone()).filter(|d| !d.is_empty()))
+            .unwrap_or_else(|| domain.datastores.clone()),
     })
 }
 
@@ -183,6 +192,7 @@ mod tests {
             depends_on: vec![],
             required_host_labels: vec!["ssd".into()],
             anti_affinity_group: Some("replicas".into()),
+            datastores: vec![],
         }
     }
 
@@ -213,7 +223,7 @@ mod tests {
     }
 
     fn domain() -> DomainFacts {
-        DomainFacts { memory_mib: 512, vcpus: 1, problems: vec![] }
+        DomainFacts { memory_mib: 512, vcpus: 1, problems: vec![], datastores: vec![] }
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct Heartbeat {
     pub master: Option<(String, u64)>,
     /// Datastores the sender reaches (the election prefers more).
     pub datastores_reachable: u32,
+    /// Datastores the sender lost (configured, not written within the fence timeout): no VM
+    /// whose disks are there is placed on it. Absent from older agents' heartbeats.
+    #[serde(default)]
+    pub datastores_lost: Vec<String>,
     /// VMs running on the sender.
     pub vms: Vec<VmReport>,
     /// VMs the operator stopped through halo on the sender (not restarted).

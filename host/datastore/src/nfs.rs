@@ -18,7 +18,6 @@ use nfs3_client::nfs3_types::nfs3::{
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-use nfs3_client::tokio::{TokioConnector, TokioIo};
 use nfs3_client::{Nfs3Client, Nfs3ConnectionBuilder};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -43,8 +42,55 @@ pub struct NfsTarget {
     pub nfs_port: Option<u16>,
 }
 
+/// A TCP connection as `nfs3_client` reads and writes it, with one difference from its own
+/// `TokioIo`: a read that returns no bytes (the server closed the connection) or a write that
+/// takes none is an error. `nfs3_client` 0.9's `read_exact` loops on a read until its buffer
+/// is full, so a server that dies with a reply outstanding made it spin on the closed socket
+/// — on the liveness thread, at real-time priority, for the whole datastore timeout: every
+/// agent of the lab froze its machine for 2 s when the NFS server was stopped (issue 20).
+struct EofIo(TcpStream);
+
+impl nfs3_client::io::AsyncRead for EofIo {
+    async fn async_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match tokio::io::AsyncReadExt::read(&mut self.0, buf).await? {
+            0 if !buf.is_empty() => {
+                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the NFS server closed the connection"))
+            }
+            n => Ok(n),
+        }
+    }
+}
+
+impl nfs3_client::io::AsyncWrite for EofIo {
+    async fn async_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match tokio::io::AsyncWriteExt::write(&mut self.0, buf).await? {
+            0 if !buf.is_empty() => {
+                Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the NFS server takes no more bytes"))
+            }
+            n => Ok(n),
+        }
+    }
+}
+
+/// Connects [`EofIo`]s.
+struct EofConnector;
+
+impl nfs3_client::net::Connector for EofConnector {
+    type Connection = EofIo;
+
+    async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<EofIo> {
+        Ok(EofIo(TcpStream::connect(addr).await?))
+    }
+
+    async fn connect_with_port(&self, addr: std::net::SocketAddr, local_port: u16) -> std::io::Result<EofIo> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), local_port))?;
+        Ok(EofIo(socket.connect(addr).await?))
+    }
+}
+
 struct Connection {
-    client: Nfs3Client<TokioIo<TcpStream>>,
+    client: Nfs3Client<EofIo>,
     root: nfs_fh3,
     dirs: BTreeMap<String, nfs_fh3>,
 }
@@ -136,7 +182,7 @@ impl NfsStore {
             gids: vec![],
         });
         let mut builder =
-            Nfs3ConnectionBuilder::new(TokioConnector, self.target.server.to_string(), &self.target.export)
+            Nfs3ConnectionBuilder::new(EofConnector, self.target.server.to_string(), &self.target.export)
                 .connect_from_privileged_port(false)
                 .credential(credential);
         if let Some(port) = self.target.mount_port {
@@ -358,4 +404,35 @@ async fn write_new(c: &mut Connection, dir: &nfs_fh3, file: &str, bytes: &[u8]) 
         offset += ok.count as usize;
     }
     Ok(fh)
+}
+
+#[cfg(test)]
+mod tests {
+    use nfs3_client::io::{AsyncRead as _, AsyncWrite as _};
+    use nfs3_client::net::Connector as _;
+
+    use super::*;
+
+    #[test]
+    fn a_closed_connection_is_an_error_not_a_spin() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+            let address = listener.local_addr().expect("address");
+            // The "server" accepts, sends half a reply and closes.
+            let server = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                tokio::io::AsyncWriteExt::write_all(&mut stream, &[0x80, 0, 0]).await.expect("write");
+            });
+            let mut io = EofConnector.connect(address).await.expect("connect");
+            server.await.expect("server");
+            io.async_write_all(b"call").await.expect("the call is sent");
+            let mut reply = [0u8; 8];
+            // `nfs3_client`'s own read_exact, as it reads a reply: an error at once, where
+            // its plain tokio adapter spins on the closed socket.
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), io.async_read_exact(&mut reply)).await;
+            let error = read.expect("no spin until the timeout").expect_err("the connection closed");
+            assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+        });
+    }
 }

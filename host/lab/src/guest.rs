@@ -10,8 +10,22 @@ use crate::LabError;
 
 const CACHE: &str = "/var/cache/halo-lab/guest";
 /// In load order (virtio needs virtio_ring's symbols).
-const MODULES: [&str; 6] =
-    ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_console"];
+const MODULES: [&str; 7] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_console",
+    "virtio_blk",
+];
+
+/// What the guest does with a disk (`/dev/vda`), when it has one: a counter in its first
+/// sector, read at boot and written back one higher every 200 ms with `fsync` (each value is
+/// on the disk before it is printed), each value printed on the serial console as
+/// `halo-counter N`. A stall of the disk stalls the counter; a restart elsewhere continues
+/// from the last value written: a test reads the console to see that nothing was lost.
+const COUNTER: &str = "if [ -b /dev/vda ]; then\n  n=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -dc 0-9)\n  n=${n:-0}\n  echo \"halo-counter-boot $n\" > /dev/ttyS0\n  while :; do\n    n=$((n+1))\n    printf '%-511s\\n' \"$n\" | dd of=/dev/vda bs=512 count=1 conv=notrunc,fsync 2>/dev/null && echo \"halo-counter $n\" > /dev/ttyS0\n    sleep 0.2\n  done &\nfi\n";
 
 fn fail(what: &str, e: impl std::fmt::Display) -> LabError {
     LabError::Unavailable(format!("the Linux test guest: {what}: {e}"))
@@ -29,7 +43,7 @@ fn sh(script: &str, dir: &Path) -> Result<String, LabError> {
 pub fn linux_guest() -> Result<(PathBuf, PathBuf), LabError> {
     let cache = PathBuf::from(CACHE);
     // The file names carry the recipe's version: a changed recipe builds anew.
-    let (kernel, initrd) = (cache.join("vmlinuz"), cache.join("initrd-v2.gz"));
+    let (kernel, initrd) = (cache.join("vmlinuz"), cache.join("initrd-v3.gz"));
     if kernel.is_file() && initrd.is_file() {
         return Ok((kernel, initrd));
     }
@@ -78,7 +92,7 @@ pub fn linux_guest() -> Result<(PathBuf, PathBuf), LabError> {
         };
     }
     let script = format!(
-        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\nfor m in {}; do insmod /lib/modules/$m.ko; done\nport=\nfor i in 1 2 3 4 5 6 7 8 9 10; do for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = org.qemu.guest_agent.0 ] && port=/dev/$(basename $p); done; [ -n \"$port\" ] && break; sleep 0.2; done\n/usr/sbin/qemu-ga -m virtio-serial -p $port &\nwhile :; do sleep 3600; done\n",
+        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\nfor m in {}; do insmod /lib/modules/$m.ko; done\nport=\nfor i in 1 2 3 4 5 6 7 8 9 10; do for p in /sys/class/virtio-ports/*; do [ \"$(cat $p/name 2>/dev/null)\" = org.qemu.guest_agent.0 ] && port=/dev/$(basename $p); done; [ -n \"$port\" ] && break; sleep 0.2; done\n/usr/sbin/qemu-ga -m virtio-serial -p $port &\n{COUNTER}while :; do sleep 3600; done\n",
         MODULES.join(" ")
     );
     std::fs::write(init.join("init"), script).map_err(|e| fail("init", e))?;
@@ -89,7 +103,7 @@ pub fn linux_guest() -> Result<(PathBuf, PathBuf), LabError> {
     )
     .map_err(|e| fail("shutdown", e))?;
     sh(
-        "chmod 755 init/init init/sbin/shutdown && cd init && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../initrd-v2.gz",
+        "chmod 755 init/init init/sbin/shutdown && cd init && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../initrd-v3.gz",
         &cache,
     )?;
     let _ = std::fs::remove_dir_all(root);

@@ -582,6 +582,57 @@ impl Lab {
         ))
     }
 
+    /// Makes a qcow2 image on the lab's NFS datastore `ds1` (in its export directory, as the
+    /// server serves it); returns its path on the server (`/ds1/images/NAME.qcow2`).
+    pub fn make_nfs_image(&self, name: &str, size_mib: u64) -> Result<String, LabError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(LabError::Invalid(format!("image name `{name}`: letters, digits, - and _ only")));
+        }
+        let dir = self.dir().join("exports/ds1/images");
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::Invalid(format!("{}: {e}", dir.display())))?;
+        let file = dir.join(format!("{name}.qcow2"));
+        run("qemu-img", &["create", "-q", "-f", "qcow2", &file.to_string_lossy(), &format!("{size_mib}M")])?;
+        Ok(format!("/ds1/images/{name}.qcow2"))
+    }
+
+    /// Where a guest's serial console is written (appended across starts, on every host).
+    pub fn console_log(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("console-{name}.log"))
+    }
+
+    /// [`Self::linux_guest_xml`] with its disk on the lab's NFS server through QEMU's own NFS
+    /// client (`qemu-block-extra`; no kernel mount on any host): `<disk type='network'>`,
+    /// protocol `nfs`, the image at `path` (from [`Self::make_nfs_image`]); QEMU pauses the
+    /// guest on an I/O error (`error_policy='stop'`). The guest writes a counter to the disk
+    /// and prints it on its serial console ([`Self::console_log`]).
+    pub fn linux_guest_with_nfs_disk_xml(&self, name: &str, path: &str) -> Result<String, LabError> {
+        let disk = format!(
+            "<disk type='network' device='disk'><driver name='qemu' type='qcow2' error_policy='stop' rerror_policy='stop'/>\
+             <source protocol='nfs' name='{}'><host name='{}'/></source><target dev='vda' bus='virtio'/></disk>\
+             <serial type='file'><source path='{}' append='on'/><target port='0'/></serial>",
+            path,
+            self.storage_address(),
+            self.console_log(name).display()
+        );
+        Ok(self.linux_guest_xml(name)?.replace("</devices>", &format!("{disk}</devices>")))
+    }
+
+    /// The counter values a guest printed on its console so far (see [`Self::linux_guest_with_nfs_disk_xml`]),
+    /// in order, and the values it found on its disk at each boot.
+    pub fn guest_counter(&self, name: &str) -> (Vec<u64>, Vec<u64>) {
+        let log = std::fs::read_to_string(self.console_log(name)).unwrap_or_default();
+        let (mut values, mut boots) = (Vec::new(), Vec::new());
+        for line in log.lines() {
+            let line = line.trim();
+            if let Some(n) = line.strip_prefix("halo-counter-boot ").and_then(|n| n.trim().parse().ok()) {
+                boots.push(n);
+            } else if let Some(n) = line.strip_prefix("halo-counter ").and_then(|n| n.trim().parse().ok()) {
+                values.push(n);
+            }
+        }
+        (values, boots)
+    }
+
     /// Where host `host`'s libvirt answers from this machine's own namespace (its unix socket;
     /// works even while the host's networks are cut).
     pub fn libvirt_uri(&self, host: usize) -> String {
@@ -949,7 +1000,12 @@ impl Lab {
         std::fs::create_dir_all(&list).map_err(|e| LabError::Invalid(format!("{}: {e}", list.display())))?;
         let record = serde_json::json!({ "name": vm, "domain-xml": domain_xml });
         std::fs::write(list.join(format!("{vm}.json")), record.to_string())
-            .map_err(|e| LabError::Invalid(format!("{vm}: {e}")))
+            .map_err(|e| LabError::Invalid(format!("{vm}: {e}")))?;
+        // A new catalog stamp, as halo's own protect writes: running agents read the list
+        // again at once instead of at their next full read.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        std::fs::write(list.with_file_name("vms.stamp"), format!("lab-{}.{:09}", now.as_secs(), now.subsec_nanos()))
+            .map_err(|e| LabError::Invalid(format!("catalog stamp: {e}")))
     }
 
     /// Starts `halo agent --config <lab>/halo-N.toml` in host `host`'s namespace, its output

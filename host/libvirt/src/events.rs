@@ -59,6 +59,16 @@ pub enum LifecycleEvent {
         /// Domain.
         domain: String,
     },
+    /// QEMU paused it: a disk request failed (`error_policy='stop'`, or out of space).
+    PausedOnIoError {
+        /// Domain.
+        domain: String,
+    },
+    /// It runs again after a pause (not a migration's resume: that is `Started`).
+    Resumed {
+        /// Domain.
+        domain: String,
+    },
     /// The connection closed (libvirtd died, or keepalive failed: the host may be gone).
     ConnectionClosed {
         /// libvirt's reason: 0 error, 1 end of file, 2 keepalive, 3 client.
@@ -238,6 +248,10 @@ fn map_event(domain: String, event: u32, detail: u32) -> Option<LifecycleEvent> 
             _ => return None,
         },
         sys::VIR_DOMAIN_EVENT_CRASHED => LifecycleEvent::Crashed { domain },
+        sys::VIR_DOMAIN_EVENT_SUSPENDED if detail == sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR => {
+            LifecycleEvent::PausedOnIoError { domain }
+        }
+        sys::VIR_DOMAIN_EVENT_RESUMED => LifecycleEvent::Resumed { domain },
         _ => return None,
     })
 }
@@ -307,7 +321,16 @@ mod tests {
             map_event(d(), sys::VIR_DOMAIN_EVENT_RESUMED, sys::VIR_DOMAIN_EVENT_RESUMED_MIGRATED),
             Some(LifecycleEvent::Started { domain: d() })
         );
-        assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_RESUMED, 0), None, "an ordinary resume is no start");
+        assert_eq!(
+            map_event(d(), sys::VIR_DOMAIN_EVENT_RESUMED, 0),
+            Some(LifecycleEvent::Resumed { domain: d() }),
+            "an ordinary resume is no start"
+        );
+        assert_eq!(
+            map_event(d(), sys::VIR_DOMAIN_EVENT_SUSPENDED, sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR),
+            Some(LifecycleEvent::PausedOnIoError { domain: d() })
+        );
+        assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_SUSPENDED, sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED), None);
         assert_eq!(
             map_event(d(), sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_FAILED),
             Some(LifecycleEvent::Stopped { domain: d(), how: StopKind::Failed })
@@ -317,6 +340,6 @@ mod tests {
             Some(LifecycleEvent::ShuttingDown { domain: d(), by_guest: true })
         );
         assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_DEFINED, 0), None);
-        assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_RESUMED, 0), None);
+        assert_eq!(map_event(d(), sys::VIR_DOMAIN_EVENT_SUSPENDED, 0), None);
     }
 }

@@ -836,6 +836,43 @@ fn disk_sources(xml: &str) -> Vec<String> {
         .collect()
 }
 
+/// A disk on NFS, as the domain names it: `<disk type='network'><source protocol='nfs'
+/// name='EXPORT/PATH'><host name='SERVER'/></source>` (QEMU's own NFS client,
+/// `nfs://SERVER/EXPORT/PATH`), or a file under a directory (`file='/PATH'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A network disk on NFS: the server as named, and the path on it (with a leading `/`).
+    Nfs {
+        /// The server (address or name).
+        server: String,
+        /// The path on the server, export first.
+        path: String,
+    },
+    /// A file or block device on this host's file system.
+    Path(String),
+}
+
+/// Every disk source of a domain's XML (network disks of other protocols are left out).
+pub fn disk_locations(xml: &str) -> Vec<DiskSource> {
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return Vec::new() };
+    doc.root_element()
+        .children()
+        .filter(|n| n.has_tag_name("devices"))
+        .flat_map(|d| d.children())
+        .filter(|n| n.has_tag_name("disk"))
+        .filter_map(|disk| disk.children().find(|n| n.has_tag_name("source")))
+        .filter_map(|source| {
+            if source.attribute("protocol") == Some("nfs") {
+                let server = source.children().find(|n| n.has_tag_name("host"))?.attribute("name")?.to_string();
+                let name = source.attribute("name")?;
+                let path = if name.starts_with('/') { name.to_string() } else { format!("/{name}") };
+                return Some(DiskSource::Nfs { server, path });
+            }
+            source.attribute("file").or_else(|| source.attribute("dev")).map(|p| DiskSource::Path(p.to_string()))
+        })
+        .collect()
+}
+
 /// Whether `path` lies under one of `shared` — by path components: `/srv/shared2/a` is not
 /// under `/srv/shared`.
 fn on_shared_path(path: &str, shared: &[&str]) -> bool {
@@ -957,6 +994,22 @@ fn file_disks(xml: &str) -> Result<Vec<FileDisk>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nfs_and_file_disks_are_told_apart() {
+        let xml = "<domain><devices><disk type='network' device='disk'><driver name='qemu' type='qcow2'/>\
+                   <source protocol='nfs' name='ds1/vm-1.qcow2'><host name='10.0.0.9'/></source><target dev='vda'/></disk>\
+                   <disk type='file'><source file='/srv/a.img'/></disk>\
+                   <disk type='network'><source protocol='rbd' name='pool/x'><host name='ceph'/></source></disk></devices></domain>";
+        assert_eq!(
+            disk_locations(xml),
+            [
+                DiskSource::Nfs { server: "10.0.0.9".into(), path: "/ds1/vm-1.qcow2".into() },
+                DiskSource::Path("/srv/a.img".into())
+            ]
+        );
+        assert!(disk_locations("<domain").is_empty());
+    }
 
     #[test]
     fn disk_sources_and_the_host_cpu_are_found_in_xml() {

@@ -14,6 +14,9 @@ use crate::events::{LifecycleEvent, StopKind};
 #[derive(Debug, Default)]
 pub struct LifecycleStates {
     guest_shutdowns: BTreeSet<String>,
+    /// Domains QEMU paused on an I/O error (a resume of one of them is news to the core; any
+    /// other resume is halo's own, or a migration's, and says nothing new).
+    io_paused: BTreeSet<String>,
     generations: BTreeMap<String, u64>,
 }
 
@@ -60,8 +63,21 @@ impl LifecycleStates {
                 (domain, state)
             }
             LifecycleEvent::Crashed { domain } => (domain, VmState::Crashed),
+            LifecycleEvent::PausedOnIoError { domain } => {
+                self.io_paused.insert(domain.clone());
+                (domain, VmState::PausedOnIoError)
+            }
+            LifecycleEvent::Resumed { domain } => {
+                if !self.io_paused.remove(&domain) {
+                    return None;
+                }
+                (domain, VmState::Running)
+            }
             LifecycleEvent::ConnectionClosed { .. } => return None,
         };
+        if !matches!(state, VmState::PausedOnIoError) {
+            self.io_paused.remove(&vm);
+        }
         let generation = self.generations.get(&vm).copied().unwrap_or(1);
         Some(StateChange { vm, generation, state })
     }
@@ -120,5 +136,19 @@ mod tests {
         assert_eq!(state(&mut states, StopKind::Destroyed), Some(VmState::StoppedOutside));
         assert_eq!(state(&mut states, StopKind::Other), Some(VmState::StoppedOutside));
         assert_eq!(states.map(LifecycleEvent::ConnectionClosed { reason: 2 }, |_| 1), None);
+    }
+
+    #[test]
+    fn an_io_error_pause_and_its_resume_are_news_other_resumes_are_not() {
+        let mut states = LifecycleStates::default();
+        let _ = states.map(started("db"), |_| 4);
+        let resumed = |states: &mut LifecycleStates| {
+            states.map(LifecycleEvent::Resumed { domain: "db".into() }, |_| 1).map(|c| (c.generation, c.state))
+        };
+        assert_eq!(resumed(&mut states), None, "halo's own resume of a hold says nothing new");
+        let paused = states.map(LifecycleEvent::PausedOnIoError { domain: "db".into() }, |_| 1);
+        assert_eq!(paused.map(|c| (c.generation, c.state)), Some((4, VmState::PausedOnIoError)));
+        assert_eq!(resumed(&mut states), Some((4, VmState::Running)));
+        assert_eq!(resumed(&mut states), None, "once");
     }
 }

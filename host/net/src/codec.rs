@@ -268,6 +268,11 @@ pub fn encode(
         w.varint(report.generation);
     }
     w.strs(&heartbeat.unarmed)?;
+    // Datastores the sender lost: a trailing section, written only when there is one, so a
+    // host that reaches all its datastores sends what agents before it decode too.
+    if !heartbeat.datastores_lost.is_empty() {
+        w.strs(&heartbeat.datastores_lost)?;
+    }
     let mut mac = key.mac();
     mac.update(&w.0);
     w.0.extend_from_slice(&mac.finalize().into_bytes());
@@ -341,6 +346,7 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
         vanished.push((host, VmReport { vm, generation: r.varint()? }));
     }
     let unarmed = r.strs()?;
+    let datastores_lost = if r.rest.is_empty() { Vec::new() } else { r.strs()? };
     if !r.rest.is_empty() {
         return Err(DropReason::Malformed);
     }
@@ -351,6 +357,7 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
             incarnation,
             master,
             datastores_reachable,
+            datastores_lost,
             vms,
             operator_stopped,
             acks,
@@ -505,6 +512,7 @@ mod tests {
             incarnation: 1_790_000_000_123,
             master: Some(("host-1".into(), 4)),
             datastores_reachable: 2,
+            datastores_lost: vec![],
             vms: vec![VmReport { vm: "db".into(), generation: 3 }, VmReport { vm: "web".into(), generation: 1 }],
             operator_stopped: vec!["scratch".into()],
             acks: vec![("host-1".into(), 299), ("host-5".into(), 12)],
@@ -547,6 +555,14 @@ mod tests {
         let packet = encode(&heartbeat(), "prod", &members(), &key()).expect("encodes");
         let decoded = decode(&packet, "prod", &members(), &key()).expect("decodes");
         assert_eq!(decoded, Decoded { heartbeat: heartbeat(), membership_mismatch: false });
+        // Lost datastores travel in a trailing section, only when there are some: without,
+        // the packet is what an agent before the section sent (and decodes).
+        let mut lost = heartbeat();
+        lost.datastores_lost = vec!["ds1".into(), "ds2".into()];
+        let with = encode(&lost, "prod", &members(), &key()).expect("encodes");
+        assert_eq!(with.len(), packet.len() + 9, "count + two names");
+        let decoded = decode(&with, "prod", &members(), &key()).expect("decodes");
+        assert_eq!(decoded.heartbeat, lost);
     }
 
     #[test]

@@ -5,14 +5,31 @@
 //! off, every other VM keeps running. When no datastore is reachable nobody could be told,
 //! and every VM keeps running (self-fencing, decided by the core, covers that case).
 //! Each part is configurable through the policy's settings.
+//!
+//! The same policy answers when a host loses the datastore under its VMs' disks (storage
+//! protection, 0.1.4): by default `restart` and `best-effort` VMs wait
+//! [`DEFAULT_STORAGE_GRACE_SECS`] for the storage and are then restarted where it is
+//! reachable (vSphere's VM component protection "power off and restart", oVirt's `kill` for
+//! highly available VMs); unprotected VMs wait and are resumed (oVirt's `auto-resume`).
 
 use std::collections::BTreeMap;
 
 use crate::settings::{PolicySettings, SettingError, parse_number};
-use crate::types::{IsolationAction, IsolationInput, RestartPriority, VmIsolationDecision};
+use crate::types::{
+    IsolationAction, IsolationInput, RestartPriority, StorageInput, StorageResponse, VmIsolationDecision,
+    VmStorageDecision,
+};
 
 /// Longest shut-down grace a policy may ask for (validation bound).
 pub const MAX_SHUTDOWN_GRACE_SECS: u32 = 3600;
+
+/// How long a VM waits for lost storage before it is restarted elsewhere, by default: three
+/// minutes, vSphere's default delay of VM component protection, long enough for an NFS
+/// server to restart or fail over, short enough that a service is not down for long.
+pub const DEFAULT_STORAGE_GRACE_SECS: u32 = 180;
+
+/// Longest storage grace time a policy may ask for (validation bound).
+pub const MAX_STORAGE_GRACE_SECS: u32 = 86_400;
 
 /// What the default isolation policy does, per restart priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +44,44 @@ pub struct IsolationConfig {
     pub shutdown_grace_secs: u32,
     /// Action for every VM when no datastore is reachable (key `when-datastores-unreachable`).
     pub when_datastores_unreachable: ResponseKind,
+    /// Storage response for `restart` VMs (key `storage-restart`).
+    pub storage_restart: StorageKind,
+    /// Storage response for `best-effort` VMs (key `storage-best-effort`).
+    pub storage_best_effort: StorageKind,
+    /// Storage response for unprotected VMs (key `storage-unprotected`).
+    pub storage_unprotected: StorageKind,
+    /// Grace time of the storage response `restart` (key `storage-grace-seconds`).
+    pub storage_grace_secs: u32,
+}
+
+/// A storage response without its grace time (a setting of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    /// `leave`.
+    Leave,
+    /// `resume`.
+    Resume,
+    /// `restart`.
+    Restart,
+}
+
+impl StorageKind {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "leave" => Ok(Self::Leave),
+            "resume" => Ok(Self::Resume),
+            "restart" => Ok(Self::Restart),
+            _ => Err("expected leave, resume or restart".into()),
+        }
+    }
+
+    fn response(self, grace_secs: u32) -> StorageResponse {
+        match self {
+            Self::Leave => StorageResponse::Leave,
+            Self::Resume => StorageResponse::ResumeWhenBack,
+            Self::Restart => StorageResponse::Restart(grace_secs),
+        }
+    }
 }
 
 /// An isolation response without its grace time (that is a setting of its own).
@@ -67,13 +122,26 @@ impl Default for IsolationConfig {
             unprotected: ResponseKind::LeaveRunning,
             shutdown_grace_secs: 120,
             when_datastores_unreachable: ResponseKind::LeaveRunning,
+            storage_restart: StorageKind::Restart,
+            storage_best_effort: StorageKind::Restart,
+            storage_unprotected: StorageKind::Resume,
+            storage_grace_secs: DEFAULT_STORAGE_GRACE_SECS,
         }
     }
 }
 
 impl PolicySettings for IsolationConfig {
-    const KEYS: &'static [&'static str] =
-        &["restart", "best-effort", "unprotected", "shutdown-grace-seconds", "when-datastores-unreachable"];
+    const KEYS: &'static [&'static str] = &[
+        "restart",
+        "best-effort",
+        "unprotected",
+        "shutdown-grace-seconds",
+        "when-datastores-unreachable",
+        "storage-restart",
+        "storage-best-effort",
+        "storage-unprotected",
+        "storage-grace-seconds",
+    ];
 
     fn apply(&mut self, key: &str, value: &str) -> Result<bool, String> {
         match key {
@@ -81,6 +149,16 @@ impl PolicySettings for IsolationConfig {
             "best-effort" => self.best_effort = ResponseKind::parse(value)?,
             "unprotected" => self.unprotected = ResponseKind::parse(value)?,
             "when-datastores-unreachable" => self.when_datastores_unreachable = ResponseKind::parse(value)?,
+            "storage-restart" => self.storage_restart = StorageKind::parse(value)?,
+            "storage-best-effort" => self.storage_best_effort = StorageKind::parse(value)?,
+            "storage-unprotected" => self.storage_unprotected = StorageKind::parse(value)?,
+            "storage-grace-seconds" => {
+                let secs: u32 = parse_number(value, "a whole number of seconds")?;
+                if secs == 0 || secs > MAX_STORAGE_GRACE_SECS {
+                    return Err(format!("expected 1 to {MAX_STORAGE_GRACE_SECS} seconds"));
+                }
+                self.storage_grace_secs = secs;
+            }
             "shutdown-grace-seconds" => {
                 let secs: u32 = parse_number(value, "a whole number of seconds")?;
                 if secs == 0 || secs > MAX_SHUTDOWN_GRACE_SECS {
@@ -127,6 +205,60 @@ pub fn decide_isolation_with(config: &IsolationConfig, input: &IsolationInput) -
         .collect()
 }
 
+/// The default storage decision as the plugin runs it: settings read strictly.
+pub fn decide_storage(input: &StorageInput) -> Result<Vec<VmStorageDecision>, String> {
+    let config = IsolationConfig::from_settings(&input.settings).map_err(|e| e.to_string())?;
+    Ok(decide_storage_with(&config, input))
+}
+
+/// The built-in storage decision: bad settings keep their defaults (returned for the log).
+pub fn decide_storage_fallback(input: &StorageInput) -> (Vec<VmStorageDecision>, Vec<SettingError>) {
+    let (config, problems) = IsolationConfig::from_settings_lenient(&input.settings);
+    (decide_storage_with(&config, input), problems)
+}
+
+/// The storage decision under an explicit config: per restart priority. Whether anybody
+/// reaches the storage is the core's to check when the grace time is over (it never
+/// restarts a VM nobody could run), not the policy's.
+pub fn decide_storage_with(config: &IsolationConfig, input: &StorageInput) -> Vec<VmStorageDecision> {
+    input
+        .vms
+        .iter()
+        .map(|vm| {
+            let kind = match vm.priority {
+                RestartPriority::Restart => config.storage_restart,
+                RestartPriority::BestEffort => config.storage_best_effort,
+                RestartPriority::Unprotected => config.storage_unprotected,
+            };
+            VmStorageDecision { vm: vm.name.clone(), response: kind.response(config.storage_grace_secs) }
+        })
+        .collect()
+}
+
+/// Checks a storage answer against its input: every VM exactly once, grace times in bounds.
+pub fn validate_storage(input: &StorageInput, answer: &[VmStorageDecision]) -> Result<(), InvalidIsolationAnswer> {
+    if answer.len() > input.vms.len() {
+        return Err(InvalidIsolationAnswer::TooManyEntries { entries: answer.len(), vms: input.vms.len() });
+    }
+    let mut seen: BTreeMap<&str, bool> = input.vms.iter().map(|vm| (vm.name.as_str(), false)).collect();
+    for decision in answer {
+        match seen.get_mut(decision.vm.as_str()) {
+            None => return Err(InvalidIsolationAnswer::UnknownVm(decision.vm.clone())),
+            Some(true) => return Err(InvalidIsolationAnswer::DuplicateVm(decision.vm.clone())),
+            Some(done) => *done = true,
+        }
+        if let StorageResponse::Restart(secs) = decision.response
+            && (secs == 0 || secs > MAX_STORAGE_GRACE_SECS)
+        {
+            return Err(InvalidIsolationAnswer::BadStorageGrace { vm: decision.vm.clone(), secs });
+        }
+    }
+    match seen.into_iter().find(|(_, done)| !done) {
+        Some((vm, _)) => Err(InvalidIsolationAnswer::MissingVm(vm.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// Why an isolation answer is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidIsolationAnswer {
@@ -146,6 +278,14 @@ pub enum InvalidIsolationAnswer {
         entries: usize,
         /// VMs in the input.
         vms: usize,
+    },
+    /// A storage grace time out of bounds.
+    #[error("asks a storage grace of {secs} s for VM `{vm}` (allowed: 1 to {MAX_STORAGE_GRACE_SECS})")]
+    BadStorageGrace {
+        /// The VM.
+        vm: String,
+        /// The grace asked for.
+        secs: u32,
     },
     /// A grace time out of bounds.
     #[error("asks a shut-down grace of {secs} s for VM `{vm}` (allowed: 1 to {MAX_SHUTDOWN_GRACE_SECS})")]
@@ -249,6 +389,58 @@ mod tests {
         let (answer, problems) = decide_isolation_fallback(&input(true, settings));
         assert_eq!(problems.len(), 2);
         assert_eq!(answer[0].action, IsolationAction::PowerOff);
+    }
+
+    fn storage_input(settings: Vec<Setting>) -> StorageInput {
+        let base = input(true, settings);
+        StorageInput {
+            situation: crate::types::StorageSituation {
+                host: "host-1".into(),
+                datastore: "ds1".into(),
+                lost_for_ms: 2000,
+                io_error: false,
+                hosts_reaching: vec!["host-2".into()],
+            },
+            vms: base.vms,
+            settings: base.settings,
+        }
+    }
+
+    #[test]
+    fn storage_defaults_restart_protected_vms_after_three_minutes_and_resume_the_rest() {
+        let answer = decide_storage(&storage_input(vec![])).expect("defaults are valid");
+        let responses: Vec<StorageResponse> = answer.iter().map(|d| d.response).collect();
+        assert_eq!(
+            responses,
+            [StorageResponse::Restart(180), StorageResponse::Restart(180), StorageResponse::ResumeWhenBack]
+        );
+        let settings = vec![
+            Setting::new("storage-restart", "leave"),
+            Setting::new("storage-best-effort", "resume"),
+            Setting::new("storage-unprotected", "restart"),
+            Setting::new("storage-grace-seconds", "20"),
+        ];
+        let answer = decide_storage(&storage_input(settings)).expect("valid settings");
+        let responses: Vec<StorageResponse> = answer.iter().map(|d| d.response).collect();
+        assert_eq!(responses, [StorageResponse::Leave, StorageResponse::ResumeWhenBack, StorageResponse::Restart(20)]);
+        let err = decide_storage(&storage_input(vec![Setting::new("storage-grace-seconds", "0")])).expect_err("0 s");
+        assert!(err.contains("storage-grace-seconds"), "{err}");
+        // The isolation decision reads the same settings and accepts the storage keys.
+        assert!(decide_isolation(&input(true, vec![Setting::new("storage-restart", "resume")])).is_ok());
+    }
+
+    #[test]
+    fn storage_validation_refuses_unknown_missing_and_bad_grace() {
+        let input = storage_input(vec![]);
+        let good = decide_storage(&input).expect("valid");
+        assert_eq!(validate_storage(&input, &good), Ok(()));
+        let mut unknown = good.clone();
+        unknown[0].vm = "ghost".into();
+        assert_eq!(validate_storage(&input, &unknown), Err(InvalidIsolationAnswer::UnknownVm("ghost".into())));
+        assert_eq!(validate_storage(&input, &good[..2]), Err(InvalidIsolationAnswer::MissingVm("scratch".into())));
+        let mut grace = good;
+        grace[0].response = StorageResponse::Restart(MAX_STORAGE_GRACE_SECS + 1);
+        assert!(matches!(validate_storage(&input, &grace), Err(InvalidIsolationAnswer::BadStorageGrace { .. })));
     }
 
     #[test]

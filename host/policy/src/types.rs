@@ -149,6 +149,63 @@ pub struct VmIsolationDecision {
     pub action: IsolationAction,
 }
 
+/// What a host knows about a datastore that holds VMs' disks and that it lost (new in 0.1.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StorageSituation {
+    /// The host that lost it (the one asking).
+    pub host: String,
+    /// The datastore.
+    pub datastore: String,
+    /// Milliseconds since the host last wrote it (0 when only an I/O error is known).
+    pub lost_for_ms: u64,
+    /// A VM of the input is paused on an I/O error (QEMU stopped it: its disk failed a
+    /// request), not only stalled.
+    #[serde(default)]
+    pub io_error: bool,
+    /// The other hosts that reach the datastore now, as last heard (a restart can only go
+    /// there; empty: nobody could run the VMs, a restart is never done).
+    #[serde(default)]
+    pub hosts_reaching: Vec<String>,
+}
+
+/// Input of the isolation policy's storage decision: the VMs of one host whose disks are
+/// on a datastore the host lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StorageInput {
+    /// What was lost.
+    pub situation: StorageSituation,
+    /// The VMs on the host with disks there.
+    pub vms: Vec<VmInfo>,
+    /// The isolation policy's settings.
+    #[serde(default)]
+    pub settings: Vec<Setting>,
+}
+
+/// What to do with one VM whose storage is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageResponse {
+    /// Leave it as it is (stalled or paused); halo does nothing, not even resume it.
+    Leave,
+    /// Wait for the storage; resume it if it was paused on an I/O error once it is back.
+    ResumeWhenBack,
+    /// Wait this many seconds for the storage; if it is still lost then and another host
+    /// reaches it, power the VM off here and restart it there. Back in time: resumed.
+    Restart(u32),
+}
+
+/// The storage decision for one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VmStorageDecision {
+    /// The VM.
+    pub vm: String,
+    /// What to do with it.
+    pub response: StorageResponse,
+}
+
 /// Why a placement is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

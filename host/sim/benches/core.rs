@@ -62,6 +62,7 @@ fn heartbeats(seconds: u64) {
                 incarnation: 1,
                 master: Some((names[0].clone(), 1)),
                 datastores_reachable: 1,
+                datastores_lost: vec![],
                 vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
                 operator_stopped: vec![],
                 acks,

@@ -40,6 +40,7 @@ pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
                 depends_on: vec![],
                 required_host_labels: vec![],
                 anti_affinity_group: None,
+                datastores: vec![],
             })
             .collect(),
         timeouts: Timeouts::default(),
@@ -149,6 +150,7 @@ pub fn demo_cluster() -> ClusterConfig {
         depends_on: depends_on.iter().map(|d| d.to_string()).collect(),
         required_host_labels: vec![],
         anti_affinity_group: anti.map(Into::into),
+        datastores: vec![],
     };
     ClusterConfig {
         hosts: (1..=4)

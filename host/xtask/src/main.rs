@@ -81,9 +81,10 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 /// libvirtd + QEMU, nftables, nfs-ganesha with rpcbind, tini as each lab host's reaper, and
 /// Chromium to test the status page headless, sanlock with libvirt's sanlock lock manager for
 /// the VM-lease lab test, the fence agents (`fence_redfish` against the lab BMC, which needs
-/// `openssl` for its certificate and Debian's `python3`, a dependency of the fence agents).
+/// `openssl` for its certificate and Debian's `python3`, a dependency of the fence agents),
+/// QEMU's NFS block driver (`qemu-block-extra`) for VM disks on the lab's NFS server.
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 19] = [
+const PACKAGES: [(&str, &str); 20] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
@@ -103,6 +104,7 @@ const PACKAGES: [(&str, &str); 19] = [
     ("/usr/lib/libvirt/libvirt_sanlock_helper", "libvirt-sanlock"),
     ("/usr/sbin/fence_redfish", "fence-agents"),
     ("/usr/bin/openssl", "openssl"),
+    ("/usr/lib/x86_64-linux-gnu/qemu/block-nfs.so", "qemu-block-extra"),
 ];
 
 /// Installs the missing Debian packages (as root; otherwise says what to install) and the

@@ -58,6 +58,17 @@ event_kinds! {
     DatastoreLost => "datastore-lost",
     /// This host writes a datastore again after losing it.
     DatastoreRegained => "datastore-regained",
+    /// VMs on this host lost the storage under their disks (their datastore is lost here, or
+    /// QEMU paused them on an I/O error); the storage response (policy) says what follows.
+    VmStorageLost => "vm-storage-lost",
+    /// A VM's storage is back before its grace time ran out: resumed, nothing restarted.
+    VmStorageRegained => "vm-storage-regained",
+    /// A VM's storage stayed lost past its grace time and another host reaches it: powered
+    /// off here to be restarted there.
+    VmStorageRestart => "vm-storage-restart",
+    /// A VM's storage stayed lost past its grace time but no host reaches it (or HA is off):
+    /// not restarted, left waiting for the storage.
+    VmStorageWaiting => "vm-storage-waiting",
     /// This host is alone on its networks (isolation check starts).
     Alone => "alone",
     /// This host declared itself isolated.

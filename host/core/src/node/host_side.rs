@@ -280,8 +280,19 @@ impl Node {
 
     pub(super) fn on_vm_state(&mut self, vm: &str, generation: u64, state: VmState) {
         self.note_generation(vm, generation);
+        if state != VmState::PausedOnIoError {
+            self.note_io_paused(vm, false);
+        }
         match state {
+            VmState::PausedOnIoError => {
+                // Still here, holding its disks: not running anywhere else.
+                if self.local_vms.insert(vm.to_string(), generation) != Some(generation) {
+                    self.next_heartbeat = self.now;
+                }
+                self.note_io_paused(vm, true);
+            }
             VmState::Running => {
+                self.note_io_paused(vm, false);
                 self.stopping.remove(vm);
                 // A VM that arrived is told to the others at once (the master compares every
                 // host's list: a copy started outside halo is found a heartbeat sooner).
@@ -352,7 +363,11 @@ impl Node {
                 // for an old stop and never restarted.
                 let generation = self.local_vms.remove(vm).map_or(generation, |ran| ran.max(generation));
                 self.stopped.push(VmReport { vm: vm.to_string(), generation });
-                let why = if reason == StopReason::Fence { "fencing" } else { "isolation response" };
+                let why = match reason {
+                    StopReason::Fence => "fencing",
+                    StopReason::Storage => "storage response",
+                    _ => "isolation response",
+                };
                 self.record(
                     Severity::Warning,
                     EventKind::VmStopped,

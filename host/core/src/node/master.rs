@@ -638,7 +638,11 @@ impl Node {
                 .collect(),
             hosts: usage
                 .iter()
-                .map(|u| capacity::candidate(&self.config, u, groups.get(&u.host).cloned().unwrap_or_default()))
+                .map(|u| {
+                    let mut host = capacity::candidate(&self.config, u, groups.get(&u.host).cloned().unwrap_or_default());
+                    host.datastores = self.datastores_of(&u.host);
+                    host
+                })
                 .collect(),
             vcpu_overcommit_percent: self.config.ha.vcpu_overcommit_percent,
             settings: self.config.policy.placement.clone(),

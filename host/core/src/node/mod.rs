@@ -30,6 +30,7 @@ pub use host_side::{has_quorum, must_fence};
 mod resume;
 mod status;
 mod storage;
+mod vm_storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,6 +55,9 @@ pub enum StopReason {
     Isolation,
     /// Self-fencing.
     Fence,
+    /// The storage response: the VM's datastore stayed lost here past its grace time while
+    /// another host reaches it (it is restarted there).
+    Storage,
 }
 
 /// A VM's state as the local hypervisor reports it.
@@ -62,6 +66,9 @@ pub enum StopReason {
 pub enum VmState {
     /// Running.
     Running,
+    /// Paused by QEMU on an I/O error of one of its disks (libvirt's `paused`, reason
+    /// `ioerror`): it still holds its disks here, it is not running anywhere else.
+    PausedOnIoError,
     /// It crashed (QEMU died).
     Crashed,
     /// The guest shut itself down.
@@ -491,6 +498,9 @@ struct Peer {
     ack_advanced_at: Option<Millis>,
     /// From its last heartbeat.
     datastores_reachable: u32,
+    datastores_lost: Vec<String>,
+    /// Per datastore it reports writing: since when, without a break (`vm_storage`).
+    reaching_since: BTreeMap<String, Millis>,
     master: Option<(String, u64)>,
     vms: Vec<VmReport>,
     stopped: Vec<VmReport>,
@@ -596,6 +606,10 @@ pub struct Node {
     /// VMs this node asked its driver to stop and whose stop it has not heard of yet: libvirt
     /// reports halo's own power-off as a stop from outside too.
     stopping: BTreeSet<String>,
+    /// VMs here that QEMU paused on an I/O error (until they run again or leave).
+    io_paused: BTreeSet<String>,
+    /// VMs here whose storage is lost, and what the storage response decided (`vm_storage`).
+    storage_lost: BTreeMap<String, vm_storage::Episode>,
 }
 
 /// How often the master reads every host's load from its libvirt (`Action::ReadLoad`).
@@ -652,6 +666,8 @@ impl Node {
             balancing: balance::Balancing::default(),
             storage: BTreeMap::new(),
             stopping: BTreeSet::new(),
+            io_paused: BTreeSet::new(),
+            storage_lost: BTreeMap::new(),
         }
     }
 
@@ -879,6 +895,7 @@ impl Node {
         self.elect();
         self.watch_isolation(policies);
         self.watch_fencing();
+        self.watch_vm_storage(policies);
         self.settle_held();
         if self.master.is_some() {
             self.master_step(policies);
@@ -901,6 +918,7 @@ impl Node {
             incarnation: self.incarnation,
             master: self.master_view.clone(),
             datastores_reachable: self.datastores_reachable(),
+            datastores_lost: self.ds_lost.iter().cloned().collect(),
             vms,
             operator_stopped: self.operator_stopped.iter().cloned().collect(),
             acks,
@@ -998,6 +1016,15 @@ impl Node {
             peer.ack_advanced_at = Some(now);
         }
         peer.datastores_reachable = hb.datastores_reachable;
+        peer.datastores_lost = hb.datastores_lost;
+        let reaching = hb.datastores_reachable > 0;
+        peer.reaching_since
+            .retain(|d, _| reaching && !peer.datastores_lost.contains(d) && self.config.datastores.contains(d));
+        if reaching {
+            for d in self.config.datastores.iter().filter(|d| !peer.datastores_lost.contains(d)) {
+                peer.reaching_since.entry(d.clone()).or_insert(now);
+            }
+        }
         peer.master = hb.master.clone();
         peer.ha_disabled = hb.ha_disabled;
         peer.ha_off = hb.ha_off;
@@ -1171,6 +1198,7 @@ pub(crate) mod tests {
                 incarnation: 0,
                 master: None,
                 datastores_reachable: 1,
+                datastores_lost: vec![],
                 vms,
                 operator_stopped: vec![],
                 acks: acks.iter().map(|(h, s)| (h.to_string(), *s)).collect(),

@@ -2340,7 +2340,9 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
     assert_eq!(qemu_of(&cluster), qemu, "the same QEMU: nothing restarted");
     let (after, boots) = counter_intact(&cluster, "db-1");
     assert!(after > before && boots == 1, "counter {before} -> {after}, {boots} boot(s)");
-    println!("figure: (a) NFS down 10 s: db-1 states seen on host-2 {states:?}; counter {before} -> {during} (during) -> {after}, one boot");
+    println!(
+        "figure: (a) NFS down 10 s: db-1 states seen on host-2 {states:?}; counter {before} -> {during} (during) -> {after}, one boot"
+    );
 
     // (c) The NFS server stopped for 35 s, past the grace time, for every host: no host
     // reaches it, nothing is restarted, the guest goes on when it is back.

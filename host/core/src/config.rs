@@ -295,7 +295,11 @@ impl ClusterConfig {
                 problems.push(format!(
                     "vms.{}.datastores: `{datastore}` is not a configured datastore ({})",
                     vm.name,
-                    if self.datastores.is_empty() { "none is configured".to_string() } else { self.datastores.join(", ") }
+                    if self.datastores.is_empty() {
+                        "none is configured".to_string()
+                    } else {
+                        self.datastores.join(", ")
+                    }
                 ));
             }
         }

@@ -181,10 +181,9 @@ impl NfsStore {
             gid: 0,
             gids: vec![],
         });
-        let mut builder =
-            Nfs3ConnectionBuilder::new(EofConnector, self.target.server.to_string(), &self.target.export)
-                .connect_from_privileged_port(false)
-                .credential(credential);
+        let mut builder = Nfs3ConnectionBuilder::new(EofConnector, self.target.server.to_string(), &self.target.export)
+            .connect_from_privileged_port(false)
+            .credential(credential);
         if let Some(port) = self.target.mount_port {
             builder = builder.mount_port(port);
         }

@@ -639,7 +639,8 @@ impl Node {
             hosts: usage
                 .iter()
                 .map(|u| {
-                    let mut host = capacity::candidate(&self.config, u, groups.get(&u.host).cloned().unwrap_or_default());
+                    let mut host =
+                        capacity::candidate(&self.config, u, groups.get(&u.host).cloned().unwrap_or_default());
                     host.datastores = self.datastores_of(&u.host);
                     host
                 })

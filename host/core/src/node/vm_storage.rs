@@ -157,11 +157,8 @@ impl Node {
             let mut told = Vec::new();
             for vm in &vms {
                 // The validator saw every VM answered; a VM missing anyway waits (safe).
-                let response = outcome
-                    .answer
-                    .iter()
-                    .find(|d| d.vm == *vm)
-                    .map_or(StorageResponse::ResumeWhenBack, |d| d.response);
+                let response =
+                    outcome.answer.iter().find(|d| d.vm == *vm).map_or(StorageResponse::ResumeWhenBack, |d| d.response);
                 told.push(format!("{vm}: {}", self.describe(response)));
                 self.storage_lost.insert(
                     vm.clone(),
@@ -203,10 +200,9 @@ impl Node {
         match response {
             StorageResponse::Leave => "leave it as it is".to_string(),
             StorageResponse::ResumeWhenBack => "wait, resume when the storage is back".to_string(),
-            StorageResponse::Restart(secs) => format!(
-                "wait {} s, then restart it where the storage is reachable",
-                self.grace_ms(secs).div_ceil(1000)
-            ),
+            StorageResponse::Restart(secs) => {
+                format!("wait {} s, then restart it where the storage is reachable", self.grace_ms(secs).div_ceil(1000))
+            }
         }
     }
 
@@ -332,7 +328,11 @@ mod tests {
         config.vms[0].datastores = vec!["ds1".into()];
         config.policy.isolation = vec![halo_policy::Setting::new("storage-grace-seconds", "20")];
         let mut node = Node::new("host-1", config, 0);
-        node.handle(0, Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running }, &mut BuiltinPolicies);
+        node.handle(
+            0,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running },
+            &mut BuiltinPolicies,
+        );
         node
     }
 
@@ -422,9 +422,12 @@ mod tests {
             &mut BuiltinPolicies,
         );
         assert!(out.is_empty() || !stops(&out).iter().any(|_| true));
-        let out = super::super::tests::tick_until(&mut node, now, now + 2_000, |a| {
-            matches!(a, Action::SendHeartbeat { heartbeat, .. } if heartbeat.stopped.iter().any(|r| r.vm == "vm-1"))
-        });
+        let out = super::super::tests::tick_until(
+            &mut node,
+            now,
+            now + 2_000,
+            |a| matches!(a, Action::SendHeartbeat { heartbeat, .. } if heartbeat.stopped.iter().any(|r| r.vm == "vm-1")),
+        );
         assert!(out.is_some(), "vm-1 reported stopped for a restart");
         // And this host says it lost ds1: no placement puts a ds1 VM here.
         assert_eq!(node.datastores_of("host-1"), Vec::<String>::new());

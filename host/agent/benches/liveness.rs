@@ -65,6 +65,7 @@ fn body(seq: u64) -> Heartbeat {
         master: None,
         datastores_reachable: 1,
         datastores_lost: vec![],
+        health: Default::default(),
         vms: vec![],
         operator_stopped: vec![],
         acks: vec![],

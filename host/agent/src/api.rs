@@ -960,6 +960,27 @@ async fn metrics(State(api): Ctx) -> Response {
             .collect(),
     );
     push(
+        "halo_host_health",
+        "gauge",
+        "Each host's health as its provider reported it: 0 healthy, 1 degraded, 2 failing (proactive HA).",
+        status
+            .hosts
+            .iter()
+            .map(|h| format!("halo_host_health{{host=\"{}\"}} {}", esc(&h.name), h.health.state as u8))
+            .collect(),
+    );
+    push(
+        "halo_vms_storage_lost",
+        "gauge",
+        "VMs on this host whose storage is lost (storage protection: waiting, resuming or being restarted elsewhere).",
+        status
+            .hosts
+            .iter()
+            .filter(|h| h.state == "this host")
+            .map(|h| format!("halo_vms_storage_lost{{host=\"{}\"}} {}", esc(&h.name), h.storage_lost_vms.len()))
+            .collect(),
+    );
+    push(
         "halo_datastores_configured",
         "gauge",
         "Datastores in the configuration.",

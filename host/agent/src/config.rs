@@ -83,6 +83,9 @@ pub struct AgentConfig {
     /// VM leases on shared storage (sanlock): none by default.
     #[serde(default)]
     pub leases: LeasesEntry,
+    /// Proactive HA's health provider.
+    #[serde(default)]
+    pub health: crate::health::HealthEntry,
 }
 
 /// VM leases on shared storage (`[leases]`): with `kind = "sanlock"`, libvirt's sanlock lock
@@ -458,7 +461,7 @@ impl AgentConfig {
 
     /// Every problem, each with its key path and what to do.
     fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems = self.health.problems();
         let name_ok = |n: &str| {
             !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };

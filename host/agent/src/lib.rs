@@ -14,6 +14,7 @@ pub mod decisions;
 pub mod events;
 pub mod fence;
 pub mod handle;
+pub mod health;
 pub mod liveness;
 pub mod run;
 pub mod watchdog;

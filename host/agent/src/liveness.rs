@@ -661,6 +661,7 @@ mod tests {
             master: None,
             datastores_reachable: 0,
             datastores_lost: vec![],
+            health: Default::default(),
             vms: vec![],
             operator_stopped: vec![],
             acks,

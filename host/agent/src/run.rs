@@ -384,6 +384,7 @@ pub async fn start(
     );
     let webhook = config.alerts.webhook_url.as_deref().and_then(|u| crate::client::parse_http_url(u).ok());
     let events = EventLog::new(config.alerts.event_log.clone(), webhook);
+    runtime.spawn(crate::health::watch(config.health.clone(), inputs.clone(), Arc::clone(&events), me.clone()));
     // The plugins are compiled before the liveness path starts (later swaps compile on a
     // blocking thread, never on the agent loop).
     // Plugins compile in a child process of the agent's own executable (`halo`), under the

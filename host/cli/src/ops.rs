@@ -180,7 +180,26 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 let reached = h.get("datastores-reached").and_then(Value::as_u64);
                 let configured = h.get("datastores-configured").and_then(Value::as_u64).unwrap_or(0);
                 if let Some(reached) = reached.filter(|r| *r < configured) {
-                    notes.push(format!("DATASTORES {reached}/{configured}"));
+                    let lost: Vec<&str> = list(h, "datastores-lost").iter().filter_map(Value::as_str).collect();
+                    if lost.is_empty() {
+                        notes.push(format!("DATASTORES {reached}/{configured}"));
+                    } else {
+                        notes.push(format!("DATASTORES {reached}/{configured} ({} lost)", lost.join(", ")));
+                    }
+                }
+                let health = h.get("health").cloned().unwrap_or_default();
+                let state = text(&health, "state");
+                if !state.is_empty() && state != "healthy" {
+                    notes.push(format!("HEALTH {state}: {}", text(&health, "reason")));
+                }
+                if h.get("quarantined").and_then(Value::as_bool) == Some(true)
+                    && h.get("maintenance").and_then(Value::as_bool) != Some(true)
+                {
+                    notes.push("quarantined".into());
+                }
+                let stalled: Vec<&str> = list(h, "storage-lost-vms").iter().filter_map(Value::as_str).collect();
+                if !stalled.is_empty() {
+                    notes.push(format!("STORAGE LOST: {}", stalled.join(", ")));
                 }
                 vec![
                     text(h, "name"),

@@ -2412,3 +2412,62 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
         restarted.as_secs_f64()
     );
 }
+
+#[test]
+fn a_host_reported_failing_is_emptied_by_live_migration() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "a_host_reported_failing_is_emptied_by_live_migration";
+    let Some(cluster) = Cluster::up(test, 'p', "") else {
+        return;
+    };
+    let on_2: Vec<&str> = VMS.iter().filter(|(_, h)| *h == 2).map(|(vm, _)| *vm).collect();
+    let all: Vec<&str> = VMS.iter().map(|(vm, _)| *vm).collect();
+    cluster
+        .lab
+        .set_health(
+            2,
+            Some(r#"{"checks": [{"name": "dimm-b2", "status": "failing", "detail": "uncorrected ECC errors"}]}"#),
+        )
+        .expect("host-2 reports failing");
+    let reported = Instant::now();
+    let deadline = reported + Duration::from_secs(60);
+    loop {
+        for vm in &all {
+            let (active, running) = cluster.active(vm, &[1, 2, 3]);
+            assert!(!active.is_empty(), "{vm} was stopped\n{}", cluster.logs());
+            assert!(running.len() <= 1, "{vm} runs on {running:?}\n{}", cluster.logs());
+        }
+        if on_2.iter().all(|vm| cluster.active(vm, &[1, 2, 3]).0.iter().all(|h| *h != 2)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host-2 not emptied\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let emptied = reported.elapsed();
+    let status = cluster.cli(1, &["status"]);
+    let line = status.out.lines().find(|l| l.trim_start().starts_with("host-2")).unwrap_or_default().to_string();
+    assert!(
+        line.contains("HEALTH failing: dimm-b2 failing: uncorrected ECC errors") && line.contains("maintenance"),
+        "halo status shows it:\n{}",
+        status.out
+    );
+    let gauge = metrics(&cluster, 1, "halo_host_health");
+    assert_eq!(gauge.get("halo_host_health{host=\"host-2\"}"), Some(&2.0), "{gauge:?}");
+    // Healthy again: back in service (and nothing moves back by itself).
+    cluster.lab.set_health(2, None).expect("healthy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = cluster.cli(1, &["status"]);
+        let line = status.out.lines().find(|l| l.trim_start().starts_with("host-2")).unwrap_or_default().to_string();
+        if !line.contains("maintenance") && !line.contains("HEALTH") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host-2 back in service:\n{}", status.out);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "figure: (d) host-2 reported failing -> its {} VMs live-migrated away, host empty after {:.1} s",
+        on_2.len(),
+        emptied.as_secs_f64()
+    );
+}

@@ -196,6 +196,25 @@ pub struct HaSettings {
     /// (started outside halo): always an alert; by default the copy halo does not keep is
     /// paused.
     pub on_duplicate: OnDuplicate,
+    /// What the master does with a host its health provider reports degraded (proactive HA).
+    pub on_degraded: HealthResponse,
+    /// What the master does with a host its health provider reports failing.
+    pub on_failing: HealthResponse,
+}
+
+/// What proactive HA does with a host that reports it is degraded or failing (vSphere's
+/// proactive HA in its mixed mode: quarantine for moderate, maintenance for severe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthResponse {
+    /// Only events and status.
+    Ignore,
+    /// No new VMs go there (balancing, evacuations and migrations to the cluster avoid it;
+    /// a failover still may, when nothing else fits); its VMs stay.
+    Quarantine,
+    /// Evacuated by live migration as for maintenance (within the failover plan), taken back
+    /// into service when it reports healthy again.
+    Maintenance,
 }
 
 /// What the master does with the extra copies of a protected VM running on two hosts.
@@ -221,6 +240,8 @@ impl Default for HaSettings {
             restart_window_ms: 600_000,
             quorum_fencing: false,
             on_duplicate: OnDuplicate::Pause,
+            on_degraded: HealthResponse::Quarantine,
+            on_failing: HealthResponse::Maintenance,
         }
     }
 }

@@ -25,10 +25,13 @@ pub mod settings;
 pub mod wire;
 
 pub use classify::{Signals, Trace, Verdict};
-pub use config::{ClusterConfig, ConfigErrors, HaSettings, HostSpec, OnDuplicate, Timeouts, VmSpec};
+pub use config::{ClusterConfig, ConfigErrors, HaSettings, HealthResponse, HostSpec, OnDuplicate, Timeouts, VmSpec};
 pub use node::{Action, Command, Duplicate, Event, EventKind, Input, Node, Severity, StopReason, VmState};
 pub use policies::{BuiltinPolicies, Policies, PolicyOutcome};
-pub use wire::{Claim, ClaimOutcome, DatastoreRecord, FenceRecord, Heartbeat, HostLoad, StartError, VmLoad, VmReport};
+pub use wire::{
+    Claim, ClaimOutcome, DatastoreRecord, FenceRecord, HealthState, Heartbeat, HostHealth, HostLoad, StartError,
+    VmLoad, VmReport,
+};
 
 /// Milliseconds on the clock of the node that is fed (monotonic; never compared across hosts).
 pub type Millis = u64;

@@ -30,6 +30,9 @@ pub struct Heartbeat {
     /// whose disks are there is placed on it. Absent from older agents' heartbeats.
     #[serde(default)]
     pub datastores_lost: Vec<String>,
+    /// The sender's health (proactive HA). Absent from older agents' heartbeats.
+    #[serde(default)]
+    pub health: HostHealth,
     /// VMs running on the sender.
     pub vms: Vec<VmReport>,
     /// VMs the operator stopped through halo on the sender (not restarted).
@@ -55,6 +58,41 @@ pub struct Heartbeat {
     /// VMs the sender saw vanish from another host when that host's agent started anew
     /// (host, VM): gossip, so that a master that itself rebooted learns them too.
     pub vanished: Vec<(String, VmReport)>,
+}
+
+/// A host's health, as its health provider last reported it (proactive HA).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthState {
+    /// Fine (also: no provider configured).
+    #[default]
+    Healthy,
+    /// Works, but something is wrong (a redundant part failed, errors corrected).
+    Degraded,
+    /// About to fail (errors not corrected, a part failing that the host cannot run without).
+    Failing,
+}
+
+impl HealthState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Failing => "failing",
+        }
+    }
+}
+
+/// A host's health and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HostHealth {
+    /// The state.
+    pub state: HealthState,
+    /// Why (the provider's words; empty when healthy).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A host's datastore heartbeat record (one per host per datastore).

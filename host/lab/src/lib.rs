@@ -982,6 +982,13 @@ impl Lab {
                 self.sanlock_run_dir(host).display()
             ));
         }
+        // Proactive HA: every lab host's health provider reads the file a test writes
+        // (`set_health`); no file, healthy.
+        toml.push_str(&format!(
+            "\n[health]\nprovider = \"{}\"\nargs = [\"{}\"]\ninterval-ms = 1000\ntimeout-ms = 1000\n",
+            self.health_provider()?.display(),
+            self.health_file(host).display()
+        ));
         toml.push_str("\n[timeouts]\n");
         for line in timeouts {
             toml.push_str(line);
@@ -991,6 +998,46 @@ impl Lab {
             toml.push_str(&format!("\n[[vms]]\nname = \"{vm}\"\nmemory-mib = 64\nvcpus = 1\npriority = \"restart\"\n"));
         }
         Ok(toml)
+    }
+
+    /// The lab's health provider (a shell script: prints the file it is given, or a healthy
+    /// report when there is none).
+    pub fn health_provider(&self) -> Result<PathBuf, LabError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir().join("health-provider.sh");
+        if !path.is_file() {
+            std::fs::create_dir_all(self.dir()).map_err(|e| LabError::Invalid(format!("{e}")))?;
+            std::fs::write(
+                &path,
+                "#!/bin/sh\nif [ -f \"$1\" ]; then cat \"$1\"; else echo '{\"status\": \"healthy\"}'; fi\n",
+            )
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        Ok(path)
+    }
+
+    /// The file host `host`'s health provider reports.
+    pub fn health_file(&self, host: usize) -> PathBuf {
+        self.dir().join(format!("health-host-{host}.json"))
+    }
+
+    /// What host `host`'s health provider reports from now on (the provider's JSON; `None`:
+    /// healthy).
+    pub fn set_health(&self, host: usize, report: Option<&str>) -> Result<(), LabError> {
+        let path = self.health_file(host);
+        match report {
+            Some(json) => {
+                std::fs::write(&path, json).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(LabError::Invalid(format!("{}: {e}", path.display())))
+                }
+                _ => Ok(()),
+            },
+        }
     }
 
     /// Puts a VM on the datastore's protected-VM list (written into the NFS export, as the

@@ -20,7 +20,7 @@
 //! the packet and against fixed limits, and the MAC is checked (in constant time) before any
 //! field is read. A packet that fails any check is dropped with its reason, never half-used.
 
-use halo_core::{Heartbeat, VmReport};
+use halo_core::{HealthState, Heartbeat, HostHealth, VmReport};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -268,10 +268,21 @@ pub fn encode(
         w.varint(report.generation);
     }
     w.strs(&heartbeat.unarmed)?;
-    // Datastores the sender lost: a trailing section, written only when there is one, so a
-    // host that reaches all its datastores sends what agents before it decode too.
-    if !heartbeat.datastores_lost.is_empty() {
+    // Trailing sections, written only when they say something, so a host that reaches all
+    // its datastores and is healthy sends what agents before them decode too: the
+    // datastores the sender lost, then its health (state byte 0/1/2, reason).
+    let unhealthy = heartbeat.health.state != HealthState::Healthy;
+    if !heartbeat.datastores_lost.is_empty() || unhealthy {
         w.strs(&heartbeat.datastores_lost)?;
+    }
+    if unhealthy {
+        w.0.push(match heartbeat.health.state {
+            HealthState::Healthy => 0,
+            HealthState::Degraded => 1,
+            HealthState::Failing => 2,
+        });
+        let reason: String = heartbeat.health.reason.chars().take(200).collect();
+        w.str(&reason)?;
     }
     let mut mac = key.mac();
     mac.update(&w.0);
@@ -347,6 +358,17 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
     }
     let unarmed = r.strs()?;
     let datastores_lost = if r.rest.is_empty() { Vec::new() } else { r.strs()? };
+    let health = if r.rest.is_empty() {
+        HostHealth::default()
+    } else {
+        let state = match r.byte()? {
+            0 => HealthState::Healthy,
+            1 => HealthState::Degraded,
+            2 => HealthState::Failing,
+            _ => return Err(DropReason::Malformed),
+        };
+        HostHealth { state, reason: r.str()? }
+    };
     if !r.rest.is_empty() {
         return Err(DropReason::Malformed);
     }
@@ -358,6 +380,7 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
             master,
             datastores_reachable,
             datastores_lost,
+            health,
             vms,
             operator_stopped,
             acks,
@@ -513,6 +536,7 @@ mod tests {
             master: Some(("host-1".into(), 4)),
             datastores_reachable: 2,
             datastores_lost: vec![],
+            health: Default::default(),
             vms: vec![VmReport { vm: "db".into(), generation: 3 }, VmReport { vm: "web".into(), generation: 1 }],
             operator_stopped: vec!["scratch".into()],
             acks: vec![("host-1".into(), 299), ("host-5".into(), 12)],
@@ -563,6 +587,14 @@ mod tests {
         assert_eq!(with.len(), packet.len() + 9, "count + two names");
         let decoded = decode(&with, "prod", &members(), &key()).expect("decodes");
         assert_eq!(decoded.heartbeat, lost);
+        // Health too, with or without lost datastores.
+        for datastores_lost in [vec![], vec!["ds1".to_string()]] {
+            let mut ill = heartbeat();
+            ill.datastores_lost = datastores_lost;
+            ill.health = HostHealth { state: HealthState::Failing, reason: "DIMM B2".into() };
+            let packet = encode(&ill, "prod", &members(), &key()).expect("encodes");
+            assert_eq!(decode(&packet, "prod", &members(), &key()).expect("decodes").heartbeat, ill);
+        }
     }
 
     #[test]

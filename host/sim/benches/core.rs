@@ -63,6 +63,7 @@ fn heartbeats(seconds: u64) {
                 master: Some((names[0].clone(), 1)),
                 datastores_reachable: 1,
                 datastores_lost: vec![],
+                health: Default::default(),
                 vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
                 operator_stopped: vec![],
                 acks,

@@ -81,7 +81,24 @@ pub fn random_case(
     if families.contains(&"balance") {
         draw_balancing(seed, &mut config);
     }
+    draw_storage(seed, &mut config);
     (config, schedule)
+}
+
+/// Storage protection, for one seed in two: every other VM has its disks on `ds1` (a host
+/// that loses it applies the storage response to them), with a grace time of 10 to 60 s, so
+/// the `datastore` and `dscut` faults exercise restarts of VMs whose storage was lost.
+pub fn draw_storage(seed: u64, config: &mut ClusterConfig) {
+    let mut rng = Rng::new(seed ^ 0x0057_0BA6_E000);
+    if rng.below(2) == 0 {
+        return;
+    }
+    let Some(datastore) = config.datastores.first().cloned() else { return };
+    for vm in config.vms.iter_mut().step_by(2) {
+        vm.datastores = vec![datastore.clone()];
+    }
+    let grace = rng.between(10, 60);
+    config.policy.isolation.push(halo_policy::Setting::new("storage-grace-seconds", grace.to_string()));
 }
 
 /// The `balance` family, for one seed in two: the master balances by itself (`auto`, looking

@@ -496,7 +496,7 @@ impl<'p> Sim<'p> {
                 let was_paused = self.hosts[host].paused.remove(&vm);
                 if let Some(generation) = self.hosts[host].vms.remove(&vm) {
                     let elsewhere = self.hosts.iter().any(|other| other.executes(&vm));
-                    if matches!(reason, StopReason::Isolation | StopReason::Fence) && !elsewhere {
+                    if matches!(reason, StopReason::Isolation | StopReason::Fence | StopReason::Storage) && !elsewhere {
                         self.stopped_by_host.insert(vm.clone());
                         self.lost_at.entry(vm.clone()).or_insert(self.now);
                     }

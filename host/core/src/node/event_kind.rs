@@ -58,6 +58,14 @@ event_kinds! {
     DatastoreLost => "datastore-lost",
     /// This host writes a datastore again after losing it.
     DatastoreRegained => "datastore-regained",
+    /// A host's health provider reports a new state (proactive HA): degraded or failing is
+    /// an alert, healthy again an event.
+    HostHealth => "host-health",
+    /// The master quarantines a host for its health (no new VMs go there) or lifts it.
+    HostQuarantine => "host-quarantine",
+    /// This host's health provider failed (did not run, timed out, answered nonsense): its
+    /// health stays as last reported.
+    HealthProviderFailed => "health-provider-failed",
     /// VMs on this host lost the storage under their disks (their datastore is lost here, or
     /// QEMU paused them on an I/O error); the storage response (policy) says what follows.
     VmStorageLost => "vm-storage-lost",

@@ -592,7 +592,9 @@ impl Node {
                 memory_mib: h.memory_mib,
                 vcpus: h.vcpus,
                 used: Usage::default(),
-                maintenance: self.maintenance.contains(&h.name) && reason != PlacementReason::AdmissionCheck,
+                maintenance: (self.maintenance.contains(&h.name) && reason != PlacementReason::AdmissionCheck)
+                    || (self.quarantined(&h.name)
+                        && matches!(reason, PlacementReason::Balance | PlacementReason::Evacuation)),
             })
             .collect();
         for (vm, host) in &locations {

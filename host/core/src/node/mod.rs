@@ -27,6 +27,7 @@ mod master;
 pub use event_kind::{EventKind, UnknownEventKind};
 pub use exclusivity::{Admission, ClaimsSeen, Duplicate, StartRequest};
 pub use host_side::{has_quorum, must_fence};
+mod health;
 mod resume;
 mod status;
 mod storage;
@@ -269,6 +270,8 @@ pub enum Input {
         /// The last sequence number sent.
         seq: u64,
     },
+    /// This host's health provider answered (proactive HA): its health now.
+    HealthReported(crate::wire::HostHealth),
     /// A host's load, read from its libvirt (`Action::ReadLoad`), or why it could not be.
     LoadRead {
         /// The host.
@@ -337,6 +340,9 @@ pub struct Event {
 }
 
 /// What a node asks its drivers to do.
+// `SendHeartbeat` is the largest variant and by far the commonest action (hosts × networks a
+// second): boxing it would add an allocation to every heartbeat to save bytes on the rare ones.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// Send a heartbeat on a network.
@@ -499,6 +505,8 @@ struct Peer {
     /// From its last heartbeat.
     datastores_reachable: u32,
     datastores_lost: Vec<String>,
+    /// Its health, from its last heartbeat.
+    health: crate::wire::HostHealth,
     /// Per datastore it reports writing: since when, without a break (`vm_storage`).
     reaching_since: BTreeMap<String, Millis>,
     master: Option<(String, u64)>,
@@ -610,6 +618,11 @@ pub struct Node {
     io_paused: BTreeSet<String>,
     /// VMs here whose storage is lost, and what the storage response decided (`vm_storage`).
     storage_lost: BTreeMap<String, vm_storage::Episode>,
+    /// This host's health, as its provider last reported it.
+    health: crate::wire::HostHealth,
+    /// Hosts the master put into maintenance for their health (taken out when healthy), and
+    /// when it last tried a refused one.
+    health_maintenance: BTreeMap<String, Option<Millis>>,
 }
 
 /// How often the master reads every host's load from its libvirt (`Action::ReadLoad`).
@@ -668,6 +681,8 @@ impl Node {
             stopping: BTreeSet::new(),
             io_paused: BTreeSet::new(),
             storage_lost: BTreeMap::new(),
+            health: crate::wire::HostHealth::default(),
+            health_maintenance: BTreeMap::new(),
         }
     }
 
@@ -773,6 +788,7 @@ impl Node {
             Input::FenceResult { host, result } => self.on_fence_result(&host, result),
             Input::FenceMonitored { host, devices } => self.on_fence_monitored(&host, devices),
             Input::LoadRead { host, load } => self.on_load(&host, load),
+            Input::HealthReported(health) => self.on_health(health),
         }
         self.check_datastore_silence();
         self.step(policies, evaluate);
@@ -798,6 +814,13 @@ impl Node {
                     None,
                 );
             }
+        } else if self
+            .ds_write_ok_at
+            .get(&datastore)
+            .is_some_and(|&at| self.now.saturating_sub(at) < self.config.timeouts.datastore_interval_ms)
+        {
+            // A write was good within the last interval: this failure is of a write issued
+            // before it (its timeout ran out after the path came back), not news.
         } else if self.ds_lost.insert(datastore.clone()) {
             let reached = self.datastores_reachable();
             self.record(
@@ -898,6 +921,7 @@ impl Node {
         self.watch_vm_storage(policies);
         self.settle_held();
         if self.master.is_some() {
+            self.watch_health(policies);
             self.master_step(policies);
         }
     }
@@ -919,6 +943,7 @@ impl Node {
             master: self.master_view.clone(),
             datastores_reachable: self.datastores_reachable(),
             datastores_lost: self.ds_lost.iter().cloned().collect(),
+            health: self.health.clone(),
             vms,
             operator_stopped: self.operator_stopped.iter().cloned().collect(),
             acks,
@@ -1017,6 +1042,7 @@ impl Node {
         }
         peer.datastores_reachable = hb.datastores_reachable;
         peer.datastores_lost = hb.datastores_lost;
+        peer.health = hb.health;
         let reaching = hb.datastores_reachable > 0;
         peer.reaching_since
             .retain(|d, _| reaching && !peer.datastores_lost.contains(d) && self.config.datastores.contains(d));
@@ -1199,6 +1225,7 @@ pub(crate) mod tests {
                 master: None,
                 datastores_reachable: 1,
                 datastores_lost: vec![],
+                health: Default::default(),
                 vms,
                 operator_stopped: vec![],
                 acks: acks.iter().map(|(h, s)| (h.to_string(), *s)).collect(),

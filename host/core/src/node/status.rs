@@ -75,6 +75,18 @@ pub struct HostStatus {
     pub datastores_reached: Option<u32>,
     /// Datastores in the configuration.
     pub datastores_configured: u32,
+    /// The datastores it lost (its own, or as its last heartbeat said).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datastores_lost: Vec<String>,
+    /// Its health as its provider last reported it (proactive HA).
+    #[serde(default)]
+    pub health: crate::wire::HostHealth,
+    /// No new VMs go there for its health.
+    #[serde(default)]
+    pub quarantined: bool,
+    /// VMs on it whose storage is lost (storage protection), with the response decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_lost_vms: Vec<String>,
     /// Its load as the master last read it from its libvirt, and how old that reading is, ms
     /// (master only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +197,10 @@ impl Node {
                     fence: Vec::new(),
                     datastores_reached: Some(self.datastores_reachable()),
                     datastores_configured: self.config.datastores.len() as u32,
+                    datastores_lost: self.ds_lost.iter().cloned().collect(),
+                    health: self.health.clone(),
+                    quarantined: self.quarantined(name),
+                    storage_lost_vms: self.storage_lost.keys().cloned().collect(),
                     load: self.load_status(name),
                 });
                 continue;
@@ -237,6 +253,10 @@ impl Node {
                     .unwrap_or_default(),
                 datastores_reached: peer.heard_directly_at.map(|_| peer.datastores_reachable),
                 datastores_configured: self.config.datastores.len() as u32,
+                datastores_lost: peer.datastores_lost.clone(),
+                health: peer.health.clone(),
+                quarantined: self.quarantined(name),
+                storage_lost_vms: Vec::new(),
                 load: self.load_status(name),
             });
         }

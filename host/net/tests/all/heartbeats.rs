@@ -61,6 +61,7 @@ fn beat(seq: u64) -> Heartbeat {
         master: Some(("host-1".into(), 1)),
         datastores_reachable: 1,
         datastores_lost: vec![],
+        health: Default::default(),
         vms: vec![VmReport { vm: "db".into(), generation: 2 }],
         operator_stopped: vec![],
         acks: vec![("host-2".into(), seq)],

@@ -95,6 +95,15 @@ impl halo_core::Policies for AgentPolicies {
         self.log.record(&decision, Recorded::Balancing { input: input.clone(), answer: decision.answer.clone() });
         outcome(decision)
     }
+
+    /// The isolation plugin's storage response (0.1.4), or the built-in one. Not recorded:
+    /// storage decisions are rare, and their events say what was decided.
+    fn storage(
+        &mut self,
+        input: &halo_policy::StorageInput,
+    ) -> halo_core::PolicyOutcome<Vec<halo_policy::VmStorageDecision>> {
+        outcome(self.policies.storage.decide(input))
+    }
 }
 
 /// Every driver of this agent, behind the core's traits.
@@ -779,8 +788,18 @@ fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<ReloadOu
             .map_err(|e| e.to_string());
         Some((world.to_string(), result))
     }
+    let isolation = one("isolation-policy", &policies.isolation, only_changed);
+    // The storage response follows the isolation plugin (its `storage-response`, if any).
+    let storage = isolation.as_ref().map(|_| {
+        let result = policies.follow_isolation().map_err(|e| e.to_string()).map(|info| match info {
+            Some(i) => format!("{} ({})", i.path.display(), &i.sha256[..12.min(i.sha256.len())]),
+            None => "the built-in policy (the isolation plugin exports no storage-response)".to_string(),
+        });
+        ("storage-policy".to_string(), result)
+    });
     [
-        one("isolation-policy", &policies.isolation, only_changed),
+        isolation,
+        storage,
         one("placement-engine", &policies.placement, only_changed),
         one("restart-policy", &policies.restart_order, only_changed),
         one("balancing-policy", &policies.balancing, only_changed),
@@ -794,7 +813,15 @@ fn reload_plugins(policies: &PluginPolicies, only_changed: bool) -> Vec<ReloadOu
 /// names the old file, which the operator changes to keep it).
 fn promote(policies: &PluginPolicies, shadows: &PluginPolicies, world: DecisionWorld) -> Result<String, String> {
     let info = match world {
-        DecisionWorld::Isolation => policies.isolation.promote_from(&shadows.isolation),
+        DecisionWorld::Isolation => {
+            let info = policies.isolation.promote_from(&shadows.isolation);
+            if let Err(e) = policies.follow_isolation() {
+                tracing::error!(
+                    "the promoted isolation plugin's storage response does not load: {e}; the built-in one decides"
+                );
+            }
+            info
+        }
         DecisionWorld::Placement => policies.placement.promote_from(&shadows.placement),
         DecisionWorld::RestartOrder => policies.restart_order.promote_from(&shadows.restart_order),
         DecisionWorld::Balancing => policies.balancing.promote_from(&shadows.balancing),

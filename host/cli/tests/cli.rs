@@ -281,7 +281,7 @@ fn plugin_check_run_and_bench_on_the_default_plugins() {
         {
             assert!(stdout.contains(&line), "check {file}: no `{line}` in:\n{stdout}");
         }
-        assert!(stdout.contains("(this agent speaks 0.1.3)"), "{stdout}");
+        assert!(stdout.contains("(this agent speaks 0.1.4)"), "{stdout}");
         // run: the validated answer as JSON, the same as the built-in policy's.
         let answer = halo(&["plugin", "run", path(&plugin), "--input", path(&input)]);
         assert!(answer.status.success(), "run {file}: {}", text(&answer.stderr));
@@ -352,7 +352,7 @@ fn plugin_commands_fail_with_one_clear_line_and_a_non_zero_exit() {
         // Not a component at all.
         (vec!["check".into(), path(&placement).into()], Some(1), &["not a valid WebAssembly component"]),
         // Built against a contract this agent does not speak.
-        (vec!["check".into(), path(&hostile("contract_v0_2")).into()], Some(1), &["this agent speaks 0.1.3"]),
+        (vec!["check".into(), path(&hostile("contract_v0_2")).into()], Some(1), &["this agent speaks 0.1.4"]),
         // An answer that names a host not in the input: exit 3, the reason and the fallback.
         (
             vec!["run".into(), path(&hostile("unknown_host")).into(), "--input".into(), path(&placement).into()],

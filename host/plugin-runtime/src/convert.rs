@@ -5,7 +5,7 @@ use halo_policy as policy;
 
 use wasmtime::component::{ComponentType, Lift, Lower};
 
-use crate::bindings::{wit, wit_balancing, wit_columnar, wit_compact};
+use crate::bindings::{wit, wit_balancing, wit_columnar, wit_compact, wit_storage};
 
 fn settings(s: &[policy::Setting]) -> Vec<wit::Setting> {
     s.iter().map(|s| wit::Setting { key: s.key.clone(), value: s.value.clone() }).collect()
@@ -56,6 +56,48 @@ pub fn isolation_input(input: &policy::IsolationInput) -> wit::IsolationInput {
             .collect(),
         settings: settings(&input.settings),
     }
+}
+
+fn vm_info(vm: &policy::VmInfo) -> wit::VmInfo {
+    wit::VmInfo {
+        name: vm.name.clone(),
+        priority: priority(vm.priority),
+        order: vm.order,
+        memory_mib: vm.memory_mib,
+        vcpus: vm.vcpus,
+        labels: vm.labels.clone(),
+    }
+}
+
+/// The storage input in WIT form (0.1.4).
+pub fn storage_input(input: &policy::StorageInput) -> wit_storage::StorageInput {
+    let s = &input.situation;
+    wit_storage::StorageInput {
+        situation: wit_storage::StorageSituation {
+            host: s.host.clone(),
+            datastore: s.datastore.clone(),
+            lost_for_ms: s.lost_for_ms,
+            io_error: s.io_error,
+            hosts_reaching: s.hosts_reaching.clone(),
+        },
+        vms: input.vms.iter().map(vm_info).collect(),
+        settings: settings(&input.settings),
+    }
+}
+
+/// The storage answer in policy form.
+pub fn storage_answer(answer: Vec<wit_storage::VmStorageDecision>) -> Vec<policy::VmStorageDecision> {
+    answer
+        .into_iter()
+        .map(|d| policy::VmStorageDecision {
+            vm: d.vm,
+            response: match d.action {
+                wit_storage::StorageAction::Leave => policy::StorageResponse::Leave,
+                wit_storage::StorageAction::ResumeWhenBack => policy::StorageResponse::ResumeWhenBack,
+                wit_storage::StorageAction::Restart(secs) => policy::StorageResponse::Restart(secs),
+            },
+        })
+        .collect()
 }
 
 /// Longest reason kept from a plugin's answer, in characters.

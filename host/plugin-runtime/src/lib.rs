@@ -59,4 +59,4 @@ pub use runtime::{
 };
 pub use sandbox::{CpuBudget, HostUse, SandboxLimits};
 pub use slot::{PluginSlot, StatsSnapshot};
-pub use world::{Balancing, Isolation, Placement, PolicyWorld, RestartOrder};
+pub use world::{Balancing, Isolation, Placement, PolicyWorld, RestartOrder, Storage};

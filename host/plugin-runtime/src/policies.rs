@@ -11,13 +11,14 @@ use std::sync::Arc;
 use halo_core::{Policies, PolicyOutcome};
 use halo_policy::balance::{BalanceInput, BalanceMove};
 use halo_policy::{
-    IsolationInput, Placement as PlacementAnswer, PlacementInput, RestartError, RestartInput, VmIsolationDecision, Wave,
+    IsolationInput, Placement as PlacementAnswer, PlacementInput, RestartError, RestartInput, StorageInput,
+    VmIsolationDecision, VmStorageDecision, Wave,
 };
 
 use crate::error::LoadError;
 use crate::runtime::{Decision, Runtime};
 use crate::slot::PluginSlot;
-use crate::world::{Balancing, Isolation, Placement, PolicyWorld, RestartOrder};
+use crate::world::{Balancing, Isolation, Placement, PolicyWorld, RestartOrder, Storage};
 
 /// One slot per decision point; an empty slot means the built-in policy decides.
 pub struct PluginPolicies {
@@ -29,6 +30,9 @@ pub struct PluginPolicies {
     pub restart_order: PluginSlot<RestartOrder>,
     /// Balancing.
     pub balancing: PluginSlot<Balancing>,
+    /// The storage response: the isolation plugin's, when it exports one (contract 0.1.4,
+    /// world `isolation-storage-policy`); the built-in policy's otherwise.
+    pub storage: PluginSlot<Storage>,
 }
 
 /// Which plugin file serves which decision point (none: the built-in policy).
@@ -52,6 +56,26 @@ impl PluginPolicies {
             placement: PluginSlot::builtin(Arc::clone(runtime)),
             restart_order: PluginSlot::builtin(Arc::clone(runtime)),
             balancing: PluginSlot::builtin(Arc::clone(runtime)),
+            storage: PluginSlot::builtin(Arc::clone(runtime)),
+        }
+    }
+
+    /// The storage slot follows the isolation slot: the isolation plugin in force answers the
+    /// storage response too when it exports `storage-response`; otherwise (a plugin of an
+    /// earlier contract, or none) the built-in policy does. Returns the storage plugin loaded,
+    /// if any; any load failure other than "does not export it" is returned too.
+    pub fn follow_isolation(&self) -> Result<Option<crate::PluginInfo>, LoadError> {
+        let Some(path) = self.isolation.watched().filter(|_| self.isolation.plugin().is_some()) else {
+            self.storage.unload();
+            return Ok(None);
+        };
+        match self.storage.swap_to(&path) {
+            Ok(info) => Ok(Some(info)),
+            Err(LoadError::WrongWorld { .. }) => {
+                self.storage.unload();
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -66,6 +90,11 @@ impl PluginPolicies {
             && let Err(e) = policies.isolation.swap_to(path)
         {
             failed.push((Isolation::WORLD, e));
+        }
+        if files.isolation.is_some()
+            && let Err(e) = policies.follow_isolation()
+        {
+            failed.push((Storage::WORLD, e));
         }
         if let Some(path) = files.placement
             && let Err(e) = policies.placement.swap_to(path)
@@ -90,6 +119,7 @@ impl PluginPolicies {
         let policies = Self::builtin(runtime);
         if let Some(path) = files.isolation {
             policies.isolation.swap_to(path)?;
+            policies.follow_isolation()?;
         }
         if let Some(path) = files.placement {
             policies.placement.swap_to(path)?;
@@ -128,6 +158,10 @@ impl Policies for &PluginPolicies {
     fn balance(&mut self, input: &BalanceInput) -> PolicyOutcome<Vec<BalanceMove>> {
         outcome(self.balancing.decide(input))
     }
+
+    fn storage(&mut self, input: &StorageInput) -> PolicyOutcome<Vec<VmStorageDecision>> {
+        outcome(self.storage.decide(input))
+    }
 }
 
 impl Policies for PluginPolicies {
@@ -145,5 +179,9 @@ impl Policies for PluginPolicies {
 
     fn balance(&mut self, input: &BalanceInput) -> PolicyOutcome<Vec<BalanceMove>> {
         (&*self).balance(input)
+    }
+
+    fn storage(&mut self, input: &StorageInput) -> PolicyOutcome<Vec<VmStorageDecision>> {
+        (&*self).storage(input)
     }
 }

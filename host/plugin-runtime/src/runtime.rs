@@ -15,9 +15,9 @@ use crate::error::{FailureKind, LoadError, PluginFailure, RuntimeError};
 use crate::sandbox::{CallState, HostUse, Sandbox, SandboxLimits, log_import};
 use crate::world::{PolicyWorld, Rejected};
 
-/// The contract version this agent speaks (`wit/0.1.3`; plugins built against 0.1.0, 0.1.1 and 0.1.2
+/// The contract version this agent speaks (`wit/0.1.4`; plugins built against 0.1.0 to 0.1.3
 /// load too).
-pub const CONTRACT_VERSION: &str = "0.1.3";
+pub const CONTRACT_VERSION: &str = "0.1.4";
 
 /// Largest plugin file accepted.
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;

@@ -119,6 +119,11 @@ impl<W: PolicyWorld> PluginSlot<W> {
         }
     }
 
+    /// The file this slot watches (its plugin's, or one that failed to load), if any.
+    pub fn watched(&self) -> Option<PathBuf> {
+        self.path.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(p, _)| p.clone())
+    }
+
     /// Reloads the watched file (an operator's explicit reload).
     pub fn reload(&self) -> Option<Result<PluginInfo, LoadError>> {
         let path = self.path.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(p, _)| p.clone())?;

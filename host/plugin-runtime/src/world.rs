@@ -110,6 +110,51 @@ impl PolicyWorld for Isolation {
     }
 }
 
+/// `storage-policy` (new in 0.1.4): the storage response, from a plugin that exports it alone
+/// or beside the isolation response (`isolation-storage-policy`, what `[plugins] isolation`
+/// names).
+pub struct Storage;
+
+impl PolicyWorld for Storage {
+    const WORLD: &'static str = "storage-policy";
+    const INTERFACES: &'static [&'static str] = &["storage-response"];
+    type Pre = bindings::storage::StoragePolicyPre<CallState>;
+    type Input = policy::StorageInput;
+    type Answer = Vec<policy::VmStorageDecision>;
+
+    fn prepare(pre: InstancePre<CallState>, _export: &str) -> wasmtime::Result<Self::Pre> {
+        Self::Pre::new(pre)
+    }
+
+    fn instantiate_only(pre: &Self::Pre, store: &mut Store<CallState>) -> wasmtime::Result<()> {
+        pre.instantiate(store).map(drop)
+    }
+
+    fn call(
+        pre: &Self::Pre,
+        store: &mut Store<CallState>,
+        input: &Self::Input,
+    ) -> wasmtime::Result<CallAnswer<Self::Answer>> {
+        let instance = pre.instantiate(&mut *store)?;
+        let answer =
+            instance.halo_policy_storage_response().call_decide_storage(store, &convert::storage_input(input))?;
+        Ok(validated::<Self>(input, answer.map(convert::storage_answer)))
+    }
+
+    fn check_input(input: &Self::Input) -> Result<(), InvalidInput> {
+        policy::input::check_storage_input(input)
+    }
+
+    fn validate(input: &Self::Input, answer: &Self::Answer) -> Result<(), String> {
+        policy::isolation::validate_storage(input, answer).map_err(|e| e.to_string())
+    }
+
+    fn fallback(input: &Self::Input) -> (Self::Answer, Vec<String>) {
+        let (answer, problems) = policy::isolation::decide_storage_fallback(input);
+        (answer, problems.iter().map(ToString::to_string).collect())
+    }
+}
+
 /// `placement-engine`, `compact-placement-engine` or `columnar-placement-engine`: the
 /// agent's placement decision, taken by a plugin of any of them.
 pub struct Placement;

@@ -63,6 +63,11 @@ pub fn check_isolation_input(input: &IsolationInput) -> Result<(), InvalidInput>
     unique(input.vms.iter().map(|v| v.name.as_str()), "VM", InvalidInput::DuplicateVm)
 }
 
+/// Unique, non-empty VM names.
+pub fn check_storage_input(input: &crate::types::StorageInput) -> Result<(), InvalidInput> {
+    unique(input.vms.iter().map(|v| v.name.as_str()), "VM", InvalidInput::DuplicateVm)
+}
+
 /// Unique, non-empty VM and host names.
 pub fn check_placement_input(input: &PlacementInput) -> Result<(), InvalidInput> {
     unique(input.vms.iter().map(|v| v.name.as_str()), "VM", InvalidInput::DuplicateVm)?;

@@ -218,6 +218,57 @@ pub mod isolation {
     }
 }
 
+/// `storage-response` (0.1.4).
+pub mod storage {
+    use super::*;
+    use crate::bindings::storage::exports::halo::policy::storage_response as wit_storage;
+
+    /// The storage input in the policy's form.
+    pub fn input(input: wit_storage::StorageInput) -> policy::StorageInput {
+        let s = input.situation;
+        policy::StorageInput {
+            situation: policy::StorageSituation {
+                host: s.host,
+                datastore: s.datastore,
+                lost_for_ms: s.lost_for_ms,
+                io_error: s.io_error,
+                hosts_reaching: s.hosts_reaching,
+            },
+            vms: input
+                .vms
+                .into_iter()
+                .map(|vm| policy::VmInfo {
+                    name: vm.name,
+                    priority: priority(vm.priority),
+                    order: vm.order,
+                    memory_mib: vm.memory_mib,
+                    vcpus: vm.vcpus,
+                    labels: vm.labels,
+                })
+                .collect(),
+            settings: settings(input.settings),
+        }
+    }
+
+    /// Runs `P` on a storage input.
+    pub fn decide<P: crate::StoragePolicy>(
+        input: wit_storage::StorageInput,
+    ) -> Result<Vec<wit_storage::VmStorageDecision>, String> {
+        let answer = P::decide_storage(self::input(input))?;
+        Ok(answer
+            .into_iter()
+            .map(|d| wit_storage::VmStorageDecision {
+                vm: d.vm,
+                action: match d.response {
+                    policy::StorageResponse::Leave => wit_storage::StorageAction::Leave,
+                    policy::StorageResponse::ResumeWhenBack => wit_storage::StorageAction::ResumeWhenBack,
+                    policy::StorageResponse::Restart(secs) => wit_storage::StorageAction::Restart(secs),
+                },
+            })
+            .collect())
+    }
+}
+
 /// `restart-policy`.
 pub mod restart {
     use super::*;

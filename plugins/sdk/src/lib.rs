@@ -44,7 +44,7 @@ mod convert;
 pub use halo_policy as policy;
 
 #[doc(hidden)]
-pub use convert::{balancing, columnar, isolation, named, restart};
+pub use convert::{balancing, columnar, isolation, named, restart, storage};
 
 /// Writes a line to the agent's log, tagged with the plugin's file name (at most 64 lines a
 /// decision are kept, each cut at 1,024 characters).
@@ -74,6 +74,13 @@ pub trait CompactPlacementPolicy {
 pub trait IsolationPolicy {
     /// One decision per VM of the input.
     fn decide(input: policy::IsolationInput) -> Result<Vec<policy::VmIsolationDecision>, String>;
+}
+
+/// What a host does with VMs whose storage it lost (`storage-response`, new in 0.1.4);
+/// exported beside an [`IsolationPolicy`] with [`export_isolation_and_storage!`].
+pub trait StoragePolicy {
+    /// One decision per VM of the input.
+    fn decide_storage(input: policy::StorageInput) -> Result<Vec<policy::VmStorageDecision>, String>;
 }
 
 /// In which waves VMs restart (`restart-policy`).
@@ -146,6 +153,41 @@ macro_rules! export_isolation {
             }
     $crate::bindings::isolation::export_isolation_world!(HaloExport with_types_in $crate::bindings::isolation);
         };
+    };
+}
+
+/// Exports a [`StoragePolicy`] as the plugin's `storage-response` (0.1.4). Beside
+/// [`export_isolation!`] the component is of the world `isolation-storage-policy`:
+/// `[plugins] isolation` names it, and the agent asks it both decisions.
+#[macro_export]
+macro_rules! export_storage {
+    ($policy:ty) => {
+        const _: () = {
+            struct HaloExport;
+            impl $crate::bindings::storage::exports::halo::policy::storage_response::Guest for HaloExport {
+                fn decide_storage(
+                    input: $crate::bindings::storage::exports::halo::policy::storage_response::StorageInput,
+                ) -> ::core::result::Result<
+                    ::std::vec::Vec<
+                        $crate::bindings::storage::exports::halo::policy::storage_response::VmStorageDecision,
+                    >,
+                    ::std::string::String,
+                > {
+                    $crate::storage::decide::<$policy>(input)
+        }
+            }
+            $crate::bindings::storage::export_storage_world!(HaloExport with_types_in $crate::bindings::storage);
+        };
+    };
+}
+
+/// Exports a type that is both an [`IsolationPolicy`] and a [`StoragePolicy`]: the world
+/// `isolation-storage-policy` (0.1.4).
+#[macro_export]
+macro_rules! export_isolation_and_storage {
+    ($policy:ty) => {
+        $crate::export_isolation!($policy);
+        $crate::export_storage!($policy);
     };
 }
 

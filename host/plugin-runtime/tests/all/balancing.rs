@@ -42,7 +42,7 @@ fn the_default_balancing_plugin_agrees_with_the_built_in_policy() {
     let runtime = runtime();
     let plugin = runtime.load::<Balancing>(&plugin("default:balancing")).expect("loads");
     assert_eq!(plugin.info().world, "balancing-policy");
-    assert_eq!(plugin.info().export, "halo:policy/balancing@0.1.3");
+    assert_eq!(plugin.info().export, "halo:policy/balancing@0.1.4");
     for input in [piled(), balance::skewed_input(1000, 10_000), balance::skewed_input(3, 2)] {
         let decision = runtime.decide(Some(&plugin), &input);
         assert!(matches!(decision.decided_by, DecidedBy::Plugin(_)), "{:?}", decision.decided_by);

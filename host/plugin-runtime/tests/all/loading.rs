@@ -10,7 +10,7 @@ use crate::{isolation_input, placement_input, plugin, restart_input, runtime};
 fn default_plugins_load_and_agree_with_the_built_in_policies() {
     let rt = runtime();
     let isolation = rt.load::<Isolation>(&plugin("default:isolation")).expect("isolation plugin");
-    assert_eq!(isolation.info().export, "halo:policy/isolation-response@0.1.3");
+    assert_eq!(isolation.info().export, "halo:policy/isolation-response@0.1.4");
     let input = isolation_input();
     assert_eq!(
         rt.call(&isolation, &input).expect("answer"),
@@ -18,7 +18,7 @@ fn default_plugins_load_and_agree_with_the_built_in_policies() {
     );
 
     let placement = rt.load::<Placement>(&plugin("default:placement")).expect("placement plugin");
-    assert_eq!(placement.info().export, "halo:policy/columnar-placement@0.1.3");
+    assert_eq!(placement.info().export, "halo:policy/columnar-placement@0.1.4");
     assert_eq!(placement.info().world, "columnar-placement-engine");
     let input = placement_input();
     let answer = rt.call(&placement, &input).expect("answer");
@@ -36,10 +36,10 @@ fn a_plugin_of_another_world_is_refused_with_its_exports_named() {
     let err = runtime().load::<Placement>(&plugin("default:restart_order")).err().expect("wrong world");
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("halo:policy/restart-order@0.1.3"), "{text}");
+    assert!(text.contains("halo:policy/restart-order@0.1.4"), "{text}");
     assert!(
         text.contains(
-            "must export halo:policy/placement@0.1.3 or halo:policy/compact-placement@0.1.3 or halo:policy/columnar-placement@0.1.3"
+            "must export halo:policy/placement@0.1.4 or halo:policy/compact-placement@0.1.4 or halo:policy/columnar-placement@0.1.4"
         ),
         "{text}"
     );
@@ -143,7 +143,7 @@ fn a_plugin_of_another_contract_version_is_refused() {
     assert_eq!(
         err.to_string(),
         format!(
-            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.3; rebuild the plugin against wit/0.1.3",
+            "plugin {} exports halo:policy/placement@0.2.0, this agent speaks 0.1.4; rebuild the plugin against wit/0.1.4",
             plugin("hostile:contract_v0_2").display()
         )
     );

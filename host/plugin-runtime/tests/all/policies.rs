@@ -8,6 +8,8 @@ use halo_plugin_runtime::{PluginFiles, PluginPolicies};
 use halo_sim::scenario::demo_cluster;
 use halo_sim::{Fault, Outcome, Schedule, Sim, SimOptions};
 
+use halo_policy::{RestartPriority, VmInfo};
+
 use crate::{placement_input, plugin, runtime};
 
 fn crash_host_2(policies: &mut dyn Policies) -> Outcome {
@@ -79,4 +81,71 @@ fn a_fallback_carries_the_plugins_failure_as_its_reason() {
     // An empty slot is the built-in policy, and no fallback.
     let mut builtin = PluginPolicies::builtin(&runtime);
     assert_eq!(builtin.placement(&placement_input()).fallback_reason, None);
+}
+
+fn storage_input(host: &str) -> halo_policy::StorageInput {
+    halo_policy::StorageInput {
+        situation: halo_policy::StorageSituation {
+            host: host.into(),
+            datastore: "ds1".into(),
+            lost_for_ms: 4_000,
+            io_error: false,
+            hosts_reaching: vec!["host-2".into()],
+        },
+        vms: ["db", "cache", "scratch"]
+            .iter()
+            .zip([RestartPriority::Restart, RestartPriority::BestEffort, RestartPriority::Unprotected])
+            .map(|(name, priority)| VmInfo {
+                name: name.to_string(),
+                priority,
+                order: 0,
+                memory_mib: 512,
+                vcpus: 1,
+                labels: vec![],
+            })
+            .collect(),
+        settings: vec![halo_policy::Setting::new("storage-grace-seconds", "30")],
+    }
+}
+
+#[test]
+fn the_isolation_plugin_answers_the_storage_response_when_it_exports_one() {
+    let runtime = runtime();
+    // The default isolation plugin (0.1.4) exports both: its storage answer is halo's own.
+    let default = plugin("default:isolation");
+    let policies = PluginPolicies::load(&runtime, PluginFiles { isolation: Some(&default), ..PluginFiles::default() })
+        .expect("loads");
+    assert!(policies.storage.plugin().is_some(), "the storage slot follows the isolation plugin");
+    let input = storage_input("host-1");
+    let decision = policies.storage.decide(&input);
+    assert!(decision.failure().is_none() && matches!(decision.decided_by, halo_plugin_runtime::DecidedBy::Plugin(_)));
+    assert_eq!(decision.answer, halo_policy::isolation::decide_storage(&input).expect("valid"));
+    assert_eq!(decision.answer[0].response, halo_policy::StorageResponse::Restart(30));
+    // An isolation plugin of an earlier contract (0.1.0, isolation only): the built-in
+    // storage response decides, without any failure.
+    let old = plugin("hostile:million_entries");
+    let policies =
+        PluginPolicies::load(&runtime, PluginFiles { isolation: Some(&old), ..PluginFiles::default() }).expect("loads");
+    assert!(policies.storage.plugin().is_none());
+    let decision = policies.storage.decide(&input);
+    assert!(decision.failure().is_none(), "no plugin, no failure");
+    assert_eq!(decision.answer, halo_policy::isolation::decide_storage(&input).expect("valid"));
+}
+
+#[test]
+fn nonsense_storage_answers_are_refused_and_the_built_in_response_decides() {
+    let runtime = runtime();
+    let nonsense = plugin("hostile:storage_nonsense");
+    let policies = PluginPolicies::load(&runtime, PluginFiles { isolation: Some(&nonsense), ..PluginFiles::default() })
+        .expect("loads");
+    for host in ["host-1", "ghost-host"] {
+        let input = storage_input(host);
+        let decision = policies.storage.decide(&input);
+        let failure = decision.failure().map(ToString::to_string).unwrap_or_default();
+        assert!(failure.contains("grace") || failure.contains("ghost"), "{host}: {failure}");
+        assert_eq!(decision.answer, halo_policy::isolation::decide_storage_fallback(&input).0, "{host}");
+    }
+    // Its isolation answers are fine and stay its own.
+    let isolation = policies.isolation.decide(&crate::isolation_input());
+    assert!(isolation.failure().is_none());
 }

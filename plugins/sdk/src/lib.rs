@@ -174,9 +174,9 @@ macro_rules! export_storage {
                     ::std::string::String,
                 > {
                     $crate::storage::decide::<$policy>(input)
-        }
+                }
             }
-            $crate::bindings::storage::export_storage_world!(HaloExport with_types_in $crate::bindings::storage);
+    $crate::bindings::storage::export_storage_world!(HaloExport with_types_in $crate::bindings::storage);
         };
     };
 }

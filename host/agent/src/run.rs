@@ -901,8 +901,17 @@ fn report_running(local: &Hypervisor, vms: &BTreeSet<String>, inputs: &mpsc::Sen
             let xml = local.xml(&domain.name).ok();
             let generation = xml.as_deref().and_then(generation_of).unwrap_or(1);
             // Paused by a hold an earlier agent did not settle: settled now, not taken for running.
-            let held = domain.state == halo_libvirt::DomainState::Paused && xml.as_deref().is_some_and(held_by_halo);
-            let state = if held { VmState::Held } else { VmState::Running };
+            let paused = domain.state == halo_libvirt::DomainState::Paused;
+            let held = paused && xml.as_deref().is_some_and(held_by_halo);
+            // Paused by QEMU on an I/O error before this agent started: storage protection's.
+            let io_error = paused && !held && local.paused_on_io_error(&domain.name).unwrap_or(false);
+            let state = if held {
+                VmState::Held
+            } else if io_error {
+                VmState::PausedOnIoError
+            } else {
+                VmState::Running
+            };
             // At start and for newly protected VMs: a handful, into a queue with room.
             if let Err(e) = inputs.try_send(Input::VmState { vm: domain.name, generation, state }) {
                 return Err(format!("the agent loop has no room for what runs here: {e}"));

@@ -2373,6 +2373,45 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
     println!("figure: (c) NFS down 35 s for every host: nothing restarted; counter {after} -> {after_c}");
     std::thread::sleep(Duration::from_secs(3)); // every host writes ds1 again, steadily
 
+    // (e) The disk itself fails (the server refuses writes to the image: immutable there,
+    // NFS3ERR_PERM) for 8 s: QEMU pauses the guest on the I/O error, halo resumes it once the
+    // disk takes writes again, nothing restarted.
+    let since = halo_agent::events::unix_ms();
+    let image = cluster.lab.dir().join("exports/ds1/images/db-1.qcow2");
+    let chattr = |flag: &str| {
+        let status = std::process::Command::new("chattr").arg(flag).arg(&image).status().expect("chattr runs");
+        assert!(status.success(), "chattr {flag} {}", image.display());
+    };
+    let before_e = counter_intact(&cluster, "db-1").0;
+    chattr("+i");
+    let failing = Instant::now();
+    let mut paused_seen = false;
+    while failing.elapsed() < Duration::from_secs(8) {
+        let (active, _) = cluster.active("db-1", &[1, 2, 3]);
+        assert_eq!(active, vec![2], "db-1 stays on host-2 alone\n{}", cluster.logs());
+        paused_seen |= cluster.hv[&2].state("db-1").ok().flatten() == Some(DomainState::Paused);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    chattr("-i");
+    assert!(paused_seen, "QEMU paused db-1 on the I/O error\n{}", cluster.logs());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0) < before_e + 10 {
+        assert!(Instant::now() < deadline, "db-1 counts again once its disk works\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let events = since_kinds(&cluster, since);
+    assert!(
+        events.iter().any(|(n, k, m)| n == "host-2" && k == "vm-storage-lost" && m.contains("I/O error")),
+        "host-2 alerted on the I/O error: {events:#?}"
+    );
+    assert!(!events.iter().any(|(_, k, _)| k == "vm-storage-restart"), "{events:#?}");
+    assert_eq!(qemu_of(&cluster), qemu, "the same QEMU: nothing restarted");
+    let (after_e, boots) = counter_intact(&cluster, "db-1");
+    assert!(after_e > before_e && boots == 1, "counter {before_e} -> {after_e}, {boots} boot(s)");
+    println!(
+        "figure: (e) disk refusing writes 8 s: paused on the I/O error, resumed by halo; counter {before_e} -> {after_e}"
+    );
+
     // (b) host-2 alone cut from the storage past the grace time: db-1 is powered off there and
     // restarted on a host that reaches it, never on two hosts at once.
     let since = halo_agent::events::unix_ms();
@@ -2403,6 +2442,27 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
     assert!(boots == 2 && after_b > last_on_2, "a second boot continued the counter: {last_on_2} -> {after_b}");
     let events = since_kinds(&cluster, since);
     assert!(events.iter().any(|(n, k, _)| n == "host-2" && k == "vm-storage-restart"), "{events:#?}");
+    // Where the seconds went: the events' own times, from the block.
+    let (_, body) = cluster.api(1, "GET", "/api/v1/events?limit=1000&cluster=true", Some(&token), None);
+    let all: serde_json::Value = serde_json::from_str(&body).expect("events");
+    let at = |kind: &str| {
+        all["events"].as_array().and_then(|events| {
+            events
+                .iter()
+                .filter(|e| e["unix-ms"].as_u64().unwrap_or(0) >= since && e["kind"] == kind)
+                .filter_map(|e| e["unix-ms"].as_u64())
+                .min()
+                .map(|ms| ms.saturating_sub(since) as f64 / 1000.0)
+        })
+    };
+    println!(
+        "figure: (b) steps after the block: datastore-lost {:?} s, vm-storage-lost {:?} s, vm-storage-restart {:?} s, vm-stopped {:?} s, vm-restarted {:?} s",
+        at("datastore-lost"),
+        at("vm-storage-lost"),
+        at("vm-storage-restart"),
+        at("vm-stopped"),
+        at("vm-restarted")
+    );
     for _ in 0..20 {
         assert_eq!(cluster.active("db-1", &[1, 2, 3]).0, vec![moved_to], "db-1 once\n{}", cluster.logs());
         std::thread::sleep(Duration::from_millis(250));

@@ -331,6 +331,21 @@ impl Hypervisor {
         }
     }
 
+    /// Whether the domain is paused because QEMU stopped it on an I/O error (libvirt's state
+    /// `paused`, reason `ioerror`).
+    pub fn paused_on_io_error(&self, name: &str) -> Result<bool, LibvirtError> {
+        c_safe("a domain name", name)?;
+        match Domain::lookup_by_name(&self.conn, name) {
+            Ok(d) => {
+                let (state, reason) = d.get_state().map_err(|e| self.fail("read the state", Some(name), &e))?;
+                Ok(state == sys::VIR_DOMAIN_PAUSED
+                    && u32::try_from(reason).ok() == Some(sys::VIR_DOMAIN_PAUSED_IOERROR))
+            }
+            Err(e) if e.code() == virt::error::ErrorNumber::NoDomain => Ok(false),
+            Err(e) => Err(self.fail("look up", Some(name), &e)),
+        }
+    }
+
     /// Defines (or redefines) a domain from its XML; returns its name. libvirt refuses a
     /// second UUID for a name it knows, so: a definition without a UUID keeps the UUID the host
     /// already has for that name; a definition with another UUID replaces a powered-off one (a

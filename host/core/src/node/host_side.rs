@@ -292,6 +292,9 @@ impl Node {
                 self.note_io_paused(vm, true);
             }
             VmState::Running => {
+                if self.claims_seen.get(vm).is_some_and(|(_, g, _)| generation >= *g) {
+                    self.claims_seen.remove(vm);
+                }
                 self.note_io_paused(vm, false);
                 self.stopping.remove(vm);
                 // A VM that arrived is told to the others at once (the master compares every

@@ -384,6 +384,7 @@ impl Node {
         for (vm, (host, generation)) in &self.vanished {
             lost.push((vm.clone(), host.clone(), *generation, "it vanished when its host restarted"));
         }
+
         // Running now: reported by hosts we hear. A silent host's last list is stale; its
         // stop record (or the claim) is what counts for it. A copy this master paused (a
         // duplicate started outside halo) does not run: when halo's own copy is lost, the VM
@@ -434,6 +435,66 @@ impl Node {
                     since: now,
                     attempts: 0,
                     state: RestartState::Waiting { not_before: now },
+                    pinned: None,
+                    waiting_reported: false,
+                    lease_wait_reported: false,
+                },
+            );
+        }
+        self.carry_on_claims();
+    }
+
+    /// A claim taken (by this node or another master) that no host has run yet: its master
+    /// may have stepped down before the start, and the VM's older records no longer count
+    /// (their generation is below the claim's), so no other rule restarts it. Carried on as a
+    /// restart waiting for that claim — `watch_restarts` supersedes it on the same host after
+    /// the start timeout, or elsewhere once that host failed. Simulator seed 531 (a VM
+    /// claimed by a master that stepped down at once) stayed down without it.
+    fn carry_on_claims(&mut self) {
+        if self.claims_seen.is_empty() {
+            return;
+        }
+        let running: BTreeSet<&str> = self
+            .peers
+            .values()
+            .flat_map(|p| p.vms.iter().map(|r| r.vm.as_str()))
+            .chain(self.local_vms.keys().map(String::as_str))
+            .collect();
+        let mut carried = Vec::new();
+        for (vm, (host, generation, learned)) in &self.claims_seen {
+            let Some(master) = self.master.as_ref() else { return };
+            let newer_known = self.generations.get(vm).is_some_and(|g| g > generation);
+            if *generation == 0
+                || newer_known
+                || running.contains(vm.as_str())
+                || master.restarts.contains_key(vm)
+                || !self.config.vm(vm).is_some_and(|s| s.protected())
+                || self.operator_stopped.contains(vm)
+                || self.peers.values().any(|p| p.operator_stopped.contains(vm))
+            {
+                continue;
+            }
+            carried.push((vm.clone(), host.clone(), *generation, *learned));
+        }
+        for (vm, host, generation, learned) in carried {
+            self.record(
+                Severity::Warning,
+                EventKind::VmLost,
+                format!(
+                    "{vm}: generation {generation} was claimed for {host} but has not run anywhere; this master carries the restart on"
+                ),
+                None,
+            );
+            let now = self.now;
+            let Some(master) = self.master.as_mut() else { return };
+            master.restarts.insert(
+                vm,
+                Restart {
+                    from: host.clone(),
+                    generation: generation - 1,
+                    since: now,
+                    attempts: 0,
+                    state: RestartState::ClaimedElsewhere { host, since: learned },
                     pinned: None,
                     waiting_reported: false,
                     lease_wait_reported: false,
@@ -882,6 +943,15 @@ impl Node {
         {
             return;
         }
+        if matches!(outcome, ClaimOutcome::Won | ClaimOutcome::Lost(_)) {
+            let holder = match &outcome {
+                ClaimOutcome::Lost(holder) => holder.host.clone(),
+                _ => claim.host.clone(),
+            };
+            self.claims_seen.insert(claim.vm.clone(), (holder, claim.generation, now));
+        }
+        let Some(master) = self.master.as_mut() else { return };
+        let Some(r) = master.restarts.get_mut(&claim.vm) else { return };
         match outcome {
             ClaimOutcome::Won => {
                 r.state = RestartState::Starting { host: claim.host.clone(), since: now };

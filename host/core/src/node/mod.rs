@@ -623,6 +623,11 @@ pub struct Node {
     /// Hosts the master put into maintenance for their health (taken out when healthy), and
     /// when it last tried a refused one.
     health_maintenance: BTreeMap<String, Option<Millis>>,
+    /// Claims this node learned of (won, or found taken by another master), per VM: the host
+    /// named, the generation, when — until a host reports that generation (or a later one).
+    /// Kept across mastership: a claim whose master stepped down before starting the VM is
+    /// carried on by the next one (`master::find_lost_vms`).
+    claims_seen: BTreeMap<String, (String, u64, Millis)>,
 }
 
 /// How often the master reads every host's load from its libvirt (`Action::ReadLoad`).
@@ -683,6 +688,7 @@ impl Node {
             storage_lost: BTreeMap::new(),
             health: crate::wire::HostHealth::default(),
             health_maintenance: BTreeMap::new(),
+            claims_seen: BTreeMap::new(),
         }
     }
 
@@ -1094,6 +1100,9 @@ impl Node {
         let reports: Vec<VmReport> = peer.vms.iter().chain(peer.stopped.iter()).cloned().collect();
         for report in reports {
             self.note_generation(&report.vm, report.generation);
+            if self.claims_seen.get(&report.vm).is_some_and(|(_, g, _)| report.generation >= *g) {
+                self.claims_seen.remove(&report.vm);
+            }
         }
         self.note_vanished(&hb.from);
         self.prune_stopped();

@@ -48,6 +48,9 @@ pub(super) struct Episode {
     told_waiting: Option<String>,
     /// When a resume was last asked.
     resumed_at: Option<Millis>,
+    /// Since when the storage looks fine again while the episode waits to see the VM stay
+    /// running; lost again meanwhile is a new outage, timed from then.
+    fine_since: Option<Millis>,
 }
 
 impl Node {
@@ -169,6 +172,7 @@ impl Node {
                         stopping: false,
                         told_waiting: None,
                         resumed_at: None,
+                        fine_since: None,
                     },
                 );
             }
@@ -220,6 +224,15 @@ impl Node {
             return; // powered off for a restart elsewhere: the stop ends it
         }
         if datastore_back && !paused {
+            // Resumed a moment ago: it must stay running for a retry interval before the
+            // episode ends (a disk that still fails pauses it again at once: the same episode,
+            // not a new alert every retry).
+            if episode.resumed_at.is_some_and(|at| self.now.saturating_sub(at) < RESUME_RETRY_MS) {
+                if let Some(e) = self.storage_lost.get_mut(vm) {
+                    e.fine_since.get_or_insert(self.now);
+                }
+                return;
+            }
             self.storage_lost.remove(vm);
             self.record(
                 Severity::Info,
@@ -229,6 +242,26 @@ impl Node {
                     self.name,
                     lost_for as f64 / 1000.0
                 ),
+                None,
+            );
+            return;
+        }
+        if episode.fine_since.is_some() && datastore_back {
+            // Paused again right after a resume: the disk still fails; the same episode.
+            if let Some(e) = self.storage_lost.get_mut(vm) {
+                e.fine_since = None;
+            }
+        } else if episode.fine_since.is_some() {
+            // The datastore looked fine and is lost again: a new outage, its grace time from now.
+            if let Some(e) = self.storage_lost.get_mut(vm) {
+                e.fine_since = None;
+                e.since = self.now;
+                e.told_waiting = None;
+            }
+            self.record(
+                Severity::Alert,
+                EventKind::VmStorageLost,
+                format!("{vm}: its storage is lost again on {} right after it came back; a new grace time", self.name),
                 None,
             );
             return;
@@ -324,9 +357,13 @@ mod tests {
 
     /// host-1 with vm-1 on datastore ds1, grace 20 s; peers host-2 and host-3.
     fn node() -> Node {
+        node_with(vec![halo_policy::Setting::new("storage-grace-seconds", "20")])
+    }
+
+    fn node_with(settings: Vec<halo_policy::Setting>) -> Node {
         let mut config = cluster(3, 2);
         config.vms[0].datastores = vec!["ds1".into()];
-        config.policy.isolation = vec![halo_policy::Setting::new("storage-grace-seconds", "20")];
+        config.policy.isolation = settings;
         let mut node = Node::new("host-1", config, 0);
         node.handle(
             0,
@@ -458,7 +495,9 @@ mod tests {
 
     #[test]
     fn a_vm_paused_on_an_io_error_is_resumed_when_its_storage_is_fine() {
-        let mut node = node();
+        // `resume`: tried again and again, never restarted (with `restart` it would be, after
+        // its grace time, where the datastore is reached).
+        let mut node = node_with(vec![halo_policy::Setting::new("storage-restart", "resume")]);
         let mut now = 0;
         while now < 5_000 {
             now += 500;
@@ -485,12 +524,75 @@ mod tests {
         }
         let again = again.expect("asked again after the retry interval");
         assert!(again - now >= RESUME_RETRY_MS, "asked again after {} ms", again - now);
-        // Running: the episode ends.
-        let out = node.handle(
-            now + 12_500,
+        // Running again, then paused again at once (the disk still fails): the same episode,
+        // no new alert.
+        let running = |node: &mut Node, at: Millis, state: VmState| {
+            node.handle(at, Input::VmState { vm: "vm-1".into(), generation: 1, state }, &mut BuiltinPolicies)
+        };
+        assert!(kinds(&running(&mut node, again + 200, VmState::Running)).is_empty(), "not over yet");
+        assert!(kinds(&running(&mut node, again + 400, VmState::PausedOnIoError)).is_empty(), "no second alert");
+        // Resumed once more, and it stays running for a retry interval: the episode ends.
+        let ended = |actions: &[Action]| {
+            actions.iter().any(|a| {
+                matches!(a, Action::Record(e) if e.kind == EventKind::VmStorageRegained && e.message.contains("nothing restarted"))
+            })
+        };
+        let (mut t, mut resumed_at, mut ended_at) = (again + 400, None, None);
+        while t < again + 40_000 && ended_at.is_none() {
+            t += 500;
+            let out = step(&mut node, t, true, &[]);
+            if out.contains(&Action::ResumeVm { vm: "vm-1".into() }) {
+                resumed_at = Some(t);
+                running(&mut node, t + 100, VmState::Running);
+            } else if ended(&out) {
+                ended_at = Some(t);
+            }
+        }
+        let (resumed_at, ended_at) = (resumed_at.expect("resumed again"), ended_at.expect("the episode ended"));
+        assert!(ended_at - resumed_at >= RESUME_RETRY_MS, "ended {} ms after the resume", ended_at - resumed_at);
+    }
+
+    #[test]
+    fn storage_lost_again_right_after_it_came_back_gets_a_whole_grace_time() {
+        let mut node = node();
+        let mut now = 0;
+        while now < 30_000 {
+            now += 500;
+            step(&mut node, now, true, &[]);
+        }
+        // Paused on an I/O error, resumed at once, running again.
+        node.handle(
+            now,
+            Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::PausedOnIoError },
+            &mut BuiltinPolicies,
+        );
+        node.handle(
+            now + 100,
             Input::VmState { vm: "vm-1".into(), generation: 1, state: VmState::Running },
             &mut BuiltinPolicies,
         );
-        assert_eq!(kinds(&out), [EventKind::VmStorageRegained]);
+        let resumed = now;
+        while now < resumed + 5_000 {
+            now += 500;
+            step(&mut node, now, true, &[]);
+        }
+        let grace = 20_000u64.max(node.config().timeouts.dead_time_ms);
+        // 5 s after the resume (the episode still watching the VM run), the datastore is
+        // lost: a new outage, not the rest of the old one's grace.
+        let mut seen = Vec::new();
+        let lost_at = now;
+        while now < lost_at + grace + 3_000 {
+            now += 500;
+            let out = step(&mut node, now, false, &[]);
+            if !stops(&out).is_empty() {
+                assert!(now - lost_at >= grace, "restarted {} ms into the new outage", now - lost_at);
+            }
+            seen.extend(out);
+        }
+        assert!(
+            seen.iter().any(|a| matches!(a, Action::Record(e) if e.kind == EventKind::VmStorageLost && e.message.contains("lost again"))),
+            "{seen:?}"
+        );
+        assert_eq!(stops(&seen).len(), 1, "restarted once the new grace time ran out");
     }
 }

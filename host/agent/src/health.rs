@@ -8,12 +8,15 @@
 //! ```
 //!
 //! `status` is `healthy`, `degraded` or `failing`; without it the worst of the `checks`
-//! counts (each `status` the same words); `reason` and the checks' details are for people. A
+//! counts (each `status` the same words; `[health] checks` maps a check's name to the state
+//! this site gives it, whatever the provider said); `reason` and the checks' details are for
+//! people. A
 //! provider that fails (does not start, exits non-zero, overruns, prints anything else) leaves
 //! the host's health as it was and raises `health-provider-failed` once per kind of failure:
 //! a broken provider never evacuates a host. The core (`node::health`) decides what the
 //! cluster does with the health.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +42,14 @@ pub struct HealthEntry {
     pub interval_ms: u64,
     /// How long one run may take.
     pub timeout_ms: u64,
+    /// The state this site gives a check, by the check's name (`"ecc-corrected" = "healthy"`,
+    /// `"psu-2" = "failing"`): the provider's word for it is replaced.
+    pub checks: BTreeMap<String, HealthState>,
 }
 
 impl Default for HealthEntry {
     fn default() -> Self {
-        Self { provider: None, args: Vec::new(), interval_ms: 10_000, timeout_ms: 5_000 }
+        Self { provider: None, args: Vec::new(), interval_ms: 10_000, timeout_ms: 5_000, checks: BTreeMap::new() }
     }
 }
 
@@ -86,14 +92,20 @@ struct Check {
     detail: Option<String>,
 }
 
-/// A provider's output as a health, or what is wrong with it.
-pub fn parse_report(output: &[u8]) -> Result<HostHealth, String> {
+/// A provider's output as a health, or what is wrong with it; `overrides` gives checks the
+/// state this site wants for them.
+pub fn parse_report(output: &[u8], overrides: &BTreeMap<String, HealthState>) -> Result<HostHealth, String> {
     if output.len() > MAX_OUTPUT {
         return Err(format!("it printed more than {MAX_OUTPUT} bytes"));
     }
-    let report: Report = serde_json::from_slice(output).map_err(|e| {
+    let mut report: Report = serde_json::from_slice(output).map_err(|e| {
         format!("its output is not the documented JSON ({e}); expected {{\"status\": \"healthy|degraded|failing\", \"reason\": …, \"checks\": […]}}")
     })?;
+    for check in &mut report.checks {
+        if let Some(state) = overrides.get(&check.name) {
+            check.status = *state;
+        }
+    }
     let worst = report.checks.iter().map(|c| c.status).max();
     let state = match (report.status, worst) {
         (Some(state), _) => state,
@@ -140,7 +152,7 @@ pub async fn run_provider(entry: &HealthEntry, provider: &PathBuf) -> Result<Hos
             if last.is_empty() { String::new() } else { format!(": {last}") }
         ));
     }
-    parse_report(&output.stdout).map_err(|e| format!("{}: {e}", provider.display()))
+    parse_report(&output.stdout, &entry.checks).map_err(|e| format!("{}: {e}", provider.display()))
 }
 
 /// The provider's loop: every interval, its answer to the core; a failure an event (once per
@@ -186,18 +198,23 @@ mod tests {
 
     #[test]
     fn reports_are_read_strictly_and_the_worst_check_counts() {
-        let h = parse_report(br#"{"status":"failing","reason":"DIMM B2"}"#).expect("valid");
+        let none = BTreeMap::new();
+        let h = parse_report(br#"{"status":"failing","reason":"DIMM B2"}"#, &none).expect("valid");
         assert_eq!(h, HostHealth { state: HealthState::Failing, reason: "DIMM B2".into() });
-        let h = parse_report(
-            br#"{"checks":[{"name":"psu-1","status":"healthy"},{"name":"psu-2","status":"degraded","detail":"no input"}]}"#,
-        )
-        .expect("valid");
+        let checks =
+            br#"{"checks":[{"name":"psu-1","status":"healthy"},{"name":"psu-2","status":"degraded","detail":"no input"}]}"#;
+        let h = parse_report(checks, &none).expect("valid");
         assert_eq!(h, HostHealth { state: HealthState::Degraded, reason: "psu-2 degraded: no input".into() });
-        assert_eq!(parse_report(br#"{"status":"healthy"}"#).expect("valid").state, HealthState::Healthy);
+        assert_eq!(parse_report(br#"{"status":"healthy"}"#, &none).expect("valid").state, HealthState::Healthy);
+        // The site's word for a check replaces the provider's.
+        let site = BTreeMap::from([("psu-2".to_string(), HealthState::Failing)]);
+        assert_eq!(parse_report(checks, &site).expect("valid").state, HealthState::Failing);
+        let site = BTreeMap::from([("psu-2".to_string(), HealthState::Healthy)]);
+        assert_eq!(parse_report(checks, &site).expect("valid").state, HealthState::Healthy);
         for bad in [&br#"{"status":"on fire"}"#[..], b"{}", b"not json", br#"{"status":"healthy","extra":1}"#] {
-            assert!(parse_report(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(parse_report(bad, &none).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        assert!(parse_report(&vec![b' '; MAX_OUTPUT + 1]).is_err());
+        assert!(parse_report(&vec![b' '; MAX_OUTPUT + 1], &none).is_err());
     }
 
     #[test]

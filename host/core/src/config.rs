@@ -67,6 +67,18 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
+    /// The VM as the isolation policy sees it (isolation and storage decisions).
+    pub fn info(&self) -> halo_policy::VmInfo {
+        halo_policy::VmInfo {
+            name: self.name.clone(),
+            priority: self.priority,
+            order: self.order,
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            labels: vec![],
+        }
+    }
+
     /// Whether HA restarts this VM.
     pub fn protected(&self) -> bool {
         self.priority != RestartPriority::Unprotected

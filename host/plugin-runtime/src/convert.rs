@@ -42,18 +42,7 @@ pub fn isolation_input(input: &policy::IsolationInput) -> wit::IsolationInput {
                 .map(|a| wit::AddressStatus { address: a.address.clone(), answered: a.answered })
                 .collect(),
         },
-        vms: input
-            .vms
-            .iter()
-            .map(|vm| wit::VmInfo {
-                name: vm.name.clone(),
-                priority: priority(vm.priority),
-                order: vm.order,
-                memory_mib: vm.memory_mib,
-                vcpus: vm.vcpus,
-                labels: vm.labels.clone(),
-            })
-            .collect(),
+        vms: input.vms.iter().map(vm_info).collect(),
         settings: settings(&input.settings),
     }
 }

@@ -237,20 +237,31 @@ pub fn decide_storage_with(config: &IsolationConfig, input: &StorageInput) -> Ve
 
 /// Checks a storage answer against its input: every VM exactly once, grace times in bounds.
 pub fn validate_storage(input: &StorageInput, answer: &[VmStorageDecision]) -> Result<(), InvalidIsolationAnswer> {
-    if answer.len() > input.vms.len() {
-        return Err(InvalidIsolationAnswer::TooManyEntries { entries: answer.len(), vms: input.vms.len() });
-    }
-    let mut seen: BTreeMap<&str, bool> = input.vms.iter().map(|vm| (vm.name.as_str(), false)).collect();
+    every_vm_once(&input.vms, answer.iter().map(|d| d.vm.as_str()))?;
     for decision in answer {
-        match seen.get_mut(decision.vm.as_str()) {
-            None => return Err(InvalidIsolationAnswer::UnknownVm(decision.vm.clone())),
-            Some(true) => return Err(InvalidIsolationAnswer::DuplicateVm(decision.vm.clone())),
-            Some(done) => *done = true,
-        }
         if let StorageResponse::Restart(secs) = decision.response
             && (secs == 0 || secs > MAX_STORAGE_GRACE_SECS)
         {
             return Err(InvalidIsolationAnswer::BadStorageGrace { vm: decision.vm.clone(), secs });
+        }
+    }
+    Ok(())
+}
+
+/// An answer names every VM of the input exactly once (no other VM, none twice, none missing).
+fn every_vm_once<'a>(
+    vms: &[crate::types::VmInfo],
+    answered: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<(), InvalidIsolationAnswer> {
+    if answered.len() > vms.len() {
+        return Err(InvalidIsolationAnswer::TooManyEntries { entries: answered.len(), vms: vms.len() });
+    }
+    let mut seen: BTreeMap<&str, bool> = vms.iter().map(|vm| (vm.name.as_str(), false)).collect();
+    for vm in answered {
+        match seen.get_mut(vm) {
+            None => return Err(InvalidIsolationAnswer::UnknownVm(vm.to_string())),
+            Some(true) => return Err(InvalidIsolationAnswer::DuplicateVm(vm.to_string())),
+            Some(done) => *done = true,
         }
     }
     match seen.into_iter().find(|(_, done)| !done) {
@@ -302,26 +313,15 @@ pub fn validate_isolation(
     input: &IsolationInput,
     answer: &[VmIsolationDecision],
 ) -> Result<(), InvalidIsolationAnswer> {
-    if answer.len() > input.vms.len() {
-        return Err(InvalidIsolationAnswer::TooManyEntries { entries: answer.len(), vms: input.vms.len() });
-    }
-    let mut seen: BTreeMap<&str, bool> = input.vms.iter().map(|vm| (vm.name.as_str(), false)).collect();
+    every_vm_once(&input.vms, answer.iter().map(|d| d.vm.as_str()))?;
     for decision in answer {
-        match seen.get_mut(decision.vm.as_str()) {
-            None => return Err(InvalidIsolationAnswer::UnknownVm(decision.vm.clone())),
-            Some(true) => return Err(InvalidIsolationAnswer::DuplicateVm(decision.vm.clone())),
-            Some(done) => *done = true,
-        }
         if let IsolationAction::ShutDown(secs) = decision.action
             && (secs == 0 || secs > MAX_SHUTDOWN_GRACE_SECS)
         {
             return Err(InvalidIsolationAnswer::BadGrace { vm: decision.vm.clone(), secs });
         }
     }
-    match seen.into_iter().find(|(_, done)| !done) {
-        Some((vm, _)) => Err(InvalidIsolationAnswer::MissingVm(vm.to_string())),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,17 @@ fn priority(p: wit::RestartPriority) -> policy::RestartPriority {
     }
 }
 
+fn vm_info(vm: wit::VmInfo) -> policy::VmInfo {
+    policy::VmInfo {
+        name: vm.name,
+        priority: priority(vm.priority),
+        order: vm.order,
+        memory_mib: vm.memory_mib,
+        vcpus: vm.vcpus,
+        labels: vm.labels,
+    }
+}
+
 fn reason(r: wit::PlacementReason) -> policy::PlacementReason {
     match r {
         wit::PlacementReason::Failover => policy::PlacementReason::Failover,
@@ -183,18 +194,7 @@ pub mod isolation {
                     .map(|a| policy::AddressStatus { address: a.address, answered: a.answered })
                     .collect(),
             },
-            vms: input
-                .vms
-                .into_iter()
-                .map(|vm| policy::VmInfo {
-                    name: vm.name,
-                    priority: priority(vm.priority),
-                    order: vm.order,
-                    memory_mib: vm.memory_mib,
-                    vcpus: vm.vcpus,
-                    labels: vm.labels,
-                })
-                .collect(),
+            vms: input.vms.into_iter().map(vm_info).collect(),
             settings: settings(input.settings),
         }
     }
@@ -234,18 +234,7 @@ pub mod storage {
                 io_error: s.io_error,
                 hosts_reaching: s.hosts_reaching,
             },
-            vms: input
-                .vms
-                .into_iter()
-                .map(|vm| policy::VmInfo {
-                    name: vm.name,
-                    priority: priority(vm.priority),
-                    order: vm.order,
-                    memory_mib: vm.memory_mib,
-                    vcpus: vm.vcpus,
-                    labels: vm.labels,
-                })
-                .collect(),
+            vms: input.vms.into_iter().map(vm_info).collect(),
             settings: settings(input.settings),
         }
     }

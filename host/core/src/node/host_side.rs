@@ -140,19 +140,8 @@ impl Node {
                 .map(|a| AddressStatus { address: a.clone(), answered: false })
                 .collect(),
         };
-        let vms: Vec<VmInfo> = self
-            .local_vms
-            .keys()
-            .filter_map(|vm| self.config.vm(vm))
-            .map(|spec| VmInfo {
-                name: spec.name.clone(),
-                priority: spec.priority,
-                order: spec.order,
-                memory_mib: spec.memory_mib,
-                vcpus: spec.vcpus,
-                labels: vec![],
-            })
-            .collect();
+        let vms: Vec<VmInfo> =
+            self.local_vms.keys().filter_map(|vm| self.config.vm(vm)).map(crate::config::VmSpec::info).collect();
         self.record(
             Severity::Alert,
             EventKind::Isolated,

@@ -22,7 +22,7 @@
 //!   lives in user space, so a power-off succeeds even with requests stuck on the lost
 //!   server. A VM never runs on two hosts.
 
-use halo_policy::{StorageInput, StorageResponse, StorageSituation, VmInfo};
+use halo_policy::{StorageInput, StorageResponse, StorageSituation};
 
 use super::{Action, EventKind, Node, Severity, StopReason};
 use crate::Millis;
@@ -134,18 +134,7 @@ impl Node {
                     io_error: vms.iter().any(|vm| self.io_paused.contains(vm)),
                     hosts_reaching: self.hosts_reaching(datastore.as_deref()),
                 },
-                vms: vms
-                    .iter()
-                    .filter_map(|vm| self.config.vm(vm))
-                    .map(|spec| VmInfo {
-                        name: spec.name.clone(),
-                        priority: spec.priority,
-                        order: spec.order,
-                        memory_mib: spec.memory_mib,
-                        vcpus: spec.vcpus,
-                        labels: vec![],
-                    })
-                    .collect(),
+                vms: vms.iter().filter_map(|vm| self.config.vm(vm)).map(crate::config::VmSpec::info).collect(),
                 settings: self.config.policy.isolation.clone(),
             };
             let outcome = policies.storage(&input);

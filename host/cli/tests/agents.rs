@@ -2278,6 +2278,28 @@ fn counter_intact(cluster: &Cluster, vm: &str) -> (u64, usize) {
     (values.last().copied().unwrap_or(0), booted)
 }
 
+/// Polls for `how_long` that `vm` stays on host-2 alone; returns the states seen there.
+fn stays_on_host_2(cluster: &Cluster, vm: &str, how_long: Duration) -> BTreeSet<String> {
+    let began = Instant::now();
+    let mut states = BTreeSet::new();
+    while began.elapsed() < how_long {
+        let (active, _) = cluster.active(vm, &[1, 2, 3]);
+        assert_eq!(active, vec![2], "{vm} stays on host-2 alone\n{}", cluster.logs());
+        states.insert(format!("{:?}", cluster.hv[&2].state(vm).ok().flatten()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    states
+}
+
+/// Waits (up to 40 s) until `vm`'s counter passed `from + 10`.
+fn counts_past(cluster: &Cluster, vm: &str, from: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while cluster.lab.guest_counter(vm).0.last().copied().unwrap_or(0) < from + 10 {
+        assert!(Instant::now() < deadline, "{vm} counts again {what}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
@@ -2313,21 +2335,10 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
     let (before, _) = counter_intact(&cluster, "db-1");
     let since = halo_agent::events::unix_ms();
     cluster.lab.nfs_stop().expect("stop the NFS server");
-    let stopped = Instant::now();
-    let mut states = BTreeSet::new();
-    while stopped.elapsed() < Duration::from_secs(10) {
-        let (active, _) = cluster.active("db-1", &[1, 2, 3]);
-        assert_eq!(active, vec![2], "db-1 stays on host-2 alone\n{}", cluster.logs());
-        states.insert(format!("{:?}", cluster.hv[&2].state("db-1").ok().flatten()));
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let states = stays_on_host_2(&cluster, "db-1", Duration::from_secs(10));
     let during = cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0);
     cluster.lab.nfs_start(&["ds1"]).expect("NFS back");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0) < during + 10 {
-        assert!(Instant::now() < deadline, "db-1 counts again after the outage\n{}", cluster.logs());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    counts_past(&cluster, "db-1", during, "after the outage");
     let events = since_kinds(&cluster, since);
     let has = |kind: &str| events.iter().any(|(node, k, _)| node == "host-2" && k == kind);
     assert!(has("vm-storage-lost"), "host-2 alerted: {events:#?}");
@@ -2348,12 +2359,7 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
     // reaches it, nothing is restarted, the guest goes on when it is back.
     let since = halo_agent::events::unix_ms();
     cluster.lab.nfs_stop().expect("stop the NFS server");
-    let stopped = Instant::now();
-    while stopped.elapsed() < Duration::from_secs(35) {
-        let (active, _) = cluster.active("db-1", &[1, 2, 3]);
-        assert_eq!(active, vec![2], "db-1 stays on host-2 alone\n{}", cluster.logs());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    stays_on_host_2(&cluster, "db-1", Duration::from_secs(35));
     let waiting = since_kinds(&cluster, since);
     assert!(
         waiting.iter().any(|(n, k, m)| n == "host-2" && k == "vm-storage-waiting" && m.contains("no other host")),
@@ -2361,11 +2367,7 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
     );
     let during = cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0);
     cluster.lab.nfs_start(&["ds1"]).expect("NFS back");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0) < during + 10 {
-        assert!(Instant::now() < deadline, "db-1 counts again after the long outage\n{}", cluster.logs());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    counts_past(&cluster, "db-1", during, "after the long outage");
     assert!(!since_kinds(&cluster, since).iter().any(|(_, k, _)| k == "vm-storage-restart"));
     assert_eq!(qemu_of(&cluster), qemu, "the same QEMU: nothing restarted");
     let (after_c, boots) = counter_intact(&cluster, "db-1");
@@ -2384,21 +2386,11 @@ fn vms_on_nfs_storage_resume_when_it_returns_and_restart_where_it_is_reachable()
     };
     let before_e = counter_intact(&cluster, "db-1").0;
     chattr("+i");
-    let failing = Instant::now();
-    let mut paused_seen = false;
-    while failing.elapsed() < Duration::from_secs(8) {
-        let (active, _) = cluster.active("db-1", &[1, 2, 3]);
-        assert_eq!(active, vec![2], "db-1 stays on host-2 alone\n{}", cluster.logs());
-        paused_seen |= cluster.hv[&2].state("db-1").ok().flatten() == Some(DomainState::Paused);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let paused_seen =
+        stays_on_host_2(&cluster, "db-1", Duration::from_secs(8)).contains(&format!("{:?}", Some(DomainState::Paused)));
     chattr("-i");
     assert!(paused_seen, "QEMU paused db-1 on the I/O error\n{}", cluster.logs());
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while cluster.lab.guest_counter("db-1").0.last().copied().unwrap_or(0) < before_e + 10 {
-        assert!(Instant::now() < deadline, "db-1 counts again once its disk works\n{}", cluster.logs());
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    counts_past(&cluster, "db-1", before_e, "once its disk works");
     let events = since_kinds(&cluster, since);
     assert!(
         events.iter().any(|(n, k, m)| n == "host-2" && k == "vm-storage-lost" && m.contains("I/O error")),

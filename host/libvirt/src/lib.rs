@@ -320,12 +320,14 @@ impl Hypervisor {
 
     /// A domain's state, or `None` when the host does not know it.
     pub fn state(&self, name: &str) -> Result<Option<DomainState>, LibvirtError> {
+        Ok(self.raw_state(name)?.map(|(state, _)| DomainState::from_raw(state)))
+    }
+
+    /// libvirt's state and reason of a domain (`None`: no such domain).
+    fn raw_state(&self, name: &str) -> Result<Option<(sys::virDomainState, i32)>, LibvirtError> {
         c_safe("a domain name", name)?;
         match Domain::lookup_by_name(&self.conn, name) {
-            Ok(d) => {
-                let (state, _) = d.get_state().map_err(|e| self.fail("read the state", Some(name), &e))?;
-                Ok(Some(DomainState::from_raw(state)))
-            }
+            Ok(d) => d.get_state().map(Some).map_err(|e| self.fail("read the state", Some(name), &e)),
             Err(e) if e.code() == virt::error::ErrorNumber::NoDomain => Ok(None),
             Err(e) => Err(self.fail("look up", Some(name), &e)),
         }
@@ -334,16 +336,9 @@ impl Hypervisor {
     /// Whether the domain is paused because QEMU stopped it on an I/O error (libvirt's state
     /// `paused`, reason `ioerror`).
     pub fn paused_on_io_error(&self, name: &str) -> Result<bool, LibvirtError> {
-        c_safe("a domain name", name)?;
-        match Domain::lookup_by_name(&self.conn, name) {
-            Ok(d) => {
-                let (state, reason) = d.get_state().map_err(|e| self.fail("read the state", Some(name), &e))?;
-                Ok(state == sys::VIR_DOMAIN_PAUSED
-                    && u32::try_from(reason).ok() == Some(sys::VIR_DOMAIN_PAUSED_IOERROR))
-            }
-            Err(e) if e.code() == virt::error::ErrorNumber::NoDomain => Ok(false),
-            Err(e) => Err(self.fail("look up", Some(name), &e)),
-        }
+        Ok(self.raw_state(name)?.is_some_and(|(state, reason)| {
+            state == sys::VIR_DOMAIN_PAUSED && u32::try_from(reason).ok() == Some(sys::VIR_DOMAIN_PAUSED_IOERROR)
+        }))
     }
 
     /// Defines (or redefines) a domain from its XML; returns its name. libvirt refuses a

@@ -82,6 +82,22 @@ pub struct Restart {
     pub lease_wait_reported: bool,
 }
 
+impl Restart {
+    /// A restart found at `since`, of a VM that ran under `generation` on `from`, in `state`.
+    fn new(from: String, generation: u64, since: Millis, state: RestartState) -> Self {
+        Self {
+            from,
+            generation,
+            since,
+            attempts: 0,
+            state,
+            pinned: None,
+            waiting_reported: false,
+            lease_wait_reported: false,
+        }
+    }
+}
+
 /// The master's own state, rebuilt from heartbeats and datastore records on takeover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MasterState {
@@ -427,19 +443,7 @@ impl Node {
             );
             let now = self.now;
             let Some(master) = self.master.as_mut() else { return };
-            master.restarts.insert(
-                vm,
-                Restart {
-                    from,
-                    generation,
-                    since: now,
-                    attempts: 0,
-                    state: RestartState::Waiting { not_before: now },
-                    pinned: None,
-                    waiting_reported: false,
-                    lease_wait_reported: false,
-                },
-            );
+            master.restarts.insert(vm, Restart::new(from, generation, now, RestartState::Waiting { not_before: now }));
         }
         self.carry_on_claims();
     }
@@ -487,19 +491,8 @@ impl Node {
             );
             let now = self.now;
             let Some(master) = self.master.as_mut() else { return };
-            master.restarts.insert(
-                vm,
-                Restart {
-                    from: host.clone(),
-                    generation: generation - 1,
-                    since: now,
-                    attempts: 0,
-                    state: RestartState::ClaimedElsewhere { host, since: learned },
-                    pinned: None,
-                    waiting_reported: false,
-                    lease_wait_reported: false,
-                },
-            );
+            let state = RestartState::ClaimedElsewhere { host: host.clone(), since: learned };
+            master.restarts.insert(vm, Restart::new(host, generation - 1, now, state));
         }
     }
 
@@ -1305,14 +1298,8 @@ impl Node {
         master.restarts.insert(
             vm.to_string(),
             Restart {
-                from: String::new(),
-                generation,
-                since: now,
-                attempts: 0,
-                state: RestartState::Waiting { not_before: now },
                 pinned: on.map(str::to_string),
-                waiting_reported: false,
-                lease_wait_reported: false,
+                ..Restart::new(String::new(), generation, now, RestartState::Waiting { not_before: now })
             },
         );
         self.record(

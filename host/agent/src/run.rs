@@ -562,7 +562,7 @@ pub async fn start(
         loop {
             let input = tokio::select! {
                 _ = tick.tick() => Input::Tick,
-                Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: received.heartbeat },
+                Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: std::sync::Arc::new(received.heartbeat) },
                 Some(input) = inputs_rx.recv() => input,
                 () = &mut stop => {
                     // A deliberate stop: the VMs stay (the others see "agent down").

@@ -35,13 +35,18 @@ pub struct SimArgs {
     /// Simulated run length, e.g. 200s or 5m.
     #[arg(long, default_value = "200s", value_parser = parse_millis)]
     duration: Millis,
-    /// Fault families the random schedule draws from (comma-separated).
+    /// Fault families the random schedule draws from (comma-separated; the default is every
+    /// family, as the tests and CI draw them, so a seed they name replays here).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "crash,agent,isolate,partition,link,oneway,loss,datastore,dscut,vmcrash,pause,freeze,maint,migrate,stop,priority,haoff,outside"
+        default_value = "crash,agent,isolate,partition,link,oneway,loss,datastore,dscut,vmcrash,pause,freeze,maint,migrate,stop,priority,haoff,outside,fence,balance"
     )]
     faults: Vec<String>,
+    /// Worker threads for --seeds (default: one per core). With --plugins the seeds run on
+    /// one thread (one set of plugins).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
     /// Simulate hosts without a watchdog: a paused agent or a frozen host is never reset and
     /// resumes where it stopped (what the lab's `--no-watchdog` runs).
     #[arg(long)]
@@ -295,6 +300,14 @@ struct Summary {
     failover_latency_ms: Option<halo_sim::Percentiles>,
 }
 
+/// One seed's result in a `--seeds` run.
+struct SeedResult {
+    seed: u64,
+    violations: Vec<String>,
+    liveness: bool,
+    latencies: Vec<Millis>,
+}
+
 fn many(
     args: &SimArgs,
     range: std::ops::Range<u64>,
@@ -302,23 +315,58 @@ fn many(
     policies: &mut dyn Policies,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (mut safety, mut liveness, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
     let count = range.end - range.start;
-    for seed in range {
+    let run = |seed: u64, policies: &mut dyn Policies| -> anyhow::Result<SeedResult> {
         let (config, schedule) = case(args, seed, families)?;
         let mut opts = SimOptions::new(seed, args.duration);
         opts.watchdog = !args.no_watchdog;
         let outcome = Sim::new(config, schedule, opts, policies).run();
-        if !outcome.violations.is_empty() {
-            safety.push(seed);
+        Ok(SeedResult {
+            seed,
+            violations: outcome.violations,
+            liveness: !outcome.liveness_violations.is_empty(),
+            latencies: outcome.failover_latencies,
+        })
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = args.jobs.map_or(cores, usize::from).min(count as usize).max(1);
+    let mut results: Vec<SeedResult> = if args.plugins.is_some() || jobs == 1 {
+        range.map(|seed| run(seed, policies)).collect::<anyhow::Result<_>>()?
+    } else {
+        // Each seed's run is deterministic whichever thread runs it; the built-in policies
+        // hold no state, so every worker has its own.
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..jobs as u64)
+                .map(|w| {
+                    let (run, range) = (&run, range.clone());
+                    scope.spawn(move || {
+                        (range.start + w..range.end)
+                            .step_by(jobs)
+                            .map(|seed| run(seed, &mut BuiltinPolicies))
+                            .collect::<anyhow::Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for worker in workers {
+                all.extend(worker.join().map_err(|_| anyhow::anyhow!("a simulator worker panicked"))??);
+            }
+            anyhow::Ok(all)
+        })?
+    };
+    results.sort_by_key(|r| r.seed);
+    let (mut safety, mut liveness, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+    for result in results {
+        if !result.violations.is_empty() {
+            safety.push(result.seed);
             if !args.json {
-                eprintln!("seed {seed}: {}", outcome.violations.join("; "));
+                eprintln!("seed {}: {}", result.seed, result.violations.join("; "));
             }
         }
-        if !outcome.liveness_violations.is_empty() {
-            liveness.push(seed);
+        if result.liveness {
+            liveness.push(result.seed);
         }
-        latencies.extend(outcome.failover_latencies);
+        latencies.extend(result.latencies);
     }
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -333,10 +381,11 @@ fn many(
         outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         outln!(
-            "{} schedules in {:.1}s ({:.1} schedules/s)",
+            "{} schedules in {:.1}s ({:.1} schedules/s, {} worker(s))",
             summary.schedules,
             summary.seconds,
-            summary.schedules_per_second
+            summary.schedules_per_second,
+            if args.plugins.is_some() { 1 } else { jobs }
         );
         if let Some(p) = summary.failover_latency_ms {
             outln!(

@@ -21,6 +21,9 @@ use halo_sim::{Fault, FaultKind, Rng, Schedule, Sim, SimOptions, percentiles};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    for hosts in [64, 256, 1_000] {
+        scale(hosts, if quick { 2 } else { 5 });
+    }
     heartbeats(if quick { 3 } else { 10 });
     plan(64, 8_000, 512 * 1024, 256);
     plan(256, 25_000, 384 * 1024, 192);
@@ -75,7 +78,10 @@ fn heartbeats(seconds: u64) {
                 vanished: vec![],
             };
             for network in ["A", "B"] {
-                arrived.push(Input::Heartbeat { network: network.into(), heartbeat: heartbeat.clone() });
+                arrived.push(Input::Heartbeat {
+                    network: network.into(),
+                    heartbeat: std::sync::Arc::new(heartbeat.clone()),
+                });
             }
         }
         let records: Vec<DatastoreRecord> = names
@@ -106,6 +112,97 @@ fn heartbeats(seconds: u64) {
         per_second * 1e3,
         per_second * 100.0,
         inputs_total
+    );
+}
+
+/// Issue 21: what one host sends and what the master spends, at `hosts` hosts with the
+/// default timeouts (a heartbeat every 250 ms on 2 networks, a datastore record every 250 ms),
+/// 4 VMs a host. Every heartbeat is encoded and authenticated with the real wire codec
+/// (`halo-net`); the master's figure is decoding (HMAC check) plus the core, per second.
+fn scale(hosts: usize, seconds: u64) {
+    let config = cluster(hosts, hosts * 4);
+    let t = config.timeouts;
+    let names: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
+    let locations = spread(&config);
+    let mut per_host: BTreeMap<&str, Vec<VmReport>> = BTreeMap::new();
+    for (vm, host) in &locations {
+        per_host.entry(host).or_default().push(VmReport { vm: vm.clone(), generation: 1 });
+    }
+    let membership = halo_net::Membership::new(names.clone());
+    let key = halo_net::ClusterKey::new(&[7; 32]).expect("a 32-byte key");
+    let networks = config.networks.len() as u64;
+    let per_second = 1_000 / t.heartbeat_interval_ms;
+    let heartbeat_of = |peer: &String, seq: u64| Heartbeat {
+        from: peer.clone(),
+        seq,
+        incarnation: 1,
+        master: Some((names[0].clone(), 1)),
+        datastores_reachable: 1,
+        datastores_lost: vec![],
+        health: Default::default(),
+        vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
+        operator_stopped: vec![],
+        // Today every host acknowledges every peer it hears.
+        acks: names.iter().filter(|n| *n != peer).map(|n| (n.clone(), seq)).collect(),
+        maintenance: vec![],
+        ha_disabled: false,
+        ha_off: false,
+        unarmed: vec![],
+        stopped: vec![],
+        vanished: vec![],
+    };
+    let packet = halo_net::codec::encode(&heartbeat_of(&names[1], 1), "bench", &membership, &key).expect("encodes");
+    // Every host sends its heartbeat to every other host on every network.
+    let packets_per_host = (hosts as u64 - 1) * networks * per_second;
+    let bytes_per_host = packets_per_host * packet.len() as u64;
+
+    let mut node = Node::new(&names[0], config.clone(), 0);
+    let mut policies = BuiltinPolicies;
+    let mut busy = std::time::Duration::ZERO;
+    let warm_up = 3;
+    let intervals = (seconds + warm_up) * per_second;
+    let mut received = 0u64;
+    for interval in 0..intervals {
+        let now = interval * t.heartbeat_interval_ms;
+        let seq = interval + 1;
+        // What arrives in one interval, encoded by its senders (not timed).
+        let mut packets = Vec::with_capacity(2 * hosts);
+        for peer in &names[1..] {
+            let bytes = halo_net::codec::encode(&heartbeat_of(peer, seq), "bench", &membership, &key).expect("encodes");
+            for network in &config.networks {
+                packets.push((network.clone(), bytes.clone()));
+            }
+        }
+        let records: Vec<DatastoreRecord> = names
+            .iter()
+            .map(|h| DatastoreRecord { host: h.clone(), counter: seq, isolated: false, stopped: vec![] })
+            .collect();
+        let started = Instant::now();
+        let count = packets.len() as u64;
+        for (i, (network, bytes)) in packets.into_iter().enumerate() {
+            let decoded = halo_net::codec::decode(&bytes, "bench", &membership, &key).expect("decodes");
+            let input = Input::Heartbeat { network, heartbeat: std::sync::Arc::new(decoded.heartbeat) };
+            node.handle(now + i as u64 * t.heartbeat_interval_ms / count, input, &mut policies);
+            received += u64::from(interval >= warm_up * per_second);
+        }
+        let end = now + t.heartbeat_interval_ms - 1;
+        node.handle(end, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut policies);
+        node.handle(end, Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) }, &mut policies);
+        node.handle(end, Input::Tick, &mut policies);
+        if interval >= warm_up * per_second {
+            busy += started.elapsed();
+        }
+    }
+    assert!(node.is_master(), "host-1 should be master");
+    let cpu = busy.as_secs_f64() / seconds as f64;
+    println!(
+        "scale, {hosts} hosts (all-to-all heartbeats, {} ms interval, 2 networks): a host sends {packets_per_host} packets/s of {} bytes = {:.1} KB/s; the master receives {} heartbeats/s and spends {:.1} ms CPU per second on them and the datastore records ({:.1}% of one core, decoding included)",
+        t.heartbeat_interval_ms,
+        packet.len(),
+        bytes_per_host as f64 / 1e3,
+        received / seconds,
+        cpu * 1e3,
+        cpu * 100.0
     );
 }
 

@@ -677,9 +677,15 @@ impl<'p> Sim<'p> {
             && self.hosts[to].up
             && !self.hosts[from].frozen
             && !self.hosts[to].frozen
-            && !self.link_down.contains(&(network.to_string(), from))
-            && !self.link_down.contains(&(network.to_string(), to))
-            && !self.cuts.contains(&(network.to_string(), from, to))
+            && !self.link_is_down(network, from)
+            && !self.link_is_down(network, to)
+            && !self.cuts.iter().any(|(n, f, t)| *f == from && *t == to && n == network)
+    }
+
+    /// Whether `host`'s link to `network` is down (no allocation: this runs for every
+    /// heartbeat to every host).
+    fn link_is_down(&self, network: &str, host: usize) -> bool {
+        self.link_down.iter().any(|(n, h)| *h == host && n == network)
     }
 
     fn any_path(&self, from: usize, to: usize) -> bool {
@@ -1130,6 +1136,8 @@ impl HeartbeatSender for HostDrivers<'_, '_> {
     fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
         let (s, h) = (&mut *self.sim, self.h);
         let loss = s.loss.get(network).copied().unwrap_or(0);
+        // One copy, shared by every host it reaches (a heartbeat is read, never changed).
+        let heartbeat = std::sync::Arc::new(heartbeat.clone());
         for to in 0..s.hosts.len() {
             if to == h || !s.path(network, h, to) || (loss > 0 && s.rng.chance(loss)) {
                 continue;
@@ -1298,7 +1306,7 @@ impl PingDriver for HostDrivers<'_, '_> {
                 .is_some_and(|&to| s.config.networks.iter().any(|n| s.path(n, h, to) && s.path(n, to, h))),
             PingTarget::IsolationAddress(address) => {
                 let network = address.strip_prefix("gw-").unwrap_or(address);
-                !s.link_down.contains(&(network.to_string(), h))
+                !s.link_is_down(network, h)
             }
         };
         let delay = if answered { 2 } else { 1_000 };

@@ -150,7 +150,7 @@ fn random_run_with(seed: u64, families: &[&str], timeouts: Timeouts) -> Outcome 
 /// ping is never fenced), 270 (a partitioned host frozen 1.4 s, a lying device: a fenceable
 /// host holds its VMs after a gap of the detection time), 417 (a partitioned host's agent
 /// paused, a lying device: only a host silent on network and storage together is fenced),
-/// 10092 (conservative timeouts); with balancing (issue 18): 124 and 10102 (conservative: two
+/// seed 10092 (conservative timeouts); with balancing (issue 18): 124 and 10102 (conservative: two
 /// balancing migrations of one proposal ran side by side, so a VM arrived on a host the VM it
 /// must stay apart from was still leaving), 477 (the master of a fresh partition's smaller
 /// side migrated a VM for balance off a host the majority then declared dead: restarted
@@ -182,22 +182,135 @@ fn seeds_that_once_left_a_vm_down_restart_it() {
     }
 }
 
+/// Every seed that ever found a defect (safety, liveness or a checker error), as cited in the
+/// docs and the code's comments. Seeds below 10,000 were found with the default timeouts,
+/// those from 10,000 on with the conservative ones (`random_schedules`' convention).
+const REGRESSION_SEEDS: &[u64] = &[
+    10, 83, 124, 131, 235, 260, 270, 289, 363, 369, 400, 417, 477, 487, 531, 622, 860, 1531, 2296, 10068, 10092, 10102,
+    10130, 10358, 10403, 10570, 10616, 12384, 12876,
+];
+
+/// Seeds the docs cite as examples of a command, not as findings.
+const EXAMPLE_SEEDS: &[u64] = &[0, 1, 4, 21, 42, 600, 10_000];
+
+/// Every seed cited in `docs/`, the README and `host/**.rs` ("seed 531", "seeds 10, 270 and
+/// 417"; a range such as "seeds 0..2000" is not a citation).
+fn cited_seeds() -> std::collections::BTreeSet<u64> {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut paths = vec![root.join("README.md")];
+    files(&root.join("docs"), &mut paths);
+    files(&root.join("host"), &mut paths);
+    let mut seeds = std::collections::BTreeSet::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap_or_default().to_lowercase();
+        for (at, _) in text.match_indices("seed") {
+            seeds.extend(citation(&text[at + 4..]));
+        }
+    }
+    seeds
+}
+
+/// The numbers of one citation, from just after "seed": "s 10, 270 and 417" → [10, 270, 417].
+fn citation(rest: &str) -> Vec<u64> {
+    let rest = rest.strip_prefix('s').unwrap_or(rest);
+    let Some(mut rest) = rest.strip_prefix(' ') else { return Vec::new() };
+    let mut found = Vec::new();
+    loop {
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
+        // "10,000" is one number; "10, 270" two (the comma is followed by a space).
+        let mut number = String::new();
+        let mut used = 0;
+        for (i, c) in digits.char_indices() {
+            if c == ',' {
+                let next3 = &digits[i + 1..];
+                if next3.len() >= 3 && next3[..3].chars().all(|d| d.is_ascii_digit()) {
+                    used = i + 1;
+                    continue;
+                }
+                break;
+            }
+            number.push(c);
+            used = i + 1;
+        }
+        let Ok(n) = number.parse::<u64>() else { break };
+        rest = &rest[used..];
+        if rest.starts_with("..") || rest.starts_with('–') || rest.starts_with('-') || rest.starts_with(" to ") {
+            return Vec::new(); // a range
+        }
+        found.push(n);
+        let Some(next) = [", ", " and ", " or ", ","].iter().find_map(|sep| rest.strip_prefix(sep)) else { break };
+        if !next.starts_with(|c: char| c.is_ascii_digit()) {
+            break;
+        }
+        rest = next;
+    }
+    found
+}
+
+#[test]
+fn a_citation_names_its_seeds_and_a_range_names_none() {
+    assert_eq!(citation("s 10, 270 and 417 (x)"), vec![10, 270, 417]);
+    assert_eq!(citation(" 531: a master"), vec![531]);
+    assert_eq!(citation("s 10,000–12,999"), Vec::<u64>::new());
+    assert_eq!(citation("s 0..2000"), Vec::<u64>::new());
+    assert_eq!(citation(" 12384, an operator"), vec![12384]);
+    assert_eq!(citation("s 10,102 and 124"), vec![10_102, 124]);
+    assert_eq!(citation("ed"), Vec::<u64>::new());
+}
+
+/// Every seed cited as a finding is pinned here, and runs clean: safety and liveness. A new
+/// citation without a pin fails this test.
+#[test]
+fn every_seed_cited_in_the_docs_and_comments_stays_fixed() {
+    let cited = cited_seeds();
+    let unpinned: Vec<u64> =
+        cited.iter().copied().filter(|s| !REGRESSION_SEEDS.contains(s) && !EXAMPLE_SEEDS.contains(s)).collect();
+    assert!(unpinned.is_empty(), "seeds cited in docs or comments but not in REGRESSION_SEEDS: {unpinned:?}");
+    let stale: Vec<u64> = REGRESSION_SEEDS.iter().copied().filter(|s| !cited.contains(s)).collect();
+    assert!(stale.is_empty(), "REGRESSION_SEEDS names seeds nothing cites (say why they are pinned): {stale:?}");
+    let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
+    let mut failed = Vec::new();
+    for &seed in REGRESSION_SEEDS {
+        let timeouts = if seed >= 10_000 { Timeouts::CONSERVATIVE } else { Timeouts::default() };
+        let o = random_run_with(seed, &families, timeouts);
+        if !o.violations.is_empty() || !o.liveness_violations.is_empty() {
+            failed.push(format!("seed {seed}: {:?} {:?}", o.violations, o.liveness_violations));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "regression seeds broke an invariant (replay: halo sim --seed N):\n{}",
+        failed.join("\n")
+    );
+}
+
 /// Random schedules, mixed faults, 3–16 hosts, with the default timeouts. HALO_SIM_SCHEDULES
-/// sets how many (default 600, what CI runs; 2,000 and more were run by hand, see
-/// docs/simulator.md). Every invariant fails the test on any seed: safety (never twice, proof
+/// sets how many (default 4,000, what CI runs, with 6,000 more under the conservative
+/// timeouts: 10,000 in all; more were run by hand, see docs/simulator.md). Every invariant fails the test on any seed: safety (never twice, proof
 /// before restart, never evict) and liveness (every protected VM runs again once the faults
 /// healed and a host has room). The first failing seeds are printed with their timelines;
 /// `halo sim --seed N --verbose` replays one.
 #[test]
 fn random_schedules_keep_every_invariant() {
-    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(4_000);
     random_schedules(0..count, Timeouts::default());
 }
 
-/// The same with [`Timeouts::CONSERVATIVE`] (other seeds: 10,000 on).
+/// The same with [`Timeouts::CONSERVATIVE`] (other seeds: 10,000 on; 6,000 by default).
 #[test]
 fn random_schedules_keep_every_invariant_with_conservative_timeouts() {
-    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(6_000);
     random_schedules(10_000..10_000 + count, Timeouts::CONSERVATIVE);
 }
 

@@ -138,7 +138,7 @@ mod tests {
             if let Input::Heartbeat { heartbeat, .. } = &mut from_2
                 && now >= from
             {
-                heartbeat.health = health.clone();
+                std::sync::Arc::make_mut(heartbeat).health = health.clone();
             }
             for input in [
                 Input::Tick,

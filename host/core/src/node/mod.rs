@@ -34,6 +34,7 @@ mod storage;
 mod vm_storage;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -161,8 +162,10 @@ pub enum Input {
     Heartbeat {
         /// The network.
         network: String,
-        /// The heartbeat.
-        heartbeat: Heartbeat,
+        /// The heartbeat (shared: one received heartbeat is read, never changed, and the
+        /// simulator hands one to every host it reaches).
+        #[serde(with = "shared_heartbeat")]
+        heartbeat: Arc<Heartbeat>,
     },
     /// A datastore heartbeat write finished.
     DatastoreWritten {
@@ -630,6 +633,46 @@ pub struct Node {
     claims_seen: BTreeMap<String, (String, u64, Millis)>,
 }
 
+/// Serde for a shared heartbeat: written as the heartbeat itself (serde's `rc` feature would
+/// change serde for every crate of the build, wasmtime's too).
+mod shared_heartbeat {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::wire::Heartbeat;
+
+    pub fn serialize<S: Serializer>(heartbeat: &Arc<Heartbeat>, serializer: S) -> Result<S::Ok, S::Error> {
+        heartbeat.as_ref().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<Heartbeat>, D::Error> {
+        Heartbeat::deserialize(deserializer).map(Arc::new)
+    }
+}
+
+/// Sets `to` to `from` unless they are equal already (no allocation in the common case of a
+/// heartbeat saying what the last one said).
+fn replace_if_changed<T: Clone + PartialEq>(to: &mut Vec<T>, from: &[T]) -> bool {
+    if to.as_slice() == from {
+        return false;
+    }
+    to.clear();
+    to.extend_from_slice(from);
+    true
+}
+
+/// Raises the highest generation known of `vm` to `generation` (allocates only for a VM
+/// seen the first time: this runs for every VM of every heartbeat).
+fn note_generation(generations: &mut BTreeMap<String, u64>, vm: &str, generation: u64) {
+    match generations.get_mut(vm) {
+        Some(known) => *known = (*known).max(generation),
+        None => {
+            generations.insert(vm.to_string(), generation);
+        }
+    }
+}
+
 /// How often the master reads every host's load from its libvirt (`Action::ReadLoad`).
 pub const LOAD_INTERVAL_MS: Millis = 10_000;
 
@@ -775,7 +818,7 @@ impl Node {
         match input {
             Input::Tick => {}
             Input::KeptAlive { .. } => {} // handled above
-            Input::Heartbeat { network, heartbeat } => self.on_heartbeat(&network, heartbeat),
+            Input::Heartbeat { network, heartbeat } => self.on_heartbeat(&network, &heartbeat),
             Input::DatastoreWritten { datastore, ok } => self.on_datastore_written(datastore, ok),
             Input::DatastoreRead { datastore, records } => self.on_datastore_read(&datastore, records),
             Input::PingResult { target, answered } => self.on_ping(target, answered),
@@ -995,7 +1038,7 @@ impl Node {
         }
     }
 
-    fn on_heartbeat(&mut self, network: &str, hb: Heartbeat) {
+    fn on_heartbeat(&mut self, network: &str, hb: &Heartbeat) {
         if hb.from == self.name || !self.config.networks.iter().any(|n| n == network) {
             return;
         }
@@ -1003,7 +1046,12 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&hb.from) else {
             return; // not a member of this cluster: ignored (the driver already authenticated it)
         };
-        peer.networks.insert(network.to_string(), now);
+        match peer.networks.get_mut(network) {
+            Some(at) => *at = now,
+            None => {
+                peer.networks.insert(network.to_string(), now);
+            }
+        }
         peer.heard_directly_at = Some(now);
         // An older heartbeat of the same incarnation arriving after a newer one (another
         // network, or an extra heartbeat sent at once when the peer's VMs changed): proof the
@@ -1047,37 +1095,45 @@ impl Node {
             peer.ack_advanced_at = Some(now);
         }
         peer.datastores_reachable = hb.datastores_reachable;
-        peer.datastores_lost = hb.datastores_lost;
-        peer.health = hb.health;
+        replace_if_changed(&mut peer.datastores_lost, &hb.datastores_lost);
+        if peer.health != hb.health {
+            peer.health = hb.health.clone();
+        }
         let reaching = hb.datastores_reachable > 0;
         peer.reaching_since
             .retain(|d, _| reaching && !peer.datastores_lost.contains(d) && self.config.datastores.contains(d));
         if reaching {
             for d in self.config.datastores.iter().filter(|d| !peer.datastores_lost.contains(d)) {
-                peer.reaching_since.entry(d.clone()).or_insert(now);
+                if !peer.reaching_since.contains_key(d) {
+                    peer.reaching_since.insert(d.clone(), now);
+                }
             }
         }
-        peer.master = hb.master.clone();
+        if peer.master != hb.master {
+            peer.master = hb.master.clone();
+        }
         peer.ha_disabled = hb.ha_disabled;
         peer.ha_off = hb.ha_off;
-        peer.unarmed = hb.unarmed.into_iter().collect();
-        peer.vms = hb.vms;
-        peer.stopped = hb.stopped;
-        peer.operator_stopped = hb.operator_stopped;
+        if !peer.unarmed.iter().eq(hb.unarmed.iter()) {
+            peer.unarmed = hb.unarmed.iter().cloned().collect();
+        }
+        let reports_changed =
+            replace_if_changed(&mut peer.vms, &hb.vms) | replace_if_changed(&mut peer.stopped, &hb.stopped);
+        replace_if_changed(&mut peer.operator_stopped, &hb.operator_stopped);
         // A VM this host's operator stopped runs again elsewhere (`halo vm start`): protected
         // again, as when it is started here.
         for report in &peer.vms {
             self.operator_stopped.remove(&report.vm);
         }
         // Acks tell us who the sender hears: third-party liveness evidence.
-        for (host, seq) in hb.acks.into_iter().filter(|_| !duplicate) {
-            if host == self.name {
+        for (host, seq) in hb.acks.iter().filter(|_| !duplicate) {
+            if *host == self.name {
                 continue;
             }
-            if let Some(other) = self.peers.get_mut(&host)
-                && seq > other.seq
+            if let Some(other) = self.peers.get_mut(host)
+                && *seq > other.seq
             {
-                other.seq = seq;
+                other.seq = *seq;
                 other.seq_advanced_at = Some(now);
             }
         }
@@ -1085,23 +1141,30 @@ impl Node {
             self.max_epoch = self.max_epoch.max(*epoch);
         }
         // Followers adopt the maintenance set of the master they follow.
-        if hb.master.as_ref().is_some_and(|(m, _)| *m == hb.from) && self.master.is_none() {
-            self.maintenance = hb.maintenance.into_iter().collect();
+        if hb.master.as_ref().is_some_and(|(m, _)| *m == hb.from)
+            && self.master.is_none()
+            && !self.maintenance.iter().eq(hb.maintenance.iter())
+        {
+            self.maintenance = hb.maintenance.iter().cloned().collect();
         }
-        for (host, report) in hb.vanished {
-            if self.config.vm(&report.vm).is_some() && (host == self.name || self.peers.contains_key(&host)) {
+        for (host, report) in &hb.vanished {
+            if self.config.vm(&report.vm).is_some() && (*host == self.name || self.peers.contains_key(host)) {
                 let known = self.generations.get(&report.vm).copied().unwrap_or(0);
                 if report.generation >= known {
-                    self.vanished.insert(report.vm, (host, report.generation));
+                    self.vanished.insert(report.vm.clone(), (host.clone(), report.generation));
                 }
             }
         }
-        let peer = &self.peers[&hb.from];
-        let reports: Vec<VmReport> = peer.vms.iter().chain(peer.stopped.iter()).cloned().collect();
-        for report in reports {
-            self.note_generation(&report.vm, report.generation);
-            if self.claims_seen.get(&report.vm).is_some_and(|(_, g, _)| report.generation >= *g) {
-                self.claims_seen.remove(&report.vm);
+        // Generations only grow, so an unchanged list teaches nothing new; a claim learned
+        // since is checked against every list.
+        if (reports_changed || !self.claims_seen.is_empty())
+            && let Some(peer) = self.peers.get(&hb.from)
+        {
+            for report in peer.vms.iter().chain(peer.stopped.iter()) {
+                note_generation(&mut self.generations, &report.vm, report.generation);
+                if self.claims_seen.get(&report.vm).is_some_and(|(_, g, _)| report.generation >= *g) {
+                    self.claims_seen.remove(&report.vm);
+                }
             }
         }
         self.note_vanished(&hb.from);
@@ -1131,12 +1194,16 @@ impl Node {
         let generations = &self.generations;
         // Reported running under the vanished generation or a later one. An older report is
         // a silent peer's stale list (seed 1531: an isolated host's last heartbeat still
-        // listed VMs that had since been restarted elsewhere and lost again).
+        // listed VMs that had since been restarted elsewhere and lost again). Only the
+        // vanished VMs are looked up (few), not every VM of every peer.
         let mut running: BTreeMap<&str, u64> = BTreeMap::new();
         for report in self.peers.values().flat_map(|p| p.vms.iter()) {
-            let g = running.entry(report.vm.as_str()).or_insert(report.generation);
-            *g = (*g).max(report.generation);
+            if let Some((vm, _)) = self.vanished.get_key_value(report.vm.as_str()) {
+                let g = running.entry(vm.as_str()).or_insert(report.generation);
+                *g = (*g).max(report.generation);
+            }
         }
+        let running: BTreeMap<String, u64> = running.into_iter().map(|(vm, g)| (vm.to_string(), g)).collect();
         self.vanished.retain(|vm, (_, g)| {
             generations.get(vm).is_none_or(|k| k <= g) && running.get(vm.as_str()).is_none_or(|r| r < g)
         });
@@ -1146,8 +1213,7 @@ impl Node {
     }
 
     fn note_generation(&mut self, vm: &str, generation: u64) {
-        let known = self.generations.entry(vm.to_string()).or_insert(generation);
-        *known = (*known).max(generation);
+        note_generation(&mut self.generations, vm, generation);
     }
 
     /// Our stop records are dropped once the VM runs again under a newer generation.
@@ -1227,7 +1293,7 @@ pub(crate) mod tests {
     pub(crate) fn beat_with(from: &str, seq: u64, acks: &[(&str, u64)], vms: Vec<VmReport>) -> Input {
         Input::Heartbeat {
             network: "A".into(),
-            heartbeat: Heartbeat {
+            heartbeat: Arc::new(Heartbeat {
                 from: from.into(),
                 seq,
                 incarnation: 0,
@@ -1244,7 +1310,7 @@ pub(crate) mod tests {
                 unarmed: vec![],
                 stopped: vec![],
                 vanished: vec![],
-            },
+            }),
         }
     }
 
@@ -1351,7 +1417,7 @@ mod election_tests {
                                 Action::SendHeartbeat { network, heartbeat } => {
                                     for to in (0..names.len()).filter(|to| *to != i) {
                                         let network = network.clone();
-                                        mail.push((to, Input::Heartbeat { network, heartbeat: heartbeat.clone() }));
+                                        mail.push((to, Input::Heartbeat { network, heartbeat: std::sync::Arc::new(heartbeat.clone()) }));
                                     }
                                 }
                                 Action::WriteDatastore { datastore: ds, .. } => {

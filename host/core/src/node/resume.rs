@@ -370,7 +370,7 @@ mod tests {
     fn master_beat(n: u64, acked: u64) -> Input {
         let mut input = beat("host-1", n, &[("host-3", acked)]);
         if let Input::Heartbeat { heartbeat, .. } = &mut input {
-            heartbeat.master = Some(("host-1".into(), 1));
+            std::sync::Arc::make_mut(heartbeat).master = Some(("host-1".into(), 1));
         }
         input
     }

@@ -369,7 +369,8 @@ mod tests {
         for peer in ["host-2", "host-3"] {
             let mut input = beat(peer, now / 500, &[("host-1", now / 500)]);
             if let Input::Heartbeat { heartbeat, .. } = &mut input {
-                heartbeat.datastores_lost = peers_lost.iter().map(|d| d.to_string()).collect();
+                std::sync::Arc::make_mut(heartbeat).datastores_lost =
+                    peers_lost.iter().map(|d| d.to_string()).collect();
             }
             out.extend(node.handle(now, input, &mut BuiltinPolicies));
         }

@@ -75,6 +75,8 @@ fn body(seq: u64) -> Heartbeat {
         unarmed: vec![],
         stopped: vec![],
         vanished: vec![],
+        claims: vec![],
+        paused: vec![],
     }
 }
 

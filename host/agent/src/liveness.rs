@@ -671,6 +671,8 @@ mod tests {
             unarmed: vec![],
             stopped: vec![],
             vanished: vec![],
+            claims: vec![],
+            paused: vec![],
         }
     }
 

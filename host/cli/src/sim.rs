@@ -68,6 +68,10 @@ pub struct SimArgs {
     /// of the built-in policies.
     #[arg(long, value_name = "DIR")]
     plugins: Option<PathBuf>,
+    /// Start from the conservative timeouts (1 s heartbeats, 12 s dead-time; what the tests
+    /// run for seeds from 10,000 on) instead of the defaults; --timeout still applies.
+    #[arg(long)]
+    conservative: bool,
     /// Set a timeout of the simulated cluster (repeatable), as in halo.toml's [timeouts]:
     /// e.g. `--timeout heartbeat-interval-ms=250 --timeout dead-time-ms=3000`.
     #[arg(long = "timeout", value_name = "KEY=MS")]
@@ -210,6 +214,9 @@ pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
 
 fn case(args: &SimArgs, seed: u64, families: &[&str]) -> anyhow::Result<(ClusterConfig, Schedule)> {
     let (mut config, schedule) = explicit_or_random(args, seed, families)?;
+    if args.conservative {
+        config.timeouts = halo_core::Timeouts::CONSERVATIVE;
+    }
     apply_timeouts(&mut config, &args.timeouts)?;
     Ok((config, schedule))
 }

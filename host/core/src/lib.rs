@@ -29,8 +29,8 @@ pub use config::{ClusterConfig, ConfigErrors, HaSettings, HealthResponse, HostSp
 pub use node::{Action, Command, Duplicate, Event, EventKind, Input, Node, Severity, StopReason, VmState};
 pub use policies::{BuiltinPolicies, Policies, PolicyOutcome};
 pub use wire::{
-    Claim, ClaimOutcome, DatastoreRecord, FenceRecord, HealthState, Heartbeat, HostHealth, HostLoad, StartError,
-    VmLoad, VmReport,
+    Claim, ClaimOutcome, DatastoreRecord, FenceRecord, HealthState, Heartbeat, HostHealth, HostLoad, PendingClaim,
+    StartError, VmLoad, VmReport,
 };
 
 /// Milliseconds on the clock of the node that is fed (monotonic; never compared across hosts).

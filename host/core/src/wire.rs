@@ -58,6 +58,29 @@ pub struct Heartbeat {
     /// VMs the sender saw vanish from another host when that host's agent started anew
     /// (host, VM): gossip, so that a master that itself rebooted learns them too.
     pub vanished: Vec<(String, VmReport)>,
+    /// Claims the sender knows of that no host has run yet (it won or lost them as master):
+    /// gossip, so that a master that never learnt of one — elected after the claiming master
+    /// stepped down or was reset — still carries the restart on (simulator seed 3898).
+    /// Absent from older agents' heartbeats.
+    #[serde(default)]
+    pub claims: Vec<PendingClaim>,
+    /// VMs paused on the sender by halo (held after a gap until their claim is settled) or
+    /// by QEMU (an I/O error): the master moves none of them (simulator seed 14102: a held
+    /// VM evacuated by a maintenance arrived paused where nothing would ever resume it).
+    /// Absent from older agents' heartbeats.
+    #[serde(default)]
+    pub paused: Vec<String>,
+}
+
+/// A claim not run yet: generation `generation` of `vm` was claimed for `host`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PendingClaim {
+    /// The VM.
+    pub vm: String,
+    /// The host it was claimed for.
+    pub host: String,
+    /// The generation claimed.
+    pub generation: u64,
 }
 
 /// A host's health, as its health provider last reported it (proactive HA).

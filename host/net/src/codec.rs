@@ -20,7 +20,7 @@
 //! the packet and against fixed limits, and the MAC is checked (in constant time) before any
 //! field is read. A packet that fails any check is dropped with its reason, never half-used.
 
-use halo_core::{HealthState, Heartbeat, HostHealth, VmReport};
+use halo_core::{HealthState, Heartbeat, HostHealth, PendingClaim, VmReport};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -268,14 +268,17 @@ pub fn encode(
         w.varint(report.generation);
     }
     w.strs(&heartbeat.unarmed)?;
-    // Trailing sections, written only when they say something, so a host that reaches all
-    // its datastores and is healthy sends what agents before them decode too: the
-    // datastores the sender lost, then its health (state byte 0/1/2, reason).
+    // Trailing sections, written only when they (or a later one) say something, so a host
+    // that reaches all its datastores, is healthy and knows of no pending claim sends what
+    // agents before them decode too: the datastores the sender lost, then its health (state
+    // byte 0/1/2, reason), then the claims not run yet (VM, host, generation).
     let unhealthy = heartbeat.health.state != HealthState::Healthy;
-    if !heartbeat.datastores_lost.is_empty() || unhealthy {
+    let paused = !heartbeat.paused.is_empty();
+    let claims = !heartbeat.claims.is_empty() || paused;
+    if !heartbeat.datastores_lost.is_empty() || unhealthy || claims {
         w.strs(&heartbeat.datastores_lost)?;
     }
-    if unhealthy {
+    if unhealthy || claims {
         w.0.push(match heartbeat.health.state {
             HealthState::Healthy => 0,
             HealthState::Degraded => 1,
@@ -283,6 +286,17 @@ pub fn encode(
         });
         let reason: String = heartbeat.health.reason.chars().take(200).collect();
         w.str(&reason)?;
+    }
+    if claims {
+        w.varint(heartbeat.claims.len() as u64);
+        for claim in &heartbeat.claims {
+            w.str(&claim.vm)?;
+            w.str(&claim.host)?;
+            w.varint(claim.generation);
+        }
+    }
+    if paused {
+        w.strs(&heartbeat.paused)?;
     }
     let mut mac = key.mac();
     mac.update(&w.0);
@@ -369,6 +383,17 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
         };
         HostHealth { state, reason: r.str()? }
     };
+    let mut claims = Vec::new();
+    if !r.rest.is_empty() {
+        let count = r.count(3)?;
+        claims.reserve(count);
+        for _ in 0..count {
+            let vm = r.str()?;
+            let host = r.str()?;
+            claims.push(PendingClaim { vm, host, generation: r.varint()? });
+        }
+    }
+    let paused = if r.rest.is_empty() { Vec::new() } else { r.strs()? };
     if !r.rest.is_empty() {
         return Err(DropReason::Malformed);
     }
@@ -390,6 +415,8 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
             unarmed,
             stopped,
             vanished,
+            claims,
+            paused,
         },
         membership_mismatch,
     })
@@ -546,6 +573,8 @@ mod tests {
             unarmed: vec![],
             stopped: vec![VmReport { vm: "mail".into(), generation: 2 }],
             vanished: vec![("host-3".into(), VmReport { vm: "dns".into(), generation: 5 })],
+            claims: vec![],
+            paused: vec![],
         }
     }
 
@@ -594,6 +623,27 @@ mod tests {
             ill.health = HostHealth { state: HealthState::Failing, reason: "DIMM B2".into() };
             let packet = encode(&ill, "prod", &members(), &key()).expect("encodes");
             assert_eq!(decode(&packet, "prod", &members(), &key()).expect("decodes").heartbeat, ill);
+        }
+        // Pending claims last, with or without the sections before them saying anything.
+        for (datastores_lost, failing) in [(vec![], false), (vec!["ds1".to_string()], true)] {
+            let mut claiming = heartbeat();
+            claiming.datastores_lost = datastores_lost;
+            if failing {
+                claiming.health = HostHealth { state: HealthState::Failing, reason: "fan".into() };
+            }
+            claiming.claims = vec![
+                PendingClaim { vm: "db".into(), host: "host-3".into(), generation: 4 },
+                PendingClaim { vm: "web".into(), host: "host-1".into(), generation: 2 },
+            ];
+            let packet = encode(&claiming, "prod", &members(), &key()).expect("encodes");
+            assert_eq!(decode(&packet, "prod", &members(), &key()).expect("decodes").heartbeat, claiming);
+            // Paused VMs after them, with or without claims.
+            claiming.paused = vec!["db".into()];
+            let packet = encode(&claiming, "prod", &members(), &key()).expect("encodes");
+            assert_eq!(decode(&packet, "prod", &members(), &key()).expect("decodes").heartbeat, claiming);
+            claiming.claims.clear();
+            let packet = encode(&claiming, "prod", &members(), &key()).expect("encodes");
+            assert_eq!(decode(&packet, "prod", &members(), &key()).expect("decodes").heartbeat, claiming);
         }
     }
 

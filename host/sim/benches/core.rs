@@ -76,6 +76,8 @@ fn heartbeats(seconds: u64) {
                 unarmed: vec![],
                 stopped: vec![],
                 vanished: vec![],
+                claims: vec![],
+                paused: vec![],
             };
             for network in ["A", "B"] {
                 arrived.push(Input::Heartbeat {
@@ -150,6 +152,8 @@ fn scale(hosts: usize, seconds: u64) {
         unarmed: vec![],
         stopped: vec![],
         vanished: vec![],
+        claims: vec![],
+        paused: vec![],
     };
     let packet = halo_net::codec::encode(&heartbeat_of(&names[1], 1), "bench", &membership, &key).expect("encodes");
     // Every host sends its heartbeat to every other host on every network.

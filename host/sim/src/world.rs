@@ -334,8 +334,8 @@ pub struct Sim<'p> {
     plans: Vec<PlanSnapshot>,
     operator: Operator,
     /// Copies of protected VMs started outside halo: VM → (the copy's host, the host of the
-    /// copy halo started, when).
-    outside: BTreeMap<String, (usize, usize, Millis)>,
+    /// copy halo started, when, since when the two hosts hear each other).
+    outside: BTreeMap<String, (usize, usize, Millis, Option<Millis>)>,
     /// Fences the master called off (master, target): the device does nothing more.
     fence_cancelled: BTreeSet<(usize, usize)>,
     /// Hosts a lying device said were off (their VMs count as lost for the proof rule: halo
@@ -494,6 +494,7 @@ impl<'p> Sim<'p> {
             Ev::VmUp { host, boot, vm, generation, reply } => self.vm_up(host, boot, vm, generation, reply),
             Ev::VmDown { host, vm, reason } => {
                 let was_paused = self.hosts[host].paused.remove(&vm);
+                self.forget_outside_copy(&vm, host);
                 if let Some(generation) = self.hosts[host].vms.remove(&vm) {
                     let elsewhere = self.hosts.iter().any(|other| other.executes(&vm));
                     if matches!(reason, StopReason::Isolation | StopReason::Fence | StopReason::Storage) && !elsewhere {
@@ -513,6 +514,10 @@ impl<'p> Sim<'p> {
                 let result = if ok {
                     let generation = self.hosts[from].vms.remove(&vm).unwrap_or(1);
                     self.hosts[to].vms.insert(vm.clone(), generation);
+                    // A paused domain arrives paused (libvirt keeps its state).
+                    if self.hosts[from].paused.remove(&vm) {
+                        self.hosts[to].paused.insert(vm.clone());
+                    }
                     self.last_host.insert(vm.clone(), to);
                     self.deliver(from, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::MigratedAway });
                     self.deliver(to, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::Running });
@@ -569,8 +574,14 @@ impl<'p> Sim<'p> {
                     self.push(self.now + 1_000, Ev::Apply(h, version));
                 }
             }
-            Ev::FaultStart(i) => self.fault(i, true),
-            Ev::FaultEnd(i) => self.fault(i, false),
+            Ev::FaultStart(i) => {
+                self.fault(i, true);
+                self.update_outside_visibility();
+            }
+            Ev::FaultEnd(i) => {
+                self.fault(i, false);
+                self.update_outside_visibility();
+            }
             Ev::AgentRestart(h, epoch) => {
                 if self.hosts[h].up && self.hosts[h].agent_epoch == epoch && self.hosts[h].node.is_none() {
                     self.start_agent(h);
@@ -642,6 +653,9 @@ impl<'p> Sim<'p> {
         for vm in lost {
             self.lost_at.entry(vm).or_insert(self.now);
         }
+        // A copy started outside halo here dies with the host (simulator seed 2718: its end
+        // took away the copy halo later migrated here).
+        self.outside.retain(|_, (copy, ..)| *copy != h);
         let host = &mut self.hosts[h];
         host.up = false;
         host.node = None;
@@ -686,6 +700,11 @@ impl<'p> Sim<'p> {
     /// heartbeat to every host).
     fn link_is_down(&self, network: &str, host: usize) -> bool {
         self.link_down.iter().any(|(n, h)| *h == host && n == network)
+    }
+
+    /// Whether `a` and `b` hear each other (both ways, on some network).
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.any_path(a, b) && self.any_path(b, a)
     }
 
     fn any_path(&self, from: usize, to: usize) -> bool {
@@ -741,7 +760,11 @@ impl<'p> Sim<'p> {
             // Invariant 2: a restart elsewhere needs proof of death or a recorded stop.
             let elsewhere = self.last_host.get(&vm).is_some_and(|&last| last != host);
             let lied = self.last_host.get(&vm).is_some_and(|last| self.lied_off.contains(last));
-            if elsewhere && !self.lost_at.contains_key(&vm) && !self.stopped_by_host.contains(&vm) && !lied {
+            // A VM that crashed runs nowhere: its host may record it for the master when it
+            // could not restart it itself (cut off, HA off).
+            let crashed = self.crashed_on.contains_key(&vm);
+            if elsewhere && !self.lost_at.contains_key(&vm) && !self.stopped_by_host.contains(&vm) && !lied && !crashed
+            {
                 self.violation(format!(
                     "{vm} restarted on {host_name} without its host being dead or having stopped it"
                 ));
@@ -953,6 +976,7 @@ impl<'p> Sim<'p> {
             }
             FaultKind::VmCrash { vm } => {
                 if let Some(h) = self.hosts.iter().position(|x| x.vms.contains_key(&vm)) {
+                    self.forget_outside_copy(&vm, h);
                     let generation = self.hosts[h].vms.remove(&vm).unwrap_or(1);
                     *self.crash_counts.entry(vm.clone()).or_default() += 1;
                     self.crashed_on.insert(vm.clone(), h);
@@ -977,16 +1001,42 @@ impl<'p> Sim<'p> {
         };
         let generation = self.hosts[*legit].vms.get(vm).copied().unwrap_or(1);
         self.hosts[h].vms.insert(vm.to_string(), generation);
-        self.outside.insert(vm.to_string(), (h, *legit, self.now));
+        let visible_since = self.connected(h, *legit).then_some(self.now);
+        self.outside.insert(vm.to_string(), (h, *legit, self.now, visible_since));
         // Its agent hears of it from libvirt, as of any start.
         self.deliver(h, 0, Input::VmState { vm: vm.to_string(), generation, state: VmState::Running });
+    }
+
+    /// After a fault began or ended: since when the hosts of each copy started outside halo
+    /// and of halo's copy hear each other.
+    fn update_outside_visibility(&mut self) {
+        let now = self.now;
+        let pairs: Vec<(String, bool)> =
+            self.outside.iter().map(|(vm, (h, legit, ..))| (vm.clone(), self.connected(*h, *legit))).collect();
+        for (vm, connected) in pairs {
+            if let Some(entry) = self.outside.get_mut(&vm) {
+                entry.3 = if connected { entry.3.or(Some(now)) } else { None };
+            }
+        }
+    }
+
+    /// The copy of `vm` started outside halo on `host`, if that is where it was, is gone.
+    fn forget_outside_copy(&mut self, vm: &str, host: usize) {
+        if self.outside.get(vm).is_some_and(|(copy, ..)| *copy == host) {
+            self.outside.remove(vm);
+        }
     }
 
     /// The end of an outside start: halo must have noticed it (an alert since it began) if
     /// both copies still run; then the operator destroys the extra copy.
     fn end_outside(&mut self, vm: &str) {
-        let Some((h, legit, since)) = self.outside.remove(vm) else { return };
-        let both = self.hosts[h].executes(vm) && self.hosts[legit].executes(vm);
+        let Some((h, legit, since, visible_since)) = self.outside.remove(vm) else { return };
+        // Two hosts on either side of a partition: no master hears both, none can notice
+        // (simulator seed 1264: a false positive). After they meet again the master needs a
+        // few heartbeats to see both copies and three more intervals to be sure (seed 11930).
+        let interval = self.config.timeouts.heartbeat_interval_ms;
+        let visible = visible_since.is_some_and(|t| self.now.saturating_sub(t) > 6 * interval + self.opts.max_delay);
+        let both = self.hosts[h].executes(vm) && self.hosts[legit].executes(vm) && visible;
         let alerted = self.timeline.iter().any(|e| {
             e.at >= since
                 && e.kind == TimelineKind::Event(EventKind::VmDuplicate)
@@ -1000,6 +1050,18 @@ impl<'p> Sim<'p> {
                 "the copy of {vm} started outside halo on {copy} ran beside {other}'s for {} ms unnoticed",
                 self.now - since
             ));
+        }
+        // The operator destroys the extra copy only while the other still exists: with halo's
+        // copy gone meanwhile (its host reset), the copy left is the VM (simulator seed 14990).
+        if !self.hosts[legit].vms.contains_key(vm)
+            && self.hosts.iter().all(|x| x.name == self.hosts[h].name || !x.vms.contains_key(vm))
+        {
+            self.note(
+                Severity::Info,
+                TimelineKind::FaultHealed,
+                format!("the copy of {vm} on {} is the only one left: the operator keeps it", self.hosts[h].name),
+            );
+            return;
         }
         if let Some(generation) = self.hosts[h].vms.remove(vm) {
             self.hosts[h].paused.remove(vm);
@@ -1392,7 +1454,7 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
         }
         // halo keeps the copy it started: pausing that one while the outside copy runs on
         // stops a healthy VM and leaves the intruder.
-        if let Some(&(copy, legit, _)) = s.outside.get(vm)
+        if let Some(&(copy, legit, _, _)) = s.outside.get(vm)
             && to == legit
             && s.hosts[copy].executes(vm)
             && s.hosts[legit].vms.get(vm) == s.hosts[copy].vms.get(vm)

@@ -186,8 +186,9 @@ fn seeds_that_once_left_a_vm_down_restart_it() {
 /// docs and the code's comments. Seeds below 10,000 were found with the default timeouts,
 /// those from 10,000 on with the conservative ones (`random_schedules`' convention).
 const REGRESSION_SEEDS: &[u64] = &[
-    10, 83, 124, 131, 235, 260, 270, 289, 363, 369, 400, 417, 477, 487, 531, 622, 860, 1531, 2296, 10068, 10092, 10102,
-    10130, 10358, 10403, 10570, 10616, 12384, 12876,
+    10, 83, 124, 131, 235, 260, 270, 289, 363, 369, 400, 417, 477, 487, 531, 622, 849, 860, 1264, 1370, 1531, 1554,
+    1985, 2296, 2375, 2505, 2718, 2819, 2821, 3634, 3898, 3913, 10068, 10092, 10102, 10130, 10358, 10403, 10570, 10616,
+    11058, 11930, 12384, 12876, 13009, 13800, 14102, 14990,
 ];
 
 /// Seeds the docs cite as examples of a command, not as findings.

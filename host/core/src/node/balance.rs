@@ -189,6 +189,9 @@ impl Node {
     /// instant of the migrations, and room on the target for everything that is or is
     /// arriving there.
     fn allowed_now(&self, m: &Move, starting: &[Move]) -> Result<(), String> {
+        if self.paused_on(&m.vm, &m.from) {
+            return Err(format!("it is paused on {}", m.from));
+        }
         // Every copy counts (a VM started outside halo as well runs on two hosts).
         let mut at: BTreeMap<String, Vec<String>> =
             self.reported_locations().into_iter().map(|(vm, host)| (vm, vec![host])).collect();

@@ -49,6 +49,17 @@ pub struct Duplicate {
 }
 
 impl Node {
+    /// Whether a peer's VM list says what runs there now: it runs (as far as this master
+    /// judges) and was heard itself lately — a host known alive only through others' acks may
+    /// have moved its VMs since (simulator seed 3913: a master back from isolation took halo's
+    /// copy, just migrated, for a duplicate of the one its stale list still showed on the
+    /// source, and paused it for good).
+    fn list_is_current(&self, peer: &super::Peer) -> bool {
+        let window = self.config.timeouts.dead_time_ms;
+        peer.verdict.is_none_or(|v| v == Verdict::Running)
+            && peer.heard_directly_at.is_some_and(|at| self.now.saturating_sub(at) < window)
+    }
+
     /// Where each protected VM is reported running now, by the hosts this node hears and
     /// itself, with the generation on each host.
     pub(super) fn running_copies(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
@@ -58,7 +69,7 @@ impl Node {
         let protected = |vm: &str| self.config.vm(vm).is_some_and(|s| s.protected());
         let mut copies: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (host, peer) in &self.peers {
-            if peer.verdict.is_some_and(|v| v != Verdict::Running) {
+            if !self.list_is_current(peer) {
                 continue;
             }
             for report in peer.vms.iter().filter(|r| protected(&r.vm) && !just_left(&r.vm, host)) {
@@ -82,13 +93,31 @@ impl Node {
         let (now, on_duplicate, acting) = (self.now, self.config.ha.on_duplicate, self.ha_enabled);
         let settle = self.config.timeouts.dead_time_ms;
         let copies = self.running_copies();
+        // A copy on a host not heard now (partitioned, suspect) keeps its first sighting while
+        // that host's last list still names it: after a partition halo's own copy is the older
+        // one (simulator seeds 2821 and 13800: an outside copy started on the other side was kept and
+        // halo's paused for good).
+        let unheard_copies: BTreeSet<(String, String)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !self.list_is_current(p))
+            .flat_map(|(host, p)| p.vms.iter().map(move |r| (r.vm.clone(), host.clone())))
+            .collect();
         let Some(master) = self.master.as_mut() else { return };
+        // A copy of the generation claimed for its host counts from the claim: a master that
+        // learnt of the claim before it saw the copy (a partition between) knows it is halo's.
         for (vm, hosts) in &copies {
-            for host in hosts.keys() {
-                master.first_seen.entry((vm.clone(), host.clone())).or_insert(now);
+            for (host, generation) in hosts {
+                let since = match self.claimed.get(vm) {
+                    Some((g, h, at)) if g == generation && h == host => (*at).min(now),
+                    _ => now,
+                };
+                master.first_seen.entry((vm.clone(), host.clone())).or_insert(since);
             }
         }
-        master.first_seen.retain(|(vm, host), _| copies.get(vm).is_some_and(|h| h.contains_key(host)));
+        master.first_seen.retain(|(vm, host), _| {
+            copies.get(vm).is_some_and(|h| h.contains_key(host)) || unheard_copies.contains(&(vm.clone(), host.clone()))
+        });
         let mut events: Vec<(Severity, EventKind, String)> = Vec::new();
         let mut pauses: Vec<(String, String)> = Vec::new();
         // Over when at most one copy is left and it is not one this master paused: a paused
@@ -115,7 +144,19 @@ impl Node {
                 },
             ));
         }
-        for (vm, hosts) in copies.iter().filter(|(vm, h)| h.len() > 1 && !master.migrating.contains(*vm)) {
+        // Two copies count once both were reported for three heartbeat intervals: a live
+        // migration another master ran shows the VM on its source and its target for a
+        // heartbeat or two (simulator seed 3913: a master back from isolation paused halo's
+        // copy at its target on the source's last report).
+        let confirm = 3 * self.config.timeouts.heartbeat_interval_ms;
+        let confirmed = |vm: &String, hosts: &BTreeMap<String, u64>| {
+            hosts.keys().all(|host| {
+                master.first_seen.get(&(vm.clone(), host.clone())).is_some_and(|&at| now.saturating_sub(at) >= confirm)
+            })
+        };
+        for (vm, hosts) in
+            copies.iter().filter(|(vm, h)| h.len() > 1 && !master.migrating.contains(*vm) && confirmed(vm, h))
+        {
             let known = master.duplicates.get(vm);
             if known.is_some_and(|d| d.copies == *hosts) {
                 continue;
@@ -383,7 +424,8 @@ mod tests {
         let (mut node, mut p) = settled_master_with_vm_on_host_2(cluster(3, 1));
         // host-3 starts reporting vm-1 too (the same generation: its XML was copied).
         let host_2_only = |h: &str, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] };
-        let all = run(&mut node, &mut p, 16_000, 19_000, |_, _| on(&[("vm-1", 1)]));
+        // Counted once both were reported for three heartbeat intervals (3 s here).
+        let all = run(&mut node, &mut p, 16_000, 20_000, |_, _| on(&[("vm-1", 1)]));
         assert_eq!(pauses(&all), vec![("host-3".to_string(), "vm-1".to_string())], "only the newcomer, once");
         let alert = events(&all, EventKind::VmDuplicate);
         assert_eq!(alert.len(), 1, "{alert:?}");
@@ -398,7 +440,7 @@ mod tests {
         assert_eq!(duplicates[0].kept.as_deref(), Some("host-2"));
         assert_eq!(duplicates[0].paused.iter().cloned().collect::<Vec<_>>(), vec!["host-3".to_string()]);
         // The operator destroys the paused copy: host-3 reports it no more.
-        let after = run(&mut node, &mut p, 19_000, 20_000, host_2_only);
+        let after = run(&mut node, &mut p, 20_000, 21_000, host_2_only);
         assert_eq!(events(&after, EventKind::VmDuplicateResolved), vec!["vm-1 runs on one host again: host-2"]);
         assert!(node.duplicates().is_empty());
         assert!(pauses(&after).is_empty());
@@ -407,7 +449,7 @@ mod tests {
     #[test]
     fn the_newest_generation_is_kept_wherever_it_appeared() {
         let (mut node, mut p) = settled_master_with_vm_on_host_2(cluster(3, 1));
-        let all = run(&mut node, &mut p, 16_000, 17_000, |h, _| on(&[("vm-1", if h == "host-3" { 2 } else { 1 })]));
+        let all = run(&mut node, &mut p, 16_000, 20_000, |h, _| on(&[("vm-1", if h == "host-3" { 2 } else { 1 })]));
         assert_eq!(pauses(&all), vec![("host-2".to_string(), "vm-1".to_string())]);
         assert!(events(&all, EventKind::VmDuplicate)[0].contains("(the newest generation)"));
     }
@@ -418,7 +460,7 @@ mod tests {
         // handover, beside its source: a master elected a moment ago cannot tell it from a
         // copy started outside halo, so it pauses neither (simulator seed 83).
         let (mut node, mut p) = master_with_vm_on_host_2(cluster(3, 1));
-        let all = run(&mut node, &mut p, 5_000, 8_000, |_, _| on(&[("vm-1", 1)]));
+        let all = run(&mut node, &mut p, 5_000, 9_000, |_, _| on(&[("vm-1", 1)]));
         assert!(pauses(&all).is_empty(), "{:?}", pauses(&all));
         let alert = events(&all, EventKind::VmDuplicate);
         assert!(alert.len() == 1 && alert[0].contains("cannot tell which copy it started"), "{alert:?}");
@@ -429,7 +471,7 @@ mod tests {
         // A master that finds both copies in the same evaluation cannot tell which is its own.
         let mut node = Node::new("host-1", cluster(3, 1), 0);
         let mut p = BuiltinPolicies;
-        let all = run(&mut node, &mut p, 0, 6_000, |_, _| on(&[("vm-1", 1)]));
+        let all = run(&mut node, &mut p, 0, 8_000, |_, _| on(&[("vm-1", 1)]));
         assert!(node.is_master());
         assert!(pauses(&all).is_empty(), "{:?}", pauses(&all));
         let alert = events(&all, EventKind::VmDuplicate);
@@ -449,7 +491,7 @@ mod tests {
             &mut node,
             &mut p,
             16_000,
-            17_000,
+            20_000,
             |h, _| if h == "host-2" { on(&[("vm-1", 1)]) } else { vec![] },
         ));
         assert!(pauses(&all).is_empty());

@@ -244,7 +244,14 @@ impl Node {
         let peer = self.peers.get(name)?;
         let Fence::Confirmed { asked, device } = peer.fence.clone() else { return None };
         let signals = self.signals(name)?;
-        if !signals.silent_for(self.config.timeouts.detection_time_ms) {
+        // Not before its watchdog would have reset it: a device may say "off" wrongly, and a
+        // host whose agent died (or hangs) holds nothing — its VMs run until the watchdog
+        // fires, at most the fence timeout after the last feed, which came at most an interval
+        // after its last heartbeat (simulator seed 1985: frozen a second, its agent crashed
+        // meanwhile, a lying device, and its VMs restarted while they still ran).
+        let t = self.config.timeouts;
+        let watchdog = t.fence_timeout_ms + t.heartbeat_interval_ms;
+        if !signals.silent_for(t.detection_time_ms.max(watchdog)) {
             return None;
         }
         let advanced_since = signals.datastores.iter().any(|d| d.advanced_at.is_some_and(|at| at > asked));
@@ -458,7 +465,12 @@ mod tests {
         // for it less a read interval).
         assert_eq!(asked, 4_000 + t.fence_after_ms(), "{fenced:?}");
         let restart = first(&fenced, claimed).expect("restarted");
-        assert!(restart <= asked + 1_000, "claimed at the next datastore read after the fence: {restart}");
+        // Not before its watchdog would have reset it (the fence timeout after its last feed,
+        // an interval after its last heartbeat): a device may say "off" wrongly.
+        let watchdog = 4_000 + t.fence_timeout_ms + t.heartbeat_interval_ms;
+        assert!(restart >= watchdog, "claimed before the watchdog bound: {restart}");
+        assert!(restart <= watchdog.max(asked) + 1_000, "claimed at the next datastore read after both: {restart}");
+        assert!(restart < 4_000 + t.dead_time_ms, "before the dead-time: {restart}");
         assert!(kinds(&fenced).contains(&EventKind::HostFencedOff), "{:?}", kinds(&fenced));
         let record = fenced.iter().find_map(|(_, a)| match a {
             Action::RecordFence { record } => Some(record.clone()),

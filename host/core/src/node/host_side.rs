@@ -394,10 +394,40 @@ impl Node {
             return;
         }
         if self.fenced || self.isolated() || !self.ha_enabled || self.ha_disabled_here {
+            // Recorded as stopped by its host: the master restarts it once it may (HA on
+            // again, this host heard again), instead of nobody ever (simulator seed 13009:
+            // a crash just after HA was switched on again, before this host learnt it).
+            self.stopped.retain(|r| r.vm != vm);
+            self.stopped.push(VmReport { vm: vm.to_string(), generation });
             self.record(
                 Severity::Warning,
                 EventKind::VmStopped,
-                format!("{vm} {how} on {}; not restarted here (host cut off or HA off)", self.name),
+                format!(
+                    "{vm} {how} on {}; not restarted here (host cut off or HA off): recorded for the master to restart",
+                    self.name
+                ),
+                None,
+            );
+            return;
+        }
+        // Another host runs it (under this generation or a later one): this was a second copy
+        // — one started outside halo and paused by the master, which then crashed (simulator
+        // seed 11058, conservative) — and starting it here would run the VM twice.
+        if let Some(other) = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.vms.iter().any(|r| r.vm == vm && r.generation >= generation))
+            .map(|(name, _)| name.clone())
+        {
+            // Recorded as stopped all the same: if the other copy is one the master paused as
+            // started outside halo, the master restarts the VM (it counts no paused copy as
+            // running); if it runs, the record changes nothing (simulator seed 2375).
+            self.stopped.retain(|r| r.vm != vm);
+            self.stopped.push(VmReport { vm: vm.to_string(), generation });
+            self.record(
+                Severity::Warning,
+                EventKind::VmStopped,
+                format!("{vm} {how} on {}; not restarted here: it runs on {other}", self.name),
                 None,
             );
             return;

@@ -946,6 +946,7 @@ impl Node {
                 ClaimOutcome::Lost(holder) => holder.host.clone(),
                 _ => claim.host.clone(),
             };
+            self.note_claim(&claim.vm, claim.generation, &holder);
             self.claims_seen.insert(claim.vm.clone(), (holder, claim.generation, now));
         }
         let Some(master) = self.master.as_mut() else { return };
@@ -1217,6 +1218,12 @@ impl Node {
         let Some(from) = self.reported_locations().get(vm).cloned() else {
             return refuse(self, "it runs on no host this master hears".into());
         };
+        if self.paused_on(vm, &from) {
+            return refuse(
+                self,
+                format!("it is paused on {from} (held after a gap until its claim is settled, or on an I/O error)"),
+            );
+        }
         let to = match to {
             Some(to) => to.to_string(),
             // To the cluster: the placement policy chooses among the hosts in contact now.
@@ -1374,6 +1381,18 @@ impl Node {
                     .map(|p| p.vms.iter().filter(|r| !just_left(&r.vm)).map(|r| (r.vm.clone(), host.clone())).collect())
                     .unwrap_or_default()
             };
+            // A paused VM waits here until it runs again (or is stopped): moved paused, it
+            // would stay paused where it lands (simulator seed 14102).
+            let vms: Vec<(String, String)> = if vms.is_empty() {
+                vms
+            } else {
+                let movable: Vec<(String, String)> =
+                    vms.iter().filter(|(vm, host)| !self.paused_on(vm, host)).cloned().collect();
+                if movable.is_empty() {
+                    continue;
+                }
+                movable
+            };
             if vms.is_empty() {
                 if let Some(master) = self.master.as_mut() {
                     master.evacuating.remove(&host);
@@ -1419,6 +1438,13 @@ impl Node {
                     && duplicate.kept.as_deref() == Some(from)
                 {
                     duplicate.kept = Some(to.to_string());
+                }
+                // The copy that arrived is the one that ran before: a copy started outside
+                // halo meanwhile elsewhere is the newcomer (simulator seed 2819: halo's copy,
+                // just moved by an evacuation, was taken for the new one and paused for good).
+                if let Some(at) = master.first_seen.remove(&(vm.to_string(), from.to_string())) {
+                    let seen = master.first_seen.entry((vm.to_string(), to.to_string())).or_insert(at);
+                    *seen = (*seen).min(at);
                 }
                 // Our view moves with it now; the next heartbeats confirm.
                 let generation =

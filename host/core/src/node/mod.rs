@@ -42,7 +42,7 @@ use crate::Millis;
 use crate::classify::{PingSignal, Verdict};
 use crate::config::ClusterConfig;
 use crate::policies::Policies;
-use crate::wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, VmReport};
+use crate::wire::{Claim, ClaimOutcome, DatastoreRecord, Heartbeat, PendingClaim, VmReport};
 
 pub use master::{MasterState, Restart, RestartState};
 pub use status::{ClusterStatus, FenceDeviceHealth, HostLoadStatus, HostStatus, VmStatus, WhatIf};
@@ -534,6 +534,8 @@ struct Peer {
     vms_before_restart: Vec<VmReport>,
     /// Sequence number of the last heartbeat received directly (its VM list is `vms`).
     direct_seq: u64,
+    /// VMs paused there (held, or by an I/O error), from its last heartbeat.
+    paused: Vec<String>,
     /// The master's ping of it since it fell silent.
     ping: PingSignal,
     ping_at: Millis,
@@ -631,6 +633,10 @@ pub struct Node {
     /// Kept across mastership: a claim whose master stepped down before starting the VM is
     /// carried on by the next one (`master::find_lost_vms`).
     claims_seen: BTreeMap<String, (String, u64, Millis)>,
+    /// The newest claim this node learnt of per VM (generation, host, when), kept after it
+    /// ran: a copy of that generation on that host is halo's, however late a master saw it
+    /// (`exclusivity`; simulator seed 2505).
+    claimed: BTreeMap<String, (u64, String, Millis)>,
 }
 
 /// Serde for a shared heartbeat: written as the heartbeat itself (serde's `rc` feature would
@@ -732,6 +738,7 @@ impl Node {
             health: crate::wire::HostHealth::default(),
             health_maintenance: BTreeMap::new(),
             claims_seen: BTreeMap::new(),
+            claimed: BTreeMap::new(),
         }
     }
 
@@ -1011,6 +1018,16 @@ impl Node {
                 .iter()
                 .map(|(vm, (host, generation))| (host.clone(), VmReport { vm: vm.clone(), generation: *generation }))
                 .collect(),
+            claims: self
+                .claims_seen
+                .iter()
+                .map(|(vm, (host, generation, _))| PendingClaim {
+                    vm: vm.clone(),
+                    host: host.clone(),
+                    generation: *generation,
+                })
+                .collect(),
+            paused: self.held.keys().chain(self.io_paused.iter()).cloned().collect(),
         };
         for network in &self.config.networks {
             self.out.push(Action::SendHeartbeat { network: network.clone(), heartbeat: heartbeat.clone() });
@@ -1120,6 +1137,7 @@ impl Node {
         let reports_changed =
             replace_if_changed(&mut peer.vms, &hb.vms) | replace_if_changed(&mut peer.stopped, &hb.stopped);
         replace_if_changed(&mut peer.operator_stopped, &hb.operator_stopped);
+        replace_if_changed(&mut peer.paused, &hb.paused);
         // A VM this host's operator stopped runs again elsewhere (`halo vm start`): protected
         // again, as when it is started here.
         for report in &peer.vms {
@@ -1146,6 +1164,20 @@ impl Node {
             && !self.maintenance.iter().eq(hb.maintenance.iter())
         {
             self.maintenance = hb.maintenance.iter().cloned().collect();
+        }
+        // Claims not run yet that the sender knows of and this node does not (a newer
+        // generation than any it knows of the VM): carried on when this node is master.
+        for claim in &hb.claims {
+            let known = self.generations.get(&claim.vm).copied().unwrap_or(0);
+            let seen = self.claims_seen.get(&claim.vm).map_or(0, |(_, g, _)| *g);
+            if claim.generation > known
+                && claim.generation > seen
+                && self.config.vm(&claim.vm).is_some()
+                && (claim.host == self.name || self.peers.contains_key(&claim.host))
+            {
+                self.claims_seen.insert(claim.vm.clone(), (claim.host.clone(), claim.generation, now));
+                self.note_claim(&claim.vm, claim.generation, &claim.host);
+            }
         }
         for (host, report) in &hb.vanished {
             if self.config.vm(&report.vm).is_some() && (*host == self.name || self.peers.contains_key(host)) {
@@ -1216,15 +1248,40 @@ impl Node {
         note_generation(&mut self.generations, vm, generation);
     }
 
-    /// Our stop records are dropped once the VM runs again under a newer generation.
+    /// Our stop records are dropped once the VM runs again under a newer generation, as a
+    /// host reports it (here or a peer). A newer generation only claimed is not enough: its
+    /// master may step down before the start, and a master that never learnt of the claim
+    /// must still find the VM lost (simulator seed 3634).
     fn prune_stopped(&mut self) {
-        let generations = &self.generations;
-        self.stopped.retain(|r| generations.get(&r.vm).is_none_or(|&g| g <= r.generation));
+        if self.stopped.is_empty() {
+            return;
+        }
+        let (peers, local) = (&self.peers, &self.local_vms);
+        let runs_newer = |r: &VmReport| {
+            local.get(&r.vm).is_some_and(|&g| g > r.generation)
+                || peers.values().any(|p| p.vms.iter().any(|v| v.vm == r.vm && v.generation > r.generation))
+        };
+        self.stopped.retain(|r| !runs_newer(r));
     }
 
     /// Peers whose sequence advanced within `window`.
     fn live_peers(&self, window: Millis) -> impl Iterator<Item = (&String, &Peer)> {
         self.peers.iter().filter(move |(_, p)| p.seq_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window))
+    }
+
+    /// Remembers the newest claim learnt of `vm`.
+    fn note_claim(&mut self, vm: &str, generation: u64, host: &str) {
+        if self.claimed.get(vm).is_none_or(|(g, _, _)| *g < generation) {
+            self.claimed.insert(vm.to_string(), (generation, host.to_string(), self.now));
+        }
+    }
+
+    /// Whether `vm` is paused on `host` (held after a gap, or by an I/O error): not moved.
+    fn paused_on(&self, vm: &str, host: &str) -> bool {
+        if host == self.name {
+            return self.held.contains_key(vm) || self.io_paused.contains(vm);
+        }
+        self.peers.get(host).is_some_and(|p| p.paused.iter().any(|v| v == vm))
     }
 
     /// The deterministic election: among this host and the peers heard within the election
@@ -1310,6 +1367,8 @@ pub(crate) mod tests {
                 unarmed: vec![],
                 stopped: vec![],
                 vanished: vec![],
+                claims: vec![],
+                paused: vec![],
             }),
         }
     }

@@ -225,24 +225,72 @@ impl Node {
     /// host was started outside halo (and paused by the master as such): it stays paused;
     /// otherwise it runs again.
     fn on_own_claim_checked(&mut self, vm: &str, holder: Result<Option<Claim>, String>) {
+        let (now, backoff, window) =
+            (self.now, self.config.timeouts.retry_backoff_ms, self.config.timeouts.election_timeout_ms);
         let Some(hold) = self.held.get_mut(vm) else { return };
         hold.checking = false;
         hold.own = false;
+        let held_generation = hold.generation;
+        // What the peers heard since the gap say: is the VM running elsewhere, and does the
+        // host its generation was claimed for still run it? A VM moved here by a live
+        // migration keeps its generation and its claim, which names the host it left
+        // (simulator seeds 849 and 1554: such a VM stayed paused for good).
+        let resumed_at = self.resumed_at;
+        let fresh = |p: &super::Peer| {
+            p.heard_directly_at.is_some_and(|at| resumed_at.is_none_or(|r| at > r) && now.saturating_sub(at) < window)
+        };
+        // Another host runs it (this generation or a later one): heard since the gap, this
+        // copy is the extra one — the master may have paused it as started outside halo before
+        // the gap (simulator seed 1370: resumed beside halo's); on an older list, asked later.
+        let lists_it = |p: &super::Peer| p.vms.iter().any(|r| r.vm == vm && r.generation >= held_generation);
+        let runs_elsewhere = self.peers.iter().find(|(_, p)| fresh(p) && lists_it(p)).map(|(n, _)| n.clone());
+        let maybe_elsewhere = self.peers.values().any(|p| !fresh(p) && lists_it(p));
+        let moved_here =
+            |claim: &Claim| self.peers.get(&claim.host).is_some_and(|p| fresh(p) && !p.vms.iter().any(|r| r.vm == vm));
         match holder {
-            Ok(Some(claim)) if claim.host != self.name => {
+            Ok(claim) if runs_elsewhere.is_some() => {
                 self.held.remove(vm);
+                let other = runs_elsewhere.unwrap_or_default();
+                let why = match claim {
+                    Some(claim) if claim.host != self.name => {
+                        format!("its generation {} was claimed for {}", claim.generation, claim.host)
+                    }
+                    _ => format!("it runs on {other}"),
+                };
                 self.record(
                     Severity::Alert,
                     EventKind::VmHeld,
                     format!(
-                        "{vm} stays paused on {}: its generation {} was claimed for {} — this copy was not started by halo here (inspect it, then `virsh destroy` it)",
-                        self.name, claim.generation, claim.host
+                        "{vm} stays paused on {}: {why} — this copy was not started by halo here (inspect it, then `virsh destroy` it)",
+                        self.name
                     ),
                     None,
                 );
             }
-            Ok(_) => {
+            Ok(Some(claim)) if claim.host != self.name && !moved_here(&claim) => {
+                // The claim's host is not heard since the gap: asked again later.
+                if let Some(hold) = self.held.get_mut(vm) {
+                    hold.next_check = now + backoff;
+                }
+            }
+            Ok(_) if maybe_elsewhere => {
+                // Listed elsewhere by a host not heard since the gap: asked again later.
+                if let Some(hold) = self.held.get_mut(vm) {
+                    hold.next_check = now + backoff;
+                }
+            }
+            Ok(claim) => {
                 self.held.remove(vm);
+                if claim.is_some_and(|c| c.host != self.name) {
+                    self.record(
+                        Severity::Info,
+                        EventKind::VmResumed,
+                        format!(
+                            "{vm}: its generation {held_generation} was claimed for another host, which no longer runs it (moved here live)"
+                        ),
+                        None,
+                    );
+                }
                 self.out.push(Action::ResumeVm { vm: vm.to_string() });
                 self.record(
                     Severity::Info,
@@ -489,8 +537,9 @@ mod tests {
         // paused it after a gap and died before settling it): held again, looked up after the
         // fence timeout once the master hears this host, and resumed when no newer claim exists
         // and its own generation was claimed for this host — not when it was claimed for
-        // another (a copy started outside halo, which the master paused).
-        let settled = |own_host: &str| {
+        // another that still runs it (a copy started outside halo, which the master paused);
+        // when that host runs it no more, it was moved here live (simulator seed 849).
+        let settled = |own_host: &str, master_runs_it: bool| {
             let (mut node, _) = running_node(2_000);
             let mut p = BuiltinPolicies;
             let seen = kinds(&node.handle(
@@ -509,7 +558,11 @@ mod tests {
                     }
                     all.push(a);
                 }
-                node.handle(now + 10, master_beat(100 + now / 100, sent), &mut p);
+                let mut beat = master_beat(100 + now / 100, sent);
+                if master_runs_it && let Input::Heartbeat { heartbeat, .. } = &mut beat {
+                    std::sync::Arc::make_mut(heartbeat).vms = vec![VmReport { vm: "vm-9".into(), generation: 4 }];
+                }
+                node.handle(now + 10, beat, &mut p);
                 node.handle(now + 10, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut p);
                 now += 100;
             }
@@ -526,11 +579,13 @@ mod tests {
             assert!(node.held_vms().is_empty());
             seen
         };
-        let seen = settled("host-3");
+        let seen = settled("host-3", false);
         assert!(seen.contains(&"resume vm-9".to_string()), "claimed for this host: {seen:?}");
-        let seen = settled("host-1");
+        let seen = settled("host-1", true);
         assert!(!seen.iter().any(|k| k.starts_with("resume") || k.starts_with("stop")), "{seen:?}");
         assert!(seen.contains(&"vm-held".to_string()), "stays paused, said so: {seen:?}");
+        let seen = settled("host-1", false);
+        assert!(seen.contains(&"resume vm-9".to_string()), "moved here live: {seen:?}");
     }
 
     #[test]

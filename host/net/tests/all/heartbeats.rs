@@ -71,6 +71,8 @@ fn beat(seq: u64) -> Heartbeat {
         unarmed: vec![],
         stopped: vec![],
         vanished: vec![],
+        claims: vec![],
+        paused: vec![],
     }
 }
 

@@ -1620,8 +1620,10 @@ hosts = ["host-2"]
 
 /// Issue 17: with a lab BMC per host as its fence device (Debian's `fence_redfish` against the
 /// lab's Redfish service), a host that loses power is powered off through its BMC once silent
-/// for the detection time less an interval (0.75 s) and its VMs restart, at the detection time (1 s), as soon as the BMC confirms it is off —
-/// without waiting out the dead-time (3 s).
+/// for the detection time less an interval (0.75 s) and its VMs restart once the BMC confirms
+/// it is off and its watchdog would have reset it (the fence timeout after its last feed:
+/// 2.25 s; a device may say "off" wrongly, simulator seed 1985) — without waiting out the
+/// dead-time (3 s).
 #[test]
 fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_the_dead_time() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());

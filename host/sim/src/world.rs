@@ -1056,10 +1056,17 @@ impl<'p> Sim<'p> {
         if !self.hosts[legit].vms.contains_key(vm)
             && self.hosts.iter().all(|x| x.name == self.hosts[h].name || !x.vms.contains_key(vm))
         {
+            // Paused by a master as the extra copy: the operator lets it run (a master elected
+            // since does not know it paused it; simulator seed 3300).
+            let resumed = self.hosts[h].paused.remove(vm);
             self.note(
                 Severity::Info,
                 TimelineKind::FaultHealed,
-                format!("the copy of {vm} on {} is the only one left: the operator keeps it", self.hosts[h].name),
+                format!(
+                    "the copy of {vm} on {} is the only one left: the operator keeps it{}",
+                    self.hosts[h].name,
+                    if resumed { " and resumes it" } else { "" }
+                ),
             );
             return;
         }

@@ -1446,6 +1446,14 @@ impl Node {
                     let seen = master.first_seen.entry((vm.to_string(), to.to_string())).or_insert(at);
                     *seen = (*seen).min(at);
                 }
+                // The claim's host is where the VM ran when claimed: its copy now runs on `to`
+                // (simulator seed 1902: a copy started outside halo on the claim's host after
+                // the VM left it was taken for halo's).
+                if let Some((_, host, _)) = self.claimed.get_mut(vm)
+                    && host == from
+                {
+                    *host = to.to_string();
+                }
                 // Our view moves with it now; the next heartbeats confirm.
                 let generation =
                     self.peers.get(from).and_then(|p| p.vms.iter().find(|r| r.vm == vm)).map(|r| r.generation);

@@ -334,8 +334,9 @@ pub struct Sim<'p> {
     plans: Vec<PlanSnapshot>,
     operator: Operator,
     /// Copies of protected VMs started outside halo: VM → (the copy's host, the host of the
-    /// copy halo started, when, since when the two hosts hear each other).
-    outside: BTreeMap<String, (usize, usize, Millis, Option<Millis>)>,
+    /// copy halo started, when, since when the two hosts hear each other, whether the VM was
+    /// protected when the copy started).
+    outside: BTreeMap<String, (usize, usize, Millis, Option<Millis>, bool)>,
     /// Fences the master called off (master, target): the device does nothing more.
     fence_cancelled: BTreeSet<(usize, usize)>,
     /// Hosts a lying device said were off (their VMs count as lost for the proof rule: halo
@@ -501,6 +502,13 @@ impl<'p> Sim<'p> {
                         self.stopped_by_host.insert(vm.clone());
                         self.lost_at.entry(vm.clone()).or_insert(self.now);
                     }
+                    // Stopped by the operator and running nowhere: a master that never learnt
+                    // of the stop (the host was cut off, or died before telling) restarts it
+                    // against the operator's wish, but never beside a running copy (simulator
+                    // seeds 11637, 15175; docs/simulator.md, known gaps).
+                    if reason == StopReason::Operator && !elsewhere {
+                        self.stopped_by_host.insert(vm.clone());
+                    }
                     let state = if was_paused && reason != StopReason::Operator {
                         VmState::StoppedWhilePaused(reason)
                     } else {
@@ -517,6 +525,14 @@ impl<'p> Sim<'p> {
                     // A paused domain arrives paused (libvirt keeps its state).
                     if self.hosts[from].paused.remove(&vm) {
                         self.hosts[to].paused.insert(vm.clone());
+                    }
+                    // Either copy of a VM started outside halo may be moved (seed 14350).
+                    if let Some(entry) = self.outside.get_mut(&vm) {
+                        if entry.0 == from {
+                            entry.0 = to;
+                        } else if entry.1 == from {
+                            entry.1 = to;
+                        }
                     }
                     self.last_host.insert(vm.clone(), to);
                     self.deliver(from, 0, Input::VmState { vm: vm.clone(), generation, state: VmState::MigratedAway });
@@ -1002,7 +1018,8 @@ impl<'p> Sim<'p> {
         let generation = self.hosts[*legit].vms.get(vm).copied().unwrap_or(1);
         self.hosts[h].vms.insert(vm.to_string(), generation);
         let visible_since = self.connected(h, *legit).then_some(self.now);
-        self.outside.insert(vm.to_string(), (h, *legit, self.now, visible_since));
+        let protected = self.config.vm(vm).is_some_and(|spec| spec.protected());
+        self.outside.insert(vm.to_string(), (h, *legit, self.now, visible_since, protected));
         // Its agent hears of it from libvirt, as of any start.
         self.deliver(h, 0, Input::VmState { vm: vm.to_string(), generation, state: VmState::Running });
     }
@@ -1030,7 +1047,7 @@ impl<'p> Sim<'p> {
     /// The end of an outside start: halo must have noticed it (an alert since it began) if
     /// both copies still run; then the operator destroys the extra copy.
     fn end_outside(&mut self, vm: &str) {
-        let Some((h, legit, since, visible_since)) = self.outside.remove(vm) else { return };
+        let Some((h, legit, since, visible_since, protected_at_start)) = self.outside.remove(vm) else { return };
         // Two hosts on either side of a partition: no master hears both, none can notice
         // (simulator seed 1264: a false positive). After they meet again the master needs a
         // few heartbeats to see both copies and three more intervals to be sure (seed 11930).
@@ -1043,7 +1060,9 @@ impl<'p> Sim<'p> {
                 && e.message.starts_with(&format!("{vm} runs on"))
         });
         // Only protected VMs are halo's business (their protection as configured now).
-        let protected = self.config.vm(vm).is_some_and(|spec| spec.protected());
+        // (and were, when the copy started: protected only meanwhile, a master may not have had
+        // the three heartbeat intervals it counts before a duplicate is one; seed 14514).
+        let protected = protected_at_start && self.config.vm(vm).is_some_and(|spec| spec.protected());
         if both && !alerted && protected {
             let (copy, other) = (self.hosts[h].name.clone(), self.hosts[legit].name.clone());
             self.violation(format!(
@@ -1056,17 +1075,17 @@ impl<'p> Sim<'p> {
         if !self.hosts[legit].vms.contains_key(vm)
             && self.hosts.iter().all(|x| x.name == self.hosts[h].name || !x.vms.contains_key(vm))
         {
-            // Paused by a master as the extra copy: the operator lets it run (a master elected
-            // since does not know it paused it; simulator seed 3300).
-            let resumed = self.hosts[h].paused.remove(vm);
+            // Paused by a master as the extra copy, it stays paused: resuming it is the
+            // operator's call once halo's copy is known gone (resumed at once here, it ran
+            // beside halo's restart, seed 1680), and a master elected since does not know it
+            // paused it (seed 3300: a known gap, docs/simulator.md) — not counted as down.
+            if self.hosts[h].paused.contains(vm) {
+                self.operator.exempt.insert(vm.to_string());
+            }
             self.note(
                 Severity::Info,
                 TimelineKind::FaultHealed,
-                format!(
-                    "the copy of {vm} on {} is the only one left: the operator keeps it{}",
-                    self.hosts[h].name,
-                    if resumed { " and resumes it" } else { "" }
-                ),
+                format!("the copy of {vm} on {} is the only one left: the operator keeps it", self.hosts[h].name),
             );
             return;
         }
@@ -1151,7 +1170,16 @@ impl<'p> Sim<'p> {
         }
         let here: Vec<String> = self.hosts[h].vms.keys().filter(|vm| self.hosts[h].executes(vm)).cloned().collect();
         for vm in here {
-            if let Some(other) = self.hosts.iter().enumerate().find(|(o, x)| *o != h && x.executes(&vm)) {
+            // A copy started outside halo is not one halo restarted meanwhile: whether halo
+            // noticed it is `end_outside`'s invariant (simulator seed 13066: an unprotected
+            // VM's outside copy, which halo leaves alone, beside a host that stalled).
+            let outside = self.outside.get(&vm).map(|(copy, legit, ..)| (*copy, *legit));
+            let restarted_elsewhere = |o: usize| {
+                outside.is_none_or(|(copy, legit)| !((o == copy && h == legit) || (o == legit && h == copy)))
+            };
+            if let Some(other) =
+                self.hosts.iter().enumerate().find(|(o, x)| *o != h && x.executes(&vm) && restarted_elsewhere(*o))
+            {
                 let (name, other) = (self.hosts[h].name.clone(), other.1.name.clone());
                 self.violation(format!("{vm} runs on {name} again after a {gap} ms stall while it runs on {other}"));
             }
@@ -1461,7 +1489,7 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
         }
         // halo keeps the copy it started: pausing that one while the outside copy runs on
         // stops a healthy VM and leaves the intruder.
-        if let Some(&(copy, legit, _, _)) = s.outside.get(vm)
+        if let Some(&(copy, legit, ..)) = s.outside.get(vm)
             && to == legit
             && s.hosts[copy].executes(vm)
             && s.hosts[legit].vms.get(vm) == s.hosts[copy].vms.get(vm)

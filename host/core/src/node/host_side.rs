@@ -324,6 +324,10 @@ impl Node {
                 self.stopping.remove(vm);
                 self.local_vms.remove(vm);
                 self.operator_stopped.insert(vm.to_string());
+                // Told at once: a host that dies before its next heartbeat would otherwise
+                // leave the master thinking the VM ran there, and it would be restarted against
+                // the operator's stop (simulator seeds 11637, 13999, 15175).
+                self.next_heartbeat = self.now;
                 self.record(
                     Severity::Info,
                     EventKind::VmStopped,

@@ -31,6 +31,36 @@ fn main() {
     schedules(if quick { 20 } else { 200 });
 }
 
+/// `peer`'s heartbeat number `seq` in a cluster of `names` whose master is the first: its VMs,
+/// and (as today) an ack for every other host.
+fn follower_heartbeat(
+    names: &[String],
+    peer: &String,
+    seq: u64,
+    per_host: &BTreeMap<&str, Vec<VmReport>>,
+) -> Heartbeat {
+    Heartbeat {
+        from: peer.clone(),
+        seq,
+        incarnation: 1,
+        master: Some((names[0].clone(), 1)),
+        datastores_reachable: 1,
+        datastores_lost: vec![],
+        health: Default::default(),
+        vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
+        operator_stopped: vec![],
+        acks: names.iter().filter(|n| *n != peer).map(|n| (n.clone(), seq)).collect(),
+        maintenance: vec![],
+        ha_disabled: false,
+        ha_off: false,
+        unarmed: vec![],
+        stopped: vec![],
+        vanished: vec![],
+        claims: vec![],
+        paused: vec![],
+    }
+}
+
 /// VMs spread over the hosts in order (VM i on host i mod n).
 fn spread(config: &ClusterConfig) -> Locations {
     let n = config.hosts.len();
@@ -57,28 +87,7 @@ fn heartbeats(seconds: u64) {
         // What the transport would have decoded this second (not timed).
         let mut arrived = Vec::with_capacity(2 * names.len());
         for peer in &names[1..] {
-            let acks: Vec<(String, u64)> =
-                names.iter().filter(|n| *n != peer).map(|n| (n.clone(), second + 1)).collect();
-            let heartbeat = Heartbeat {
-                from: peer.clone(),
-                seq: second + 1,
-                incarnation: 1,
-                master: Some((names[0].clone(), 1)),
-                datastores_reachable: 1,
-                datastores_lost: vec![],
-                health: Default::default(),
-                vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
-                operator_stopped: vec![],
-                acks,
-                maintenance: vec![],
-                ha_disabled: false,
-                ha_off: false,
-                unarmed: vec![],
-                stopped: vec![],
-                vanished: vec![],
-                claims: vec![],
-                paused: vec![],
-            };
+            let heartbeat = follower_heartbeat(&names, peer, second + 1, &per_host);
             for network in ["A", "B"] {
                 arrived.push(Input::Heartbeat {
                     network: network.into(),
@@ -134,27 +143,7 @@ fn scale(hosts: usize, seconds: u64) {
     let key = halo_net::ClusterKey::new(&[7; 32]).expect("a 32-byte key");
     let networks = config.networks.len() as u64;
     let per_second = 1_000 / t.heartbeat_interval_ms;
-    let heartbeat_of = |peer: &String, seq: u64| Heartbeat {
-        from: peer.clone(),
-        seq,
-        incarnation: 1,
-        master: Some((names[0].clone(), 1)),
-        datastores_reachable: 1,
-        datastores_lost: vec![],
-        health: Default::default(),
-        vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
-        operator_stopped: vec![],
-        // Today every host acknowledges every peer it hears.
-        acks: names.iter().filter(|n| *n != peer).map(|n| (n.clone(), seq)).collect(),
-        maintenance: vec![],
-        ha_disabled: false,
-        ha_off: false,
-        unarmed: vec![],
-        stopped: vec![],
-        vanished: vec![],
-        claims: vec![],
-        paused: vec![],
-    };
+    let heartbeat_of = |peer: &String, seq: u64| follower_heartbeat(&names, peer, seq, &per_host);
     let packet = halo_net::codec::encode(&heartbeat_of(&names[1], 1), "bench", &membership, &key).expect("encodes");
     // Every host sends its heartbeat to every other host on every network.
     let packets_per_host = (hosts as u64 - 1) * networks * per_second;

@@ -14,7 +14,7 @@ pub struct VmReport {
 }
 
 /// A network heartbeat, sent by every host on every management network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Sender.
     pub from: String,

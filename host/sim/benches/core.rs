@@ -45,19 +45,9 @@ fn follower_heartbeat(
         incarnation: 1,
         master: Some((names[0].clone(), 1)),
         datastores_reachable: 1,
-        datastores_lost: vec![],
-        health: Default::default(),
         vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
-        operator_stopped: vec![],
         acks: names.iter().filter(|n| *n != peer).map(|n| (n.clone(), seq)).collect(),
-        maintenance: vec![],
-        ha_disabled: false,
-        ha_off: false,
-        unarmed: vec![],
-        stopped: vec![],
-        vanished: vec![],
-        claims: vec![],
-        paused: vec![],
+        ..Heartbeat::default()
     }
 }
 

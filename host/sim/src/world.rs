@@ -290,6 +290,21 @@ impl SimHost {
     }
 }
 
+/// A copy of a VM started outside halo (the `outside` fault).
+#[derive(Debug, Clone, Copy)]
+struct OutsideCopy {
+    /// The copy's host.
+    copy: usize,
+    /// The host of the copy halo started.
+    legit: usize,
+    /// When it started.
+    since: Millis,
+    /// Since when the two hosts hear each other (`None`: they do not now).
+    visible_since: Option<Millis>,
+    /// Whether the VM was protected when the copy started.
+    protected_at_start: bool,
+}
+
 #[derive(Default)]
 struct Store {
     records: BTreeMap<String, halo_core::DatastoreRecord>,
@@ -333,10 +348,8 @@ pub struct Sim<'p> {
     steps: u64,
     plans: Vec<PlanSnapshot>,
     operator: Operator,
-    /// Copies of protected VMs started outside halo: VM → (the copy's host, the host of the
-    /// copy halo started, when, since when the two hosts hear each other, whether the VM was
-    /// protected when the copy started).
-    outside: BTreeMap<String, (usize, usize, Millis, Option<Millis>, bool)>,
+    /// Copies of VMs started outside halo, per VM.
+    outside: BTreeMap<String, OutsideCopy>,
     /// Fences the master called off (master, target): the device does nothing more.
     fence_cancelled: BTreeSet<(usize, usize)>,
     /// Hosts a lying device said were off (their VMs count as lost for the proof rule: halo
@@ -528,10 +541,10 @@ impl<'p> Sim<'p> {
                     }
                     // Either copy of a VM started outside halo may be moved (seed 14350).
                     if let Some(entry) = self.outside.get_mut(&vm) {
-                        if entry.0 == from {
-                            entry.0 = to;
-                        } else if entry.1 == from {
-                            entry.1 = to;
+                        if entry.copy == from {
+                            entry.copy = to;
+                        } else if entry.legit == from {
+                            entry.legit = to;
                         }
                     }
                     self.last_host.insert(vm.clone(), to);
@@ -671,7 +684,7 @@ impl<'p> Sim<'p> {
         }
         // A copy started outside halo here dies with the host (simulator seed 2718: its end
         // took away the copy halo later migrated here).
-        self.outside.retain(|_, (copy, ..)| *copy != h);
+        self.outside.retain(|_, o| o.copy != h);
         let host = &mut self.hosts[h];
         host.up = false;
         host.node = None;
@@ -1017,9 +1030,14 @@ impl<'p> Sim<'p> {
         };
         let generation = self.hosts[*legit].vms.get(vm).copied().unwrap_or(1);
         self.hosts[h].vms.insert(vm.to_string(), generation);
-        let visible_since = self.connected(h, *legit).then_some(self.now);
-        let protected = self.config.vm(vm).is_some_and(|spec| spec.protected());
-        self.outside.insert(vm.to_string(), (h, *legit, self.now, visible_since, protected));
+        let copy = OutsideCopy {
+            copy: h,
+            legit: *legit,
+            since: self.now,
+            visible_since: self.connected(h, *legit).then_some(self.now),
+            protected_at_start: self.config.vm(vm).is_some_and(|spec| spec.protected()),
+        };
+        self.outside.insert(vm.to_string(), copy);
         // Its agent hears of it from libvirt, as of any start.
         self.deliver(h, 0, Input::VmState { vm: vm.to_string(), generation, state: VmState::Running });
     }
@@ -1029,17 +1047,17 @@ impl<'p> Sim<'p> {
     fn update_outside_visibility(&mut self) {
         let now = self.now;
         let pairs: Vec<(String, bool)> =
-            self.outside.iter().map(|(vm, (h, legit, ..))| (vm.clone(), self.connected(*h, *legit))).collect();
+            self.outside.iter().map(|(vm, o)| (vm.clone(), self.connected(o.copy, o.legit))).collect();
         for (vm, connected) in pairs {
             if let Some(entry) = self.outside.get_mut(&vm) {
-                entry.3 = if connected { entry.3.or(Some(now)) } else { None };
+                entry.visible_since = if connected { entry.visible_since.or(Some(now)) } else { None };
             }
         }
     }
 
     /// The copy of `vm` started outside halo on `host`, if that is where it was, is gone.
     fn forget_outside_copy(&mut self, vm: &str, host: usize) {
-        if self.outside.get(vm).is_some_and(|(copy, ..)| *copy == host) {
+        if self.outside.get(vm).is_some_and(|o| o.copy == host) {
             self.outside.remove(vm);
         }
     }
@@ -1047,7 +1065,10 @@ impl<'p> Sim<'p> {
     /// The end of an outside start: halo must have noticed it (an alert since it began) if
     /// both copies still run; then the operator destroys the extra copy.
     fn end_outside(&mut self, vm: &str) {
-        let Some((h, legit, since, visible_since, protected_at_start)) = self.outside.remove(vm) else { return };
+        let Some(OutsideCopy { copy: h, legit, since, visible_since, protected_at_start }) = self.outside.remove(vm)
+        else {
+            return;
+        };
         // Two hosts on either side of a partition: no master hears both, none can notice
         // (simulator seed 1264: a false positive). After they meet again the master needs a
         // few heartbeats to see both copies and three more intervals to be sure (seed 11930).
@@ -1173,7 +1194,7 @@ impl<'p> Sim<'p> {
             // A copy started outside halo is not one halo restarted meanwhile: whether halo
             // noticed it is `end_outside`'s invariant (simulator seed 13066: an unprotected
             // VM's outside copy, which halo leaves alone, beside a host that stalled).
-            let outside = self.outside.get(&vm).map(|(copy, legit, ..)| (*copy, *legit));
+            let outside = self.outside.get(&vm).map(|o| (o.copy, o.legit));
             let restarted_elsewhere = |o: usize| {
                 outside.is_none_or(|(copy, legit)| !((o == copy && h == legit) || (o == legit && h == copy)))
             };
@@ -1489,7 +1510,7 @@ impl HypervisorDriver for HostDrivers<'_, '_> {
         }
         // halo keeps the copy it started: pausing that one while the outside copy runs on
         // stops a healthy VM and leaves the intruder.
-        if let Some(&(copy, legit, ..)) = s.outside.get(vm)
+        if let Some(&OutsideCopy { copy, legit, .. }) = s.outside.get(vm)
             && to == legit
             && s.hosts[copy].executes(vm)
             && s.hosts[legit].vms.get(vm) == s.hosts[copy].vms.get(vm)

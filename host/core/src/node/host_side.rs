@@ -383,6 +383,12 @@ impl Node {
         }
     }
 
+    /// Records `vm` as stopped by this host (one record per VM), for the master to restart.
+    fn record_stop(&mut self, vm: &str, generation: u64) {
+        self.stopped.retain(|r| r.vm != vm);
+        self.stopped.push(VmReport { vm: vm.to_string(), generation });
+    }
+
     /// VM monitoring: a protected VM that stopped without halo asking is started again here,
     /// at most `restart-limit` times per window.
     fn restart_locally(&mut self, vm: &str, generation: u64, state: VmState) {
@@ -401,8 +407,7 @@ impl Node {
             // Recorded as stopped by its host: the master restarts it once it may (HA on
             // again, this host heard again), instead of nobody ever (simulator seed 13009:
             // a crash just after HA was switched on again, before this host learnt it).
-            self.stopped.retain(|r| r.vm != vm);
-            self.stopped.push(VmReport { vm: vm.to_string(), generation });
+            self.record_stop(vm, generation);
             self.record(
                 Severity::Warning,
                 EventKind::VmStopped,
@@ -426,8 +431,7 @@ impl Node {
             // Recorded as stopped all the same: if the other copy is one the master paused as
             // started outside halo, the master restarts the VM (it counts no paused copy as
             // running); if it runs, the record changes nothing (simulator seed 2375).
-            self.stopped.retain(|r| r.vm != vm);
-            self.stopped.push(VmReport { vm: vm.to_string(), generation });
+            self.record_stop(vm, generation);
             self.record(
                 Severity::Warning,
                 EventKind::VmStopped,

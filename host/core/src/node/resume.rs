@@ -275,14 +275,9 @@ impl Node {
                     None,
                 );
             }
-            Ok(Some(claim)) if claim.host != self.name && !moved_here(&claim) => {
-                // The claim's host is not heard since the gap: asked again later.
-                if let Some(hold) = self.held.get_mut(vm) {
-                    hold.next_check = now + backoff;
-                }
-            }
-            Ok(_) if maybe_elsewhere => {
-                // Listed elsewhere by a host not heard since the gap: asked again later.
+            // Not known yet — the claim's host, or a host listing it, not heard since the gap:
+            // asked again later.
+            Ok(claim) if maybe_elsewhere || claim.as_ref().is_some_and(|c| c.host != self.name && !moved_here(c)) => {
                 if let Some(hold) = self.held.get_mut(vm) {
                     hold.next_check = now + backoff;
                 }

@@ -456,6 +456,7 @@ impl AgentConfig {
             policy: self.policy.clone(),
             rules: self.rules.clone(),
             balance: self.balance,
+            names: Default::default(),
         }
     }
 

@@ -274,6 +274,7 @@ mod tests {
             policy: Default::default(),
             rules: Vec::new(),
             balance: Default::default(),
+            names: Default::default(),
         }
     }
 

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use halo_core::{DatastoreRecord, Heartbeat, Input, StopReason, VmState};
 use halo_datastore::Datastore;
-use halo_net::{HeartbeatTransport, Received, TransportConfig};
+use halo_net::{HeartbeatTransport, Membership, Received, TransportConfig};
 use tokio::sync::mpsc;
 
 use crate::watchdog::{HostWatchdog, Watchdog};
@@ -263,13 +263,18 @@ struct Shared {
     epoch: Instant,
 }
 
-/// The evidence the liveness path judges by: its own.
+/// The evidence the liveness path judges by: its own. Peers by their index in the host list
+/// (what acks carry).
 #[derive(Default)]
 struct Evidence {
+    /// Index in the host list by name.
+    index: BTreeMap<String, u32>,
+    /// This host's index.
+    me: Option<u32>,
     /// Per peer: (its incarnation, the highest sequence number heard from it directly).
-    heard: BTreeMap<String, (u64, u64)>,
+    heard: BTreeMap<u32, (u64, u64)>,
     /// Per peer: the highest of our numbers it acknowledged, and when that advanced.
-    acked: BTreeMap<String, (u64, Option<Instant>)>,
+    acked: BTreeMap<u32, (u64, Option<Instant>)>,
     /// Per datastore: the last successful write.
     written: BTreeMap<String, Instant>,
     /// Acknowledgements of numbers up to this one were sent before our last gap.
@@ -279,14 +284,22 @@ struct Evidence {
 }
 
 impl Evidence {
-    fn heard(&mut self, me: &str, heartbeat: &Heartbeat, now: Instant) {
-        let entry = self.heard.entry(heartbeat.from.clone()).or_insert((heartbeat.incarnation, 0));
+    fn new(membership: &Membership, me: &str, judge_from: Instant) -> Self {
+        let index: BTreeMap<String, u32> =
+            (0..membership.len()).filter_map(|i| Some((membership.host(i)?.to_string(), i as u32))).collect();
+        Self { me: index.get(me).copied(), index, judge_from: Some(judge_from), ..Self::default() }
+    }
+
+    fn heard(&mut self, heartbeat: &Heartbeat, now: Instant) {
+        // The transport accepts members only.
+        let Some(&from) = self.index.get(&heartbeat.from) else { return };
+        let entry = self.heard.entry(from).or_insert((heartbeat.incarnation, 0));
         if entry.0 != heartbeat.incarnation {
             *entry = (heartbeat.incarnation, 0);
         }
         entry.1 = entry.1.max(heartbeat.seq);
-        if let Some(&(_, ack)) = heartbeat.acks.iter().find(|(host, _)| host == me) {
-            let acked = self.acked.entry(heartbeat.from.clone()).or_insert((0, None));
+        if let Some(&(_, ack)) = heartbeat.acks.iter().find(|(host, _)| Some(*host) == self.me) {
+            let acked = self.acked.entry(from).or_insert((0, None));
             if ack > acked.0 && ack > self.floor {
                 *acked = (ack, Some(now));
             }
@@ -327,7 +340,7 @@ async fn run(
     let fencer = Fencer::start(config.local_libvirt.clone(), inputs.clone());
     let datastores: Vec<Arc<Datastore>> = config.datastores.into_iter().map(Arc::new).collect();
     let (written_tx, mut written_rx) = mpsc::channel::<(String, bool)>(64);
-    let mut evidence = Evidence { judge_from: Some(Instant::now() + config.fence_timeout), ..Evidence::default() };
+    let mut evidence = Evidence::new(&config.transport.membership, &me, Instant::now() + config.fence_timeout);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
@@ -344,11 +357,11 @@ async fn run(
         tokio::select! {
             _ = tick.tick() => {}
             Some(got) = received.recv() => {
-                evidence.heard(&me, &got.heartbeat, Instant::now());
+                evidence.heard(&got.heartbeat, Instant::now());
                 let mut got = got;
                 // Acknowledgements of our heartbeats from before our own gap say nothing of now.
                 for (host, ack) in &mut got.heartbeat.acks {
-                    if *host == me && *ack <= evidence.floor {
+                    if Some(*host) == evidence.me && *ack <= evidence.floor {
                         *ack = 0;
                     }
                 }
@@ -405,9 +418,12 @@ async fn run(
                     *ack = heard;
                 }
             }
-            for (host, &(_, heard)) in &evidence.heard {
-                if heard > 0 && !heartbeat.acks.iter().any(|(h, _)| h == host) {
-                    heartbeat.acks.push((host.clone(), heard));
+            // Peers the core had not heard yet (the acks are in index order, as the core
+            // writes them).
+            let before = heartbeat.acks.len();
+            for (&host, &(_, heard)) in &evidence.heard {
+                if heard > 0 && heartbeat.acks[..before].binary_search_by_key(&host, |(h, _)| *h).is_err() {
+                    heartbeat.acks.push((host, heard));
                 }
             }
             for network in &networks {
@@ -653,7 +669,7 @@ mod tests {
         }
     }
 
-    fn body(from: &str, seq: u64, acks: Vec<(String, u64)>) -> Heartbeat {
+    fn body(from: &str, seq: u64, acks: Vec<(u32, u64)>) -> Heartbeat {
         Heartbeat {
             from: from.into(),
             seq,
@@ -735,7 +751,7 @@ mod tests {
                     if peer_talks {
                         *peer_seq += 1;
                         let ack = heard.last().map_or(0, |h| h.1);
-                        let _ = peer.send("A", &body("host-2", *peer_seq, vec![("host-1".into(), ack)])).await;
+                        let _ = peer.send("A", &body("host-2", *peer_seq, vec![(0, ack)])).await;
                     }
                 });
                 // The agent loop: one step every 400 ms.

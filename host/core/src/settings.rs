@@ -217,6 +217,7 @@ mod tests {
             policy: Default::default(),
             rules: Vec::new(),
             balance: Default::default(),
+            names: Default::default(),
         };
         c.ha.enabled = true;
         c

@@ -37,9 +37,14 @@ pub struct Heartbeat {
     pub vms: Vec<VmReport>,
     /// VMs the operator stopped through halo on the sender (not restarted).
     pub operator_stopped: Vec<String>,
-    /// For each peer the sender hears: the highest sequence number heard from it. This makes
-    /// liveness two-way: a host counts a peer as reached only when the peer heard it.
-    pub acks: Vec<(String, u64)>,
+    /// For each peer the sender hears: the highest sequence number heard from it, the peer
+    /// named by its index in the cluster's host list (`ClusterConfig::hosts`, in its order).
+    /// This makes liveness two-way: a host counts a peer as reached only when the peer heard
+    /// it. Indices, not names: a 1,000-host cluster's heartbeat is read without a thousand
+    /// allocations and lookups by name (decision 0016). A driver hands the core acks only from
+    /// a sender that indexes the same host list (the codec compares a digest of it and drops
+    /// the acks otherwise); an index beyond the list is ignored.
+    pub acks: Vec<(u32, u64)>,
     /// Hosts in maintenance, as the sender's master decided (followers adopt it).
     pub maintenance: Vec<String>,
     /// The sender has HA disabled on itself (emergency disable).

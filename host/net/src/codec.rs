@@ -124,8 +124,24 @@ impl Membership {
         Self { hosts, digest }
     }
 
-    fn index(&self, host: &str) -> Option<usize> {
+    /// The index of `host` in the list (what acks carry).
+    pub fn index(&self, host: &str) -> Option<usize> {
         self.hosts.iter().position(|h| h == host)
+    }
+
+    /// The host at `index`.
+    pub fn host(&self, index: usize) -> Option<&str> {
+        self.hosts.get(index).map(String::as_str)
+    }
+
+    /// How many hosts.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// No hosts.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
     }
 
     /// Whether `host` is a member.
@@ -207,9 +223,9 @@ pub enum EncodeError {
     /// A name is longer than [`MAX_NAME`] bytes.
     #[error("name `{0}…` is longer than {MAX_NAME} bytes")]
     NameTooLong(String),
-    /// An acked host is not in the membership.
-    #[error("acked host `{0}` is not a member of the cluster")]
-    UnknownHost(String),
+    /// An ack names a host index beyond the membership.
+    #[error("an ack names host number {0}, beyond the cluster's host list")]
+    UnknownHostIndex(u32),
     /// The heartbeat does not fit [`MAX_PACKET`] (too many VMs on one host).
     #[error("the heartbeat takes {0} bytes, more than the {MAX_PACKET} a packet may carry")]
     TooLarge(usize),
@@ -254,10 +270,12 @@ pub fn encode(
     w.reports(&heartbeat.vms)?;
     w.strs(&heartbeat.operator_stopped)?;
     w.varint(heartbeat.acks.len() as u64);
-    for (host, seq) in &heartbeat.acks {
-        let index = membership.index(host).ok_or_else(|| EncodeError::UnknownHost(host.clone()))?;
-        w.varint(index as u64);
-        w.varint(*seq);
+    for &(index, seq) in &heartbeat.acks {
+        if index as usize >= membership.hosts.len() {
+            return Err(EncodeError::UnknownHostIndex(index));
+        }
+        w.varint(u64::from(index));
+        w.varint(seq);
     }
     w.strs(&heartbeat.maintenance)?;
     w.reports(&heartbeat.stopped)?;
@@ -354,11 +372,13 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
     let count = r.count(2)?;
     let mut acks = Vec::with_capacity(count);
     for _ in 0..count {
-        let index = usize::try_from(r.varint()?).map_err(|_| DropReason::Malformed)?;
+        let index = r.varint()?;
         let seq = r.varint()?;
         if !membership_mismatch {
-            let host = membership.hosts.get(index).ok_or(DropReason::Malformed)?;
-            acks.push((host.clone(), seq));
+            if index >= membership.hosts.len() as u64 {
+                return Err(DropReason::Malformed);
+            }
+            acks.push((index as u32, seq));
         }
     }
     let maintenance = r.strs()?;
@@ -566,7 +586,7 @@ mod tests {
             health: Default::default(),
             vms: vec![VmReport { vm: "db".into(), generation: 3 }, VmReport { vm: "web".into(), generation: 1 }],
             operator_stopped: vec!["scratch".into()],
-            acks: vec![("host-1".into(), 299), ("host-5".into(), 12)],
+            acks: vec![(0, 299), (4, 12)],
             maintenance: vec!["host-4".into()],
             ha_disabled: false,
             ha_off: false,
@@ -690,8 +710,8 @@ mod tests {
         long.vms.push(VmReport { vm: "x".repeat(300), generation: 1 });
         assert!(matches!(encode(&long, "prod", &members(), &key()), Err(EncodeError::NameTooLong(_))));
         let mut stranger = heartbeat();
-        stranger.acks.push(("host-77".into(), 1));
-        assert_eq!(encode(&stranger, "prod", &members(), &key()), Err(EncodeError::UnknownHost("host-77".into())));
+        stranger.acks.push((77, 1));
+        assert_eq!(encode(&stranger, "prod", &members(), &key()), Err(EncodeError::UnknownHostIndex(77)));
         let mut huge = heartbeat();
         huge.vms = (0..5_000).map(|i| VmReport { vm: format!("vm-with-a-long-name-{i:05}"), generation: 1 }).collect();
         assert!(matches!(encode(&huge, "prod", &members(), &key()), Err(EncodeError::TooLarge(_))));
@@ -706,7 +726,7 @@ mod tests {
         hb.master = Some((hosts[0].clone(), 1));
         hb.maintenance.clear();
         hb.vanished.clear();
-        hb.acks = hosts.iter().skip(2).map(|h| (h.clone(), 1_000_000)).collect();
+        hb.acks = (2..1000).map(|i| (i, 1_000_000)).collect();
         hb.vms = (0..50).map(|i| VmReport { vm: format!("vm-{i:03}"), generation: 1 }).collect();
         let packet = encode(&hb, "prod", &membership, &key()).expect("fits");
         assert!(packet.len() < 8_000, "{} bytes", packet.len());

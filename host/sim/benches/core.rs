@@ -20,15 +20,29 @@ use halo_sim::scenario::{cluster, random_case};
 use halo_sim::{Fault, FaultKind, Rng, Schedule, Sim, SimOptions, percentiles};
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    for hosts in [64, 256, 1_000] {
-        scale(hosts, if quick { 2 } else { 5 });
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only scale` (or heartbeats, plan, failover, schedules): one part.
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
+    let run = |part: &str| only.is_none_or(|o| o == part);
+    if run("scale") {
+        for hosts in [64, 256, 1_000] {
+            scale(hosts, if quick { 2 } else { 5 });
+        }
     }
-    heartbeats(if quick { 3 } else { 10 });
-    plan(64, 8_000, 512 * 1024, 256);
-    plan(256, 25_000, 384 * 1024, 192);
-    failover_latency(if quick { 20 } else { 200 });
-    schedules(if quick { 20 } else { 200 });
+    if run("heartbeats") {
+        heartbeats(if quick { 3 } else { 10 });
+    }
+    if run("plan") {
+        plan(64, 8_000, 512 * 1024, 256);
+        plan(256, 25_000, 384 * 1024, 192);
+    }
+    if run("failover") {
+        failover_latency(if quick { 20 } else { 200 });
+    }
+    if run("schedules") {
+        schedules(if quick { 20 } else { 200 });
+    }
 }
 
 /// `peer`'s heartbeat number `seq` in a cluster of `names` whose master is the first: its VMs,
@@ -46,7 +60,7 @@ fn follower_heartbeat(
         master: Some((names[0].clone(), 1)),
         datastores_reachable: 1,
         vms: per_host.get(peer.as_str()).cloned().unwrap_or_default(),
-        acks: names.iter().filter(|n| *n != peer).map(|n| (n.clone(), seq)).collect(),
+        acks: names.iter().enumerate().filter(|(_, n)| *n != peer).map(|(i, _)| (i as u32, seq)).collect(),
         ..Heartbeat::default()
     }
 }

@@ -48,6 +48,7 @@ pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
         policy: PolicySettings::default(),
         rules: Vec::new(),
         balance: Default::default(),
+        names: Default::default(),
     }
 }
 
@@ -208,5 +209,6 @@ pub fn demo_cluster() -> ClusterConfig {
             mode: halo_core::balance::BalanceMode::Propose,
             ..Default::default()
         },
+        names: Default::default(),
     }
 }

@@ -494,6 +494,8 @@ pub enum Action {
 /// What a node knows of a peer.
 #[derive(Debug, Clone, Default)]
 struct Peer {
+    /// Its index in the configuration's host list (acks name hosts by index).
+    index: usize,
     /// Highest sequence number heard (directly or through acks).
     seq: u64,
     /// When it advanced.
@@ -575,6 +577,12 @@ pub struct Node {
     ds_lost: BTreeSet<String>,
     ds_read_ok_at: Option<Millis>,
     peers: BTreeMap<String, Peer>,
+    /// Per host of the configuration, by its index in `config.hosts`: its peer's `seq` (0 for
+    /// this node). Kept flat, beside `peers`, so that a heartbeat's acks — one per host — are
+    /// checked without a lookup by name; only an ack that advances a peer goes to `peers`.
+    seqs: Vec<u64>,
+    /// This node's index in `config.hosts` (acks name hosts by index).
+    index: Option<usize>,
     local_vms: BTreeMap<String, u64>,
     operator_stopped: BTreeSet<String>,
     stopped: Vec<VmReport>,
@@ -691,11 +699,21 @@ const EVALUATION_INTERVAL: Millis = 100;
 impl Node {
     /// A node for host `name`, started at `now`. The config must have passed validation.
     pub fn new(name: &str, config: ClusterConfig, now: Millis) -> Self {
-        let peers = config.hosts.iter().filter(|h| h.name != name).map(|h| (h.name.clone(), Peer::default())).collect();
+        let peers = config
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.name != name)
+            .map(|(index, h)| (h.name.clone(), Peer { index, ..Peer::default() }))
+            .collect();
         let ha_enabled = config.ha.enabled;
+        let seqs = vec![0; config.hosts.len()];
+        let index = config.hosts.iter().position(|h| h.name == name);
         Self {
             name: name.to_string(),
             config,
+            seqs,
+            index,
             started_at: now,
             seq: 0,
             next_heartbeat: now,
@@ -848,12 +866,26 @@ impl Node {
         }
         self.check_datastore_silence();
         self.step(policies, evaluate);
+        #[cfg(debug_assertions)]
+        self.check_seqs();
         for action in &self.out {
             if let Action::StopVm { vm, .. } = action {
                 self.stopping.insert(vm.clone());
             }
         }
         std::mem::take(&mut self.out)
+    }
+
+    /// `seqs` is the peers' `seq` by index, and 0 for this node (debug builds check it after
+    /// every input).
+    #[cfg(debug_assertions)]
+    fn check_seqs(&self) {
+        let expected: Vec<u64> =
+            self.config.hosts.iter().map(|h| self.peers.get(&h.name).map_or(0, |p| p.seq)).collect();
+        assert_eq!(self.seqs, expected, "{}: the flat copy of the peers' numbers drifted", self.name);
+        for (name, peer) in &self.peers {
+            assert_eq!(self.config.hosts.get(peer.index).map(|h| h.name.as_str()), Some(name.as_str()));
+        }
     }
 
     /// A datastore write's outcome. A failed write is an alert at once (the operator learns
@@ -919,8 +951,8 @@ impl Node {
     fn on_config(&mut self, config: ClusterConfig) {
         let names: BTreeSet<String> = config.hosts.iter().map(|h| h.name.clone()).filter(|n| *n != self.name).collect();
         self.peers.retain(|name, _| names.contains(name));
-        for name in names {
-            self.peers.entry(name).or_default();
+        for (index, host) in config.hosts.iter().enumerate().filter(|(_, h)| h.name != self.name) {
+            self.peers.entry(host.name.clone()).or_default().index = index;
         }
         self.set_ha_enabled(config.ha.enabled);
         // A VM protected now that was not: no peer counts as armed for it until heard saying
@@ -933,6 +965,9 @@ impl Node {
             }
         }
         let (hosts, vms) = (config.hosts.len(), config.vms.len());
+        // Acks index the host list: the flat copy of the peers' numbers follows it.
+        self.seqs = config.hosts.iter().map(|h| self.peers.get(&h.name).map_or(0, |p| p.seq)).collect();
+        self.index = config.hosts.iter().position(|h| h.name == self.name);
         self.config = config;
         self.record(
             Severity::Info,
@@ -988,7 +1023,7 @@ impl Node {
 
     fn send_heartbeats(&mut self) {
         self.seq += 1;
-        let acks = self.peers.iter().filter(|(_, p)| p.seq > 0).map(|(n, p)| (n.clone(), p.seq)).collect();
+        let acks = self.seqs.iter().enumerate().filter(|(_, seq)| **seq > 0).map(|(i, seq)| (i as u32, *seq)).collect();
         let mut vms: Vec<VmReport> =
             self.local_vms.iter().map(|(vm, &generation)| VmReport { vm: vm.clone(), generation }).collect();
         vms.sort();
@@ -1078,6 +1113,9 @@ impl Node {
             return;
         }
         let previous_direct = std::mem::replace(&mut peer.direct_seq, hb.seq);
+        let index = peer.index;
+        // The peer's number when it changes here (for `seqs`).
+        let mut seq_now = None;
         // The same heartbeat again, on another network: its acks were taken already.
         let duplicate = peer.incarnation == Some(hb.incarnation) && hb.seq == previous_direct;
         if peer.incarnation != Some(hb.incarnation) {
@@ -1097,6 +1135,7 @@ impl Node {
             peer.seq = hb.seq;
             peer.seq_advanced_at = Some(now);
             peer.acked_our_seq = 0;
+            seq_now = Some(peer.seq);
         } else if hb.seq > peer.seq || hb.seq > previous_direct || peer.seq_advanced_at.is_none() {
             // A new heartbeat heard directly is always progress, even when a third party's
             // ack from the peer's previous incarnation pushed `seq` higher (a rebooted host
@@ -1104,8 +1143,10 @@ impl Node {
 
             peer.seq = peer.seq.max(hb.seq);
             peer.seq_advanced_at = Some(now);
+            seq_now = Some(peer.seq);
         }
-        if let Some(&(_, acked)) = hb.acks.iter().find(|(n, _)| *n == self.name)
+        let me = self.index;
+        if let Some(&(_, acked)) = hb.acks.iter().find(|(i, _)| me == Some(*i as usize))
             && acked > peer.acked_our_seq
         {
             peer.acked_our_seq = acked;
@@ -1143,16 +1184,25 @@ impl Node {
         for report in &peer.vms {
             self.operator_stopped.remove(&report.vm);
         }
-        // Acks tell us who the sender hears: third-party liveness evidence.
-        for (host, seq) in hb.acks.iter().filter(|_| !duplicate) {
-            if *host == self.name {
+        if let Some(seq) = seq_now
+            && let Some(flat) = self.seqs.get_mut(index)
+        {
+            *flat = seq;
+        }
+        // Acks tell us who the sender hears: third-party liveness evidence. Most say nothing
+        // new (the peer's heartbeat came directly first): the flat copy answers those.
+        for &(i, seq) in hb.acks.iter().filter(|_| !duplicate) {
+            let i = i as usize;
+            if me == Some(i) || self.seqs.get(i).is_none_or(|known| seq <= *known) {
                 continue;
             }
-            if let Some(other) = self.peers.get_mut(host)
-                && *seq > other.seq
+            if let Some(host) = self.config.hosts.get(i)
+                && let Some(other) = self.peers.get_mut(&host.name)
+                && seq > other.seq
             {
-                other.seq = *seq;
+                other.seq = seq;
                 other.seq_advanced_at = Some(now);
+                self.seqs[i] = seq;
             }
         }
         if let Some((_, epoch)) = &hb.master {
@@ -1342,6 +1392,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::policies::BuiltinPolicies;
 
+    /// The index of `host-N` in the test clusters' host list (`config::tests::cluster`).
+    pub(crate) fn index_of(host: &str) -> u32 {
+        host.strip_prefix("host-")
+            .and_then(|n| n.parse::<u32>().ok())
+            .and_then(|n| n.checked_sub(1))
+            .unwrap_or_else(|| panic!("test acks name hosts host-1, host-2, ...: {host}"))
+    }
+
     /// A heartbeat from `from` on network A with sequence `seq`, acknowledging `acks`.
     pub(crate) fn beat(from: &str, seq: u64, acks: &[(&str, u64)]) -> Input {
         beat_with(from, seq, acks, vec![])
@@ -1360,7 +1418,7 @@ pub(crate) mod tests {
                 health: Default::default(),
                 vms,
                 operator_stopped: vec![],
-                acks: acks.iter().map(|(h, s)| (h.to_string(), *s)).collect(),
+                acks: acks.iter().map(|(h, s)| (index_of(h), *s)).collect(),
                 maintenance: vec![],
                 ha_disabled: false,
                 ha_off: false,
@@ -1405,7 +1463,7 @@ mod config_change_tests {
             .iter()
             .find_map(|a| match a {
                 Action::SendHeartbeat { heartbeat, .. } => {
-                    Some(heartbeat.acks.iter().map(|(h, _)| h.clone()).collect())
+                    Some(heartbeat.acks.iter().map(|(i, _)| format!("host-{}", i + 1)).collect())
                 }
                 _ => None,
             })

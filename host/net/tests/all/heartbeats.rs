@@ -64,7 +64,7 @@ fn beat(seq: u64) -> Heartbeat {
         health: Default::default(),
         vms: vec![VmReport { vm: "db".into(), generation: 2 }],
         operator_stopped: vec![],
-        acks: vec![("host-2".into(), seq)],
+        acks: vec![(1, seq)], // host-2
         maintenance: vec![],
         ha_disabled: false,
         ha_off: false,

@@ -53,6 +53,7 @@ fn transport(me: &str, addresses: &BTreeMap<&str, SocketAddr>) -> TransportConfi
             name: "A".into(),
             bind: addresses[me],
             peers: addresses.iter().filter(|(h, _)| **h != me).map(|(h, a)| (h.to_string(), *a)).collect(),
+            broadcast: None,
         }],
     }
 }

@@ -39,6 +39,12 @@ pub struct AgentConfig {
     /// Addresses a host that hears no agent pings to tell isolation from a lonely cluster.
     #[serde(default)]
     pub isolation_addresses: Vec<IpAddr>,
+    /// Per management network, its IPv4 broadcast address: heartbeats go once to it instead
+    /// of once to every peer, so a host sends one packet per network and interval however
+    /// large the cluster (decision 0016). For clusters of more than a few dozen hosts whose
+    /// hosts share each network's segment. Absent: one packet per peer.
+    #[serde(default)]
+    pub broadcast: BTreeMap<String, std::net::Ipv4Addr>,
     /// Every host of the cluster (this one too).
     pub hosts: Vec<HostEntry>,
     /// The datastores.
@@ -480,6 +486,25 @@ impl AgentConfig {
         if self.heartbeat_port == 0 {
             problems.push("heartbeat-port: must not be 0".into());
         }
+        for (network, address) in &self.broadcast {
+            if !self.networks.contains(network) {
+                problems.push(format!(
+                    "broadcast.{network}: there is no management network {network} (networks = {:?})",
+                    self.networks
+                ));
+            }
+            if address.is_unspecified() || address.is_loopback() || address.is_multicast() {
+                problems.push(format!(
+                    "broadcast.{network}: {address} is not a broadcast address; give the network's own (e.g. 10.0.1.255 for 10.0.1.0/24)"
+                ));
+            }
+            if let Some(host) = self.hosts.iter().find(|h| h.addresses.get(network) == Some(&IpAddr::V4(*address))) {
+                problems.push(format!(
+                    "broadcast.{network}: {address} is {}'s own address on {network}, not the network's broadcast address",
+                    host.name
+                ));
+            }
+        }
         let mut seen_addresses: BTreeMap<IpAddr, String> = BTreeMap::new();
         for (i, host) in self.hosts.iter().enumerate() {
             let key = format!("hosts[{i}]");
@@ -873,6 +898,29 @@ priority = "restart"
         }
         let ConfigError::Invalid { problems, .. } = error else { panic!("not a validation error") };
         assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn broadcast_addresses_are_taken_per_network_and_checked() {
+        assert!(GOOD.contains("networks = [\"A\", \"B\"]\n"));
+        let with =
+            |line: &str| GOOD.replace("networks = [\"A\", \"B\"]\n", &format!("networks = [\"A\", \"B\"]\n{line}\n"));
+        let config =
+            AgentConfig::parse(&with(r#"broadcast = { A = "10.213.37.63", B = "10.213.37.127" }"#), "halo.toml")
+                .expect("valid");
+        assert_eq!(config.broadcast.get("B").map(ToString::to_string).as_deref(), Some("10.213.37.127"));
+        assert!(AgentConfig::parse(GOOD, "halo.toml").expect("valid").broadcast.is_empty(), "none by default");
+        let bad = with(r#"broadcast = { C = "10.0.0.255", A = "10.213.37.2", B = "127.0.0.1" }"#);
+        let text = AgentConfig::parse(&bad, "halo.toml").expect_err("invalid").to_string();
+        for needle in [
+            "broadcast.C: there is no management network C",
+            "broadcast.A: 10.213.37.2 is host-1's own address on A",
+            "broadcast.B: 127.0.0.1 is not a broadcast address",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+        let v6 = with(r#"broadcast = { A = "fe80::1" }"#);
+        assert!(AgentConfig::parse(&v6, "halo.toml").is_err(), "IPv4 only");
     }
 
     #[test]

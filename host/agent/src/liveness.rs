@@ -665,6 +665,7 @@ mod tests {
                 name: "A".into(),
                 bind: addresses[me],
                 peers: addresses.iter().filter(|(h, _)| **h != me).map(|(h, a)| (h.to_string(), *a)).collect(),
+                broadcast: None,
             }],
         }
     }

@@ -319,7 +319,8 @@ pub async fn start(
                 .filter(|h| h.name != me)
                 .filter_map(|h| Some((h.name.clone(), SocketAddr::new(*h.addresses.get(net)?, config.heartbeat_port))))
                 .collect();
-            Some(NetworkEndpoints { name: net.clone(), bind, peers })
+            let broadcast = config.broadcast.get(net).map(|ip| SocketAddr::new((*ip).into(), config.heartbeat_port));
+            Some(NetworkEndpoints { name: net.clone(), bind, peers, broadcast })
         })
         .collect();
     let transport = TransportConfig { cluster: config.cluster.clone(), me: me.clone(), membership, key, networks };

@@ -207,7 +207,8 @@ impl Lab {
                 ip(&["link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
                 ip(&["-n", &sw, "link", "set", &port, "master", &format!("br-{}", network.to_lowercase())])?;
                 ip(&["-n", &sw, "link", "set", &port, "up"])?;
-                ip(&["-n", &ns, "addr", "add", &format!("{}/26", self.address_at(host, n)), "dev", &inner])?;
+                let address = format!("{}/26", self.address_at(host, n));
+                ip(&["-n", &ns, "addr", "add", &address, "brd", "+", "dev", &inner])?;
                 ip(&["-n", &ns, "link", "set", &inner, "up"])?;
             }
         }
@@ -334,7 +335,13 @@ impl Lab {
         Ok(self.gateway_at(Self::network_index(network)?))
     }
 
-    /// An address on `network` that nobody in the lab has (the last of its /26).
+    /// The broadcast address of `network` (the last of its /26: every host on it hears it).
+    pub fn broadcast(&self, network: &str) -> Result<Ipv4Addr, LabError> {
+        let [a, b, c] = self.spec.subnet;
+        Ok(Ipv4Addr::new(a, b, c, (64 * Self::network_index(network)? + 63) as u8))
+    }
+
+    /// An address on `network` that nobody in the lab has (the next to last of its /26).
     pub fn unused_address(&self, network: &str) -> Result<Ipv4Addr, LabError> {
         let [a, b, c] = self.spec.subnet;
         Ok(Ipv4Addr::new(a, b, c, (64 * Self::network_index(network)? + 62) as u8))
@@ -926,17 +933,20 @@ impl Lab {
         Ok(format!("{}:{API_PORT}", self.address(host, "A")?))
     }
 
-    /// The `halo.toml` of host `host`'s agent: the lab's addresses, the NFS datastore `ds1`,
+    /// The `halo.toml` of host `host`'s agent: the lab's addresses (heartbeats broadcast on A
+    /// and B: one packet per network and interval), the NFS datastore `ds1`,
     /// every host's libvirt, the shared image directory, the API on network A with the lab's
     /// token, an event log per host, `vms` as `restart` VMs of 64 MiB, and `timeouts` (lines
     /// of the `[timeouts]` table, e.g. `dead-time-ms = 12000`; none: the defaults).
     pub fn agent_config(&self, host: usize, vms: &[&str], timeouts: &[&str]) -> Result<String, LabError> {
         self.check_host(host)?;
         let mut toml = format!(
-            "cluster = \"lab\"\nhost = \"host-{host}\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"B\"]\nisolation-addresses = [\"{}\", \"{}\"]\n",
+            "cluster = \"lab\"\nhost = \"host-{host}\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"B\"]\nisolation-addresses = [\"{}\", \"{}\"]\nbroadcast = {{ A = \"{}\", B = \"{}\" }}\n",
             self.cluster_key()?.display(),
             self.gateway("A")?,
-            self.gateway("B")?
+            self.gateway("B")?,
+            self.broadcast("A")?,
+            self.broadcast("B")?
         );
         let bmcs = self.bmc_dir().join("ready").exists();
         for h in 1..=self.hosts() {

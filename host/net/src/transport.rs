@@ -1,8 +1,11 @@
 //! UDP heartbeats on every management network.
 //!
 //! One socket per network, bound to this host's address on it. `send` encodes the core's
-//! heartbeat once and sends it to every peer's address on that network; a receive task per
-//! network decodes, checks that the packet came from the sender's own address on that
+//! heartbeat once and sends it to every peer's address on that network — or, where the
+//! network has a broadcast address configured, once to that address, which every host on the
+//! segment receives on a second socket bound to it (decision 0016: each host then sends one
+//! packet per network and interval, however large the cluster). A receive task per socket
+//! decodes, checks that the packet came from the sender's own address on that
 //! network and that it is newer than the last one accepted from that sender there (the
 //! incarnation, then the sequence number: a replay is dropped), and hands it on. Every drop is
 //! counted by reason; nothing is ever trusted half.
@@ -27,6 +30,9 @@ pub struct NetworkEndpoints {
     pub bind: SocketAddr,
     /// Every peer's address and port on it.
     pub peers: Vec<(String, SocketAddr)>,
+    /// The network's broadcast address and the port: heartbeats go once to it instead of to
+    /// each peer, and are received on a socket bound to it. `None`: one packet per peer.
+    pub broadcast: Option<SocketAddr>,
 }
 
 /// What the transport needs.
@@ -68,6 +74,18 @@ pub enum TransportError {
         /// Why.
         source: std::io::Error,
     },
+    /// The broadcast address could not be bound: it is not this host's network's.
+    #[error(
+        "cannot listen for heartbeats on network {network}'s broadcast address {addr}: {source}; check `broadcast.{network}` in halo.toml is the broadcast address of this host's own address on {network} (e.g. 10.0.1.255 for 10.0.1.5/24)"
+    )]
+    BindBroadcast {
+        /// Network.
+        network: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A network the core named is not configured.
     #[error("no management network named {0} is configured")]
     UnknownNetwork(String),
@@ -77,6 +95,10 @@ pub enum TransportError {
     /// Two networks were given the same name.
     #[error("management network {0} is configured twice")]
     DuplicateNetwork(String),
+    /// The sockets given do not match the networks (one each, and a second one for a
+    /// network with a broadcast address).
+    #[error("network {0}: {1}")]
+    Sockets(String, &'static str),
 }
 
 /// Counters (for metrics and tests).
@@ -148,8 +170,9 @@ impl Drop for HeartbeatTransport {
 type ReplayGuard = BTreeMap<(String, String), (u64, u64)>;
 
 impl HeartbeatTransport {
-    /// Binds one socket per network and starts receiving; accepted heartbeats arrive on the
-    /// returned channel. Must run inside a tokio runtime.
+    /// Binds one socket per network (two where it has a broadcast address) and starts
+    /// receiving; accepted heartbeats arrive on the returned channel. Must run inside a tokio
+    /// runtime.
     pub fn bind(config: TransportConfig) -> Result<(Self, mpsc::Receiver<Received>), TransportError> {
         let mut sockets = Vec::new();
         for network in &config.networks {
@@ -159,11 +182,21 @@ impl HeartbeatTransport {
                 source,
             })?;
             sockets.push((network.name.clone(), socket));
+            if let Some(addr) = network.broadcast {
+                let socket = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::BindBroadcast {
+                    network: network.name.clone(),
+                    addr,
+                    source,
+                })?;
+                sockets.push((network.name.clone(), socket));
+            }
         }
         Self::from_sockets(config, sockets)
     }
 
-    /// Starts on sockets bound elsewhere (e.g. inside another network namespace).
+    /// Starts on sockets bound elsewhere (e.g. inside another network namespace): one per
+    /// network, bound to its `bind` address, then — for a network with a broadcast address —
+    /// a second one bound to that (it only receives).
     pub fn from_sockets(
         config: TransportConfig,
         sockets: Vec<(String, std::net::UdpSocket)>,
@@ -172,6 +205,18 @@ impl HeartbeatTransport {
         for network in &config.networks {
             if accepted_per_network.insert(network.name.clone(), AtomicU64::new(0)).is_some() {
                 return Err(TransportError::DuplicateNetwork(network.name.clone()));
+            }
+            let given = sockets.iter().filter(|(n, _)| *n == network.name).count();
+            let wanted = 1 + usize::from(network.broadcast.is_some());
+            if given != wanted {
+                return Err(TransportError::Sockets(
+                    network.name.clone(),
+                    if network.broadcast.is_some() {
+                        "a network with a broadcast address needs two sockets: its own address's, then the broadcast address's"
+                    } else {
+                        "one socket is needed, bound to this host's address on it"
+                    },
+                ));
             }
         }
         let stats = Arc::new(TransportStats { accepted_per_network, ..TransportStats::default() });
@@ -193,22 +238,35 @@ impl HeartbeatTransport {
                 addr,
                 source,
             })?);
-            let peers: BTreeMap<String, IpAddr> = config
-                .networks
-                .iter()
-                .find(|n| n.name == name)
-                .map(|n| n.peers.iter().map(|(h, a)| (h.clone(), a.ip())).collect())
-                .unwrap_or_default();
+            let endpoints = config.networks.iter().find(|n| n.name == name);
+            let peers: BTreeMap<String, IpAddr> =
+                endpoints.map(|n| n.peers.iter().map(|(h, a)| (h.clone(), a.ip())).collect()).unwrap_or_default();
+            // The first socket of a network sends (and may send to its broadcast address);
+            // our own broadcasts come back on the second one and are passed over.
+            let sends = !map.contains_key(&name);
+            if sends && endpoints.is_some_and(|n| n.broadcast.is_some()) {
+                socket.set_broadcast(true).map_err(|source| TransportError::Bind {
+                    network: name.clone(),
+                    addr,
+                    source,
+                })?;
+            }
+            // Where this host's packets on the network come from.
+            let own =
+                if sends { Some(addr) } else { map.get(&name).and_then(|s: &Arc<UdpSocket>| s.local_addr().ok()) };
             tasks.push(tokio::spawn(receive(
                 Arc::clone(&socket),
                 name.clone(),
                 peers,
+                own,
                 Arc::clone(&config),
                 Arc::clone(&stats),
                 Arc::clone(&guard),
                 tx.clone(),
             )));
-            map.insert(name, socket);
+            if sends {
+                map.insert(name, socket);
+            }
         }
         Ok((Self { config, sockets: map, stats, tasks }, rx))
     }
@@ -225,7 +283,12 @@ impl HeartbeatTransport {
             .ok_or_else(|| TransportError::UnknownNetwork(network.to_string()))?;
         let packet = codec::encode(heartbeat, &self.config.cluster, &self.config.membership, &self.config.key)?;
         let mut sent = 0;
-        for (peer, addr) in &endpoints.peers {
+        let broadcast = endpoints.broadcast.map(|addr| ("every host".to_string(), addr));
+        let targets = match &broadcast {
+            Some(target) => std::slice::from_ref(target),
+            None => endpoints.peers.as_slice(),
+        };
+        for (peer, addr) in targets {
             match socket.send_to(&packet, addr).await {
                 Ok(_) => {
                     sent += 1;
@@ -251,10 +314,12 @@ impl HeartbeatTransport {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     socket: Arc<UdpSocket>,
     network: String,
     peers: BTreeMap<String, IpAddr>,
+    own: Option<SocketAddr>,
     config: Arc<TransportConfig>,
     stats: Arc<TransportStats>,
     guard: Arc<std::sync::Mutex<ReplayGuard>>,
@@ -271,6 +336,9 @@ async fn receive(
                 continue;
             }
         };
+        if own == Some(from) {
+            continue; // our own broadcast, looped back
+        }
         let verdict = codec::decode(&buf[..len], &config.cluster, &config.membership, &config.key).and_then(|d| {
             let sender = &d.heartbeat.from;
             if *sender == config.me {

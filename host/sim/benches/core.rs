@@ -149,9 +149,12 @@ fn scale(hosts: usize, seconds: u64) {
     let per_second = 1_000 / t.heartbeat_interval_ms;
     let heartbeat_of = |peer: &String, seq: u64| follower_heartbeat(&names, peer, seq, &per_host);
     let packet = halo_net::codec::encode(&heartbeat_of(&names[1], 1), "bench", &membership, &key).expect("encodes");
-    // Every host sends its heartbeat to every other host on every network.
+    // Every host sends its heartbeat to every other host on every network — one packet per
+    // peer, or one to the network's broadcast address (`broadcast` in halo.toml).
     let packets_per_host = (hosts as u64 - 1) * networks * per_second;
     let bytes_per_host = packets_per_host * packet.len() as u64;
+    let broadcast_packets = networks * per_second;
+    let broadcast_bytes = broadcast_packets * packet.len() as u64;
 
     let mut node = Node::new(&names[0], config.clone(), 0);
     let mut policies = BuiltinPolicies;
@@ -193,10 +196,11 @@ fn scale(hosts: usize, seconds: u64) {
     assert!(node.is_master(), "host-1 should be master");
     let cpu = busy.as_secs_f64() / seconds as f64;
     println!(
-        "scale, {hosts} hosts (all-to-all heartbeats, {} ms interval, 2 networks): a host sends {packets_per_host} packets/s of {} bytes = {:.1} KB/s; the master receives {} heartbeats/s and spends {:.1} ms CPU per second on them and the datastore records ({:.1}% of one core, decoding included)",
+        "scale, {hosts} hosts (all-to-all heartbeats, {} ms interval, 2 networks): a host sends {packets_per_host} packets/s of {} bytes = {:.1} KB/s one per peer, {broadcast_packets} packets/s = {:.1} KB/s by broadcast; the master receives {} heartbeats/s and spends {:.1} ms CPU per second on them and the datastore records ({:.1}% of one core, decoding included)",
         t.heartbeat_interval_ms,
         packet.len(),
         bytes_per_host as f64 / 1e3,
+        broadcast_bytes as f64 / 1e3,
         received / seconds,
         cpu * 1e3,
         cpu * 100.0

@@ -30,6 +30,7 @@ fn config(lab: &Lab, host: usize) -> TransportConfig {
                 .filter(|&h| h != host)
                 .map(|h| (Lab::host_name(h), SocketAddr::from((lab.address(h, net).expect("address"), PORT))))
                 .collect(),
+            broadcast: None,
         })
         .collect();
     TransportConfig {
@@ -45,6 +46,25 @@ fn config(lab: &Lab, host: usize) -> TransportConfig {
 fn transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<Received>) {
     let config = config(lab, host);
     let binds: Vec<(String, SocketAddr)> = config.networks.iter().map(|n| (n.name.clone(), n.bind)).collect();
+    let sockets = lab
+        .enter(host, move || {
+            binds.into_iter().map(|(n, a)| (n, UdpSocket::bind(a).expect("bind in the namespace"))).collect::<Vec<_>>()
+        })
+        .expect("enter");
+    HeartbeatTransport::from_sockets(config, sockets).expect("transport")
+}
+
+/// The host's transport sending to each network's broadcast address: its sockets (its own
+/// address's, then the broadcast address's) bound inside its namespace.
+fn broadcast_transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<Received>) {
+    let mut config = config(lab, host);
+    let mut binds = Vec::new();
+    for network in &mut config.networks {
+        let broadcast = SocketAddr::from((lab.broadcast(&network.name).expect("broadcast"), PORT));
+        network.broadcast = Some(broadcast);
+        binds.push((network.name.clone(), network.bind));
+        binds.push((network.name.clone(), broadcast));
+    }
     let sockets = lab
         .enter(host, move || {
             binds.into_iter().map(|(n, a)| (n, UdpSocket::bind(a).expect("bind in the namespace"))).collect::<Vec<_>>()
@@ -248,4 +268,84 @@ fn a_partition_and_packet_loss_on_the_lab_bridges() {
         lab.heal_loss("A").expect("heal");
         drain(&mut rx2);
     });
+}
+
+#[test]
+fn broadcast_heartbeats_reach_every_host_with_one_packet_per_network() {
+    let Some(lab) = crate::lab("broadcast", 3) else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let (one, mut rx1) = broadcast_transport(&lab, 1);
+        let (two, mut rx2) = broadcast_transport(&lab, 2);
+        let (three, mut rx3) = broadcast_transport(&lab, 3);
+
+        send_rounds(&one, 1, 10).await;
+        assert_eq!(one.stats().sent(), 20, "one packet per network and round, not one per peer");
+        for (rx, peer) in [(&mut rx2, &two), (&mut rx3, &three)] {
+            let stats = peer.stats();
+            assert_eq!((stats.accepted_on("A"), stats.accepted_on("B")), (10, 10), "both networks, every round");
+            let got = drain(rx);
+            assert_eq!(got.len(), 20);
+            assert!(got.iter().all(|r| r.heartbeat == beat(r.heartbeat.seq)), "decoded as sent");
+        }
+        // The sender's own broadcasts come back to it and are passed over, not counted.
+        assert_eq!(one.stats().accepted(), 0);
+        assert!(drain(&mut rx1).is_empty());
+        let dropped = |t: &HeartbeatTransport| DropReason::ALL.iter().map(|r| t.stats().dropped(*r)).sum::<u64>();
+        assert_eq!(dropped(&one) + dropped(&two) + dropped(&three), 0, "nothing dropped");
+
+        // A cut cable: host-3 hears nothing more on A, host-2 still does.
+        lab.set_link(3, "A", false).expect("cut A");
+        send_rounds(&one, 11, 5).await;
+        assert_eq!((three.stats().accepted_on("A"), three.stats().accepted_on("B")), (10, 15));
+        assert_eq!((two.stats().accepted_on("A"), two.stats().accepted_on("B")), (15, 15));
+        lab.set_link(3, "A", true).expect("heal A");
+
+        // host-3 broadcasts host-1's genuine packet and a forged one on B: every receiver drops
+        // both (wrong source, bad MAC); the broadcast socket checks as the other does.
+        let broadcast = SocketAddr::from((lab.broadcast("B").expect("broadcast"), PORT));
+        let members = membership(&lab);
+        let genuine = codec::encode(&beat(1_000), "lab", &members, &key()).expect("encodes");
+        let forged =
+            codec::encode(&beat(1_001), "lab", &members, &ClusterKey::new(&[9; 32]).expect("key")).expect("encodes");
+        let from = SocketAddr::from((lab.address(3, "B").expect("address"), 0));
+        lab.enter(3, move || {
+            let socket = UdpSocket::bind(from).expect("bind");
+            socket.set_broadcast(true).expect("broadcast");
+            for p in [genuine, forged] {
+                socket.send_to(&p, broadcast).expect("send");
+            }
+        })
+        .expect("enter");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for peer in [&one, &two] {
+            assert_eq!(peer.stats().dropped(DropReason::WrongSource), 1);
+            assert_eq!(peer.stats().dropped(DropReason::BadMac), 1);
+        }
+        assert_eq!(two.stats().accepted(), 30, "nothing hostile got through");
+        drain(&mut rx2);
+        drain(&mut rx3);
+    });
+}
+
+#[test]
+fn a_broadcast_address_not_of_this_hosts_network_is_refused_with_what_to_fix() {
+    let config = TransportConfig {
+        cluster: "lab".into(),
+        me: "host-1".into(),
+        membership: Membership::new(vec!["host-1".into(), "host-2".into()]),
+        key: key(),
+        networks: vec![NetworkEndpoints {
+            name: "A".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peers: vec![("host-2".into(), SocketAddr::from(([127, 0, 0, 1], 7399)))],
+            // No interface of this machine has it (the tests use 10.213.37.0/24 in namespaces).
+            broadcast: Some(SocketAddr::from(([10, 213, 99, 255], PORT))),
+        }],
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let error = runtime.block_on(async { HeartbeatTransport::bind(config).err().expect("refused") });
+    assert!(matches!(error, halo_net::TransportError::BindBroadcast { .. }), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("check `broadcast.A` in halo.toml"), "{text}");
 }

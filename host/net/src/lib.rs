@@ -19,4 +19,6 @@ pub mod transport;
 
 pub use codec::{ClusterKey, DropReason, KeyError, Membership};
 pub use driver::{Heartbeats, Pinger};
-pub use transport::{HeartbeatTransport, NetworkEndpoints, Received, TransportConfig, TransportError, TransportStats};
+pub use transport::{
+    HeartbeatTransport, NetworkEndpoints, Received, TransportConfig, TransportError, TransportStats, bind_sockets,
+};

@@ -166,37 +166,69 @@ impl Drop for HeartbeatTransport {
     }
 }
 
+/// Binds, for every network: a socket on this host's address (it sends and receives); one on
+/// the network's broadcast address when one is configured (an error if it cannot be bound:
+/// it is not this host's network's); else, where the interface holding this host's address
+/// has a broadcast address, one on that — receive only, best effort — so that a host hears
+/// peers that broadcast before it does so itself (a rolling change of `broadcast`, decision
+/// 0016). Plain sockets: call it inside the network namespace they belong to.
+pub fn bind_sockets(config: &TransportConfig) -> Result<Vec<(String, std::net::UdpSocket)>, TransportError> {
+    let mut sockets = Vec::new();
+    for network in &config.networks {
+        let socket = std::net::UdpSocket::bind(network.bind).map_err(|source| TransportError::Bind {
+            network: network.name.clone(),
+            addr: network.bind,
+            source,
+        })?;
+        sockets.push((network.name.clone(), socket));
+        if let Some(addr) = network.broadcast {
+            let socket = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::BindBroadcast {
+                network: network.name.clone(),
+                addr,
+                source,
+            })?;
+            sockets.push((network.name.clone(), socket));
+        } else if let Some(ip) = interface_broadcast(network.bind.ip()) {
+            let addr = SocketAddr::new(ip.into(), network.bind.port());
+            match std::net::UdpSocket::bind(addr) {
+                Ok(socket) => sockets.push((network.name.clone(), socket)),
+                Err(error) => {
+                    tracing::debug!(network = %network.name, %addr, "not listening for broadcast heartbeats: {error}")
+                }
+            }
+        }
+    }
+    Ok(sockets)
+}
+
+/// The broadcast address of the interface that holds `ip`, if it has one.
+fn interface_broadcast(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+    let IpAddr::V4(ip) = ip else { return None };
+    let addresses = nix::ifaddrs::getifaddrs().ok()?;
+    for interface in addresses {
+        let own = interface.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|a| a.ip());
+        if own == Some(ip) {
+            return interface.broadcast.as_ref().and_then(|b| b.as_sockaddr_in()).map(|b| b.ip()).filter(|b| *b != ip);
+        }
+    }
+    None
+}
+
 /// Per (sender, network): the newest (incarnation, sequence) accepted.
 type ReplayGuard = BTreeMap<(String, String), (u64, u64)>;
 
 impl HeartbeatTransport {
-    /// Binds one socket per network (two where it has a broadcast address) and starts
-    /// receiving; accepted heartbeats arrive on the returned channel. Must run inside a tokio
-    /// runtime.
+    /// Binds the sockets ([`bind_sockets`]) and starts receiving; accepted heartbeats arrive
+    /// on the returned channel. Must run inside a tokio runtime.
     pub fn bind(config: TransportConfig) -> Result<(Self, mpsc::Receiver<Received>), TransportError> {
-        let mut sockets = Vec::new();
-        for network in &config.networks {
-            let socket = std::net::UdpSocket::bind(network.bind).map_err(|source| TransportError::Bind {
-                network: network.name.clone(),
-                addr: network.bind,
-                source,
-            })?;
-            sockets.push((network.name.clone(), socket));
-            if let Some(addr) = network.broadcast {
-                let socket = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::BindBroadcast {
-                    network: network.name.clone(),
-                    addr,
-                    source,
-                })?;
-                sockets.push((network.name.clone(), socket));
-            }
-        }
+        let sockets = bind_sockets(&config)?;
         Self::from_sockets(config, sockets)
     }
 
-    /// Starts on sockets bound elsewhere (e.g. inside another network namespace): one per
-    /// network, bound to its `bind` address, then — for a network with a broadcast address —
-    /// a second one bound to that (it only receives).
+    /// Starts on sockets bound elsewhere (e.g. inside another network namespace, with
+    /// [`bind_sockets`]): per network, first the one bound to this host's address (it sends),
+    /// then any that only receive — the broadcast address's, required when the network has
+    /// one configured.
     pub fn from_sockets(
         config: TransportConfig,
         sockets: Vec<(String, std::net::UdpSocket)>,
@@ -208,7 +240,7 @@ impl HeartbeatTransport {
             }
             let given = sockets.iter().filter(|(n, _)| *n == network.name).count();
             let wanted = 1 + usize::from(network.broadcast.is_some());
-            if given != wanted {
+            if given < wanted {
                 return Err(TransportError::Sockets(
                     network.name.clone(),
                     if network.broadcast.is_some() {

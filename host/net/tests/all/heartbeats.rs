@@ -73,6 +73,15 @@ fn broadcast_transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<
     HeartbeatTransport::from_sockets(config, sockets).expect("transport")
 }
 
+/// The host's transport as the agent binds it (`bind_sockets`), inside its namespace, without
+/// a broadcast address configured: it sends to each peer and still hears broadcasts.
+fn agent_transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<Received>) {
+    let config = config(lab, host);
+    let for_binding = config.clone();
+    let sockets = lab.enter(host, move || halo_net::bind_sockets(&for_binding).expect("binds")).expect("enter");
+    HeartbeatTransport::from_sockets(config, sockets).expect("transport")
+}
+
 fn beat(seq: u64) -> Heartbeat {
     Heartbeat {
         from: "host-1".into(),
@@ -277,7 +286,9 @@ fn broadcast_heartbeats_reach_every_host_with_one_packet_per_network() {
     runtime.block_on(async {
         let (one, mut rx1) = broadcast_transport(&lab, 1);
         let (two, mut rx2) = broadcast_transport(&lab, 2);
-        let (three, mut rx3) = broadcast_transport(&lab, 3);
+        // host-3 has no broadcast address configured (a rolling change): it hears the others'
+        // broadcasts all the same, and they hear its packets sent to each of them.
+        let (three, mut rx3) = agent_transport(&lab, 3);
 
         send_rounds(&one, 1, 10).await;
         assert_eq!(one.stats().sent(), 20, "one packet per network and round, not one per peer");
@@ -294,11 +305,19 @@ fn broadcast_heartbeats_reach_every_host_with_one_packet_per_network() {
         let dropped = |t: &HeartbeatTransport| DropReason::ALL.iter().map(|r| t.stats().dropped(*r)).sum::<u64>();
         assert_eq!(dropped(&one) + dropped(&two) + dropped(&three), 0, "nothing dropped");
 
+        three.send("A", &beat_from("host-3", 1)).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(three.stats().sent(), 2, "one packet to each peer");
+        assert_eq!((one.stats().accepted_on("A"), two.stats().accepted_on("A")), (1, 11), "host-3 heard on A");
+        for rx in [&mut rx1, &mut rx2] {
+            assert_eq!(drain(rx).iter().filter(|r| r.heartbeat.from == "host-3").count(), 1);
+        }
+
         // A cut cable: host-3 hears nothing more on A, host-2 still does.
         lab.set_link(3, "A", false).expect("cut A");
         send_rounds(&one, 11, 5).await;
         assert_eq!((three.stats().accepted_on("A"), three.stats().accepted_on("B")), (10, 15));
-        assert_eq!((two.stats().accepted_on("A"), two.stats().accepted_on("B")), (15, 15));
+        assert_eq!((two.stats().accepted_on("A"), two.stats().accepted_on("B")), (16, 15));
         lab.set_link(3, "A", true).expect("heal A");
 
         // host-3 broadcasts host-1's genuine packet and a forged one on B: every receiver drops
@@ -322,7 +341,7 @@ fn broadcast_heartbeats_reach_every_host_with_one_packet_per_network() {
             assert_eq!(peer.stats().dropped(DropReason::WrongSource), 1);
             assert_eq!(peer.stats().dropped(DropReason::BadMac), 1);
         }
-        assert_eq!(two.stats().accepted(), 30, "nothing hostile got through");
+        assert_eq!(two.stats().accepted(), 31, "nothing hostile got through");
         drain(&mut rx2);
         drain(&mut rx3);
     });

@@ -2525,3 +2525,224 @@ fn a_host_reported_failing_is_emptied_by_live_migration() {
         emptied.as_secs_f64()
     );
 }
+
+/// Issue 21 part 3: `n` real agents on one machine, heartbeats broadcast on A and B, the
+/// datastore on the lab's NFS server, a libvirtd per host with four tiny KVM guests in all
+/// (two on the last host). Prints the cold-start election time, heartbeat packets and bytes,
+/// NFS requests, the master's CPU and memory, a host crash's failover, and checks that a
+/// 50|50 partition restarts nothing. `HALO_LARGE_LAB` lists the sizes (default `16,60`; at
+/// most 60: the lab's networks are /26s of one /24).
+#[test]
+#[ignore = "benchmark: cargo xtask bench (or cargo test --release -p halo-cli --test agents -- --ignored --nocapture)"]
+fn bench_large_lab() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let sizes: Vec<usize> = std::env::var("HALO_LARGE_LAB")
+        .unwrap_or_else(|_| "16,60".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("HALO_LARGE_LAB: sizes like 16,48"))
+        .collect();
+    for n in sizes {
+        if !large_lab(n) {
+            return;
+        }
+    }
+}
+
+/// One size of [`bench_large_lab`]; false when the machine cannot build a lab.
+fn large_lab(n: usize) -> bool {
+    let test = "bench_large_lab";
+    if !halo_lab::for_test(test) {
+        return false;
+    }
+    let lab = Lab::up(LabSpec::new(&format!("L{}", std::process::id() % 100_000), n)).expect("lab");
+    if let Err(e) = lab.nfs_start(&["ds1"]) {
+        halo_lab::skip_for_test(test, &e.to_string());
+        return false;
+    }
+    for h in 1..=n {
+        lab.libvirt_start(h).expect("libvirtd");
+    }
+    let hv: BTreeMap<usize, Hypervisor> = (1..=n)
+        .map(|h| (h, Hypervisor::connect_with_timeout(&lab.libvirt_uri(h), Duration::from_secs(10)).expect("libvirt")))
+        .collect();
+    let vms: [(&str, usize); 4] = [("vm-1", n), ("vm-2", n), ("vm-3", 2), ("vm-4", n / 2)];
+    for (vm, host) in vms {
+        let xml = lab.tiny_guest_xml(vm, 64).expect("xml");
+        lab.protect(vm, &xml).expect("protected list");
+        hv[&host].define(&with_generation(&xml, 1)).expect("define");
+        hv[&host].start(vm).expect("start");
+    }
+    let names: Vec<&str> = vms.iter().map(|(vm, _)| *vm).collect();
+    // Memory: 48 agents with `mlockall` hold ≈ 150 MB each resident; the lab has 24 GiB.
+    let configs: Vec<String> = (1..=n)
+        .map(|h| lab.agent_config(h, &names, &[]).expect("config") + "\n[liveness]\nlock-memory = false\n")
+        .collect();
+    let started = Instant::now();
+    let mut agents: BTreeMap<usize, Child> = BTreeMap::new();
+    for (i, config) in configs.iter().enumerate() {
+        agents.insert(i + 1, lab.start_agent(i + 1, halo(), config).expect("agent"));
+    }
+    let spawned = started.elapsed();
+    // Formed: host-1's view names a master and every host running.
+    let status = |h: usize| -> Option<serde_json::Value> {
+        let config = lab.dir().join(format!("halo-{h}.toml"));
+        let out = lab.exec(h, &halo().to_string_lossy(), &["status", "--json", "--config", &config.to_string_lossy()]);
+        out.ok().and_then(|o| serde_json::from_str(&o).ok())
+    };
+    let formed = |s: &serde_json::Value| {
+        let hosts = s["hosts"].as_array().map(Vec::as_slice).unwrap_or_default();
+        hosts.len() == n
+            && hosts.iter().filter(|h| h["master"] == true).count() == 1
+            && hosts.iter().all(|h| h["state"] == "running" || h["state"] == "this host")
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let master = loop {
+        if let Some(s) = status(1).filter(formed) {
+            let hosts = s["hosts"].as_array().cloned().unwrap_or_default();
+            let name = hosts.iter().find(|h| h["master"] == true).and_then(|h| h["name"].as_str()).map(String::from);
+            break name.expect("a master");
+        }
+        assert!(Instant::now() < deadline, "{n} agents: no cluster formed within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let election = started.elapsed();
+    let elections = (1..=n)
+        .map(|h| std::fs::read_to_string(lab.dir().join(format!("agent-{h}.log"))).unwrap_or_default())
+        .map(|log| log.matches("master-elected").count())
+        .sum::<usize>();
+    let master_host: usize = master.trim_start_matches("host-").parse().expect("host-N");
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Ten seconds of steady state: what the hosts send on A and B (their switch ports' rx),
+    // what the NFS server receives (TCP segments with a payload to port 2049: one per request
+    // for these small reads and writes), the master's CPU and memory.
+    nft_counter(&lab.storage(), true);
+    let ports = |h: usize| ["a", "b"].map(|net| format!("h{h}-{net}"));
+    let sent = || -> (u64, u64) {
+        let json = std::process::Command::new("ip")
+            .args(["-n", &lab.switch(), "-s", "-j", "link", "show"])
+            .output()
+            .expect("ip link");
+        let links: serde_json::Value = serde_json::from_slice(&json.stdout).expect("ip -j");
+        let mut total = (0, 0);
+        for link in links.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let name = link["ifname"].as_str().unwrap_or_default();
+            if (1..=n).any(|h| ports(h).iter().any(|p| p == name)) {
+                total.0 += link["stats64"]["rx"]["packets"].as_u64().unwrap_or(0);
+                total.1 += link["stats64"]["rx"]["bytes"].as_u64().unwrap_or(0);
+            }
+        }
+        total
+    };
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+        let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+        ticks as f64 / 100.0
+    };
+    let pids: Vec<u32> = agents.values().map(Child::id).collect();
+    let master_pid = agents[&master_host].id();
+    let window = Duration::from_secs(10);
+    let (p0, b0) = sent();
+    let nfs0 = nft_counter(&lab.storage(), false);
+    let (m0, all0) = (cpu(master_pid), pids.iter().map(|&p| cpu(p)).sum::<f64>());
+    std::thread::sleep(window);
+    let (p1, b1) = sent();
+    let nfs1 = nft_counter(&lab.storage(), false);
+    let (m1, all1) = (cpu(master_pid), pids.iter().map(|&p| cpu(p)).sum::<f64>());
+    let rss = std::fs::read_to_string(format!("/proc/{master_pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    let secs = window.as_secs_f64();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    // A 50|50 partition on A and B (the datastore stays reachable from both halves): nothing
+    // is restarted, every VM keeps running where it was, once.
+    let half: Vec<usize> = (1..=n / 2).collect();
+    let other: Vec<usize> = (n / 2 + 1..=n).collect();
+    lab.partition(&[half, other]).expect("partition");
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        for (vm, host) in vms {
+            let running: Vec<usize> =
+                (1..=n).filter(|h| hv[h].state(vm).ok().flatten() == Some(DomainState::Running)).collect();
+            assert_eq!(running, vec![host], "{n} agents, 50|50 partition: {vm} must stay on host-{host} only");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.heal_partition().expect("heal");
+    std::thread::sleep(Duration::from_secs(8));
+
+    // host-n crashes (its agent, libvirtd and guests killed, its links down): vm-1 and vm-2
+    // must run again elsewhere, each on one host at every poll.
+    let crashed = Instant::now();
+    lab.kill_host(n).expect("crash");
+    let mut back: BTreeMap<&str, Duration> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while back.len() < 2 && Instant::now() < deadline {
+        for vm in ["vm-1", "vm-2"] {
+            let running: Vec<usize> =
+                (1..n).filter(|h| hv[h].state(vm).ok().flatten() == Some(DomainState::Running)).collect();
+            assert!(running.len() <= 1, "{n} agents: {vm} runs on {running:?} at once");
+            if running.len() == 1 {
+                back.entry(vm).or_insert_with(|| crashed.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(back.len(), 2, "{n} agents: vm-1 and vm-2 did not both come back: {back:?}");
+    for mut agent in agents.into_values() {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    println!(
+        "figure: large lab, {n} agents (heartbeats broadcast on A and B, default timeouts; load average {}): \
+         cold start -> cluster formed (one master, every host running, as host-1 sees it) {:.1} s \
+         (agents spawned within {:.2} s; {elections} master election(s) logged on the way); \
+         hosts send {:.0} packets/s, {:.1} KB/s on A and B together ({:.1} packets/s, {:.2} KB/s per host); \
+         NFS server: {:.0} requests/s; master ({master}) {:.1} % of one core, {rss} resident; \
+         all {n} agents {:.1} % of one core together; 50|50 partition: nothing restarted (20 s); \
+         host-{n} crash -> vm-1 {:.2} s, vm-2 {:.2} s running elsewhere",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        election.as_secs_f64(),
+        spawned.as_secs_f64(),
+        (p1 - p0) as f64 / secs,
+        (b1 - b0) as f64 / secs / 1e3,
+        (p1 - p0) as f64 / secs / n as f64,
+        (b1 - b0) as f64 / secs / n as f64 / 1e3,
+        (nfs1 - nfs0) as f64 / secs,
+        (m1 - m0) / secs * 100.0,
+        (all1 - all0) / secs * 100.0,
+        back["vm-1"].as_secs_f64(),
+        back["vm-2"].as_secs_f64(),
+    );
+    true
+}
+
+/// A counter of TCP segments with a payload to port 2049 in namespace `ns`: set up (`create`)
+/// or read.
+fn nft_counter(ns: &str, create: bool) -> u64 {
+    let nft = |args: &str| {
+        std::process::Command::new("ip").args(["netns", "exec", ns, "nft"]).args(args.split(' ')).output().expect("nft")
+    };
+    if create {
+        for command in [
+            "add table inet halo_bench",
+            "add chain inet halo_bench input { type filter hook input priority 0 ; policy accept ; }",
+            "add rule inet halo_bench input tcp dport 2049 meta length > 64 counter",
+        ] {
+            let out = nft(command);
+            assert!(out.status.success(), "nft {command}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        return 0;
+    }
+    let out = nft("list chain inet halo_bench input");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("counter packets ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

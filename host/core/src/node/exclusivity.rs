@@ -48,6 +48,58 @@ pub struct Duplicate {
     pub since: Millis,
 }
 
+/// When the master first saw each copy of a VM reported running: VM → host → when. By VM,
+/// then host, so that the evaluation (ten a second) looks copies up by borrowed names and
+/// allocates only for a copy it has not seen before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct FirstSeen(BTreeMap<String, BTreeMap<String, Millis>>);
+
+impl FirstSeen {
+    /// When `vm`'s copy on `host` was first seen.
+    pub fn get(&self, vm: &str, host: &str) -> Option<Millis> {
+        self.0.get(vm).and_then(|hosts| hosts.get(host)).copied()
+    }
+
+    /// Records `vm`'s copy on `host` as seen since `since`, unless it was seen already.
+    pub fn note(&mut self, vm: &str, host: &str, since: Millis) {
+        match self.0.get_mut(vm) {
+            Some(hosts) => {
+                if !hosts.contains_key(host) {
+                    hosts.insert(host.to_string(), since);
+                }
+            }
+            None => {
+                self.0.insert(vm.to_string(), BTreeMap::from([(host.to_string(), since)]));
+            }
+        }
+    }
+
+    /// Records `vm`'s copy on `host` as seen since `at` at the latest.
+    pub fn lower(&mut self, vm: &str, host: &str, at: Millis) {
+        let seen = self.0.entry(vm.to_string()).or_default().entry(host.to_string()).or_insert(at);
+        *seen = (*seen).min(at);
+    }
+
+    /// Forgets `vm`'s copy on `host`; when it was first seen.
+    pub fn remove(&mut self, vm: &str, host: &str) -> Option<Millis> {
+        let hosts = self.0.get_mut(vm)?;
+        let at = hosts.remove(host);
+        if hosts.is_empty() {
+            self.0.remove(vm);
+        }
+        at
+    }
+
+    /// Keeps the copies `keep(vm, host)` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.0.retain(|vm, hosts| {
+            hosts.retain(|host, _| keep(vm, host));
+            !hosts.is_empty()
+        });
+    }
+}
+
 impl Node {
     /// Whether a peer's VM list says what runs there now: it runs (as far as this master
     /// judges) and was heard itself lately — a host known alive only through others' acks may
@@ -112,11 +164,12 @@ impl Node {
                     Some((g, h, at)) if g == generation && h == host => (*at).min(now),
                     _ => now,
                 };
-                master.first_seen.entry((vm.clone(), host.clone())).or_insert(since);
+                master.first_seen.note(vm, host, since);
             }
         }
-        master.first_seen.retain(|(vm, host), _| {
-            copies.get(vm).is_some_and(|h| h.contains_key(host)) || unheard_copies.contains(&(vm.clone(), host.clone()))
+        master.first_seen.retain(|vm, host| {
+            copies.get(vm).is_some_and(|h| h.contains_key(host))
+                || unheard_copies.contains(&(vm.to_string(), host.to_string()))
         });
         let mut events: Vec<(Severity, EventKind, String)> = Vec::new();
         let mut pauses: Vec<(String, String)> = Vec::new();
@@ -150,9 +203,7 @@ impl Node {
         // copy at its target on the source's last report).
         let confirm = 3 * self.config.timeouts.heartbeat_interval_ms;
         let confirmed = |vm: &String, hosts: &BTreeMap<String, u64>| {
-            hosts.keys().all(|host| {
-                master.first_seen.get(&(vm.clone(), host.clone())).is_some_and(|&at| now.saturating_sub(at) >= confirm)
-            })
+            hosts.keys().all(|host| master.first_seen.get(vm, host).is_some_and(|at| now.saturating_sub(at) >= confirm))
         };
         for (vm, hosts) in
             copies.iter().filter(|(vm, h)| h.len() > 1 && !master.migrating.contains(*vm) && confirmed(vm, h))
@@ -175,7 +226,7 @@ impl Node {
                 }
                 _ => Vec::new(),
             };
-            let first = |host: &str| master.first_seen.get(&(vm.clone(), host.to_string())).copied().unwrap_or(now);
+            let first = |host: &str| master.first_seen.get(vm, host).unwrap_or(now);
             let described: Vec<String> = hosts
                 .iter()
                 .map(|(host, generation)| {
@@ -318,7 +369,7 @@ impl Node {
 fn keeper(
     vm: &str,
     hosts: &BTreeMap<String, u64>,
-    first_seen: &BTreeMap<(String, String), Millis>,
+    first_seen: &FirstSeen,
     paused: &BTreeSet<String>,
     settled: Millis,
 ) -> Option<String> {
@@ -329,8 +380,7 @@ fn keeper(
     if let [only] = candidates.as_slice() {
         return Some((*only).clone());
     }
-    let seen =
-        |host: &String| first_seen.get(&(vm.to_string(), host.clone())).copied().unwrap_or(Millis::MAX).max(settled);
+    let seen = |host: &String| first_seen.get(vm, host).unwrap_or(Millis::MAX).max(settled);
     let earliest = candidates.iter().map(|h| seen(h)).min()?;
     let firsts: Vec<&&String> = candidates.iter().filter(|h| seen(h) == earliest).collect();
     match firsts.as_slice() {

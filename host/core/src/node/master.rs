@@ -117,7 +117,7 @@ pub struct MasterState {
     /// before it saw them leave must not move them again.
     pub(super) moved: BTreeMap<String, (String, Millis)>,
     /// When this master first saw each (VM, host) reported running (`exclusivity`).
-    pub(super) first_seen: BTreeMap<(String, String), Millis>,
+    pub(super) first_seen: super::exclusivity::FirstSeen,
     /// Protected VMs found running on more than one host (`exclusivity`).
     pub(super) duplicates: BTreeMap<String, super::exclusivity::Duplicate>,
 }
@@ -134,7 +134,7 @@ impl MasterState {
             evacuating: BTreeSet::new(),
             migrating: BTreeSet::new(),
             moved: BTreeMap::new(),
-            first_seen: BTreeMap::new(),
+            first_seen: Default::default(),
             duplicates: BTreeMap::new(),
         }
     }
@@ -1442,9 +1442,8 @@ impl Node {
                 // The copy that arrived is the one that ran before: a copy started outside
                 // halo meanwhile elsewhere is the newcomer (simulator seed 2819: halo's copy,
                 // just moved by an evacuation, was taken for the new one and paused for good).
-                if let Some(at) = master.first_seen.remove(&(vm.to_string(), from.to_string())) {
-                    let seen = master.first_seen.entry((vm.to_string(), to.to_string())).or_insert(at);
-                    *seen = (*seen).min(at);
+                if let Some(at) = master.first_seen.remove(vm, from) {
+                    master.first_seen.lower(vm, to, at);
                 }
                 // The claim's host is where the VM ran when claimed: its copy now runs on `to`
                 // (simulator seed 1902: a copy started outside halo on the claim's host after

@@ -517,6 +517,10 @@ impl Node {
     /// Proved by `master::tests::a_claim_for_a_host_that_never_started_the_vm_is_superseded_on_that_host`
     /// and the simulator's random schedules (seed 260 stayed down before this rule).
     fn watch_restarts(&mut self) {
+        // Nothing under way (nearly always): nothing to build the cluster's picture for.
+        if self.master.as_ref().is_none_or(|m| m.restarts.is_empty()) {
+            return;
+        }
         let t = self.config.timeouts;
         let now = self.now;
         let failed: BTreeSet<String> =

@@ -1,6 +1,5 @@
 //! The simulated world and the invariant checks.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use halo_core::capacity::FailoverPlan;
@@ -314,6 +313,35 @@ struct Store {
     cut: BTreeSet<String>,
 }
 
+/// An event in the queue: the earliest first, and among events due at the same time the one
+/// pushed first (`seq`), so that a seed replays exactly.
+struct Queued {
+    at: Millis,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl Ord for Queued {
+    /// Reversed: `BinaryHeap` pops the greatest.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// A simulated cluster.
 pub struct Sim<'p> {
     opts: SimOptions,
@@ -321,9 +349,7 @@ pub struct Sim<'p> {
     policies: &'p mut dyn Policies,
     now: Millis,
     seq: u64,
-    queue: BinaryHeap<Reverse<(Millis, u64, usize)>>,
-    events: BTreeMap<usize, Ev>,
-    next_id: usize,
+    queue: BinaryHeap<Queued>,
     rng: Rng,
     hosts: Vec<SimHost>,
     index: BTreeMap<String, usize>,
@@ -387,8 +413,6 @@ impl<'p> Sim<'p> {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
-            next_id: 0,
             rng,
             hosts,
             index,
@@ -440,11 +464,8 @@ impl<'p> Sim<'p> {
     }
 
     fn push(&mut self, at: Millis, ev: Ev) {
-        let id = self.next_id;
-        self.next_id += 1;
         self.seq += 1;
-        self.events.insert(id, ev);
-        self.queue.push(Reverse((at, self.seq, id)));
+        self.queue.push(Queued { at, seq: self.seq, ev });
     }
 
     fn deliver(&mut self, host: usize, delay: Millis, input: Input) {
@@ -464,13 +485,12 @@ impl<'p> Sim<'p> {
 
     /// Runs to the end and checks the end-of-run invariants.
     pub fn run(mut self) -> Outcome {
-        while let Some(Reverse((at, _, id))) = self.queue.pop() {
+        while let Some(Queued { at, ev, .. }) = self.queue.pop() {
             if at > self.opts.duration {
                 break;
             }
             self.now = at;
             self.steps += 1;
-            let Some(ev) = self.events.remove(&id) else { continue };
             self.step(ev);
         }
         self.check_eventually_running();

@@ -1116,8 +1116,12 @@ impl Node {
         let index = peer.index;
         // The peer's number when it changes here (for `seqs`).
         let mut seq_now = None;
-        // The same heartbeat again, on another network: its acks were taken already.
-        let duplicate = peer.incarnation == Some(hb.incarnation) && hb.seq == previous_direct;
+        // The same heartbeat again, on another network: it says nothing the first copy did
+        // not (a host sends the same heartbeat on every network under one number); that the
+        // network lives is noted above. Half of all heartbeats: they are not read again.
+        if peer.incarnation == Some(hb.incarnation) && hb.seq == previous_direct {
+            return;
+        }
         if peer.incarnation != Some(hb.incarnation) {
             // The peer's agent started anew: VMs it reported before and does not report now
             // are gone (a reboot takes them; a mere agent restart finds them again).
@@ -1191,7 +1195,7 @@ impl Node {
         }
         // Acks tell us who the sender hears: third-party liveness evidence. Most say nothing
         // new (the peer's heartbeat came directly first): the flat copy answers those.
-        for &(i, seq) in hb.acks.iter().filter(|_| !duplicate) {
+        for &(i, seq) in &hb.acks {
             let i = i as usize;
             if me == Some(i) || self.seqs.get(i).is_none_or(|known| seq <= *known) {
                 continue;

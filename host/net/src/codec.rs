@@ -124,8 +124,7 @@ impl Membership {
         Self { hosts, digest }
     }
 
-    /// The index of `host` in the list (what acks carry).
-    pub fn index(&self, host: &str) -> Option<usize> {
+    fn index(&self, host: &str) -> Option<usize> {
         self.hosts.iter().position(|h| h == host)
     }
 

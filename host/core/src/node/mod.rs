@@ -708,7 +708,7 @@ impl Node {
             .collect();
         let ha_enabled = config.ha.enabled;
         let seqs = vec![0; config.hosts.len()];
-        let index = config.hosts.iter().position(|h| h.name == name);
+        let index = config.host_index(name);
         Self {
             name: name.to_string(),
             config,
@@ -967,7 +967,7 @@ impl Node {
         let (hosts, vms) = (config.hosts.len(), config.vms.len());
         // Acks index the host list: the flat copy of the peers' numbers follows it.
         self.seqs = config.hosts.iter().map(|h| self.peers.get(&h.name).map_or(0, |p| p.seq)).collect();
-        self.index = config.hosts.iter().position(|h| h.name == self.name);
+        self.index = config.host_index(&self.name);
         self.config = config;
         self.record(
             Severity::Info,

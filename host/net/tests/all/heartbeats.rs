@@ -54,29 +54,28 @@ fn transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<Received>)
     HeartbeatTransport::from_sockets(config, sockets).expect("transport")
 }
 
-/// The host's transport sending to each network's broadcast address: its sockets (its own
-/// address's, then the broadcast address's) bound inside its namespace.
+/// The host's transport sending to each network's broadcast address, bound as the agent binds
+/// it.
 fn broadcast_transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<Received>) {
     let mut config = config(lab, host);
-    let mut binds = Vec::new();
     for network in &mut config.networks {
-        let broadcast = SocketAddr::from((lab.broadcast(&network.name).expect("broadcast"), PORT));
-        network.broadcast = Some(broadcast);
-        binds.push((network.name.clone(), network.bind));
-        binds.push((network.name.clone(), broadcast));
+        network.broadcast = Some(SocketAddr::from((lab.broadcast(&network.name).expect("broadcast"), PORT)));
     }
-    let sockets = lab
-        .enter(host, move || {
-            binds.into_iter().map(|(n, a)| (n, UdpSocket::bind(a).expect("bind in the namespace"))).collect::<Vec<_>>()
-        })
-        .expect("enter");
-    HeartbeatTransport::from_sockets(config, sockets).expect("transport")
+    bound_as_the_agent_does(lab, host, config)
 }
 
-/// The host's transport as the agent binds it (`bind_sockets`), inside its namespace, without
-/// a broadcast address configured: it sends to each peer and still hears broadcasts.
+/// The host's transport without a broadcast address configured, bound as the agent binds it:
+/// it sends to each peer and still hears broadcasts.
 fn agent_transport(lab: &Lab, host: usize) -> (HeartbeatTransport, Receiver<Received>) {
-    let config = config(lab, host);
+    bound_as_the_agent_does(lab, host, config(lab, host))
+}
+
+/// `config`'s transport, its sockets bound by `bind_sockets` inside the host's namespace.
+fn bound_as_the_agent_does(
+    lab: &Lab,
+    host: usize,
+    config: TransportConfig,
+) -> (HeartbeatTransport, Receiver<Received>) {
     let for_binding = config.clone();
     let sockets = lab.enter(host, move || halo_net::bind_sockets(&for_binding).expect("binds")).expect("enter");
     HeartbeatTransport::from_sockets(config, sockets).expect("transport")

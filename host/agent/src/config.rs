@@ -50,6 +50,9 @@ pub struct AgentConfig {
     /// The datastores.
     #[serde(default)]
     pub datastores: Vec<DatastoreEntry>,
+    /// Where the cluster coordinates: the datastores (default) or etcd (decision 0017).
+    #[serde(default)]
+    pub coordination: CoordinationEntry,
     /// How this agent reaches libvirt.
     #[serde(default)]
     pub libvirt: LibvirtEntry,
@@ -225,6 +228,97 @@ pub struct HostEntry {
     /// A reserved failover host: kept free of VMs, used first at failover.
     #[serde(default)]
     pub reserved: bool,
+}
+
+/// The name the etcd cluster has among the stores the core writes heartbeat records to.
+pub const ETCD_STORE: &str = "etcd";
+
+/// The coordination backend (`[coordination] backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoordinationBackend {
+    /// Heartbeat records, claims, the protected VMs and the settings on the datastores.
+    #[default]
+    Datastore,
+    /// The same on an etcd cluster: heartbeat records under leases, claims as transactions,
+    /// the protected VMs and settings as watched keys. The datastores (if any) still carry
+    /// heartbeat records, but never a claim.
+    Etcd,
+}
+
+/// `[coordination]`: where claims, liveness records, the protected VMs and the settings live.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct CoordinationEntry {
+    /// `datastore` (default) or `etcd`.
+    pub backend: CoordinationBackend,
+    /// The etcd members' client URLs (`http://10.0.0.11:2379`), every member of the cluster.
+    pub endpoints: Vec<String>,
+    /// Every etcd request gives up after this (default 1 s; at most the fence timeout).
+    pub timeout_ms: u64,
+    /// etcd deletes a host's heartbeat record this long after its last renewal (default 10 s,
+    /// at least 2).
+    pub lease_ttl_s: u64,
+}
+
+impl Default for CoordinationEntry {
+    fn default() -> Self {
+        Self { backend: CoordinationBackend::Datastore, endpoints: Vec::new(), timeout_ms: 1_000, lease_ttl_s: 10 }
+    }
+}
+
+impl CoordinationEntry {
+    /// Whether etcd is the backend.
+    pub fn etcd(&self) -> bool {
+        self.backend == CoordinationBackend::Etcd
+    }
+
+    fn problems(&self, datastores: &[DatastoreEntry], fence_timeout_ms: u64, problems: &mut Vec<String>) {
+        if !self.etcd() {
+            if !self.endpoints.is_empty() {
+                problems.push(
+                    "coordination.endpoints: only read with backend = \"etcd\"; set the backend or remove them".into(),
+                );
+            }
+            if datastores.is_empty() {
+                problems.push(
+                    "datastores: none configured; without a datastore no VM is ever restarted (claims live there; or use [coordination] backend = \"etcd\")".into(),
+                );
+            }
+            return;
+        }
+        if self.endpoints.is_empty() {
+            problems.push("coordination.endpoints: backend = \"etcd\" needs the members' client URLs, e.g. [\"http://10.0.0.11:2379\"]".into());
+        }
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let well_formed =
+                endpoint.strip_prefix("http://").and_then(|rest| rest.rsplit_once(':')).is_some_and(|(host, port)| {
+                    !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+            if endpoint.starts_with("https://") {
+                problems.push(format!(
+                    "coordination.endpoints[{i}]: `{endpoint}`: TLS to etcd is not supported yet; use http:// on a management network"
+                ));
+            } else if !well_formed {
+                problems.push(format!("coordination.endpoints[{i}]: `{endpoint}` is not http://HOST:PORT"));
+            }
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > fence_timeout_ms {
+            problems.push(format!(
+                "coordination.timeout-ms: {} must be between 1 and timeouts.fence-timeout-ms ({fence_timeout_ms}): a claim \
+                 in flight must have landed or failed when a resuming host looks its claims up",
+                self.timeout_ms
+            ));
+        }
+        if !(2..=3_600).contains(&self.lease_ttl_s) {
+            problems.push(format!("coordination.lease-ttl-s: {} must be between 2 and 3600", self.lease_ttl_s));
+        }
+        if let Some(i) = datastores.iter().position(|d| d.name == ETCD_STORE) {
+            problems.push(format!(
+                "datastores[{i}]: the name `{ETCD_STORE}` is the etcd backend's among the stores; rename the datastore"
+            ));
+        }
+    }
 }
 
 /// One datastore: a mounted directory or an NFSv3 export.
@@ -438,6 +532,16 @@ impl AgentConfig {
         if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.to_string(), problems }) }
     }
 
+    /// The stores heartbeat records are written to, as the core names them: the datastores,
+    /// and `etcd` last with the etcd backend.
+    pub fn store_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.datastores.iter().map(|d| d.name.clone()).collect();
+        if self.coordination.etcd() {
+            names.push(ETCD_STORE.to_string());
+        }
+        names
+    }
+
     /// The cluster as the core sees it.
     pub fn cluster(&self) -> ClusterConfig {
         ClusterConfig {
@@ -462,6 +566,7 @@ impl AgentConfig {
             policy: self.policy.clone(),
             rules: self.rules.clone(),
             balance: self.balance,
+            claim_store: None,
             names: Default::default(),
         }
     }
@@ -559,11 +664,7 @@ impl AgentConfig {
                 problems.push(format!("{key}.timeout-ms: {} must be between 1 and 60000", ds.timeout_ms));
             }
         }
-        if self.datastores.is_empty() {
-            problems.push(
-                "datastores: none configured; without a datastore no VM is ever restarted (claims live there)".into(),
-            );
-        }
+        self.coordination.problems(&self.datastores, self.timeouts.fence_timeout_ms, &mut problems);
         if !(1..=10_000).contains(&self.plugins.cpu_budget_ms) {
             problems.push(format!(
                 "plugins.cpu-budget-ms: {} must be between 1 and 10000 (default 50)",

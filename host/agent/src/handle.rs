@@ -274,6 +274,7 @@ mod tests {
             policy: Default::default(),
             rules: Vec::new(),
             balance: Default::default(),
+            claim_store: None,
             names: Default::default(),
         }
     }

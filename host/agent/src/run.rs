@@ -29,7 +29,7 @@ use halo_plugin_runtime::{ChildCompiler, CompilePlace, PluginFiles, PluginPolici
 use crate::decisions::{DecisionLog, DecisionWorld, RecordSettings, Recorded};
 use tokio::sync::mpsc;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ETCD_STORE};
 use crate::events::{EventLog, LoggedEvent};
 use crate::handle::{AgentHandle, Control, PluginStatus, ReloadOutcome, Snapshot};
 
@@ -348,10 +348,22 @@ pub async fn start(
         liveness_stores.push(Datastore::unopened(&ds.name, location.clone(), &config.cluster, timeout));
         stores.push(Datastore::unopened(&ds.name, location, &config.cluster, timeout));
     }
+    if config.coordination.etcd() {
+        let location = Location::Etcd {
+            endpoints: config.coordination.endpoints.clone(),
+            lease_ttl: Duration::from_secs(config.coordination.lease_ttl_s),
+        };
+        let timeout = Duration::from_millis(config.coordination.timeout_ms);
+        liveness_stores.push(Datastore::unopened(ETCD_STORE, location.clone(), &config.cluster, timeout));
+        stores.push(Datastore::unopened(ETCD_STORE, location, &config.cluster, timeout));
+    }
     let datastores = Datastores::new(stores, inputs.clone(), runtime.clone());
-    let stores: Vec<Arc<Datastore>> = config.datastores.iter().filter_map(|d| datastores.get(&d.name)).collect();
+    let stores: Vec<Arc<Datastore>> = config.store_names().iter().filter_map(|d| datastores.get(d)).collect();
     let catalog: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let catalog_refresh = Arc::new(tokio::sync::Notify::new());
+    for store in stores.iter().filter(|s| s.watches()) {
+        runtime.spawn(watch_changes(Arc::clone(store), Arc::clone(&catalog_refresh)));
+    }
     runtime.spawn(watch_catalog(
         stores.clone(),
         config.cluster(),
@@ -998,6 +1010,21 @@ async fn watch_catalog(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = refresh.notified() => {}
         }
+    }
+}
+
+/// Wakes the catalog task at every change of the protected VMs or the settings on a store that
+/// has watches (etcd); a broken watch is set up again a second later.
+async fn watch_changes(store: Arc<Datastore>, refresh: Arc<tokio::sync::Notify>) {
+    let mut told = false;
+    loop {
+        if let Some(ended) = store.watch_catalog(&|| refresh.notify_one()).await {
+            if !told {
+                tracing::warn!(datastore = %store.name(), "{ended}; watching again (meanwhile the catalog is read every second)");
+            }
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -282,6 +282,11 @@ pub struct ClusterConfig {
     pub networks: Vec<String>,
     /// Datastores heartbeats and claims are written to.
     pub datastores: Vec<String>,
+    /// The one store claims are taken on, when the coordination backend is etcd (decision
+    /// 0017): a linearizable store, so claims never go to a datastore. `None` (the datastore
+    /// backend): the first datastore this node wrote to lately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_store: Option<String>,
     /// Addresses an isolated host pings to tell isolation from a lonely cluster.
     pub isolation_addresses: Vec<String>,
     /// The VMs.
@@ -354,6 +359,10 @@ impl ClusterConfig {
         duplicates("networks", self.networks.iter().map(String::as_str), &mut problems);
         duplicates("datastores", self.datastores.iter().map(String::as_str), &mut problems);
         duplicates("vms", self.vms.iter().map(|v| v.name.as_str()), &mut problems);
+        if let Some(store) = self.claim_store.as_ref().filter(|s| !self.datastores.contains(s)) {
+            problems
+                .push(format!("claim-store: `{store}` is not one of the datastores ({})", self.datastores.join(", ")));
+        }
         for vm in &self.vms {
             for datastore in vm.datastores.iter().filter(|d| !self.datastores.contains(d)) {
                 problems.push(format!(
@@ -521,6 +530,7 @@ pub(crate) mod tests {
             policy: PolicySettings::default(),
             rules: Vec::new(),
             balance: Default::default(),
+            claim_store: None,
             names: Default::default(),
         }
     }

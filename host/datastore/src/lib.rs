@@ -24,6 +24,7 @@
 
 mod dir;
 mod driver;
+mod etcd;
 mod nfs;
 
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dir::DirStore;
 pub use driver::Datastores;
+pub use etcd::EtcdStore;
 pub use nfs::{NfsStore, NfsTarget};
 
 /// Largest file halo reads from a datastore.
@@ -94,6 +96,13 @@ pub enum Location {
     Directory(PathBuf),
     /// An NFSv3 export.
     Nfs(NfsTarget),
+    /// An etcd cluster (the coordination backend `etcd`, decision 0017).
+    Etcd {
+        /// Its members' client URLs (`http://HOST:2379`).
+        endpoints: Vec<String>,
+        /// How long etcd keeps a host's heartbeat record after its last renewal.
+        lease_ttl: Duration,
+    },
 }
 
 /// An isolation record: what a host did to one of its VMs on its own.
@@ -158,6 +167,7 @@ pub struct ClusterSettings {
 enum Store {
     Dir(DirStore),
     Nfs(Box<NfsStore>),
+    Etcd(Box<EtcdStore>),
 }
 
 impl Store {
@@ -165,6 +175,7 @@ impl Store {
         match self {
             Store::Dir(s) => s.ensure_dir(dir).await,
             Store::Nfs(s) => s.ensure_dir(dir).await,
+            Store::Etcd(s) => s.ensure_dir(dir).await,
         }
     }
 
@@ -172,6 +183,7 @@ impl Store {
         match self {
             Store::Dir(s) => s.write_atomic(path, bytes).await,
             Store::Nfs(s) => s.write_atomic(path, bytes).await,
+            Store::Etcd(s) => s.write_atomic(path, bytes).await,
         }
     }
 
@@ -179,6 +191,7 @@ impl Store {
         match self {
             Store::Dir(s) => s.create_new(path, bytes).await,
             Store::Nfs(s) => s.create_new(path, bytes).await,
+            Store::Etcd(s) => s.create_new(path, bytes).await,
         }
     }
 
@@ -186,6 +199,7 @@ impl Store {
         match self {
             Store::Dir(s) => s.read(path).await,
             Store::Nfs(s) => s.read(path).await,
+            Store::Etcd(s) => s.read(path).await,
         }
     }
 
@@ -193,6 +207,7 @@ impl Store {
         match self {
             Store::Dir(s) => s.list(dir).await,
             Store::Nfs(s) => s.list(dir).await,
+            Store::Etcd(s) => s.list(dir).await,
         }
     }
 
@@ -200,13 +215,33 @@ impl Store {
         match self {
             Store::Dir(s) => s.remove(path).await,
             Store::Nfs(s) => s.remove(path).await,
+            Store::Etcd(s) => s.remove(path).await,
         }
+    }
+
+    /// Every file right under `dir` with its content (etcd: one request; else a list and a
+    /// read per file; a file removed meanwhile is left out).
+    async fn read_dir(&self, dir: &str) -> Result<Vec<(String, Result<Vec<u8>, StoreError>)>, StoreError> {
+        if let Store::Etcd(s) = self {
+            return s.read_dir(dir).await;
+        }
+        let mut files = Vec::new();
+        for name in self.list(dir).await? {
+            match self.read(&format!("{dir}/{name}")).await {
+                Ok(bytes) => files.push((name, Ok(bytes))),
+                Err(StoreError::NotFound) => {} // removed meanwhile
+                Err(e) => files.push((name, Err(e))),
+            }
+        }
+        Ok(files)
     }
 
     /// After a failure or timeout: drop connections so the next operation starts clean.
     async fn reset(&self) {
-        if let Store::Nfs(s) = self {
-            s.reset().await;
+        match self {
+            Store::Nfs(s) => s.reset().await,
+            Store::Etcd(s) => s.reset().await,
+            Store::Dir(_) => {}
         }
     }
 }
@@ -284,6 +319,9 @@ impl Datastore {
         let store = match location {
             Location::Directory(dir) => Store::Dir(DirStore::new(dir.join(&base))),
             Location::Nfs(target) => Store::Nfs(Box::new(NfsStore::new(target, base))),
+            Location::Etcd { endpoints, lease_ttl } => {
+                Store::Etcd(Box::new(EtcdStore::new(endpoints, format!("/halo/{}/", encode_name(cluster)), lease_ttl)))
+            }
         };
         Self { name: name.to_string(), store, timeout }
     }
@@ -361,6 +399,25 @@ impl Datastore {
         serde_json::to_vec(value).unwrap_or_default()
     }
 
+    /// Whether changes can be watched (etcd) rather than polled (a datastore).
+    pub fn watches(&self) -> bool {
+        matches!(self.store, Store::Etcd(_))
+    }
+
+    /// etcd: watches the protected VMs and the settings and calls `changed` at every change,
+    /// until the watch breaks; returns why. A datastore has no watches: `None` at once (it is
+    /// polled).
+    pub async fn watch_catalog(&self, changed: &(dyn Fn() + Sync)) -> Option<DatastoreError> {
+        let Store::Etcd(store) = &self.store else { return None };
+        let ended = store.watch(&["vms", "settings.json"], changed).await;
+        store.reset().await;
+        Some(DatastoreError::Io {
+            datastore: self.name.clone(),
+            operation: "watch the protected VMs".into(),
+            detail: format!("{ended:?}"),
+        })
+    }
+
     /// Writes this host's heartbeat record (whole, atomically).
     pub async fn write_heartbeat(&self, record: &DatastoreRecord) -> Result<(), DatastoreError> {
         let path = format!("hosts/{}.json", encode_name(&record.host));
@@ -372,19 +429,12 @@ impl Datastore {
     pub async fn read_heartbeats(&self) -> Result<(Vec<DatastoreRecord>, Vec<DatastoreError>), DatastoreError> {
         let raw = self
             .bounded("read the heartbeats", async {
-                let mut files = Vec::new();
-                for name in self.store.list("hosts").await? {
-                    if !name.ends_with(".json") {
-                        continue;
-                    }
-                    let path = format!("hosts/{name}");
-                    match self.store.read(&path).await {
-                        Ok(bytes) => files.push((path, Ok(bytes))),
-                        Err(StoreError::NotFound) => {} // removed meanwhile
-                        Err(e) => files.push((path, Err(e))),
-                    }
-                }
-                Ok(files)
+                let files = self.store.read_dir("hosts").await?;
+                Ok(files
+                    .into_iter()
+                    .filter(|(name, _)| name.ends_with(".json"))
+                    .map(|(name, bytes)| (format!("hosts/{name}"), bytes))
+                    .collect::<Vec<_>>())
             })
             .await?;
         let mut records = Vec::new();

@@ -16,6 +16,7 @@
 
 pub mod bmc;
 pub mod compile_bomb;
+pub mod etcd;
 mod guest;
 pub mod slow_plugin;
 pub mod watchdog;
@@ -295,6 +296,11 @@ impl Lab {
     /// Hosts in the lab.
     pub fn hosts(&self) -> usize {
         self.spec.hosts
+    }
+
+    /// The first three octets of the lab's /24.
+    pub fn subnet(&self) -> [u8; 3] {
+        self.spec.subnet
     }
 
     fn port(&self, host: usize, network: &str) -> String {

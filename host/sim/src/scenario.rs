@@ -48,6 +48,7 @@ pub fn cluster(hosts: usize, vms: usize) -> ClusterConfig {
         policy: PolicySettings::default(),
         rules: Vec::new(),
         balance: Default::default(),
+        claim_store: None,
         names: Default::default(),
     }
 }
@@ -209,6 +210,7 @@ pub fn demo_cluster() -> ClusterConfig {
             mode: halo_core::balance::BalanceMode::Propose,
             ..Default::default()
         },
+        claim_store: None,
         names: Default::default(),
     }
 }

@@ -104,6 +104,9 @@ const PACKAGES: [(&str, &str); 20] = [
     ("/usr/lib/libvirt/libvirt_sanlock_helper", "libvirt-sanlock"),
     ("/usr/sbin/fence_redfish", "fence-agents"),
     ("/usr/bin/openssl", "openssl"),
+    ("/usr/bin/etcd", "etcd-server"),
+    ("/usr/bin/etcdctl", "etcd-client"),
+    ("/usr/bin/protoc", "protobuf-compiler"),
     ("/usr/lib/x86_64-linux-gnu/qemu/block-nfs.so", "qemu-block-extra"),
 ];
 

@@ -929,11 +929,13 @@ impl Node {
             return None;
         }
         let window = self.config.timeouts.fence_timeout_ms;
-        self.config
-            .datastores
-            .iter()
-            .find(|d| self.ds_write_ok_at.get(*d).is_some_and(|&at| self.now.saturating_sub(at) < window))
-            .cloned()
+        let written = |d: &&String| self.ds_write_ok_at.get(*d).is_some_and(|&at| self.now.saturating_sub(at) < window);
+        // With a claim store (etcd) claims go there or nowhere: two masters must never claim
+        // on two different stores.
+        match &self.config.claim_store {
+            Some(store) => Some(store).filter(written).cloned(),
+            None => self.config.datastores.iter().find(written).cloned(),
+        }
     }
 
     pub(super) fn on_claim(&mut self, claim: Claim, outcome: ClaimOutcome) {

@@ -1,10 +1,12 @@
 //! The datastore driver against the real thing: a directory on this machine's filesystem, and
 //! the lab's NFS server (nfs-ganesha) reached from the lab's hosts over TCP (root needed;
-//! without it, or without nfs-ganesha, the NFS tests print why they skip).
+//! without it, or without nfs-ganesha, the NFS tests print why they skip), and a three-member
+//! etcd cluster in the lab's namespaces (the etcd backend; without etcd it prints why it skips).
 
 #![allow(missing_docs)]
 
 mod directory;
+mod etcd;
 mod nfs;
 
 use std::time::Duration;

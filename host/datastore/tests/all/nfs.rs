@@ -14,7 +14,7 @@ use crate::{TIMEOUT, behaves_like_a_datastore, claim, record};
 
 /// A runtime whose threads live in host `host`'s network namespace: every connection its
 /// tasks open comes from that host.
-fn host_runtime(lab: &Lab, host: usize) -> tokio::runtime::Runtime {
+pub fn host_runtime(lab: &Lab, host: usize) -> tokio::runtime::Runtime {
     let ns = lab.netns(host);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -24,7 +24,7 @@ fn host_runtime(lab: &Lab, host: usize) -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn on<T: Send + 'static>(rt: &tokio::runtime::Runtime, f: impl Future<Output = T> + Send + 'static) -> T {
+pub fn on<T: Send + 'static>(rt: &tokio::runtime::Runtime, f: impl Future<Output = T> + Send + 'static) -> T {
     rt.block_on(rt.spawn(f)).expect("task")
 }
 

@@ -558,7 +558,7 @@ impl AgentConfig {
                 })
                 .collect(),
             networks: self.networks.clone(),
-            datastores: self.datastores.iter().map(|d| d.name.clone()).collect(),
+            datastores: self.store_names(),
             isolation_addresses: self.isolation_addresses.iter().map(ToString::to_string).collect(),
             vms: self.vms.clone(),
             timeouts: self.timeouts,
@@ -566,7 +566,7 @@ impl AgentConfig {
             policy: self.policy.clone(),
             rules: self.rules.clone(),
             balance: self.balance,
-            claim_store: None,
+            claim_store: self.coordination.etcd().then(|| ETCD_STORE.to_string()),
             names: Default::default(),
         }
     }
@@ -1022,6 +1022,60 @@ priority = "restart"
         }
         let v6 = with(r#"broadcast = { A = "fe80::1" }"#);
         assert!(AgentConfig::parse(&v6, "halo.toml").is_err(), "IPv4 only");
+    }
+
+    #[test]
+    fn the_etcd_backend_adds_the_claim_store_and_is_checked() {
+        let plain = AgentConfig::parse(GOOD, "halo.toml").expect("valid");
+        assert_eq!(plain.coordination.backend, CoordinationBackend::Datastore, "the datastores by default");
+        assert_eq!((plain.cluster().datastores, plain.cluster().claim_store), (vec!["ds1".to_string()], None));
+
+        let etcd =
+            "[coordination]\nbackend = \"etcd\"\nendpoints = [\"http://10.213.37.189:2379\", \"http://etcd-2:2379\"]\n";
+        let config = AgentConfig::parse(&format!("{GOOD}\n{etcd}"), "halo.toml").expect("valid");
+        let cluster = config.cluster();
+        assert_eq!(cluster.datastores, ["ds1", ETCD_STORE], "heartbeat records on both");
+        assert_eq!(cluster.claim_store.as_deref(), Some(ETCD_STORE), "claims on etcd only");
+        assert_eq!((config.coordination.timeout_ms, config.coordination.lease_ttl_s), (1_000, 10));
+
+        let no_datastores = GOOD.replace(
+            "[[datastores]]\nname = \"ds1\"\nnfs = { server = \"10.213.37.190\", export = \"/ds1\", mount-port = 20048, nfs-port = 2049 }\n",
+            "",
+        );
+        assert_ne!(no_datastores, GOOD);
+        let text = AgentConfig::parse(&no_datastores, "halo.toml").expect_err("no store").to_string();
+        assert!(text.contains("datastores: none configured"), "{text}");
+        let only_etcd =
+            AgentConfig::parse(&format!("{no_datastores}\n{etcd}"), "halo.toml").expect("etcd alone is enough");
+        assert_eq!(only_etcd.cluster().datastores, [ETCD_STORE]);
+
+        let bad = "[coordination]\nbackend = \"etcd\"\nendpoints = [\"https://e1:2379\", \"e2:2379\", \"http://e3\"]\ntimeout-ms = 999999\nlease-ttl-s = 1\n";
+        let text = AgentConfig::parse(&format!("{GOOD}\n{bad}"), "halo.toml").expect_err("invalid").to_string();
+        for needle in [
+            "coordination.endpoints[0]: `https://e1:2379`: TLS to etcd is not supported yet",
+            "coordination.endpoints[1]: `e2:2379` is not http://HOST:PORT",
+            "coordination.endpoints[2]: `http://e3` is not http://HOST:PORT",
+            "coordination.timeout-ms: 999999 must be between 1 and timeouts.fence-timeout-ms",
+            "coordination.lease-ttl-s: 1 must be between 2 and 3600",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+        let text = AgentConfig::parse(&format!("{GOOD}\n[coordination]\nbackend = \"etcd\"\n"), "halo.toml")
+            .expect_err("no endpoints")
+            .to_string();
+        assert!(text.contains("coordination.endpoints: backend = \"etcd\" needs"), "{text}");
+        let text =
+            AgentConfig::parse(&format!("{GOOD}\n[coordination]\nendpoints = [\"http://e1:2379\"]\n"), "halo.toml")
+                .expect_err("endpoints without the backend")
+                .to_string();
+        assert!(text.contains("coordination.endpoints: only read with backend = \"etcd\""), "{text}");
+        let text = AgentConfig::parse(&format!("{GOOD}\n[coordination]\nbackend = \"zookeeper\"\n"), "halo.toml")
+            .expect_err("unknown backend")
+            .to_string();
+        assert!(text.contains("unknown variant `zookeeper`, expected `datastore` or `etcd`"), "{text}");
+        let clash = GOOD.replace("name = \"ds1\"", "name = \"etcd\"");
+        let text = AgentConfig::parse(&format!("{clash}\n{etcd}"), "halo.toml").expect_err("name clash").to_string();
+        assert!(text.contains("datastores[0]: the name `etcd` is the etcd backend's"), "{text}");
     }
 
     #[test]

@@ -1565,7 +1565,19 @@ mod tests {
         ping: bool,
         claim: impl Fn(&Claim) -> ClaimOutcome,
     ) -> Vec<Action> {
-        let config = cluster(3, 2);
+        after_cut_on(cluster(3, 2), &["ds1"], until, net, ds, ping, claim)
+    }
+
+    /// [`after_cut_until`] with `config`, whose stores `written` are written (and read) well.
+    fn after_cut_on(
+        config: crate::ClusterConfig,
+        written: &[&str],
+        until: u64,
+        net: bool,
+        ds: bool,
+        ping: bool,
+        claim: impl Fn(&Claim) -> ClaimOutcome,
+    ) -> Vec<Action> {
         let mut node = Node::new("host-1", config, 0);
         let mut p = BuiltinPolicies;
         let cut = 5_000;
@@ -1580,7 +1592,9 @@ mod tests {
                     let vms = vec![VmReport { vm: "vm-1".into(), generation: 1 }];
                     inputs.push(beat_with("host-2", seq, &[("host-1", seq)], vms));
                 }
-                inputs.push(Input::DatastoreWritten { datastore: "ds1".into(), ok: true });
+                for store in written {
+                    inputs.push(Input::DatastoreWritten { datastore: store.to_string(), ok: true });
+                }
                 if now < cut || ds {
                     counter += 1;
                 }
@@ -1588,7 +1602,9 @@ mod tests {
                     DatastoreRecord { host: "host-2".into(), counter, isolated: false, stopped: vec![] },
                     DatastoreRecord { host: "host-3".into(), counter: now, isolated: false, stopped: vec![] },
                 ];
-                inputs.push(Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) });
+                for store in written {
+                    inputs.push(Input::DatastoreRead { datastore: store.to_string(), records: Ok(records.clone()) });
+                }
             }
             let mut queue: std::collections::VecDeque<Input> = inputs.into();
             while let Some(input) = queue.pop_front() {
@@ -1892,6 +1908,36 @@ mod tests {
         );
         assert_ne!(started[0].0, "host-2", "never the failed host");
         assert!(kinds(&actions).contains(&"host-failed".to_string()));
+    }
+
+    /// The etcd backend (decision 0017): claims go to the claim store and nowhere else, and
+    /// while it cannot be written nothing is claimed or started, however well the datastores do.
+    #[test]
+    fn with_a_claim_store_claims_go_there_or_nowhere() {
+        let mut config = cluster(3, 2);
+        config.datastores.push("etcd".into());
+        config.claim_store = Some("etcd".into());
+        config.validate().expect("a claim store among the datastores is valid");
+        let actions =
+            after_cut_on(config.clone(), &["ds1", "etcd"], 40_000, false, false, false, |_| ClaimOutcome::Won);
+        let on: Vec<&str> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Claim { datastore, .. } => Some(datastore.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(on, ["etcd"], "one claim, on etcd");
+        assert_eq!(starts(&actions).len(), 1);
+
+        let actions = after_cut_on(config.clone(), &["ds1"], 40_000, false, false, false, |_| ClaimOutcome::Won);
+        assert!(claims(&actions).is_empty(), "etcd not written: no claim on ds1 instead");
+        assert!(starts(&actions).is_empty());
+        assert!(kinds(&actions).contains(&"host-failed".to_string()), "the failure is still seen");
+
+        config.claim_store = Some("nowhere".into());
+        let problems = config.validate().expect_err("an unknown claim store");
+        assert!(problems.0.iter().any(|p| p.starts_with("claim-store: `nowhere`")), "{problems:?}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use halo_core::{BuiltinPolicies, ClusterConfig, Policies};
 use halo_plugin_runtime::{PluginFiles, PluginPolicies, Runtime, SandboxLimits, StatsSnapshot};
-use halo_sim::scenario::{cluster, demo_cluster, random_case};
+use halo_sim::scenario::{Backend, cluster, demo_cluster, random_case_on};
 use halo_sim::{Fault, FaultKind, Millis, Outcome, Schedule, Sim, SimOptions, percentiles};
 use serde::Serialize;
 
@@ -76,6 +76,11 @@ pub struct SimArgs {
     /// e.g. `--timeout heartbeat-interval-ms=250 --timeout dead-time-ms=3000`.
     #[arg(long = "timeout", value_name = "KEY=MS")]
     timeouts: Vec<String>,
+    /// The coordination backend: `datastore` (claims on the datastore `ds1`) or `etcd` (claims
+    /// on a simulated etcd beside `ds1`, which the storage faults also hit; what the tests run
+    /// for seeds from 20,000 on).
+    #[arg(long, default_value = "datastore")]
+    backend: Backend,
 }
 
 /// Applies `KEY=MS` settings to the timeouts (keys and checks as in the config file).
@@ -223,10 +228,11 @@ fn case(args: &SimArgs, seed: u64, families: &[&str]) -> anyhow::Result<(Cluster
 
 fn explicit_or_random(args: &SimArgs, seed: u64, families: &[&str]) -> anyhow::Result<(ClusterConfig, Schedule)> {
     if args.fault.is_empty() {
-        return Ok(random_case(seed, args.hosts, args.vms, families, args.duration));
+        return Ok(random_case_on(args.backend, seed, args.hosts, args.vms, families, args.duration));
     }
     let hosts = args.hosts.unwrap_or(4);
-    let config = cluster(hosts, args.vms.unwrap_or(hosts * 3));
+    let mut config = cluster(hosts, args.vms.unwrap_or(hosts * 3));
+    args.backend.apply(&mut config);
     let names = |list: &mut dyn Iterator<Item = String>| list.collect::<Vec<_>>();
     let host_names = names(&mut config.hosts.iter().map(|h| h.name.clone()));
     let vm_names = names(&mut config.vms.iter().map(|v| v.name.clone()));

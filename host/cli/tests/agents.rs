@@ -61,13 +61,13 @@ impl Cluster {
 
     /// With a lab BMC per host, each the host's fence device (`fence_redfish`).
     fn up_fenced(test: &str, tag: char) -> Option<Self> {
-        Self::up_parts(test, tag, "", None, false, true, &[])
+        Self::up_parts(test, tag, "", None, false, true, &[], false)
     }
 
     /// `sanlock`: every host takes sanlock VM leases (`Lab::use_sanlock`); the VMs start with
     /// theirs, as halo starts them.
     fn up_full(test: &str, tag: char, extra: &str, watchdog: Option<Duration>, sanlock: bool) -> Option<Self> {
-        Self::up_parts(test, tag, extra, watchdog, sanlock, false, &[])
+        Self::up_parts(test, tag, extra, watchdog, sanlock, false, &[], false)
     }
 
     fn up_parts(
@@ -78,6 +78,7 @@ impl Cluster {
         sanlock: bool,
         bmc: bool,
         timeouts: &[&str],
+        etcd: bool,
     ) -> Option<Self> {
         if !halo_lab::for_test(test) {
             return None;
@@ -86,6 +87,17 @@ impl Cluster {
         if let Err(e) = lab.nfs_start(&["ds1"]) {
             halo_lab::skip_for_test(test, &e.to_string());
             return None;
+        }
+        // The etcd backend: three members beside the NFS datastore; every agent uses it.
+        if etcd {
+            match lab.etcd_start() {
+                Ok(()) => {}
+                Err(halo_lab::LabError::Unavailable(reason)) if !reason.contains("did not take a write") => {
+                    halo_lab::skip_for_test(test, &reason);
+                    return None;
+                }
+                Err(e) => panic!("the lab's etcd: {e}"),
+            }
         }
         // Every host's libvirtd calls halo's hook before a domain starts (issue 16), as
         // `halo hook --install` sets up a real host: every lab test runs with it.
@@ -1704,7 +1716,8 @@ fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_th
 fn with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let test = "with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts";
-    let Some(cluster) = Cluster::up_parts(test, 'u', "", None, false, true, &["fence-monitor-interval-ms = 2000"])
+    let Some(cluster) =
+        Cluster::up_parts(test, 'u', "", None, false, true, &["fence-monitor-interval-ms = 2000"], false)
     else {
         return;
     };
@@ -2218,6 +2231,80 @@ fn a_host_cut_from_its_datastore_alerts_at_once_and_keeps_its_vms() {
     }
     cluster.holds(&placement, Duration::from_secs(3), "storage back");
     assert_eq!(qemus(&cluster), before, "the same QEMU processes: nothing stopped or restarted\n{}", cluster.logs());
+}
+
+/// The etcd backend (issue 21, decision 0017) with real agents: three etcd members in the lab's
+/// namespaces beside the NFS datastore; claims live in etcd only. A host cut from etcd alone,
+/// one member lost and then the quorum lost stop no VM and restart none; a host that crashes
+/// while etcd has no quorum is restarted only once the quorum is back, under claims in etcd.
+#[test]
+fn on_the_etcd_backend_its_faults_stop_no_vm_and_a_crash_restarts_under_etcd_claims() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "on_the_etcd_backend_its_faults_stop_no_vm_and_a_crash_restarts_under_etcd_claims";
+    let Some(cluster) = Cluster::up_parts(test, 'e', "", None, false, false, &[], true) else {
+        return;
+    };
+    let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
+    let before = qemus(&cluster);
+    let records = cluster.lab.etcdctl(&["get", "--prefix", "--keys-only", "/halo/lab/hosts/"]).expect("etcdctl");
+    for h in 1..=3 {
+        assert!(records.contains(&format!("/halo/lab/hosts/host-{h}.json")), "host-{h}'s record in etcd:\n{records}");
+    }
+
+    // host-3 cut from etcd (not from its peers, not from ds1): seen, and nothing moves.
+    cluster.lab.block_etcd(3, true).expect("cut host-3 from etcd");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = cluster.cli(1, &["status"]);
+        let line = status.out.lines().find(|l| l.trim_start().starts_with("host-3")).unwrap_or_default().to_string();
+        if line.contains("DATASTORES 1/2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host-3 cut from etcd is not shown:\n{}\n{}", status.out, cluster.logs());
+        cluster.holds(&placement, Duration::from_millis(500), "host-3 cut from etcd");
+    }
+    cluster.holds(&placement, Duration::from_secs(5), "host-3 cut from etcd");
+    cluster.lab.block_etcd(3, false).expect("reconnect host-3");
+
+    // One member lost, then the quorum: every VM stays where it is.
+    cluster.lab.etcd_stop(1).expect("stop member 1");
+    cluster.holds(&placement, Duration::from_secs(4), "one etcd member lost");
+    cluster.lab.etcd_stop(2).expect("stop member 2");
+    cluster.holds(&placement, Duration::from_secs(8), "etcd quorum lost");
+    assert_eq!(qemus(&cluster), before, "the same QEMU processes: nothing stopped or restarted\n{}", cluster.logs());
+
+    // host-2 crashes while etcd has no quorum: declared failed, but nothing is claimed (not on
+    // ds1 either), so nothing starts.
+    cluster.lab.kill_host(2).expect("crash host-2");
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        for vm in ["vm-2", "vm-3"] {
+            assert!(cluster.runners(vm, &[1, 3]).is_empty(), "{vm} restarted without etcd\n{}", cluster.logs());
+        }
+        for vm in ["vm-1", "vm-4"] {
+            assert_eq!(cluster.runners(vm, &[1, 3]), vec![placement[vm]], "{vm} stays\n{}", cluster.logs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The quorum back: host-2's VMs run elsewhere, each once, under claims in etcd.
+    cluster.lab.etcd_member_start(1).expect("start member 1");
+    cluster.lab.etcd_member_start(2).expect("start member 2");
+    let back = Instant::now();
+    cluster.lab.etcd_wait(Duration::from_secs(30)).expect("the quorum is back");
+    let took = cluster.recovers(&mut placement, 2, &[1, 3], back, "host-2 crashed while etcd had no quorum");
+    for (vm, t) in &took {
+        println!("figure: etcd backend: quorum back -> {vm} running again after {:.1} s", t.as_secs_f64());
+    }
+    let claims = cluster.lab.etcdctl(&["get", "--prefix", "--keys-only", "/halo/lab/claims/"]).expect("etcdctl");
+    for vm in ["vm-2", "vm-3"] {
+        assert!(claims.contains(&format!("/halo/lab/claims/{vm}@")), "{vm}'s claim in etcd:\n{claims}");
+    }
+    let on_ds1: Vec<String> = std::fs::read_dir(cluster.lab.dir().join("exports/ds1/.halo/lab/claims"))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+        .unwrap_or_default();
+    assert!(on_ds1.is_empty(), "no claim on the datastore with the etcd backend: {on_ds1:?}");
+    cluster.holds(&placement, Duration::from_secs(3), "after the failover");
 }
 
 /// The storage-protection lab (issue 20): the cluster of [`Cluster::up`] plus `db-1`, a Linux

@@ -64,7 +64,23 @@ impl Lab {
                 self.etcd_member_start(member)?;
             }
         }
-        self.etcd_wait(Duration::from_secs(60))
+        self.etcd_wait(Duration::from_secs(60))?;
+        // Agents started from now on use the etcd backend (`agent_config`).
+        let ready = self.dir().join("etcd").join("ready");
+        std::fs::write(&ready, b"").map_err(|e| LabError::Invalid(format!("{}: {e}", ready.display())))
+    }
+
+    /// Whether [`Lab::etcd_start`] ran: the lab's agent configs then use the etcd backend.
+    pub fn uses_etcd(&self) -> bool {
+        self.dir().join("etcd").join("ready").exists()
+    }
+
+    /// Runs `etcdctl` (API v3) against the members, from the switch namespace; its output.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, LabError> {
+        let (endpoints, switch) = (self.etcd_endpoints().join(","), self.switch());
+        let mut all = vec!["netns", "exec", &switch, "env", "ETCDCTL_API=3", "etcdctl", "--endpoints", &endpoints];
+        all.extend_from_slice(args);
+        ip(&all)
     }
 
     /// Starts member `member` alone (after [`Lab::etcd_stop`]); the others must run for it to

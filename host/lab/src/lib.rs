@@ -977,6 +977,10 @@ impl Lab {
             "\n[[datastores]]\nname = \"ds1\"\nnfs = {{ server = \"{}\", export = \"/ds1\", mount-port = {MOUNT_PORT}, nfs-port = {NFS_PORT} }}\n",
             self.storage_address()
         ));
+        if self.uses_etcd() {
+            let endpoints: Vec<String> = self.etcd_endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+            toml.push_str(&format!("\n[coordination]\nbackend = \"etcd\"\nendpoints = [{}]\n", endpoints.join(", ")));
+        }
         toml.push_str(&format!(
             "\n[libvirt]\nlocal-uri = \"{}\"\nshared-storage = [\"{}\"]\n",
             self.libvirt_uri(host),

@@ -63,11 +63,72 @@ pub fn random_case(
     families: &[&str],
     duration: Millis,
 ) -> (ClusterConfig, Schedule) {
+    random_case_on(Backend::Datastore, seed, hosts, vms, families, duration)
+}
+
+/// The coordination backend of a simulated cluster (decision 0017).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Heartbeat records and claims on the datastore `ds1`.
+    #[default]
+    Datastore,
+    /// Heartbeat records on `ds1` and on `etcd`, claims on `etcd` only; the simulated etcd
+    /// drops a host's record [`ETCD_LEASE_MS`] after its last write (its lease). The
+    /// `datastore`, `dscut` and `isolate` faults draw among both stores: `etcd` down is the
+    /// etcd quorum lost, `etcd` cut is a host cut from etcd but not from its peers.
+    Etcd,
+}
+
+/// The name of the etcd store among the simulated cluster's stores.
+pub const ETCD_STORE: &str = "etcd";
+/// The lease of a host's record on the simulated etcd (the agent's default time to live).
+pub const ETCD_LEASE_MS: Millis = 10_000;
+
+impl Backend {
+    /// The wire name (`datastore`, `etcd`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Datastore => "datastore",
+            Backend::Etcd => "etcd",
+        }
+    }
+
+    /// Turns `config` into a cluster on this backend.
+    pub fn apply(self, config: &mut ClusterConfig) {
+        if self == Backend::Etcd && !config.datastores.iter().any(|d| d == ETCD_STORE) {
+            config.datastores.push(ETCD_STORE.into());
+            config.claim_store = Some(ETCD_STORE.into());
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "datastore" => Ok(Backend::Datastore),
+            "etcd" => Ok(Backend::Etcd),
+            other => Err(format!("no backend `{other}` (datastore or etcd)")),
+        }
+    }
+}
+
+/// [`random_case`] on `backend`. The backend's stores are in place before the schedule is
+/// drawn, so its faults hit them; with the datastore backend a seed gives what it always gave.
+pub fn random_case_on(
+    backend: Backend,
+    seed: u64,
+    hosts: Option<usize>,
+    vms: Option<usize>,
+    families: &[&str],
+    duration: Millis,
+) -> (ClusterConfig, Schedule) {
     let mut rng = Rng::new(seed ^ 0xABCD);
     let h = rng.between(3, 16) as usize;
     let per_host = rng.between(2, 5) as usize;
     let hosts = hosts.unwrap_or(h);
-    let config = cluster(hosts, vms.unwrap_or(hosts * per_host));
+    let mut config = cluster(hosts, vms.unwrap_or(hosts * per_host));
+    backend.apply(&mut config);
     let mut rng = Rng::new(seed);
     let names: Vec<String> = config.hosts.iter().map(|h| h.name.clone()).collect();
     let vm_names: Vec<String> = config.vms.iter().map(|v| v.name.clone()).collect();

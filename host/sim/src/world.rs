@@ -311,6 +311,10 @@ struct Store {
     fences: BTreeMap<String, halo_core::FenceRecord>,
     down: bool,
     cut: BTreeSet<String>,
+    /// etcd: a record is dropped this long after its host's last write (its lease).
+    lease: Option<Millis>,
+    /// When each host last wrote its record (for the lease).
+    written: BTreeMap<String, Millis>,
 }
 
 /// An event in the queue: the earliest first, and among events due at the same time the one
@@ -404,7 +408,14 @@ impl<'p> Sim<'p> {
             })
             .collect();
         let index = hosts.iter().enumerate().map(|(i, h)| (h.name.clone(), i)).collect();
-        let stores = config.datastores.iter().map(|d| (d.clone(), Store::default())).collect();
+        let stores = config
+            .datastores
+            .iter()
+            .map(|d| {
+                let lease = (d == crate::scenario::ETCD_STORE).then_some(crate::scenario::ETCD_LEASE_MS);
+                (d.clone(), Store { lease, ..Store::default() })
+            })
+            .collect();
         let rng = Rng::new(opts.seed.wrapping_mul(31).wrapping_add(7));
         let mut sim = Self {
             opts,
@@ -1292,6 +1303,9 @@ impl DatastoreDriver for HostDrivers<'_, '_> {
         let ok = s.store_reachable(datastore, h);
         if ok && let Some(store) = s.stores.get_mut(datastore) {
             store.records.insert(record.host.clone(), record.clone());
+            if store.lease.is_some() {
+                store.written.insert(record.host.clone(), s.now);
+            }
         }
         let delay = if ok { s.opts.datastore_latency } else { 1_000 };
         s.deliver(h, delay, Input::DatastoreWritten { datastore: datastore.to_string(), ok });
@@ -1300,7 +1314,12 @@ impl DatastoreDriver for HostDrivers<'_, '_> {
     fn read_records(&mut self, datastore: &str) {
         let (s, h) = (&mut *self.sim, self.h);
         let records = if s.store_reachable(datastore, h) {
-            Ok(s.stores[datastore].records.values().cloned().collect())
+            let store = &s.stores[datastore];
+            let live = |host: &String| match store.lease {
+                Some(lease) => store.written.get(host).is_some_and(|&at| s.now.saturating_sub(at) < lease),
+                None => true,
+            };
+            Ok(store.records.iter().filter(|(host, _)| live(host)).map(|(_, r)| r.clone()).collect())
         } else {
             Err(format!("datastore {datastore} not reachable"))
         };

@@ -2,7 +2,7 @@
 //! with every invariant checked. A failure prints the seed and the timeline.
 
 use halo_core::{BuiltinPolicies, EventKind, Timeouts};
-use halo_sim::scenario::{cluster, random_case};
+use halo_sim::scenario::{Backend, cluster, random_case, random_case_on};
 use halo_sim::{Fault, FaultKind, Outcome, Schedule, Sim, SimOptions, TimelineKind};
 
 /// The matrix rows run with one heartbeat a second and a 12 s dead-time (their timings are
@@ -64,6 +64,48 @@ fn matrix_failed_host_default_timeouts() {
     assert_eq!(kinds(&o, EventKind::VmRestarted), 2, "{}", dump(&o));
     // Dead-time 3 s, then ping, claim and start.
     assert!(o.failover_latencies.iter().all(|&ms| (3_000..6_000).contains(&ms)), "{:?}", o.failover_latencies);
+}
+
+/// The etcd backend (decision 0017), scripted with the default timeouts: a host crashes while
+/// etcd has lost its quorum — nothing is claimed, not on `ds1` either, until etcd is back; then
+/// its VMs restart. Later a host cut from etcd alone (it still hears its peers and `ds1`) keeps
+/// its VMs: nobody declares it failed.
+#[test]
+fn on_etcd_nothing_is_claimed_without_its_quorum_and_a_host_cut_from_it_keeps_its_vms() {
+    let mut config = cluster(4, 12);
+    Backend::Etcd.apply(&mut config);
+    config.validate().expect("valid config");
+    let etcd = || "etcd".to_string();
+    let faults = vec![
+        Fault { at: 5_000, duration: 30_000, kind: FaultKind::DatastoreDown { datastore: etcd() } },
+        Fault { at: 10_000, duration: 600_000, kind: FaultKind::HostCrash { host: "host-2".into() } },
+        Fault {
+            at: 60_000,
+            duration: 30_000,
+            kind: FaultKind::DatastoreCut { host: "host-3".into(), datastore: etcd() },
+        },
+    ];
+    let o =
+        Sim::new(config, Schedule { faults, ..Schedule::default() }, SimOptions::new(1, 120_000), &mut BuiltinPolicies)
+            .run();
+    assert_clean(&o);
+    let at = |kind: EventKind| -> Vec<u64> {
+        let kind = TimelineKind::from(kind);
+        o.timeline.iter().filter(|e| e.kind == kind).map(|e| e.at).collect()
+    };
+    // host-2 ran vm-002, vm-006, vm-010 (unprotected): two restarts, after etcd came back.
+    let restarted = at(EventKind::VmRestarted);
+    assert_eq!(restarted.len(), 2, "{}", dump(&o));
+    assert!(restarted.iter().all(|&t| t >= 35_000), "restarted while etcd had no quorum: {restarted:?}\n{}", dump(&o));
+    assert!(at(EventKind::HostFailed).iter().all(|&t| t < 35_000), "{}", dump(&o));
+    let cut_off_verdicts = o
+        .timeline
+        .iter()
+        .filter(|e| {
+            e.at >= 60_000 && e.message.contains("host-3") && e.kind == TimelineKind::from(EventKind::HostFailed)
+        })
+        .count();
+    assert_eq!(cut_off_verdicts, 0, "a host cut from etcd only was declared failed\n{}", dump(&o));
 }
 
 #[test]
@@ -138,8 +180,13 @@ fn random_run(seed: u64, families: &[&str]) -> Outcome {
 
 /// [`random_run`] with other timeouts.
 fn random_run_with(seed: u64, families: &[&str], timeouts: Timeouts) -> Outcome {
+    random_run_on(Backend::Datastore, seed, families, timeouts)
+}
+
+/// [`random_run_with`] on a coordination backend.
+fn random_run_on(backend: Backend, seed: u64, families: &[&str], timeouts: Timeouts) -> Outcome {
     let duration = 200_000;
-    let (mut config, schedule) = random_case(seed, None, None, families, duration);
+    let (mut config, schedule) = random_case_on(backend, seed, None, None, families, duration);
     config.timeouts = timeouts;
     Sim::new(config, schedule, SimOptions::new(seed, duration), &mut BuiltinPolicies).run()
 }
@@ -284,8 +331,8 @@ fn every_seed_cited_in_the_docs_and_comments_stays_fixed() {
     let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
     let mut failed = Vec::new();
     for &seed in REGRESSION_SEEDS {
-        let timeouts = if seed >= 10_000 { Timeouts::CONSERVATIVE } else { Timeouts::default() };
-        let o = random_run_with(seed, &families, timeouts);
+        let (backend, timeouts) = convention(seed);
+        let o = random_run_on(backend, seed, &families, timeouts);
         if !o.violations.is_empty() || !o.liveness_violations.is_empty() {
             failed.push(format!("seed {seed}: {:?} {:?}", o.violations, o.liveness_violations));
         }
@@ -297,40 +344,67 @@ fn every_seed_cited_in_the_docs_and_comments_stays_fixed() {
     );
 }
 
+/// What a seed stands for: below 10,000 the datastore backend with the default timeouts, from
+/// 10,000 the conservative timeouts, from 20,000 the etcd backend (decision 0017) with the
+/// default timeouts (`halo sim --seed N`, with `--conservative` or `--backend etcd`).
+fn convention(seed: u64) -> (Backend, Timeouts) {
+    match seed {
+        0..10_000 => (Backend::Datastore, Timeouts::default()),
+        10_000..20_000 => (Backend::Datastore, Timeouts::CONSERVATIVE),
+        _ => (Backend::Etcd, Timeouts::default()),
+    }
+}
+
 /// Random schedules, mixed faults, 3–16 hosts, with the default timeouts. HALO_SIM_SCHEDULES
-/// sets how many (default 4,000, what CI runs, with 6,000 more under the conservative
-/// timeouts: 10,000 in all; more were run by hand, see docs/simulator.md). Every invariant fails the test on any seed: safety (never twice, proof
+/// sets how many (default 3,000, what CI runs, with 6,000 more under the conservative
+/// timeouts and 1,000 on the etcd backend: 10,000 in all; more were run by hand, see
+/// docs/simulator.md). Every invariant fails the test on any seed: safety (never twice, proof
 /// before restart, never evict) and liveness (every protected VM runs again once the faults
 /// healed and a host has room). The first failing seeds are printed with their timelines;
 /// `halo sim --seed N --verbose` replays one.
 #[test]
 fn random_schedules_keep_every_invariant() {
-    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(4_000);
-    random_schedules(0..count, Timeouts::default());
+    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000);
+    random_schedules(0..count);
+}
+
+/// The same on the etcd backend (seeds from 20,000 on; 1,000 by default): claims on etcd
+/// only, heartbeat records on etcd under a lease and on `ds1`, storage faults on either —
+/// etcd down is its quorum lost, etcd cut is a host cut from etcd but not from its peers.
+#[test]
+fn random_schedules_keep_every_invariant_on_the_etcd_backend() {
+    let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    random_schedules(20_000..20_000 + count);
 }
 
 /// The same with [`Timeouts::CONSERVATIVE`] (other seeds: 10,000 on; 6,000 by default).
 #[test]
 fn random_schedules_keep_every_invariant_with_conservative_timeouts() {
     let count: u64 = std::env::var("HALO_SIM_SCHEDULES").ok().and_then(|v| v.parse().ok()).unwrap_or(6_000);
-    random_schedules(10_000..10_000 + count, Timeouts::CONSERVATIVE);
+    random_schedules(10_000..10_000 + count);
 }
 
-fn random_schedules(seeds: std::ops::Range<u64>, timeouts: Timeouts) {
+/// Runs `seeds`, each as [`convention`] says.
+fn random_schedules(seeds: std::ops::Range<u64>) {
     let count = seeds.end - seeds.start;
     let families: Vec<&str> = FaultKind::FAMILIES.to_vec();
     let started = std::time::Instant::now();
     // One worker per core; each seed's run is deterministic whichever thread runs it.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) as u64;
+    let on_etcd = std::sync::atomic::AtomicU64::new(0);
     let results: Vec<(Vec<String>, Vec<u64>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
-                let families = &families;
+                let (families, on_etcd) = (&families, &on_etcd);
                 let seeds = seeds.clone();
                 scope.spawn(move || {
                     let (mut failures, mut liveness) = (Vec::new(), Vec::new());
                     for seed in (seeds.start + w..seeds.end).step_by(workers as usize) {
-                        let o = random_run_with(seed, families, timeouts);
+                        let (backend, timeouts) = convention(seed);
+                        let o = random_run_on(backend, seed, families, timeouts);
+                        if backend == Backend::Etcd && format!("{:?}", o.schedule.faults).contains("\"etcd\"") {
+                            on_etcd.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if !o.violations.is_empty() && failures.len() < 3 {
                             failures.push(format!(
                                 "seed {seed} ({} hosts, {} VMs): {:?}\nfaults: {:?}\n{}",
@@ -357,6 +431,11 @@ fn random_schedules(seeds: std::ops::Range<u64>, timeouts: Timeouts) {
     let secs = started.elapsed().as_secs_f64();
     println!("{count} random schedules in {secs:.1}s ({:.1} schedules/s)", count as f64 / secs);
     println!("liveness violations on {} seed(s): {liveness:?}", liveness.len());
+    let on_etcd = on_etcd.into_inner();
+    if convention(seeds.start).0 == Backend::Etcd {
+        println!("{on_etcd} of them with a fault on etcd (its quorum lost, or a host cut from it)");
+        assert!(on_etcd * 10 > count, "too few schedules hit etcd: {on_etcd} of {count}");
+    }
     assert!(failures.is_empty(), "{} schedule(s) broke a safety invariant; first:\n{}", failures.len(), failures[0]);
     assert!(liveness.is_empty(), "liveness violated on seeds {liveness:?} (replay: halo sim --seed N --verbose)");
 }

@@ -24,6 +24,17 @@ const VMS: [(&str, usize); 4] = [("vm-1", 1), ("vm-2", 2), ("vm-3", 2), ("vm-4",
 
 static TURNS: Mutex<()> = Mutex::new(());
 
+/// What a lab cluster runs besides the agents, libvirtd and the NFS datastore.
+#[derive(Default, Clone, Copy)]
+struct Services {
+    /// sanlock VM leases on every host.
+    sanlock: bool,
+    /// A lab BMC per host, each the host's fence device.
+    bmc: bool,
+    /// Three etcd members; the agents use the etcd backend.
+    etcd: bool,
+}
+
 struct Cluster {
     lab: Lab,
     hv: BTreeMap<usize, Hypervisor>,
@@ -61,13 +72,13 @@ impl Cluster {
 
     /// With a lab BMC per host, each the host's fence device (`fence_redfish`).
     fn up_fenced(test: &str, tag: char) -> Option<Self> {
-        Self::up_parts(test, tag, "", None, false, true, &[], false)
+        Self::up_parts(test, tag, "", None, Services { bmc: true, ..Services::default() }, &[])
     }
 
     /// `sanlock`: every host takes sanlock VM leases (`Lab::use_sanlock`); the VMs start with
     /// theirs, as halo starts them.
     fn up_full(test: &str, tag: char, extra: &str, watchdog: Option<Duration>, sanlock: bool) -> Option<Self> {
-        Self::up_parts(test, tag, extra, watchdog, sanlock, false, &[], false)
+        Self::up_parts(test, tag, extra, watchdog, Services { sanlock, ..Services::default() }, &[])
     }
 
     fn up_parts(
@@ -75,11 +86,10 @@ impl Cluster {
         tag: char,
         extra: &str,
         watchdog: Option<Duration>,
-        sanlock: bool,
-        bmc: bool,
+        services: Services,
         timeouts: &[&str],
-        etcd: bool,
     ) -> Option<Self> {
+        let Services { sanlock, bmc, etcd } = services;
         if !halo_lab::for_test(test) {
             return None;
         }
@@ -1716,9 +1726,14 @@ fn with_bmc_fencing_a_crashed_host_is_powered_off_and_its_vms_restart_without_th
 fn with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let test = "with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts";
-    let Some(cluster) =
-        Cluster::up_parts(test, 'u', "", None, false, true, &["fence-monitor-interval-ms = 2000"], false)
-    else {
+    let Some(cluster) = Cluster::up_parts(
+        test,
+        'u',
+        "",
+        None,
+        Services { bmc: true, ..Services::default() },
+        &["fence-monitor-interval-ms = 2000"],
+    ) else {
         return;
     };
     let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();
@@ -2241,7 +2256,8 @@ fn a_host_cut_from_its_datastore_alerts_at_once_and_keeps_its_vms() {
 fn on_the_etcd_backend_its_faults_stop_no_vm_and_a_crash_restarts_under_etcd_claims() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
     let test = "on_the_etcd_backend_its_faults_stop_no_vm_and_a_crash_restarts_under_etcd_claims";
-    let Some(cluster) = Cluster::up_parts(test, 'e', "", None, false, false, &[], true) else {
+    let Some(cluster) = Cluster::up_parts(test, 'e', "", None, Services { etcd: true, ..Services::default() }, &[])
+    else {
         return;
     };
     let mut placement: BTreeMap<&'static str, usize> = VMS.iter().map(|(vm, h)| (*vm, *h)).collect();

@@ -84,7 +84,7 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 /// `openssl` for its certificate and Debian's `python3`, a dependency of the fence agents),
 /// QEMU's NFS block driver (`qemu-block-extra`) for VM disks on the lab's NFS server.
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 20] = [
+const PACKAGES: [(&str, &str); 23] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),

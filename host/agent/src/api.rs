@@ -46,8 +46,79 @@ const PEER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 struct Api {
     agent: AgentHandle,
     config: Arc<AgentConfig>,
+    /// The admin token: every read and every action.
     token: String,
+    /// The read-only token (`api.read-token-file`): reads only.
+    read_token: Option<String>,
     peers: BTreeMap<String, String>,
+    failures: AuthFailures,
+}
+
+/// Who a request's token says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The admin token (`api.token-file`).
+    Admin,
+    /// The read-only token (`api.read-token-file`).
+    ReadOnly,
+}
+
+impl Role {
+    /// The wire name (in audit records).
+    fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// Failed authentications: counted, and answered more slowly the more a client fails (per
+/// address, within a minute: 250 ms doubling to 4 s), so guessing a token is slow.
+#[derive(Default)]
+struct AuthFailures {
+    total: std::sync::atomic::AtomicU64,
+    recent: std::sync::Mutex<BTreeMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+/// Clients remembered for slowing down (the oldest forgotten first beyond this).
+const MAX_FAILING_CLIENTS: usize = 4_096;
+
+impl AuthFailures {
+    /// Notes a failure from `client`; how long to wait before answering.
+    fn failed(&self, client: Option<std::net::IpAddr>) -> Duration {
+        self.total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(client) = client else { return Duration::from_millis(250) };
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        recent.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+        if recent.len() >= MAX_FAILING_CLIENTS
+            && let Some(oldest) = recent.iter().min_by_key(|(_, (_, at))| *at).map(|(ip, _)| *ip)
+        {
+            recent.remove(&oldest);
+        }
+        let entry = recent.entry(client).or_insert((0, now));
+        *entry = (entry.0.saturating_add(1), now);
+        Duration::from_millis(250) * 2u32.saturating_pow(entry.0.saturating_sub(1).min(4))
+    }
+
+    /// A client that authenticated starts afresh.
+    fn succeeded(&self, client: Option<std::net::IpAddr>) {
+        if let Some(client) = client {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.remove(&client);
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Whether a request acts on the cluster (the admin token only). Every POST does, but the
+/// libvirt hook's question (`/api/v1/admission`), which only asks.
+fn is_action(method: &Method, path: &str) -> bool {
+    method != Method::GET && method != Method::HEAD && path != "/api/v1/admission"
 }
 
 type Ctx = State<Arc<Api>>;
@@ -73,11 +144,13 @@ fn ok(value: Value) -> Reply {
 pub async fn serve(agent: AgentHandle, config: Arc<AgentConfig>) -> std::io::Result<()> {
     let Some(api) = config.api.clone() else { return Ok(()) };
     let token = config.api_token().unwrap_or_default();
+    let read_token = config.api_read_token();
     let peers = config.api_addresses().into_iter().map(|(h, a)| (h, a.to_string())).collect();
     let listener = tokio::net::TcpListener::bind(api.listen).await?;
-    let app = router(Arc::new(Api { agent, config, token, peers }));
+    let app = router(Arc::new(Api { agent, config, token, read_token, peers, failures: AuthFailures::default() }));
     tracing::info!("API, status page and /metrics on http://{}", api.listen);
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("API server stopped: {e}");
         }
@@ -119,14 +192,25 @@ fn router(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
+/// Authentication and roles: the admin token may do everything, the read-only token every
+/// read; a wrong or missing token gets a 401 after a delay that grows with the client's recent
+/// failures. Every action is recorded in the event log with the role that asked.
 async fn auth(State(api): Ctx, request: Request, next: Next) -> Response {
+    let client = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if api.token.is_empty() || !constant_time_eq(given.as_bytes(), api.token.as_bytes()) {
+    let matches = |token: &str| !token.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes());
+    let role = if matches(&api.token) {
+        Role::Admin
+    } else if api.read_token.as_deref().is_some_and(matches) {
+        Role::ReadOnly
+    } else {
+        let delay = api.failures.failed(client.map(|c| c.ip()));
+        tokio::time::sleep(delay).await;
         let why = if given.is_empty() { "missing bearer token" } else { "wrong bearer token" };
         return (
             StatusCode::UNAUTHORIZED,
@@ -134,8 +218,37 @@ async fn auth(State(api): Ctx, request: Request, next: Next) -> Response {
             axum::Json(json!({ "error": format!("{why}: send Authorization: Bearer <the token of api.token-file>") })),
         )
             .into_response();
+    };
+    api.failures.succeeded(client.map(|c| c.ip()));
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    if !is_action(&method, &path) {
+        return next.run(request).await;
     }
-    next.run(request).await
+    if role == Role::ReadOnly {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("{method} {path}: this token is read-only (api.read-token-file); actions need the admin token (api.token-file)"),
+        )
+        .into_response();
+    }
+    let forwarded_by = request.headers().get(FORWARDED).and_then(|v| v.to_str().ok()).map(String::from);
+    let response = next.run(request).await;
+    let from = match (&forwarded_by, client) {
+        (Some(host), _) => format!("forwarded by {host}"),
+        (None, Some(client)) => format!("from {}", client.ip()),
+        (None, None) => "from an unknown address".to_string(),
+    };
+    api.agent
+        .audit(Event {
+            at: 0,
+            node: api.agent.me().to_string(),
+            severity: Severity::Info,
+            kind: EventKind::ApiAction,
+            message: format!("{} token: {method} {path} {from}: {}", role.name(), response.status().as_u16()),
+            trace: None,
+        })
+        .await;
+    response
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -876,6 +989,12 @@ async fn metrics(State(api): Ctx) -> Response {
     };
     let flag = |b: bool| u8::from(b);
     push("halo_up", "gauge", "The agent runs.", vec!["halo_up 1".into()]);
+    push(
+        "halo_api_auth_failures_total",
+        "counter",
+        "API requests refused for a missing or wrong token (each answered after a growing delay).",
+        vec![format!("halo_api_auth_failures_total {}", api.failures.total())],
+    );
     let live = api.agent.liveness();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     for (name, kind, help, value) in [
@@ -1270,6 +1389,134 @@ mod tests {
             body::<MaintenanceBody>(&Bytes::from_static(b"{\"enter\": true}")).map(|b| b.enter).ok(),
             Some(true)
         );
+    }
+
+    const ADMIN: &str = "admin-token-0123456789";
+    const READER: &str = "reader-token-0123456789";
+
+    /// The API of a node that is not master (no agent loop behind it: `control` receives what
+    /// the API asks), served on loopback.
+    async fn served() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<crate::handle::Control>) {
+        let text = "cluster = \"c\"\nhost = \"host-1\"\nkey-file = \"/nonexistent\"\nnetworks = [\"A\"]\n\
+                    [[hosts]]\nname = \"host-1\"\nmemory-mib = 4096\nvcpus = 4\naddresses = { A = \"10.0.0.1\" }\nlibvirt-uri = \"qemu+tcp://10.0.0.1/system\"\n\
+                    [[hosts]]\nname = \"host-2\"\nmemory-mib = 4096\nvcpus = 4\naddresses = { A = \"10.0.0.2\" }\nlibvirt-uri = \"qemu+tcp://10.0.0.2/system\"\n\
+                    [[datastores]]\nname = \"ds1\"\ndirectory = \"/srv/ds1\"\n";
+        let config = AgentConfig::parse(text, "halo.toml").expect("valid");
+        let cluster = config.cluster();
+        let status = halo_core::Node::new("host-1", cluster.clone(), 0).status();
+        let (control, rx) = tokio::sync::mpsc::channel(64);
+        let snapshot = Arc::new(Snapshot { status, plugins: vec![], config: Arc::new(cluster) });
+        let (_keep, snapshot) = tokio::sync::watch::channel(snapshot);
+        let agent = AgentHandle {
+            me: "host-1".into(),
+            control,
+            snapshot,
+            events: crate::events::EventLog::new(None, None),
+            catalog_refresh: Arc::default(),
+            datastores: vec![],
+            liveness: Arc::default(),
+            decisions: Arc::default(),
+        };
+        let api = Arc::new(Api {
+            agent,
+            config: Arc::new(config),
+            token: ADMIN.into(),
+            read_token: Some(READER.into()),
+            peers: BTreeMap::new(),
+            failures: AuthFailures::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let address = listener.local_addr().expect("address");
+        let app = router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (address, rx)
+    }
+
+    /// Every route of the OpenAPI document, with its path's parameters filled in.
+    fn every_route() -> Vec<(String, String)> {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        let mut routes = Vec::new();
+        for (path, methods) in doc["paths"].as_object().expect("paths") {
+            for method in methods.as_object().expect("methods").keys() {
+                let path = path.replace("{vm}", "vm-1").replace("{host}", "host-2");
+                routes.push((method.to_uppercase(), path));
+            }
+        }
+        routes
+    }
+
+    /// Roles: the read-only token reads everything and acts on nothing (403, before the agent
+    /// hears of it); no token or a wrong one gets a 401, later the more a client fails; an
+    /// action with the admin token is recorded with its role and its answer.
+    #[test]
+    fn a_read_only_token_reads_everything_and_acts_on_nothing_and_actions_are_audited() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        runtime.block_on(async {
+            let (address, mut control) = served().await;
+            let address = address.to_string();
+            let call = |method: String, path: String, token: Option<&'static str>| {
+                let address = address.clone();
+                async move {
+                    let body = (method == "POST").then(|| b"{}".to_vec());
+                    crate::client::request(&address, &method, &path, token, body, &[], Duration::from_secs(20))
+                        .await
+                        .expect("an answer")
+                }
+            };
+            let routes = every_route();
+            let (mut reads, mut actions) = (0, 0);
+            for (method, path) in &routes {
+                let answer = call(method.clone(), path.clone(), Some(READER)).await;
+                if is_action(&Method::from_bytes(method.as_bytes()).expect("method"), path) {
+                    actions += 1;
+                    assert_eq!(answer.status, 403, "{method} {path} with the read-only token");
+                    let text = String::from_utf8_lossy(&answer.body);
+                    assert!(text.contains("this token is read-only"), "{text}");
+                } else {
+                    reads += 1;
+                    assert!(
+                        ![401, 403].contains(&answer.status),
+                        "{method} {path}: {} with the read-only token",
+                        answer.status
+                    );
+                }
+            }
+            assert!(actions >= 12 && reads >= 8, "{actions} actions, {reads} reads");
+            while let Ok(asked) = control.try_recv() {
+                assert!(!matches!(asked, crate::handle::Control::Audit(_)), "reads and refusals are not audited");
+            }
+
+            // An action with the admin token: answered (here: no master to ask yet) and audited.
+            let answer = call("POST".into(), "/api/v1/vms/vm-1/migrate".into(), Some(ADMIN)).await;
+            assert_eq!(answer.status, 503, "{}", String::from_utf8_lossy(&answer.body));
+            let audited = loop {
+                match tokio::time::timeout(Duration::from_secs(5), control.recv()).await {
+                    Ok(Some(crate::handle::Control::Audit(event))) => break event,
+                    Ok(Some(_)) => continue,
+                    other => panic!("no audit record: {}", other.is_ok()),
+                }
+            };
+            assert_eq!(audited.kind, EventKind::ApiAction);
+            assert_eq!(audited.message, "admin token: POST /api/v1/vms/vm-1/migrate from 127.0.0.1: 503");
+
+            // Wrong and missing tokens: 401, each later than the one before (250 ms, 500 ms, …).
+            let mut took = Vec::new();
+            for token in [Some("wrong-token-0123456789"), None, Some("wrong-token-0123456789")] {
+                let began = std::time::Instant::now();
+                let answer = call("GET".into(), "/api/v1/status".into(), token).await;
+                assert_eq!(answer.status, 401);
+                took.push(began.elapsed());
+            }
+            assert!(took[0] >= Duration::from_millis(250) && took[1] >= Duration::from_millis(500), "{took:?}");
+            assert!(took[2] >= Duration::from_secs(1), "{took:?}");
+            let metrics = call("GET".into(), "/metrics".into(), Some(READER)).await;
+            let text = String::from_utf8_lossy(&metrics.body);
+            assert!(text.contains("halo_api_auth_failures_total 3"), "{text}");
+            // The client authenticated again: its delay starts afresh.
+            let began = std::time::Instant::now();
+            assert_eq!(call("GET".into(), "/api/v1/status".into(), Some("wrong-token-0123456789")).await.status, 401);
+            assert!(began.elapsed() < Duration::from_millis(500), "{:?}", began.elapsed());
+        });
     }
 
     #[test]

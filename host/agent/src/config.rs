@@ -178,9 +178,13 @@ pub struct WatchdogEntry {
 pub struct ApiEntry {
     /// Address and port to listen on (e.g. `0.0.0.0:7401`).
     pub listen: std::net::SocketAddr,
-    /// The bearer token (one line, at least 16 characters, mode 0600), the same on every host:
-    /// agents forward writes to the master with it.
+    /// The admin token (one line, at least 16 characters, mode 0600), the same on every host:
+    /// every read and every action; agents forward writes to the master with it.
     pub token_file: PathBuf,
+    /// A read-only token (same form, another file): the status page, `/metrics` and every read,
+    /// refused (403) on every action. For dashboards and monitoring.
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
 }
 
 /// Events and alerts.
@@ -769,6 +773,22 @@ impl AgentConfig {
                 }
                 Ok(_) => {}
             }
+            if let Some(file) = &api.read_token_file {
+                match std::fs::read_to_string(file) {
+                    Err(e) => problems.push(format!(
+                        "api.read-token-file: {}: {e}; write a random token there (e.g. `head -c 24 /dev/urandom | base64 > {0}`) or remove the key",
+                        file.display()
+                    )),
+                    Ok(token) if token.trim().len() < 16 || token.trim().contains(char::is_whitespace) => problems.push(
+                        format!("api.read-token-file: {}: the token must be one word of at least 16 characters", file.display()),
+                    ),
+                    Ok(token) if Some(token.trim().to_string()) == self.api_token() => problems.push(format!(
+                        "api.read-token-file: {}: the read-only token is the admin token (api.token-file); give it its own",
+                        file.display()
+                    )),
+                    Ok(_) => {}
+                }
+            }
         }
         if let Some(device) = &self.watchdog.device
             && !device.exists()
@@ -909,6 +929,12 @@ impl AgentConfig {
     pub fn api_token(&self) -> Option<String> {
         let api = self.api.as_ref()?;
         std::fs::read_to_string(&api.token_file).ok().map(|t| t.trim().to_string())
+    }
+
+    /// The API's read-only token, if one is configured (after [`AgentConfig::load`] checked it).
+    pub fn api_read_token(&self) -> Option<String> {
+        let file = self.api.as_ref()?.read_token_file.as_ref()?;
+        std::fs::read_to_string(file).ok().map(|t| t.trim().to_string())
     }
 }
 
@@ -1076,6 +1102,34 @@ priority = "restart"
         let clash = GOOD.replace("name = \"ds1\"", "name = \"etcd\"");
         let text = AgentConfig::parse(&format!("{clash}\n{etcd}"), "halo.toml").expect_err("name clash").to_string();
         assert!(text.contains("datastores[0]: the name `etcd` is the etcd backend's"), "{text}");
+    }
+
+    #[test]
+    fn a_read_only_token_is_its_own_and_checked_like_the_admin_token() {
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, token: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, token).expect("token");
+            path.display().to_string()
+        };
+        let admin = write("admin", "admin-token-0123456789\n");
+        let api = |read: Option<String>| {
+            let read = read.map(|r| format!("read-token-file = \"{r}\"\n")).unwrap_or_default();
+            format!("{GOOD}\n[api]\nlisten = \"127.0.0.1:7401\"\ntoken-file = \"{admin}\"\n{read}")
+        };
+        let config = AgentConfig::parse(&api(None), "halo.toml").expect("no read-only token: fine");
+        assert_eq!(config.api_read_token(), None);
+        let config =
+            AgentConfig::parse(&api(Some(write("read", "reader-token-0123456789"))), "halo.toml").expect("valid");
+        assert_eq!(config.api_read_token().as_deref(), Some("reader-token-0123456789"));
+        for (file, needle) in [
+            (write("short", "short"), "the token must be one word of at least 16 characters"),
+            (write("same", "admin-token-0123456789"), "the read-only token is the admin token"),
+            (dir.path().join("missing").display().to_string(), "api.read-token-file"),
+        ] {
+            let text = AgentConfig::parse(&api(Some(file)), "halo.toml").expect_err("refused").to_string();
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
     }
 
     #[test]

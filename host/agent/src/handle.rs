@@ -96,6 +96,8 @@ pub(crate) enum Control {
     /// The cluster config merged with the datastores' run-time changes differs from the one
     /// in force.
     Apply(Box<ClusterConfig>),
+    /// An API action to record in the event log (who asked, what, the answer).
+    Audit(Box<Event>),
 }
 
 /// Why the agent loop did not take a request.
@@ -127,6 +129,18 @@ impl AgentHandle {
     /// This host.
     pub fn me(&self) -> &str {
         &self.me
+    }
+
+    /// Records an API action in the event log (waits for room in the loop's queue, at most a
+    /// second; a record that finds none is logged here instead, never dropped silently).
+    pub async fn audit(&self, event: Event) {
+        let message = event.message.clone();
+        let sent =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.control.send(Control::Audit(Box::new(event))))
+                .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!("audit record not taken by the agent loop (busy or stopping): {message}");
+        }
     }
 
     /// What the loop published last (every 100 ms, and after every request it handled).

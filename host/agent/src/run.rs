@@ -759,6 +759,7 @@ fn handle_control(
                 plugin_event(drivers, now, node.name(), &world, result);
             }
         }
+        Control::Audit(event) => drivers.record(*event),
         Control::Apply(config) => {
             let names: BTreeSet<String> = config.vms.iter().map(|v| v.name.clone()).collect();
             let added: BTreeSet<String> = {

@@ -222,6 +222,8 @@ event_kinds! {
     // Operators and configuration.
     /// An operator command was refused (why in the message).
     CommandRefused => "command-refused",
+    /// An action asked through the API (who — the token's role — what, from where, the answer).
+    ApiAction => "api-action",
     /// HA was switched on or off for the cluster.
     HaEnabled => "ha-enabled",
     /// HA was switched on or off for one host.

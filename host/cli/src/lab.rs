@@ -57,6 +57,10 @@ enum LabCommand {
         /// config names its BMC as a `fence_redfish` fence device.
         #[arg(long)]
         bmc: bool,
+        /// An etcd cluster of three members (on M, `.189`–`.187`, port 2379); with `--agents`
+        /// every agent coordinates on it (`[coordination] backend = "etcd"`, decision 0017).
+        #[arg(long)]
+        etcd: bool,
     },
     /// Run one host's lab watchdog until the lab goes down (started by `up --agents`).
     #[command(hide = true)]
@@ -204,7 +208,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                 target.reset();
             }
         }
-        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms, no_watchdog, sanlock, bmc } => {
+        LabCommand::Up { hosts, exports, no_libvirt, no_nfs, agents, vms, no_watchdog, sanlock, bmc, etcd } => {
             let lab = Lab::up(LabSpec::new(name, hosts))?.keep();
             eprintln!("lab `{name}`: {hosts} host(s) up");
             if sanlock {
@@ -229,6 +233,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
                     lab.bmc_address(),
                     halo_lab::bmc::BMC_PORT_BASE
                 );
+            }
+            if etcd {
+                lab.etcd_start()?;
+                eprintln!("etcd up: {}", lab.etcd_endpoints().join(", "));
             }
             if agents {
                 start_agents(&lab, hosts, vms, !no_watchdog)?;
@@ -472,5 +480,14 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
         halo_lab::MOUNT_PORT,
         halo_lab::NFS_PORT
     );
+    if lab.uses_etcd() {
+        let members: Vec<String> = (1..=halo_lab::etcd::ETCD_MEMBERS)
+            .map(|m| {
+                let state = if lab.etcd_running(m) { "running" } else { "stopped" };
+                format!("{} ({state})", lab.etcd_endpoints()[m - 1])
+            })
+            .collect();
+        outln!("etcd: {}", members.join(", "));
+    }
     Ok(())
 }

@@ -52,6 +52,8 @@ struct Api {
     read_token: Option<String>,
     peers: BTreeMap<String, String>,
     failures: AuthFailures,
+    /// How agents reach each other's API: TLS verified against `[api] ca-file`, or plain.
+    tls_client: Option<crate::tls::TlsClient>,
 }
 
 /// Who a request's token says it is.
@@ -146,16 +148,65 @@ pub async fn serve(agent: AgentHandle, config: Arc<AgentConfig>) -> std::io::Res
     let token = config.api_token().unwrap_or_default();
     let read_token = config.api_read_token();
     let peers = config.api_addresses().into_iter().map(|(h, a)| (h, a.to_string())).collect();
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let server_tls = match (&api.cert_file, &api.key_file) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key).map_err(invalid)?),
+        _ => None,
+    };
+    let tls_client =
+        config.api_trust_file().map(|ca| crate::tls::TlsClient::trusting(&ca)).transpose().map_err(invalid)?;
     let listener = tokio::net::TcpListener::bind(api.listen).await?;
-    let app = router(Arc::new(Api { agent, config, token, read_token, peers, failures: AuthFailures::default() }));
-    tracing::info!("API, status page and /metrics on http://{}", api.listen);
-    tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("API server stopped: {e}");
+    let api_state = Api { agent, config, token, read_token, peers, failures: AuthFailures::default(), tls_client };
+    let app = router(Arc::new(api_state));
+    match server_tls {
+        Some(tls) => {
+            tracing::info!("API, status page and /metrics on https://{}", api.listen);
+            tokio::spawn(serve_tls(listener, app, tls));
         }
-    });
+        None => {
+            tracing::warn!("API, status page and /metrics on plain http://{} ([api] plain-http = true)", api.listen);
+            tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("API server stopped: {e}");
+                }
+            });
+        }
+    }
     Ok(())
+}
+
+/// Serves `app` over TLS on `listener`: each connection's handshake (at most 10 s) on a task of
+/// its own, then HTTP/1.1; a client that fails the handshake is dropped.
+async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("API: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(%remote, "API: TLS handshake refused: {e}"),
+                Err(_) => return tracing::debug!(%remote, "API: no TLS handshake within 10 s"),
+            };
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+                let mut app = app.clone();
+                async move { tower_service::Service::call(&mut app, request).await }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(%remote, "API connection: {e}");
+            }
+        });
+    }
 }
 
 fn router(api: Arc<Api>) -> Router {
@@ -290,6 +341,7 @@ async fn forward_within(
     };
     match crate::client::request(
         address,
+        api.tls_client.as_ref(),
         method.as_str(),
         path_and_query,
         Some(&api.token),
@@ -1396,7 +1448,9 @@ mod tests {
 
     /// The API of a node that is not master (no agent loop behind it: `control` receives what
     /// the API asks), served on loopback.
-    async fn served() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<crate::handle::Control>) {
+    async fn served(
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<crate::handle::Control>) {
         let text = "cluster = \"c\"\nhost = \"host-1\"\nkey-file = \"/nonexistent\"\nnetworks = [\"A\"]\n\
                     [[hosts]]\nname = \"host-1\"\nmemory-mib = 4096\nvcpus = 4\naddresses = { A = \"10.0.0.1\" }\nlibvirt-uri = \"qemu+tcp://10.0.0.1/system\"\n\
                     [[hosts]]\nname = \"host-2\"\nmemory-mib = 4096\nvcpus = 4\naddresses = { A = \"10.0.0.2\" }\nlibvirt-uri = \"qemu+tcp://10.0.0.2/system\"\n\
@@ -1424,11 +1478,17 @@ mod tests {
             read_token: Some(READER.into()),
             peers: BTreeMap::new(),
             failures: AuthFailures::default(),
+            tls_client: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let address = listener.local_addr().expect("address");
-        let app = router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        match tls {
+            Some(tls) => drop(tokio::spawn(serve_tls(listener, router(api), tls))),
+            None => {
+                let app = router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
+                tokio::spawn(async move { axum::serve(listener, app).await });
+            }
+        }
         (address, rx)
     }
 
@@ -1452,13 +1512,13 @@ mod tests {
     fn a_read_only_token_reads_everything_and_acts_on_nothing_and_actions_are_audited() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
         runtime.block_on(async {
-            let (address, mut control) = served().await;
+            let (address, mut control) = served(None).await;
             let address = address.to_string();
             let call = |method: String, path: String, token: Option<&'static str>| {
                 let address = address.clone();
                 async move {
                     let body = (method == "POST").then(|| b"{}".to_vec());
-                    crate::client::request(&address, &method, &path, token, body, &[], Duration::from_secs(20))
+                    crate::client::request(&address, None, &method, &path, token, body, &[], Duration::from_secs(20))
                         .await
                         .expect("an answer")
                 }
@@ -1516,6 +1576,64 @@ mod tests {
             let began = std::time::Instant::now();
             assert_eq!(call("GET".into(), "/api/v1/status".into(), Some("wrong-token-0123456789")).await.status, 401);
             assert!(began.elapsed() < Duration::from_millis(500), "{:?}", began.elapsed());
+        });
+    }
+
+    /// TLS: a client trusting the agent's certificate gets answers; one trusting another
+    /// certificate, one speaking plain HTTP to it, and a TLS client of a plain server get none.
+    #[test]
+    fn tls_answers_only_a_client_that_trusts_the_agents_certificate() {
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write");
+            path
+        };
+        let (cert, key) = crate::tls::make_cert(&["127.0.0.1".into()]).expect("pair");
+        let (cert, key) = (write("api.crt", cert), write("api.key", key));
+        let (other, _) = crate::tls::make_cert(&["127.0.0.1".into()]).expect("another");
+        let other = write("other.crt", other);
+        let (wrong_name, _) = crate::tls::make_cert(&["10.9.9.9".into()]).expect("another name");
+        let wrong_name = write("wrong-name.crt", wrong_name);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        runtime.block_on(async {
+            let server = crate::tls::server_config(&cert, &key).expect("server");
+            let (address, _control) = served(Some(server)).await;
+            let (plain, _plain_control) = served(None).await;
+            let (address, plain) = (address.to_string(), plain.to_string());
+            let get = |address: String, tls: Option<crate::tls::TlsClient>, token: &'static str| async move {
+                crate::client::request(
+                    &address,
+                    tls.as_ref(),
+                    "GET",
+                    "/metrics",
+                    Some(token),
+                    None,
+                    &[],
+                    Duration::from_secs(5),
+                )
+                .await
+            };
+            let trusting = crate::tls::TlsClient::trusting(&cert).expect("client");
+            let answer = get(address.clone(), Some(trusting.clone()), READER).await.expect("answered over TLS");
+            assert_eq!(answer.status, 200);
+            assert!(String::from_utf8_lossy(&answer.body).contains("halo_up 1"));
+            assert_eq!(
+                get(address.clone(), Some(trusting.clone()), "wrong-token-0123456789").await.expect("answer").status,
+                401
+            );
+
+            let stranger = crate::tls::TlsClient::trusting(&other).expect("client");
+            let refused = get(address.clone(), Some(stranger), READER).await.expect_err("another certificate: refused");
+            assert!(refused.to_string().contains("TLS") && refused.to_string().contains("certificate"), "{refused}");
+            // Trusted, but not made out for this address.
+            let (wrong, _) = (crate::tls::TlsClient::trusting(&wrong_name).expect("client"), ());
+            let refused = get(address.clone(), Some(wrong), READER).await.expect_err("wrong name: refused");
+            assert!(refused.to_string().contains("TLS"), "{refused}");
+            let plain_to_tls = get(address.clone(), None, READER).await;
+            assert!(plain_to_tls.is_err(), "plain HTTP to the TLS port answered: {:?}", plain_to_tls.map(|r| r.status));
+            let tls_to_plain = get(plain, Some(trusting), READER).await.expect_err("a plain server: no TLS");
+            assert!(tls_to_plain.to_string().contains("TLS"), "{tls_to_plain}");
         });
     }
 

@@ -1,12 +1,14 @@
 //! A small HTTP/1.1 client (hyper) for the agent's own API: the CLI asking its local agent, an
-//! agent forwarding a write to the master, the alert webhook. Plain `http://` only: the API is
-//! meant for the management network; put a TLS proxy in front for anything else.
+//! agent forwarding a write to the master, the alert webhook. With a [`TlsClient`] the exchange
+//! runs over TLS and the answering agent's certificate is verified; without, plain HTTP.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+
+use crate::tls::TlsClient;
 
 /// Why a request failed (before any HTTP status).
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +51,12 @@ pub struct Response {
 /// The largest answer read (a status of 1,000 hosts is far below).
 const MAX_BODY: usize = 32 << 20;
 
-/// One request to `address`; `token` as a bearer token; `extra` headers. The whole exchange
-/// is bounded by `timeout`.
+/// One request to `address` (over TLS with `tls`); `token` as a bearer token; `extra` headers.
+/// The whole exchange is bounded by `timeout`.
+#[allow(clippy::too_many_arguments)]
 pub async fn request(
     address: &str,
+    tls: Option<&TlsClient>,
     method: &str,
     path: &str,
     token: Option<&str>,
@@ -65,9 +69,27 @@ pub async fn request(
             .await
             .map_err(|e| ClientError::Connect { address: address.to_string(), detail: e.to_string() })?;
         let http = |detail: String| ClientError::Http { address: address.to_string(), detail };
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| http(e.to_string()))?;
-        let driver = tokio::spawn(connection);
+        let driver;
+        let mut sender = match tls {
+            Some(tls) => {
+                let stream = tls.connect(address, stream).await.map_err(|e| ClientError::Connect {
+                    address: address.to_string(),
+                    detail: format!("TLS: {e} (is its certificate the one [api] ca-file trusts?)"),
+                })?;
+                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| http(e.to_string()))?;
+                driver = tokio::spawn(async move { connection.await.map_err(drop) });
+                sender
+            }
+            None => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| http(e.to_string()))?;
+                driver = tokio::spawn(async move { connection.await.map_err(drop) });
+                sender
+            }
+        };
         let mut builder = hyper::Request::builder().method(method).uri(path).header("host", address);
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));

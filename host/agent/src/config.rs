@@ -185,6 +185,20 @@ pub struct ApiEntry {
     /// refused (403) on every action. For dashboards and monitoring.
     #[serde(default)]
     pub read_token_file: Option<PathBuf>,
+    /// TLS: the certificate (PEM; the same file on every host can name every host's API
+    /// address, as `halo agent --make-cert` writes it).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM, mode 0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// What clients (the CLI, agents forwarding to the master) trust: a CA or the cluster's
+    /// certificate (default: `cert-file`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Serve plain HTTP, without TLS: only on a trusted management network, and only when said.
+    #[serde(default)]
+    pub plain_http: bool,
 }
 
 /// Events and alerts.
@@ -528,6 +542,15 @@ impl AgentConfig {
         Self::parse(&text, &shown)
     }
 
+    /// Reads `path` without checking it as a whole (for `halo agent --make-cert`, which writes
+    /// files the checks look for).
+    pub fn load_unchecked(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: shown.clone(), detail: e.to_string() })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, detail: e.to_string() })
+    }
+
     /// Parses and checks `text` (read from `path`, for the messages).
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         let config: AgentConfig =
@@ -773,6 +796,29 @@ impl AgentConfig {
                 }
                 Ok(_) => {}
             }
+            match (&api.cert_file, &api.key_file, api.plain_http) {
+                (None, None, false) => problems.push(
+                    "api: serve TLS (cert-file and key-file; `halo agent --config FILE --make-cert DIR` writes a self-signed pair \
+                     naming every host's API address) or say plain-http = true (a trusted management network only)"
+                        .into(),
+                ),
+                (Some(_), Some(_), true) => {
+                    problems.push("api.plain-http: true beside cert-file and key-file; keep one (TLS or plain HTTP)".into())
+                }
+                (Some(cert), Some(key), false) => {
+                    if let Err(e) = crate::tls::server_config(cert, key) {
+                        problems.push(format!("api.cert-file / api.key-file: {e}"));
+                    }
+                }
+                (Some(_), None, _) => problems.push("api.key-file: cert-file needs its key-file".into()),
+                (None, Some(_), _) => problems.push("api.cert-file: key-file needs its cert-file".into()),
+                (None, None, true) => {}
+            }
+            if let Some(trust) = self.api_trust_file()
+                && let Err(e) = crate::tls::TlsClient::trusting(&trust)
+            {
+                problems.push(format!("api.ca-file: {e}"));
+            }
             if let Some(file) = &api.read_token_file {
                 match std::fs::read_to_string(file) {
                     Err(e) => problems.push(format!(
@@ -929,6 +975,14 @@ impl AgentConfig {
     pub fn api_token(&self) -> Option<String> {
         let api = self.api.as_ref()?;
         std::fs::read_to_string(&api.token_file).ok().map(|t| t.trim().to_string())
+    }
+
+    /// The file of certificates clients trust when the API serves TLS (`ca-file`, else
+    /// `cert-file`); `None` for plain HTTP.
+    pub fn api_trust_file(&self) -> Option<PathBuf> {
+        let api = self.api.as_ref()?;
+        api.cert_file.as_ref()?;
+        api.ca_file.clone().or_else(|| api.cert_file.clone())
     }
 
     /// The API's read-only token, if one is configured (after [`AgentConfig::load`] checked it).
@@ -1115,7 +1169,7 @@ priority = "restart"
         let admin = write("admin", "admin-token-0123456789\n");
         let api = |read: Option<String>| {
             let read = read.map(|r| format!("read-token-file = \"{r}\"\n")).unwrap_or_default();
-            format!("{GOOD}\n[api]\nlisten = \"127.0.0.1:7401\"\ntoken-file = \"{admin}\"\n{read}")
+            format!("{GOOD}\n[api]\nlisten = \"127.0.0.1:7401\"\ntoken-file = \"{admin}\"\nplain-http = true\n{read}")
         };
         let config = AgentConfig::parse(&api(None), "halo.toml").expect("no read-only token: fine");
         assert_eq!(config.api_read_token(), None);
@@ -1128,6 +1182,46 @@ priority = "restart"
             (dir.path().join("missing").display().to_string(), "api.read-token-file"),
         ] {
             let text = AgentConfig::parse(&api(Some(file)), "halo.toml").expect_err("refused").to_string();
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_api_serves_tls_or_says_plain_http_and_its_files_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path.display().to_string()
+        };
+        let token = write("token", "admin-token-0123456789");
+        let (cert, key) = crate::tls::make_cert(&["10.213.37.2".into()]).expect("pair");
+        let (cert, key) = (write("api.crt", &cert), write("api.key", &key));
+        let api = |lines: &str| format!("{GOOD}\n[api]\nlisten = \"0.0.0.0:7401\"\ntoken-file = \"{token}\"\n{lines}");
+        let tls = AgentConfig::parse(&api(&format!("cert-file = \"{cert}\"\nkey-file = \"{key}\"\n")), "halo.toml")
+            .expect("TLS");
+        assert_eq!(
+            tls.api_trust_file().map(|p| p.display().to_string()),
+            Some(cert.clone()),
+            "trusts its own certificate"
+        );
+        let plain = AgentConfig::parse(&api("plain-http = true\n"), "halo.toml").expect("plain, said");
+        assert_eq!(plain.api_trust_file(), None);
+        let garbage = write("garbage", "not a certificate");
+        for (lines, needle) in [
+            (String::new(), "api: serve TLS (cert-file and key-file; `halo agent --config FILE --make-cert DIR`"),
+            (format!("cert-file = \"{cert}\"\n"), "api.key-file: cert-file needs its key-file"),
+            (
+                format!("cert-file = \"{cert}\"\nkey-file = \"{key}\"\nplain-http = true\n"),
+                "keep one (TLS or plain HTTP)",
+            ),
+            (format!("cert-file = \"{garbage}\"\nkey-file = \"{key}\"\n"), "no certificate in it"),
+            (
+                format!("cert-file = \"{cert}\"\nkey-file = \"{key}\"\nca-file = \"/nonexistent/ca.pem\"\n"),
+                "api.ca-file: /nonexistent/ca.pem",
+            ),
+        ] {
+            let text = AgentConfig::parse(&api(&lines), "halo.toml").expect_err("refused").to_string();
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }
     }
@@ -1223,7 +1317,15 @@ mod example {
         // The example's token file is on the operator's machine; here one of our own.
         let token = std::env::temp_dir().join(format!("halo-example-token-{tag}-{}", std::process::id()));
         std::fs::write(&token, "0123456789abcdef0123\n").expect("token");
-        (text.replace("/etc/halo/api.token", &token.display().to_string()), token)
+        let (cert, key) = crate::tls::make_cert(&["127.0.0.1".into()]).expect("a pair");
+        let (cert_file, key_file) = (token.with_extension("crt"), token.with_extension("key"));
+        std::fs::write(&cert_file, cert).expect("cert");
+        std::fs::write(&key_file, key).expect("key");
+        let text = text
+            .replace("/etc/halo/api.token", &token.display().to_string())
+            .replace("/etc/halo/api.crt", &cert_file.display().to_string())
+            .replace("/etc/halo/api.key", &key_file.display().to_string());
+        (text, token)
     }
 
     #[test]

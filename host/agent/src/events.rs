@@ -132,6 +132,7 @@ impl EventLog {
             tokio::spawn(async move {
                 let sent = crate::client::request(
                     &address,
+                    None,
                     "POST",
                     &path,
                     None,

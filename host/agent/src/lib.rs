@@ -17,6 +17,7 @@ pub mod handle;
 pub mod health;
 pub mod liveness;
 pub mod run;
+pub mod tls;
 pub mod watchdog;
 
 pub use config::{AgentConfig, ConfigError};

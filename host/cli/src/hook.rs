@@ -137,12 +137,14 @@ fn admit(config_path: &Path, domain: &str, xml: &str) -> Result<(), String> {
 }
 
 fn ask_agent(config: &halo_agent::AgentConfig, path: &Path, domain: &str, generation: u64) -> anyhow::Result<Value> {
-    let (address, token_file) = crate::ops::api_endpoint(config, path)?;
+    let (address, token_file, trust) = crate::ops::api_endpoint(config, path)?;
     let token = crate::ops::read_token(&token_file)?;
+    let tls = trust.map(|ca| halo_agent::tls::TlsClient::trusting(&ca)).transpose().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let body = json!({ "vm": domain, "generation": generation }).to_string().into_bytes();
     let response = runtime.block_on(halo_agent::client::request(
         &address,
+        tls.as_ref(),
         "POST",
         "/api/v1/admission",
         Some(&token),

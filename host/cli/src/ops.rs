@@ -25,42 +25,61 @@ pub struct ApiArgs {
     /// The token file instead of the config's.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Speak TLS to --api and trust the certificate(s) in this PEM file (with a config whose
+    /// [api] serves TLS: its ca-file, or its cert-file).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 struct Agent {
     address: String,
     token: String,
+    /// TLS, verifying the agent's certificate (the config's [api] serves TLS, or --ca-file).
+    tls: Option<halo_agent::tls::TlsClient>,
     /// One small runtime for every request of this command.
     runtime: tokio::runtime::Runtime,
 }
 
 impl ApiArgs {
     fn agent(&self) -> anyhow::Result<Agent> {
-        let (address, token_file) = match (&self.api, &self.token_file) {
-            (Some(a), Some(t)) => (a.clone(), t.clone()),
+        let (address, token_file, trust) = match (&self.api, &self.token_file) {
+            (Some(a), Some(t)) => (a.clone(), t.clone(), self.ca_file.clone()),
             _ => {
                 let config = halo_agent::AgentConfig::load(&self.config)
                     .with_context(|| "give --api and --token-file, or a config with [api]".to_string())?;
-                let (listen, token_file) = api_endpoint(&config, &self.config)?;
-                (self.api.clone().unwrap_or(listen), self.token_file.clone().unwrap_or(token_file))
+                let (listen, token_file, trust) = api_endpoint(&config, &self.config)?;
+                (
+                    self.api.clone().unwrap_or(listen),
+                    self.token_file.clone().unwrap_or(token_file),
+                    self.ca_file.clone().or(trust),
+                )
             }
         };
         let token = read_token(&token_file)?;
+        let tls = trust
+            .map(|ca| halo_agent::tls::TlsClient::trusting(&ca))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--ca-file / [api] ca-file: {e}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Agent { address, token, runtime })
+        Ok(Agent { address, token, tls, runtime })
     }
 }
 
-/// Where this host's agent answers (`[api] listen`, an unspecified address as localhost) and
-/// its token file, from its config (read from `path`).
-pub(crate) fn api_endpoint(config: &halo_agent::AgentConfig, path: &Path) -> anyhow::Result<(String, PathBuf)> {
+/// Where this host's agent answers (`[api] listen`, an unspecified address as localhost), its
+/// token file and, when it serves TLS, the certificate file to trust, from its config (read
+/// from `path`).
+pub(crate) fn api_endpoint(
+    config: &halo_agent::AgentConfig,
+    path: &Path,
+) -> anyhow::Result<(String, PathBuf, Option<PathBuf>)> {
     let api =
         config.api.clone().with_context(|| format!("{}: no [api] section: the agent serves no API", path.display()))?;
     let mut listen = api.listen;
     if listen.ip().is_unspecified() {
         listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    Ok((listen.to_string(), api.token_file))
+    let trust = config.api_trust_file();
+    Ok((listen.to_string(), api.token_file, trust))
 }
 
 /// The API token in `path`.
@@ -83,6 +102,7 @@ impl Agent {
     fn call_any(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
         let response = self.runtime.block_on(halo_agent::client::request(
             &self.address,
+            self.tls.as_ref(),
             method,
             path,
             Some(&self.token),

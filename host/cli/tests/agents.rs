@@ -467,6 +467,7 @@ impl Cluster {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(halo_agent::client::request(
                 &address,
+                None,
                 &method,
                 &path,
                 token.as_deref(),
@@ -2321,6 +2322,75 @@ fn on_the_etcd_backend_its_faults_stop_no_vm_and_a_crash_restarts_under_etcd_cla
         .unwrap_or_default();
     assert!(on_ds1.is_empty(), "no claim on the datastore with the etcd backend: {on_ds1:?}");
     cluster.holds(&placement, Duration::from_secs(3), "after the failover");
+}
+
+/// The API over TLS (issue 22): `halo agent --make-cert` writes one self-signed pair naming
+/// every host's API address; with it in `[api]` every agent serves TLS, the CLI verifies it,
+/// non-masters forward writes to the master over it, and a certificate the CLI does not trust is
+/// refused. Every action is audited with its role.
+#[test]
+fn the_api_over_tls_is_verified_by_the_cli_and_between_agents_and_actions_are_audited() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "the_api_over_tls_is_verified_by_the_cli_and_between_agents_and_actions_are_audited";
+    let Some(mut cluster) = Cluster::up(test, 't', "") else {
+        return;
+    };
+    let config = cluster.lab.dir().join("halo-1.toml");
+    let make = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::process::Command::new(halo())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .arg("--make-cert")
+            .arg(dir)
+            .output()
+            .expect("halo runs")
+    };
+    let dir = cluster.lab.dir().join("tls");
+    let made = make(&dir);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let said = String::from_utf8_lossy(&made.stdout).to_string();
+    for h in 1..=3 {
+        let address = cluster.lab.address(h, "A").expect("address").to_string();
+        assert!(said.contains(&address), "the certificate names host-{h}'s API address {address}: {said}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("api.key")).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key is the owner's only");
+    let again = make(&dir);
+    assert!(!again.status.success(), "an existing pair is not overwritten");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not written"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    cluster.edits = vec![(
+        "plain-http = true".into(),
+        format!("cert-file = \"{}\"\nkey-file = \"{}\"", dir.join("api.crt").display(), dir.join("api.key").display()),
+    )];
+    cluster.restart_agents_with(&[]);
+    let status = cluster.cli(1, &["status"]);
+    assert!(status.ok && status.out.contains("master host-"), "halo status over TLS:\n{}", status.out);
+    // Writes on every host: the non-masters forward them to the master, over TLS.
+    for (h, switch) in [(2, "disable"), (3, "enable"), (1, "disable"), (2, "enable")] {
+        let run = cluster.cli(h, &["ha", switch]);
+        assert!(run.ok, "halo ha {switch} on host-{h}: {}\n{}", run.out, cluster.logs());
+    }
+    let events = cluster.cli(1, &["events", "--limit", "300"]);
+    assert!(
+        events.out.contains("api-action") && events.out.contains("admin token: POST /api/v1/ha"),
+        "the actions are audited:\n{}",
+        events.out
+    );
+    assert!(events.out.contains("forwarded by host-"), "a forwarded action says by whom:\n{}", events.out);
+
+    // Another pair: the CLI refuses the agent's certificate.
+    let other = cluster.lab.dir().join("tls-other");
+    assert!(make(&other).status.success());
+    let refused = cluster.cli(1, &["status", "--ca-file", &other.join("api.crt").display().to_string()]);
+    assert!(!refused.ok, "a certificate the CLI does not trust: {}", refused.out);
+    assert!(refused.out.contains("TLS") && refused.out.contains("certificate"), "{}", refused.out);
 }
 
 /// The storage-protection lab (issue 20): the cluster of [`Cluster::up`] plus `db-1`, a Linux

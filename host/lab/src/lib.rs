@@ -987,7 +987,7 @@ impl Lab {
             self.images_dir()?.display()
         ));
         toml.push_str(&format!(
-            "\n[api]\nlisten = \"{}\"\ntoken-file = \"{}\"\n",
+            "\n[api]\nlisten = \"{}\"\ntoken-file = \"{}\"\nplain-http = true\n",
             self.api_address(host)?,
             self.api_token()?.0.display()
         ));

@@ -228,6 +228,7 @@ fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/balance/apply", post(balance_apply))
         .route("/api/v1/events", get(events))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/ha", post(ha))
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/plugins/reload", post(reload))
@@ -901,6 +902,46 @@ async fn list_events(api: &Arc<Api>, headers: &HeaderMap, q: EventsQuery, alerts
         all.drain(..skip);
     }
     ok(json!({ "events": all, "unreachable": unreachable }))
+}
+
+/// Every failover in the cluster's recent events (the newest 2,000 of every reachable agent):
+/// its steps from the host's last heartbeat to its last VM running again, times on the wall
+/// clock (ms since the Unix epoch) of the agent that recorded each event.
+async fn incidents(State(api): Ctx, headers: HeaderMap) -> Reply {
+    let query = EventsQuery { since: 0, limit: 2_000, cluster: true };
+    let Reply(status, listed) = list_events(&api, &headers, query, false).await;
+    if status != StatusCode::OK {
+        return Reply(status, listed);
+    }
+    let events = listed.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+    let parsed: Vec<(u64, EventKind, String, Option<String>)> = events
+        .iter()
+        .filter_map(|e| {
+            let kind: EventKind = e.get("kind")?.as_str()?.parse().ok()?;
+            let at = e.get("unix-ms")?.as_u64()?;
+            let message = e.get("message")?.as_str()?.to_string();
+            Some((at, kind, message, e.get("trace").and_then(Value::as_str).map(String::from)))
+        })
+        .collect();
+    let seen: Vec<halo_core::incidents::Seen> = parsed
+        .iter()
+        .map(|(at, kind, message, trace)| halo_core::incidents::Seen {
+            at: *at,
+            kind: *kind,
+            message,
+            trace: trace.as_deref(),
+        })
+        .collect();
+    let found: Vec<Value> = halo_core::incidents::incidents(&seen)
+        .into_iter()
+        .map(|i| {
+            let took = i.took_ms();
+            let mut value = json!(i);
+            value["took-ms"] = json!(took);
+            value
+        })
+        .collect();
+    ok(json!({ "incidents": found, "unreachable": listed.get("unreachable").cloned().unwrap_or(json!([])) }))
 }
 
 #[derive(Deserialize)]

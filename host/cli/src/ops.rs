@@ -839,11 +839,87 @@ pub struct EventsArgs {
     /// Print the API's JSON.
     #[arg(long)]
     json: bool,
+    /// The failovers instead: one line each (from the host's last heartbeat to its last VM
+    /// running again).
+    #[arg(long, conflicts_with_all = ["alerts", "local"])]
+    incidents: bool,
+    /// One failover, step by step, with the time each step took.
+    #[arg(long, value_name = "N", conflicts_with_all = ["alerts", "local", "incidents"])]
+    incident: Option<u32>,
     #[command(flatten)]
     api: ApiArgs,
 }
 
+/// `halo events --incidents` / `--incident N`.
+fn incidents(args: &EventsArgs) -> anyhow::Result<ExitCode> {
+    let answer = args.api.agent()?.call("GET", "/api/v1/incidents", None)?;
+    let all = list(&answer, "incidents");
+    let clock = |ms: u64| {
+        let secs = ms / 1000;
+        format!("{:02}:{:02}:{:02}.{:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, ms % 1000)
+    };
+    let number = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64);
+    let Some(n) = args.incident else {
+        if args.json {
+            return print_json(&answer);
+        }
+        if all.is_empty() {
+            outln!("no failover in the cluster's recent events");
+        }
+        for i in all {
+            let took =
+                number(i, "took-ms").map_or("still under way".to_string(), |ms| format!("{:.1} s", ms as f64 / 1e3));
+            outln!(
+                "{:>3}  {}  {} {}: {} VM(s), {} running again, {took}",
+                text(i, "id"),
+                clock(number(i, "began-at").unwrap_or(0)),
+                text(i, "host"),
+                text(i, "verdict"),
+                list(i, "vms").len(),
+                list(i, "restarted").len()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let Some(incident) = all.iter().find(|i| number(i, "id") == Some(u64::from(n))) else {
+        bail!(
+            "no incident {n} in the cluster's recent events ({} known; `halo events --incidents` lists them)",
+            all.len()
+        );
+    };
+    if args.json {
+        return print_json(incident);
+    }
+    outln!(
+        "incident {n}: {} {} at {}, VMs {}",
+        text(incident, "host"),
+        text(incident, "verdict"),
+        clock(number(incident, "began-at").unwrap_or(0)),
+        list(incident, "vms").iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+    );
+    let mut previous = 0;
+    for step in list(incident, "steps") {
+        let after = number(step, "after-ms").unwrap_or(0);
+        outln!(
+            "  +{:>6.1}s (+{:>4.1}s)  {:<22} {}",
+            after as f64 / 1e3,
+            after.saturating_sub(previous) as f64 / 1e3,
+            text(step, "kind"),
+            text(step, "message")
+        );
+        previous = after;
+    }
+    match number(incident, "took-ms") {
+        Some(ms) => outln!("took {:.1} s from the last heartbeat to the last VM running again", ms as f64 / 1e3),
+        None => outln!("still under way: not every VM runs again"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    if args.incidents || args.incident.is_some() {
+        return incidents(&args);
+    }
     let path = format!(
         "/api/v1/{}?limit={}&cluster={}",
         if args.alerts { "alerts" } else { "events" },

@@ -2322,6 +2322,24 @@ fn on_the_etcd_backend_its_faults_stop_no_vm_and_a_crash_restarts_under_etcd_cla
         .unwrap_or_default();
     assert!(on_ds1.is_empty(), "no claim on the datastore with the etcd backend: {on_ds1:?}");
     cluster.holds(&placement, Duration::from_secs(3), "after the failover");
+
+    // The failover as an incident (issue 22): its steps, the claims that failed while etcd had
+    // no quorum among them, in the API and in `halo events --incident 1`.
+    let (code, body) = cluster.api(1, "GET", "/api/v1/incidents", Some(&cluster.token()), None);
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let incidents = answer["incidents"].as_array().cloned().unwrap_or_default();
+    assert_eq!(incidents.len(), 1, "{body}");
+    let incident = &incidents[0];
+    assert_eq!((incident["host"].as_str(), incident["verdict"].as_str()), (Some("host-2"), Some("failed")), "{body}");
+    let kinds: Vec<&str> =
+        incident["steps"].as_array().into_iter().flatten().filter_map(|s| s["kind"].as_str()).collect();
+    for kind in ["last-heartbeat", "verdict", "vm-lost", "setback", "restart-wave", "vm-restarted"] {
+        assert!(kinds.contains(&kind), "no {kind} step: {kinds:?}");
+    }
+    assert!(incident["took-ms"].as_u64().is_some_and(|ms| ms > 10_000), "it waited for etcd: {body}");
+    let run = cluster.cli(1, &["events", "--incident", "1"]);
+    assert!(run.ok && run.out.contains("incident 1: host-2 failed") && run.out.contains("took "), "{}", run.out);
 }
 
 /// The API over TLS (issue 22): `halo agent --make-cert` writes one self-signed pair naming

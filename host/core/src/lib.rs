@@ -18,6 +18,7 @@ pub mod classify;
 pub mod config;
 pub mod disks;
 pub mod drivers;
+pub mod incidents;
 pub mod node;
 pub mod policies;
 pub mod rules;

@@ -163,6 +163,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The failovers of the run as incidents (`halo_core::incidents`), from every host's events
+    /// on the simulator's one clock.
+    pub fn incidents(&self) -> Vec<halo_core::incidents::Incident> {
+        let seen: Vec<halo_core::incidents::Seen> = self
+            .timeline
+            .iter()
+            .filter_map(|e| match e.kind {
+                TimelineKind::Event(kind) => {
+                    Some(halo_core::incidents::Seen { at: e.at, kind, message: &e.message, trace: e.trace.as_deref() })
+                }
+                _ => None,
+            })
+            .collect();
+        halo_core::incidents::incidents(&seen)
+    }
+
     /// The timeline as text, one line per entry: time, source, kind, message (and the
     /// verdict's trace, indented, with `traces`).
     pub fn render(&self, traces: bool) -> String {

@@ -108,6 +108,44 @@ fn on_etcd_nothing_is_claimed_without_its_quorum_and_a_host_cut_from_it_keeps_it
     assert_eq!(cut_off_verdicts, 0, "a host cut from etcd only was declared failed\n{}", dump(&o));
 }
 
+/// A host crash as an incident (`halo_core::incidents`, what `/api/v1/incidents` serves): one
+/// incident for the host, its two protected VMs, steps in time order from the last heartbeat to
+/// the last restart, as long as the failover itself took.
+#[test]
+fn a_crash_reads_as_one_incident_with_its_steps_in_order() {
+    use halo_core::incidents::StepKind;
+    let faults = vec![Fault { at: 10_000, duration: 600_000, kind: FaultKind::HostCrash { host: "host-2".into() } }];
+    let o = Sim::new(
+        cluster(4, 12),
+        Schedule { faults, ..Schedule::default() },
+        SimOptions::new(1, 60_000),
+        &mut BuiltinPolicies,
+    )
+    .run();
+    assert_clean(&o);
+    let incidents = o.incidents();
+    assert_eq!(incidents.len(), 1, "{incidents:#?}\n{}", dump(&o));
+    let i = &incidents[0];
+    assert_eq!((i.host.as_str(), i.verdict.as_str()), ("host-2", "failed"));
+    let mut vms = i.vms.clone();
+    vms.sort();
+    assert_eq!(vms, ["vm-002", "vm-006"]);
+    assert_eq!(i.restarted.len(), 2);
+    assert!(i.steps.windows(2).all(|w| w[0].at <= w[1].at), "{:#?}", i.steps);
+    let order: Vec<StepKind> = i.steps.iter().map(|s| s.kind).collect();
+    let first =
+        |kind: StepKind| order.iter().position(|k| *k == kind).unwrap_or_else(|| panic!("no {kind:?}: {order:?}"));
+    assert!(first(StepKind::LastHeartbeat) < first(StepKind::Verdict));
+    assert!(first(StepKind::Verdict) < first(StepKind::RestartWave));
+    assert!(first(StepKind::RestartWave) < first(StepKind::VmRestarted));
+    assert_eq!(order.iter().filter(|k| **k == StepKind::LastHeartbeat).count(), 2, "one per network");
+    // The crash was at 10 s; the last heartbeat at most an interval before.
+    assert!((9_700..=10_000).contains(&i.began_at), "{}", i.began_at);
+    let took = i.took_ms().expect("over");
+    let latest = o.failover_latencies.iter().copied().max().expect("restarts");
+    assert!(took.abs_diff(latest) <= 300, "incident {took} ms, failover {latest} ms");
+}
+
 #[test]
 fn matrix_agent_down_vms_are_not_restarted() {
     // The agent is back after 6 s, before the watchdog (fence timeout, 9 s) resets the host.

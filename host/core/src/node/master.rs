@@ -120,6 +120,9 @@ pub struct MasterState {
     pub(super) first_seen: super::exclusivity::FirstSeen,
     /// Protected VMs found running on more than one host (`exclusivity`).
     pub(super) duplicates: BTreeMap<String, super::exclusivity::Duplicate>,
+    /// Restarts wait because no claim can be taken (said once per episode).
+    #[serde(default)]
+    pub(super) claims_blocked: bool,
 }
 
 impl MasterState {
@@ -136,6 +139,7 @@ impl MasterState {
             moved: BTreeMap::new(),
             first_seen: Default::default(),
             duplicates: BTreeMap::new(),
+            claims_blocked: false,
         }
     }
 }
@@ -802,7 +806,26 @@ impl Node {
         if ready.is_empty() {
             return;
         }
-        let Some(datastore) = self.readable_datastore() else { return };
+        let Some(datastore) = self.readable_datastore() else {
+            // Said once until claims can be taken again: an operator sees why nothing starts.
+            let newly = self.master.as_mut().is_some_and(|m| !std::mem::replace(&mut m.claims_blocked, true));
+            if newly {
+                let why = match &self.config.claim_store {
+                    Some(store) => format!("the claim store {store} could not be written lately"),
+                    None => "no datastore could be written lately".to_string(),
+                };
+                let message = format!(
+                    "{} VM(s) wait for a restart ({}): {why}; a claim must be taken before a start",
+                    ready.len(),
+                    ready.join(", ")
+                );
+                self.record(Severity::Alert, EventKind::RestartWaiting, message, None);
+            }
+            return;
+        };
+        if let Some(m) = self.master.as_mut() {
+            m.claims_blocked = false;
+        }
         // Waves from the restart policy.
         let in_set: BTreeSet<&str> = ready.iter().map(String::as_str).collect();
         let input = RestartInput {

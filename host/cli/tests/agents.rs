@@ -563,7 +563,7 @@ impl Cluster {
             .expect("chromium runs");
         let dom = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
-            dom.contains("<div id=\"error\"></div>"),
+            dom.contains("<div id=\"error\" role=\"alert\"></div>"),
             "the page reads the API:\n{dom}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
@@ -826,12 +826,44 @@ fn operators_drive_the_cluster_through_the_api_cli_and_status_page() {
     let run = cluster.cli(1, &["status"]);
     assert!(run.out.contains("MiB free"), "{}", run.out);
 
-    // The status page, in headless Chromium inside the lab: its script fills the tables.
+    // The status page, in headless Chromium inside the lab: its script fills the cards, the
+    // plan bar, the incidents and the tables.
     let dom = cluster.status_page(2, &token);
-    assert!(dom.contains("<td>host-1 (master)</td>"), "status page:\n{dom}");
-    assert!(dom.contains("<td class=\"bad\">failed</td>"), "host-3 shown failed:\n{dom}");
+    let card = |host: &str, class: &str| {
+        format!("<section class=\"card host {class}\" aria-label=\"host {host}\" data-host=\"{host}\">")
+    };
+    assert!(
+        dom.contains(&card("host-1", "s-good")) && dom.contains("<h3>host-1<span class=\"badge \">master</span>"),
+        "host-1's card, master:\n{dom}"
+    );
+    assert!(
+        dom.contains(&card("host-3", "s-bad")) && dom.contains("<span class=\"badge b-bad\">failed</span>"),
+        "host-3's card shows it failed:\n{dom}"
+    );
+    assert!(
+        dom.contains("memory ") && dom.contains("<div class=\"bar\" role=\"img\" aria-label=\"memory "),
+        "memory bars:\n{dom}"
+    );
+    assert!(dom.contains("light\" title=\"heard "), "network lights:\n{dom}");
+    assert!(dom.contains("<div id=\"plan-bar\">") && dom.contains("reserved for failover"), "the plan bar:\n{dom}");
     assert!(dom.contains("<td>vm-4</td>") && dom.contains("host-failed"), "VMs and events shown:\n{dom}");
-    assert!(dom.contains("<div id=\"error\"></div>"), "no error on the page:\n{dom}");
+    assert!(dom.contains("<div id=\"error\" role=\"alert\"></div>"), "no error on the page:\n{dom}");
+    // The crash as an incident: its steps in order, each with its time.
+    let incident = dom
+        .split("class=\"incident\"")
+        .find(|part| part.contains("host-3 failed"))
+        .unwrap_or_else(|| panic!("host-3's incident:\n{dom}"));
+    let order: Vec<usize> = [
+        "data-kind=\"last-heartbeat\"",
+        "data-kind=\"verdict\"",
+        "data-kind=\"restart-wave\"",
+        "data-kind=\"vm-restarted\"",
+    ]
+    .iter()
+    .map(|kind| incident.find(kind).unwrap_or_else(|| panic!("no {kind} in the incident:\n{incident}")))
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "steps in order: {order:?}\n{incident}");
+    assert!(incident.contains("<td>+0.0 s (+0.0 s)</td>") && incident.contains("running again after "), "{incident}");
 
     // A deliberate stop (SIGTERM, as systemd does): the agent ends cleanly, its VMs stay.
     let mut agent = cluster.agents.remove(&2).expect("host-2's agent");

@@ -2443,6 +2443,170 @@ fn the_api_over_tls_is_verified_by_the_cli_and_between_agents_and_actions_are_au
     assert!(refused.out.contains("TLS") && refused.out.contains("certificate"), "{}", refused.out);
 }
 
+/// Headless Chromium driven over the DevTools protocol on pipes (`--remote-debugging-pipe`:
+/// JSON messages ended by NUL on the browser's file descriptors 3 and 4, here two FIFOs), so a
+/// test can click on the status page as an operator does.
+struct Browser {
+    child: Child,
+    to: std::fs::File,
+    from: std::io::BufReader<std::fs::File>,
+    session: String,
+    next: u64,
+}
+
+impl Browser {
+    /// Chromium in host `h`'s namespace showing `url`.
+    fn open(cluster: &Cluster, h: usize, url: &str) -> Self {
+        let dir = cluster.lab.dir().join(format!("cdp-{h}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (to, from) = (dir.join("to"), dir.join("from"));
+        for fifo in [&to, &from] {
+            let _ = std::fs::remove_file(fifo);
+            assert!(std::process::Command::new("mkfifo").arg(fifo).status().expect("mkfifo").success());
+        }
+        let script = format!(
+            "exec chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir={} --remote-debugging-pipe '{url}' 3<{} 4>{}",
+            dir.join("profile").display(),
+            to.display(),
+            from.display()
+        );
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &cluster.lab.netns(h), "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromium runs");
+        // Opening the FIFOs waits for the other side: ours in the order the shell opens them.
+        let to = std::fs::OpenOptions::new().write(true).open(&to).expect("the command pipe");
+        let from = std::io::BufReader::new(std::fs::File::open(&from).expect("the answer pipe"));
+        let mut browser = Self { child, to, from, session: String::new(), next: 0 };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let target = loop {
+            let targets = browser.send(None, "Target.getTargets", serde_json::json!({}));
+            let page = targets["targetInfos"].as_array().into_iter().flatten().find(|t| t["type"] == "page").cloned();
+            if let Some(page) = page {
+                break page["targetId"].as_str().expect("target id").to_string();
+            }
+            assert!(Instant::now() < deadline, "no page in Chromium");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let attached =
+            browser.send(None, "Target.attachToTarget", serde_json::json!({ "targetId": target, "flatten": true }));
+        browser.session = attached["sessionId"].as_str().expect("session").to_string();
+        browser
+    }
+
+    /// One command; its result (events in between are passed over).
+    fn send(&mut self, session: Option<&str>, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        self.next += 1;
+        let mut message = serde_json::json!({ "id": self.next, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = serde_json::json!(session);
+        }
+        let mut bytes = serde_json::to_vec(&message).expect("JSON");
+        bytes.push(0);
+        self.to.write_all(&bytes).expect("send to Chromium");
+        loop {
+            let mut answer = Vec::new();
+            let read = self.from.read_until(0, &mut answer).expect("read from Chromium");
+            assert!(read > 0, "Chromium closed its pipe");
+            answer.pop();
+            let answer: serde_json::Value = serde_json::from_slice(&answer).expect("a DevTools message");
+            if answer["id"] == self.next {
+                assert!(answer.get("error").is_none(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page; its value.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let session = self.session.clone();
+        let result = self.send(
+            Some(&session),
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Waits until `expression` is true in the page, at most `limit`.
+    fn wait_for(&mut self, expression: &str, limit: Duration, what: &str) {
+        let deadline = Instant::now() + limit;
+        while self.eval(expression) != serde_json::json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: `{expression}` never held; the page says: {}",
+                self.eval("document.getElementById('action').textContent")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Maintenance from the status page (issue 22): in headless Chromium an operator clicks "enter
+/// maintenance" on host-2's card and confirms; the page says what happened, the card shows the
+/// badge, host-2's VMs move away live; then "exit maintenance".
+#[test]
+fn maintenance_is_started_and_finished_from_the_status_page() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "maintenance_is_started_and_finished_from_the_status_page";
+    let Some(cluster) = Cluster::up(test, 'w', "") else {
+        return;
+    };
+    let url = format!("http://{}/#token={}", cluster.lab.api_address(1).expect("address"), cluster.token());
+    let mut page = Browser::open(&cluster, 1, &url);
+    let card = "document.querySelector('[data-host=\"host-2\"]')";
+    page.wait_for(
+        &format!("!!{card} && {card}.querySelector('button').textContent === 'enter maintenance'"),
+        Duration::from_secs(20),
+        "host-2's card",
+    );
+    // The operator confirms the dialog.
+    page.eval(&format!("window.confirm = () => true; {card}.querySelector('button').click(); true"));
+    page.wait_for(
+        "document.getElementById('action').textContent.startsWith('done')",
+        Duration::from_secs(60),
+        "the answer shown",
+    );
+    page.wait_for(
+        &format!("[...{card}.querySelectorAll('.badge')].some(b => b.textContent === 'maintenance') && {card}.querySelector('button').textContent === 'exit maintenance'"),
+        Duration::from_secs(60),
+        "the maintenance badge",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while VMS.iter().any(|(vm, _)| cluster.runners(vm, &[1, 2, 3]).contains(&2)) {
+        assert!(Instant::now() < deadline, "host-2 still runs VMs in maintenance\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (vm, _) in VMS {
+        assert_eq!(cluster.runners(vm, &[1, 2, 3]).len(), 1, "{vm} runs once");
+    }
+    page.eval("document.getElementById('action').textContent = ''; true");
+    page.eval(&format!("{card}.querySelector('button').click(); true"));
+    page.wait_for(
+        "document.getElementById('action').textContent.startsWith('done')",
+        Duration::from_secs(30),
+        "the answer shown",
+    );
+    page.wait_for(
+        &format!("![...{card}.querySelectorAll('.badge')].some(b => b.textContent === 'maintenance')"),
+        Duration::from_secs(30),
+        "the badge gone",
+    );
+    let events = cluster.cli(1, &["events", "--limit", "200"]);
+    assert!(events.out.contains("maintenance-entered") && events.out.contains("maintenance-exited"), "{}", events.out);
+    assert!(events.out.contains("admin token: POST /api/v1/hosts/host-2/maintenance"), "audited:\n{}", events.out);
+}
+
 /// The storage-protection lab (issue 20): the cluster of [`Cluster::up`] plus `db-1`, a Linux
 /// guest whose disk is on the lab's NFS server through QEMU's own NFS client, started on
 /// host-2 by halo (`halo vm start`); it writes a counter to its disk. Storage grace time 20 s.

@@ -1793,8 +1793,18 @@ fn with_an_unreachable_bmc_a_crash_fails_over_by_the_dead_time_and_alerts() {
     assert!(line("host-2").contains("fence_redfish") && line("host-2").contains("FAILED"), "{}", status.out);
     assert!(line("host-3").contains("fence_redfish") && line("host-3").contains("ok (on)"), "{}", status.out);
     let dom = cluster.status_page(1, &cluster.token());
-    let failed = dom.find("<td>host-2</td>").and_then(|at| dom[at..].split("</tr>").next()).unwrap_or_default();
-    assert!(failed.contains("<td class=\"bad\">fence_redfish") && failed.contains("FAILED"), "status page: {dom}");
+    let card = |host: &str| {
+        let at = dom.find(&format!("data-host=\"{host}\"")).unwrap_or_else(|| panic!("{host}'s card: {dom}"));
+        dom[at..].split("</section>").next().unwrap_or_default().to_string()
+    };
+    assert!(
+        card("host-2").contains("<div class=\"fence bad\">fence fence_redfish") && card("host-2").contains("FAILED"),
+        "status page: {dom}"
+    );
+    assert!(
+        card("host-3").contains("<div class=\"fence good\">fence fence_redfish") && card("host-3").contains("ok (on)"),
+        "status page: {dom}"
+    );
     let crashed = Instant::now();
     cluster.lab.kill_host(2).expect("host-2 loses power");
     let back = cluster.recovers(&mut placement, 2, &[1, 3], crashed, "crash, BMC unreachable");
@@ -2552,9 +2562,11 @@ impl Drop for Browser {
     }
 }
 
-/// Maintenance from the status page (issue 22): in headless Chromium an operator clicks "enter
+/// Actions from the status page (issue 22): in headless Chromium an operator clicks "enter
 /// maintenance" on host-2's card and confirms; the page says what happened, the card shows the
-/// badge, host-2's VMs move away live; then "exit maintenance".
+/// badge, host-2's VMs move away live; then "exit maintenance". Then HA off and on, a live
+/// migration to a host typed into the prompt, a refused one (the API's words shown), a plugin
+/// reload — every one audited.
 #[test]
 fn maintenance_is_started_and_finished_from_the_status_page() {
     let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
@@ -2602,9 +2614,61 @@ fn maintenance_is_started_and_finished_from_the_status_page() {
         Duration::from_secs(30),
         "the badge gone",
     );
-    let events = cluster.cli(1, &["events", "--limit", "200"]);
+
+    // HA off and on again from the header's button.
+    for shown in ["OFF", "on"] {
+        page.eval(
+            "document.getElementById('action').textContent = ''; document.getElementById('ha-toggle').click(); true",
+        );
+        page.wait_for(
+            "document.getElementById('action').textContent.startsWith('done')",
+            Duration::from_secs(30),
+            "HA switched",
+        );
+        page.wait_for(
+            &format!("document.getElementById('ha').textContent === '{shown}'"),
+            Duration::from_secs(30),
+            "HA shown",
+        );
+    }
+    // vm-1 moved live to host-3 from its row (the operator types the host into the prompt).
+    let before = cluster.runners("vm-1", &[1, 2, 3]);
+    assert_ne!(before, vec![3], "vm-1 starts elsewhere");
+    page.eval("document.getElementById('action').textContent = ''; window.prompt = () => 'host-3'; document.querySelector('[aria-label=\"migrate vm-1\"]').click(); true");
+    page.wait_for(
+        "document.getElementById('action').textContent.startsWith('done')",
+        Duration::from_secs(60),
+        "the migration answered",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.runners("vm-1", &[1, 2, 3]) != vec![3] {
+        assert!(Instant::now() < deadline, "vm-1 did not reach host-3\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A refusal in the API's words: vm-1 to the host it runs on.
+    page.eval("document.getElementById('action').textContent = ''; document.querySelector('[aria-label=\"migrate vm-1\"]').click(); true");
+    page.wait_for(
+        "document.getElementById('action').textContent.startsWith('refused: ')",
+        Duration::from_secs(30),
+        "the refusal shown",
+    );
+    page.eval("document.getElementById('action').textContent = ''; document.getElementById('reload').click(); true");
+    page.wait_for(
+        "document.getElementById('action').textContent.startsWith('done')",
+        Duration::from_secs(30),
+        "plugins reloaded",
+    );
+
+    let events = cluster.cli(1, &["events", "--limit", "300"]);
     assert!(events.out.contains("maintenance-entered") && events.out.contains("maintenance-exited"), "{}", events.out);
-    assert!(events.out.contains("admin token: POST /api/v1/hosts/host-2/maintenance"), "audited:\n{}", events.out);
+    for action in [
+        "POST /api/v1/hosts/host-2/maintenance",
+        "POST /api/v1/ha",
+        "POST /api/v1/vms/vm-1/migrate",
+        "POST /api/v1/plugins/reload",
+    ] {
+        assert!(events.out.contains(&format!("admin token: {action}")), "{action} audited:\n{}", events.out);
+    }
 }
 
 /// The storage-protection lab (issue 20): the cluster of [`Cluster::up`] plus `db-1`, a Linux

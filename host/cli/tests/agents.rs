@@ -2658,6 +2658,41 @@ fn maintenance_is_started_and_finished_from_the_status_page() {
         Duration::from_secs(30),
         "plugins reloaded",
     );
+    // vm-4 unprotected and protected again from its row.
+    for (button, priority) in [("unprotect vm-4", "unprotected"), ("protect vm-4", "restart")] {
+        page.eval(&format!(
+            "document.getElementById('action').textContent = ''; document.querySelector('[aria-label=\"{button}\"]').click(); true"
+        ));
+        page.wait_for(
+            "document.getElementById('action').textContent.startsWith('done')",
+            Duration::from_secs(30),
+            button,
+        );
+        page.wait_for(
+            &format!(
+                "[...document.querySelectorAll('#vms tbody tr')].some(r => r.cells[0].textContent === 'vm-4' && r.cells[2].textContent === '{priority}')"
+            ),
+            Duration::from_secs(30),
+            button,
+        );
+    }
+    // On a phone's width nothing runs off the side, and every button is labelled and in the tab
+    // order.
+    let session = page.session.clone();
+    page.send(
+        Some(&session),
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({ "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true }),
+    );
+    page.wait_for(
+        "document.documentElement.scrollWidth <= window.innerWidth + 1",
+        Duration::from_secs(10),
+        "no sideways scrolling at 390 px",
+    );
+    let unlabelled = page.eval(
+        "[...document.querySelectorAll('button')].filter(b => !(b.getAttribute('aria-label') || b.textContent).trim() || b.tabIndex < 0).length",
+    );
+    assert_eq!(unlabelled, serde_json::json!(0), "every button has a label and is in the tab order");
 
     let events = cluster.cli(1, &["events", "--limit", "300"]);
     assert!(events.out.contains("maintenance-entered") && events.out.contains("maintenance-exited"), "{}", events.out);

@@ -91,7 +91,13 @@ pub fn protection_spec(
         return Err(ProtectError::UnprotectedPriority);
     }
     let existing = in_force.vms.iter().find(|v| v.name == vm);
-    let priority = request.priority.or(existing.map(|v| v.priority)).unwrap_or(RestartPriority::Restart);
+    // Protecting a VM that is unprotected now (never protected, or unprotected earlier) without
+    // naming a priority protects it as `restart`: a protect never leaves a VM unprotected.
+    let priority = match request.priority.or(existing.map(|v| v.priority)) {
+        Some(RestartPriority::Unprotected) if !unprotecting => RestartPriority::Restart,
+        Some(priority) => priority,
+        None => RestartPriority::Restart,
+    };
     if priority != RestartPriority::Unprotected && !domain.problems.is_empty() {
         return Err(ProtectError::NotProtectable { vm: vm.to_string(), problems: domain.problems.clone() });
     }
@@ -237,6 +243,11 @@ mod tests {
 
         let unprotected = protection_spec("db", ProtectRequest::unprotect(), &in_force, &domain(), true).expect("ok");
         assert_eq!(unprotected, VmSpec { priority: RestartPriority::Unprotected, ..spec("db") });
+
+        // Protected again without a priority (the page's button, `halo vm protect db`): restart.
+        let in_force = cluster(vec![unprotected, spec("web")]);
+        let again = protection_spec("db", ProtectRequest::default(), &in_force, &domain(), false).expect("protect");
+        assert_eq!(again, spec("db"), "protected again as restart, the rest as it was");
     }
 
     #[test]

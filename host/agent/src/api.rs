@@ -1497,21 +1497,7 @@ mod tests {
                     [[hosts]]\nname = \"host-2\"\nmemory-mib = 4096\nvcpus = 4\naddresses = { A = \"10.0.0.2\" }\nlibvirt-uri = \"qemu+tcp://10.0.0.2/system\"\n\
                     [[datastores]]\nname = \"ds1\"\ndirectory = \"/srv/ds1\"\n";
         let config = AgentConfig::parse(text, "halo.toml").expect("valid");
-        let cluster = config.cluster();
-        let status = halo_core::Node::new("host-1", cluster.clone(), 0).status();
-        let (control, rx) = tokio::sync::mpsc::channel(64);
-        let snapshot = Arc::new(Snapshot { status, plugins: vec![], config: Arc::new(cluster) });
-        let (_keep, snapshot) = tokio::sync::watch::channel(snapshot);
-        let agent = AgentHandle {
-            me: "host-1".into(),
-            control,
-            snapshot,
-            events: crate::events::EventLog::new(None, None),
-            catalog_refresh: Arc::default(),
-            datastores: vec![],
-            liveness: Arc::default(),
-            decisions: Arc::default(),
-        };
+        let (agent, rx) = crate::handle::detached("host-1", config.cluster(), 64);
         let api = Arc::new(Api {
             agent,
             config: Arc::new(config),

@@ -247,26 +247,33 @@ async fn read_claims(stores: &[Arc<Datastore>], vm: &str, generation: u64) -> Cl
     Ok((this, next))
 }
 
+/// A handle with no agent loop behind it (tests): host `me` of `config`, what it asks arrives
+/// on the receiver (its queue holds `queue`).
+#[cfg(test)]
+pub(crate) fn detached(me: &str, config: ClusterConfig, queue: usize) -> (AgentHandle, mpsc::Receiver<Control>) {
+    let (control, rx) = mpsc::channel(queue);
+    let status = halo_core::Node::new(me, config.clone(), 0).status();
+    let snapshot = Arc::new(Snapshot { status, plugins: vec![], config: Arc::new(config) });
+    let (_tx, snapshot) = watch::channel(snapshot);
+    let handle = AgentHandle {
+        me: me.into(),
+        control,
+        snapshot,
+        events: crate::events::EventLog::new(None, None),
+        catalog_refresh: Arc::default(),
+        datastores: vec![],
+        liveness: Arc::default(),
+        decisions: Arc::default(),
+    };
+    (handle, rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn handle(queue: usize) -> (AgentHandle, mpsc::Receiver<Control>) {
-        let (control, rx) = mpsc::channel(queue);
-        let status = halo_core::Node::new("h1", config(), 0).status();
-        let snapshot = Arc::new(Snapshot { status, plugins: vec![], config: Arc::new(config()) });
-        let (_tx, snapshot) = watch::channel(snapshot);
-        let handle = AgentHandle {
-            me: "h1".into(),
-            control,
-            snapshot,
-            events: crate::events::EventLog::new(None, None),
-            catalog_refresh: Arc::default(),
-            datastores: vec![],
-            liveness: Arc::default(),
-            decisions: Arc::default(),
-        };
-        (handle, rx)
+        detached("h1", config(), queue)
     }
 
     fn config() -> ClusterConfig {

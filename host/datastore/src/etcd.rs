@@ -223,7 +223,7 @@ impl EtcdStore {
                 Err(e) => return transport(&e),
             }
         }
-        let mut all = futures_merge(streams);
+        let mut all = merged(streams);
         loop {
             match all.recv().await {
                 Some(Ok(())) => changed(),
@@ -235,7 +235,7 @@ impl EtcdStore {
 }
 
 /// The watch streams' events as one channel (`Ok` per response, `Err` when one breaks).
-fn futures_merge(streams: Vec<etcd_client::WatchStream>) -> tokio::sync::mpsc::Receiver<Result<(), StoreError>> {
+fn merged(streams: Vec<etcd_client::WatchStream>) -> tokio::sync::mpsc::Receiver<Result<(), StoreError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     for mut stream in streams {
         let tx = tx.clone();

@@ -209,25 +209,21 @@ fn an_etcd_store_works_races_survives_a_lost_member_and_takes_nothing_without_a_
     let outcome = on(&stores[0].0, async move { d.claim(&claim("cut", 1, "host-1")).await });
     assert!(matches!(outcome, ClaimOutcome::Failed(_)), "{outcome:?}");
     assert!(began.elapsed() < TIMEOUT + Duration::from_secs(1), "a cut host waited {:?}", began.elapsed());
-    let d = Arc::clone(&stores[1].1);
-    let began = Instant::now();
-    let outcome = loop {
-        let d = Arc::clone(&d);
-        let outcome = on(&stores[1].0, async move { d.claim(&claim("cut", 1, "host-2")).await });
-        if !matches!(outcome, ClaimOutcome::Failed(_)) || began.elapsed() > Duration::from_secs(20) {
-            break outcome;
-        }
-    };
+    let outcome = claim_until_decided(&stores[1], "host-2");
     assert_eq!(outcome, ClaimOutcome::Won, "host-2 still reaches etcd");
     lab.block_etcd(1, false).expect("unblock host-1");
-    let d = Arc::clone(&stores[0].1);
-    let began = Instant::now();
-    let outcome = loop {
-        let d = Arc::clone(&d);
-        let outcome = on(&stores[0].0, async move { d.claim(&claim("cut", 1, "host-1")).await });
-        if !matches!(outcome, ClaimOutcome::Failed(_)) || began.elapsed() > Duration::from_secs(20) {
-            break outcome;
-        }
-    };
+    let outcome = claim_until_decided(&stores[0], "host-1");
     assert_eq!(outcome, ClaimOutcome::Lost(claim("cut", 1, "host-2")), "host-1 back sees host-2's claim");
+}
+
+/// `master` claims `cut@1` from its host until the claim is decided (not `Failed`), at most 20 s.
+fn claim_until_decided(store: &(tokio::runtime::Runtime, Arc<Datastore>), master: &'static str) -> ClaimOutcome {
+    let began = Instant::now();
+    loop {
+        let d = Arc::clone(&store.1);
+        let outcome = on(&store.0, async move { d.claim(&claim("cut", 1, master)).await });
+        if !matches!(outcome, ClaimOutcome::Failed(_)) || began.elapsed() > Duration::from_secs(20) {
+            return outcome;
+        }
+    }
 }

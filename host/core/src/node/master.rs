@@ -98,6 +98,23 @@ impl Restart {
     }
 }
 
+/// What a failover plan is computed from, besides the policies (`refresh_plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PlanInputs {
+    locations: capacity::Locations,
+    available: BTreeSet<String>,
+    maintenance: BTreeSet<String>,
+    config_epoch: u64,
+}
+
+/// A VM's restart priority (unprotected when the configuration does not know it).
+fn priority_of(config: &crate::config::ClusterConfig, vm: &str) -> RestartPriority {
+    config.vm(vm).map_or(RestartPriority::Unprotected, |s| s.priority)
+}
+
+/// The longest an unchanged cluster keeps its failover plan without planning again.
+const PLAN_MAX_AGE: Millis = 30_000;
+
 /// The master's own state, rebuilt from heartbeats and datastore records on takeover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MasterState {
@@ -333,7 +350,7 @@ impl Node {
         self.continue_balancing(policies);
         let due = self.master.as_ref().is_some_and(|m| self.now >= m.plan_due);
         if due {
-            self.refresh_plan(policies);
+            self.refresh_plan(policies, false);
         }
     }
 
@@ -779,12 +796,9 @@ impl Node {
             .restarts
             .values()
             .any(|r| matches!(r.state, RestartState::Claiming { .. } | RestartState::Starting { .. }));
-        if in_flight {
+        if in_flight || master.restarts.is_empty() {
             return;
         }
-        let priorities: BTreeMap<String, RestartPriority> =
-            self.config.vms.iter().map(|v| (v.name.clone(), v.priority)).collect();
-        let priority = |vm: &str| priorities.get(vm).copied().unwrap_or(RestartPriority::Unprotected);
         let ready: Vec<String> = master
             .restarts
             .iter()
@@ -792,12 +806,12 @@ impl Node {
             .map(|(vm, _)| vm.clone())
             .collect();
         let restart_first_try_pending = master.restarts.iter().any(|(vm, r)| {
-            priority(vm) == RestartPriority::Restart
+            priority_of(&self.config, vm) == RestartPriority::Restart
                 && r.attempts == 0
                 && matches!(r.state, RestartState::Waiting { .. })
         });
-        let ready: Vec<String> = if ready.iter().any(|vm| priority(vm) == RestartPriority::Restart) {
-            ready.into_iter().filter(|vm| priority(vm) == RestartPriority::Restart).collect()
+        let ready: Vec<String> = if ready.iter().any(|vm| priority_of(&self.config, vm) == RestartPriority::Restart) {
+            ready.into_iter().filter(|vm| priority_of(&self.config, vm) == RestartPriority::Restart).collect()
         } else if restart_first_try_pending {
             return;
         } else {
@@ -915,7 +929,7 @@ impl Node {
         for unplaced in placement.unplaced {
             let Some(r) = master.restarts.get_mut(&unplaced.vm) else { continue };
             r.attempts += 1;
-            if priority(&unplaced.vm) == RestartPriority::Restart {
+            if priority_of(&self.config, &unplaced.vm) == RestartPriority::Restart {
                 let backoff = (t.retry_backoff_ms << r.attempts.min(16).saturating_sub(1)).min(t.retry_backoff_max_ms);
                 r.state = RestartState::Waiting { not_before: now + backoff };
                 if r.attempts == 1 {
@@ -1087,12 +1101,35 @@ impl Node {
         }
     }
 
-    fn refresh_plan(&mut self, policies: &mut dyn Policies) {
+    fn refresh_plan(&mut self, policies: &mut dyn Policies, force: bool) {
         let usage = self.host_usage(PlacementReason::AdmissionCheck);
         let available: BTreeSet<String> =
             usage.iter().filter(|u| !self.maintenance.contains(&u.host)).map(|u| u.host.clone()).collect();
-        let locations = self.reported_locations();
-        let plan = capacity::failover_plan(&self.config, &locations, &available, &self.maintenance, policies);
+        let inputs = PlanInputs {
+            locations: self.reported_locations(),
+            available,
+            maintenance: self.maintenance.clone(),
+            config_epoch: self.config_epoch,
+        };
+        // The same inputs give the same plan: computing it places every VM for every failure
+        // count tried, so an unchanged cluster is not planned again — but at least every
+        // `PLAN_MAX_AGE` (a placement plugin swapped at run time plans differently), and
+        // always when asked (`failover_plan`).
+        let planned = self.master.as_ref().is_some_and(|m| m.plan.is_some());
+        if let Some((previous, at)) = &self.plan_inputs
+            && !force
+            && planned
+            && *previous == inputs
+            && self.now.saturating_sub(*at) < PLAN_MAX_AGE
+        {
+            if let Some(master) = self.master.as_mut() {
+                master.plan_due = self.now + 5 * self.config.timeouts.heartbeat_interval_ms;
+            }
+            return;
+        }
+        let plan =
+            capacity::failover_plan(&self.config, &inputs.locations, &inputs.available, &self.maintenance, policies);
+        self.plan_inputs = Some((inputs, self.now));
         let previous = self.master.as_ref().and_then(|m| m.plan.as_ref()).map(|p| p.tolerates);
         if previous != Some(plan.tolerates) {
             let (severity, kind) = if plan.tolerates == 0 {
@@ -1122,7 +1159,7 @@ impl Node {
     /// The failover plan now (master only), recomputed.
     pub fn failover_plan(&mut self, policies: &mut dyn Policies) -> Option<FailoverPlan> {
         self.master.as_ref()?;
-        self.refresh_plan(policies);
+        self.refresh_plan(policies, true);
         self.master.as_ref().and_then(|m| m.plan.clone())
     }
 

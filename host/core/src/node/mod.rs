@@ -645,6 +645,10 @@ pub struct Node {
     /// ran: a copy of that generation on that host is halo's, however late a master saw it
     /// (`exclusivity`; simulator seed 2505).
     claimed: BTreeMap<String, (u64, String, Millis)>,
+    /// Raised at every configuration change (`master::PlanInputs`).
+    config_epoch: u64,
+    /// What the master's last failover plan was computed from (`master::refresh_plan`).
+    plan_inputs: Option<(master::PlanInputs, Millis)>,
 }
 
 /// Serde for a shared heartbeat: written as the heartbeat itself (serde's `rc` feature would
@@ -757,6 +761,8 @@ impl Node {
             health_maintenance: BTreeMap::new(),
             claims_seen: BTreeMap::new(),
             claimed: BTreeMap::new(),
+            config_epoch: 0,
+            plan_inputs: None,
         }
     }
 
@@ -969,6 +975,7 @@ impl Node {
         self.seqs = config.hosts.iter().map(|h| self.peers.get(&h.name).map_or(0, |p| p.seq)).collect();
         self.index = config.host_index(&self.name);
         self.config = config;
+        self.config_epoch += 1;
         self.record(
             Severity::Info,
             EventKind::ConfigChanged,
@@ -1349,14 +1356,14 @@ impl Node {
             // Just started: listen for a while before anyone is elected.
             return;
         }
-        let me = (self.datastores_reachable(), std::cmp::Reverse(self.name.clone()));
+        let me = (self.datastores_reachable(), std::cmp::Reverse(self.name.as_str()));
         let best = self
             .live_peers(window)
             .filter(|(_, p)| !p.ha_disabled)
-            .map(|(n, p)| (p.datastores_reachable, std::cmp::Reverse(n.clone())))
+            .map(|(n, p)| (p.datastores_reachable, std::cmp::Reverse(n.as_str())))
             .chain(std::iter::once(me))
             .max()
-            .map(|(_, std::cmp::Reverse(n))| n);
+            .map(|(_, std::cmp::Reverse(n))| n.to_string());
         let Some(winner) = best else { return };
         if winner == self.name {
             if self.master.is_none() {

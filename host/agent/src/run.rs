@@ -186,13 +186,13 @@ impl FenceDriver for AgentDrivers {
 }
 
 impl HeartbeatSender for AgentDrivers {
-    fn send_heartbeat(&mut self, _network: &str, heartbeat: &Heartbeat) {
+    fn send_heartbeat(&mut self, _network: &str, heartbeat: &std::sync::Arc<Heartbeat>) {
         // The same heartbeat on every network: the liveness path sends it on each; at once,
         // outside its rate, when the VMs running here changed (the master compares them).
         self.liveness.publish(|state| {
             let changed = state.heartbeat.as_ref().is_some_and(|before| before.vms != heartbeat.vms);
             state.send_now |= changed;
-            state.heartbeat = Some(heartbeat.clone());
+            state.heartbeat = Some(Heartbeat::clone(heartbeat));
         });
     }
 }
@@ -575,7 +575,7 @@ pub async fn start(
         loop {
             let input = tokio::select! {
                 _ = tick.tick() => Input::Tick,
-                Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network, heartbeat: std::sync::Arc::new(received.heartbeat) },
+                Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network.into(), heartbeat: std::sync::Arc::new(received.heartbeat) },
                 Some(input) = inputs_rx.recv() => input,
                 () = &mut stop => {
                     // A deliberate stop: the VMs stay (the others see "agent down").

@@ -321,8 +321,8 @@ pub struct NameIndex(std::sync::OnceLock<NameMaps>);
 
 #[derive(Clone)]
 struct NameMaps {
-    hosts: std::collections::HashMap<String, usize>,
-    vms: std::collections::HashMap<String, usize>,
+    hosts: rustc_hash::FxHashMap<String, usize>,
+    vms: rustc_hash::FxHashMap<String, usize>,
 }
 
 impl PartialEq for NameIndex {

@@ -17,7 +17,7 @@ use crate::wire::{Claim, DatastoreRecord, Heartbeat};
 /// peers).
 pub trait HeartbeatSender {
     /// Sends `heartbeat` to every peer on `network`.
-    fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat);
+    fn send_heartbeat(&mut self, network: &str, heartbeat: &std::sync::Arc<Heartbeat>);
 }
 
 /// The datastores: heartbeat records and claims.
@@ -129,7 +129,7 @@ mod tests {
     struct Calls(Vec<String>);
 
     impl HeartbeatSender for Calls {
-        fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
+        fn send_heartbeat(&mut self, network: &str, heartbeat: &std::sync::Arc<Heartbeat>) {
             self.0.push(format!("heartbeat {network} {}", heartbeat.seq));
         }
     }

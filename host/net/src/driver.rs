@@ -28,7 +28,7 @@ impl Heartbeats {
 }
 
 impl HeartbeatSender for Heartbeats {
-    fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
+    fn send_heartbeat(&mut self, network: &str, heartbeat: &std::sync::Arc<Heartbeat>) {
         let (transport, network, heartbeat) = (Arc::clone(&self.transport), network.to_string(), heartbeat.clone());
         self.runtime.spawn(async move {
             if let Err(e) = transport.send(&network, &heartbeat).await {

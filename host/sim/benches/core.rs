@@ -181,7 +181,7 @@ fn scale(hosts: usize, seconds: u64) {
         let count = packets.len() as u64;
         for (i, (network, bytes)) in packets.into_iter().enumerate() {
             let decoded = halo_net::codec::decode(&bytes, "bench", &membership, &key).expect("decodes");
-            let input = Input::Heartbeat { network, heartbeat: std::sync::Arc::new(decoded.heartbeat) };
+            let input = Input::Heartbeat { network: network.into(), heartbeat: std::sync::Arc::new(decoded.heartbeat) };
             node.handle(now + i as u64 * t.heartbeat_interval_ms / count, input, &mut policies);
             received += u64::from(interval >= warm_up * per_second);
         }

@@ -1298,17 +1298,17 @@ struct HostDrivers<'s, 'p> {
 }
 
 impl HeartbeatSender for HostDrivers<'_, '_> {
-    fn send_heartbeat(&mut self, network: &str, heartbeat: &Heartbeat) {
+    fn send_heartbeat(&mut self, network: &str, heartbeat: &std::sync::Arc<Heartbeat>) {
         let (s, h) = (&mut *self.sim, self.h);
         let loss = s.loss.get(network).copied().unwrap_or(0);
         // One copy, shared by every host it reaches (a heartbeat is read, never changed).
-        let heartbeat = std::sync::Arc::new(heartbeat.clone());
+        let network: std::sync::Arc<str> = network.into();
         for to in 0..s.hosts.len() {
-            if to == h || !s.path(network, h, to) || (loss > 0 && s.rng.chance(loss)) {
+            if to == h || !s.path(&network, h, to) || (loss > 0 && s.rng.chance(loss)) {
                 continue;
             }
             let delay = s.rng.between(1, s.opts.max_delay);
-            s.deliver(to, delay, Input::Heartbeat { network: network.to_string(), heartbeat: heartbeat.clone() });
+            s.deliver(to, delay, Input::Heartbeat { network: network.clone(), heartbeat: heartbeat.clone() });
         }
     }
 }

@@ -91,6 +91,11 @@ impl FirstSeen {
         at
     }
 
+    /// How many copies are recorded.
+    fn len(&self) -> usize {
+        self.0.values().map(BTreeMap::len).sum()
+    }
+
     /// Keeps the copies `keep(vm, host)` says.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
         self.0.retain(|vm, hosts| {
@@ -153,7 +158,8 @@ fn copies<'a>(
     let just_left = |vm: &str, host: &str| moved.is_some_and(|m| m.get(vm).is_some_and(|(from, _)| from == host));
     let protected = |vm: &str| config.vm(vm).is_some_and(|s| s.protected());
     let dead_time = config.timeouts.dead_time_ms;
-    let mut copies: Vec<(&str, &str, u64)> = Vec::new();
+    let reported = peers.values().map(|p| p.vms.len()).sum::<usize>() + local_vms.len();
+    let mut copies: Vec<(&str, &str, u64)> = Vec::with_capacity(reported);
     for (host, peer) in peers.iter().filter(|(_, p)| list_is_current(p, now, dead_time)) {
         copies.extend(
             peer.vms
@@ -165,14 +171,14 @@ fn copies<'a>(
     copies.extend(local_vms.iter().filter(|(vm, _)| protected(vm)).map(|(vm, g)| (vm.as_str(), name, *g)));
     // By VM and host; a host that named a VM twice: its last report counts (stable sort).
     copies.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let mut deduped: Vec<(&str, &str, u64)> = Vec::with_capacity(copies.len());
-    for copy in copies {
-        match deduped.last_mut() {
-            Some(last) if (last.0, last.1) == (copy.0, copy.1) => *last = copy,
-            _ => deduped.push(copy),
+    copies.dedup_by(|later, kept| {
+        let same = (later.0, later.1) == (kept.0, kept.1);
+        if same {
+            kept.2 = later.2;
         }
-    }
-    Copies(deduped)
+        same
+    });
+    Copies(copies)
 }
 
 impl Node {
@@ -217,9 +223,12 @@ impl Node {
             };
             master.first_seen.note(vm, host, since);
         }
-        master
-            .first_seen
-            .retain(|vm, host| copies.contains(vm, host) || unheard_copies.binary_search(&(vm, host)).is_ok());
+        // Every copy is recorded now: when nothing else is, nothing is to be forgotten.
+        if master.first_seen.len() > copies.0.len() {
+            master
+                .first_seen
+                .retain(|vm, host| copies.contains(vm, host) || unheard_copies.binary_search(&(vm, host)).is_ok());
+        }
         let mut events: Vec<(Severity, EventKind, String)> = Vec::new();
         let mut pauses: Vec<(String, String)> = Vec::new();
         // Over when at most one copy is left and it is not one this master paused: a paused

@@ -160,8 +160,9 @@ pub enum Input {
     Tick,
     /// A heartbeat arrived on a network.
     Heartbeat {
-        /// The network.
-        network: String,
+        /// The network (shared as well: the simulator names it once per heartbeat sent).
+        #[serde(with = "shared_name")]
+        network: Arc<str>,
         /// The heartbeat (shared: one received heartbeat is read, never changed, and the
         /// simulator hands one to every host it reaches).
         #[serde(with = "shared_heartbeat")]
@@ -352,8 +353,9 @@ pub enum Action {
     SendHeartbeat {
         /// Network.
         network: String,
-        /// Heartbeat.
-        heartbeat: Heartbeat,
+        /// Heartbeat (one, shared by every network it is sent on).
+        #[serde(with = "shared_heartbeat")]
+        heartbeat: std::sync::Arc<Heartbeat>,
     },
     /// Write this host's datastore heartbeat record.
     WriteDatastore {
@@ -666,6 +668,21 @@ mod shared_heartbeat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<Heartbeat>, D::Error> {
         Heartbeat::deserialize(deserializer).map(Arc::new)
+    }
+}
+
+/// Serde for a shared name: written as the string.
+mod shared_name {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(name: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(name)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(deserializer).map(Arc::from)
     }
 }
 
@@ -1071,6 +1088,7 @@ impl Node {
                 .collect(),
             paused: self.held.keys().chain(self.io_paused.iter()).cloned().collect(),
         };
+        let heartbeat = std::sync::Arc::new(heartbeat);
         for network in &self.config.networks {
             self.out.push(Action::SendHeartbeat { network: network.clone(), heartbeat: heartbeat.clone() });
         }
@@ -1543,9 +1561,10 @@ mod election_tests {
                         for action in node.handle(now, input, &mut p) {
                             match action {
                                 Action::SendHeartbeat { network, heartbeat } => {
+                                    let network: std::sync::Arc<str> = network.into();
                                     for to in (0..names.len()).filter(|to| *to != i) {
                                         let network = network.clone();
-                                        mail.push((to, Input::Heartbeat { network, heartbeat: std::sync::Arc::new(heartbeat.clone()) }));
+                                        mail.push((to, Input::Heartbeat { network, heartbeat: heartbeat.clone() }));
                                     }
                                 }
                                 Action::WriteDatastore { datastore: ds, .. } => {

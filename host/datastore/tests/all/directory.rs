@@ -142,7 +142,7 @@ fn the_core_driver_delivers_outcomes_as_inputs() {
     // Through the core's dispatcher: the same claim again is lost to itself.
     struct Only<'a>(&'a mut Datastores);
     impl halo_core::drivers::HeartbeatSender for Only<'_> {
-        fn send_heartbeat(&mut self, _: &str, _: &halo_core::Heartbeat) {}
+        fn send_heartbeat(&mut self, _: &str, _: &std::sync::Arc<halo_core::Heartbeat>) {}
     }
     impl halo_core::drivers::DatastoreDriver for Only<'_> {
         fn write_record(&mut self, d: &str, r: &halo_core::DatastoreRecord) {

@@ -162,6 +162,7 @@ fn scale(hosts: usize, seconds: u64) {
     let warm_up = 3;
     let intervals = (seconds + warm_up) * per_second;
     let mut received = 0u64;
+    let mut next_tick: u64 = 0;
     for interval in 0..intervals {
         let now = interval * t.heartbeat_interval_ms;
         let seq = interval + 1;
@@ -179,16 +180,25 @@ fn scale(hosts: usize, seconds: u64) {
             .collect();
         let started = Instant::now();
         let count = packets.len() as u64;
+        // The agent ticks every 100 ms, between the heartbeats.
+        let mut tick = |node: &mut Node, at: u64, policies: &mut BuiltinPolicies| {
+            while next_tick <= at {
+                node.handle(next_tick, Input::Tick, policies);
+                next_tick += 100;
+            }
+        };
         for (i, (network, bytes)) in packets.into_iter().enumerate() {
             let decoded = halo_net::codec::decode(&bytes, "bench", &membership, &key).expect("decodes");
             let input = Input::Heartbeat { network: network.into(), heartbeat: std::sync::Arc::new(decoded.heartbeat) };
-            node.handle(now + i as u64 * t.heartbeat_interval_ms / count, input, &mut policies);
+            let at = now + i as u64 * t.heartbeat_interval_ms / count;
+            tick(&mut node, at, &mut policies);
+            node.handle(at, input, &mut policies);
             received += u64::from(interval >= warm_up * per_second);
         }
         let end = now + t.heartbeat_interval_ms - 1;
         node.handle(end, Input::DatastoreWritten { datastore: "ds1".into(), ok: true }, &mut policies);
         node.handle(end, Input::DatastoreRead { datastore: "ds1".into(), records: Ok(records) }, &mut policies);
-        node.handle(end, Input::Tick, &mut policies);
+        tick(&mut node, end, &mut policies);
         if interval >= warm_up * per_second {
             busy += started.elapsed();
         }

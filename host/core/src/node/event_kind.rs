@@ -129,6 +129,8 @@ event_kinds! {
     RestartSuperseded => "restart-superseded",
     /// A claim's host cannot be heard: waiting.
     RestartWaiting => "restart-waiting",
+    /// A queued restart is dropped: the VM runs on a host this master hears now.
+    RestartDropped => "restart-dropped",
     /// Restarts are suppressed (HA off, or a rule).
     RestartsSuppressed => "restarts-suppressed",
     /// The restart-order policy answered an error.

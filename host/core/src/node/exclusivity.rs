@@ -10,8 +10,9 @@
 //!
 //! **Which copy halo keeps:** the newest generation (a restart claims the next one, so an
 //! older copy is one the cluster already replaced); among copies of the same generation, the
-//! one this master saw first (a copy that appears beside a running one was started outside
-//! halo). When neither tells — a new master that found both at once, or within a dead-time of
+//! one this master saw first, by three heartbeat intervals at least (a copy that appears
+//! beside a running one was started outside halo). When neither tells — a new master that
+//! found both at once, copies first seen a heartbeat apart, or within a dead-time of
 //! its election (the target of a live migration its predecessor ordered looks just like a
 //! copy started beside the source) — halo pauses nothing and the alert says so: pausing the
 //! wrong copy would stop a healthy VM.
@@ -282,7 +283,7 @@ impl Node {
             let kept = known
                 .and_then(|d| d.kept.clone())
                 .filter(|k| hosts.contains_key(k))
-                .or_else(|| keeper(vm, hosts, &master.first_seen, &paused, master.since + settle));
+                .or_else(|| keeper(vm, hosts, &master.first_seen, &paused, master.since + settle, confirm));
             let pause: Vec<String> = match (&kept, on_duplicate, acting) {
                 (Some(kept), OnDuplicate::Pause, true) => {
                     hosts.keys().filter(|h| *h != kept && !paused.contains(*h)).cloned().collect()
@@ -429,12 +430,17 @@ impl Node {
 /// migration its predecessor ordered, which reports running at the handover (simulator seed
 /// 83: a new master paused a migration's target, the source gone a moment later, and the VM
 /// ran nowhere).
+/// `apart`: a copy ran first only when it was seen this much before the others — copies on
+/// hosts heard again after a partition are first seen a heartbeat apart, in the order their
+/// heartbeats happened to arrive (simulator seed 365: halo's copy was paused for an outside
+/// copy whose host's heartbeat came first, and the VM ran nowhere once that copy was gone).
 fn keeper(
     vm: &str,
     hosts: &BTreeMap<String, u64>,
     first_seen: &FirstSeen,
     paused: &BTreeSet<String>,
     settled: Millis,
+    apart: Millis,
 ) -> Option<String> {
     let hosts: BTreeMap<&String, u64> =
         hosts.iter().filter(|(h, _)| !paused.contains(*h)).map(|(h, g)| (h, *g)).collect();
@@ -446,10 +452,10 @@ fn keeper(
     let seen = |host: &String| first_seen.get(vm, host).unwrap_or(Millis::MAX).max(settled);
     let earliest = candidates.iter().map(|h| seen(h)).min()?;
     let firsts: Vec<&&String> = candidates.iter().filter(|h| seen(h) == earliest).collect();
-    match firsts.as_slice() {
-        [only] => Some((**only).clone()),
-        _ => None,
-    }
+    let [first] = firsts.as_slice() else { return None };
+    let raw = |host: &String| first_seen.get(vm, host).unwrap_or(Millis::MAX);
+    let before = raw(first).saturating_add(apart);
+    candidates.iter().filter(|h| **h != **first).all(|h| raw(h) >= before).then(|| (**first).clone())
 }
 
 /// Why `kept` is the copy kept, for the alert.

@@ -711,10 +711,10 @@ fn note_generation(generations: &mut BTreeMap<String, u64>, vm: &str, generation
 /// How often the master reads every host's load from its libvirt (`Action::ReadLoad`).
 pub const LOAD_INTERVAL_MS: Millis = 10_000;
 
-/// How often heartbeats alone trigger the whole-cluster evaluation (election, isolation,
-/// fencing, classification, restarts). Drivers tick every 100 ms anyway; a verdict is at most
+/// How often the whole-cluster evaluation (election, isolation, fencing, classification,
+/// restarts) runs: at every tick, and the drivers tick every 100 ms. A verdict is at most
 /// this late, far inside the two heartbeat intervals between the fence deadline and the
-/// dead-time.
+/// dead-time; should the ticks be late, heartbeats trigger it when it is this overdue.
 const EVALUATION_INTERVAL: Millis = 100;
 
 impl Node {
@@ -859,14 +859,20 @@ impl Node {
             self.seq = self.seq.max(seq);
             return Vec::new();
         }
-        // Heartbeats are the bulk of the inputs (hosts x networks a second): they only update
-        // what is known; the whole-cluster evaluation after them runs at most every
-        // `EVALUATION_INTERVAL`. Every other input is evaluated at once.
-        let evaluate = !matches!(input, Input::Heartbeat { .. }) || self.now >= self.next_evaluation;
+        // The whole-cluster evaluation runs at every tick (the drivers tick every 100 ms) and
+        // at once after every input that is news. Heartbeats and the datastore heartbeats'
+        // reads and writes are the bulk of the inputs (hosts x networks, and four per
+        // datastore, a second): they only update what is known and are judged at the next
+        // tick — unless the ticks are overdue (`EVALUATION_INTERVAL` past the last), or a
+        // peer is heard again after a silence (a fence under way is called off at once).
+        let periodic =
+            matches!(input, Input::Heartbeat { .. } | Input::DatastoreWritten { .. } | Input::DatastoreRead { .. });
+        let overdue = self.now >= self.next_evaluation + EVALUATION_INTERVAL;
+        let mut evaluate = !periodic || overdue;
         match input {
             Input::Tick => {}
             Input::KeptAlive { .. } => {} // handled above
-            Input::Heartbeat { network, heartbeat } => self.on_heartbeat(&network, &heartbeat),
+            Input::Heartbeat { network, heartbeat } => evaluate |= self.on_heartbeat(&network, &heartbeat),
             Input::DatastoreWritten { datastore, ok } => self.on_datastore_written(datastore, ok),
             Input::DatastoreRead { datastore, records } => self.on_datastore_read(&datastore, records),
             Input::PingResult { target, answered } => self.on_ping(target, answered),
@@ -1115,14 +1121,25 @@ impl Node {
         }
     }
 
-    fn on_heartbeat(&mut self, network: &str, hb: &Heartbeat) {
+    /// Takes in a heartbeat; whether its sender is heard again after a silence (more than
+    /// two heartbeat intervals, or never before): news for the evaluation.
+    fn on_heartbeat(&mut self, network: &str, hb: &Heartbeat) -> bool {
         if hb.from == self.name || !self.config.networks.iter().any(|n| n == network) {
-            return;
+            return false;
         }
         let now = self.now;
+        let silence = 2 * self.config.timeouts.heartbeat_interval_ms;
         let Some(peer) = self.peers.get_mut(&hb.from) else {
-            return; // not a member of this cluster: ignored (the driver already authenticated it)
+            return false; // not a member of this cluster: ignored (the driver already authenticated it)
         };
+        let news = peer.heard_directly_at.is_none_or(|at| now.saturating_sub(at) > silence);
+        self.take_heartbeat(network, hb);
+        news
+    }
+
+    fn take_heartbeat(&mut self, network: &str, hb: &Heartbeat) {
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(&hb.from) else { return };
         match peer.networks.get_mut(network) {
             Some(at) => *at = now,
             None => {

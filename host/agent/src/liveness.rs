@@ -359,10 +359,14 @@ async fn run(
             Some(got) = received.recv() => {
                 evidence.heard(&got.heartbeat, Instant::now());
                 let mut got = got;
-                // Acknowledgements of our heartbeats from before our own gap say nothing of now.
-                for (host, ack) in &mut got.heartbeat.acks {
-                    if Some(*host) == evidence.me && *ack <= evidence.floor {
-                        *ack = 0;
+                // Acknowledgements of our heartbeats from before our own gap say nothing of now
+                // (the heartbeat is shared: copied only when one must be changed).
+                let stale = |host: u32, ack: u64| Some(host) == evidence.me && ack <= evidence.floor && ack != 0;
+                if got.heartbeat.acks.iter().any(|&(host, ack)| stale(host, ack)) {
+                    for (host, ack) in &mut std::sync::Arc::make_mut(&mut got.heartbeat).acks {
+                        if stale(*host, *ack) {
+                            *ack = 0;
+                        }
                     }
                 }
                 if forward.try_send(got).is_err() {

@@ -575,7 +575,7 @@ pub async fn start(
         loop {
             let input = tokio::select! {
                 _ = tick.tick() => Input::Tick,
-                Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network.into(), heartbeat: std::sync::Arc::new(received.heartbeat) },
+                Some(received) = heartbeats_rx.recv() => Input::Heartbeat { network: received.network.into(), heartbeat: received.heartbeat },
                 Some(input) = inputs_rx.recv() => input,
                 () = &mut stop => {
                     // A deliberate stop: the VMs stay (the others see "agent down").

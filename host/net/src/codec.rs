@@ -104,11 +104,22 @@ impl ClusterKey {
 }
 
 /// The cluster's host list as both ends index it (acks carry indices).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Membership {
     hosts: Vec<String>,
     digest: [u8; 8],
+    /// Host → index: every packet's sender is looked up (a scan of 1,000 names cost the
+    /// master more than the HMAC).
+    by_name: rustc_hash::FxHashMap<String, usize>,
 }
+
+impl PartialEq for Membership {
+    fn eq(&self, other: &Self) -> bool {
+        self.hosts == other.hosts
+    }
+}
+
+impl Eq for Membership {}
 
 impl Membership {
     /// The membership of `hosts`, in config order.
@@ -121,11 +132,15 @@ impl Membership {
         let full = sha.finalize();
         let mut digest = [0; 8];
         digest.copy_from_slice(&full[..8]);
-        Self { hosts, digest }
+        let mut by_name = rustc_hash::FxHashMap::default();
+        for (i, host) in hosts.iter().enumerate() {
+            by_name.entry(host.clone()).or_insert(i);
+        }
+        Self { hosts, digest, by_name }
     }
 
     fn index(&self, host: &str) -> Option<usize> {
-        self.hosts.iter().position(|h| h == host)
+        self.by_name.get(host).copied()
     }
 
     /// The host at `index`.
@@ -237,6 +252,87 @@ pub struct Decoded {
     pub heartbeat: Heartbeat,
     /// The sender indexes another host list: its acks were dropped.
     pub membership_mismatch: bool,
+}
+
+/// The last heartbeat decoded from each sender, by its authentication tag: every host sends
+/// the same packet, byte for byte, on every network, and the copy on the second network is
+/// recognised by its tag and length, not verified and parsed again (at 1,000 hosts that was
+/// half of the master's decoding). Taking a copy for the heartbeat it repeats is sound: a
+/// packet that bears an authenticated packet's tag but other bytes is a forgery, and all it
+/// gets is that authenticated heartbeat — what replaying the real packet gets anyway, which
+/// the replay guard and the core's sequence numbers already answer.
+#[derive(Debug, Default)]
+pub struct CopyCache(std::sync::Mutex<rustc_hash::FxHashMap<String, CachedHeartbeat>>);
+
+#[derive(Debug)]
+struct CachedHeartbeat {
+    tag: [u8; MAC_LEN],
+    len: usize,
+    heartbeat: std::sync::Arc<Heartbeat>,
+    membership_mismatch: bool,
+}
+
+/// A decoded heartbeat, shared with the cache.
+#[derive(Debug, Clone)]
+pub struct SharedDecoded {
+    /// The heartbeat.
+    pub heartbeat: std::sync::Arc<Heartbeat>,
+    /// The sender indexes another host list: its acks were dropped.
+    pub membership_mismatch: bool,
+    /// A copy of the sender's last heartbeat (not parsed again).
+    pub copy: bool,
+}
+
+impl CopyCache {
+    /// Decodes `packet` as [`decode`] does, or returns the sender's last heartbeat when the
+    /// packet is its copy.
+    pub fn decode(
+        &self,
+        packet: &[u8],
+        cluster: &str,
+        membership: &Membership,
+        key: &ClusterKey,
+    ) -> Result<SharedDecoded, DropReason> {
+        let sender = (packet.len() >= MAGIC.len() + 2 + MAC_LEN && packet.len() <= MAX_PACKET)
+            .then(|| {
+                let mut r = Reader { rest: &packet[6..packet.len() - MAC_LEN] };
+                r.str().ok()?;
+                r.bytes(8).ok()?;
+                r.str().ok()
+            })
+            .flatten();
+        let tag = &packet[packet.len().saturating_sub(MAC_LEN)..];
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = sender.as_deref().and_then(|s| cache.get(s))
+            && last.len == packet.len()
+            && last.tag == tag
+        {
+            return Ok(SharedDecoded {
+                heartbeat: std::sync::Arc::clone(&last.heartbeat),
+                membership_mismatch: last.membership_mismatch,
+                copy: true,
+            });
+        }
+        drop(cache);
+        let decoded = decode(packet, cluster, membership, key)?;
+        let heartbeat = std::sync::Arc::new(decoded.heartbeat);
+        let mut tag_bytes = [0u8; MAC_LEN];
+        tag_bytes.copy_from_slice(tag);
+        let cached = CachedHeartbeat {
+            tag: tag_bytes,
+            len: packet.len(),
+            heartbeat: std::sync::Arc::clone(&heartbeat),
+            membership_mismatch: decoded.membership_mismatch,
+        };
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get_mut(&heartbeat.from) {
+            Some(entry) => *entry = cached,
+            None => {
+                cache.insert(heartbeat.from.clone(), cached);
+            }
+        }
+        Ok(SharedDecoded { heartbeat, membership_mismatch: decoded.membership_mismatch, copy: false })
+    }
 }
 
 /// Encodes and authenticates a heartbeat of `cluster`.
@@ -369,16 +465,18 @@ pub fn decode(packet: &[u8], cluster: &str, membership: &Membership, key: &Clust
     let vms = r.reports()?;
     let operator_stopped = r.strs()?;
     let count = r.count(2)?;
-    let mut acks = Vec::with_capacity(count);
+    let mut acks = Vec::with_capacity(if membership_mismatch { 0 } else { count });
+    let hosts = membership.hosts.len() as u64;
     for _ in 0..count {
         let index = r.varint()?;
         let seq = r.varint()?;
-        if !membership_mismatch {
-            if index >= membership.hosts.len() as u64 {
-                return Err(DropReason::Malformed);
-            }
-            acks.push((index as u32, seq));
+        if membership_mismatch {
+            continue;
         }
+        if index >= hosts {
+            return Err(DropReason::Malformed);
+        }
+        acks.push((index as u32, seq));
     }
     let maintenance = r.strs()?;
     let stopped = r.reports()?;
@@ -517,6 +615,13 @@ impl Reader<'_> {
     }
 
     fn varint(&mut self) -> Result<u64, DropReason> {
+        // One byte (below 128) is the common case: counts, indices, flags.
+        if let Some((&b, rest)) = self.rest.split_first()
+            && b < 0x80
+        {
+            self.rest = rest;
+            return Ok(u64::from(b));
+        }
         let mut value: u64 = 0;
         for i in 0..10 {
             let b = self.byte()?;
@@ -572,6 +677,38 @@ mod tests {
 
     fn members() -> Membership {
         Membership::new((1..=5).map(|i| format!("host-{i}")).collect())
+    }
+
+    #[test]
+    fn a_copy_on_another_network_is_taken_from_the_cache_and_nothing_else_is() {
+        let cache = CopyCache::default();
+        let packet = encode(&heartbeat(), "prod", &members(), &key()).expect("encodes");
+        let first = cache.decode(&packet, "prod", &members(), &key()).expect("decodes");
+        assert!(!first.copy && *first.heartbeat == heartbeat());
+        // The same packet (the other network's copy): the same heartbeat, not parsed again.
+        let copy = cache.decode(&packet, "prod", &members(), &key()).expect("decodes");
+        assert!(copy.copy && std::sync::Arc::ptr_eq(&copy.heartbeat, &first.heartbeat));
+        // The next heartbeat is parsed.
+        let next = Heartbeat { seq: 301, ..heartbeat() };
+        let packet_2 = encode(&next, "prod", &members(), &key()).expect("encodes");
+        let second = cache.decode(&packet_2, "prod", &members(), &key()).expect("decodes");
+        assert!(!second.copy && second.heartbeat.seq == 301);
+        // A body changed under the last tag, or cut short: verified, and refused.
+        let mut forged = packet_2.clone();
+        let at = forged.len() - MAC_LEN - 3;
+        forged[at] ^= 1;
+        assert_eq!(
+            cache.decode(&forged, "prod", &members(), &key()).map(|d| d.heartbeat.seq),
+            Ok(301),
+            "at most a replay"
+        );
+        let mut longer = packet_2.clone();
+        longer.insert(10, 0);
+        assert_eq!(cache.decode(&longer, "prod", &members(), &key()).err(), Some(DropReason::BadMac));
+        // Another cluster key's packet is verified, never taken from the cache.
+        let other = ClusterKey::new(&[8; 32]).expect("32 bytes");
+        let foreign = encode(&next, "prod", &members(), &other).expect("encodes");
+        assert_eq!(cache.decode(&foreign, "prod", &members(), &key()).err(), Some(DropReason::BadMac));
     }
 
     fn heartbeat() -> Heartbeat {

@@ -55,8 +55,8 @@ pub struct TransportConfig {
 pub struct Received {
     /// The network it arrived on.
     pub network: String,
-    /// The heartbeat.
-    pub heartbeat: Heartbeat,
+    /// The heartbeat (shared: the copy of the same heartbeat on another network is the same).
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 /// The transport could not start or send.
@@ -255,6 +255,7 @@ impl HeartbeatTransport {
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel(4096);
         let guard = Arc::new(std::sync::Mutex::new(ReplayGuard::new()));
+        let copies = Arc::new(codec::CopyCache::default());
         let mut map = BTreeMap::new();
         let mut tasks = Vec::new();
         for (name, socket) in sockets {
@@ -294,6 +295,7 @@ impl HeartbeatTransport {
                 Arc::clone(&config),
                 Arc::clone(&stats),
                 Arc::clone(&guard),
+                Arc::clone(&copies),
                 tx.clone(),
             )));
             if sends {
@@ -355,6 +357,7 @@ async fn receive(
     config: Arc<TransportConfig>,
     stats: Arc<TransportStats>,
     guard: Arc<std::sync::Mutex<ReplayGuard>>,
+    copies: Arc<codec::CopyCache>,
     tx: mpsc::Sender<Received>,
 ) {
     // One byte more than a packet may have, so an oversized datagram is seen as such.
@@ -371,7 +374,7 @@ async fn receive(
         if own == Some(from) {
             continue; // our own broadcast, looped back
         }
-        let verdict = codec::decode(&buf[..len], &config.cluster, &config.membership, &config.key).and_then(|d| {
+        let verdict = copies.decode(&buf[..len], &config.cluster, &config.membership, &config.key).and_then(|d| {
             let sender = &d.heartbeat.from;
             if *sender == config.me {
                 return Err(DropReason::WrongSource); // our own packet reflected back

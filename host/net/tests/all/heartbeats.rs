@@ -135,7 +135,7 @@ fn heartbeats_cross_namespaces_on_a_and_b_then_a_cut_then_both() {
         send_rounds(&sender, 1, 10).await;
         let got = drain(&mut rx2);
         assert_eq!((stats.accepted_on("A"), stats.accepted_on("B")), (10, 10), "both networks carry heartbeats");
-        assert!(got.iter().all(|r| r.heartbeat == beat(r.heartbeat.seq)), "decoded as sent");
+        assert!(got.iter().all(|r| *r.heartbeat == beat(r.heartbeat.seq)), "decoded as sent");
 
         lab.set_link(2, "A", false).expect("cut A");
         send_rounds(&sender, 11, 10).await;
@@ -237,7 +237,7 @@ fn a_partition_and_packet_loss_on_the_lab_bridges() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let heard: Vec<String> = drain(&mut rx2).into_iter().map(|r| r.heartbeat.from).collect();
+        let heard: Vec<String> = drain(&mut rx2).into_iter().map(|r| r.heartbeat.from.clone()).collect();
         assert_eq!(heard.len(), 10, "{heard:?}");
         assert!(heard.iter().all(|h| h == "host-3"), "{heard:?}");
         lab.heal_partition().expect("heal");
@@ -296,7 +296,7 @@ fn broadcast_heartbeats_reach_every_host_with_one_packet_per_network() {
             assert_eq!((stats.accepted_on("A"), stats.accepted_on("B")), (10, 10), "both networks, every round");
             let got = drain(rx);
             assert_eq!(got.len(), 20);
-            assert!(got.iter().all(|r| r.heartbeat == beat(r.heartbeat.seq)), "decoded as sent");
+            assert!(got.iter().all(|r| *r.heartbeat == beat(r.heartbeat.seq)), "decoded as sent");
         }
         // The sender's own broadcasts come back to it and are passed over, not counted.
         assert_eq!(one.stats().accepted(), 0);

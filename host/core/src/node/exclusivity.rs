@@ -92,6 +92,22 @@ impl FirstSeen {
         at
     }
 
+    /// The copies among `copies` not recorded yet. Both are sorted by VM: one walk through
+    /// both, no lookup per copy (the evaluation runs ten times a second over every VM).
+    fn unseen<'a>(&self, copies: &Copies<'a>) -> Vec<(&'a str, &'a str, u64)> {
+        let mut unseen = Vec::new();
+        let mut recorded = self.0.iter().peekable();
+        for group in copies.by_vm() {
+            let vm = group[0].0;
+            while recorded.peek().is_some_and(|(v, _)| v.as_str() < vm) {
+                recorded.next();
+            }
+            let hosts = recorded.peek().filter(|(v, _)| v.as_str() == vm).map(|(_, hosts)| *hosts);
+            unseen.extend(group.iter().filter(|(_, host, _)| hosts.is_none_or(|h| !h.contains_key(*host))));
+        }
+        unseen
+    }
+
     /// How many copies are recorded.
     fn len(&self) -> usize {
         self.0.values().map(BTreeMap::len).sum()
@@ -217,7 +233,7 @@ impl Node {
         let Some(master) = self.master.as_mut() else { return };
         // A copy of the generation claimed for its host counts from the claim: a master that
         // learnt of the claim before it saw the copy (a partition between) knows it is halo's.
-        for &(vm, host, generation) in &copies.0 {
+        for (vm, host, generation) in master.first_seen.unseen(&copies) {
             let since = match self.claimed.get(vm) {
                 Some((g, h, at)) if *g == generation && h == host => (*at).min(now),
                 _ => now,

@@ -98,15 +98,6 @@ impl Restart {
     }
 }
 
-/// What a failover plan is computed from, besides the policies (`refresh_plan`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct PlanInputs {
-    locations: capacity::Locations,
-    available: BTreeSet<String>,
-    maintenance: BTreeSet<String>,
-    config_epoch: u64,
-}
-
 /// A VM's restart priority (unprotected when the configuration does not know it).
 fn priority_of(config: &crate::config::ClusterConfig, vm: &str) -> RestartPriority {
     config.vm(vm).map_or(RestartPriority::Unprotected, |s| s.priority)
@@ -1150,34 +1141,29 @@ impl Node {
     }
 
     fn refresh_plan(&mut self, policies: &mut dyn Policies, force: bool) {
-        let usage = self.host_usage(PlacementReason::AdmissionCheck);
-        let available: BTreeSet<String> =
-            usage.iter().filter(|u| !self.maintenance.contains(&u.host)).map(|u| u.host.clone()).collect();
-        let inputs = PlanInputs {
-            locations: self.reported_locations(),
-            available,
-            maintenance: self.maintenance.clone(),
-            config_epoch: self.config_epoch,
-        };
         // The same inputs give the same plan: computing it places every VM for every failure
         // count tried, so an unchanged cluster is not planned again — but at least every
         // `PLAN_MAX_AGE` (a placement plugin swapped at run time plans differently), and
-        // always when asked (`failover_plan`).
+        // always when asked (`failover_plan`). Unchanged: the same fingerprint.
+        let fingerprint = self.plan_fingerprint();
         let planned = self.master.as_ref().is_some_and(|m| m.plan.is_some());
-        if let Some((previous, at)) = &self.plan_inputs
+        if let Some((previous, at)) = self.plan_inputs
             && !force
             && planned
-            && *previous == inputs
-            && self.now.saturating_sub(*at) < PLAN_MAX_AGE
+            && previous == fingerprint
+            && self.now.saturating_sub(at) < PLAN_MAX_AGE
         {
             if let Some(master) = self.master.as_mut() {
                 master.plan_due = self.now + 5 * self.config.timeouts.heartbeat_interval_ms;
             }
             return;
         }
-        let plan =
-            capacity::failover_plan(&self.config, &inputs.locations, &inputs.available, &self.maintenance, policies);
-        self.plan_inputs = Some((inputs, self.now));
+        let usage = self.host_usage(PlacementReason::AdmissionCheck);
+        let available: BTreeSet<String> =
+            usage.iter().filter(|u| !self.maintenance.contains(&u.host)).map(|u| u.host.clone()).collect();
+        let locations = self.reported_locations();
+        let plan = capacity::failover_plan(&self.config, &locations, &available, &self.maintenance, policies);
+        self.plan_inputs = Some((fingerprint, self.now));
         let previous = self.master.as_ref().and_then(|m| m.plan.as_ref()).map(|p| p.tolerates);
         if previous != Some(plan.tolerates) {
             let (severity, kind) = if plan.tolerates == 0 {
@@ -1202,6 +1188,32 @@ impl Node {
         let Some(master) = self.master.as_mut() else { return };
         master.plan = Some(plan);
         master.plan_due = self.now + 5 * self.config.timeouts.heartbeat_interval_ms;
+    }
+
+    /// What the failover plan is computed from, besides the policies, as one number: where
+    /// the VMs are reported, which hosts can take VMs (`host_usage`'s usable hosts), the
+    /// maintenance set and the configuration's epoch.
+    fn plan_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        let window = self.config.timeouts.dead_time_ms;
+        for (name, p) in &self.peers {
+            name.hash(&mut h);
+            let live = p.seq_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window);
+            (live && p.verdict.is_none_or(|v| v == Verdict::Running)).hash(&mut h);
+            p.vms.len().hash(&mut h);
+            for r in &p.vms {
+                r.vm.hash(&mut h);
+            }
+        }
+        self.local_vms.len().hash(&mut h);
+        for vm in self.local_vms.keys() {
+            vm.hash(&mut h);
+        }
+        (!self.fenced && !self.isolated()).hash(&mut h);
+        self.maintenance.hash(&mut h);
+        self.config_epoch.hash(&mut h);
+        h.finish()
     }
 
     /// The failover plan now (master only), recomputed.

@@ -647,10 +647,11 @@ pub struct Node {
     /// ran: a copy of that generation on that host is halo's, however late a master saw it
     /// (`exclusivity`; simulator seed 2505).
     claimed: BTreeMap<String, (u64, String, Millis)>,
-    /// Raised at every configuration change (`master::PlanInputs`).
+    /// Raised at every configuration change (`master::plan_fingerprint`).
     config_epoch: u64,
-    /// What the master's last failover plan was computed from (`master::refresh_plan`).
-    plan_inputs: Option<(master::PlanInputs, Millis)>,
+    /// The fingerprint of what the master's last failover plan was computed from, and when
+    /// (`master::refresh_plan`).
+    plan_inputs: Option<(u64, Millis)>,
 }
 
 /// Serde for a shared heartbeat: written as the heartbeat itself (serde's `rc` feature would

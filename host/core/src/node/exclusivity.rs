@@ -555,6 +555,30 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_ran_first_only_when_seen_three_intervals_before_the_other() {
+        let hosts: BTreeMap<String, u64> = [("host-2".to_string(), 1), ("host-3".to_string(), 1)].into();
+        let apart = 750;
+        let seen = |at_2: Millis, at_3: Millis| {
+            let mut first_seen = FirstSeen::default();
+            first_seen.note("vm-1", "host-2", at_2);
+            first_seen.note("vm-1", "host-3", at_3);
+            keeper("vm-1", &hosts, &first_seen, &BTreeSet::new(), 0, apart)
+        };
+        // Heard again after a partition, a heartbeat apart: a tie, nothing paused (seed 365).
+        assert_eq!(seen(80_000, 80_200), None);
+        assert_eq!(seen(80_300, 80_000), None);
+        // Seen running long before the other: that one is halo's.
+        assert_eq!(seen(10_000, 80_000).as_deref(), Some("host-2"));
+        assert_eq!(seen(80_000, 80_000 - apart).as_deref(), Some("host-3"));
+        // A newer generation decides whatever the sightings say.
+        let newer: BTreeMap<String, u64> = [("host-2".to_string(), 1), ("host-3".to_string(), 2)].into();
+        let mut first_seen = FirstSeen::default();
+        first_seen.note("vm-1", "host-2", 80_000);
+        first_seen.note("vm-1", "host-3", 80_100);
+        assert_eq!(keeper("vm-1", &newer, &first_seen, &BTreeSet::new(), 0, apart).as_deref(), Some("host-3"));
+    }
+
+    #[test]
     fn a_copy_started_beside_a_running_vm_is_paused_and_alerted_once() {
         let (mut node, mut p) = settled_master_with_vm_on_host_2(cluster(3, 1));
         // host-3 starts reporting vm-1 too (the same generation: its XML was copied).

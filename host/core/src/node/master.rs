@@ -1671,6 +1671,53 @@ mod tests {
         assert!(kinds.contains(&"host-evacuated"), "host-2 is evacuated: {kinds:?}");
     }
 
+    #[test]
+    fn a_queued_restart_is_dropped_when_a_host_heard_now_runs_the_vm() {
+        // vm-1 runs on host-2, which stops it (and says so); the master cannot claim (no
+        // datastore read lately), so the restart waits; host-3 then reports vm-1 running (a
+        // copy started there by hand). No claim may follow when the datastore is back
+        // (simulator seed 14319 ran it twice).
+        let mut node = Node::new("host-1", cluster(3, 1), 0);
+        let mut p = BuiltinPolicies;
+        let vm1 = || vec![VmReport { vm: "vm-1".into(), generation: 1 }];
+        let mut all: Vec<Action> = Vec::new();
+        for now in (0..24_000).step_by(100) {
+            let seq = now / 100 + 1;
+            let mut from_2 = beat_with("host-2", seq, &[("host-1", seq)], if now < 12_000 { vm1() } else { vec![] });
+            if now >= 12_000
+                && let Input::Heartbeat { heartbeat, .. } = &mut from_2
+            {
+                std::sync::Arc::make_mut(heartbeat).stopped = vm1();
+            }
+            all.extend(node.handle(now, from_2, &mut p));
+            let on_3 = if now >= 13_000 { vm1() } else { vec![] };
+            all.extend(node.handle(now, beat_with("host-3", seq, &[("host-1", seq)], on_3), &mut p));
+            // The datastore answers until 5 s and again from 16 s.
+            let datastore = !(5_000..16_000).contains(&now);
+            all.extend(node.handle(now, Input::DatastoreWritten { datastore: "ds1".into(), ok: datastore }, &mut p));
+            if datastore {
+                all.extend(node.handle(
+                    now,
+                    Input::DatastoreRead { datastore: "ds1".into(), records: Ok(vec![]) },
+                    &mut p,
+                ));
+            }
+            all.extend(node.handle(now, Input::Tick, &mut p));
+        }
+        let kinds: Vec<EventKind> = all
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(e) => Some(e.kind),
+                _ => None,
+            })
+            .collect();
+        assert!(kinds.contains(&EventKind::VmLost), "the stop was seen: {kinds:?}");
+        assert!(kinds.contains(&EventKind::RestartDropped), "{kinds:?}");
+        let claims: Vec<&Action> =
+            all.iter().filter(|a| matches!(a, Action::Claim { .. } | Action::StartVm { .. })).collect();
+        assert!(claims.is_empty(), "no second copy: {claims:?}");
+    }
+
     /// The built-in policies, counting the placements asked for.
     #[derive(Default)]
     struct CountingPolicies(usize);

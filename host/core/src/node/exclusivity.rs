@@ -156,7 +156,7 @@ impl<'a> Copies<'a> {
 /// have moved its VMs since (simulator seed 3913: a master back from isolation took halo's
 /// copy, just migrated, for a duplicate of the one its stale list still showed on the
 /// source, and paused it for good).
-fn list_is_current(peer: &super::Peer, now: Millis, dead_time: Millis) -> bool {
+pub(super) fn list_is_current(peer: &super::Peer, now: Millis, dead_time: Millis) -> bool {
     peer.verdict.is_none_or(|v| v == Verdict::Running)
         && peer.heard_directly_at.is_some_and(|at| now.saturating_sub(at) < dead_time)
 }

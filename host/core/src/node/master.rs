@@ -643,16 +643,19 @@ impl Node {
     }
 
     /// Free capacity per host as this master sees it, for placement.
-    pub(super) fn host_usage(&self, reason: PlacementReason) -> Vec<HostUsage> {
+    /// The hosts that can take VMs as this master sees them: the peers alive within the
+    /// dead-time and judged running, and itself unless fenced or isolated.
+    fn usable_hosts(&self) -> impl Iterator<Item = &String> {
         let window = self.config.timeouts.dead_time_ms;
-        let mut usable: BTreeSet<String> = self
-            .live_peers(window)
+        let itself = (!self.fenced && !self.isolated()).then_some(&self.name);
+        self.live_peers(window)
             .filter(|(_, p)| p.verdict.is_none_or(|v| v == Verdict::Running))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if !self.fenced && !self.isolated() {
-            usable.insert(self.name.clone());
-        }
+            .map(|(n, _)| n)
+            .chain(itself)
+    }
+
+    pub(super) fn host_usage(&self, reason: PlacementReason) -> Vec<HostUsage> {
+        let usable: BTreeSet<String> = self.usable_hosts().cloned().collect();
         let mut locations = self.reported_locations();
         if let Some(master) = &self.master {
             for (vm, r) in &master.restarts {
@@ -801,10 +804,7 @@ impl Node {
             let on = self
                 .peers
                 .iter()
-                .filter(|(_, p)| {
-                    p.verdict.is_none_or(|v| v == Verdict::Running)
-                        && p.heard_directly_at.is_some_and(|at| now.saturating_sub(at) < window)
-                })
+                .filter(|(_, p)| super::exclusivity::list_is_current(p, now, window))
                 .find(|(host, p)| p.vms.iter().any(|r| r.vm == *vm) && !paused(vm, host))
                 .map(|(host, _)| host.clone())
                 .or_else(|| (self.local_vms.contains_key(vm) && !paused(vm, &self.name)).then(|| self.name.clone()));
@@ -1196,11 +1196,8 @@ impl Node {
     fn plan_fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = rustc_hash::FxHasher::default();
-        let window = self.config.timeouts.dead_time_ms;
         for (name, p) in &self.peers {
             name.hash(&mut h);
-            let live = p.seq_advanced_at.is_some_and(|at| self.now.saturating_sub(at) < window);
-            (live && p.verdict.is_none_or(|v| v == Verdict::Running)).hash(&mut h);
             p.vms.len().hash(&mut h);
             for r in &p.vms {
                 r.vm.hash(&mut h);
@@ -1210,7 +1207,9 @@ impl Node {
         for vm in self.local_vms.keys() {
             vm.hash(&mut h);
         }
-        (!self.fenced && !self.isolated()).hash(&mut h);
+        for host in self.usable_hosts() {
+            host.hash(&mut h);
+        }
         self.maintenance.hash(&mut h);
         self.config_epoch.hash(&mut h);
         h.finish()
@@ -1758,8 +1757,7 @@ mod tests {
             "host-2" => vec![VmReport { vm: "vm-1".into(), generation: 1 }],
             _ => vec![VmReport { vm: "vm-2".into(), generation: 1 }],
         };
-        let mut moved_at = None;
-        let run = |node: &mut Node, p: &mut CountingPolicies, from: u64, to: u64, moved_at: &mut Option<u64>| {
+        let run = |node: &mut Node, p: &mut CountingPolicies, from: u64, to: u64| {
             for now in (from..to).step_by(100) {
                 let seq = now / 100 + 1;
                 for peer in ["host-2", "host-3"] {
@@ -1767,7 +1765,6 @@ mod tests {
                     let mut list = vms(peer);
                     if now >= 20_000 {
                         list = if peer == "host-2" { [vms("host-2"), vms("host-3")].concat() } else { vec![] };
-                        moved_at.get_or_insert(now);
                     }
                     node.handle(now, beat_with(peer, seq, &[("host-1", seq)], list), p);
                 }
@@ -1775,23 +1772,23 @@ mod tests {
                 node.handle(now, Input::Tick, p);
             }
         };
-        run(&mut node, &mut p, 0, 5_000, &mut moved_at);
+        run(&mut node, &mut p, 0, 5_000);
         assert!(node.is_master() && node.master.as_ref().is_some_and(|m| m.plan.is_some()), "planned");
         // Unchanged for 10 s: refreshed eight times, planned never.
         let before = p.0;
-        run(&mut node, &mut p, 5_000, 15_000, &mut moved_at);
+        run(&mut node, &mut p, 5_000, 15_000);
         assert_eq!(p.0, before, "an unchanged cluster is not placed again");
         // A VM moved: planned at the next refresh.
         let refresh = 5 * node.config.timeouts.heartbeat_interval_ms;
         let planned = 20_000 + refresh + 1_000;
-        run(&mut node, &mut p, 15_000, planned, &mut moved_at);
+        run(&mut node, &mut p, 15_000, planned);
         assert!(p.0 > before, "a move plans again");
         // Unchanged again: planned again once it is PLAN_MAX_AGE old.
         let after_move = p.0;
         let aged = 20_000 + PLAN_MAX_AGE;
-        run(&mut node, &mut p, planned, aged - refresh, &mut moved_at);
+        run(&mut node, &mut p, planned, aged - refresh);
         assert_eq!(p.0, after_move, "unchanged since the move");
-        run(&mut node, &mut p, aged - refresh, aged + 2 * refresh + 1_000, &mut moved_at);
+        run(&mut node, &mut p, aged - refresh, aged + 2 * refresh + 1_000);
         assert!(p.0 > after_move, "planned again at its age (a plugin swapped meanwhile plans differently)");
         // Asked for (the API, a maintenance's admission): always planned.
         let asked = p.0;

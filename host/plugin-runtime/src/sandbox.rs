@@ -8,8 +8,8 @@
 //! decides. A fresh `Store` is made for every call: wasmtime refuses further calls on a
 //! store after a trap, and a fresh instance means no state leaks between decisions.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -158,11 +158,45 @@ pub fn engine_config(limits: &SandboxLimits) -> Config {
     config
 }
 
-/// The engine and, for epoch budgets, the thread that ticks it.
+/// The engine and the thread that ticks its epoch (the wall-clock ceiling of every call).
 pub struct Sandbox {
     engine: Engine,
     limits: SandboxLimits,
-    ticker: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    activity: Arc<Activity>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+/// The calls in flight: the epoch only matters while one runs, so the ticker sleeps when there
+/// is none (an idle agent's plugin thread used to wake 500 times a second for nothing).
+#[derive(Default)]
+struct Activity {
+    calls: Mutex<usize>,
+    changed: Condvar,
+    stop: AtomicBool,
+    /// The ticker's `/proc/self/task` entry (tests count its wake-ups).
+    #[cfg(test)]
+    task: std::sync::OnceLock<std::path::PathBuf>,
+}
+
+/// One call in flight (held by its store): the ticker runs while any exists.
+struct ActiveCall(Arc<Activity>);
+
+impl ActiveCall {
+    fn start(activity: &Arc<Activity>) -> Self {
+        let mut calls = activity.calls.lock().unwrap_or_else(|p| p.into_inner());
+        *calls += 1;
+        if *calls == 1 {
+            activity.changed.notify_all();
+        }
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        let mut calls = self.0.calls.lock().unwrap_or_else(|p| p.into_inner());
+        *calls = calls.saturating_sub(1);
+    }
 }
 
 impl Sandbox {
@@ -193,11 +227,12 @@ impl Sandbox {
             .pagemap_scan(Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Config(format!("wasmtime engine: {e:#}")))?;
+        let activity = Arc::new(Activity::default());
         let ticker = Some(
-            spawn_ticker(engine.clone())
+            spawn_ticker(engine.clone(), Arc::clone(&activity))
                 .map_err(|e| RuntimeError::Config(format!("cannot start the plugin epoch thread: {e}")))?,
         );
-        Ok(Self { engine, limits, ticker })
+        Ok(Self { engine, limits, activity, ticker })
     }
 
     /// The wasmtime engine.
@@ -221,6 +256,7 @@ impl Sandbox {
             log_lines_left: self.limits.log_lines_per_call,
             log_dropped: 0,
             host: HostUse::default(),
+            _active: Some(ActiveCall::start(&self.activity)),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
@@ -286,23 +322,40 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Some((stop, handle)) = self.ticker.take() {
-            stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.ticker.take() {
+            self.activity.stop.store(true, Ordering::Relaxed);
+            {
+                let _calls = self.activity.calls.lock().unwrap_or_else(|p| p.into_inner());
+                self.activity.changed.notify_all();
+            }
             let _ = handle.join();
         }
     }
 }
 
-fn spawn_ticker(engine: Engine) -> std::io::Result<(Arc<AtomicBool>, JoinHandle<()>)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::Builder::new().name("halo-plugin-epoch".into()).spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
+/// Advances the epoch every [`EPOCH_TICK`] while a call is in flight; waits otherwise. A
+/// call's deadline counts ticks from its store's creation, so a pause while no call runs
+/// shortens no call's ceiling.
+fn spawn_ticker(engine: Engine, activity: Arc<Activity>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("halo-plugin-epoch".into()).spawn(move || {
+        #[cfg(test)]
+        if let Ok(me) = std::fs::read_link("/proc/thread-self") {
+            let _ = activity.task.set(std::path::Path::new("/proc").join(me));
+        }
+        loop {
+            {
+                let mut calls = activity.calls.lock().unwrap_or_else(|p| p.into_inner());
+                while *calls == 0 && !activity.stop.load(Ordering::Relaxed) {
+                    calls = activity.changed.wait(calls).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            if activity.stop.load(Ordering::Relaxed) {
+                return;
+            }
             std::thread::sleep(EPOCH_TICK);
             engine.increment_epoch();
         }
-    })?;
-    Ok((stop, handle))
+    })
 }
 
 /// The deepest cause of an error, on one line.
@@ -330,6 +383,8 @@ pub struct CallState {
     log_lines_left: u32,
     log_dropped: u32,
     host: HostUse,
+    /// Keeps the epoch ticking while this call's store lives.
+    _active: Option<ActiveCall>,
 }
 
 /// What a call's host calls cost.
@@ -453,7 +508,40 @@ mod tests {
 
     use wasmtime::ResourceLimiter;
 
-    use super::{CallState, one_clean_line};
+    use super::{CallState, CpuBudget, Sandbox, SandboxLimits, one_clean_line};
+
+    /// How often the epoch thread of `sandbox` has woken so far.
+    fn ticker_wakeups(sandbox: &Sandbox) -> u64 {
+        let task = sandbox.activity.task.get().expect("the ticker noted its task");
+        let status = std::fs::read_to_string(task.join("status")).expect("its status");
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[test]
+    fn the_epoch_ticks_only_while_a_call_is_in_flight() {
+        let limits = SandboxLimits { cpu: CpuBudget::Epoch { millis: 50 }, ..SandboxLimits::default() };
+        let sandbox = Sandbox::new(limits).expect("sandbox");
+        let pause = std::time::Duration::from_millis(200);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let idle = ticker_wakeups(&sandbox);
+        std::thread::sleep(pause);
+        let after_idle = ticker_wakeups(&sandbox);
+        assert!(after_idle - idle <= 2, "idle: {} wake-ups in 200 ms", after_idle - idle);
+        let store = sandbox.store(Arc::from("p.wasm")).expect("store");
+        std::thread::sleep(pause);
+        let during = ticker_wakeups(&sandbox);
+        // One tick every 2 ms: about 100 in 200 ms, however loaded the machine.
+        assert!(during - after_idle >= 20, "a call in flight: only {} wake-ups in 200 ms", during - after_idle);
+        drop(store);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let done = ticker_wakeups(&sandbox);
+        std::thread::sleep(pause);
+        assert!(ticker_wakeups(&sandbox) - done <= 2, "idle again after the call");
+    }
 
     #[test]
     fn the_memory_cap_counts_every_memory_of_a_call_together() {
@@ -467,6 +555,7 @@ mod tests {
             log_lines_left: 0,
             log_dropped: 0,
             host: super::HostUse::default(),
+            _active: None,
         };
         // Two memories of 40 MiB each: the second is refused, though each alone fits.
         assert!(state.memory_growing(0, 40 * mib, None).expect("answer"));

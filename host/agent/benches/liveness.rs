@@ -54,6 +54,7 @@ fn transport(me: &str, addresses: &BTreeMap<&str, SocketAddr>) -> TransportConfi
             bind: addresses[me],
             peers: addresses.iter().filter(|(h, _)| **h != me).map(|(h, a)| (h.to_string(), *a)).collect(),
             broadcast: None,
+            interface: None,
         }],
     }
 }

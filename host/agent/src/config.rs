@@ -45,6 +45,14 @@ pub struct AgentConfig {
     /// hosts share each network's segment. Absent: one packet per peer.
     #[serde(default)]
     pub broadcast: BTreeMap<String, std::net::Ipv4Addr>,
+    /// Per management network, this host's interface on it (e.g. `{ A = "eno1", B = "eno2" }`):
+    /// the network's heartbeat sockets are bound to it (`SO_BINDTODEVICE`), and so are the
+    /// pings of peers on the first network, so a network's packets never leave by another
+    /// network's link whatever the routing table says — the redundancy of two networks holds
+    /// even when their subnets overlap or a route points elsewhere. Absent: the routing table
+    /// decides.
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, String>,
     /// Every host of the cluster (this one too).
     pub hosts: Vec<HostEntry>,
     /// The datastores.
@@ -637,7 +645,31 @@ impl AgentConfig {
                 ));
             }
         }
-        let mut seen_addresses: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for (network, interface) in &self.interfaces {
+            if !self.networks.contains(network) {
+                problems.push(format!(
+                    "interfaces.{network}: there is no management network {network} (networks = {:?})",
+                    self.networks
+                ));
+            }
+            // Linux interface names: 1-15 bytes, no slash, no white space.
+            if interface.is_empty()
+                || interface.len() > 15
+                || interface.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+            {
+                problems.push(format!(
+                    "interfaces.{network}: `{interface}` is not an interface name (1-15 characters, no `/`, `:` or space; e.g. eno1)"
+                ));
+            }
+        }
+        // Per address: which host has it, on which network, under which key.
+        let mut seen_addresses: BTreeMap<IpAddr, (usize, &str, String)> = BTreeMap::new();
+        // One host may use one address on two networks only when each of them is bound to its
+        // own interface (the networks' subnets then overlap; the binding keeps them apart).
+        let apart = |a: &str, b: &str| match (self.interfaces.get(a), self.interfaces.get(b)) {
+            (Some(x), Some(y)) => x != y,
+            _ => false,
+        };
         for (i, host) in self.hosts.iter().enumerate() {
             let key = format!("hosts[{i}]");
             if !name_ok(&host.name) {
@@ -649,11 +681,16 @@ impl AgentConfig {
                         "{key}.addresses.{network}: {} has no address on management network {network}; add it (every host needs one on every network)",
                         host.name
                     )),
-                    Some(address) => {
-                        if let Some(other) = seen_addresses.insert(*address, format!("{key}.addresses.{network}")) {
-                            problems.push(format!("{key}.addresses.{network}: {address} is also {other}"));
+                    Some(address) => match seen_addresses.get(address) {
+                        Some((h, other_network, _)) if *h == i && apart(other_network, network) => {}
+                        Some((h, _, other)) if *h == i => problems.push(format!(
+                            "{key}.addresses.{network}: {address} is also {other}; one host may have one address on two networks only when `interfaces` binds each network to its own interface"
+                        )),
+                        Some((_, _, other)) => problems.push(format!("{key}.addresses.{network}: {address} is also {other}")),
+                        None => {
+                            seen_addresses.insert(*address, (i, network, format!("{key}.addresses.{network}")));
                         }
-                    }
+                    },
                 }
             }
             for network in host.addresses.keys().filter(|n| !self.networks.contains(n)) {
@@ -1079,6 +1116,52 @@ priority = "restart"
         }
         let ConfigError::Invalid { problems, .. } = error else { panic!("not a validation error") };
         assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn interfaces_are_taken_per_network_and_let_one_host_keep_one_address_on_both() {
+        let with = |line: &str, shared: bool| {
+            let mut text = GOOD.replace("networks = [\"A\", \"B\"]\n", &format!("networks = [\"A\", \"B\"]\n{line}\n"));
+            if shared {
+                // One subnet for both networks: each host has one address on A and B.
+                text = text
+                    .replace(
+                        r#"{ A = "10.213.37.2", B = "10.213.37.66" }"#,
+                        r#"{ A = "10.213.37.2", B = "10.213.37.2" }"#,
+                    )
+                    .replace(
+                        r#"{ A = "10.213.37.3", B = "10.213.37.67" }"#,
+                        r#"{ A = "10.213.37.3", B = "10.213.37.3" }"#,
+                    );
+            }
+            text
+        };
+        let bound = r#"interfaces = { A = "eth-a", B = "eth-b" }"#;
+        let config = AgentConfig::parse(&with(bound, true), "halo.toml").expect("valid");
+        assert_eq!(config.interfaces.get("B").map(String::as_str), Some("eth-b"));
+        assert!(AgentConfig::parse(GOOD, "halo.toml").expect("valid").interfaces.is_empty(), "none by default");
+        // One address on two networks without (or with the same) interface: refused.
+        for line in ["", r#"interfaces = { A = "eth0", B = "eth0" }"#] {
+            let text = AgentConfig::parse(&with(line, true), "halo.toml").expect_err("invalid").to_string();
+            assert!(
+                text.contains("hosts[0].addresses.B: 10.213.37.2 is also hosts[0].addresses.A; one host may have one address on two networks only when `interfaces` binds each network to its own interface"),
+                "{text}"
+            );
+        }
+        // Two hosts with one address: refused, bound or not.
+        let twice = with(bound, true)
+            .replace(r#"{ A = "10.213.37.3", B = "10.213.37.3" }"#, r#"{ A = "10.213.37.2", B = "10.213.37.3" }"#);
+        let text = AgentConfig::parse(&twice, "halo.toml").expect_err("invalid").to_string();
+        assert!(text.contains("hosts[1].addresses.A: 10.213.37.2 is also hosts[0].addresses.A"), "{text}");
+        let bad = with(r#"interfaces = { C = "eth-c", A = "", B = "a/b" }"#, false);
+        let text = AgentConfig::parse(&bad, "halo.toml").expect_err("invalid").to_string();
+        for needle in [
+            "interfaces.C: there is no management network C",
+            "interfaces.A: `` is not an interface name",
+            "interfaces.B: `a/b` is not an interface name",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use halo_core::{DatastoreRecord, Heartbeat, Input, StopReason, VmState};
 use halo_datastore::Datastore;
+use halo_net::transport::RECEIVE_PACING;
 use halo_net::{HeartbeatTransport, Membership, Received, TransportConfig};
 use tokio::sync::mpsc;
 
@@ -341,8 +342,9 @@ async fn run(
     let datastores: Vec<Arc<Datastore>> = config.datastores.into_iter().map(Arc::new).collect();
     let (written_tx, mut written_rx) = mpsc::channel::<(String, bool)>(64);
     let mut evidence = Evidence::new(&config.transport.membership, &me, Instant::now() + config.fence_timeout);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every 10 ms, on the transport's receive grid: the thread wakes once for both.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(transport.grid()), RECEIVE_PACING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_tick = Instant::now();
     let mut next_heartbeat = Instant::now();
     let mut next_write = Instant::now();
@@ -514,8 +516,8 @@ async fn run(
         let must = judging
             && armed_core
             && !fenced
-            && halo_core::node::must_fence(
-                evidence.reached(config.fence_timeout, now),
+            && halo_core::node::must_fence_counting(
+                || evidence.reached(config.fence_timeout, now),
                 hosts,
                 evidence.datastore_ok(config.fence_timeout, now),
                 quorum_fencing,
@@ -670,6 +672,7 @@ mod tests {
                 bind: addresses[me],
                 peers: addresses.iter().filter(|(h, _)| **h != me).map(|(h, a)| (h.to_string(), *a)).collect(),
                 broadcast: None,
+                interface: None,
             }],
         }
     }

@@ -320,7 +320,8 @@ pub async fn start(
                 .filter_map(|h| Some((h.name.clone(), SocketAddr::new(*h.addresses.get(net)?, config.heartbeat_port))))
                 .collect();
             let broadcast = config.broadcast.get(net).map(|ip| SocketAddr::new((*ip).into(), config.heartbeat_port));
-            Some(NetworkEndpoints { name: net.clone(), bind, peers, broadcast })
+            let interface = config.interfaces.get(net).cloned();
+            Some(NetworkEndpoints { name: net.clone(), bind, peers, broadcast, interface })
         })
         .collect();
     let transport = TransportConfig { cluster: config.cluster.clone(), me: me.clone(), membership, key, networks };
@@ -382,7 +383,8 @@ pub async fn start(
         Duration::from_millis(config.timeouts.ping_timeout_ms),
         inputs.clone(),
         runtime.clone(),
-    );
+    )
+    .via(config.networks.first().and_then(|n| config.interfaces.get(n)).cloned());
     let mut uris: BTreeMap<String, String> =
         config.hosts.iter().map(|h| (h.name.clone(), h.libvirt_uri.clone())).collect();
     uris.insert(me.clone(), config.libvirt.local_uri.clone());
@@ -618,7 +620,12 @@ pub async fn start(
                 publish(&node, &liveness);
             }
             if is_tick {
-                publish_snapshot(&node, &in_force);
+                // The status costs O(hosts): every tick up to 32 hosts, then every hosts/16
+                // ticks (every 0.8 s at 128 hosts, at most every second). Control requests
+                // publish at once.
+                if ticks.is_multiple_of(snapshot_every(node.config().hosts.len())) {
+                    publish_snapshot(&node, &in_force);
+                }
                 ticks += 1;
                 if ticks.is_multiple_of(20) && !reloading.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     // A replaced plugin file is compiled on a blocking thread and swapped in when
@@ -637,6 +644,11 @@ pub async fn start(
         }
     };
     Ok((handle, agent_loop))
+}
+
+/// Every how many ticks the API's status snapshot is refreshed in a cluster of `hosts`.
+fn snapshot_every(hosts: usize) -> u64 {
+    (hosts as u64 / 16).clamp(1, 10)
 }
 
 /// Feeds `Input::Resumed` when the node was not fed for the stall gap or longer (the process

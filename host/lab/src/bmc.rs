@@ -1,5 +1,5 @@
 //! A BMC per lab host: a Redfish service (HTTPS, basic auth) on the lab's power network P,
-//! in a namespace of its own (`halo-NAME-bmc`, address `.193` of the lab's /24), one port per
+//! in a namespace of its own (`halo-NAME-bmc`, address `.193` of the lab's /24, `.253` in the shared layout), one port per
 //! host (`BMC_PORT_BASE + N`). `ComputerSystem.Reset` `ForceOff` cuts the host's power as
 //! [`Lab::kill_host`] does, `On` boots it ([`Lab::boot_host`]); `PowerState` is the host's real
 //! state (on while a process runs in its namespace), so a host that lost power says `Off`.
@@ -36,7 +36,8 @@ pub enum BmcMode {
 impl Lab {
     /// The BMCs' address (on network P).
     pub fn bmc_address(&self) -> std::net::Ipv4Addr {
-        self.gateway_at(3)
+        let [a, b, c] = self.subnet();
+        std::net::Ipv4Addr::new(a, b, c, self.service_octet(193))
     }
 
     /// Host `host`'s address on the power network P (what its agent reaches the BMCs from).
@@ -174,7 +175,9 @@ impl Lab {
         ip(&["link", "add", "eth-p", "netns", &bmc, "type", "veth", "peer", "name", "bmc-p", "netns", &sw])?;
         ip(&["-n", &sw, "link", "set", "bmc-p", "master", "br-p"])?;
         ip(&["-n", &sw, "link", "set", "bmc-p", "up"])?;
-        ip(&["-n", &bmc, "addr", "add", &format!("{}/26", self.bmc_address()), "dev", "eth-p"])?;
+        let shared = self.layout() == crate::Layout::Shared;
+        let prefix = if shared { 24 } else { 26 };
+        ip(&["-n", &bmc, "addr", "add", &format!("{}/{prefix}", self.bmc_address()), "dev", "eth-p"])?;
         ip(&["-n", &bmc, "link", "set", "eth-p", "up"])?;
         for host in 1..=self.hosts() {
             let ns = self.netns(host);
@@ -182,8 +185,16 @@ impl Lab {
             ip(&["link", "add", "eth-p", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
             ip(&["-n", &sw, "link", "set", &port, "master", "br-p"])?;
             ip(&["-n", &sw, "link", "set", &port, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/26", self.power_address(host)), "dev", "eth-p"])?;
-            ip(&["-n", &ns, "link", "set", "eth-p", "up"])?;
+            let address = format!("{}/{prefix}", self.power_address(host));
+            if shared {
+                // The host's address is on every network: only the BMCs are reached over P.
+                ip(&["-n", &ns, "addr", "add", &address, "dev", "eth-p", "noprefixroute"])?;
+                ip(&["-n", &ns, "link", "set", "eth-p", "up"])?;
+                ip(&["-n", &ns, "route", "add", &format!("{}/32", self.bmc_address()), "dev", "eth-p"])?;
+            } else {
+                ip(&["-n", &ns, "addr", "add", &address, "dev", "eth-p"])?;
+                ip(&["-n", &ns, "link", "set", "eth-p", "up"])?;
+            }
         }
         Ok(())
     }

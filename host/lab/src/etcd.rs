@@ -18,7 +18,8 @@ pub const ETCD_MEMBERS: usize = 3;
 /// Their client port.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
-/// The largest lab that has room for the members' addresses on M.
+/// The largest split-layout lab that has room for the members' addresses on M (the shared
+/// layout has room at any size).
 pub const ETCD_MAX_HOSTS: usize = 57;
 
 impl Lab {
@@ -30,7 +31,7 @@ impl Lab {
     /// Member `member`'s address on M.
     pub fn etcd_address(&self, member: usize) -> Ipv4Addr {
         let [a, b, c] = self.subnet();
-        Ipv4Addr::new(a, b, c, (190 - member) as u8)
+        Ipv4Addr::new(a, b, c, self.service_octet((190 - member) as u8))
     }
 
     /// The members' client URLs, as `[coordination] endpoints` takes them.
@@ -53,7 +54,7 @@ impl Lab {
                 "the etcd backend's lab needs etcd and etcdctl (apt-get install etcd-server etcd-client)".into(),
             ));
         }
-        if self.hosts() > ETCD_MAX_HOSTS {
+        if self.layout() == crate::Layout::Split && self.hosts() > ETCD_MAX_HOSTS {
             return Err(LabError::Invalid(format!(
                 "a lab with etcd has at most {ETCD_MAX_HOSTS} hosts (its members take M's top addresses), not {}",
                 self.hosts()
@@ -96,7 +97,15 @@ impl Lab {
             ip(&["link", "add", "eth-m", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
             ip(&["-n", &sw, "link", "set", &port, "master", "br-m"])?;
             ip(&["-n", &sw, "link", "set", &port, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/26", self.etcd_address(member)), "dev", "eth-m"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/{}", self.etcd_address(member), self.prefix()),
+                "dev",
+                "eth-m",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth-m", "up"])?;
         }
         let dir = self.dir().join("etcd");

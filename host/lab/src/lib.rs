@@ -1,10 +1,18 @@
 //! The lab: N "hosts" on one machine, the way `kind` lets people try Kubernetes on one box.
 //!
 //! Each host is a network namespace with an address on each management network (A, B) and on
-//! the migration/storage network (M). The networks are bridges in a switch namespace; each
-//! bridge carries the network's gateway address, which the hosts use as isolation address.
-//! Every address lies in one private /24 (default `10.213.37.0/24`), split in /26s: A `.0/26`,
-//! B `.64/26`, M `.128/26`; there is no route out of the lab.
+//! the migration/storage network (M). The networks are bridges in a switch namespace.
+//! Every address lies in one private /24 (default `10.213.37.0/24`); there is no route out of
+//! the lab. Two layouts ([`Layout`]):
+//!
+//! - **split** (up to 60 hosts): the /24 is split in /26s, A `.0/26`, B `.64/26`, M `.128/26`,
+//!   P `.192/26`; each bridge carries its network's gateway address, which the hosts use as
+//!   isolation address;
+//! - **shared** (61 to 200 hosts, or asked for): every network spans the whole /24 on its own
+//!   segment and a host has the same address on each (`.2`, `.3`, …). The agents bind A's and B's
+//!   heartbeats to their interfaces (`interfaces` in halo.toml), so they never cross another
+//!   network's link; everything else goes over M (the hosts' routes to the /24 over A and B have
+//!   higher metrics; the BMCs on P have host routes). The gateway `.1` is on M only.
 //!
 //! Faults are real: a link is cut by taking the host's port on the bridge down. `down()`
 //! removes every namespace whose name carries the lab's prefix, so it also cleans up after a
@@ -64,21 +72,47 @@ pub enum LabError {
     },
 }
 
+/// The most hosts of a lab in the split layout.
+pub const SPLIT_MAX_HOSTS: usize = 60;
+/// The most hosts of a lab in the shared layout.
+pub const SHARED_MAX_HOSTS: usize = 200;
+
+/// How a lab lays out its addresses in its /24 (the crate's documentation has both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// A /26 per network: up to 60 hosts.
+    #[default]
+    Split,
+    /// Every network on the whole /24, a host with one address on all: up to 200 hosts.
+    Shared,
+}
+
 /// What to build.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LabSpec {
     /// The lab's name (namespaces are named `halo-NAME-…`).
     pub name: String,
-    /// How many hosts (1–60).
+    /// How many hosts (1–60 split, 1–200 shared).
     pub hosts: usize,
     /// The first three octets of the lab's /24.
     pub subnet: [u8; 3],
+    /// The address layout.
+    #[serde(default)]
+    pub layout: Layout,
 }
 
 impl LabSpec {
-    /// `hosts` hosts in the default /24.
+    /// `hosts` hosts in the default /24: split up to 60 hosts, shared above.
     pub fn new(name: &str, hosts: usize) -> Self {
-        Self { name: name.to_string(), hosts, subnet: [10, 213, 37] }
+        let layout = if hosts > SPLIT_MAX_HOSTS { Layout::Shared } else { Layout::Split };
+        Self { name: name.to_string(), hosts, subnet: [10, 213, 37], layout }
+    }
+
+    /// The same, in `layout`.
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
     }
 }
 
@@ -160,8 +194,15 @@ pub fn skip_for_test(test: &str, reason: &str) {
 impl Lab {
     /// Builds the lab; a lab of the same name left behind is removed first.
     pub fn up(spec: LabSpec) -> Result<Self, LabError> {
-        if spec.hosts == 0 || spec.hosts > 60 {
-            return Err(LabError::Invalid(format!("a lab has 1 to 60 hosts, not {}", spec.hosts)));
+        let most = match spec.layout {
+            Layout::Split => SPLIT_MAX_HOSTS,
+            Layout::Shared => SHARED_MAX_HOSTS,
+        };
+        if spec.hosts == 0 || spec.hosts > most {
+            return Err(LabError::Invalid(format!(
+                "a lab has 1 to {SPLIT_MAX_HOSTS} hosts (or up to {SHARED_MAX_HOSTS} in the shared layout), not {}",
+                spec.hosts
+            )));
         }
         if spec.name.is_empty()
             || spec.name.len() > 20
@@ -181,12 +222,23 @@ impl Lab {
 
     fn build(&self) -> Result<(), LabError> {
         let sw = self.switch();
+        let prefix = self.prefix();
         ip(&["netns", "add", &sw])?;
         ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        // A switch does not run the IP firewall on the frames it forwards (where the kernel's
+        // br_netfilter is loaded it would, for every broadcast to every port).
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let _ =
+                run("ip", &["netns", "exec", &sw, "sysctl", "-qw", &format!("net.bridge.bridge-nf-call-{table}=0")]);
+        }
         for (n, network) in NETWORKS.iter().enumerate() {
             let bridge = format!("br-{}", network.to_lowercase());
             ip(&["-n", &sw, "link", "add", &bridge, "type", "bridge"])?;
-            ip(&["-n", &sw, "addr", "add", &format!("{}/26", self.gateway_at(n)), "dev", &bridge])?;
+            // Shared: the gateway is on M only (one address on several bridges of one
+            // namespace would answer over whichever the routing table picks).
+            if self.spec.layout == Layout::Split || *network == "M" {
+                ip(&["-n", &sw, "addr", "add", &format!("{}/{prefix}", self.gateway_at(n)), "dev", &bridge])?;
+            }
             ip(&["-n", &sw, "link", "set", &bridge, "up"])?;
         }
         // The storage namespace: the NFS server, on the M network.
@@ -196,21 +248,39 @@ impl Lab {
         ip(&["link", "add", "eth-m", "netns", &storage, "type", "veth", "peer", "name", "st-m", "netns", &sw])?;
         ip(&["-n", &sw, "link", "set", "st-m", "master", "br-m"])?;
         ip(&["-n", &sw, "link", "set", "st-m", "up"])?;
-        ip(&["-n", &storage, "addr", "add", &format!("{}/26", self.storage_address()), "dev", "eth-m"])?;
+        ip(&["-n", &storage, "addr", "add", &format!("{}/{prefix}", self.storage_address()), "dev", "eth-m"])?;
         ip(&["-n", &storage, "link", "set", "eth-m", "up"])?;
+        let [a, b, c] = self.spec.subnet;
+        let whole = format!("{a}.{b}.{c}.0/24");
         for host in 1..=self.spec.hosts {
             let ns = self.netns(host);
             ip(&["netns", "add", &ns])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            if self.spec.layout == Layout::Shared {
+                // A packet for this host's address may come in on any of its links (a peer's
+                // heartbeat on A, while the route back is over M): no reverse-path filter.
+                for key in ["all", "default"] {
+                    run("ip", &["netns", "exec", &ns, "sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")])?;
+                }
+            }
             for (n, network) in NETWORKS.iter().enumerate() {
                 let inner = format!("eth-{}", network.to_lowercase());
                 let port = self.port(host, network);
                 ip(&["link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
                 ip(&["-n", &sw, "link", "set", &port, "master", &format!("br-{}", network.to_lowercase())])?;
                 ip(&["-n", &sw, "link", "set", &port, "up"])?;
-                let address = format!("{}/26", self.address_at(host, n));
-                ip(&["-n", &ns, "addr", "add", &address, "brd", "+", "dev", &inner])?;
-                ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+                let address = format!("{}/{prefix}", self.address_at(host, n));
+                if self.spec.layout == Layout::Shared && *network != "M" {
+                    // Shared: M's route is the one unbound traffic takes; A's and B's come
+                    // after it, for sockets bound to their interface.
+                    ip(&["-n", &ns, "addr", "add", &address, "brd", "+", "dev", &inner, "noprefixroute"])?;
+                    ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+                    let metric = (100 + n).to_string();
+                    ip(&["-n", &ns, "route", "add", &whole, "dev", &inner, "metric", &metric])?;
+                } else {
+                    ip(&["-n", &ns, "addr", "add", &address, "brd", "+", "dev", &inner])?;
+                    ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+                }
             }
         }
         self.build_power_network()
@@ -229,7 +299,29 @@ impl Lab {
     /// The storage server's address (on M).
     pub fn storage_address(&self) -> Ipv4Addr {
         let [a, b, c] = self.spec.subnet;
-        Ipv4Addr::new(a, b, c, 190)
+        Ipv4Addr::new(a, b, c, self.service_octet(190))
+    }
+
+    /// The last octet of a lab service (storage, etcd, BMCs) that has `split` in the split
+    /// layout: the shared layout keeps the top of the /24 for them (`split + 60`).
+    pub(crate) fn service_octet(&self, split: u8) -> u8 {
+        match self.spec.layout {
+            Layout::Split => split,
+            Layout::Shared => split + 60,
+        }
+    }
+
+    /// The address layout.
+    pub fn layout(&self) -> Layout {
+        self.spec.layout
+    }
+
+    /// The prefix length of every address.
+    pub(crate) fn prefix(&self) -> u8 {
+        match self.spec.layout {
+            Layout::Split => 26,
+            Layout::Shared => 24,
+        }
     }
 
     /// The lab's own directory (NFS exports, configs, logs); removed by `down`.
@@ -320,14 +412,30 @@ impl Lab {
         Ok(())
     }
 
+    /// The first address of network `n`'s range (`.0` shared).
+    fn base(&self, n: usize) -> usize {
+        match self.spec.layout {
+            Layout::Split => 64 * n,
+            Layout::Shared => 0,
+        }
+    }
+
     fn gateway_at(&self, n: usize) -> Ipv4Addr {
         let [a, b, c] = self.spec.subnet;
-        Ipv4Addr::new(a, b, c, (64 * n + 1) as u8)
+        Ipv4Addr::new(a, b, c, (self.base(n) + 1) as u8)
     }
 
     fn address_at(&self, host: usize, n: usize) -> Ipv4Addr {
         let [a, b, c] = self.spec.subnet;
-        Ipv4Addr::new(a, b, c, (64 * n + 1 + host) as u8)
+        Ipv4Addr::new(a, b, c, (self.base(n) + 1 + host) as u8)
+    }
+
+    /// The last address of network `n`'s range (its broadcast address).
+    fn last_at(&self, n: usize) -> usize {
+        match self.spec.layout {
+            Layout::Split => 64 * n + 63,
+            Layout::Shared => 255,
+        }
     }
 
     /// Host `host`'s address on `network`.
@@ -337,20 +445,26 @@ impl Lab {
     }
 
     /// The gateway of `network` (an isolation address: answers while the host's link is up).
+    /// Shared layout: `.1` for every network, on M (reached over M).
     pub fn gateway(&self, network: &str) -> Result<Ipv4Addr, LabError> {
         Ok(self.gateway_at(Self::network_index(network)?))
     }
 
-    /// The broadcast address of `network` (the last of its /26: every host on it hears it).
+    /// The broadcast address of `network` (the last of its range: every host on it hears it).
     pub fn broadcast(&self, network: &str) -> Result<Ipv4Addr, LabError> {
         let [a, b, c] = self.spec.subnet;
-        Ok(Ipv4Addr::new(a, b, c, (64 * Self::network_index(network)? + 63) as u8))
+        Ok(Ipv4Addr::new(a, b, c, self.last_at(Self::network_index(network)?) as u8))
     }
 
-    /// An address on `network` that nobody in the lab has (the next to last of its /26).
+    /// An address on `network` that nobody in the lab has (the next to last of its range).
     pub fn unused_address(&self, network: &str) -> Result<Ipv4Addr, LabError> {
         let [a, b, c] = self.spec.subnet;
-        Ok(Ipv4Addr::new(a, b, c, (64 * Self::network_index(network)? + 62) as u8))
+        Ok(Ipv4Addr::new(a, b, c, (self.last_at(Self::network_index(network)?) - 1) as u8))
+    }
+
+    /// Host `host`'s interface on `network` (`eth-a`, …), as its `interfaces` names it.
+    pub fn interface(network: &str) -> String {
+        format!("eth-{}", network.to_lowercase())
     }
 
     /// Cuts (`up = false`) or restores host `host`'s link on `network`, on the switch side
@@ -940,19 +1054,28 @@ impl Lab {
     }
 
     /// The `halo.toml` of host `host`'s agent: the lab's addresses (heartbeats broadcast on A
-    /// and B: one packet per network and interval), the NFS datastore `ds1`,
+    /// and B: one packet per network and interval, each bound to the host's interface on its
+    /// network), the NFS datastore `ds1`,
     /// every host's libvirt, the shared image directory, the API on network A with the lab's
     /// token, an event log per host, `vms` as `restart` VMs of 64 MiB, and `timeouts` (lines
     /// of the `[timeouts]` table, e.g. `dead-time-ms = 12000`; none: the defaults).
     pub fn agent_config(&self, host: usize, vms: &[&str], timeouts: &[&str]) -> Result<String, LabError> {
         self.check_host(host)?;
+        let mut isolation = vec![self.gateway("A")?];
+        if self.gateway("B")? != isolation[0] {
+            isolation.push(self.gateway("B")?);
+        }
+        let isolation: Vec<String> = isolation.iter().map(|a| format!("\"{a}\"")).collect();
+        // Each network's heartbeats bound to the host's interface on it: in the shared layout
+        // the only thing that keeps A's and B's packets on their own links.
         let mut toml = format!(
-            "cluster = \"lab\"\nhost = \"host-{host}\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"B\"]\nisolation-addresses = [\"{}\", \"{}\"]\nbroadcast = {{ A = \"{}\", B = \"{}\" }}\n",
+            "cluster = \"lab\"\nhost = \"host-{host}\"\nkey-file = \"{}\"\nnetworks = [\"A\", \"B\"]\nisolation-addresses = [{}]\nbroadcast = {{ A = \"{}\", B = \"{}\" }}\ninterfaces = {{ A = \"{}\", B = \"{}\" }}\n",
             self.cluster_key()?.display(),
-            self.gateway("A")?,
-            self.gateway("B")?,
+            isolation.join(", "),
             self.broadcast("A")?,
-            self.broadcast("B")?
+            self.broadcast("B")?,
+            Self::interface("A"),
+            Self::interface("B")
         );
         let bmcs = self.bmc_dir().join("ready").exists();
         for h in 1..=self.hosts() {
@@ -1004,8 +1127,10 @@ impl Lab {
         }
         // Proactive HA: every lab host's health provider reads the file a test writes
         // (`set_health`); no file, healthy.
+        // Each check forks a shell: every second in small labs, every 10 s in large ones.
+        let interval_ms = if self.spec.layout == Layout::Shared { 10_000 } else { 1_000 };
         toml.push_str(&format!(
-            "\n[health]\nprovider = \"{}\"\nargs = [\"{}\"]\ninterval-ms = 1000\ntimeout-ms = 1000\n",
+            "\n[health]\nprovider = \"{}\"\nargs = [\"{}\"]\ninterval-ms = {interval_ms}\ntimeout-ms = 1000\n",
             self.health_provider()?.display(),
             self.health_file(host).display()
         ));

@@ -41,6 +41,8 @@ impl HeartbeatSender for Heartbeats {
 /// Pings peers (by their management address) and isolation addresses.
 pub struct Pinger {
     peers: BTreeMap<String, IpAddr>,
+    /// The first network's interface, when bound to one: peers are pinged out of it.
+    interface: Option<String>,
     timeout: Duration,
     inputs: Sender<Input>,
     runtime: Handle,
@@ -50,7 +52,14 @@ impl Pinger {
     /// Pings with `timeout`; a peer is pinged at its address in `peers` (its management
     /// address on the first network).
     pub fn new(peers: BTreeMap<String, IpAddr>, timeout: Duration, inputs: Sender<Input>, runtime: Handle) -> Self {
-        Self { peers, timeout, inputs, runtime }
+        Self { peers, interface: None, timeout, inputs, runtime }
+    }
+
+    /// Pings peers out of `interface` (the first network's) only; isolation addresses are
+    /// reached as the routing table says.
+    pub fn via(mut self, interface: Option<String>) -> Self {
+        self.interface = interface;
+        self
     }
 }
 
@@ -64,13 +73,14 @@ impl PingDriver for Pinger {
                 text.parse::<IpAddr>().map_err(|_| format!("isolation address `{text}` is not an IP address"))
             }
         };
+        let interface = matches!(target, PingTarget::Host(_)).then(|| self.interface.clone()).flatten();
         let (inputs, target, timeout) = (self.inputs.clone(), target.clone(), self.timeout);
         let Ok(address) = address.map_err(|e| tracing::error!("{e}; counted as no answer")) else {
             self.runtime.spawn(async move { inputs.send(Input::PingResult { target, answered: false }).await });
             return;
         };
         self.runtime.spawn(async move {
-            let answered = match crate::ping::ping(address, timeout).await {
+            let answered = match crate::ping::ping_via(address, timeout, interface).await {
                 Ok(answered) => answered,
                 Err(e) => {
                     tracing::error!(%address, "{e}; counted as no answer");

@@ -25,6 +25,9 @@ pub enum PingError {
     /// Sending failed for another reason than the network being unreachable.
     #[error("sending the echo request to {0} failed: {1}")]
     Send(IpAddr, std::io::Error),
+    /// The socket could not be bound to the interface.
+    #[error("cannot ping out of interface {0}: {1} (check `interfaces` in halo.toml)")]
+    Interface(String, std::io::Error),
     /// The blocking task died.
     #[error("ping task failed: {0}")]
     Task(String),
@@ -40,18 +43,33 @@ pub const TRIES: u32 = 3;
 /// the timeout (at 0, ⅓ and ⅔ of it), and an answer to any of them counts: one lost packet
 /// never reads as "no answer" (a fence waits for this "no").
 pub async fn ping(target: IpAddr, timeout: Duration) -> Result<bool, PingError> {
-    tokio::task::spawn_blocking(move || ping_blocking(target, timeout))
+    ping_via(target, timeout, None).await
+}
+
+/// [`ping`] out of `interface` only (`SO_BINDTODEVICE`), when one is given: the answer says
+/// whether the target is reachable over that link, not over whichever the routing table
+/// picks.
+pub async fn ping_via(target: IpAddr, timeout: Duration, interface: Option<String>) -> Result<bool, PingError> {
+    tokio::task::spawn_blocking(move || ping_blocking_via(target, timeout, interface.as_deref()))
         .await
         .map_err(|e| PingError::Task(e.to_string()))?
 }
 
 /// [`ping`] without the runtime.
 pub fn ping_blocking(target: IpAddr, timeout: Duration) -> Result<bool, PingError> {
+    ping_blocking_via(target, timeout, None)
+}
+
+/// [`ping_via`] without the runtime.
+pub fn ping_blocking_via(target: IpAddr, timeout: Duration, interface: Option<&str>) -> Result<bool, PingError> {
     let IpAddr::V4(v4) = target else { return Err(PingError::Unsupported(target)) };
     let (socket, raw) = match Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)) {
         Ok(s) => (s, true),
         Err(_) => (Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)).map_err(PingError::Socket)?, false),
     };
+    if let Some(interface) = interface {
+        socket.bind_device(Some(interface.as_bytes())).map_err(|e| PingError::Interface(interface.to_string(), e))?;
+    }
     let id = (std::process::id() as u16) ^ 0x4841;
     let to = SocketAddr::new(IpAddr::V4(v4), 0);
     // Connected: the kernel hands us only packets from the address pinged.

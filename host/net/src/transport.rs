@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use halo_core::Heartbeat;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::codec::{self, ClusterKey, DropReason, EncodeError, Membership};
@@ -33,6 +32,9 @@ pub struct NetworkEndpoints {
     /// The network's broadcast address and the port: heartbeats go once to it instead of to
     /// each peer, and are received on a socket bound to it. `None`: one packet per peer.
     pub broadcast: Option<SocketAddr>,
+    /// The interface the network's sockets are bound to (`SO_BINDTODEVICE`): its packets go
+    /// out and come in there only. `None`: wherever the routing table says.
+    pub interface: Option<String>,
 }
 
 /// What the transport needs.
@@ -150,11 +152,27 @@ impl TransportStats {
     }
 }
 
-/// The running transport: sockets, and one receive task per network.
+/// How long a received heartbeat may wait in its socket's buffer: the receive task drains every
+/// socket once per slot of this length, on a grid the liveness thread's own tick shares, so the
+/// thread wakes once per slot however many peers send (it used to wake for every packet: at
+/// 60 peers, ~500 times a second, most of an agent's CPU).
+pub const RECEIVE_PACING: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// At most this many packets are taken from one socket per slot (the rest wait for the next):
+/// a flood cannot keep the liveness thread in the receive loop.
+const MAX_PER_SLOT: usize = 512;
+
+/// What each heartbeat socket asks of the kernel for its receive buffer: a slot's packets of a
+/// large cluster, and a stall's, fit (the kernel caps it at `net.core.rmem_max`).
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// The running transport: sockets (not registered with the runtime's reactor: a packet does
+/// not wake the thread), and one receive task that drains them on the pacing grid.
 pub struct HeartbeatTransport {
     config: Arc<TransportConfig>,
-    sockets: BTreeMap<String, Arc<UdpSocket>>,
+    sockets: BTreeMap<String, Arc<std::net::UdpSocket>>,
     stats: Arc<TransportStats>,
+    grid: std::time::Instant,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -166,31 +184,47 @@ impl Drop for HeartbeatTransport {
     }
 }
 
+/// A UDP socket bound to `addr`, to the network's interface when one is configured (so the
+/// network's packets leave and arrive only there: never over another network's link, whatever
+/// the routing table says), with a large receive buffer.
+fn bind_udp(addr: SocketAddr, interface: Option<&str>) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    if let Some(interface) = interface {
+        socket.bind_device(Some(interface.as_bytes()))?;
+    }
+    // Best effort: the kernel's cap applies.
+    let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Binds, for every network: a socket on this host's address (it sends and receives); one on
 /// the network's broadcast address when one is configured (an error if it cannot be bound:
 /// it is not this host's network's); else, where the interface holding this host's address
 /// has a broadcast address, one on that — receive only, best effort — so that a host hears
 /// peers that broadcast before it does so itself (a rolling change of `broadcast`, decision
-/// 0016). Plain sockets: call it inside the network namespace they belong to.
+/// 0016). A network with an `interface` has every socket bound to it. Plain sockets: call it
+/// inside the network namespace they belong to.
 pub fn bind_sockets(config: &TransportConfig) -> Result<Vec<(String, std::net::UdpSocket)>, TransportError> {
     let mut sockets = Vec::new();
     for network in &config.networks {
-        let socket = std::net::UdpSocket::bind(network.bind).map_err(|source| TransportError::Bind {
+        let interface = network.interface.as_deref();
+        let socket = bind_udp(network.bind, interface).map_err(|source| TransportError::Bind {
             network: network.name.clone(),
             addr: network.bind,
             source,
         })?;
         sockets.push((network.name.clone(), socket));
         if let Some(addr) = network.broadcast {
-            let socket = std::net::UdpSocket::bind(addr).map_err(|source| TransportError::BindBroadcast {
+            let socket = bind_udp(addr, interface).map_err(|source| TransportError::BindBroadcast {
                 network: network.name.clone(),
                 addr,
                 source,
             })?;
             sockets.push((network.name.clone(), socket));
-        } else if let Some(ip) = interface_broadcast(network.bind.ip()) {
+        } else if let Some(ip) = interface_broadcast(network.bind.ip(), interface) {
             let addr = SocketAddr::new(ip.into(), network.bind.port());
-            match std::net::UdpSocket::bind(addr) {
+            match bind_udp(addr, interface) {
                 Ok(socket) => sockets.push((network.name.clone(), socket)),
                 Err(error) => {
                     tracing::debug!(network = %network.name, %addr, "not listening for broadcast heartbeats: {error}")
@@ -201,13 +235,14 @@ pub fn bind_sockets(config: &TransportConfig) -> Result<Vec<(String, std::net::U
     Ok(sockets)
 }
 
-/// The broadcast address of the interface that holds `ip`, if it has one.
-fn interface_broadcast(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+/// The broadcast address of the interface that holds `ip` (`interface`, when given), if it
+/// has one.
+fn interface_broadcast(ip: IpAddr, name: Option<&str>) -> Option<std::net::Ipv4Addr> {
     let IpAddr::V4(ip) = ip else { return None };
     let addresses = nix::ifaddrs::getifaddrs().ok()?;
     for interface in addresses {
         let own = interface.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|a| a.ip());
-        if own == Some(ip) {
+        if own == Some(ip) && name.is_none_or(|name| interface.interface_name == name) {
             return interface.broadcast.as_ref().and_then(|b| b.as_sockaddr_in()).map(|b| b.ip()).filter(|b| *b != ip);
         }
     }
@@ -254,10 +289,8 @@ impl HeartbeatTransport {
         let stats = Arc::new(TransportStats { accepted_per_network, ..TransportStats::default() });
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel(4096);
-        let guard = Arc::new(std::sync::Mutex::new(ReplayGuard::new()));
-        let copies = Arc::new(codec::CopyCache::default());
-        let mut map = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let mut map: BTreeMap<String, Arc<std::net::UdpSocket>> = BTreeMap::new();
+        let mut listeners = Vec::new();
         for (name, socket) in sockets {
             let bind_error = |source| TransportError::Bind {
                 network: name.clone(),
@@ -266,11 +299,7 @@ impl HeartbeatTransport {
             };
             socket.set_nonblocking(true).map_err(bind_error)?;
             let addr = socket.local_addr().map_err(bind_error)?;
-            let socket = Arc::new(UdpSocket::from_std(socket).map_err(|source| TransportError::Bind {
-                network: name.clone(),
-                addr,
-                source,
-            })?);
+            let socket = Arc::new(socket);
             let endpoints = config.networks.iter().find(|n| n.name == name);
             let peers: BTreeMap<String, IpAddr> =
                 endpoints.map(|n| n.peers.iter().map(|(h, a)| (h.clone(), a.ip())).collect()).unwrap_or_default();
@@ -285,24 +314,22 @@ impl HeartbeatTransport {
                 })?;
             }
             // Where this host's packets on the network come from.
-            let own =
-                if sends { Some(addr) } else { map.get(&name).and_then(|s: &Arc<UdpSocket>| s.local_addr().ok()) };
-            tasks.push(tokio::spawn(receive(
-                Arc::clone(&socket),
-                name.clone(),
-                peers,
-                own,
-                Arc::clone(&config),
-                Arc::clone(&stats),
-                Arc::clone(&guard),
-                Arc::clone(&copies),
-                tx.clone(),
-            )));
+            let own = if sends { Some(addr) } else { map.get(&name).and_then(|s| s.local_addr().ok()) };
+            listeners.push(Listener { socket: Arc::clone(&socket), network: name.clone(), peers, own });
             if sends {
                 map.insert(name, socket);
             }
         }
-        Ok((Self { config, sockets: map, stats, tasks }, rx))
+        let grid = std::time::Instant::now();
+        let tasks = vec![tokio::spawn(receive(listeners, grid, Arc::clone(&config), Arc::clone(&stats), tx))];
+        Ok((Self { config, sockets: map, stats, grid, tasks }, rx))
+    }
+
+    /// The start of the pacing grid: the receive task drains the sockets at `grid + k ×`
+    /// [`RECEIVE_PACING`]. A periodic task of the same thread that ticks on this grid wakes
+    /// with it, not in between.
+    pub fn grid(&self) -> std::time::Instant {
+        self.grid
     }
 
     /// Sends `heartbeat` to every peer on `network`; returns how many sends went out. A send
@@ -323,7 +350,13 @@ impl HeartbeatTransport {
             None => endpoints.peers.as_slice(),
         };
         for (peer, addr) in targets {
-            match socket.send_to(&packet, addr).await {
+            let mut outcome = socket.send_to(&packet, addr);
+            // A full send buffer (a burst to many peers): a moment, then once more.
+            if outcome.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock) {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                outcome = socket.send_to(&packet, addr);
+            }
+            match outcome {
                 Ok(_) => {
                     sent += 1;
                     self.stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -348,71 +381,105 @@ impl HeartbeatTransport {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn receive(
-    socket: Arc<UdpSocket>,
+/// One socket the receive task drains.
+struct Listener {
+    socket: Arc<std::net::UdpSocket>,
     network: String,
+    /// Every peer's address on the network.
     peers: BTreeMap<String, IpAddr>,
+    /// Where this host's own packets on the network come from.
     own: Option<SocketAddr>,
+}
+
+/// Drains every socket once per [`RECEIVE_PACING`] slot on the grid, and hands each accepted
+/// heartbeat on.
+async fn receive(
+    listeners: Vec<Listener>,
+    grid: std::time::Instant,
     config: Arc<TransportConfig>,
     stats: Arc<TransportStats>,
-    guard: Arc<std::sync::Mutex<ReplayGuard>>,
-    copies: Arc<codec::CopyCache>,
     tx: mpsc::Sender<Received>,
 ) {
+    let mut guard = ReplayGuard::new();
+    let copies = codec::CopyCache::default();
     // One byte more than a packet may have, so an oversized datagram is seen as such.
     let mut buf = vec![0u8; codec::MAX_PACKET + 1];
+    let mut slot = tokio::time::interval_at(tokio::time::Instant::from_std(grid), RECEIVE_PACING);
+    slot.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(error) => {
-                tracing::debug!(network, "receive failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if own == Some(from) {
-            continue; // our own broadcast, looped back
-        }
-        let verdict = copies.decode(&buf[..len], &config.cluster, &config.membership, &config.key).and_then(|d| {
-            let sender = &d.heartbeat.from;
-            if *sender == config.me {
-                return Err(DropReason::WrongSource); // our own packet reflected back
-            }
-            match peers.get(sender) {
-                Some(ip) if *ip == from.ip() => {}
-                Some(_) => return Err(DropReason::WrongSource),
-                None => return Err(DropReason::UnknownSender),
-            }
-            let key = (sender.clone(), network.clone());
-            let now = (d.heartbeat.incarnation, d.heartbeat.seq);
-            let mut guard = guard.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.get(&key) {
-                Some(last) if now <= *last => Err(DropReason::Replayed),
-                _ => {
-                    guard.insert(key, now);
-                    Ok(d)
-                }
-            }
-        });
-        match verdict {
-            Ok(decoded) => {
-                if decoded.membership_mismatch {
-                    stats.membership_mismatch.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(network, sender = %decoded.heartbeat.from, "the sender's host list differs from ours: its acks are ignored; make halo.toml the same on every host");
-                }
-                stats.accepted.fetch_add(1, Ordering::Relaxed);
-                if let Some(counter) = stats.accepted_per_network.get(&network) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                if tx.send(Received { network: network.clone(), heartbeat: decoded.heartbeat }).await.is_err() {
+        slot.tick().await;
+        for listener in &listeners {
+            for _ in 0..MAX_PER_SLOT {
+                let (len, from) = match listener.socket.recv_from(&mut buf) {
+                    Ok(got) => got,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(error) => {
+                        tracing::debug!(network = %listener.network, "receive failed: {error}");
+                        break;
+                    }
+                };
+                let Some(received) = accept(listener, &buf[..len], from, &config, &stats, &mut guard, &copies) else {
+                    continue;
+                };
+                if tx.send(received).await.is_err() {
                     return; // nobody listens any more
                 }
             }
-            Err(reason) => {
-                stats.count_drop(reason);
-                tracing::debug!(network, %from, "heartbeat dropped: {reason}");
+        }
+    }
+}
+
+/// Decodes and checks one packet: from a member, at its own address on the network, newer
+/// than the last accepted from it there. Every drop is counted.
+fn accept(
+    listener: &Listener,
+    packet: &[u8],
+    from: SocketAddr,
+    config: &TransportConfig,
+    stats: &TransportStats,
+    guard: &mut ReplayGuard,
+    copies: &codec::CopyCache,
+) -> Option<Received> {
+    if listener.own == Some(from) {
+        return None; // our own broadcast, looped back
+    }
+    let network = &listener.network;
+    let verdict = copies.decode(packet, &config.cluster, &config.membership, &config.key).and_then(|d| {
+        let sender = &d.heartbeat.from;
+        if *sender == config.me {
+            return Err(DropReason::WrongSource); // our own packet reflected back
+        }
+        match listener.peers.get(sender) {
+            Some(ip) if *ip == from.ip() => {}
+            Some(_) => return Err(DropReason::WrongSource),
+            None => return Err(DropReason::UnknownSender),
+        }
+        let key = (sender.clone(), network.clone());
+        let now = (d.heartbeat.incarnation, d.heartbeat.seq);
+        match guard.get(&key) {
+            Some(last) if now <= *last => Err(DropReason::Replayed),
+            _ => {
+                guard.insert(key, now);
+                Ok(d)
             }
+        }
+    });
+    match verdict {
+        Ok(decoded) => {
+            if decoded.membership_mismatch {
+                stats.membership_mismatch.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(network, sender = %decoded.heartbeat.from, "the sender's host list differs from ours: its acks are ignored; make halo.toml the same on every host");
+            }
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            if let Some(counter) = stats.accepted_per_network.get(network) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Received { network: network.clone(), heartbeat: decoded.heartbeat })
+        }
+        Err(reason) => {
+            stats.count_drop(reason);
+            tracing::debug!(network, %from, "heartbeat dropped: {reason}");
+            None
         }
     }
 }

@@ -27,7 +27,18 @@ pub fn has_quorum(reached: usize, hosts: usize) -> bool {
 /// is busy (`halo-agent`'s `liveness`). Proved by
 /// `tests::a_cut_off_host_fences_before_the_dead_time`.
 pub fn must_fence(reached: usize, hosts: usize, datastore_ok: bool, quorum_fencing: bool) -> bool {
-    hosts > 1 && !has_quorum(reached, hosts) && (!datastore_ok || quorum_fencing)
+    must_fence_counting(|| reached, hosts, datastore_ok, quorum_fencing)
+}
+
+/// [`must_fence`], counting the peers reached only when the answer depends on them (the
+/// liveness path asks every 10 ms; the count walks every peer).
+pub fn must_fence_counting(
+    reached: impl FnOnce() -> usize,
+    hosts: usize,
+    datastore_ok: bool,
+    quorum_fencing: bool,
+) -> bool {
+    hosts > 1 && (!datastore_ok || quorum_fencing) && !has_quorum(reached(), hosts)
 }
 
 impl Node {

@@ -26,7 +26,7 @@ mod master;
 
 pub use event_kind::{EventKind, UnknownEventKind};
 pub use exclusivity::{Admission, ClaimsSeen, Duplicate, StartRequest};
-pub use host_side::{has_quorum, must_fence};
+pub use host_side::{has_quorum, must_fence, must_fence_counting};
 mod health;
 mod resume;
 mod status;

@@ -31,6 +31,7 @@ fn config(lab: &Lab, host: usize) -> TransportConfig {
                 .map(|h| (Lab::host_name(h), SocketAddr::from((lab.address(h, net).expect("address"), PORT))))
                 .collect(),
             broadcast: None,
+            interface: None,
         })
         .collect();
     TransportConfig {
@@ -346,6 +347,63 @@ fn broadcast_heartbeats_reach_every_host_with_one_packet_per_network() {
     });
 }
 
+/// Networks on one subnet (the lab's shared layout: a host has the same address on A and B,
+/// each on its own segment). Bound to their interfaces, A's heartbeats travel on A only and
+/// B's on B only, whatever the routing table prefers (it sends the subnet over M): with
+/// host-2's A cable pulled, host-2 hears host-1 on B and not on A, and host-3 still on both.
+/// Unbound, the two networks' sockets cannot even be told apart (same address and port).
+#[test]
+fn networks_on_one_subnet_stay_on_their_own_links_when_bound_to_their_interfaces() {
+    let Some(lab) = crate::shared_lab("interfaces", 3) else { return };
+    assert_eq!(lab.address(2, "A").expect("A"), lab.address(2, "B").expect("B"), "one address on both");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let bound = |host: usize| {
+            let mut config = config(&lab, host);
+            for network in &mut config.networks {
+                network.broadcast = Some(SocketAddr::from((lab.broadcast(&network.name).expect("broadcast"), PORT)));
+                network.interface = Some(Lab::interface(&network.name));
+            }
+            bound_as_the_agent_does(&lab, host, config)
+        };
+        let (one, _rx1) = bound(1);
+        let (two, mut rx2) = bound(2);
+        let (three, mut rx3) = bound(3);
+
+        send_rounds(&one, 1, 10).await;
+        for peer in [&two, &three] {
+            assert_eq!((peer.stats().accepted_on("A"), peer.stats().accepted_on("B")), (10, 10), "each network once");
+        }
+        lab.set_link(2, "A", false).expect("cut A");
+        send_rounds(&one, 11, 10).await;
+        assert_eq!((two.stats().accepted_on("A"), two.stats().accepted_on("B")), (10, 20), "A cut: B only");
+        assert_eq!((three.stats().accepted_on("A"), three.stats().accepted_on("B")), (20, 20), "host-3 both");
+        // Sent from host-2 while its A cable is out: nothing of A arrives anywhere.
+        two.send("A", &beat_from("host-2", 1)).await.expect("send");
+        two.send("B", &beat_from("host-2", 1)).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            (three.stats().accepted_on("A"), three.stats().accepted_on("B")),
+            (20, 21),
+            "host-2 heard on B only"
+        );
+        lab.set_link(2, "A", true).expect("heal A");
+        let dropped = |t: &HeartbeatTransport| DropReason::ALL.iter().map(|r| t.stats().dropped(*r)).sum::<u64>();
+        assert_eq!(dropped(&two) + dropped(&three), 0, "nothing dropped");
+        drain(&mut rx2);
+        drain(&mut rx3);
+
+        // Without `interface`, A's socket and B's are the same address and port: refused.
+        drop(one);
+        tokio::time::sleep(Duration::from_millis(50)).await; // its receive task ends, closing its sockets
+        let unbound = config(&lab, 1);
+        let refused =
+            lab.enter(1, move || halo_net::bind_sockets(&unbound).err().map(|e| e.to_string())).expect("enter");
+        let refused = refused.expect("the second network's socket cannot be bound");
+        assert!(refused.contains("network B") && refused.contains("in use"), "{refused}");
+    });
+}
+
 #[test]
 fn a_broadcast_address_not_of_this_hosts_network_is_refused_with_what_to_fix() {
     let config = TransportConfig {
@@ -359,6 +417,7 @@ fn a_broadcast_address_not_of_this_hosts_network_is_refused_with_what_to_fix() {
             peers: vec![("host-2".into(), SocketAddr::from(([127, 0, 0, 1], 7399)))],
             // No interface of this machine has it (the tests use 10.213.37.0/24 in namespaces).
             broadcast: Some(SocketAddr::from(([10, 213, 99, 255], PORT))),
+            interface: None,
         }],
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -19,3 +19,13 @@ pub fn lab(test: &str, hosts: usize) -> Option<Lab> {
     let name = format!("t{}-{}", std::process::id() % 100_000, test.chars().take(6).collect::<String>());
     Some(Lab::up(LabSpec::new(&name, hosts)).expect("the lab comes up"))
 }
+
+/// [`lab`] in the shared layout: every network on the whole /24, a host with one address on
+/// all of them.
+pub fn shared_lab(test: &str, hosts: usize) -> Option<Lab> {
+    if !halo_lab::for_test(test) {
+        return None;
+    }
+    let name = format!("t{}-{}", std::process::id() % 100_000, test.chars().take(6).collect::<String>());
+    Some(Lab::up(LabSpec::new(&name, hosts).with_layout(halo_lab::Layout::Shared)).expect("the lab comes up"))
+}

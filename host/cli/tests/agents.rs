@@ -3061,13 +3061,31 @@ const LARGE_TIMEOUTS: [&str; 7] = [
     "detection-time-ms = 4000",
 ];
 
+/// The large lab's run in the shared layout, small, in every CI run: eight agents whose A and
+/// B have one address on one subnet, kept apart only by `interfaces`, form one cluster, ride
+/// out a 50|50 partition and fail a crashed host's VMs over.
+#[test]
+fn eight_agents_on_one_subnet_kept_apart_by_their_interfaces_form_one_cluster_and_fail_over() {
+    let _turn = TURNS.lock().unwrap_or_else(|p| p.into_inner());
+    large_lab_in(8, Some(halo_lab::Layout::Shared));
+}
+
 /// One size of [`bench_large_lab`]; false when the machine cannot build a lab.
 fn large_lab(n: usize) -> bool {
+    large_lab_in(n, None)
+}
+
+/// [`large_lab`] in `layout` (`None`: the lab's own choice for `n` hosts).
+fn large_lab_in(n: usize, layout: Option<halo_lab::Layout>) -> bool {
     let test = "large_lab";
     if !halo_lab::for_test(test) {
         return false;
     }
-    let lab = Lab::up(LabSpec::new(&format!("L{}", std::process::id() % 100_000), n)).expect("lab");
+    let mut spec = LabSpec::new(&format!("L{}", std::process::id() % 100_000), n);
+    if let Some(layout) = layout {
+        spec = spec.with_layout(layout);
+    }
+    let lab = Lab::up(spec).expect("lab");
     if let Err(e) = lab.nfs_start(&["ds1"]) {
         halo_lab::skip_for_test(test, &e.to_string());
         return false;
@@ -3230,7 +3248,7 @@ fn large_lab(n: usize) -> bool {
          NFS server: {:.0} requests/s; master ({master}) {:.1} % of one core, {rss} resident; \
          all {n} agents {:.1} % of one core together; the machine {:.0} % busy ({} cores); 50|50 partition: nothing restarted (20 s); \
          host-{n} crash -> vm-1 {:.2} s, vm-2 {:.2} s running elsewhere",
-        if n > 60 { "shared" } else { "split" },
+        if lab.layout() == halo_lab::Layout::Shared { "shared" } else { "split" },
         if n > 64 { "heartbeats and datastore records every 1 s, dead-time 12 s" } else { "default timeouts" },
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         election.as_secs_f64(),

@@ -1,14 +1,16 @@
 //! UDP heartbeats on every management network.
 //!
-//! One socket per network, bound to this host's address on it. `send` encodes the core's
-//! heartbeat once and sends it to every peer's address on that network — or, where the
-//! network has a broadcast address configured, once to that address, which every host on the
-//! segment receives on a second socket bound to it (decision 0016: each host then sends one
-//! packet per network and interval, however large the cluster). A receive task per socket
-//! decodes, checks that the packet came from the sender's own address on that
-//! network and that it is newer than the last one accepted from that sender there (the
-//! incarnation, then the sequence number: a replay is dropped), and hands it on. Every drop is
-//! counted by reason; nothing is ever trusted half.
+//! One socket per network, bound to this host's address on it (and to the network's interface
+//! when one is configured: its packets then never take another network's link). `send`
+//! encodes the core's heartbeat once and sends it to every peer's address on that network —
+//! or, where the network has a broadcast address configured, once to that address, which every
+//! host on the segment receives on a second socket bound to it (decision 0016: each host then
+//! sends one packet per network and interval, however large the cluster). One receive task
+//! drains every socket each [`RECEIVE_PACING`] (10 ms, on a grid the liveness thread's tick
+//! shares, so a packet never wakes the thread by itself), decodes, checks that the packet came
+//! from the sender's own address on that network and that it is newer than the last one
+//! accepted from that sender there (the incarnation, then the sequence number: a replay is
+//! dropped), and hands it on. Every drop is counted by reason; nothing is ever trusted half.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

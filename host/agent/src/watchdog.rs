@@ -1,5 +1,5 @@
-//! Two watchdogs, both fed from the agent loop itself at every tick (a stalled loop feeds
-//! neither):
+//! Two watchdogs, both fed by the liveness path while the agent loop makes steps (a stalled
+//! loop feeds neither; the host watchdog is written at most every [`FEED_EVERY`]):
 //!
 //! - systemd's service notification: `READY=1` once the agent runs, then `WATCHDOG=1`. With
 //!   `WatchdogSec=` in the unit (examples/halo-agent.service) systemd kills and restarts an
@@ -67,7 +67,13 @@ impl Watchdog {
 pub struct HostWatchdog {
     device: std::fs::File,
     path: std::path::PathBuf,
+    last_fed: Option<Instant>,
 }
+
+/// The host watchdog is written at most this often (the liveness path asks every 10 ms; a
+/// device's timeout is seconds). A stalled loop stops the feeding at most this much sooner,
+/// so the host is reset no later than before.
+pub const FEED_EVERY: Duration = Duration::from_millis(100);
 
 impl HostWatchdog {
     /// Opens (and so arms) the device. Without blocking: a FIFO nobody reads (a lab watchdog
@@ -76,13 +82,18 @@ impl HostWatchdog {
         use std::os::unix::fs::OpenOptionsExt;
         let device =
             std::fs::OpenOptions::new().write(true).custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits()).open(path)?;
-        Ok(Self { device, path: path.to_path_buf() })
+        Ok(Self { device, path: path.to_path_buf(), last_fed: None })
     }
 
     /// Feeds it (any byte but `V`). A failure is logged: the reset it may lead to is the
     /// safe side.
     pub fn feed(&mut self) {
         use std::io::Write;
+        let now = Instant::now();
+        if self.last_fed.is_some_and(|at| now.duration_since(at) < FEED_EVERY) {
+            return;
+        }
+        self.last_fed = Some(now);
         if let Err(e) = self.device.write_all(b"1").and_then(|()| self.device.flush()) {
             tracing::error!("host watchdog {}: {e}; the host may be reset", self.path.display());
         }
@@ -126,6 +137,9 @@ mod tests {
         std::fs::write(&path, b"").expect("file");
         let mut watchdog = HostWatchdog::open(&path).expect("open");
         watchdog.feed();
+        watchdog.feed(); // within FEED_EVERY: not written again
+        assert_eq!(std::fs::read(&path).expect("read"), b"1");
+        std::thread::sleep(FEED_EVERY);
         watchdog.feed();
         watchdog.disarm();
         assert_eq!(std::fs::read(&path).expect("read"), b"11V");

@@ -57,7 +57,7 @@ enum LabCommand {
         /// config names its BMC as a `fence_redfish` fence device.
         #[arg(long)]
         bmc: bool,
-        /// An etcd cluster of three members (on M, `.189`–`.187`, port 2379); with `--agents`
+        /// An etcd cluster of three members (on M, `.189`–`.187`, in the shared layout `.249`–`.247`, port 2379); with `--agents`
         /// every agent coordinates on it (`[coordination] backend = "etcd"`, decision 0017).
         #[arg(long)]
         etcd: bool,
@@ -369,14 +369,20 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
             "{hosts} hosts: the agents run with `[liveness] lock-memory = false` (locked, they would not fit in memory)"
         );
     }
+    if !lab.agent_timeouts().is_empty() {
+        eprintln!(
+            "{hosts} hosts: the agents heartbeat every second ({}); at the default 250 ms this many agents on one machine need more than two cores",
+            lab.agent_timeouts().join(", ")
+        );
+    }
     for host in 1..=hosts {
-        let mut config = lab.agent_config(host, &names, &[])?;
+        let mut config = lab.agent_config(host, &names, lab.agent_timeouts())?;
         if unlocked {
             config.push_str("\n[liveness]\nlock-memory = false\n");
         }
         if watchdog {
             // Outside the host, like hardware; it outlives this command (`halo lab down` ends it).
-            let timeout = halo_core::Timeouts::default().fence_timeout_ms;
+            let timeout = lab.agent_fence_timeout_ms().unwrap_or(halo_core::Timeouts::default().fence_timeout_ms);
             let child = std::process::Command::new(&halo)
                 .args(["lab", "--name", lab.name(), "watchdog-run", "--host", &host.to_string()])
                 .args(["--timeout-ms", &timeout.to_string(), "--dir"])

@@ -77,6 +77,27 @@ pub const SPLIT_MAX_HOSTS: usize = 60;
 /// The most hosts of a lab in the shared layout.
 pub const SHARED_MAX_HOSTS: usize = 200;
 
+/// Above this many agents a lab's cluster runs with [`LARGE_TIMEOUTS`]: at the default 250 ms
+/// interval, more agents' heartbeats alone need more than a 2-core machine
+/// (docs/performance.md, "Scale, part 6").
+pub const DEFAULT_TIMEOUTS_MAX_AGENTS: usize = 64;
+
+/// The fence timeout of [`LARGE_TIMEOUTS`] (a lab watchdog waits as long).
+pub const LARGE_FENCE_TIMEOUT_MS: u64 = 8_000;
+
+/// The `[timeouts]` of a lab of more than [`DEFAULT_TIMEOUTS_MAX_AGENTS`] agents: every
+/// interval four times the default (heartbeats and datastore records every second, as
+/// vSphere's FDM sends them), the rules between them kept.
+pub const LARGE_TIMEOUTS: [&str; 7] = [
+    "heartbeat-interval-ms = 1000",
+    "datastore-interval-ms = 1000",
+    "dead-time-ms = 12000",
+    "election-timeout-ms = 4000",
+    "isolation-time-ms = 6000",
+    "fence-timeout-ms = 8000",
+    "detection-time-ms = 4000",
+];
+
 /// How a lab lays out its addresses in its /24 (the crate's documentation has both).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -314,6 +335,17 @@ impl Lab {
     /// The address layout.
     pub fn layout(&self) -> Layout {
         self.spec.layout
+    }
+
+    /// The `[timeouts]` lines its agents run with: none (the defaults) up to
+    /// [`DEFAULT_TIMEOUTS_MAX_AGENTS`] hosts, [`LARGE_TIMEOUTS`] above.
+    pub fn agent_timeouts(&self) -> &'static [&'static str] {
+        if self.spec.hosts > DEFAULT_TIMEOUTS_MAX_AGENTS { &LARGE_TIMEOUTS } else { &[] }
+    }
+
+    /// The fence timeout its agents run with when not the default ([`Lab::agent_timeouts`]).
+    pub fn agent_fence_timeout_ms(&self) -> Option<u64> {
+        (self.spec.hosts > DEFAULT_TIMEOUTS_MAX_AGENTS).then_some(LARGE_FENCE_TIMEOUT_MS)
     }
 
     /// The prefix length of every address.
@@ -1434,4 +1466,20 @@ fn remove_namespaces(prefix: &str) -> Result<(), LabError> {
         ip(&["netns", "del", name])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LARGE_FENCE_TIMEOUT_MS, LARGE_TIMEOUTS, Lab, LabSpec, Layout};
+
+    #[test]
+    fn large_labs_get_the_large_timeouts_and_their_fence_timeout_is_the_one_they_say() {
+        assert!(LARGE_TIMEOUTS.contains(&format!("fence-timeout-ms = {LARGE_FENCE_TIMEOUT_MS}").as_str()));
+        assert_eq!(LabSpec::new("x", 60).layout, Layout::Split);
+        assert_eq!(LabSpec::new("x", 61).layout, Layout::Shared);
+        let lab = |hosts| Lab { spec: LabSpec::new("x", hosts), down: true, keep: true };
+        assert!(lab(64).agent_timeouts().is_empty() && lab(64).agent_fence_timeout_ms().is_none());
+        assert_eq!(lab(65).agent_timeouts(), &LARGE_TIMEOUTS);
+        assert_eq!(lab(128).agent_fence_timeout_ms(), Some(LARGE_FENCE_TIMEOUT_MS));
+    }
 }

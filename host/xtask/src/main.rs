@@ -84,7 +84,7 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 /// `openssl` for its certificate and Debian's `python3`, a dependency of the fence agents),
 /// QEMU's NFS block driver (`qemu-block-extra`) for VM disks on the lab's NFS server.
 /// (command or file that shows the package is there, package)
-const PACKAGES: [(&str, &str); 23] = [
+const PACKAGES: [(&str, &str); 24] = [
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/include/libvirt/libvirt.h", "libvirt-dev"),
     ("/usr/sbin/libvirtd", "libvirt-daemon-system"),
@@ -95,6 +95,7 @@ const PACKAGES: [(&str, &str); 23] = [
     ("/usr/bin/cpio", "cpio"),
     ("/usr/bin/tini", "tini"),
     ("/usr/sbin/ip", "iproute2"),
+    ("/usr/sbin/sysctl", "procps"),
     ("/usr/sbin/nft", "nftables"),
     ("/usr/bin/ganesha.nfsd", "nfs-ganesha"),
     ("/usr/lib/x86_64-linux-gnu/ganesha/libfsalvfs.so", "nfs-ganesha-vfs"),

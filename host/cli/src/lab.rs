@@ -371,7 +371,7 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
     }
     if !lab.agent_timeouts().is_empty() {
         eprintln!(
-            "{hosts} hosts: the agents heartbeat every second ({}); at the default 250 ms this many agents on one machine need more than two cores",
+            "{hosts} hosts: the agents heartbeat every second ({}) and their liveness threads run without real-time priority; at the default 250 ms this many agents on one machine need more than two cores, and this many real-time threads starve the kernel's packet processing",
             lab.agent_timeouts().join(", ")
         );
     }
@@ -379,6 +379,11 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
         let mut config = lab.agent_config(host, &names, lab.agent_timeouts())?;
         if unlocked {
             config.push_str("\n[liveness]\nlock-memory = false\n");
+            if !lab.agent_timeouts().is_empty() {
+                // 128 real-time liveness threads on two cores starve the kernel's softirq
+                // thread (packets are dropped for everyone); a real host runs one.
+                config.push_str("realtime-priority = 0\n");
+            }
         }
         if watchdog {
             // Outside the host, like hardware; it outlives this command (`halo lab down` ends it).
@@ -407,10 +412,11 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
     // The follow-up commands name this lab unless it is the default one.
     let lab_cmd = if lab.name() == "lab" { "lab".to_string() } else { format!("lab --name {}", lab.name()) };
     eprintln!(
-        "{vms} protected VM(s) and an agent on every host (default timeouts{}); logs in {dir}/agent-N.log.\n\
+        "{vms} protected VM(s) and an agent on every host ({} timeouts{}); logs in {dir}/agent-N.log.\n\
          Ask the cluster:  {halo} {lab_cmd} exec 1 -- {halo} status --config {dir}/halo-1.toml\n\
          Status page:      http://{api}/#token=$(cat {dir}/api.token)  (inside the lab's namespaces)\n\
          Crash a host:     {halo} {lab_cmd} fault kill 2   (then ask again)",
+        if lab.agent_timeouts().is_empty() { "default" } else { "large-lab" },
         if watchdog { ", a lab watchdog each" } else { ", no watchdog" },
         dir = lab.dir().display(),
         api = lab.api_address(1)?,

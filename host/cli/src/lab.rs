@@ -364,6 +364,7 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
     // A locked agent holds ≈ 175 MB resident (`mlockall` populates every mapping); 128 of them
     // would not fit this kind of machine. Large labs run their agents unlocked.
     let unlocked = lab.layout() == halo_lab::Layout::Shared;
+    let liveness = lab.agent_liveness(unlocked);
     if unlocked {
         eprintln!(
             "{hosts} hosts: the agents run with `[liveness] lock-memory = false` (locked, they would not fit in memory)"
@@ -377,14 +378,7 @@ fn start_agents(lab: &Lab, hosts: usize, vms: usize, watchdog: bool) -> anyhow::
     }
     for host in 1..=hosts {
         let mut config = lab.agent_config(host, &names, lab.agent_timeouts())?;
-        if unlocked {
-            config.push_str("\n[liveness]\nlock-memory = false\n");
-            if !lab.agent_timeouts().is_empty() {
-                // 128 real-time liveness threads on two cores starve the kernel's softirq
-                // thread (packets are dropped for everyone); a real host runs one.
-                config.push_str("realtime-priority = 0\n");
-            }
-        }
+        config.push_str(&liveness);
         if watchdog {
             // Outside the host, like hardware; it outlives this command (`halo lab down` ends it).
             let timeout = lab.agent_fence_timeout_ms().unwrap_or(halo_core::Timeouts::default().fence_timeout_ms);

@@ -3101,16 +3101,10 @@ fn large_lab_in(n: usize, layout: Option<halo_lab::Layout>) -> bool {
     }
     let names: Vec<&str> = vms.iter().map(|(vm, _)| *vm).collect();
     // Memory: 48 agents with `mlockall` hold ≈ 150 MB each resident; the lab has 24 GiB.
-    // Above 64 agents their liveness threads run without real-time priority: 128 of them on
-    // two cores starve the kernel's softirq thread, and the lab's packets are dropped for
-    // everyone for seconds (docs/lab.md); a real host runs one.
-    let liveness = if lab.agent_timeouts().is_empty() {
-        "\n[liveness]\nlock-memory = false\n"
-    } else {
-        "\n[liveness]\nlock-memory = false\nrealtime-priority = 0\n"
-    };
+    // Above 64 agents their liveness threads also run without real-time priority.
+    let liveness = lab.agent_liveness(true);
     let configs: Vec<String> =
-        (1..=n).map(|h| lab.agent_config(h, &names, lab.agent_timeouts()).expect("config") + liveness).collect();
+        (1..=n).map(|h| lab.agent_config(h, &names, lab.agent_timeouts()).expect("config") + &liveness).collect();
     let started = Instant::now();
     let mut agents: BTreeMap<usize, Child> = BTreeMap::new();
     for (i, config) in configs.iter().enumerate() {

@@ -176,7 +176,7 @@ impl Lab {
         ip(&["-n", &sw, "link", "set", "bmc-p", "master", "br-p"])?;
         ip(&["-n", &sw, "link", "set", "bmc-p", "up"])?;
         let shared = self.layout() == crate::Layout::Shared;
-        let prefix = if shared { 24 } else { 26 };
+        let prefix = self.prefix();
         ip(&["-n", &bmc, "addr", "add", &format!("{}/{prefix}", self.bmc_address()), "dev", "eth-p"])?;
         ip(&["-n", &bmc, "link", "set", "eth-p", "up"])?;
         for host in 1..=self.hosts() {
@@ -186,15 +186,10 @@ impl Lab {
             ip(&["-n", &sw, "link", "set", &port, "master", "br-p"])?;
             ip(&["-n", &sw, "link", "set", &port, "up"])?;
             let address = format!("{}/{prefix}", self.power_address(host));
-            if shared {
-                // The host's address is on every network: only the BMCs are reached over P.
-                ip(&["-n", &ns, "addr", "add", &address, "dev", "eth-p", "noprefixroute"])?;
-                ip(&["-n", &ns, "link", "set", "eth-p", "up"])?;
-                ip(&["-n", &ns, "route", "add", &format!("{}/32", self.bmc_address()), "dev", "eth-p"])?;
-            } else {
-                ip(&["-n", &ns, "addr", "add", &address, "dev", "eth-p"])?;
-                ip(&["-n", &ns, "link", "set", "eth-p", "up"])?;
-            }
+            // Shared: the host's address is on every network; only the BMCs are reached over P.
+            let bmc_route = format!("{}/32", self.bmc_address());
+            let route = [bmc_route.as_str(), "dev", "eth-p"];
+            crate::address_up(&ns, "eth-p", &address, shared.then_some(&route[..]))?;
         }
         Ok(())
     }

@@ -161,6 +161,24 @@ fn ip(args: &[&str]) -> Result<String, LabError> {
     run("ip", args)
 }
 
+/// Puts `address` (with its prefix) on `dev` in namespace `ns` and brings `dev` up. With
+/// `route`, the address gets no prefix route of its own and `ip route add ROUTE…` is added
+/// instead (the shared layout's one address on several links).
+pub(crate) fn address_up(ns: &str, dev: &str, address: &str, route: Option<&[&str]>) -> Result<(), LabError> {
+    let mut add = vec!["-n", ns, "addr", "add", address, "brd", "+", "dev", dev];
+    if route.is_some() {
+        add.push("noprefixroute");
+    }
+    ip(&add)?;
+    ip(&["-n", ns, "link", "set", dev, "up"])?;
+    if let Some(route) = route {
+        let mut args = vec!["-n", ns, "route", "add"];
+        args.extend_from_slice(route);
+        ip(&args)?;
+    }
+    Ok(())
+}
+
 /// Whether the lab can run here: root, iproute2, and network namespaces. The `Err` says what
 /// is missing (tests print it when they skip). Probed once per process, with a namespace name
 /// no other probe uses (tests run in parallel).
@@ -285,7 +303,7 @@ impl Lab {
                 }
             }
             for (n, network) in NETWORKS.iter().enumerate() {
-                let inner = format!("eth-{}", network.to_lowercase());
+                let inner = Self::interface(network);
                 let port = self.port(host, network);
                 ip(&["link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &sw])?;
                 ip(&["-n", &sw, "link", "set", &port, "master", &format!("br-{}", network.to_lowercase())])?;
@@ -294,13 +312,10 @@ impl Lab {
                 if self.spec.layout == Layout::Shared && *network != "M" {
                     // Shared: M's route is the one unbound traffic takes; A's and B's come
                     // after it, for sockets bound to their interface.
-                    ip(&["-n", &ns, "addr", "add", &address, "brd", "+", "dev", &inner, "noprefixroute"])?;
-                    ip(&["-n", &ns, "link", "set", &inner, "up"])?;
                     let metric = (100 + n).to_string();
-                    ip(&["-n", &ns, "route", "add", &whole, "dev", &inner, "metric", &metric])?;
+                    address_up(&ns, &inner, &address, Some(&[&whole, "dev", &inner, "metric", &metric]))?;
                 } else {
-                    ip(&["-n", &ns, "addr", "add", &address, "brd", "+", "dev", &inner])?;
-                    ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+                    address_up(&ns, &inner, &address, None)?;
                 }
             }
         }
@@ -341,6 +356,26 @@ impl Lab {
     /// [`DEFAULT_TIMEOUTS_MAX_AGENTS`] hosts, [`LARGE_TIMEOUTS`] above.
     pub fn agent_timeouts(&self) -> &'static [&'static str] {
         if self.spec.hosts > DEFAULT_TIMEOUTS_MAX_AGENTS { &LARGE_TIMEOUTS } else { &[] }
+    }
+
+    /// The `[liveness]` table its agents run with (empty: the defaults). `unlocked`: without
+    /// `mlockall` (a locked agent holds ≈ 175 MB resident). Above
+    /// [`DEFAULT_TIMEOUTS_MAX_AGENTS`] the liveness threads run without real-time priority:
+    /// 128 of them on two cores starve the kernel's softirq thread and the lab's packets are
+    /// dropped for everyone for seconds (docs/lab.md); a real host runs one.
+    pub fn agent_liveness(&self, unlocked: bool) -> String {
+        let large = self.spec.hosts > DEFAULT_TIMEOUTS_MAX_AGENTS;
+        let mut table = String::new();
+        if unlocked || large {
+            table.push_str("\n[liveness]\n");
+        }
+        if unlocked {
+            table.push_str("lock-memory = false\n");
+        }
+        if large {
+            table.push_str("realtime-priority = 0\n");
+        }
+        table
     }
 
     /// The fence timeout its agents run with when not the default ([`Lab::agent_timeouts`]).
